@@ -1,0 +1,5 @@
+import sys
+
+from midigen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,225 @@
+"""The `midigen` command: parses arguments and calls library functions, nothing else.
+
+Each subcommand's handler imports its module lazily so `midigen --help` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from midigen.errors import MidigenError, UsageError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
+    return v
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, sort_keys=False), flush=True)
+
+
+# ----- handlers ---------------------------------------------------------------------------------
+
+
+def cmd_roundtrip(a) -> int:
+    from midigen.codec import Codec, fidelity
+    from midigen.fsutil import atomic_write_bytes
+
+    codec = Codec()
+    try:
+        with open(a.input, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise MidigenError(f"cannot read {a.input}: {e.strerror}") from None
+    score = codec.read_midi(data)
+    tokens = codec.encode_score(score)
+    decoded = codec.decode(tokens)
+    atomic_write_bytes(a.output, bytes(decoded.dumps_midi()))
+    report = fidelity(codec, score, decoded)
+    notes_in = report.pop("notes_in")
+    notes_out = report.pop("notes_out")
+    _print_json({"notes_in": notes_in, "tokens": int(len(tokens)), "notes_out": notes_out,
+                 "tokens_per_note": round(len(tokens) / max(1, notes_in), 3), **report})
+    return 0
+
+
+def cmd_prepare(a) -> int:
+    from midigen.prepare import prepare
+
+    summary = prepare(
+        sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
+        url=a.url, timeout=a.timeout, progress=not a.no_progress,
+    )
+    _print_json(summary)
+    return 0
+
+
+def cmd_info(a) -> int:
+    from midigen.train import model_info
+
+    _print_json(model_info(a.config, a.overrides))
+    return 0
+
+
+def cmd_train(a) -> int:
+    from midigen.train import train_from_cli
+
+    train_from_cli(a.config, a.overrides, resume=a.resume, use_wandb=a.wandb)
+    return 0
+
+
+def cmd_eval(a) -> int:
+    if a.samples:
+        from midigen.metrics import compare_samples
+
+        _print_json(compare_samples(a.samples, a.data, split=a.split))
+        return 0
+    if not a.ckpt:
+        raise UsageError("eval needs --ckpt DIR (model) or --samples DIR (generated MIDI)")
+    from midigen.evaluate import evaluate
+
+    _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order))
+    return 0
+
+
+def cmd_sample(a) -> int:
+    from midigen.sample import sample_from_cli
+
+    sample_from_cli(a)
+    return 0
+
+
+# ----- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="midigen",
+        description="Train GPT-2 124M on MIDI event tokens and generate music.",
+    )
+    from midigen import __version__
+
+    p.add_argument("--version", action="version", version=f"midigen {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    s = sub.add_parser("roundtrip", help="encode a MIDI file to tokens and decode it back")
+    s.add_argument("input", metavar="IN.mid")
+    s.add_argument("output", metavar="OUT.mid")
+    s.set_defaults(func=cmd_roundtrip)
+
+    s = sub.add_parser("prepare", help="turn MIDI folders/archives/Lakh/demo into token files")
+    s.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="folder, .mid file, .tar/.tar.gz/.tgz/.zip archive, 'lakh' or 'demo'")
+    s.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
+    s.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
+    s.add_argument("--val-frac", type=_fraction, default=0.01, help="fraction of files for val (default 0.01)")
+    s.add_argument("--test-frac", type=_fraction, default=0.01, help="fraction of files for test (default 0.01)")
+    s.add_argument("--url", default=None, help="address to download lmd_full.tar.gz from (source 'lakh')")
+    s.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds allowed per file (default 60)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("info", help="print the model shape and parameter counts of a config")
+    s.add_argument("--config", required=True, metavar="FILE")
+    s.set_defaults(func=cmd_info, overrides=[])
+
+    s = sub.add_parser("train", help="train a model from a TOML config (also under torchrun)",
+                       description="Train from CONFIG.toml; override any key with --key=value or --key value.")
+    s.add_argument("config", metavar="CONFIG.toml")
+    s.add_argument("--resume", action="store_true", help="continue exactly from the run dir's last/ checkpoint")
+    s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (if installed)")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="score a checkpoint (bits per note) or compare generated pieces with real ones")
+    s.add_argument("--ckpt", metavar="DIR", help="run dir (uses best/) or checkpoint dir")
+    s.add_argument("--samples", metavar="DIR", help="folder of generated .mid files to compare with --data")
+    s.add_argument("--data", required=True, metavar="DIR", help="dataset dir written by prepare")
+    s.add_argument("--split", default="test", choices=["train", "val", "test"])
+    s.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens")
+    s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
+    s.add_argument("--num-samples", type=_positive_int, default=1)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--seconds", type=_positive_float, default=None, help="seconds of new music (default 30)")
+    g.add_argument("--max-tokens", type=_positive_int, default=None, help="new tokens to generate")
+    s.add_argument("--temperature", type=_positive_float, default=1.0)
+    s.add_argument("--top-k", type=_positive_int, default=None)
+    s.add_argument("--top-p", type=_positive_float, default=None)
+    s.add_argument("--repetition-penalty", type=_positive_float, default=1.0)
+    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue")
+    s.add_argument("--prompt-seconds", type=_positive_float, default=None,
+                   help="continue from the end of the prompt's first S seconds (default: all of it)")
+    s.add_argument("--instruments", default=None, metavar="LIST",
+                   help="comma-separated General MIDI names or program numbers, and 'drums'")
+    s.add_argument("--tempo", type=_positive_float, default=None, metavar="BPM")
+    s.add_argument("--out", default="out/generate", metavar="DIR")
+    s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
+    s.add_argument("--png", action="store_true", help="also draw a piano roll")
+    s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
+    s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
+    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    s.set_defaults(func=cmd_sample)
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest:
+        if args.command in ("train", "info"):
+            args.overrides = rest  # --key=value config overrides, validated against the config
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    elif args.command == "train":
+        args.overrides = []
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as e:
+        print(f"midigen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except MidigenError as e:
+        print(f"midigen {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"midigen {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""GPT-2 (124M shape by default) for event tokens, with a KV cache for incremental decoding.
+
+Pre-LayerNorm transformer blocks, 4x GELU MLP, learned positions, tied input/output embeddings,
+biases as in GPT-2. Attention goes through ``scaled_dot_product_attention`` so CUDA gets flash kernels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 50304  # the codec's vocabulary, padded to a multiple of 64 (see padded_vocab)
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GPTConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def padded_vocab(n: int, multiple: int = 64) -> int:
+    """Round the vocabulary up so the embedding/unembedding matmuls use efficient shapes."""
+    return ((n + multiple - 1) // multiple) * multiple
+
+
+class KVCache:
+    """Preallocated keys/values for every layer; ``length`` tokens are filled for all batch rows."""
+
+    def __init__(self, cfg: GPTConfig, batch_size: int, device, dtype, max_len: int | None = None):
+        self.max_len = max_len or cfg.block_size
+        hd = cfg.n_embd // cfg.n_head
+        shape = (cfg.n_layer, batch_size, cfg.n_head, self.max_len, hd)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head = cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, heads, T, head_dim)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        p = self.dropout if self.training else 0.0
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        else:
+            start = cache.length
+            end = start + T
+            cache.k[layer, :, :, start:end] = k
+            cache.v[layer, :, :, start:end] = v
+            k_all, v_all = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+            if T == 1:
+                y = F.scaled_dot_product_attention(q, k_all, v_all)
+            else:
+                # new queries see the whole cache and, among themselves, only earlier positions
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, 4 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.attn = SelfAttention(cfg)
+        self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
+        self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.head.weight = self.wte.weight  # tied, as in GPT-2
+        self.apply(self._init)
+        # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted once (the tied head is not double counted).
+
+        Non-embedding excludes token and position embeddings, the GPT-2 convention for model size.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.wte.weight.numel() + self.wpe.weight.numel()
+        return n
+
+    def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
+        w = self.wte.weight
+        return KVCache(self.cfg, batch_size, device or w.device, dtype or w.dtype)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False):
+        """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (nats/token).
+
+        With a cache, ``idx`` continues the cached sequence: positions start at ``cache.length``,
+        and the cache advances by T. ``last_only`` returns logits for the final position only.
+        """
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.block_size:
+            raise ValueError(f"sequence of {start + T} tokens exceeds the context of {self.cfg.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.length += T
+        x = self.ln_f(x)
+        if targets is None:
+            if last_only:
+                x = x[:, -1:, :]
+            return self.head(x), None
+        logits = self.head(x)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def optimizer_groups(self, weight_decay: float):
+        """AdamW groups: weight decay on matrices and embeddings only, never on biases or LayerNorms."""
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token (forward + backward), the usual 6N + attention estimate."""
+        c = self.cfg
+        n = self.num_params(non_embedding=True) + self.wte.weight.numel()  # matmul params incl. head
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
