@@ -1,0 +1,185 @@
+"""Self-contained checkpoints: weights (safetensors), model config and codec (JSON).
+
+A checkpoint dir holds ``model.safetensors``, ``config.json`` (model shape, training facts and the
+SHA-256 of every file) and ``codec.json``; a run dir's ``last/`` adds ``train_state.pt`` (optimizer,
+step, RNG; tensors and plain types only, loaded with ``weights_only=True``). Nothing is unpickled.
+
+Saving is atomic at the directory level: the new checkpoint is written beside the old one and swapped
+in with renames, so a SIGKILL at any moment leaves a whole checkpoint (``recover`` finishes a swap that
+was interrupted between its two renames).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from midigen import __version__
+from midigen.codec import Codec, CodecError
+from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import _fsync_dir, atomic_write_json
+from midigen.model import GPT, GPTConfig
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+CODEC = "codec.json"
+TRAIN_STATE = "train_state.pt"
+FORMAT = "midigen-checkpoint-v1"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _state_dict_for_save(model: GPT) -> dict:
+    """Weights without the tied head (safetensors refuses shared storage) and on the CPU."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    model = getattr(model, "module", model)  # DDP wrapper
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k != "head.weight"}
+
+
+def save_checkpoint(path, model: GPT, codec: Codec, info: dict | None = None, train_state: dict | None = None) -> Path:
+    """Write a checkpoint dir atomically (replacing any checkpoint already at ``path``)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover(path)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_state_dict_for_save(model), str(tmp / WEIGHTS), metadata={"format": FORMAT})
+    (tmp / CODEC).write_text(codec.to_json() + "\n", encoding="utf-8")
+    if train_state is not None:
+        torch.save(train_state, tmp / TRAIN_STATE)
+    files = sorted(p.name for p in tmp.iterdir())
+    raw = getattr(getattr(model, "_orig_mod", model), "module", getattr(model, "_orig_mod", model))
+    config = {
+        "format": FORMAT,
+        "midigen_version": __version__,
+        "model": raw.cfg.to_dict(),
+        "info": info or {},
+        "sha256": {name: _sha256(tmp / name) for name in files},
+    }
+    atomic_write_json(tmp / CONFIG, config)
+    for name in os.listdir(tmp):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    old = path.with_name(path.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old.exists():
+        shutil.rmtree(old)
+    return path
+
+
+def recover(path) -> None:
+    """Finish a swap cut short by a kill: if ``path`` is gone but ``path.old`` exists, restore it."""
+    path = Path(path)
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and old.exists():
+        os.replace(old, path)
+
+
+def resolve(path) -> Path:
+    """A run dir means its ``best/`` (or ``last/`` when no best exists); a checkpoint dir means itself."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"checkpoint {path} does not exist")
+    for name in ("best", "last"):
+        recover(path / name)
+    if (path / CONFIG).exists():
+        return path
+    for name in ("best", "last"):
+        if (path / name / CONFIG).exists():
+            return path / name
+    raise UsageError(f"{path} is not a midigen checkpoint or run dir (no {CONFIG}, best/ or last/)")
+
+
+def read_config(path) -> dict:
+    path = resolve(path)
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise MidigenError(f"{path / CONFIG} is unreadable: {e}") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise MidigenError(f"{path} is not a midigen checkpoint (format {config.get('format')!r})")
+    return config
+
+
+def verify(path) -> dict:
+    """Check every file against the hashes in config.json; a tampered checkpoint is refused."""
+    path = resolve(path)
+    config = read_config(path)
+    hashes = config.get("sha256")
+    if not isinstance(hashes, dict) or WEIGHTS not in hashes or CODEC not in hashes:
+        raise MidigenError(f"{path} has no file hashes: not a midigen checkpoint")
+    for name, digest in hashes.items():
+        f = path / name
+        if not f.exists():
+            raise MidigenError(f"checkpoint {path} is missing {name}")
+        if _sha256(f) != digest:
+            raise MidigenError(f"checkpoint {path}: {name} does not match its recorded hash (tampered or corrupt)")
+    return config
+
+
+def load_checkpoint(path, device="cpu", check_hashes: bool = True):
+    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolve(path)
+    config = verify(path) if check_hashes else read_config(path)
+    try:
+        codec = Codec.load(path / CODEC)
+    except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
+        raise MidigenError(f"checkpoint {path}: bad codec.json ({e})") from None
+    try:
+        cfg = GPTConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise MidigenError(f"checkpoint {path}: bad model config ({e})") from None
+    if cfg.vocab_size < codec.vocab_size:
+        raise MidigenError(f"checkpoint {path}: model vocabulary {cfg.vocab_size} < codec's {codec.vocab_size}")
+    try:
+        state = load_file(str(path / WEIGHTS), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise MidigenError(f"checkpoint {path}: unreadable weights ({e})") from None
+    model = GPT(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "head.weight"}
+    got = {k: v.shape for k, v in state.items()}
+    if expected != got:
+        missing = sorted(set(expected) - set(got))[:3]
+        extra = sorted(set(got) - set(expected))[:3]
+        bad = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
+        raise MidigenError(
+            f"checkpoint {path}: weights do not fit the model config (missing {missing}, unexpected {extra}, "
+            f"wrong shape {bad})"
+        )
+    model.load_state_dict(state, strict=False)  # head.weight is tied to wte.weight
+    model.to(device).eval()
+    return model, codec, config
+
+
+def load_train_state(path) -> dict:
+    """The optimizer/step/RNG state of a run's ``last/``: tensors and plain containers only."""
+    f = Path(path) / TRAIN_STATE
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UsageError(f"no training state at {f}: nothing to resume") from None
+    except Exception as e:  # weights_only refuses anything but tensors and plain types
+        raise MidigenError(f"cannot load {f}: {e}") from None
