@@ -79,6 +79,7 @@ class Codec:
     """Token vocabulary plus encode/decode. Construct from params; save/restore with JSON."""
 
     params: CodecParams = field(default_factory=CodecParams)
+    batch_bytes: int = 1 << 17  # encode_many works through ~128 kB of MIDI at a time
 
     def __post_init__(self) -> None:
         p = self.params
@@ -112,6 +113,7 @@ class Codec:
         # Boundaries between duration bins: geometric means, so rounding is relative (log domain).
         d = self.durations.astype(np.float64)
         self._duration_edges = np.sqrt(d[:-1] * d[1:])
+        self._duration_bin = np.searchsorted(self._duration_edges, np.arange(p.duration_max + 1))
         self._tempo_edges = np.sqrt(self.tempo_bpm[:-1] * self.tempo_bpm[1:])
         self._kind = self._build_kind_table()
 
@@ -305,120 +307,248 @@ class Codec:
         return score
 
     def note_arrays(self, score: symusic.Score) -> dict[str, np.ndarray]:
-        """All notes of a score as flat arrays in ticks: time, duration, pitch, velocity, instrument."""
-        cols = {k: [] for k in ("time", "duration", "pitch", "velocity", "instrument")}
+        """All notes of a score as flat int64 arrays in ticks: time, duration, pitch, velocity, instrument."""
+        parts, insts, counts = [], [], []
         for track in score.tracks:
-            if track.note_num() == 0:
+            n = track.note_num()
+            if n == 0:
                 continue
-            a = track.notes.numpy()
-            inst = DRUMS if track.is_drum else int(track.program) & 127
-            for k in ("time", "duration", "pitch", "velocity"):
-                cols[k].append(a[k].astype(np.int64))
-            cols["instrument"].append(np.full(len(a["time"]), inst, dtype=np.int64))
-        out = {k: (np.concatenate(v) if v else np.zeros(0, np.int64)) for k, v in cols.items()}
-        keep = (out["velocity"] > 0) & (out["pitch"] >= 0) & (out["pitch"] < N_PITCHES) & (out["time"] >= 0)
-        return {k: v[keep] for k, v in out.items()}
+            parts.append(track.notes.numpy())
+            insts.append(DRUMS if track.is_drum else int(track.program) & 127)
+            counts.append(n)
+        if not parts:
+            return {k: np.zeros(0, np.int64) for k in ("time", "duration", "pitch", "velocity", "instrument")}
+        out = {k: np.concatenate([a[k] for a in parts]).astype(np.int64) for k in ("time", "duration", "pitch", "velocity")}
+        out["instrument"] = np.repeat(np.array(insts, dtype=np.int64), counts)
+        keep = (out["velocity"] > 0) & (out["pitch"] >= 0) & (out["time"] >= 0)
+        if not keep.all():
+            out = {k: v[keep] for k, v in out.items()}
+        return out
 
     def encode(self, data: bytes) -> np.ndarray:
         """MIDI file bytes -> uint16 token ids (BOS ... EOS). Raises CodecError."""
         return self.encode_score(self.read_midi(data))
 
     def encode_score(self, score: symusic.Score) -> np.ndarray:
+        """One score -> tokens. Raises CodecError (no notes, absurd length)."""
+        out = self.encode_scores([score])[0]
+        if isinstance(out, CodecError):
+            raise out
+        return out
+
+    def encode_many(self, datas) -> list:
+        """Many MIDI files (bytes) -> a list of token arrays, or CodecError where a file fails.
+
+        Vectorized across the whole batch: per-file Python work is only parsing and pulling the
+        note arrays out of symusic, so small files cost little more than their parse.
+        """
+        scores, out, encoded, size = [], [], [], 0
+        for data in datas:
+            try:
+                scores.append(self.read_midi(data))
+                out.append(None)
+                size += len(data)
+            except CodecError as e:
+                out.append(e)
+            if size > self.batch_bytes:  # keep batches cache-sized
+                encoded += self.encode_scores(scores)
+                scores, size = [], 0
+        encoded += self.encode_scores(scores) if scores else []
+        done = iter(encoded)
+        return [next(done) if o is None else o for o in out]
+
+    def encode_scores(self, scores) -> list:
+        """Scores -> list of token arrays (or CodecError per score), computed in one vectorized pass."""
         p = self.params
-        tpq = score.ticks_per_quarter
-        notes = self.note_arrays(score)
-        if len(notes["time"]) == 0:
-            raise CodecError("no notes")
+        n_files = len(scores)
+        results: list = [None] * n_files
+        cols = {k: [] for k in ("time", "duration", "pitch", "velocity")}
+        inst_l, fid_l, count_l = [], [], []
+        tpq = np.zeros(n_files, dtype=np.int64)
+        tempo_parts, ts_tok = [], np.full(n_files, -1, dtype=np.int64)
+        for f, score in enumerate(scores):
+            tpq[f] = score.ticks_per_quarter
+            for track in score.tracks:
+                n = track.note_num()
+                if n:
+                    a = track.notes.numpy()
+                    for k in cols:
+                        cols[k].append(a[k])
+                    inst_l.append(DRUMS if track.is_drum else int(track.program) & 127)
+                    fid_l.append(f)
+                    count_l.append(n)
+            if len(score.tempos):
+                tempo_parts.append((f, score.tempos.numpy()))
+            if len(score.time_signatures):
+                ts = min(score.time_signatures, key=lambda x: x.time)
+                tok = self.ts_token(ts.numerator, ts.denominator)
+                ts_tok[f] = -1 if tok is None else tok
+        if not count_l:
+            return [CodecError("no notes")] * n_files
+
+        time = np.concatenate(cols["time"]).astype(np.int64)
+        duration = np.concatenate(cols["duration"]).astype(np.int64)
+        pitch = np.concatenate(cols["pitch"]).astype(np.int64)
+        velocity = np.concatenate(cols["velocity"]).astype(np.int64)
+        counts = np.array(count_l, dtype=np.int64)
+        inst = np.repeat(np.array(inst_l, dtype=np.int64), counts)
+        fid = np.repeat(np.array(fid_l, dtype=np.int64), counts)
+        keep = (velocity > 0) & (pitch >= 0) & (time >= 0)
+        if not keep.all():
+            time, duration, pitch, velocity, inst, fid = (
+                a[keep] for a in (time, duration, pitch, velocity, inst, fid))
 
         # Quantize to steps (round half up, integer arithmetic: exact for any tpq).
-        spq = p.steps_per_quarter
-        onset = (notes["time"] * (2 * spq) + tpq) // (2 * tpq)
-        dur = np.maximum(1, (notes["duration"] * (2 * spq) + tpq) // (2 * tpq))
-        inst, pitch, vel = notes["instrument"], notes["pitch"], notes["velocity"]
+        spq2 = 2 * p.steps_per_quarter
+        q = tpq[fid]
+        onset = (time * spq2 + q) // (2 * q)
+        dur = np.maximum(1, (duration * spq2 + q) // (2 * q))
 
-        # Sort by onset, instrument, pitch; drop exact duplicates (same onset, instrument, pitch).
-        order = np.lexsort((pitch, inst, onset))
-        onset, dur, inst, pitch, vel = onset[order], dur[order], inst[order], pitch[order], vel[order]
-        if len(onset) > 1:
-            dup = np.zeros(len(onset), dtype=bool)
-            dup[1:] = (onset[1:] == onset[:-1]) & (inst[1:] == inst[:-1]) & (pitch[1:] == pitch[:-1])
-            keep = ~dup
-            onset, dur, inst, pitch, vel = onset[keep], dur[keep], inst[keep], pitch[keep], vel[keep]
+        # Files whose notes are absurdly far out cannot be keyed; they fail alone.
+        too_far = np.zeros(n_files, dtype=bool)
+        too_far[fid[onset >= 1 << 32]] = True
+        has_notes = np.bincount(fid, minlength=n_files) > 0
+        bad = too_far | ~has_notes
+        for f in np.flatnonzero(bad):
+            results[f] = CodecError("no notes" if not has_notes[f] else "absurd length (notes after 2^32 steps)")
+        if bad.any():
+            ok = ~bad[fid]
+            onset, dur, velocity, inst, fid, pitch = (a[ok] for a in (onset, dur, velocity, inst, fid, pitch))
+            if len(onset) == 0:
+                return results
 
-        # Tempo map, in steps; header tempo is the one in force at tick 0.
-        tempos = score.tempos.numpy() if len(score.tempos) else None
-        if tempos is not None and len(tempos["time"]):
-            t_time = (tempos["time"].astype(np.int64) * (2 * spq) + tpq) // (2 * tpq)
-            mspq = tempos["mspq"].astype(np.float64)
-            t_bpm = 60_000_000.0 / np.maximum(mspq, 1.0)
-            o = np.argsort(t_time, kind="stable")
-            t_time, t_bin = t_time[o], np.searchsorted(self._tempo_edges, t_bpm[o])
-            # the last change at any step wins
-            last = np.ones(len(t_time), dtype=bool)
-            last[:-1] = t_time[1:] != t_time[:-1]
-            t_time, t_bin = t_time[last], t_bin[last]
-            at0 = t_time <= 0
-            head_bin = int(t_bin[at0][-1]) if at0.any() else self.tempo_token(120.0) - self.tempo_start
-            t_time, t_bin = t_time[~at0], t_bin[~at0]
-            # drop changes at or after the last onset, and repeats of the tempo already in force
-            inside = t_time < onset[-1]
-            t_time, t_bin = t_time[inside], t_bin[inside]
-            prev = np.concatenate(([head_bin], t_bin[:-1]))
+        # One sort key per note: file, onset, instrument, pitch. Exact duplicates are dropped.
+        note_id = inst * N_PITCHES + pitch
+        key = (fid << 47) | (onset << 15) | note_id
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.empty(len(key), dtype=bool)
+        first[0] = True
+        np.not_equal(key[1:], key[:-1], out=first[1:])
+        order, key = order[first], key[first]
+        fid, onset, note_id = key >> 47, (key >> 15) & ((1 << 32) - 1), key & 0x7FFF
+        dur, velocity = dur[order], velocity[order]
+
+        # Tempo maps: header tempo per file, then changes (only where the bin moves) before the last onset.
+        default_bin = int(np.searchsorted(self._tempo_edges, 120.0))
+        head_bin = np.full(n_files, default_bin, dtype=np.int64)
+        t_fid = t_time = t_bin = np.zeros(0, dtype=np.int64)
+        if tempo_parts:
+            t_fid = np.concatenate([np.full(len(a["time"]), f, np.int64) for f, a in tempo_parts])
+            t_raw = np.concatenate([a["time"] for _, a in tempo_parts]).astype(np.int64)
+            mspq = np.concatenate([a["mspq"] for _, a in tempo_parts]).astype(np.float64)
+            q = tpq[t_fid]
+            t_time = np.maximum(0, (t_raw * spq2 + q) // (2 * q))
+            t_bin = np.searchsorted(self._tempo_edges, 60_000_000.0 / np.maximum(mspq, 1.0))
+            t_time = np.minimum(t_time, (1 << 32) - 1)
+            tkey = (t_fid << 32) | t_time
+            o = np.argsort(tkey, kind="stable")
+            tkey, t_bin = tkey[o], t_bin[o]
+            last = np.ones(len(tkey), dtype=bool)  # the last change at any step wins
+            last[:-1] = tkey[1:] != tkey[:-1]
+            tkey, t_bin = tkey[last], t_bin[last]
+            t_fid, t_time = tkey >> 32, tkey & ((1 << 32) - 1)
+            at0 = t_time == 0
+            head_bin[t_fid[at0]] = t_bin[at0]
+            file_last_onset = np.zeros(n_files, dtype=np.int64)
+            file_last_onset[fid] = onset  # sorted, so the last write per file is its last onset
+            inside = ~at0 & (t_time < file_last_onset[t_fid]) & ~bad[t_fid]
+            t_fid, t_time, t_bin = t_fid[inside], t_time[inside], t_bin[inside]
+            prev = np.empty(len(t_bin), dtype=np.int64)
+            if len(t_bin):
+                prev[1:] = t_bin[:-1]
+                new_file = np.ones(len(t_bin), dtype=bool)
+                new_file[1:] = t_fid[1:] != t_fid[:-1]
+                prev[new_file] = head_bin[t_fid[new_file]]
             changed = t_bin != prev
-            t_time, t_bin = t_time[changed], t_bin[changed]
+            t_fid, t_time, t_bin = t_fid[changed], t_time[changed], t_bin[changed]
+
+        # Event times (per file): note onsets and tempo changes; long gaps are shortened.
+        nkey = (fid << 32) | onset
+        if len(t_time):
+            tk = (t_fid << 32) | t_time
+            times = np.concatenate((nkey, tk))
+            times.sort(kind="stable")
         else:
-            head_bin = self.tempo_token(120.0) - self.tempo_start
-            t_time = t_bin = np.zeros(0, dtype=np.int64)
+            times = nkey
+        is_first = np.empty(len(times), dtype=bool)
+        is_first[0] = True
+        np.not_equal(times[1:], times[:-1], out=is_first[1:])
+        groups = times[is_first]
+        g_fid, g_time = groups >> 32, groups & ((1 << 32) - 1)
+        gaps = np.empty(len(groups), dtype=np.int64)
+        gaps[0] = g_time[0]
+        gaps[1:] = g_time[1:] - g_time[:-1]
+        file_start_group = np.ones(len(groups), dtype=bool)
+        file_start_group[1:] = g_fid[1:] != g_fid[:-1]
+        gaps[file_start_group] = g_time[file_start_group]
+        np.minimum(gaps, p.max_gap, out=gaps)
 
-        # Event times: note onsets and tempo changes; shorten long gaps.
-        times = np.unique(np.concatenate((onset, t_time)))
-        gaps = np.diff(np.concatenate(([0], times)))
-        gaps = np.minimum(gaps, p.max_gap)
-        new_times = np.cumsum(gaps)
-        onset = new_times[np.searchsorted(times, onset)]
-        t_time = new_times[np.searchsorted(times, t_time)]
-
-        # Shift tokens: a gap g becomes g // max_shift full shifts and one for the remainder.
-        n_full = gaps // p.max_shift
-        rem = gaps % p.max_shift
+        # Tokens per event time: shifts arriving there, an optional tempo change, NOTE/DV pairs.
+        n_groups = len(groups)
+        # group of each note: its rank among distinct note times, plus the tempo-only times before it
+        new_time = np.empty(len(nkey), dtype=bool)
+        new_time[0] = True
+        np.not_equal(nkey[1:], nkey[:-1], out=new_time[1:])
+        note_group = np.cumsum(new_time) - 1
+        if len(t_time):
+            tk = (t_fid << 32) | t_time
+            u = nkey[new_time]
+            j = np.minimum(np.searchsorted(u, tk), len(u) - 1)
+            tempo_only = np.sort(tk[u[j] != tk])
+            if len(tempo_only):
+                note_group += np.searchsorted(tempo_only, nkey)
+        n_notes = np.bincount(note_group, minlength=n_groups)
+        n_full, rem = np.divmod(gaps, p.max_shift)
         n_shift = n_full + (rem > 0)
-        s_time = np.repeat(new_times, n_shift)
-        idx_in_gap = np.arange(len(s_time)) - np.repeat(np.cumsum(n_shift) - n_shift, n_shift)
-        is_full = idx_in_gap < np.repeat(n_full, n_shift)
-        s_tok = np.where(is_full, self.shift_start + p.max_shift - 1, self.shift_start + np.repeat(rem, n_shift) - 1)
+        has_tempo = np.zeros(n_groups, dtype=np.int64)
+        tempo_group = np.searchsorted(groups, (t_fid << 32) | t_time) if len(t_time) else np.zeros(0, np.int64)
+        has_tempo[tempo_group] = 1
+        count = n_shift + has_tempo + 2 * n_notes
 
-        # Note tokens: NOTE then DV.
-        dbin = np.searchsorted(self._duration_edges, dur)
-        vbin = np.clip(vel, 1, 127) * p.velocity_levels // 128
-        note_tok = self.note_start + inst * N_PITCHES + pitch
-        dv_tok = self.dv_start + dbin * p.velocity_levels + vbin
-        n = len(onset)
-        ev_tok = np.empty(2 * n, dtype=np.int64)
-        ev_tok[0::2], ev_tok[1::2] = note_tok, dv_tok
-        ev_time = np.repeat(onset, 2)
+        # Headers: BOS, INST of each instrument present, TEMPO, [TS].
+        present = np.bincount(fid * N_INSTRUMENTS + (note_id >> 7), minlength=n_files * N_INSTRUMENTS)
+        pf, pi = np.nonzero(present.reshape(n_files, N_INSTRUMENTS))
+        n_inst = np.bincount(pf, minlength=n_files)
+        has_ts = (ts_tok >= 0).astype(np.int64)
+        head_len = 2 + n_inst + has_ts
+        body_len = np.bincount(g_fid, weights=count, minlength=n_files).astype(np.int64)
+        file_len = np.where(bad, 0, head_len + body_len + 1)
+        file_start = np.cumsum(file_len) - file_len
+        total = int(file_len.sum())
+        out = np.zeros(total, dtype=np.uint16)
 
-        # Merge: at each time, shifts (arriving there) come first, then a tempo change, then notes.
-        all_time = np.concatenate((s_time, t_time, ev_time))
-        all_kind = np.concatenate(
-            (np.zeros(len(s_time), np.int64), np.ones(len(t_time), np.int64), np.full(2 * n, 2, np.int64))
-        )
-        all_seq = np.concatenate((np.arange(len(s_time)), np.arange(len(t_time)), np.arange(2 * n)))
-        all_tok = np.concatenate((s_tok, self.tempo_start + t_bin, ev_tok))
-        order = np.lexsort((all_seq, all_kind, all_time))
-        body = all_tok[order]
+        ok_files = np.flatnonzero(~bad)
+        out[file_start[ok_files]] = self.BOS
+        inst_rank = np.arange(len(pf)) - (np.cumsum(n_inst) - n_inst)[pf]
+        out[file_start[pf] + 1 + inst_rank] = self.inst_start + pi
+        out[file_start[ok_files] + 1 + n_inst[ok_files]] = self.tempo_start + head_bin[ok_files]
+        ts_files = ok_files[has_ts[ok_files] == 1]
+        out[file_start[ts_files] + 2 + n_inst[ts_files]] = ts_tok[ts_files]
+        out[file_start[ok_files] + file_len[ok_files] - 1] = self.EOS
 
-        # Header: instruments present, start tempo, time signature.
-        head = [self.BOS]
-        head += [self.inst_start + int(i) for i in np.unique(inst)]
-        head.append(self.tempo_start + head_bin)
-        if len(score.time_signatures):
-            ts = score.time_signatures.numpy()
-            first = int(np.argmin(ts["time"]))
-            tok = self.ts_token(int(ts["numerator"][first]), int(ts["denominator"][first]))
-            if tok is not None:
-                head.append(tok)
-        out = np.concatenate((np.array(head, dtype=np.int64), body, [self.EOS]))
-        return out.astype(np.uint16)
+        # Group start = body start of its file + tokens of the earlier groups in the same file.
+        excl = np.cumsum(count) - count
+        first_group_excl = np.zeros(n_files, dtype=np.int64)
+        first_group_excl[g_fid[file_start_group]] = excl[file_start_group]
+        g_start = file_start[g_fid] + head_len[g_fid] + excl - first_group_excl[g_fid]
+
+        s_group = np.repeat(np.arange(n_groups), n_shift)
+        s_pos = np.arange(len(s_group)) - np.repeat(np.cumsum(n_shift) - n_shift, n_shift)
+        out[g_start[s_group] + s_pos] = np.where(
+            s_pos < n_full[s_group], self.shift_start + p.max_shift - 1, self.shift_start + rem[s_group] - 1)
+        if len(t_time):
+            out[g_start[tempo_group] + n_shift[tempo_group]] = self.tempo_start + t_bin
+        rank = np.arange(len(nkey)) - (np.cumsum(n_notes) - n_notes)[note_group]
+        pos = g_start[note_group] + n_shift[note_group] + has_tempo[note_group] + 2 * rank
+        out[pos] = self.note_start + note_id
+        dbin = self._duration_bin[np.minimum(dur, p.duration_max)]
+        vbin = np.clip(velocity, 1, 127) * p.velocity_levels // 128
+        out[pos + 1] = self.dv_start + dbin * p.velocity_levels + vbin
+
+        for f in ok_files:
+            results[f] = out[file_start[f] : file_start[f] + file_len[f]]
+        return results
 
     # ----- decoding ---------------------------------------------------------------------------
 

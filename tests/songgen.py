@@ -100,12 +100,28 @@ def make_song(seed: int, bars: int = 24, tpq: int | None = None) -> symusic.Scor
     def add(name, program, rows, is_drum=False):
         tr = symusic.Track(name, program, is_drum)
         _notes(tr, sorted(rows))
+        # what real GM files carry besides notes: volume, pan, reverb, expression swells
+        for cc, val in ((7, int(rng.integers(80, 120))), (10, int(rng.integers(20, 108))), (91, 40)):
+            tr.controls.append(symusic.ControlChange(0, cc, val))
+        if not is_drum:
+            for b in range(0, bars, 2):
+                for k in range(8):
+                    tr.controls.append(symusic.ControlChange(b * bar + k * bar // 4, 11, 80 + 5 * k))
         score.tracks.append(tr)
+        return tr
 
     add("Drums", 0, drums, True)
     add("Bass", int(rng.choice(BASS_PROGRAMS)), bass)
-    add("Chords", int(rng.choice(CHORD_PROGRAMS)), chords)
-    add("Lead", int(rng.choice(LEAD_PROGRAMS)), lead)
+    comp = add("Chords", int(rng.choice(CHORD_PROGRAMS)), chords)
+    for b in range(bars):  # sustain pedal down through each bar
+        comp.controls.append(symusic.ControlChange(b * bar + jitter, 64, 127))
+        comp.controls.append(symusic.ControlChange((b + 1) * bar - jitter, 64, 0))
+    solo = add("Lead", int(rng.choice(LEAD_PROGRAMS)), lead)
+    for t, d, _, _ in lead:  # bends and vibrato on some lead notes
+        if rng.random() < 0.2:
+            for k in range(12):
+                solo.pitch_bends.append(symusic.PitchBend(t + k * d // 12, int(600 * np.sin(k / 2))))
+            solo.pitch_bends.append(symusic.PitchBend(t + d, 0))
     if rng.random() < 0.5:
         add("Pad", int(rng.choice(PAD_PROGRAMS)), pad)
     return score
