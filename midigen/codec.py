@@ -297,8 +297,10 @@ class Codec:
     # ----- encoding ---------------------------------------------------------------------------
 
     def read_midi(self, data: bytes) -> symusic.Score:
+        from midigen.smf import sanitize_smf, unwrap_rmid
+
         try:
-            score = symusic.Score.from_midi(bytes(data))
+            score = symusic.Score.from_midi(sanitize_smf(unwrap_rmid(bytes(data))))
         except Exception as e:  # symusic raises plain RuntimeError/ValueError on bad files
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CodecError(f"unreadable MIDI: {msg}") from None

@@ -1,0 +1,56 @@
+"""Byte-level hygiene for Standard MIDI Files before symusic parses them.
+
+symusic trusts the lengths a file declares; these fixes make every read bounded by the bytes that
+are really there, and unwrap the RIFF container some Windows tools put around MIDI.
+"""
+from __future__ import annotations
+
+import struct
+
+
+def sanitize_smf(data: bytes) -> bytes:
+    """Clamp chunk lengths and the track count to the bytes actually present.
+
+    symusic 0.5.9 trusts a chunk's declared length, so a truncated file (or a track claiming
+    4 GiB) makes it read past the end of its buffer: the result then depends on whatever memory
+    follows, and the same file can give different tokens in two runs. Clamped, every read is
+    bounded by the real data and the outcome is deterministic.
+    """
+    n = len(data)
+    if n < 14 or data[:4] != b"MThd":
+        return data
+    (hlen,) = struct.unpack(">I", data[4:8])
+    if hlen < 6 or 8 + hlen > n:
+        return data
+    out = bytearray(data)
+    pos, tracks, changed = 8 + hlen, 0, False
+    while pos + 8 <= n:
+        (clen,) = struct.unpack(">I", data[pos + 4 : pos + 8])
+        if pos + 8 + clen > n:
+            clen = n - pos - 8
+            out[pos + 4 : pos + 8] = struct.pack(">I", clen)
+            changed = True
+        if data[pos : pos + 4] == b"MTrk":
+            tracks += 1
+        pos += 8 + clen
+    if pos < n:  # a few trailing bytes that cannot hold a chunk header
+        del out[pos:]
+        changed = True
+    (declared,) = struct.unpack(">H", data[10:12])
+    if declared != tracks:
+        out[10:12] = struct.pack(">H", min(tracks, 0xFFFF))
+        changed = True
+    return bytes(out) if changed else data
+
+
+def unwrap_rmid(data: bytes) -> bytes:
+    """RIFF-wrapped MIDI (.rmi, 'RIFF....RMID data....') -> the Standard MIDI File inside it."""
+    if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"RMID":
+        return data
+    pos = 12
+    while pos + 8 <= len(data):
+        kind, size = data[pos : pos + 4], struct.unpack("<I", data[pos + 4 : pos + 8])[0]
+        if kind == b"data":
+            return data[pos + 8 : pos + 8 + size]
+        pos += 8 + size + (size & 1)
+    return data

@@ -1,0 +1,68 @@
+"""Shared fixtures: generated songs, real music21 exports and a small prepared dataset.
+
+All are session-scoped and built from real files by the real code paths, so every test module
+(codec, prepare, training, sampling) sees the same data without paying for it twice.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+PYTHON = str(REPO / ".venv" / "bin" / "python") if (REPO / ".venv" / "bin" / "python").exists() else sys.executable
+
+MUSIC21_TEST_PIECES = 30
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def python_exe() -> str:
+    """The interpreter for CLI subprocesses (`python -m midigen ...`)."""
+    return PYTHON
+
+
+@pytest.fixture(scope="session")
+def songs_dir(tmp_path_factory) -> Path:
+    """60 generated multi-track GM songs (drums, bass, chords, melody, tempo changes)."""
+    from songgen import write_songs
+
+    d = tmp_path_factory.mktemp("songs")
+    write_songs(d, 60)
+    return d
+
+
+@pytest.fixture(scope="session")
+def music21_dir() -> Path:
+    """About 30 real pieces (Bach chorales, Monteverdi, Ryan's Mammoth) exported from music21.
+
+    Cached in the user cache (MIDIGEN_CACHE), so only the first session pays the ~5 s export.
+    """
+    from midigen.corpus import demo_corpus_dir
+
+    return demo_corpus_dir(progress=False, limit=MUSIC21_TEST_PIECES)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, songs_dir, music21_dir) -> Path:
+    """A prepared dataset folder (train/val/test .bin, meta.json, files.jsonl) from both fixtures.
+
+    val and test are 10% each, so every split holds several songs.
+    """
+    from midigen.prepare import prepare
+
+    out = tmp_path_factory.mktemp("tiny_dataset")
+    summary = prepare([str(songs_dir), str(music21_dir)], out, workers=2, val_frac=0.1, test_frac=0.1,
+                      progress=False)
+    for split in ("train", "val", "test"):
+        assert summary["splits"][split]["files"] >= 2, summary
+    return out
