@@ -114,6 +114,11 @@ class Codec:
         d = self.durations.astype(np.float64)
         self._duration_edges = np.sqrt(d[:-1] * d[1:])
         self._duration_bin = np.searchsorted(self._duration_edges, np.arange(p.duration_max + 1))
+        # DV id for every (duration in steps, MIDI velocity): one lookup per note when encoding
+        vel_bin = np.clip(np.arange(128), 1, 127) * p.velocity_levels // 128
+        self._dv_lut = (
+            self.dv_start + self._duration_bin[:, None] * p.velocity_levels + vel_bin[None, :]
+        ).astype(np.uint16)
         self._tempo_edges = np.sqrt(self.tempo_bpm[:-1] * self.tempo_bpm[1:])
         self._kind = self._build_kind_table()
 
@@ -396,7 +401,8 @@ class Codec:
         inst = np.repeat(np.array(inst_l, dtype=np.int64), counts)
         fid = np.repeat(np.array(fid_l, dtype=np.int64), counts)
         keep = (velocity > 0) & (pitch >= 0) & (time >= 0)
-        if not keep.all():
+        filtered = not keep.all()
+        if filtered:
             time, duration, pitch, velocity, inst, fid = (
                 a[keep] for a in (time, duration, pitch, velocity, inst, fid))
 
@@ -509,8 +515,13 @@ class Codec:
         count = n_shift + has_tempo + 2 * n_notes
 
         # Headers: BOS, INST of each instrument present, TEMPO, [TS].
-        present = np.bincount(fid * N_INSTRUMENTS + (note_id >> 7), minlength=n_files * N_INSTRUMENTS)
-        pf, pi = np.nonzero(present.reshape(n_files, N_INSTRUMENTS))
+        present = np.zeros((n_files, N_INSTRUMENTS), dtype=bool)
+        if filtered:  # some notes were dropped: find the instruments that still have notes
+            present[fid, note_id >> 7] = True
+        else:
+            present[np.array(fid_l), np.array(inst_l)] = True
+        present[bad] = False
+        pf, pi = np.nonzero(present)
         n_inst = np.bincount(pf, minlength=n_files)
         has_ts = (ts_tok >= 0).astype(np.int64)
         head_len = 2 + n_inst + has_ts
@@ -541,12 +552,11 @@ class Codec:
             s_pos < n_full[s_group], self.shift_start + p.max_shift - 1, self.shift_start + rem[s_group] - 1)
         if len(t_time):
             out[g_start[tempo_group] + n_shift[tempo_group]] = self.tempo_start + t_bin
-        rank = np.arange(len(nkey)) - (np.cumsum(n_notes) - n_notes)[note_group]
-        pos = g_start[note_group] + n_shift[note_group] + has_tempo[note_group] + 2 * rank
+        # a note's slot: its group's first note slot + 2 x its rank in the group (one gather)
+        g_note0 = g_start + n_shift + has_tempo - 2 * (np.cumsum(n_notes) - n_notes)
+        pos = g_note0[note_group] + 2 * np.arange(len(nkey))
         out[pos] = self.note_start + note_id
-        dbin = self._duration_bin[np.minimum(dur, p.duration_max)]
-        vbin = np.clip(velocity, 1, 127) * p.velocity_levels // 128
-        out[pos + 1] = self.dv_start + dbin * p.velocity_levels + vbin
+        out[pos + 1] = self._dv_lut[np.minimum(dur, p.duration_max), velocity]
 
         for f in ok_files:
             results[f] = out[file_start[f] : file_start[f] + file_len[f]]
