@@ -1,0 +1,189 @@
+"""Hear and see a score: WAV through a General MIDI soundfont, a piano-roll PNG, playback.
+
+Audio uses symusic's built-in SoundFont synthesizer, so no system package (fluidsynth, timidity) is
+needed; the default soundfont is the small GM set that the pretty_midi wheel ships.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from midigen.codec import DRUMS, instrument_name
+from midigen.errors import MidigenError, UsageError
+
+PEAK = 0.89  # -1 dBFS: loud enough to hear, never clipping
+
+
+def default_soundfont() -> Path:
+    import pretty_midi
+
+    return Path(pretty_midi.__file__).parent / "TimGM6mb.sf2"
+
+
+def find_soundfont(path=None) -> Path:
+    """The soundfont to render with: ``path`` if given (must exist), else pretty_midi's TimGM6mb."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"soundfont {p} does not exist")
+        if p.suffix.lower() not in (".sf2", ".sf3"):
+            raise UsageError(f"soundfont {p} is not an .sf2/.sf3 file")
+        return p
+    try:
+        p = default_soundfont()
+    except ImportError:
+        raise MidigenError("no default soundfont (pretty_midi is not installed): pass --soundfont FILE") from None
+    if not p.is_file():
+        raise MidigenError(f"the default soundfont {p} is missing: pass --soundfont FILE")
+    return p
+
+
+def render_audio(score, soundfont=None, sample_rate: int = 22050) -> np.ndarray:
+    """(2, n) float32 stereo, normalized so the loudest sample sits at -1 dBFS."""
+    import symusic
+
+    sf = find_soundfont(soundfont)
+    try:
+        synth = symusic.Synthesizer(str(sf), int(sample_rate))
+        audio = np.asarray(synth.render(score, stereo=True), dtype=np.float32)
+    except Exception as e:  # the synthesizer raises plain RuntimeErrors on bad soundfonts
+        raise MidigenError(f"cannot render audio with {sf}: {e}") from None
+    if audio.ndim != 2 or audio.shape[0] != 2:
+        audio = np.atleast_2d(audio)
+        audio = np.repeat(audio[:1], 2, axis=0)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > 0:
+        audio = audio * (PEAK / peak)
+    return audio
+
+
+def write_wav(score, path, soundfont=None, sample_rate: int = 22050) -> Path:
+    """Render ``score`` to a 16-bit stereo WAV at ``path`` (atomically); returns the path."""
+    from midigen.fsutil import atomic_write_bytes
+    import io
+
+    audio = render_audio(score, soundfont, sample_rate)
+    pcm = np.clip(np.round(audio.T * 32767.0), -32767, 32767).astype("<i2")
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(int(sample_rate))
+        w.writeframes(pcm.tobytes())
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_piano_roll(score, path, title: str | None = None) -> Path:
+    """A piano roll PNG: one colour per instrument, drums as grey crosses, seconds on x, pitch on y."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    s = score.to("second")
+    fig = Figure(figsize=(12, 5), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = matplotlib.colormaps["tab10"]
+    handles, lo, hi, end = [], 127, 0, 0.0
+    pitched = 0
+    for track in s.tracks:
+        if not track.note_num():
+            continue
+        a = track.notes.numpy()
+        t, d, p = a["time"], a["duration"], a["pitch"].astype(int)
+        lo, hi = min(lo, int(p.min())), max(hi, int(p.max()))
+        end = max(end, float(np.max(t + d)))
+        if track.is_drum:
+            ax.scatter(t, p, marker="x", s=14, color="0.35", linewidths=0.8, zorder=3)
+            handles.append(Line2D([], [], marker="x", color="0.35", linestyle="none", label=instrument_name(DRUMS)))
+        else:
+            c = colours(pitched % 10)
+            pitched += 1
+            ax.barh(p, d, left=t, height=0.85, color=c, alpha=0.8, linewidth=0)
+            handles.append(Patch(color=c, label=instrument_name(int(track.program))))
+    if not handles:
+        ax.text(0.5, 0.5, "no notes", ha="center", va="center", transform=ax.transAxes)
+        lo, hi = 48, 72
+    ax.set_xlim(0, max(end, 1.0))
+    ax.set_ylim(lo - 2, hi + 2)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("pitch (MIDI note number)")
+    ax.set_title(title or "midigen")
+    ax.grid(True, axis="x", alpha=0.3)
+    if handles:
+        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """SDL's audio backends print ALSA diagnostics straight to fd 2; keep them off the terminal."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        sys.stderr.flush()
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def play(path) -> bool:
+    """Play a WAV file and wait for it to end; True if it played.
+
+    Without an audio device (or with SDL's dummy driver) it prints where the file is and returns False,
+    so a headless machine is not an error.
+    """
+    path = Path(path)
+    where = f"the audio is at {path}"
+    driver = os.environ.get("SDL_AUDIODRIVER", "").strip().lower()
+    if driver in ("dummy", "disk"):
+        print(f"no audio device (SDL_AUDIODRIVER={driver}): nothing played; {where}", flush=True)
+        return False
+    os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    try:
+        import pygame
+    except ImportError:
+        print(f"pygame is not installed: nothing played; {where}", flush=True)
+        return False
+    try:
+        with _quiet_stderr():
+            pygame.mixer.init()
+    except pygame.error as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else "unavailable"
+        print(f"no audio device ({reason}): nothing played; {where}", flush=True)
+        return False
+    try:
+        sound = pygame.mixer.Sound(str(path))
+        channel = sound.play()
+        print(f"playing {path} ({sound.get_length():.1f} s)", flush=True)
+        while channel is not None and channel.get_busy():
+            time.sleep(0.05)
+    except pygame.error as e:
+        print(f"cannot play {path}: {e}; {where}", flush=True)
+        return False
+    finally:
+        pygame.mixer.quit()
+    return True
