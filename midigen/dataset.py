@@ -1,0 +1,238 @@
+"""Prepared token data for training and evaluation: memmapped splits, windows, fixed eval rows.
+
+Training windows are a pure function of (seed, step, micro-batch index): any process count, any
+restart, draws the same windows for the same step, which makes ``--resume`` exact and lets a
+2-process DDP run see exactly the batches of a 1-process run with twice the accumulation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from midigen.codec import Codec, CodecError
+from midigen.errors import MidigenError, UsageError
+
+SPLITS = ("train", "val", "test")
+TRANSPOSE_RANGE = range(-5, 7)  # a fifth down to a tritone up: every key, each shift small
+_MAX_HEADER = 140  # BOS + 129 instruments + tempo + time signature, with room to spare
+
+
+def read_meta(data_dir) -> dict:
+    path = Path(data_dir) / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(
+            f"{data_dir} is not a prepared dataset (no meta.json); create it with "
+            f"`midigen prepare SOURCE --out {data_dir}`") from None
+    except (OSError, ValueError) as e:
+        raise MidigenError(f"{path} is unreadable: {e}") from None
+    if not isinstance(meta, dict) or "codec" not in meta:
+        raise MidigenError(f"{path} has no codec: not written by `midigen prepare`")
+    return meta
+
+
+class Split:
+    """One split's token stream (memmapped) and where each song starts in it."""
+
+    def __init__(self, data_dir: Path, name: str, codec: Codec, offsets: np.ndarray | None):
+        self.name = name
+        path = data_dir / f"{name}.bin"
+        if not path.exists():
+            raise UsageError(f"{path} is missing: the dataset has no {name} split")
+        n = path.stat().st_size // 2
+        self.tokens = np.memmap(path, dtype=np.uint16, mode="r", shape=(n,)) if n else np.zeros(0, np.uint16)
+        self.codec = codec
+        if offsets is None:  # no files.jsonl: every song starts with BOS
+            offsets = np.flatnonzero(np.asarray(self.tokens) == codec.BOS)
+        self.starts = np.asarray(offsets, dtype=np.int64)
+        if len(self.starts) == 0 or self.starts[0] != 0:
+            self.starts = np.concatenate(([0], self.starts[self.starts > 0]))
+        self.ends = np.append(self.starts[1:], n)
+        self._headers: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def header(self, song: int) -> np.ndarray:
+        """The song's header tokens (BOS, INST..., TEMPO, [TS]), cached."""
+        h = self._headers.get(song)
+        if h is None:
+            s = int(self.starts[song])
+            head = np.asarray(self.tokens[s : min(s + _MAX_HEADER, int(self.ends[song]))])
+            h = head[: self.codec.header_length(head)].astype(np.int64)
+            self._headers[song] = h
+        return h
+
+    def song(self, i: int) -> np.ndarray:
+        return np.asarray(self.tokens[int(self.starts[i]) : int(self.ends[i])])
+
+
+class Dataset:
+    def __init__(self, data_dir):
+        self.dir = Path(data_dir)
+        if not self.dir.is_dir():
+            raise UsageError(f"dataset dir {self.dir} does not exist; create it with "
+                             f"`midigen prepare SOURCE --out {self.dir}`")
+        self.meta = read_meta(self.dir)
+        try:
+            self.codec = Codec.from_dict(self.meta["codec"])
+        except (CodecError, KeyError, TypeError, ValueError) as e:
+            raise MidigenError(f"{self.dir}/meta.json: unusable codec ({e})") from None
+        self._offsets = self._read_offsets()
+        self._splits: dict[str, Split] = {}
+
+    def _read_offsets(self) -> dict | None:
+        path = self.dir / "files.jsonl"
+        if not path.exists():
+            return None
+        out = {s: [] for s in SPLITS}
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if not line:
+                    continue
+                row = json.loads(line)
+                if row.get("split") in out and row.get("offset") is not None:
+                    out[row["split"]].append(int(row["offset"]))
+        return {s: np.unique(np.array(v, dtype=np.int64)) for s, v in out.items()}
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise UsageError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
+        if name not in self._splits:
+            offs = self._offsets[name] if self._offsets is not None else None
+            self._splits[name] = Split(self.dir, name, self.codec, offs)
+        return self._splits[name]
+
+
+class WindowSampler:
+    """Random training windows of ``block_size + 1`` tokens -> (input, target) int64 arrays.
+
+    A window that starts inside a song gets that song's header in front, so the model always knows
+    the instruments and tempo; the header's own predictions are masked (target -1).
+    """
+
+    def __init__(self, split: Split, block_size: int, seed: int, transpose: bool = True):
+        self.split = split
+        self.T = block_size
+        self.seed = seed
+        self.transpose = transpose
+        if len(split) < block_size + 2:
+            raise UsageError(
+                f"the {split.name} split has {len(split)} tokens, fewer than one window of "
+                f"{block_size + 1}: use a smaller block_size or more data")
+        codec = split.codec
+        self._luts = {s: codec.transpose_table(s) for s in TRANSPOSE_RANGE} if transpose else {}
+
+    def batch(self, step: int, micro: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Windows for micro-batch ``micro`` of optimizer step ``step`` (global numbering)."""
+        rng = np.random.default_rng([self.seed, step, micro])
+        T = self.T
+        n = len(self.split)
+        starts = rng.integers(0, n - T, size=batch_size)
+        shifts = rng.integers(TRANSPOSE_RANGE.start, TRANSPOSE_RANGE.stop, size=(batch_size, 4))
+        x = np.empty((batch_size, T), dtype=np.int64)
+        y = np.empty((batch_size, T), dtype=np.int64)
+        for b in range(batch_size):
+            w, masked = self._window(int(starts[b]))
+            if self.transpose:
+                w = self._transpose(w, shifts[b])
+            x[b] = w[:-1]
+            y[b] = w[1:]
+            y[b, :masked] = -1
+        return x, y
+
+    def _window(self, pos: int) -> tuple[np.ndarray, int]:
+        """(T+1 tokens from ``pos``, header prepended if mid-song; number of masked targets)."""
+        sp = self.split
+        T = self.T
+        song = int(np.searchsorted(sp.starts, pos, side="right")) - 1
+        head = sp.header(song)
+        h = len(head)
+        start = int(sp.starts[song])
+        if pos < start + h:
+            pos = start  # inside the header: start at the song's BOS
+        if pos == start or h >= T // 2:  # nothing to prepend (or a header too long to repeat)
+            return np.asarray(sp.tokens[pos : pos + T + 1], dtype=np.int64), 0
+        body = np.asarray(sp.tokens[pos : pos + T + 1 - h], dtype=np.int64)
+        # the header's h tokens give h-1 targets inside the header: those are masked
+        return np.concatenate((head, body)), h - 1
+
+    def _transpose(self, w: np.ndarray, shifts) -> np.ndarray:
+        for s in shifts:  # a few tries; a shift that pushes a note out of range is rejected
+            if s == 0:
+                return w
+            out = self._luts[int(s)][w]
+            if (out >= 0).all():
+                return out
+        return w
+
+
+def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed rows that score each of the first ``max_tokens`` scorable tokens of a split once.
+
+    Songs are taken in order. A song's first chunk starts at its BOS; a later chunk has, as unscored
+    context, the song header (so every scored token knows the instruments) and the ``overlap``
+    tokens before it (default: half the context), so no token is predicted from a cold start. A
+    song's BOS itself is never scored (nothing precedes it). Returns (inputs, targets) of shape
+    (rows, T), targets -1 where nothing is scored.
+    """
+    T = block_size
+    overlap = T // 2 if overlap is None else overlap
+    xs, ys = [], []
+    budget = max_tokens
+    for i in range(len(split.starts)):
+        if budget <= 0:
+            break
+        song = split.song(i).astype(np.int64)
+        if len(song) < 2:
+            continue
+        song = song[: budget + 1]  # + BOS, which is not scored
+        budget -= len(song) - 1
+        head = split.header(i)
+        own = len(head)  # the header's length inside the song
+        if len(head) >= T // 2:
+            head = head[:1]  # a header too long to repeat: keep just BOS as context
+        h = len(head)
+        ov = max(0, min(overlap, T - h - 1))
+        a = 1  # next token to score
+        while a < len(song):
+            if a == 1:
+                seq = song[: T + 1]
+                n_ctx = 0
+            else:
+                c = max(own, a - ov)
+                seq = np.concatenate((head, song[c : c + T + 1 - h]))
+                n_ctx = h - 1 + (a - c)
+            x = np.zeros(T, dtype=np.int64)
+            y = np.full(T, -1, dtype=np.int64)
+            L = len(seq) - 1
+            x[:L] = seq[:-1]
+            y[:L] = seq[1:]
+            y[:n_ctx] = -1
+            xs.append(x)
+            ys.append(y)
+            a += L - n_ctx
+    if not xs:
+        raise UsageError(f"the {split.name} split has no tokens to evaluate")
+    return np.stack(xs), np.stack(ys)
+
+
+def eval_positions(split: Split, max_tokens: int) -> np.ndarray:
+    """Absolute positions (in the split) of the tokens ``eval_rows`` scores, in the same order."""
+    out = []
+    budget = max_tokens
+    for i in range(len(split.starts)):
+        if budget <= 0:
+            break
+        s, e = int(split.starts[i]), int(split.ends[i])
+        if e - s < 2:
+            continue
+        n = min(e - s - 1, budget)
+        out.append(np.arange(s + 1, s + 1 + n, dtype=np.int64))
+        budget -= n
+    return np.concatenate(out) if out else np.zeros(0, np.int64)

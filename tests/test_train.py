@@ -1,0 +1,211 @@
+"""Training: config overrides, data windows, DDP = single process, exact resume after SIGKILL, failures."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from midigen.config import load_config, parse_overrides
+from midigen.errors import UsageError
+
+TEST_TOML = "configs/test.toml"
+
+
+def run(repo_root, python_exe, *args, env=None, timeout=300, cmd=None):
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run((cmd or [python_exe, "-m", "midigen"]) + [str(a) for a in args], cwd=repo_root,
+                          capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def log_rows(run_dir) -> list[tuple]:
+    rows = [json.loads(line) for line in open(Path(run_dir) / "log.jsonl")]
+    return [(r["step"], r.get("loss"), r.get("val_loss"), r.get("val_bits_per_note")) for r in rows]
+
+
+# ----- config -----------------------------------------------------------------------------------
+
+
+def test_overrides_any_form_and_order(repo_root):
+    o = parse_overrides(["--eval-interval", "5", "--lr=1e-3", "--grad_accum", "3", "--transpose=false",
+                         "--init-from", "runs/x", "--min_lr", "-0"])
+    assert o == {"eval_interval": 5, "lr": 1e-3, "grad_accum": 3, "transpose": False, "init_from": "runs/x",
+                 "min_lr": 0.0}
+    cfg = load_config(repo_root / TEST_TOML, ["--eval_interval=7", "--steps", "1e3", "--compile", "auto"])
+    assert (cfg.eval_interval, cfg.steps, cfg.compile) == (7, 1000, "auto")
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--lr=abc"], "lr"), (["--steps=2.5"], "steps"), (["--transpose=maybe"], "transpose"),
+    (["--lr=-1"], "lr"), (["--n-head=3"], "n_head"), (["--dtype=float16"], "dtype"), (["--steps"], "steps"),
+])
+def test_bad_override_values_are_usage_errors(repo_root, args, named):
+    with pytest.raises(UsageError, match=named):
+        load_config(repo_root / TEST_TOML, args)
+
+
+def test_unknown_key_exits_2_with_suggestion(repo_root, python_exe, tmp_path):
+    res = run(repo_root, python_exe, "train", TEST_TOML, "--eval-intervl=5", "--out", tmp_path / "r")
+    assert res.returncode == 2, res.stderr
+    assert "eval-intervl" in res.stderr and "eval_interval" in res.stderr
+    res = run(repo_root, python_exe, "train", TEST_TOML, "--batch-size", "many")
+    assert res.returncode == 2 and "batch_size" in res.stderr, res.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('steps = 10\nlearning_rate = 3e-4\n')
+    res = run(repo_root, python_exe, "info", "--config", bad)
+    assert res.returncode == 2 and "learning_rate" in res.stderr, res.stderr
+
+
+# ----- data -------------------------------------------------------------------------------------
+
+
+def test_windows_carry_the_song_header(tiny_dataset):
+    from midigen.dataset import Dataset, WindowSampler
+
+    ds = Dataset(tiny_dataset)
+    sp = ds.split("train")
+    codec = ds.codec
+    s = WindowSampler(sp, 64, seed=3, transpose=False)
+    x, y = s.batch(step=5, micro=1, batch_size=32)
+    x2, y2 = s.batch(step=5, micro=1, batch_size=32)
+    assert (x == x2).all() and (y == y2).all()  # a pure function of (seed, step, micro)
+    assert not (x == s.batch(step=5, micro=2, batch_size=32)[0]).all()
+    assert (x[:, 0] == codec.BOS).all()  # every window starts with a song's header
+    masked = (y == -1).sum(1)
+    for row, m in zip(x, masked):
+        h = codec.header_length(row)
+        assert m in (0, h - 1)
+    assert (masked > 0).any()  # most windows start mid-song
+    # transposition moves pitched notes together and touches nothing else
+    t = WindowSampler(sp, 64, seed=3, transpose=True)
+    xt, _ = t.batch(step=5, micro=1, batch_size=32)
+    is_note = (x >= codec.note_start) & (x < codec.dv_start)
+    assert (xt[~is_note] == x[~is_note]).all()
+    moved = (xt != x).any(1)
+    assert moved.any()
+    for a, b in zip(x[moved], xt[moved]):
+        n = (a >= codec.note_start) & (a < codec.dv_start) & ((a - codec.note_start) // 128 != 128)
+        d = np.unique(b[n] - a[n])
+        assert len(d) == 1 and -5 <= d[0] <= 6
+
+
+def test_eval_rows_score_each_token_once(tiny_dataset):
+    from midigen.dataset import Dataset, eval_positions, eval_rows
+
+    sp = Dataset(tiny_dataset).split("val")
+    for budget in (10**9, 777):
+        x, y = eval_rows(sp, 64, budget)
+        pos = eval_positions(sp, budget)
+        targets = y[y >= 0]
+        assert len(targets) == len(pos) == min(budget, len(sp) - len(sp.starts))
+        assert (targets == np.asarray(sp.tokens)[pos]).all()
+        assert (x[:, 0] == Dataset(tiny_dataset).codec.BOS).all()  # every chunk sees the header
+
+
+# ----- training runs ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_one(repo_root, python_exe, tiny_dataset, tmp_path):
+    common = ["--data", tiny_dataset, "--steps", "6", "--eval-interval", "3", "--batch-size", "4"]
+    torchrun = [str(Path(python_exe).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "midigen"]
+    ddp = run(repo_root, python_exe, "train", TEST_TOML, *common, "--out", tmp_path / "ddp", cmd=torchrun)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "2 process(es)" in ddp.stderr
+    one = run(repo_root, python_exe, "train", TEST_TOML, *common, "--out", tmp_path / "one", "--grad-accum", "4")
+    assert one.returncode == 0, one.stderr[-3000:]
+    a, b = log_rows(tmp_path / "ddp"), log_rows(tmp_path / "one")
+    assert [r[0] for r in a] == [r[0] for r in b]
+    for ra, rb in zip(a, b):
+        for va, vb in zip(ra[1:], rb[1:]):
+            assert (va is None) == (vb is None)
+            if va is not None:
+                assert va == pytest.approx(vb, rel=1e-4), (ra, rb)
+    assert a[-2][1] < a[0][1]  # and it learns (the last row is the eval)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_equals_uninterrupted(repo_root, python_exe, tiny_dataset, tmp_path):
+    common = ["train", TEST_TOML, "--data", tiny_dataset, "--steps", "12", "--eval-interval", "4"]
+    full = run(repo_root, python_exe, *common, "--out", tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "MIDIGEN_TEST_STEP_SLEEP": "0.25"}
+    proc = subprocess.Popen([python_exe, "-m", "midigen", *map(str, common), "--out", str(out)], cwd=repo_root,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    saved = None
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            saved = json.loads((out / "last" / "config.json").read_text())["info"]["step"]
+        except (OSError, ValueError, KeyError):
+            saved = None
+        if saved:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert saved and saved < 12, "the run should have been killed mid-way"
+
+    again = run(repo_root, python_exe, *common, "--out", out)  # no --resume: refuses to clobber
+    assert again.returncode == 2 and "--resume" in again.stderr
+    res = run(repo_root, python_exe, *common, "--out", out, "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert log_rows(out) == log_rows(tmp_path / "full")  # bit-for-bit the same run
+    for name in ("best", "last"):
+        assert (out / name / "model.safetensors").exists()
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    done = run(repo_root, python_exe, *common, "--out", out, "--resume")
+    assert done.returncode == 2 and "already reached step 12" in done.stderr
+
+    # fine-tuning from that run: same codec works; a dataset with another codec is refused
+    ft = run(repo_root, python_exe, "train", TEST_TOML, "--data", tiny_dataset, "--steps", "2", "--eval-interval",
+             "2", "--out", tmp_path / "ft", "--init-from", out)
+    assert ft.returncode == 0, ft.stderr[-3000:]
+    other = tmp_path / "other_codec"
+    shutil.copytree(tiny_dataset, other)
+    meta = json.loads((other / "meta.json").read_text())
+    from midigen.codec import Codec, CodecParams
+
+    meta["codec"] = Codec(CodecParams(velocity_levels=8)).to_dict()
+    (other / "meta.json").write_text(json.dumps(meta))
+    bad = run(repo_root, python_exe, "train", TEST_TOML, "--data", other, "--steps", "2", "--out",
+              tmp_path / "ft2", "--init-from", out)
+    assert bad.returncode == 1 and "codec" in bad.stderr, bad.stderr[-2000:]
+
+
+def test_resume_without_checkpoint_exits_2(repo_root, python_exe, tiny_dataset, tmp_path):
+    res = run(repo_root, python_exe, "train", TEST_TOML, "--data", tiny_dataset, "--out", tmp_path / "none",
+              "--resume")
+    assert res.returncode == 2 and "--resume" in res.stderr and "last" in res.stderr, res.stderr
+
+
+def test_non_finite_loss_stops_naming_the_step(repo_root, python_exe, tiny_dataset, tmp_path):
+    res = run(repo_root, python_exe, "train", TEST_TOML, "--data", tiny_dataset, "--out", tmp_path / "nan",
+              "--lr=1e30", "--warmup-steps=0", "--steps=8", "--eval-interval=100")
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "at step 2" in res.stderr and "no checkpoint was written yet" in res.stderr, res.stderr[-2000:]
+
+
+def test_wandb_flag_without_wandb_warns(repo_root, python_exe, tiny_dataset, tmp_path):
+    try:
+        import wandb  # noqa: F401
+
+        pytest.skip("wandb is installed")
+    except ImportError:
+        pass
+    res = run(repo_root, python_exe, "train", TEST_TOML, "--data", tiny_dataset, "--out", tmp_path / "wb",
+              "--steps=2", "--eval-interval=2", "--wandb")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "wandb" in res.stderr and "not installed" in res.stderr
+    rows = [json.loads(line) for line in open(tmp_path / "wb" / "log.jsonl")]
+    assert {"step", "loss", "lr", "tokens_per_s", "elapsed"} <= set(rows[0])
+    assert {"val_loss", "val_bits_per_note"} <= set(rows[-1])
