@@ -67,6 +67,8 @@ def save_checkpoint(path, model: GPT, codec: Codec, info: dict | None = None, tr
         "format": FORMAT,
         "midigen_version": __version__,
         "model": raw.cfg.to_dict(),
+        "support": None if raw.support is None else [int(i) for i in raw.support.tolist()],
+        "support_epsilon": raw.support_epsilon,
         "info": info or {},
         "sha256": {name: _sha256(tmp / name) for name in files},
     }
@@ -170,6 +172,12 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
             f"wrong shape {bad})"
         )
     model.load_state_dict(state, strict=False)  # head.weight is tied to wte.weight
+    support = config.get("support")
+    if support is not None:
+        try:
+            model.set_support(support, float(config.get("support_epsilon", 1e-4)))
+        except (TypeError, ValueError) as e:
+            raise MidigenError(f"checkpoint {path}: bad output support ({e})") from None
     model.to(device).eval()
     return model, codec, config
 

@@ -22,7 +22,7 @@ class TrainConfig:
     init_from: str = ""  # a run dir or checkpoint dir to fine-tune from ("" = from scratch)
     seed: int = 1337
     device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
-    dtype: str = "auto"  # auto (bfloat16 on CUDA, else float32), float32, bfloat16
+    dtype: str = "auto"  # auto (bfloat16 where the GPU or CPU does it natively, else float32), float32, bfloat16
     compile: bool | str = "auto"  # torch.compile: auto = on CUDA only
     threads: int = 0  # CPU threads per process (0 = cores / processes on this node)
     overwrite: bool = False  # allow starting fresh over a run dir that already has checkpoints
@@ -33,6 +33,7 @@ class TrainConfig:
     block_size: int = 1024
     dropout: float = 0.0
     bias: bool = True
+    restrict_vocab: bool = True  # softmax over the ids the training data uses (others share 1e-4)
     # optimisation
     steps: int = 1000  # optimizer steps
     batch_size: int = 16  # windows per micro-step per process

@@ -236,3 +236,21 @@ def eval_positions(split: Split, max_tokens: int) -> np.ndarray:
         out.append(np.arange(s + 1, s + 1 + n, dtype=np.int64))
         budget -= n
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def token_support(split: Split, transpose: bool, chunk: int = 1 << 26) -> np.ndarray:
+    """Token ids a model trained on ``split`` can be asked to produce: those present, closed under
+    the training transpositions, plus BOS and EOS. Counted in chunks, so Lakh-size splits stay cheap."""
+    codec = split.codec
+    present = np.zeros(codec.vocab_size, dtype=bool)
+    toks = split.tokens
+    for a in range(0, len(toks), chunk):
+        present |= np.bincount(np.asarray(toks[a : a + chunk]), minlength=codec.vocab_size)[: codec.vocab_size] > 0
+    present[[codec.BOS, codec.EOS]] = True
+    if transpose:
+        ids = np.flatnonzero(present)
+        for shift in TRANSPOSE_RANGE:
+            moved = codec.transpose_table(shift)[ids]
+            present[moved[moved >= 0]] = True
+    return np.flatnonzero(present)
+

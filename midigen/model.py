@@ -124,6 +124,10 @@ class GPT(nn.Module):
         self.ln_f = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         self.head.weight = self.wte.weight  # tied, as in GPT-2
+        # Output support (see set_support): not parameters, not saved in the weights.
+        self.register_buffer("support", None, persistent=False)
+        self.register_buffer("support_index", None, persistent=False)
+        self.support_epsilon = 0.0
         self.apply(self._init)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init
         for name, p in self.named_parameters():
@@ -138,6 +142,40 @@ class GPT(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    def set_support(self, ids, epsilon: float = 1e-4) -> None:
+        """Restrict the softmax to the token ids ``ids`` (None: the whole vocabulary).
+
+        A dataset uses a small part of the 18k-id vocabulary (the demo corpus: ~400 ids), and the
+        output layer over all ids costs most of a small model's compute. With a support, training
+        computes logits for those ids only (about 3x faster for the demo model), and every other id
+        gets an ``epsilon`` share of probability spread evenly, so any token still has a finite
+        cost. The network itself is unchanged.
+        """
+        if ids is None:
+            self.support = self.support_index = None
+            self.support_epsilon = 0.0
+            return
+        dev = self.wte.weight.device
+        ids = torch.as_tensor(sorted({int(i) for i in ids}), dtype=torch.long, device=dev)
+        if len(ids) == 0 or int(ids[0]) < 0 or int(ids[-1]) >= self.cfg.vocab_size:
+            raise ValueError("support ids must be non-empty and inside the vocabulary")
+        index = torch.full((self.cfg.vocab_size,), -1, dtype=torch.long, device=dev)
+        index[ids] = torch.arange(len(ids), device=dev)
+        self.support, self.support_index = ids, index
+        self.support_epsilon = float(epsilon) if len(ids) < self.cfg.vocab_size else 0.0
+
+    def _full_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits over the whole vocabulary whose softmax is the support-restricted, smoothed distribution."""
+        if self.support is None:
+            return self.head(x)
+        z = F.linear(x, self.wte.weight[self.support]).float()
+        eps, n_out = self.support_epsilon, self.cfg.vocab_size - len(self.support)
+        # p(in support) = (1 - eps) softmax(z); p(any other id) = eps / n_out
+        outside = torch.logsumexp(z, dim=-1, keepdim=True) + math.log(eps / n_out)
+        full = outside.expand(*z.shape[:-1], self.cfg.vocab_size).clone()
+        full[..., self.support] = z + math.log1p(-eps)
+        return full
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted once (the tied head is not double counted).
@@ -174,9 +212,14 @@ class GPT(nn.Module):
         if targets is None:
             if last_only:
                 x = x[:, -1:, :]
-            return self.head(x), None
-        logits = self.head(x)
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+            return self._full_logits(x), None
+        if self.support is None:
+            logits = self.head(x)
+            t = targets
+        else:  # train on the support only: targets become support positions (never outside by construction)
+            logits = F.linear(x, self.wte.weight[self.support])
+            t = torch.where(targets >= 0, self.support_index[targets.clamp(min=0)], targets)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), t.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def optimizer_groups(self, weight_decay: float):
