@@ -117,7 +117,13 @@ def write_piano_roll(score, path, title: str | None = None) -> Path:
     ax.set_xlim(0, max(end, 1.0))
     ax.set_ylim(lo - 2, hi + 2)
     ax.set_xlabel("time (s)")
-    ax.set_ylabel("pitch (MIDI note number)")
+    ax.set_ylabel("pitch")
+    # note names (C4 = middle C = 60): every C for a wide range, C/E/G for a narrower one, else all
+    span = range(int(lo) - 1, int(hi) + 2)
+    marks = {0} if hi - lo > 30 else ({0, 4, 7} if hi - lo > 10 else set(range(12)))
+    ticks = [t for t in span if t % 12 in marks]
+    names = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
+    ax.set_yticks(ticks, [f"{names[t % 12]}{t // 12 - 1}" for t in ticks])
     ax.set_title(title or "midigen")
     ax.grid(True, axis="x", alpha=0.3)
     if handles:

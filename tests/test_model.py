@@ -71,3 +71,46 @@ def test_masked_targets_do_not_count():
         logits, loss = model(x, y_masked)
     ref = torch.nn.functional.cross_entropy(logits[:, 5:].reshape(-1, 96), y[:, 5:].reshape(-1))
     torch.testing.assert_close(loss, ref)
+
+
+def test_output_support_is_a_normalized_smoothed_distribution(tmp_path):
+    """Training over the support only; eval/sampling see (1-eps) softmax on it and eps spread elsewhere."""
+    import math
+
+    import torch.nn.functional as F
+
+    from midigen.checkpoint import load_checkpoint, save_checkpoint
+    from midigen.codec import Codec
+
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=128, n_layer=1, n_head=2, n_embd=32, block_size=16)).eval()
+    support = [1, 2, 5, 9, 40, 77]
+    m.set_support(support, epsilon=1e-4)
+    x = torch.randint(0, 100, (2, 8))
+    logits, _ = m(x)
+    p = logits.softmax(-1)
+    assert torch.allclose(p.sum(-1), torch.ones(2, 8), atol=1e-5)
+    assert torch.allclose(p[..., support].sum(-1), torch.full((2, 8), 1 - 1e-4), atol=1e-5)
+    outside = p[0, 0, 3].item()
+    assert math.isclose(outside, 1e-4 / (128 - len(support)), rel_tol=1e-3)
+    # the training loss is the cross-entropy over the support (a constant log(1-eps) below eval's)
+    y = torch.tensor([[1, 2, 5, 9, 40, 77, 1, -1]] * 2)
+    _, loss = m(x, y)
+    full = F.cross_entropy(logits.view(-1, 128), y.view(-1), ignore_index=-1)
+    assert abs((full - loss).item() - (-math.log1p(-1e-4))) < 1e-4
+    # a token outside the support has a finite, large cost
+    y_out = torch.full((2, 8), 3)
+    assert math.isfinite(F.cross_entropy(logits.view(-1, 128), y_out.view(-1)).item())
+    # the KV cache path gives the same smoothed logits
+    cache = m.new_cache(2)
+    m(x[:, :5], cache=cache)
+    step, _ = m(x[:, 5:6], cache=cache)
+    assert torch.allclose(step[:, -1], logits[:, 5], atol=1e-4)
+    # the support travels in the checkpoint's JSON, not in the weights
+    codec = Codec()
+    big = GPT(GPTConfig(vocab_size=18176, n_layer=1, n_head=2, n_embd=32, block_size=16))
+    big.set_support(support + [codec.EOS])
+    save_checkpoint(tmp_path / "ck", big, codec, {"step": 1})
+    loaded, _, config = load_checkpoint(tmp_path / "ck")
+    assert config["support"] == sorted(support + [codec.EOS])
+    assert loaded.support.tolist() == sorted(support + [codec.EOS])
