@@ -51,7 +51,7 @@ def main() -> int:
     if (DATA / "meta.json").exists():
         print(f"[1/4] corpus: reusing {DATA}")
     else:
-        print("[1/4] preparing the embedded corpus (music21: Bach chorales, folk tunes, madrigals)")
+        print("[1/4] preparing the embedded corpus (music21: Bach chorales and fiddle tunes, exported once and cached)")
         _midigen("prepare", "demo", "--out", str(DATA), "--val-frac", "0.05", "--test-frac", "0.05")
 
     if _training_finished():

@@ -22,7 +22,6 @@ import shutil
 import signal
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter, deque
 from pathlib import Path
@@ -30,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from midigen.errors import MidigenError, UsageError
-from midigen.fsutil import _fsync_dir
+from midigen.fsutil import _fsync_dir, atomic_write_bytes
 from midigen import sources as S
 
 # ----- the filter rule --------------------------------------------------------------------------
@@ -199,19 +198,7 @@ _ENCODER = None
 
 def _write_shard(path: Path, header: dict, blobs: list) -> None:
     head = json.dumps(header, separators=(",", ":")).encode()
-    fd, tmp = tempfile.mkstemp(prefix=".shard.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(SHARD_MAGIC + struct.pack("<Q", len(head)) + head)
-            for b in blobs:
-                f.write(b)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write_bytes(path, [SHARD_MAGIC + struct.pack("<Q", len(head)) + head, *blobs], durable=False)
 
 
 def read_shard_header(path: Path) -> tuple[dict, int]:
