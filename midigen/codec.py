@@ -165,9 +165,8 @@ class Codec:
         return self.note_start + int(instrument) * N_PITCHES + int(pitch)
 
     def dv_token(self, duration_steps: int, velocity: int) -> int:
-        dbin = int(np.searchsorted(self._duration_edges, max(1, duration_steps)))
-        vbin = min(max(int(velocity), 1), 127) * self.params.velocity_levels // 128
-        return self.dv_start + dbin * self.params.velocity_levels + vbin
+        d = min(max(1, int(duration_steps)), self.params.duration_max)
+        return int(self._dv_lut[d, min(max(int(velocity), 0), 127)])
 
     def shift_steps(self) -> np.ndarray:
         """Steps each id advances time by (0 for non-shift ids); a lookup table of vocab size."""
@@ -313,24 +312,46 @@ class Codec:
             raise CodecError("unsupported time division (SMPTE or zero ticks per quarter)")
         return score
 
+    @staticmethod
+    def gather_notes(scores) -> dict:
+        """Every note of ``scores`` as flat int64 arrays in ticks, with its instrument and score index.
+
+        Keys: time, duration, pitch, velocity, instrument, file; plus ``tracks`` = (score index,
+        instrument) of each track with notes, and ``complete`` = no note was dropped. Notes with
+        velocity 0, a negative pitch or a negative time are dropped.
+        """
+        fields = ("time", "duration", "pitch", "velocity")
+        cols = {k: [] for k in fields}
+        insts, fids, counts = [], [], []
+        for f, score in enumerate(scores):
+            for track in score.tracks:
+                n = track.note_num()
+                if n:
+                    a = track.notes.numpy()
+                    for k in fields:
+                        cols[k].append(a[k])
+                    insts.append(DRUMS if track.is_drum else int(track.program) & 127)
+                    fids.append(f)
+                    counts.append(n)
+        if not counts:
+            out = {k: np.zeros(0, np.int64) for k in (*fields, "instrument", "file")}
+            out.update(tracks=([], []), complete=True)
+            return out
+        out = {k: np.concatenate(cols[k]).astype(np.int64) for k in fields}
+        counts = np.array(counts, dtype=np.int64)
+        out["instrument"] = np.repeat(np.array(insts, dtype=np.int64), counts)
+        out["file"] = np.repeat(np.array(fids, dtype=np.int64), counts)
+        keep = (out["velocity"] > 0) & (out["pitch"] >= 0) & (out["time"] >= 0)
+        complete = bool(keep.all())
+        if not complete:
+            out = {k: v[keep] for k, v in out.items()}
+        out.update(tracks=(fids, insts), complete=complete)
+        return out
+
     def note_arrays(self, score: symusic.Score) -> dict[str, np.ndarray]:
         """All notes of a score as flat int64 arrays in ticks: time, duration, pitch, velocity, instrument."""
-        parts, insts, counts = [], [], []
-        for track in score.tracks:
-            n = track.note_num()
-            if n == 0:
-                continue
-            parts.append(track.notes.numpy())
-            insts.append(DRUMS if track.is_drum else int(track.program) & 127)
-            counts.append(n)
-        if not parts:
-            return {k: np.zeros(0, np.int64) for k in ("time", "duration", "pitch", "velocity", "instrument")}
-        out = {k: np.concatenate([a[k] for a in parts]).astype(np.int64) for k in ("time", "duration", "pitch", "velocity")}
-        out["instrument"] = np.repeat(np.array(insts, dtype=np.int64), counts)
-        keep = (out["velocity"] > 0) & (out["pitch"] >= 0) & (out["time"] >= 0)
-        if not keep.all():
-            out = {k: v[keep] for k, v in out.items()}
-        return out
+        g = self.gather_notes([score])
+        return {k: g[k] for k in ("time", "duration", "pitch", "velocity", "instrument")}
 
     def encode(self, data: bytes) -> np.ndarray:
         """MIDI file bytes -> uint16 token ids (BOS ... EOS). Raises CodecError."""
@@ -369,42 +390,21 @@ class Codec:
         p = self.params
         n_files = len(scores)
         results: list = [None] * n_files
-        cols = {k: [] for k in ("time", "duration", "pitch", "velocity")}
-        inst_l, fid_l, count_l = [], [], []
-        tpq = np.zeros(n_files, dtype=np.int64)
+        tpq = np.array([s.ticks_per_quarter for s in scores], dtype=np.int64)
         tempo_parts, ts_tok = [], np.full(n_files, -1, dtype=np.int64)
         for f, score in enumerate(scores):
-            tpq[f] = score.ticks_per_quarter
-            for track in score.tracks:
-                n = track.note_num()
-                if n:
-                    a = track.notes.numpy()
-                    for k in cols:
-                        cols[k].append(a[k])
-                    inst_l.append(DRUMS if track.is_drum else int(track.program) & 127)
-                    fid_l.append(f)
-                    count_l.append(n)
             if len(score.tempos):
                 tempo_parts.append((f, score.tempos.numpy()))
             if len(score.time_signatures):
                 ts = min(score.time_signatures, key=lambda x: x.time)
                 tok = self.ts_token(ts.numerator, ts.denominator)
                 ts_tok[f] = -1 if tok is None else tok
-        if not count_l:
+        g = self.gather_notes(scores)
+        if len(g["time"]) == 0:
             return [CodecError("no notes")] * n_files
-
-        time = np.concatenate(cols["time"]).astype(np.int64)
-        duration = np.concatenate(cols["duration"]).astype(np.int64)
-        pitch = np.concatenate(cols["pitch"]).astype(np.int64)
-        velocity = np.concatenate(cols["velocity"]).astype(np.int64)
-        counts = np.array(count_l, dtype=np.int64)
-        inst = np.repeat(np.array(inst_l, dtype=np.int64), counts)
-        fid = np.repeat(np.array(fid_l, dtype=np.int64), counts)
-        keep = (velocity > 0) & (pitch >= 0) & (time >= 0)
-        filtered = not keep.all()
-        if filtered:
-            time, duration, pitch, velocity, inst, fid = (
-                a[keep] for a in (time, duration, pitch, velocity, inst, fid))
+        time, duration, pitch, velocity, inst, fid = (
+            g[k] for k in ("time", "duration", "pitch", "velocity", "instrument", "file"))
+        fid_l, inst_l = g["tracks"]
 
         # Quantize to steps (round half up, integer arithmetic: exact for any tpq).
         spq2 = 2 * p.steps_per_quarter
@@ -516,7 +516,7 @@ class Codec:
 
         # Headers: BOS, INST of each instrument present, TEMPO, [TS].
         present = np.zeros((n_files, N_INSTRUMENTS), dtype=bool)
-        if filtered:  # some notes were dropped: find the instruments that still have notes
+        if not g["complete"]:  # some notes were dropped: find the instruments that still have notes
             present[fid, note_id >> 7] = True
         else:
             present[np.array(fid_l), np.array(inst_l)] = True
