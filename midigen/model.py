@@ -152,18 +152,20 @@ class GPT(nn.Module):
         gets an ``epsilon`` share of probability spread evenly, so any token still has a finite
         cost. The network itself is unchanged.
         """
-        if ids is None:
+        if ids is not None:
+            ids = sorted({int(i) for i in ids})
+            if not ids or ids[0] < 0 or ids[-1] >= self.cfg.vocab_size:
+                raise ValueError("support ids must be non-empty and inside the vocabulary")
+        if ids is None or len(ids) == self.cfg.vocab_size:  # every id: nothing to restrict
             self.support = self.support_index = None
             self.support_epsilon = 0.0
             return
         dev = self.wte.weight.device
-        ids = torch.as_tensor(sorted({int(i) for i in ids}), dtype=torch.long, device=dev)
-        if len(ids) == 0 or int(ids[0]) < 0 or int(ids[-1]) >= self.cfg.vocab_size:
-            raise ValueError("support ids must be non-empty and inside the vocabulary")
+        ids = torch.tensor(ids, dtype=torch.long, device=dev)
         index = torch.full((self.cfg.vocab_size,), -1, dtype=torch.long, device=dev)
         index[ids] = torch.arange(len(ids), device=dev)
         self.support, self.support_index = ids, index
-        self.support_epsilon = float(epsilon) if len(ids) < self.cfg.vocab_size else 0.0
+        self.support_epsilon = float(epsilon)
 
     def _full_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary whose softmax is the support-restricted, smoothed distribution."""
