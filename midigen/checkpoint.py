@@ -39,11 +39,15 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def unwrap(model) -> GPT:
+    """The GPT inside torch.compile and DDP wrappers."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
+    return getattr(model, "module", model)  # DDP wrapper
+
+
 def _state_dict_for_save(model: GPT) -> dict:
     """Weights without the tied head (safetensors refuses shared storage) and on the CPU."""
-    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
-    model = getattr(model, "module", model)  # DDP wrapper
-    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k != "head.weight"}
+    return {k: v.detach().to("cpu").contiguous() for k, v in unwrap(model).state_dict().items() if k != "head.weight"}
 
 
 def save_checkpoint(path, model: GPT, codec: Codec, info: dict | None = None, train_state: dict | None = None) -> Path:
@@ -62,7 +66,7 @@ def save_checkpoint(path, model: GPT, codec: Codec, info: dict | None = None, tr
     if train_state is not None:
         torch.save(train_state, tmp / TRAIN_STATE)
     files = sorted(p.name for p in tmp.iterdir())
-    raw = getattr(getattr(model, "_orig_mod", model), "module", getattr(model, "_orig_mod", model))
+    raw = unwrap(model)
     config = {
         "format": FORMAT,
         "midigen_version": __version__,

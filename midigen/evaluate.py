@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from midigen.checkpoint import unwrap
 from midigen.errors import MidigenError
 
 LN2 = math.log(2.0)
@@ -26,7 +27,7 @@ NGRAM_MAX_TRAIN_TOKENS = 20_000_000  # keeps the baseline to seconds and a few G
 def score_rows(model, x: np.ndarray, y: np.ndarray, batch_size: int, device, amp=None,
                rank: int = 0, world: int = 1, progress: bool = False) -> float:
     """Total cross-entropy (nats) over the targets != -1 of this process's share of the rows."""
-    raw = getattr(getattr(model, "_orig_mod", model), "module", getattr(model, "_orig_mod", model))
+    raw = unwrap(model)
     was_training = raw.training
     raw.eval()
     idx = np.arange(rank, len(x), world)
@@ -62,23 +63,16 @@ def summarize(nats: float, tokens: int, notes: int, prefix: str = "") -> dict:
     }
 
 
-def _pick_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngram_order: int = 5,
              device: str | None = None, progress: bool = True) -> dict:
     from midigen.checkpoint import load_checkpoint, resolve
     from midigen.dataset import Dataset, eval_positions, eval_rows
+    from midigen.device import best_device
     from midigen.ngram import KneserNey, unigram_log2prob
 
     ds = Dataset(data)
     path = resolve(ckpt)
-    device = device or _pick_device()
+    device = device or best_device().type
     model, codec, config = load_checkpoint(path, device=device)
     if codec.to_dict() != ds.codec.to_dict():
         raise MidigenError(f"checkpoint {path} was trained with a different codec than the dataset {data}: "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from midigen.codec import Codec, CodecError, instrument_name, parse_instrument
+from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.grammar import Grammar
 
@@ -44,28 +45,6 @@ class Sample:
 
 
 # ----- device and sampling ----------------------------------------------------------------------
-
-
-def best_device(name: str | None = None) -> torch.device:
-    """The requested device, checked; by default cuda, then mps, then cpu."""
-    if name is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"unknown device {name!r}: use cpu, cuda or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device cuda requested but no CUDA GPU is available")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("device mps requested but MPS is not available")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise UsageError(f"unsupported device {name!r}: use cpu, cuda or mps")
-    return dev
 
 
 def _half_dtype(device: torch.device):

@@ -124,25 +124,17 @@ class Dist:
 
 
 def pick_device(name: str, dist: Dist) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
+    """The config's device; under torchrun each process takes the GPU of its local rank."""
+    from midigen.device import best_device
+
     try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"'device' must be auto, cpu, cuda, cuda:N or mps, got {name!r}") from None
+        device = best_device(name)
+    except UsageError as e:
+        raise UsageError(f"'device': {e}") from None
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("device 'cuda' asked for, but this torch build sees no CUDA GPU")
         if dist.enabled:
             device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("device 'mps' asked for, but MPS is not available here")
     return device
 
 
