@@ -13,7 +13,6 @@ generated pieces' typical length, so length-dependent features (pitch range) com
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -129,22 +128,14 @@ def _histogram_overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def real_pieces(data_dir, split: str) -> tuple[Codec, list[np.ndarray]]:
-    data_dir = Path(data_dir)
-    meta_path, rows_path, bin_path = data_dir / "meta.json", data_dir / "files.jsonl", data_dir / f"{split}.bin"
-    for p in (meta_path, rows_path, bin_path):
-        if not p.exists():
-            raise UsageError(f"{data_dir} is not a prepared dataset (missing {p.name}); run `midigen prepare`")
-    codec = Codec.from_dict(json.loads(meta_path.read_text())["codec"])
-    stream = np.memmap(bin_path, dtype=np.uint16, mode="r")
-    pieces = []
-    with open(rows_path, encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            if row.get("split") == split and "offset" in row:
-                pieces.append(np.asarray(stream[row["offset"] : row["offset"] + row["tokens"]]))
+    """The codec and every song of a prepared dataset's split, as token arrays."""
+    from midigen.dataset import Dataset
+
+    sp = Dataset(data_dir).split(split)
+    pieces = [song for song in (sp.song(i) for i in range(len(sp.starts))) if len(song)]
     if not pieces:
         raise UsageError(f"the {split} split of {data_dir} holds no pieces")
-    return codec, pieces
+    return sp.codec, pieces
 
 
 def compare_samples(samples_dir, data_dir, split: str = "test") -> dict:
