@@ -64,11 +64,14 @@ def model_info(config_path, overrides=None) -> dict:
     }
 
 
+# The config keys that fix a model's shape: they must match a checkpoint being resumed or fine-tuned.
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
+
+
 def _gpt_config(cfg: TrainConfig, vocab_size: int):
     from midigen.model import GPTConfig
 
-    return GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                     n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    return GPTConfig(vocab_size=vocab_size, dropout=cfg.dropout, **{k: getattr(cfg, k) for k in SHAPE_KEYS})
 
 
 # ----- environment ------------------------------------------------------------------------------
@@ -275,7 +278,7 @@ def _load_init(cfg: TrainConfig, codec, device):
         raise MidigenError(f"init_from {cfg.init_from}: its codec differs from the dataset's; prepare the data "
                            "with the same codec as the checkpoint")
     shape = model.cfg.to_dict()
-    mine = {k: getattr(cfg, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "bias")}
+    mine = {k: getattr(cfg, k) for k in SHAPE_KEYS}
     if any(shape[k] != v for k, v in mine.items()):
         _warn(f"init_from: using the checkpoint's model shape {({k: shape[k] for k in mine})} "
               f"instead of the config's {mine}")
@@ -334,7 +337,7 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, resume: bool, use
         if ck_codec.to_dict() != codec.to_dict():
             raise MidigenError(f"--resume: {out}/last was trained on a dataset with another codec than {cfg.data}")
         shape = model.cfg.to_dict()
-        for k in ("n_layer", "n_head", "n_embd", "block_size", "bias"):
+        for k in SHAPE_KEYS:
             if shape[k] != getattr(cfg, k):
                 raise UsageError(f"--resume: the run was trained with {k}={shape[k]}, the config now says "
                                  f"{getattr(cfg, k)}; the model shape cannot change on resume")
