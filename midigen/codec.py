@@ -304,7 +304,7 @@ class Codec:
         from midigen.smf import sanitize_smf, unwrap_rmid
 
         try:
-            score = symusic.Score.from_midi(sanitize_smf(unwrap_rmid(bytes(data))))
+            score = symusic.core.ScoreTick.from_midi(sanitize_smf(unwrap_rmid(bytes(data))), False)
         except Exception as e:  # symusic raises plain RuntimeError/ValueError on bad files
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CodecError(f"unreadable MIDI: {msg}") from None

@@ -4,13 +4,18 @@ Design, and why:
 - The sources are enumerated in a fixed order and cut into chunks by file count and byte size
   (both known before reading), so a chunk's identity does not depend on timing or worker count.
 - Worker processes encode whole chunks (few round trips) and each writes one shard file into
-  ``DIR/.work`` atomically. A killed run keeps its finished shards; the rerun skips them.
+  ``DIR/.work`` atomically. A killed run keeps its finished shards; the rerun skips them. Files on
+  disk are read by the workers themselves (the parent sends paths), so reading scales with them;
+  archive members arrive as bytes. Each file goes read -> hash -> parse -> encode -> free, with
+  the compiled encoder (``codec_jit``) when it passes its check and the numpy one otherwise.
 - A supervisor watches each worker's current file: a worker that crashes or runs past the per-file
   time limit is killed and replaced, that file is recorded as skipped, and the chunk is redone
   without it.
-- The merge walks the shards in chunk order, drops duplicate contents (first one wins), assigns
-  the split from the content hash (adding files never moves old ones), streams tokens into the
-  .bin files and publishes every output with an atomic rename. Memory stays at a few chunks.
+- The merge follows the workers: as soon as the next shard in chunk order exists it is merged
+  (duplicate contents dropped, first one wins; the split from the content hash, so adding files
+  never moves old ones; tokens streamed into the .bin files), so little is left when the last
+  chunk finishes. Outputs are written under ``.work`` and published with atomic renames at the
+  end. Memory stays at a few chunks.
 """
 from __future__ import annotations
 
@@ -45,8 +50,8 @@ FILTER_RULE = (
     "a worker or takes longer than the per-file time limit is skipped"
 )
 
-CHUNK_FILES = 64
-CHUNK_BYTES = 4 * 1024 * 1024
+CHUNK_FILES = 256  # per-chunk costs (a shard file, a round trip) stay under 3 us a file
+CHUNK_BYTES = 8 * 1024 * 1024
 SHARD_MAGIC = b"MGSHARD1"
 SPLITS = ("train", "val", "test")
 JOB_VERSION = 1
@@ -78,13 +83,19 @@ def reason_key(reason: str) -> str:
 
 
 class _Encoder:
-    """Per-process codec plus lookup tables for the length check (built once per worker)."""
+    """Per-process codec: the compiled encoder (``codec_jit``) when it passes its check, else numpy."""
 
     def __init__(self):
-        from midigen.codec import Codec
+        from midigen.codec import Codec, CodecError
 
+        self.CodecError = CodecError
         self.codec = Codec()
         c = self.codec
+        self.fast = None
+        if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
+            from midigen import codec_jit
+
+            self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
         self.shift = c.shift_steps()
         spq = c.params.steps_per_quarter
         self.sec_per_step = np.zeros(c.vocab_size)
@@ -104,15 +115,14 @@ class _Encoder:
 
     def read(self, data: bytes):
         """-> (score, None) or (None, reason): the per-file half (parse, size and note-count checks)."""
-        from midigen.codec import CodecError
-
+        CodecError = self.CodecError
         if len(data) == 0:
             return None, "empty file"
         if S.too_big(len(data)):
             return None, S.too_big(len(data))
         try:
             score = self.codec.read_midi(data)
-            n = sum(t.note_num() for t in score.tracks)
+            n = score.note_num()
         except CodecError as e:
             return None, str(e)
         except Exception as e:  # a parser bug on a hostile file must cost that file only
@@ -122,50 +132,44 @@ class _Encoder:
         return score, None
 
     def encode_scores(self, scores) -> list:
-        """Scores -> tokens or an exception each; batched when the codec offers it (much faster)."""
-        batch = getattr(self.codec, "encode_scores", None)
-        if batch is not None and len(scores) > 1:
+        """Scores -> [(tokens or exception, None, None)] through the numpy encoder, batched if it can."""
+        if len(scores) > 1:
             try:
-                return list(batch(scores))
+                return [(out, None, None) for out in self.codec.encode_scores(scores)]
             except Exception:
                 pass  # fall back to one at a time, so only the bad score fails
         out = []
         for sc in scores:
             try:
-                out.append(self.codec.encode_score(sc))
+                out.append((self.codec.encode_score(sc), None, None))
             except Exception as e:
-                out.append(e)
+                out.append((e, None, None))
         return out
 
-    def check(self, tokens) -> tuple[np.ndarray | None, int, str | None]:
+    def check(self, result) -> tuple[np.ndarray | None, int, str | None]:
         """Encoder output -> (tokens, notes, None) or (None, 0, reason): the filter rule on tokens."""
-        from midigen.codec import CodecError
-
-        if isinstance(tokens, CodecError):
+        tokens, notes, secs = result
+        if isinstance(tokens, self.CodecError):
             return None, 0, str(tokens)
         if isinstance(tokens, BaseException):
             return None, 0, _describe("encode failed", tokens)
-        notes = self.codec.count_notes(tokens)
+        if notes is None:
+            notes, secs = self.codec.count_notes(tokens), self.seconds(tokens)
         if notes < MIN_NOTES:
             return None, 0, f"too few notes: {notes} < {MIN_NOTES}"
         if notes > MAX_NOTES:
             return None, 0, f"too many notes: {notes} > {MAX_NOTES}"
-        secs = self.seconds(tokens)
         if secs > MAX_SECONDS:
             return None, 0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
         return tokens, notes, None
-
-    def encode(self, data: bytes) -> tuple[np.ndarray | None, int, str | None]:
-        """One file -> (tokens, notes, None) or (None, 0, reason). Never raises for bad input."""
-        score, reason = self.read(data)
-        if reason:
-            return None, 0, reason
-        return self.check(self.encode_scores([score])[0])
 
 
 def _describe(prefix: str, e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     return f"{prefix}: {type(e).__name__} {msg}".strip()
+
+
+_HOOK = os.environ.get("MIDIGEN_TEST_HOOK")  # read once: workers are fresh processes
 
 
 def _test_hook(name: str, batch: bool = False) -> None:
@@ -174,10 +178,9 @@ def _test_hook(name: str, batch: bool = False) -> None:
     Only for tests of the supervisor (a real hang, abort or segfault inside a worker). Actions
     prefixed 'batch' (batchabort:PAT) fire in the batched encode of a chunk holding PAT instead.
     """
-    spec = os.environ.get("MIDIGEN_TEST_HOOK")
-    if not spec:
+    if not _HOOK:
         return
-    for part in spec.split(","):
+    for part in _HOOK.split(","):
         action, _, pat = part.partition(":")
         if not pat or pat not in name or action.startswith("batch") != batch:
             continue
@@ -218,50 +221,74 @@ BATCH_PHASE = -2  # the worker's "current item" while it encodes the whole chunk
 def encode_chunk(payload, failed: dict, state) -> tuple:
     """Worker task: encode one chunk and write its shard. Returns (files, kept, notes).
 
-    Files are parsed one by one (the supervisor can blame a single file), then encoded in one
-    batched call. If the batch itself crashed or hung, the retry encodes file by file.
+    With the compiled encoder each file goes read -> parse -> encode -> free in turn, so its data
+    is still in cache at every step and a crash anywhere is blamed on that file. The numpy encoder
+    instead parses file by file and encodes the chunk in one batched call; if that batch crashed
+    or hung, the retry encodes file by file.
     """
     global _ENCODER
     if _ENCODER is None:
         _ENCODER = _Encoder()
+    enc = _ENCODER
     shard_path, chunk_id, key, items = payload
     rows: list[dict] = []
-    parsed: list[tuple[int, object]] = []
+    parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
+    blobs: list = []
+    notes_total = 0
+    written = 0  # compiled path: kept tokens so far, back to back in the encoder's buffer
     for i, (name, data, reason) in enumerate(items):
         state[0], state[1] = i, time.monotonic()
+        if isinstance(data, tuple):  # (path, size): files on disk are read here, spreading the I/O
+            try:
+                data = S.read_file(*data)
+            except OSError as err:
+                data, reason = None, reason or f"unreadable: {err.strerror}"
         digest = hashlib.blake2b(data, digest_size=16).hexdigest() if data is not None else None
         if reason is None and i in failed:
             reason = failed[i]
         if reason is None and data is None:
             reason = "unreadable"
+        row = {"name": name, "hash": digest}
         if reason is None:
             _test_hook(name)
-            score, reason = _ENCODER.read(data)
-            if reason is None:
+            score, reason = enc.read(data)
+            if reason is None and enc.fast is not None:
+                tokens, notes, reason = enc.check(enc.fast.encode_one(score, written))
+                del score
+                if reason is None:
+                    row.update(notes=notes, tokens=len(tokens))
+                    written += len(tokens)
+                    notes_total += notes
+            elif reason is None:
                 parsed.append((i, score))
-        rows.append({"name": name, "hash": digest} if reason is None else
-                    {"name": name, "hash": digest, "reason": reason})
-    if BATCH_PHASE in failed:
-        outs = []
-        for i, score in parsed:
-            state[0], state[1] = i, time.monotonic()
-            outs.append(_ENCODER.encode_scores([score])[0])
-    else:
-        state[0], state[1] = BATCH_PHASE, time.monotonic()
-        for i, _ in parsed:
-            _test_hook(items[i][0], batch=True)
-        outs = _ENCODER.encode_scores([sc for _, sc in parsed])
-    blobs = []
-    kept = notes_total = 0
-    for (i, _), out in zip(parsed, outs):
-        tokens, notes, reason = _ENCODER.check(out)
         if reason is not None:
-            rows[i]["reason"] = reason
-            continue
-        rows[i].update(notes=notes, tokens=int(len(tokens)))
-        blobs.append(tokens.tobytes())
-        kept += 1
-        notes_total += notes
+            row["reason"] = reason
+        rows.append(row)
+    if parsed:
+        if BATCH_PHASE in failed:
+            outs = []
+            for i, score in parsed:
+                state[0], state[1] = i, time.monotonic()
+                outs.append(enc.encode_scores([score])[0])
+        else:
+            state[0], state[1] = BATCH_PHASE, time.monotonic()
+            for i, _ in parsed:
+                _test_hook(items[i][0], batch=True)
+            outs = enc.encode_scores([sc for _, sc in parsed])
+        for (i, _), out in zip(parsed, outs):
+            tokens, notes, reason = enc.check(out)
+            if reason is not None:
+                rows[i]["reason"] = reason
+                continue
+            rows[i].update(notes=notes, tokens=len(tokens))
+            blobs.append(tokens)
+            notes_total += notes
+    if written:
+        kept = sum(1 for r in rows if "tokens" in r)
+        blobs = [enc.fast.written(written)]
+    else:
+        kept = len(blobs)
+        blobs = [np.concatenate(blobs)] if blobs else []
     state[0], state[1] = len(items), time.monotonic()
     if os.getppid() != _PARENT[0]:  # the run was killed: leave nothing behind
         os._exit(0)
@@ -290,8 +317,8 @@ def _worker_main(conn, state, target) -> None:
             msg = conn.recv()
         except (EOFError, OSError):
             return
-        if msg is None:
-            return
+        if msg is None:  # done: skip interpreter teardown (numba's alone takes ~0.2 s); nothing is buffered
+            os._exit(0)
         task_id, payload, failed = msg
         result = fn(payload, failed, state)
         try:
@@ -364,7 +391,7 @@ class WorkerPool:
                 else:
                     queue.append((t[0], t[1], t[2], {}, 0))
 
-        while True:
+        def dispatch():
             refill()
             for w in self.workers:
                 if w.job is None and queue:
@@ -375,6 +402,14 @@ class WorkerPool:
                         w.conn.send((job[0], job[1], job[3]))
                     except OSError:  # it died before its first task: handled as a crash below
                         pass
+
+        finished = []
+        while True:
+            dispatch()
+            # Idle workers have their next task: results are handled (merged) while they encode.
+            for task_id, result in finished:
+                on_result(task_id, result)
+            finished.clear()
             refill()  # read ahead while the workers encode
             busy = [w for w in self.workers if w.job is not None]
             if not busy:
@@ -396,7 +431,7 @@ class WorkerPool:
                     pass
                 if got:
                     job, w.job = w.job, None
-                    on_result(job[0], result)
+                    finished.append((job[0], result))
                     continue
                 started = w.state[1]
                 if w.proc.is_alive() and not (started > 0 and now - started > self.timeout):
@@ -535,6 +570,7 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
                         kept = [r for r in rows if "reason" not in r]
                         stats["reused"] += len(rows)
                         show(len(rows), len(kept), sum(r["notes"] for r in kept))
+                        merge.ready(cid)
                         continue
                 except (OSError, ValueError, KeyError):
                     pass
@@ -543,7 +579,9 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
             for e in entries:
                 data = None
                 reason = e.reason
-                if reason is None:
+                if reason is None and e.path is not None:
+                    data = (e.path, e.size)  # the worker reads it
+                elif reason is None:
                     try:
                         data = e.load()
                     except OSError as err:
@@ -551,16 +589,28 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
                 items.append((e.name, data, reason))
             yield cid, (str(p), cid, key, items), len(items)
 
+    def done(cid, result):
+        show(*result)
+        merge.ready(cid)
+
+    merge = _Merge(work, chunk_list, val_frac, test_frac)
     pool = WorkerPool(workers, "midigen.prepare:encode_chunk", timeout)
     try:
-        pool.run(tasks(), lambda task_id, result: show(*result))
+        pool.run(tasks(), done)
+    except BaseException:
+        merge.close()
+        raise
     finally:
         pool.close()
         bar.close()
     if stats["files"] == 0:
+        merge.close()
         shutil.rmtree(work, ignore_errors=True)
         raise MidigenError("no MIDI files (.mid, .midi, .kar) found in " + ", ".join(sources))
-    summary = _merge(out, work, chunk_list, sources, val_frac, test_frac)
+    try:
+        summary = merge.finish(out, sources)
+    finally:
+        merge.close()
     secs = time.monotonic() - t0
     summary.update({
         "reused_files": stats["reused"],
@@ -580,88 +630,118 @@ def _codec_dict() -> dict:
     return Codec().to_dict()
 
 
-def _merge(out: Path, work: Path, chunk_list, sources, val_frac, test_frac) -> dict:
-    """Concatenate shards in chunk order into the final files; every file appears atomically."""
-    first_of: dict[str, str] = {}
-    split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
-    reasons: Counter = Counter()
-    tmp = {s: work / f"{s}.bin.tmp" for s in SPLITS}
-    bins = {s: open(tmp[s], "wb") for s in SPLITS}
-    rows_tmp = work / "files.jsonl.tmp"
-    seen = kept = dups = 0
-    try:
-        with open(rows_tmp, "w", encoding="utf-8") as rows_out:
-            for cid, key in chunk_list:
-                path = work / f"{cid:08d}-{key}.shard"
-                head, at = read_shard_header(path)
-                blob = np.fromfile(path, dtype=np.uint16, offset=at)
-                pos = 0
-                for r in head["rows"]:
-                    seen += 1
-                    row = {"name": r["name"], "hash": r["hash"], "split": None, "skipped": None,
-                           "notes": 0, "tokens": 0, "offset": None}
-                    if "reason" in r:
-                        row["skipped"] = r["reason"]
-                    else:
-                        n = r["tokens"]
-                        toks = blob[pos : pos + n]
-                        pos += n
-                        if r["hash"] in first_of:
-                            row["skipped"] = f"duplicate of {first_of[r['hash']]}"
-                            dups += 1
-                        else:
-                            first_of[r["hash"]] = r["name"]
-                            split = split_of(r["hash"], val_frac, test_frac)
-                            st = split_stats[split]
-                            row.update(split=split, notes=r["notes"], tokens=n, offset=st["tokens"])
-                            bins[split].write(toks.tobytes())
-                            st["files"] += 1
-                            st["notes"] += r["notes"]
-                            st["tokens"] += n
-                            kept += 1
-                    if row["skipped"] is not None:
-                        reasons[reason_key(row["skipped"])] += 1
-                    rows_out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            rows_out.flush()
-            os.fsync(rows_out.fileno())
-        for f in bins.values():
+class _Merge:
+    """Streams finished shards, in chunk order, into the split files while later chunks encode.
+
+    Duplicates are dropped (first one wins), splits come from the content hash, and nothing is
+    published until ``finish``: the outputs are written under ``.work`` and renamed into place.
+    A killed run leaves only temporaries, which the rerun truncates and writes again.
+    """
+
+    def __init__(self, work: Path, chunk_list: list, val_frac: float, test_frac: float):
+        self.work, self.chunk_list = work, chunk_list
+        self.val_frac, self.test_frac = val_frac, test_frac
+        self.first_of: dict[str, str] = {}
+        self.split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
+        self.reasons: Counter = Counter()
+        self.seen = self.kept = self.dups = 0
+        self.done: set[int] = set()
+        self.next = 0  # index into chunk_list of the next shard to merge
+        self.tmp = {s: work / f"{s}.bin.tmp" for s in SPLITS}
+        self.bins = {s: open(self.tmp[s], "wb") for s in SPLITS}
+        self.rows_tmp = work / "files.jsonl.tmp"
+        self.rows_out = open(self.rows_tmp, "w", encoding="utf-8")
+
+    def ready(self, cid: int) -> None:
+        """Chunk ``cid`` has its shard; merge every shard now complete in order."""
+        self.done.add(cid)
+        while self.next < len(self.chunk_list) and self.chunk_list[self.next][0] in self.done:
+            self._merge_one(*self.chunk_list[self.next])
+            self.done.discard(self.chunk_list[self.next][0])
+            self.next += 1
+
+    def _merge_one(self, cid: int, key: str) -> None:
+        path = self.work / f"{cid:08d}-{key}.shard"
+        head, at = read_shard_header(path)
+        blob = np.fromfile(path, dtype=np.uint16, offset=at)
+        pos = 0
+        lines = []
+        for r in head["rows"]:
+            self.seen += 1
+            split = skipped = offset = None
+            notes = n_tok = 0
+            if "reason" in r:
+                skipped = r["reason"]
+            else:
+                n = r["tokens"]
+                start, pos = pos, pos + n
+                first = self.first_of.get(r["hash"])
+                if first is not None:
+                    skipped = f"duplicate of {first}"
+                    self.dups += 1
+                else:
+                    self.first_of[r["hash"]] = r["name"]
+                    split = split_of(r["hash"], self.val_frac, self.test_frac)
+                    st = self.split_stats[split]
+                    notes, n_tok, offset = r["notes"], n, st["tokens"]
+                    self.bins[split].write(blob[start:pos])
+                    st["files"] += 1
+                    st["notes"] += notes
+                    st["tokens"] += n
+                    self.kept += 1
+            if skipped is not None:
+                self.reasons[reason_key(skipped)] += 1
+            lines.append(json.dumps({"name": r["name"], "hash": r["hash"], "split": split, "skipped": skipped,
+                                     "notes": notes, "tokens": n_tok, "offset": offset}, ensure_ascii=False))
+        lines.append("")
+        self.rows_out.write("\n".join(lines))
+
+    def close(self) -> None:
+        for f in (*self.bins.values(), self.rows_out):
+            f.close()
+
+    def finish(self, out: Path, sources) -> dict:
+        """Merge what is left, fsync, write meta.json, and publish every output with a rename."""
+        for cid, _ in self.chunk_list[self.next :]:
+            self.ready(cid)  # every chunk has its shard by now
+        for f in (*self.bins.values(), self.rows_out):
             f.flush()
             os.fsync(f.fileno())
-    finally:
-        for f in bins.values():
-            f.close()
-    codec = _codec_dict()
-    meta = {
-        "codec": codec,
-        "vocab_size": codec["vocab_size"],
-        "dtype": "uint16",
-        "splits": split_stats,
-        "split_rule": f"by content hash (blake2b-128): val {val_frac:g}, test {test_frac:g}, rest train",
-        "sources": list(sources),
-        "files": seen,
-        "kept": kept,
-        "skipped": {"count": seen - kept, "reasons": dict(sorted(reasons.items()))},
-        "filter": {"rule": FILTER_RULE, "min_notes": MIN_NOTES, "max_notes": MAX_NOTES,
-                   "max_seconds": MAX_SECONDS, "max_file_bytes": S.MAX_FILE_BYTES},
-    }
-    meta_tmp = work / "meta.json.tmp"
-    with open(meta_tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    for s in SPLITS:
-        os.replace(tmp[s], out / f"{s}.bin")
-    os.replace(rows_tmp, out / "files.jsonl")
-    os.replace(meta_tmp, out / "meta.json")
-    _fsync_dir(out)
-    shutil.rmtree(work, ignore_errors=True)
-    return {
-        "out": str(out),
-        "files_seen": seen,
-        "kept": kept,
-        "skipped": seen - kept,
-        "duplicates": dups,
-        "splits": split_stats,
-        "tokens": sum(s["tokens"] for s in split_stats.values()),
-        "notes": sum(s["notes"] for s in split_stats.values()),
-    }
+        self.close()
+        codec = _codec_dict()
+        split_stats, seen, kept = self.split_stats, self.seen, self.kept
+        meta = {
+            "codec": codec,
+            "vocab_size": codec["vocab_size"],
+            "dtype": "uint16",
+            "splits": split_stats,
+            "split_rule": f"by content hash (blake2b-128): val {self.val_frac:g}, test {self.test_frac:g}, rest train",
+            "sources": list(sources),
+            "files": seen,
+            "kept": kept,
+            "skipped": {"count": seen - kept, "reasons": dict(sorted(self.reasons.items()))},
+            "filter": {"rule": FILTER_RULE, "min_notes": MIN_NOTES, "max_notes": MAX_NOTES,
+                       "max_seconds": MAX_SECONDS, "max_file_bytes": S.MAX_FILE_BYTES},
+        }
+        work = self.work
+        meta_tmp = work / "meta.json.tmp"
+        with open(meta_tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        for s in SPLITS:
+            os.replace(self.tmp[s], out / f"{s}.bin")
+        os.replace(self.rows_tmp, out / "files.jsonl")
+        os.replace(meta_tmp, out / "meta.json")
+        _fsync_dir(out)
+        shutil.rmtree(work, ignore_errors=True)
+        return {
+            "out": str(out),
+            "files_seen": seen,
+            "kept": kept,
+            "skipped": seen - kept,
+            "duplicates": self.dups,
+            "splits": split_stats,
+            "tokens": sum(s["tokens"] for s in split_stats.values()),
+            "notes": sum(s["notes"] for s in split_stats.values()),
+        }

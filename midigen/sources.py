@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tarfile
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -38,6 +36,7 @@ class Entry:
     size: int
     data: bytes | Callable[[], bytes] | None = None
     reason: str | None = None
+    path: str | None = None  # a file on disk: prepare's workers read it themselves, in parallel
 
     def load(self) -> bytes | None:
         if callable(self.data):
@@ -125,12 +124,29 @@ def entries(src: Source) -> Iterator[Entry]:
         raise ValueError(src.kind)
 
 
-def _read_file(path: Path) -> Callable[[], bytes]:
-    def load() -> bytes:
-        with open(path, "rb") as f:
-            return f.read(MAX_FILE_BYTES + 1)
+def read_file(path, size: int | None = None) -> bytes:
+    """A file's bytes, at most one past the size limit (enough to refuse it). Raises OSError.
 
-    return load
+    Reads are sized from the file's size (``size`` when the caller already knows it, else fstat):
+    asking for the limit up front makes every read allocate 16 MiB, which costs more than reading
+    a typical MIDI file. A file that grew meanwhile is still read to its end (or past the limit).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if size is None:
+            size = os.fstat(fd).st_size
+        want = min(size, MAX_FILE_BYTES) + 1
+        parts, total = [], 0
+        while total <= MAX_FILE_BYTES:
+            chunk = os.read(fd, want)
+            parts.append(chunk)
+            total += len(chunk)
+            if len(chunk) < want:  # a short read of a regular file is its end
+                break
+            want = min(1 << 20, MAX_FILE_BYTES + 1 - total)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def _file_entry(path: Path, name: str) -> Entry:
@@ -139,7 +155,9 @@ def _file_entry(path: Path, name: str) -> Entry:
     except OSError as e:
         return Entry(name, 0, reason=f"unreadable: {e.strerror}")
     reason = too_big(size)
-    return Entry(name, size, None if reason else _read_file(path), reason)
+    if reason:
+        return Entry(name, size, reason=reason)
+    return Entry(name, size, lambda: read_file(path), path=str(path))
 
 
 def _folder_entries(src: Source) -> Iterator[Entry]:
@@ -258,6 +276,9 @@ def download_lakh(url: str | None = None, dest_dir=None, md5: str | None = None,
         have = 0
     h = _md5_of(part) if have else hashlib.md5()
     if have < size:
+        import urllib.error  # here, not at the top: prepare's workers import this module too
+        import urllib.request
+
         req = urllib.request.Request(url, headers={"User-Agent": "midigen"})
         if have:
             req.add_header("Range", f"bytes={have}-")

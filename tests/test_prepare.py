@@ -220,7 +220,18 @@ def test_hanging_or_crashing_worker_costs_one_file(tmp_path, songs_dir, monkeypa
                                                             clean[name]["tokens"])
 
 
+def test_compiled_and_numpy_encoders_give_identical_datasets(tmp_path, songs_dir, music21_dir, monkeypatch):
+    write_hostile(tmp_path / "h")
+    srcs = [songs_dir, music21_dir, tmp_path / "h"]
+    prepare(srcs, tmp_path / "jit", workers=1, val_frac=0.1, test_frac=0.1, progress=False)
+    monkeypatch.setenv("MIDIGEN_NO_JIT", "1")
+    prepare(srcs, tmp_path / "numpy", workers=1, val_frac=0.1, test_frac=0.1, progress=False)
+    assert read_outputs(tmp_path / "jit") == read_outputs(tmp_path / "numpy")
+
+
 def test_crash_in_batched_encode_loses_nothing(tmp_path, songs_dir, monkeypatch):
+    """The numpy encoder's batched call crashes; the retry encodes file by file."""
+    monkeypatch.setenv("MIDIGEN_NO_JIT", "1")  # the compiled encoder has no batch phase
     monkeypatch.setenv("MIDIGEN_CHUNK_FILES", "10")
     monkeypatch.setenv("MIDIGEN_TEST_HOOK", "batchabort:song_00012")
     prepare([songs_dir], tmp_path / "out", workers=2, progress=False)
