@@ -93,8 +93,8 @@ EDGE_CASES = {
     "tempo edge cases": build(
         tracks=[(0, False, [(i * 240, 240, 60 + i % 12, 80) for i in range(40)])],
         tempos=[(0, 100), (0, 140), (960, 140), (960, 90), (1920, 90.5), (2880, 200), (9600, 60), (99999, 30)]),
-    "negative and huge tempos": build(tracks=[(0, False, [(0, 480, 60, 90), (4800, 480, 62, 90)])],
-                                      tempos=[(0, 1000.0), (960, 5.0), (1920, 120)]),
+    "extreme tempos": build(tracks=[(0, False, [(0, 480, 60, 90), (4800, 480, 62, 90)])],
+                            tempos=[(0, 1000.0), (960, 5.0), (1920, 120)]),
     "time signatures": build(tracks=[(0, False, [(0, 480, 60, 90)])],
                              time_sigs=[(960, 3, 4), (0, 5, 7), (0, 6, 8)]),
     "odd tpq": build(tpq=7, tracks=[(0, True, [(i * 3, i, 36 + i % 5, 100) for i in range(50)])]),
