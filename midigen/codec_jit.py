@@ -373,6 +373,8 @@ class CompiledEncoder:
             "note_start": codec.note_start, "default_bin": int(np.searchsorted(codec._tempo_edges, 120.0)),
         }
         self._consts = np.array([values[k] for k in _CONSTS], dtype=np.int64)
+        if codec._dv_lut.shape[1] != 128:
+            raise ValueError("the DV table must have one column per MIDI velocity")
         ts_lut = np.full(_TS_SIDE * _TS_SIDE, -1, dtype=np.int64)
         for num in range(_TS_SIDE):
             for den in range(_TS_SIDE):
@@ -381,8 +383,6 @@ class CompiledEncoder:
         self._tables = (np.ascontiguousarray(codec._tempo_edges), 60.0 / (codec.tempo_bpm * spq),
                         np.ascontiguousarray(codec._dv_lut).reshape(-1),  # [duration * 128 + velocity]
                         ts_lut)
-        if codec._dv_lut.shape[1] != 128:
-            raise ValueError("the DV table must have one column per MIDI velocity")
         self._out = np.empty(1 << 18, dtype=np.uint16)
 
     def encode_one(self, score, at: int = 0) -> tuple:
@@ -432,8 +432,12 @@ _CHECKED: dict = {}
 
 
 def available(codec) -> bool:
-    """True when numba is present and this symusic's layout gives the numpy encoder's tokens exactly."""
-    if numba is None:
+    """True when numba compiles here and this symusic's layout gives the numpy encoder's tokens exactly.
+
+    NUMBA_DISABLE_JIT=1 counts as unavailable: the kernel would then run as Python, far slower than
+    the numpy encoder.
+    """
+    if numba is None or numba.config.DISABLE_JIT:
         return False
     k = id(codec)
     if k not in _CHECKED:
@@ -451,6 +455,7 @@ def _self_check(codec) -> bool:
     s.time_signatures.append(symusic.TimeSignature(96, 6, 8))
     s.time_signatures.append(symusic.TimeSignature(0, 3, 4))
     s.markers.append(symusic.TextMeta(10, "marker"))
+    s.key_signatures.append(symusic.KeySignature(0, 2, 1))
     rng = np.random.default_rng(7)
     for program, drum in ((33, False), (0, True), (73, False)):
         tr = symusic.Track(f"t{program}", program, drum)
@@ -462,6 +467,7 @@ def _self_check(codec) -> bool:
         tr.notes.append(symusic.Note(t, 10, 60, 0))  # dropped (velocity 0)
         tr.controls.append(symusic.ControlChange(5, 7, 100))
         tr.pitch_bends.append(symusic.PitchBend(9, -300))
+        tr.pedals.append(symusic.Pedal(4, 50))
         tr.lyrics.append(symusic.TextMeta(3, "la"))
         s.tracks.append(tr)
     s.tracks.append(symusic.Track("empty", 5, False))

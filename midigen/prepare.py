@@ -93,9 +93,12 @@ class _Encoder:
         c = self.codec
         self.fast = None
         if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
-            from midigen import codec_jit
+            try:
+                from midigen import codec_jit
 
-            self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
+                self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
+            except Exception:  # numba unusable here (no cache location, ...): numpy does the same work
+                self.fast = None
         self.shift = c.shift_steps()
         spq = c.params.steps_per_quarter
         self.sec_per_step = np.zeros(c.vocab_size)
