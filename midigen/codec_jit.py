@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from midigen.codec import DRUMS, N_INSTRUMENTS, N_PITCHES
+from midigen.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, CodecError
 
 try:
     import numba
@@ -145,18 +145,6 @@ def _sort_notes(vals, lo, hi):
     return src
 
 
-@_jit
-def _searchsorted_left(edges, x):
-    lo, hi = 0, len(edges)
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if edges[mid] < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
 # Layout of the ``consts`` argument of ``encode_state`` (see ``CompiledEncoder.__init__``).
 _CONSTS = ("spq2", "max_shift", "max_gap", "duration_max", "bos", "eos", "shift_start", "tempo_start",
            "inst_start", "note_start", "default_bin")
@@ -224,8 +212,8 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
             n += 1
             _put(present, inst, True)
         p += 12 * nn
-        for size in (8, 8, 8):  # controls, pitch bends, pedals
-            p = _skip_fixed(buf, p, end, size)
+        for _ in range(3):  # controls, pitch bends, pedals: 8 bytes each
+            p = _skip_fixed(buf, p, end, 8)
             if p < 0:
                 return LAYOUT, 0, 0, 0.0
         p = _skip_texts(buf, p, end)  # lyrics
@@ -278,7 +266,7 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
         tt = 0 if tt < 0 else tt
         t_time[i] = tt if tt < _MAX_ONSET - 1 else _MAX_ONSET - 1
         mspq = np.float64(_i32(buf, b + 4))
-        t_bin[i] = _searchsorted_left(tempo_edges, 60_000_000.0 / (mspq if mspq > 1.0 else 1.0))
+        t_bin[i] = np.searchsorted(tempo_edges, 60_000_000.0 / (mspq if mspq > 1.0 else 1.0))
     t_order = np.argsort(t_time, kind="mergesort")
     head_bin = default_bin
     ch_time = np.empty(n_tempo, dtype=np.int64)
@@ -393,8 +381,6 @@ class CompiledEncoder:
         total and reads them all at the end with ``written(total)``. A view returned earlier stays
         valid until a later call writes over its range.
         """
-        from midigen.codec import CodecError
-
         state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
         self._reserve(at, len(state) + 140)
         try:

@@ -236,8 +236,7 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     shard_path, chunk_id, key, items = payload
     rows: list[dict] = []
     parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
-    blobs: list = []
-    notes_total = 0
+    blobs: list = []  # numpy path: token arrays of kept files
     written = 0  # compiled path: kept tokens so far, back to back in the encoder's buffer
     for i, (name, data, reason) in enumerate(items):
         state[0], state[1] = i, time.monotonic()
@@ -261,7 +260,6 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
                 if reason is None:
                     row.update(notes=notes, tokens=len(tokens))
                     written += len(tokens)
-                    notes_total += notes
             elif reason is None:
                 parsed.append((i, score))
         if reason is not None:
@@ -285,19 +283,17 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
                 continue
             rows[i].update(notes=notes, tokens=len(tokens))
             blobs.append(tokens)
-            notes_total += notes
+    kept_rows = [r for r in rows if "tokens" in r]
     if written:
-        kept = sum(1 for r in rows if "tokens" in r)
         blobs = [enc.fast.written(written)]
-    else:
-        kept = len(blobs)
-        blobs = [np.concatenate(blobs)] if blobs else []
+    elif blobs:
+        blobs = [np.concatenate(blobs)]
     state[0], state[1] = len(items), time.monotonic()
     if os.getppid() != _PARENT[0]:  # the run was killed: leave nothing behind
         os._exit(0)
     _write_shard(Path(shard_path), {"chunk": chunk_id, "key": key, "rows": rows}, blobs)
     state[1] = 0.0
-    return len(items), kept, notes_total
+    return len(items), len(kept_rows), sum(r["notes"] for r in kept_rows)
 
 
 _PARENT = [0]
