@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from enum import IntEnum
 
 import numpy as np
 import symusic
@@ -31,13 +32,35 @@ import symusic
 from midigen.errors import MidigenError
 
 CODEC_NAME = "midigen-event"
-CODEC_VERSION = 1
+CODEC_VERSION = 2  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens
+SUPPORTED_VERSIONS = (1, 2)  # v1 datasets and checkpoints still load and sample (no controls, no editing)
 
 DRUMS = 128  # the instrument number used for every drum track
 N_INSTRUMENTS = 129
 N_PITCHES = 128
 
 _TS_DENOMINATORS = (2, 4, 8, 16)
+_INT32_MAX = 2**31 - 1
+N_STYLES = 64  # style slots; a dataset maps its style names onto them (meta.json, checkpoint)
+N_KEYS = 24  # tonic pitch class + 12 x minor
+DENSITY_LEVELS = ("low", "medium", "high")  # notes per second, in the training corpus's terciles
+MARKERS = ("EDIT", "HOLE", "HOLE_END", "FILL")  # the editing task's structure tokens (see edit docs)
+
+
+class Kind(IntEnum):
+    """What a token id is. ``Codec.kinds`` maps ids to these; comparisons read by name."""
+
+    SPECIAL = 0
+    SHIFT = 1
+    TEMPO = 2
+    TS = 3
+    INST = 4
+    NOTE = 5
+    DV = 6
+    STYLE = 7
+    KEY = 8
+    DENSITY = 9
+    MARKER = 10
 
 
 class CodecError(MidigenError):
@@ -59,6 +82,18 @@ def _duration_values(exact_upto: int, ratio: float, max_steps: int) -> list[int]
     return values
 
 
+def _tempo_values(lo: float, hi: float, ratio: float, exact_lo: int, exact_hi: int) -> np.ndarray:
+    """Tempo bin centres: every integer BPM in ``exact_lo..exact_hi`` (so the common tempos come back
+    exactly) and the ends ``lo`` and ``hi``, with every gap wider than ``ratio`` split evenly in the log
+    domain. No two neighbours are more than ``ratio`` apart, so any tempo rounds by at most half that."""
+    anchors = np.concatenate(([lo], np.arange(exact_lo, exact_hi + 1, dtype=np.float64), [hi]))
+    out = [anchors[:1]]
+    for a, b in zip(anchors[:-1], anchors[1:]):
+        parts = max(1, math.ceil(math.log(b / a) / math.log(ratio) - 1e-9))
+        out.append(a * (b / a) ** (np.arange(1, parts + 1) / parts))
+    return np.concatenate(out)
+
+
 @dataclass(frozen=True)
 class CodecParams:
     steps_per_quarter: int = 24
@@ -72,42 +107,38 @@ class CodecParams:
     duration_max: int = 1536  # 64 quarter notes
     velocity_levels: int = 16
     decode_tpq: int = 480
+    exact_tempo_min: int = 40  # v2: integer BPMs from here ...
+    exact_tempo_max: int = 250  # ... to here are bin centres
 
 
 @dataclass
 class Codec:
-    """Token vocabulary plus encode/decode. Construct from params; save/restore with JSON."""
+    """Token vocabulary plus encode/decode. Construct from params; save/restore with JSON.
+
+    ``version`` 2 (the default) adds, after the v1 ids, the control tokens a song header may carry
+    (STYLE, KEY, DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); version 1 is kept so
+    datasets and checkpoints made before it still load.
+    """
 
     params: CodecParams = field(default_factory=CodecParams)
     batch_bytes: int = 1 << 17  # encode_many works through ~128 kB of MIDI at a time
+    version: int = CODEC_VERSION
 
     def __post_init__(self) -> None:
         p = self.params
+        if self.version not in SUPPORTED_VERSIONS:
+            raise ValueError(f"codec version {self.version} is not one of {SUPPORTED_VERSIONS}")
         if 128 % p.velocity_levels:
             raise ValueError("velocity_levels must divide 128")
+        if p.steps_per_quarter < 1 or p.decode_tpq < p.steps_per_quarter or p.decode_tpq % p.steps_per_quarter:
+            raise ValueError(f"decode_tpq {p.decode_tpq} must be a positive multiple of steps_per_quarter "
+                             f"{p.steps_per_quarter}")
         self.durations = np.array(
             _duration_values(p.duration_exact_upto, p.duration_ratio, p.duration_max), dtype=np.int64
         )
-        n_tempo = int(math.floor(math.log(p.tempo_max / p.tempo_min) / math.log(p.tempo_ratio))) + 1
-        self.tempo_bpm = p.tempo_min * p.tempo_ratio ** np.arange(n_tempo)
+        self.tempo_bpm = self._tempo_table()
         self.time_signatures = [(n, d) for d in _TS_DENOMINATORS for n in range(1, 17)]
-
-        self.PAD, self.BOS, self.EOS = 0, 1, 2
-        start = 3
-        self.shift_start = start
-        start += p.max_shift
-        self.tempo_start = start
-        start += n_tempo
-        self.ts_start = start
-        start += len(self.time_signatures)
-        self.inst_start = start
-        start += N_INSTRUMENTS
-        self.note_start = start
-        start += N_INSTRUMENTS * N_PITCHES
-        self.dv_start = start
-        self.n_durations = len(self.durations)
-        start += self.n_durations * p.velocity_levels
-        self.vocab_size = start
+        self._layout()
         if self.vocab_size > 65535:
             raise ValueError("vocabulary does not fit uint16")
         # Boundaries between duration bins: geometric means, so rounding is relative (log domain).
@@ -122,22 +153,49 @@ class Codec:
         self._tempo_edges = np.sqrt(self.tempo_bpm[:-1] * self.tempo_bpm[1:])
         self._kind = self._build_kind_table()
 
+    def _tempo_table(self) -> np.ndarray:
+        p = self.params
+        if self.version == 1:  # a plain 1% log grid (misses 120 BPM by 0.5%)
+            n = int(math.floor(math.log(p.tempo_max / p.tempo_min) / math.log(p.tempo_ratio))) + 1
+            return p.tempo_min * p.tempo_ratio ** np.arange(n)
+        return _tempo_values(p.tempo_min, p.tempo_max, p.tempo_ratio, p.exact_tempo_min, p.exact_tempo_max)
+
+    def _layout(self) -> None:
+        """Id ranges, in vocabulary order; v2's control and marker ids come after v1's."""
+        sizes = [("shift", self.params.max_shift), ("tempo", len(self.tempo_bpm)), ("ts", len(self.time_signatures)),
+                 ("inst", N_INSTRUMENTS), ("note", N_INSTRUMENTS * N_PITCHES),
+                 ("dv", len(self.durations) * self.params.velocity_levels)]
+        if self.version >= 2:
+            sizes += [("style", N_STYLES), ("key", N_KEYS), ("density", len(DENSITY_LEVELS)),
+                      ("marker", len(MARKERS))]
+        self.PAD, self.BOS, self.EOS = 0, 1, 2
+        self.n_durations = len(self.durations)
+        start, self.ranges = 3, {}
+        for name, size in sizes:
+            self.ranges[name] = (start, start + size)
+            start += size
+        self.vocab_size = start
+        self.shift_start, self.tempo_start, self.ts_start, self.inst_start, self.note_start, self.dv_start = (
+            self.ranges[k][0] for k in ("shift", "tempo", "ts", "inst", "note", "dv"))
+        self.dv_end = self.ranges["dv"][1]
+        self.has_controls = self.version >= 2
+        if self.has_controls:
+            self.style_start, self.key_start, self.density_start, marker = (
+                self.ranges[k][0] for k in ("style", "key", "density", "marker"))
+            self.EDIT, self.HOLE, self.HOLE_END, self.FILL = range(marker, marker + len(MARKERS))
+
     # ----- vocabulary -------------------------------------------------------------------------
 
-    KINDS = ("special", "shift", "tempo", "ts", "inst", "note", "dv")
+    KINDS = tuple(k.name.lower() for k in Kind)
 
     def _build_kind_table(self) -> np.ndarray:
         kind = np.zeros(self.vocab_size, dtype=np.int8)
-        kind[self.shift_start : self.tempo_start] = 1
-        kind[self.tempo_start : self.ts_start] = 2
-        kind[self.ts_start : self.inst_start] = 3
-        kind[self.inst_start : self.note_start] = 4
-        kind[self.note_start : self.dv_start] = 5
-        kind[self.dv_start : self.vocab_size] = 6
+        for name, (lo, hi) in self.ranges.items():
+            kind[lo:hi] = Kind[name.upper()]
         return kind
 
     def kinds(self, tokens: np.ndarray) -> np.ndarray:
-        """Kind index per token (see ``KINDS``); ids past the vocabulary count as special."""
+        """Kind (a ``Kind`` value) per token; ids past the vocabulary count as special."""
         tokens = np.asarray(tokens, dtype=np.int64)
         out = np.zeros(tokens.shape, dtype=np.int8)
         ok = (tokens >= 0) & (tokens < self.vocab_size)
@@ -189,23 +247,54 @@ class Codec:
 
     def token_name(self, token: int) -> str:
         t = int(token)
-        k = self.KINDS[self.kinds(np.array([t]))[0]]
-        if k == "special":
+        k = Kind(self.kinds(np.array([t]))[0])
+        if k == Kind.SPECIAL:
             return {0: "PAD", 1: "BOS", 2: "EOS"}.get(t, f"UNK_{t}")
-        if k == "shift":
+        if k == Kind.SHIFT:
             return f"SHIFT_{t - self.shift_start + 1}"
-        if k == "tempo":
+        if k == Kind.TEMPO:
             return f"TEMPO_{self.tempo_of(t):.1f}"
-        if k == "ts":
+        if k == Kind.TS:
             n, d = self.time_signatures[t - self.ts_start]
             return f"TS_{n}/{d}"
-        if k == "inst":
+        if k == Kind.INST:
             return f"INST_{t - self.inst_start}"
-        if k == "note":
+        if k == Kind.NOTE:
             i, p = divmod(t - self.note_start, N_PITCHES)
             return f"NOTE_{i}_{p}"
-        d, v = self.dv_of(t)
-        return f"DV_{d}_{v}"
+        if k == Kind.DV:
+            d, v = self.dv_of(t)
+            return f"DV_{d}_{v}"
+        if k == Kind.STYLE:
+            return f"STYLE_{t - self.style_start}"
+        if k == Kind.KEY:
+            return f"KEY_{key_name(t - self.key_start).replace(' ', '_')}"
+        if k == Kind.DENSITY:
+            return f"DENSITY_{DENSITY_LEVELS[t - self.density_start]}"
+        return MARKERS[t - self.EDIT]
+
+    # ----- control tokens (v2) ----------------------------------------------------------------
+
+    def _need_controls(self) -> None:
+        if not self.has_controls:
+            raise CodecError(f"codec v{self.version} has no control tokens (styles, keys, densities, editing)")
+
+    def style_token(self, slot: int) -> int:
+        self._need_controls()
+        if not 0 <= slot < N_STYLES:
+            raise ValueError(f"style slot {slot} is outside 0..{N_STYLES - 1}")
+        return self.style_start + int(slot)
+
+    def key_token(self, key: int) -> int:
+        """``key`` = tonic pitch class (0 = C) + 12 for minor."""
+        self._need_controls()
+        if not 0 <= key < N_KEYS:
+            raise ValueError(f"key {key} is outside 0..{N_KEYS - 1}")
+        return self.key_start + int(key)
+
+    def density_token(self, level: int) -> int:
+        self._need_controls()
+        return self.density_start + int(level)
 
     def transpose_table(self, semitones: int) -> np.ndarray:
         """id -> id after shifting every pitched note by ``semitones``; -1 where a pitch leaves 0..127.
@@ -221,6 +310,9 @@ class Codec:
         table[notes[pitched]] = np.where(
             ok[pitched], self.note_start + inst[pitched] * N_PITCHES + shifted[pitched], -1
         )
+        if self.has_controls:  # the key moves with the notes
+            k = np.arange(N_KEYS)
+            table[self.key_start + k] = self.key_start + (k % 12 + semitones) % 12 + 12 * (k // 12)
         return table
 
     def count_notes(self, tokens: np.ndarray) -> int:
@@ -229,7 +321,11 @@ class Codec:
         return int(np.count_nonzero((t >= self.note_start) & (t < self.dv_start)))
 
     def header_length(self, tokens: np.ndarray) -> int:
-        """Length of the song header at the start of ``tokens`` (BOS, INST..., TEMPO, [TS])."""
+        """Length of the song header at the start of ``tokens``.
+
+        The header is ``BOS INST... TEMPO [TS]``, then (v2) any control tokens (STYLE, KEY, DENSITY)
+        and, in an editing sequence, ``EDIT INST...`` naming the instruments to write.
+        """
         t = np.asarray(tokens)
         n = 0
         if n < len(t) and t[n] == self.BOS:
@@ -240,6 +336,14 @@ class Codec:
             n += 1
         if n < len(t) and self.ts_start <= t[n] < self.inst_start:
             n += 1
+        if not self.has_controls:
+            return n
+        while n < len(t) and self.style_start <= t[n] < self.EDIT:
+            n += 1
+        if n < len(t) and t[n] == self.EDIT:
+            n += 1
+            while n < len(t) and self.inst_start <= t[n] < self.note_start:
+                n += 1
         return n
 
     def header(self, instruments, bpm: float = 120.0, time_signature=(4, 4)) -> np.ndarray:
@@ -257,26 +361,23 @@ class Codec:
     def to_dict(self) -> dict:
         return {
             "name": CODEC_NAME,
-            "version": CODEC_VERSION,
+            "version": self.version,
             "params": asdict(self.params),
             "vocab_size": self.vocab_size,
-            "ranges": {
-                "shift": [self.shift_start, self.tempo_start],
-                "tempo": [self.tempo_start, self.ts_start],
-                "ts": [self.ts_start, self.inst_start],
-                "inst": [self.inst_start, self.note_start],
-                "note": [self.note_start, self.dv_start],
-                "dv": [self.dv_start, self.vocab_size],
-            },
+            "ranges": {k: list(v) for k, v in self.ranges.items()},
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Codec":
-        if d.get("name") != CODEC_NAME or d.get("version") != CODEC_VERSION:
+        if d.get("name") != CODEC_NAME or d.get("version") not in SUPPORTED_VERSIONS:
             raise CodecError(
-                f"codec {d.get('name')!r} v{d.get('version')} is not {CODEC_NAME!r} v{CODEC_VERSION}"
+                f"codec {d.get('name')!r} v{d.get('version')} is not {CODEC_NAME!r} "
+                f"v{'/'.join(map(str, SUPPORTED_VERSIONS))}"
             )
-        codec = cls(CodecParams(**d["params"]))
+        try:
+            codec = cls(CodecParams(**d["params"]), version=d["version"])
+        except (TypeError, ValueError) as e:
+            raise CodecError(f"bad codec parameters: {e}") from None
         if codec.vocab_size != d.get("vocab_size"):
             raise CodecError("codec parameters do not reproduce the stored vocabulary size")
         return codec
@@ -572,15 +673,18 @@ class Codec:
         t = np.asarray(tokens, dtype=np.int64).ravel()
         if len(t) and t[0] == self.BOS:
             t = t[1:]
-        eos = np.flatnonzero((t == self.EOS) | (t == self.BOS))
+        stop = (t == self.EOS) | (t == self.BOS)
+        if self.has_controls:  # an editing sequence's written part follows FILL: not part of this song
+            stop |= t == self.FILL
+        eos = np.flatnonzero(stop)
         if len(eos):
             t = t[: eos[0]]
         kind = self.kinds(t)
-        steps = self.shift_steps()[np.where(kind == 1, t, 0)]
+        steps = self.shift_steps()[np.where(kind == Kind.SHIFT, t, 0)]
         time = np.cumsum(steps)  # time at each token (shift counts at and after itself)
 
-        is_note = kind == 5
-        is_dv = kind == 6
+        is_note = kind == Kind.NOTE
+        is_dv = kind == Kind.DV
         pair = np.zeros(len(t), dtype=bool)
         pair[:-1] = is_note[:-1] & is_dv[1:]
         ni = np.flatnonzero(pair)
@@ -595,7 +699,7 @@ class Codec:
             "instrument": note_id // N_PITCHES,
         }
 
-        is_tempo = kind == 2
+        is_tempo = kind == Kind.TEMPO
         head_len = self.header_length(np.concatenate(([self.BOS], t)))  # header within t, plus BOS
         tempo_idx = np.flatnonzero(is_tempo)
         tempo_time = time[tempo_idx]
@@ -603,9 +707,10 @@ class Codec:
         ts = None
         head_t, head_k = t[: max(0, head_len - 1)], kind[: max(0, head_len - 1)]
         for tok, k in zip(head_t, head_k):
-            if k == 3:
+            if k == Kind.TS:
                 ts = self.time_signatures[tok - self.ts_start]
-        instruments = sorted(set((head_t[head_k == 4] - self.inst_start).tolist()))
+        in_edit = np.cumsum(head_t == self.EDIT) > 0 if self.has_controls else np.zeros(len(head_t), bool)
+        instruments = sorted(set((head_t[(head_k == Kind.INST) & ~in_edit] - self.inst_start).tolist()))
         return {
             "notes": notes,
             "tempo_time": tempo_time,
@@ -616,27 +721,26 @@ class Codec:
         }
 
     def decode(self, tokens) -> symusic.Score:
-        """Token ids -> symusic Score (ticks, ``decode_tpq`` per quarter), one track per instrument."""
+        """Token ids -> symusic Score (ticks, ``decode_tpq`` per quarter), one track per instrument.
+
+        MIDI ticks are 32-bit: a song so long that ``decode_tpq`` would overflow them is written at
+        ``steps_per_quarter`` ticks per quarter instead, and notes past even that are dropped.
+        """
         ev = self.decode_events(tokens)
+        notes = ev["notes"]
+        ends = notes["time"] + notes["duration"]
+        last = max(int(ends.max()) if len(ends) else 0, int(ev["tempo_time"].max()) if len(ev["tempo_time"]) else 0)
         tpq = self.params.decode_tpq
+        if last * (tpq // self.params.steps_per_quarter) > _INT32_MAX:
+            tpq = self.params.steps_per_quarter
         scale = tpq // self.params.steps_per_quarter
         score = symusic.Score(tpq)
-        bpm = ev["tempo_bpm"]
-        if len(bpm) == 0:
-            bpm, ttime = np.array([120.0]), np.array([0])
-        else:
-            ttime = ev["tempo_time"].copy()
-            ttime[0] = 0  # the first tempo holds from the start
-        # one tempo per tick: the last at each time wins
-        keep = np.ones(len(ttime), dtype=bool)
-        keep[:-1] = ttime[1:] != ttime[:-1]
-        mspq = np.round(60_000_000.0 / bpm[keep]).astype(np.int32)
-        score.tempos = symusic.core.TempoTickList.from_numpy((ttime[keep] * scale).astype(np.int32), mspq)
+        score.tempos = self._tempo_list(ev, scale)
         n, d = ev["time_signature"] or (4, 4)
         score.time_signatures.append(symusic.TimeSignature(0, n, d))
-        notes = ev["notes"]
+        fits = ends * scale <= _INT32_MAX
         for inst in np.unique(notes["instrument"]):
-            sel = notes["instrument"] == inst
+            sel = (notes["instrument"] == inst) & fits
             name = "Drums" if inst == DRUMS else GM_PROGRAM_NAMES[int(inst)]
             track = symusic.Track(name, 0 if inst == DRUMS else int(inst), bool(inst == DRUMS))
             track.notes = symusic.core.NoteTickList.from_numpy(
@@ -647,6 +751,21 @@ class Codec:
             )
             score.tracks.append(track)
         return score
+
+    @staticmethod
+    def _tempo_list(ev: dict, scale: int):
+        """The decoded tempo map: the first tempo holds from tick 0, the last change at a tick wins."""
+        bpm = ev["tempo_bpm"]
+        if len(bpm) == 0:
+            bpm, ttime = np.array([120.0]), np.array([0])
+        else:
+            ttime = ev["tempo_time"].copy()
+            ttime[0] = 0
+        keep = np.ones(len(ttime), dtype=bool)
+        keep[:-1] = ttime[1:] != ttime[:-1]
+        keep &= ttime * scale <= _INT32_MAX
+        mspq = np.round(60_000_000.0 / bpm[keep]).astype(np.int32)
+        return symusic.core.TempoTickList.from_numpy((ttime[keep] * scale).astype(np.int32), mspq)
 
     def decode_to_midi(self, tokens) -> bytes:
         return bytes(self.decode(tokens).dumps_midi())
@@ -677,6 +796,35 @@ GM_PROGRAM_NAMES = [
     "Bird Tweet", "Telephone Ring", "Helicopter", "Applause", "Gunshot",
 ]
 assert len(GM_PROGRAM_NAMES) == 128
+
+
+PITCH_CLASSES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+_PC_ALIASES = {"DB": 1, "D#": 3, "GB": 6, "G#": 8, "A#": 10, "CB": 11, "E#": 5, "FB": 4, "B#": 0}
+
+
+def key_name(key: int) -> str:
+    """0..23 -> 'C major' .. 'B minor' (tonic pitch class + 12 for minor)."""
+    return f"{PITCH_CLASSES[key % 12]} {'minor' if key >= 12 else 'major'}"
+
+
+def parse_key(text: str) -> int:
+    """'D', 'D major', 'F# minor', 'Bbm', 'c#' -> 0..23. Lower-case single letters are not minor."""
+    s = text.strip().replace("♯", "#").replace("♭", "b")
+    parts = s.split()
+    if len(parts) == 2 and parts[1].lower() in ("major", "minor", "maj", "min"):
+        tonic, minor = parts[0], parts[1].lower().startswith("min")
+    elif len(parts) == 1 and len(s) >= 2 and s[-1] == "m" and s[:-1].upper().rstrip("#B") in "ABCDEFG":
+        tonic, minor = s[:-1], True
+    elif len(parts) == 1:
+        tonic, minor = s, False
+    else:
+        raise ValueError(f"unknown key {text!r}: use a tonic and mode like 'D', 'F# minor' or 'Bbm'")
+    t = tonic[:1].upper() + tonic[1:].replace("b", "B").upper()
+    names = {n.upper(): i for i, n in enumerate(PITCH_CLASSES)}
+    pc = names.get(t, _PC_ALIASES.get(t))
+    if pc is None:
+        raise ValueError(f"unknown key {text!r}: use a tonic and mode like 'D', 'F# minor' or 'Bbm'")
+    return pc + 12 * minor
 
 
 def instrument_name(instrument: int) -> str:

@@ -57,7 +57,7 @@ class Grammar:
         self._note_ids = np.arange(c.note_start, c.dv_start)
         self._note_inst = (self._note_ids - c.note_start) // N_PITCHES
         lv = p.velocity_levels
-        self._dv_steps = c.durations[np.arange(c.vocab_size - c.dv_start) // lv]
+        self._dv_steps = c.durations[np.arange(c.dv_end - c.dv_start) // lv]
         self._kind = c.kinds(np.arange(c.vocab_size))
         self._steps = c.shift_steps()
         default_tempo = c.tempo_token(120.0) - c.tempo_start
@@ -212,7 +212,7 @@ class Grammar:
 
         # durations: any, unless a time target is near; the shortest always fits
         left = np.floor((self.target - self.seconds) / sps + 1e-6)
-        m[:, c.dv_start :] = need_dv[:, None] & ((self._dv_steps[None, :] <= left[:, None]) | (self._dv_steps == 1))
+        m[:, c.dv_start : c.dv_end] = need_dv[:, None] & ((self._dv_steps[None, :] <= left[:, None]) | (self._dv_steps == 1))
 
         # the end: after a DV, with a note written, once 90% of the target passed or nothing else fits
         no_shift = ~shift_ok.any(axis=1)
