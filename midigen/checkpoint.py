@@ -195,3 +195,29 @@ def load_train_state(path) -> dict:
         raise UsageError(f"no training state at {f}: nothing to resume") from None
     except Exception as e:  # weights_only refuses anything but tensors and plain types
         raise MidigenError(f"cannot load {f}: {e}") from None
+
+
+def capabilities(config: dict, codec: Codec) -> dict:
+    """What a checkpoint can be asked for (``midigen info --ckpt``, the studio's controls).
+
+    Read from what training recorded: the editing objective's share of windows, the ids its output
+    support covers (the instruments and meters of its training data), and the control vocabularies
+    (styles, keys, densities) it learned, when it learned any.
+    """
+    info = config.get("info") or {}
+    train_cfg = info.get("train_config") or {}
+    support = config.get("support")
+    ids = set(range(codec.vocab_size)) if support is None else {int(i) for i in support}
+    lo, hi = codec.inst_start, codec.note_start
+    instruments = sorted(i - lo for i in ids if lo <= i < hi)
+    meters = [f"{n}/{d}" for k, (n, d) in enumerate(codec.time_signatures) if codec.ts_start + k in ids]
+    controls = info.get("controls") or {}
+    return {
+        "codec_version": codec.version,
+        "can_edit": bool(codec.has_controls and float(train_cfg.get("edit_fraction", 0) or 0) > 0),
+        "instruments": instruments,
+        "time_signatures": meters,
+        "styles": list(controls.get("styles", [])),
+        "keys": list(controls.get("keys", [])),
+        "densities": list(controls.get("densities", [])),
+    }

@@ -48,6 +48,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # 0 disables clipping
     # data
     transpose: bool = True  # random pitch shift of non-drum notes, training only
+    edit_fraction: float = 0.0  # share of training windows that are editing sequences (infill/arrange)
     # logging and evaluation
     eval_interval: int = 100
     eval_tokens: int = 262144  # val tokens scored at each eval (each exactly once)
@@ -173,6 +174,8 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         raise UsageError(f"'lr' must be a positive number, got {cfg.lr}")
     if not 0 <= cfg.dropout < 1:
         raise UsageError(f"'dropout' must be in [0, 1), got {cfg.dropout}")
+    if not 0 <= cfg.edit_fraction < 1:
+        raise UsageError(f"'edit_fraction' must be in [0, 1), got {cfg.edit_fraction}")
     for k in ("beta1", "beta2"):
         if not 0 <= getattr(cfg, k) < 1:
             raise UsageError(f"'{k}' must be in [0, 1), got {getattr(cfg, k)}")

@@ -112,19 +112,25 @@ class WindowSampler:
     """Random training windows of ``block_size + 1`` tokens -> (input, target) int64 arrays.
 
     A window that starts inside a song gets that song's header in front, so the model always knows
-    the instruments and tempo; the header's own predictions are masked (target -1).
+    the instruments and tempo; the header's own predictions are masked (target -1). With
+    ``edit_fraction`` > 0, that share of windows are editing sequences built from the song around the
+    drawn position (``midigen.sequences``), so one model learns to continue, infill and arrange.
     """
 
-    def __init__(self, split: Split, block_size: int, seed: int, transpose: bool = True):
+    def __init__(self, split: Split, block_size: int, seed: int, transpose: bool = True, edit_fraction: float = 0.0):
         self.split = split
         self.T = block_size
         self.seed = seed
         self.transpose = transpose
+        self.edit_fraction = float(edit_fraction)
         if len(split) < block_size + 2:
             raise UsageError(
                 f"the {split.name} split has {len(split)} tokens, fewer than one window of "
                 f"{block_size + 1}: use a smaller block_size or more data")
         codec = split.codec
+        if self.edit_fraction and not codec.has_controls:
+            raise UsageError(f"edit_fraction needs a codec v2 dataset; {split.name} is codec v{codec.version}: "
+                             "prepare it again")
         self._luts = {s: codec.transpose_table(s) for s in TRANSPOSE_RANGE} if transpose else {}
 
     def batch(self, step: int, micro: int, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -134,15 +140,19 @@ class WindowSampler:
         n = len(self.split)
         starts = rng.integers(0, n - T, size=batch_size)
         shifts = rng.integers(TRANSPOSE_RANGE.start, TRANSPOSE_RANGE.stop, size=(batch_size, 4))
+        edits = rng.random(batch_size) < self.edit_fraction
         x = np.empty((batch_size, T), dtype=np.int64)
         y = np.empty((batch_size, T), dtype=np.int64)
         for b in range(batch_size):
-            w, masked = self._window(int(starts[b]))
+            w, masked = self._edit_window(int(starts[b]), rng) if edits[b] else (None, 0)
+            if w is None:
+                w, masked = self._window(int(starts[b]))
             if self.transpose:
                 w = self._transpose(w, shifts[b])
             x[b] = w[:-1]
             y[b] = w[1:]
             y[b, :masked] = -1
+            y[b, y[b] == self.split.codec.PAD] = -1  # padding after a short editing sequence
         return x, y
 
     def _window(self, pos: int) -> tuple[np.ndarray, int]:
@@ -160,6 +170,23 @@ class WindowSampler:
         body = np.asarray(sp.tokens[pos : pos + T + 1 - h], dtype=np.int64)
         # the header's h tokens give h-1 targets inside the header: those are masked
         return np.concatenate((head, body)), h - 1
+
+    def _edit_window(self, pos: int, rng: np.random.Generator) -> tuple[np.ndarray | None, int]:
+        """An editing sequence from the song around ``pos``, padded to T+1 (None when none fits)."""
+        from midigen.sequences import training_edit_sequence
+
+        sp, T = self.split, self.T
+        song = int(np.searchsorted(sp.starts, pos, side="right")) - 1
+        head = sp.header(song)
+        a = max(int(sp.starts[song]) + len(head), pos - T)
+        b = min(int(sp.ends[song]), pos + 2 * T)
+        local = np.concatenate((head, np.asarray(sp.tokens[a:b], dtype=np.int64)))
+        seq = training_edit_sequence(sp.codec, local, rng, T + 1)
+        if seq is None:
+            return None, 0
+        w = np.full(T + 1, sp.codec.PAD, dtype=np.int64)
+        w[: len(seq)] = seq
+        return w, sp.codec.header_length(seq) - 1
 
     def _transpose(self, w: np.ndarray, shifts) -> np.ndarray:
         for s in shifts:  # a few tries; a shift that pushes a note out of range is rejected

@@ -393,7 +393,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, resume: bool, use
         fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- data
-    sampler = WindowSampler(ds.split("train"), cfg.block_size, cfg.seed, transpose=cfg.transpose)
+    sampler = WindowSampler(ds.split("train"), cfg.block_size, cfg.seed, transpose=cfg.transpose,
+                            edit_fraction=cfg.edit_fraction)
     ex, ey = eval_rows(ds.split("val"), cfg.block_size, cfg.eval_tokens)
     eval_targets = ey[ey >= 0]
     eval_tokens, eval_notes = int(len(eval_targets)), codec.count_notes(eval_targets)

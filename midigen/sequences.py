@@ -1,0 +1,261 @@
+"""Training and prompting sequences built from a song's tokens: controls in the header, and the editing task.
+
+A prepared song is ``BOS INST... TEMPO [TS] events... EOS``. The model also learns two variants,
+built here on the fly from the same tokens (so one prepared dataset serves every task):
+
+* **Controls.** Control tokens (``STYLE``, ``KEY``, ``DENSITY``) go right after the base header; each
+  is dropped at random while training, so each can be left out when generating.
+* **Editing (fill in the middle).** The part to write comes *after* the context on both sides of it::
+
+      BOS INST(all)... TEMPO [TS] [controls] EDIT INST(targets)...
+          context events ... HOLE ... context events inside the span ... HOLE_END ... context events
+      FILL  written events (times relative to the span start) ...  EOS
+
+  The context is the song without the target instruments' notes in the span ``[S, E)``; ``HOLE`` and
+  ``HOLE_END`` sit at times ``S`` and ``E`` in the event stream, so the model knows where and how long
+  the gap is, and which instruments (``EDIT INST...``) it must write there. Other instruments' notes
+  inside the span stay in the context: infilling one part around the others, and arranging new parts
+  under kept ones (``arrange`` = the same task over the whole song, in chunks), are one objective.
+  Sometimes the targets are also removed after the span (and before it), which is what arranging
+  looks like chunk by chunk: the parts being written exist before the chunk, not after it.
+
+Everything works on *units*: a note (NOTE + DV), a tempo change, or a marker, each at a time in steps.
+Units are re-emitted with fresh SHIFT tokens, so removing notes never leaves odd shift runs behind.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from midigen.codec import Codec, Kind
+
+# order of units at the same time step: tempo changes, then markers, then notes (the encoder's order)
+_ORDER_TEMPO, _ORDER_MARK, _ORDER_NOTE = 0, 1, 2
+
+
+@dataclass
+class Units:
+    """A song's events as parallel arrays (one row per unit), in stream order."""
+
+    time: np.ndarray  # steps from the song start (token time: long silences already shortened)
+    tok0: np.ndarray  # NOTE, TEMPO or marker id
+    tok1: np.ndarray  # the DV of a note, -1 otherwise
+    inst: np.ndarray  # the note's instrument, -1 otherwise
+    order: np.ndarray  # _ORDER_* for sorting units that share a time
+
+    def __len__(self) -> int:
+        return len(self.time)
+
+    def select(self, keep: np.ndarray) -> "Units":
+        return Units(self.time[keep], self.tok0[keep], self.tok1[keep], self.inst[keep], self.order[keep])
+
+    @staticmethod
+    def concat(parts) -> "Units":
+        parts = list(parts)
+        u = Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("time", "tok0", "tok1", "inst", "order")))
+        o = np.lexsort((u.order, u.time))  # stable: equal (time, order) keep their stream order
+        return u.select(o)
+
+    @staticmethod
+    def markers(times, ids) -> "Units":
+        n = len(times)
+        return Units(np.asarray(times, np.int64), np.asarray(ids, np.int64), np.full(n, -1, np.int64),
+                     np.full(n, -1, np.int64), np.full(n, _ORDER_MARK, np.int64))
+
+
+def base_header_length(codec: Codec, song: np.ndarray) -> int:
+    """Length of ``BOS INST... TEMPO [TS]`` (without controls or an EDIT part)."""
+    t = np.asarray(song)
+    n = 1 if len(t) and t[0] == codec.BOS else 0
+    while n < len(t) and codec.inst_start <= t[n] < codec.note_start:
+        n += 1
+    if n < len(t) and codec.tempo_start <= t[n] < codec.ts_start:
+        n += 1
+    if n < len(t) and codec.ts_start <= t[n] < codec.inst_start:
+        n += 1
+    return n
+
+
+def song_units(codec: Codec, song: np.ndarray) -> tuple[np.ndarray, Units]:
+    """(base header, units of the events) of one song's tokens (``BOS ... [EOS]``)."""
+    song = np.asarray(song, dtype=np.int64)
+    h = codec.header_length(song)
+    head = song[: base_header_length(codec, song[:h])]
+    body = song[h:]
+    end = np.flatnonzero((body == codec.EOS) | (body == codec.BOS))
+    body = body[: end[0]] if len(end) else body
+    kind = codec.kinds(body)
+    time = np.cumsum(codec.shift_steps()[np.where(kind == Kind.SHIFT, body, 0)])
+    is_note = np.zeros(len(body), bool)
+    is_note[:-1] = (kind[:-1] == Kind.NOTE) & (kind[1:] == Kind.DV)
+    notes = np.flatnonzero(is_note)
+    tempos = np.flatnonzero(kind == Kind.TEMPO)
+    idx = np.concatenate((tempos, notes))
+    o = np.argsort(idx, kind="stable")
+    idx = idx[o]
+    note = is_note[idx]
+    tok1 = np.where(note, body[np.minimum(idx + 1, len(body) - 1)], -1)
+    inst = np.where(note, (body[idx] - codec.note_start) // 128, -1)
+    order = np.where(note, _ORDER_NOTE, _ORDER_TEMPO)
+    return head, Units(time[idx], body[idx], tok1, inst, order)
+
+
+def emit(codec: Codec, units: Units, start_time: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Units -> (tokens with SHIFTs, index of the unit each token belongs to).
+
+    Time starts at ``start_time`` (default: the first unit's time, so a context cut from the middle of
+    a song begins with its first event, as training windows do).
+    """
+    n = len(units)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    t0 = units.time[0] if start_time is None else start_time
+    gaps = np.diff(np.concatenate(([t0], units.time)))
+    gaps = np.maximum(gaps, 0)
+    mx = codec.params.max_shift
+    n_full, rem = np.divmod(gaps, mx)
+    n_shift = n_full + (rem > 0)
+    n_own = 1 + (units.tok1 >= 0)
+    count = n_shift + n_own
+    group = np.repeat(np.arange(n), count)
+    pos = np.arange(len(group)) - np.repeat(np.cumsum(count) - count, count)
+    out = np.empty(len(group), np.int64)
+    in_shift = pos < n_shift[group]
+    full = pos < n_full[group]
+    out[in_shift & full] = codec.shift_token(mx)
+    part = in_shift & ~full
+    out[part] = codec.shift_start + rem[group[part]] - 1
+    own = pos - n_shift[group]
+    out[own == 0] = units.tok0[group[own == 0]]
+    out[own == 1] = units.tok1[group[own == 1]]
+    return out, group
+
+
+def instruments_of(codec: Codec, head: np.ndarray) -> list[int]:
+    h = np.asarray(head)
+    return sorted((h[(h >= codec.inst_start) & (h < codec.note_start)] - codec.inst_start).tolist())
+
+
+def header_with(codec: Codec, head: np.ndarray, instruments=None, controls=(), targets=None) -> np.ndarray:
+    """A header from a base header: its instruments (or ``instruments``), tempo and TS, then ``controls``,
+    then ``EDIT INST(targets)`` when ``targets`` is given."""
+    head = np.asarray(head, np.int64)
+    insts = instruments_of(codec, head) if instruments is None else sorted(set(int(i) for i in instruments))
+    rest = head[(head >= codec.tempo_start) & (head < codec.inst_start)]  # TEMPO, TS
+    ids = [codec.BOS, *(codec.inst_token(i) for i in insts), *rest.tolist(), *(int(c) for c in controls)]
+    if targets is not None:
+        ids += [codec.EDIT, *(codec.inst_token(i) for i in sorted(set(int(i) for i in targets)))]
+    return np.array(ids, np.int64)
+
+
+@dataclass
+class EditTask:
+    """What to write: instruments ``targets`` over steps ``[start, end)``; which target notes are absent."""
+
+    start: int
+    end: int
+    targets: tuple[int, ...]
+    drop_after: bool = False  # the targets play nowhere after the span (arranging, chunk by chunk)
+    drop_before: bool = False  # ... nor before it (arranging from the first chunk on)
+
+
+def split_units(units: Units, task: EditTask) -> tuple[Units, Units]:
+    """(context units with HOLE/HOLE_END markers, the units to write) for ``task``."""
+    target = np.isin(units.inst, np.array(task.targets, np.int64)) & (units.tok1 >= 0)
+    inside = (units.time >= task.start) & (units.time < task.end)
+    middle = target & inside
+    gone = middle | (target & (units.time >= task.end) & task.drop_after) | (
+        target & (units.time < task.start) & task.drop_before)
+    return units.select(~gone), units.select(middle)
+
+
+def _fit_context(codec: Codec, context: Units, task: EditTask, room: int) -> np.ndarray | None:
+    """Context tokens around the hole within ``room`` tokens: the hole whole, then as much before and
+    after it as fits (half each; what one side does not use goes to the other), cut at unit
+    boundaries. None if the hole alone does not fit."""
+    marks = Units.markers([task.start, task.end], [codec.HOLE, codec.HOLE_END])
+    units = Units.concat([context, marks])
+    toks, group = emit(codec, units)
+    hole = int(np.flatnonzero(toks == codec.HOLE)[0])
+    hole_end = int(np.flatnonzero(toks == codec.HOLE_END)[0])
+    # a unit's tokens start with its shifts: cut points are group starts
+    g_start = np.flatnonzero(np.diff(np.concatenate(([-1], group))) != 0)
+    g_hole = int(group[hole])
+    hole_from = int(g_start[g_hole])  # the hole's own shifts belong to it
+    inner = hole_end + 1 - hole_from
+    if inner > room:
+        return None
+    left_avail, right_avail = hole_from, len(toks) - (hole_end + 1)
+    half = (room - inner) // 2
+    right = min(right_avail, max(half, room - inner - left_avail))
+    left = min(left_avail, room - inner - right)
+    # cut the prefix at a unit start at or after hole_from - left, the suffix at a unit end
+    starts_before = g_start[g_start <= hole_from]
+    a = int(starts_before[np.searchsorted(starts_before, hole_from - left)])
+    ends_after = np.concatenate((g_start[g_start > hole_end], [len(toks)]))
+    b = int(ends_after[np.searchsorted(ends_after, hole_end + 1 + right, side="right") - 1])
+    return toks[a:b]
+
+
+def edit_prompt(codec: Codec, head: np.ndarray, units: Units, task: EditTask, room: int,
+                controls=(), instruments=None) -> tuple[np.ndarray, Units] | None:
+    """The tokens up to and including FILL for ``task``, using at most ``room`` tokens in all; and the
+    units to write (the truth, when training). None when the span's context cannot fit ``room``."""
+    context, middle = split_units(units, task)
+    head_ids = header_with(codec, head, instruments=instruments, controls=controls, targets=task.targets)
+    ctx = _fit_context(codec, context, task, room - len(head_ids) - 1)
+    if ctx is None:
+        return None
+    return np.concatenate((head_ids, ctx, [codec.FILL])), middle
+
+
+def written_tokens(codec: Codec, middle: Units, task: EditTask) -> np.ndarray:
+    """The part to write as tokens after FILL: times from the span start, then EOS."""
+    toks, _ = emit(codec, middle, start_time=task.start)
+    return np.concatenate((toks, [codec.EOS]))
+
+
+def training_edit_sequence(codec: Codec, song: np.ndarray, rng: np.random.Generator, length: int,
+                           controls=(), span_quarters=(4, 8, 16)) -> np.ndarray | None:
+    """A random editing sequence of at most ``length`` tokens from one song (None: the song is too
+    short or has nothing to write). The span, the targets and what is absent are drawn from ``rng``."""
+    head, units = song_units(codec, song)
+    if len(units) < 4:
+        return None
+    insts = instruments_of(codec, head)
+    notes = units.tok1 >= 0
+    if not notes.any() or not insts:
+        return None
+    task = _draw_task(codec, units, insts, rng, span_quarters)
+    middle_room = length // 2
+    _, middle = split_units(units, task)
+    mid = written_tokens(codec, middle, task)
+    if len(mid) > middle_room:  # shorten the span so what is written fits half the window
+        toks, group = emit(codec, middle, start_time=task.start)
+        cut = int(group[middle_room - 1])  # the first unit that does not fit whole
+        task.end = int(middle.time[cut])
+        if task.end <= task.start:
+            return None
+        _, middle = split_units(units, task)
+        mid = written_tokens(codec, middle, task)
+    built = edit_prompt(codec, head, units, task, length - len(mid), controls=controls)
+    if built is None:
+        return None
+    return np.concatenate((built[0], mid))
+
+
+def _draw_task(codec: Codec, units: Units, insts: list[int], rng: np.random.Generator, span_quarters) -> EditTask:
+    spq = codec.params.steps_per_quarter
+    note_times = units.time[units.tok1 >= 0]
+    start = int(note_times[rng.integers(0, len(note_times))])
+    start -= start % spq if rng.random() < 0.5 else 0  # often on a beat, as people select
+    span = int(rng.choice(span_quarters)) * spq
+    if len(insts) > 1 and rng.random() < 0.5:  # some parts, around the others
+        k = int(rng.integers(1, len(insts)))
+        targets = tuple(sorted(rng.choice(insts, size=k, replace=False).tolist()))
+        drop_after = bool(rng.random() < 0.5)
+        drop_before = drop_after and bool(rng.random() < 0.4)
+    else:  # everything in the span
+        targets, drop_after, drop_before = tuple(insts), False, False
+    return EditTask(start, start + span, targets, drop_after, drop_before)
