@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from midigen import corpus
 from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import cache_dir
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -42,12 +44,6 @@ class Entry:
         if callable(self.data):
             self.data = self.data()
         return self.data
-
-
-def cache_dir() -> Path:
-    """Downloads and the exported demo corpus live here (env MIDIGEN_CACHE overrides)."""
-    env = os.environ.get("MIDIGEN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "midigen"
 
 
 def is_midi_name(name: str) -> bool:
@@ -87,9 +83,7 @@ def resolve(text: str, url: str | None = None, progress: bool = True) -> Source:
     if text == "lakh":
         return Source("tar", download_lakh(url=url, progress=progress), "lakh")
     if text == "demo":
-        from midigen.corpus import demo_corpus_dir
-
-        return Source("folder", demo_corpus_dir(progress=progress), "demo")
+        return Source("folder", corpus.demo_corpus_dir(progress=progress), "demo")
     p = Path(text)
     label = text.rstrip("/") or text
     if p.is_dir():
@@ -131,7 +125,7 @@ def read_file(path, size: int | None = None) -> bytes:
     asking for the limit up front makes every read allocate 16 MiB, which costs more than reading
     a typical MIDI file. A file that grew meanwhile is still read to its end (or past the limit).
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # Windows: no newline translation
     try:
         if size is None:
             size = os.fstat(fd).st_size
