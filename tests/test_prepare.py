@@ -381,10 +381,11 @@ def test_kill_while_publishing_never_leaves_a_mixed_set(tmp_path, songs_dir, mon
 # ----- the Lakh download path, against a real local HTTP server ---------------------------------
 
 
-def make_lakh_archive(path: Path, n: int = 12) -> bytes:
+def make_lakh_archive(path: Path, n: int = 12, songs: list[bytes] | None = None) -> bytes:
+    """lmd_full.tar.gz's layout: lmd_full/<first hex digit>/<md5 of the file>.mid."""
+    songs = songs if songs is not None else [make_song_bytes(500 + i, bars=8) for i in range(n)]
     with tarfile.open(path, "w:gz") as t:
-        for i in range(n):
-            data = make_song_bytes(500 + i, bars=8)
+        for data in songs:
             md5 = hashlib.md5(data).hexdigest()
             info = tarfile.TarInfo(f"lmd_full/{md5[0]}/{md5}.mid")
             info.size = len(data)
@@ -450,6 +451,65 @@ def test_lakh_full_download(tmp_path, lakh_server):
     prepare(["lakh"], tmp_path / "out2", workers=1, url=lakh_server.url, progress=False)
     assert len(lakh_server.requests) == 1
     assert read_outputs(tmp_path / "out") == read_outputs(tmp_path / "out2")
+
+
+def test_lakh_amt_split(tmp_path, monkeypatch):
+    """`prepare lakh --split amt`: AMT's split of Lakh (md5 names starting with f -> test, e -> val),
+    on a served archive with Lakh's layout, through the real CLI."""
+    picked, want = [], {"e": 3, "f": 3, "other": 6}
+    seed = 500
+    while any(want.values()):
+        data = make_song_bytes(seed, bars=8)
+        first = hashlib.md5(data).hexdigest()[0]
+        kind = first if first in "ef" else "other"
+        if want[kind]:
+            want[kind] -= 1
+            picked.append(data)
+        seed += 1
+    data = make_lakh_archive(tmp_path / "src.tar.gz", songs=picked)
+    server = RangeServer(data)
+    env = {"MIDIGEN_CACHE": str(tmp_path / "cache"), "MIDIGEN_LAKH_MD5": hashlib.md5(data).hexdigest(),
+           "MIDIGEN_LAKH_SIZE": str(len(data))}
+    try:
+        r = run_cli("lakh", "--split", "amt", "--out", tmp_path / "out", "--url", server.url, "--no-progress",
+                    env=env)
+        assert r.returncode == 0, r.stderr
+        bad = run_cli("lakh", "--split", "amt", "--val-frac", "0.1", "--out", tmp_path / "o2", "--url", server.url,
+                      "--no-progress", env=env)
+        assert bad.returncode == 2 and "--split amt takes the split from the file names" in bad.stderr
+    finally:
+        server.close()
+    summary = json.loads(r.stdout)
+    assert summary["split_method"] == "amt"
+    assert {s: summary["splits"][s]["files"] for s in ("train", "val", "test")} == {"train": 6, "val": 3, "test": 3}
+    for row in rows_of(tmp_path / "out"):
+        md5 = row["name"].rsplit("/", 1)[1][:-4]
+        assert row["name"] == f"lakh:lmd_full/{md5[0]}/{md5}.mid"
+        assert row["split"] == {"e": "val", "f": "test"}.get(md5[0], "train")
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["split"]["method"] == "amt" and "'f' test, 'e' val" in meta["split_rule"]
+    check_consistent(tmp_path / "out")
+
+
+def test_split_methods_on_a_folder(tmp_path, songs_dir):
+    """--split amt takes the split from each file's own name (any folder layout, any case); the
+    default hash split records its fractions."""
+    src = tmp_path / "src"
+    songs = sorted(songs_dir.glob("*.mid"))
+    names = ["e1.mid", "E2.MID", "sub/f3.mid", "f4.kar", "0a.mid", "a0.mid", "sub/deep/b5.mid", "ef.mid", "fe.mid"]
+    for name, p in zip(names, songs):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, src / name)
+    s = prepare([src], tmp_path / "amt", workers=1, split="amt", progress=False)
+    got = {r["name"].split("/src/", 1)[1]: r["split"] for r in rows_of(tmp_path / "amt")}
+    assert got == {"E2.MID": "val", "a0.mid": "train", "e1.mid": "val", "ef.mid": "val", "fe.mid": "test",
+                   "f4.kar": "test", "0a.mid": "train", "sub/deep/b5.mid": "train", "sub/f3.mid": "test"}
+    assert s["split_method"] == "amt"
+    prepare([src], tmp_path / "hash", workers=1, val_frac=0.3, test_frac=0.2, progress=False)
+    meta = json.loads((tmp_path / "hash" / "meta.json").read_text())
+    assert meta["split"] == {"method": "hash", "val_frac": 0.3, "test_frac": 0.2, "rule": meta["split_rule"]}
+    for r in rows_of(tmp_path / "hash"):
+        assert r["split"] == split_of(r["hash"], 0.3, 0.2)
 
 
 def test_lakh_resumes_partial_download(tmp_path, lakh_server):
