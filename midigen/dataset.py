@@ -93,26 +93,28 @@ class Dataset:
         if not self.dir.is_dir():
             raise UsageError(f"dataset dir {self.dir} does not exist; create it with "
                              f"`midigen prepare SOURCE --out {self.dir}`")
-        deadline = time.monotonic() + self.OPEN_WAIT
+        missing_since = None
         while True:
             before = _identity(self.dir / "meta.json")
-            if before is not None:
-                try:
-                    self._open()
-                except MidigenError:  # UsageError too: a real problem unless meta.json moved meanwhile
-                    if _identity(self.dir / "meta.json") == before:
-                        raise
-                else:
-                    if _identity(self.dir / "meta.json") == before:
-                        self._check_lengths()
-                        return
-            elif not (self.dir / ".work").exists():
-                read_meta(self.dir)  # not a prepared dataset: says so
-            if time.monotonic() > deadline:
-                raise MidigenError(
-                    f"{self.dir} is being prepared, or a `midigen prepare` into it was interrupted (no "
-                    "meta.json yet): wait for it to finish, or run the same prepare again")
-            time.sleep(0.05)
+            if before is None:  # being published right now (a few ms), or a prepare running or killed
+                if not (self.dir / ".work").exists():
+                    read_meta(self.dir)  # not a prepared dataset: says so
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since > self.OPEN_WAIT:
+                    raise MidigenError(
+                        f"{self.dir} is being prepared, or a `midigen prepare` into it was interrupted (no "
+                        "meta.json yet): wait for it to finish, or run the same prepare again")
+                time.sleep(0.05)
+                continue
+            try:
+                self._open()
+            except MidigenError:  # UsageError too: a real problem unless meta.json moved meanwhile
+                if _identity(self.dir / "meta.json") == before:
+                    raise
+                continue
+            if _identity(self.dir / "meta.json") == before:  # else a new set came in: open that one
+                self._check_lengths()
+                return
 
     def _open(self) -> None:
         """Read meta.json and files.jsonl and open every split (the caller checks they belong together)."""
