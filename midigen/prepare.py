@@ -394,20 +394,13 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
     """
     t0 = time.monotonic()
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
     sources = [str(s) for s in sources]
-    if not sources:
-        raise UsageError("no sources given")
     rule = SplitRule(split, val_frac, test_frac)
     _check_numbers(workers, timeout)
     out = Path(out)
     _check_out(out)
-    # Check every local path before any download or export starts.
-    for s in sources:
-        if s not in ("lakh", "demo"):
-            S.resolve(s)
-    srcs = [S.resolve(s, url=url, progress=progress) for s in sources]
+    srcs = _resolve_sources(sources, url, progress)
     workers = workers or usable_cpus()
     work = _start_work(out)
     chunk_list: list[tuple[int, str]] = []
@@ -450,16 +443,22 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     finally:
         merge.close()
     secs = time.monotonic() - t0
-    summary.update({
-        "reused_files": counts.reused,
-        "workers": workers,
-        "seconds": round(secs, 3),
-        "files_per_s": round(summary["files_seen"] / secs, 1) if secs > 0 else None,
-        "notes_per_s": round(summary["notes"] / secs, 1) if secs > 0 else None,
-    })
+    summary.update(reused_files=counts.reused, workers=workers, seconds=round(secs, 3),
+                   files_per_s=round(summary["files_seen"] / secs, 1) if secs > 0 else None,
+                   notes_per_s=round(summary["notes"] / secs, 1) if secs > 0 else None)
     if summary["kept"] == 0:
         print(f"midigen prepare: warning: no file was usable; see {out / 'files.jsonl'}", file=sys.stderr)
     return summary
+
+
+def _resolve_sources(sources: list[str], url, progress: bool) -> list:
+    """SOURCE arguments -> ``sources.Source``; every local path is checked before any download or export."""
+    if not sources:
+        raise UsageError("no sources given")
+    for s in sources:
+        if s not in ("lakh", "demo"):
+            S.resolve(s)
+    return [S.resolve(s, url=url, progress=progress) for s in sources]
 
 
 def _codec_dict() -> dict:
