@@ -258,7 +258,7 @@ class Run:
 
     def _build_model(self) -> None:
         from midigen.model import GPT, padded_vocab
-        from midigen.schedule import Schedule, resume_schedule
+        from midigen.schedule import Schedule
 
         cfg = self.cfg
         state = None
@@ -279,16 +279,21 @@ class Run:
         self.start_step, self.best_val, self.elapsed0 = 0, float("inf"), 0.0
         self.schedule, self.schedule_note = Schedule.from_config(cfg), None
         if state is not None:
-            self.opt.load_state_dict(state["optimizer"])
-            self.start_step = int(state["step"])
-            self.best_val = float(state["best_val_loss"])
-            self.elapsed0 = float(state.get("elapsed", 0.0))
-            _set_rng_state(state["rng"])
-            if self.start_step >= cfg.steps:
-                raise UsageError(f"--resume: the run already reached step {self.start_step} of {cfg.steps}; "
-                                 f"raise --steps to train further")
-            self.schedule, self.schedule_note = resume_schedule(_saved_schedule(state), self.schedule,
-                                                                self.start_step)
+            self._restore(state)
+
+    def _restore(self, state: dict) -> None:
+        """Continue from last/'s training state: optimizer, step, best loss, RNG, and the lr schedule."""
+        from midigen.schedule import resume_schedule
+
+        self.opt.load_state_dict(state["optimizer"])
+        self.start_step = int(state["step"])
+        self.best_val = float(state["best_val_loss"])
+        self.elapsed0 = float(state.get("elapsed", 0.0))
+        _set_rng_state(state["rng"])
+        if self.start_step >= self.cfg.steps:
+            raise UsageError(f"--resume: the run already reached step {self.start_step} of {self.cfg.steps}; "
+                             f"raise --steps to train further")
+        self.schedule, self.schedule_note = resume_schedule(_saved_schedule(state), self.schedule, self.start_step)
 
     def _set_support(self, model) -> None:
         if not self.cfg.restrict_vocab:
@@ -343,8 +348,10 @@ class Run:
         wb = start_wandb(cfg, self.out, self.resume) if use_wandb else None
         self.log = RunLog(self.out, self.start_step if self.resume else None, wb)
         n = self.raw.num_params(non_embedding=True)
+        flash = self.device.type == "cuda" and self.dtype == torch.bfloat16 and torch.backends.cuda.flash_sdp_enabled()
         print(f"midigen train: {n / 1e6:.2f}M non-embedding params, {self.dist.world} process(es) on "
-              f"{self.device.type}, {self.dtype}, compile={'on' if self.compile_on else 'off'}, "
+              f"{self.device.type}, {self.dtype}, compile={'on' if self.compile_on else 'off'}"
+              f"{', flash attention' if flash else ''}, "
               f"{self.tokens_per_step:,} tokens/step, steps {self.start_step}->{cfg.steps}; val: "
               f"{self.eval_tokens:,} tokens, {self.eval_notes:,} notes, {self.eval_seconds:,.0f} s of music",
               file=sys.stderr, flush=True)
