@@ -97,9 +97,6 @@ class Dist:
         self.agree(error, what)
         return result
 
-    def barrier(self) -> None:
-        self.agree(None, "")
-
     def close(self, ok: bool = True) -> None:
         """Leave the process group; after a failure only tear down what cannot block on the other ranks."""
         if not self.enabled:

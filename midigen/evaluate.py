@@ -37,7 +37,7 @@ def score_rows(model, x: np.ndarray, y: np.ndarray, batch_size: int, device, dty
     raw.eval()
     device = torch.device(device)
     idx = np.arange(rank, len(x), world)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = torch.zeros((), dtype=torch.float32 if device.type == "mps" else torch.float64, device=device)
     batches = range(0, len(idx), batch_size)
     if progress:
         from tqdm import tqdm

@@ -229,7 +229,7 @@ class GPT(nn.Module):
         return logits, loss
 
     def sum_nll(self, idx: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25) -> torch.Tensor:
-        """Total cross-entropy (nats, float64) of ``targets`` >= 0 under the full-vocabulary distribution.
+        """Total cross-entropy (nats, float64 but on MPS) of ``targets`` >= 0 under the full-vocabulary distribution.
 
         The same numbers as cross-entropy over ``forward``'s logits, without building float32 logits
         over the whole vocabulary for the whole batch (16 x 1024 x 18k would be 1.2 GB): only the
@@ -241,7 +241,8 @@ class GPT(nn.Module):
         h, t = h[keep], targets[keep]
         w = self.wte.weight if self.support is None else self.wte.weight[self.support]
         rows = max(1, max_logits // w.size(0))
-        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        acc = torch.float32 if h.device.type == "mps" else torch.float64  # MPS has no float64
+        total = torch.zeros((), dtype=acc, device=h.device)
         for a in range(0, len(t), rows):
             z = F.linear(h[a : a + rows], w).float()
             lse = torch.logsumexp(z, dim=-1)
@@ -254,7 +255,7 @@ class GPT(nn.Module):
                 inside = lse - z.gather(1, pos.clamp(min=0)[:, None]).squeeze(1) - math.log1p(-self.support_epsilon)
                 outside = torch.full_like(lse, -math.log(self.support_epsilon / n_out))
                 nll = torch.where(pos >= 0, inside, outside)
-            total += nll.double().sum()
+            total += nll.to(acc).sum()
         return total
 
     def optimizer_groups(self, weight_decay: float):
