@@ -437,10 +437,12 @@ class Run:
         """The one host sync of a log interval: read the loss and norm, check them, write a row on rank 0."""
         loss_v, norm_v = torch.stack([loss.float(), norm.float()]).tolist()
         self._check_finite(step, loss_v, norm_v)
-        if not self.dist.master:
-            return
         now = time.time()
         tps = self.tokens_per_step * self.steps_since_log / max(now - self.t_log, 1e-9)
+        self.dist.on_master(lambda: self._write_row(step, loss_v, norm_v, lr, tps, now), "writing the log")
+        self.t_log, self.steps_since_log = now, 0
+
+    def _write_row(self, step: int, loss_v: float, norm_v: float, lr: float, tps: float, now: float) -> None:
         row = {"step": step, "loss": loss_v, "lr": lr, "grad_norm": norm_v, "tokens_per_s": tps,
                "tokens": step * self.tokens_per_step, "elapsed": self.elapsed0 + now - self.t_start}
         if self.peak:
@@ -448,7 +450,6 @@ class Run:
         if self.device.type == "cuda":
             row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
         self.log.write(row)
-        self.t_log, self.steps_since_log = now, 0
         if self.bar is not None:
             val = f"  val {self.last_ev['val_loss']:.3f}" if self.last_ev else ""
             self.bar.set_postfix_str(f"loss {loss_v:.3f}  {tps:,.0f} tok/s{val}", refresh=False)
