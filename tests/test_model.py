@@ -114,3 +114,16 @@ def test_output_support_is_a_normalized_smoothed_distribution(tmp_path):
     loaded, _, config = load_checkpoint(tmp_path / "ck")
     assert config["support"] == sorted(set(support) | {codec.EOS})
     assert loaded.support.tolist() == sorted(set(support) | {codec.EOS})
+
+
+def test_flops_count_the_output_ids_actually_computed():
+    """MFU counts the head over the support only, when training restricts the softmax to it."""
+    cfg = GPTConfig(vocab_size=18176, n_layer=2, n_head=2, n_embd=64, block_size=128)
+    m = GPT(cfg)
+    blocks = m.num_params(non_embedding=True)
+    attention = 12 * 2 * 64 * 128
+    assert m.flops_per_token() == 6 * (blocks + 18176 * 64) + attention
+    m.set_support(range(400))
+    assert m.flops_per_token() == 6 * (blocks + 400 * 64) + attention
+    m.set_support(None)
+    assert m.flops_per_token() == 6 * (blocks + 18176 * 64) + attention
