@@ -10,7 +10,7 @@ import torch
 from midigen.checkpoint import load_checkpoint, read_config, resolve, save_checkpoint, verify
 from midigen.codec import Codec
 from midigen.errors import UsageError
-from midigen.model import GPT, GPTConfig
+from midigen.model import GPT, GPTConfig, padded_vocab
 
 
 def _tree(root: Path) -> dict:
@@ -25,7 +25,7 @@ def _tree(root: Path) -> dict:
 
 def _model(seed: int) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=18176, n_layer=1, n_head=2, n_embd=32, block_size=16))
+    return GPT(GPTConfig(vocab_size=padded_vocab(Codec().vocab_size), n_layer=1, n_head=2, n_embd=32, block_size=16))
 
 
 def test_reader_reads_a_mid_swap_run_dir_without_renaming(tmp_path):
