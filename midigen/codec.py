@@ -487,181 +487,11 @@ class Codec:
         return [next(done) if o is None else o for o in out]
 
     def encode_scores(self, scores) -> list:
-        """Scores -> list of token arrays (or CodecError per score), computed in one vectorized pass."""
-        p = self.params
-        n_files = len(scores)
-        results: list = [None] * n_files
-        tpq = np.array([s.ticks_per_quarter for s in scores], dtype=np.int64)
-        tempo_parts, ts_tok = [], np.full(n_files, -1, dtype=np.int64)
-        for f, score in enumerate(scores):
-            if len(score.tempos):
-                tempo_parts.append((f, score.tempos.numpy()))
-            if len(score.time_signatures):
-                ts = min(score.time_signatures, key=lambda x: x.time)
-                tok = self.ts_token(ts.numerator, ts.denominator)
-                ts_tok[f] = -1 if tok is None else tok
-        g = self.gather_notes(scores)
-        if len(g["time"]) == 0:
-            return [CodecError("no notes")] * n_files
-        time, duration, pitch, velocity, inst, fid = (
-            g[k] for k in ("time", "duration", "pitch", "velocity", "instrument", "file"))
-        fid_l, inst_l = g["tracks"]
+        """Scores -> list of token arrays (or CodecError per score), computed in one vectorized pass
+        (``midigen.codec_batch``, the reference encoder)."""
+        from midigen.codec_batch import encode_scores
 
-        # Quantize to steps (round half up, integer arithmetic: exact for any tpq).
-        spq2 = 2 * p.steps_per_quarter
-        q = tpq[fid]
-        onset = (time * spq2 + q) // (2 * q)
-        dur = np.maximum(1, (duration * spq2 + q) // (2 * q))
-
-        # Files whose notes are absurdly far out cannot be keyed; they fail alone.
-        too_far = np.zeros(n_files, dtype=bool)
-        too_far[fid[onset >= 1 << 32]] = True
-        has_notes = np.bincount(fid, minlength=n_files) > 0
-        bad = too_far | ~has_notes
-        for f in np.flatnonzero(bad):
-            results[f] = CodecError("no notes" if not has_notes[f] else "absurd length (notes after 2^32 steps)")
-        if bad.any():
-            ok = ~bad[fid]
-            onset, dur, velocity, inst, fid, pitch = (a[ok] for a in (onset, dur, velocity, inst, fid, pitch))
-            if len(onset) == 0:
-                return results
-
-        # One sort key per note: file, onset, instrument, pitch. Exact duplicates are dropped.
-        note_id = inst * N_PITCHES + pitch
-        key = (fid << 47) | (onset << 15) | note_id
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        first = np.empty(len(key), dtype=bool)
-        first[0] = True
-        np.not_equal(key[1:], key[:-1], out=first[1:])
-        order, key = order[first], key[first]
-        fid, onset, note_id = key >> 47, (key >> 15) & ((1 << 32) - 1), key & 0x7FFF
-        dur, velocity = dur[order], velocity[order]
-
-        # Tempo maps: header tempo per file, then changes (only where the bin moves) before the last onset.
-        default_bin = int(np.searchsorted(self._tempo_edges, 120.0))
-        head_bin = np.full(n_files, default_bin, dtype=np.int64)
-        t_fid = t_time = t_bin = np.zeros(0, dtype=np.int64)
-        if tempo_parts:
-            t_fid = np.concatenate([np.full(len(a["time"]), f, np.int64) for f, a in tempo_parts])
-            t_raw = np.concatenate([a["time"] for _, a in tempo_parts]).astype(np.int64)
-            mspq = np.concatenate([a["mspq"] for _, a in tempo_parts]).astype(np.float64)
-            q = tpq[t_fid]
-            t_time = np.maximum(0, (t_raw * spq2 + q) // (2 * q))
-            t_bin = np.searchsorted(self._tempo_edges, 60_000_000.0 / np.maximum(mspq, 1.0))
-            t_time = np.minimum(t_time, (1 << 32) - 1)
-            tkey = (t_fid << 32) | t_time
-            o = np.argsort(tkey, kind="stable")
-            tkey, t_bin = tkey[o], t_bin[o]
-            last = np.ones(len(tkey), dtype=bool)  # the last change at any step wins
-            last[:-1] = tkey[1:] != tkey[:-1]
-            tkey, t_bin = tkey[last], t_bin[last]
-            t_fid, t_time = tkey >> 32, tkey & ((1 << 32) - 1)
-            at0 = t_time == 0
-            head_bin[t_fid[at0]] = t_bin[at0]
-            file_last_onset = np.zeros(n_files, dtype=np.int64)
-            file_last_onset[fid] = onset  # sorted, so the last write per file is its last onset
-            inside = ~at0 & (t_time < file_last_onset[t_fid]) & ~bad[t_fid]
-            t_fid, t_time, t_bin = t_fid[inside], t_time[inside], t_bin[inside]
-            prev = np.empty(len(t_bin), dtype=np.int64)
-            if len(t_bin):
-                prev[1:] = t_bin[:-1]
-                new_file = np.ones(len(t_bin), dtype=bool)
-                new_file[1:] = t_fid[1:] != t_fid[:-1]
-                prev[new_file] = head_bin[t_fid[new_file]]
-            changed = t_bin != prev
-            t_fid, t_time, t_bin = t_fid[changed], t_time[changed], t_bin[changed]
-
-        # Event times (per file): note onsets and tempo changes; long gaps are shortened.
-        nkey = (fid << 32) | onset
-        if len(t_time):
-            tk = (t_fid << 32) | t_time
-            times = np.concatenate((nkey, tk))
-            times.sort(kind="stable")
-        else:
-            times = nkey
-        is_first = np.empty(len(times), dtype=bool)
-        is_first[0] = True
-        np.not_equal(times[1:], times[:-1], out=is_first[1:])
-        groups = times[is_first]
-        g_fid, g_time = groups >> 32, groups & ((1 << 32) - 1)
-        gaps = np.empty(len(groups), dtype=np.int64)
-        gaps[0] = g_time[0]
-        gaps[1:] = g_time[1:] - g_time[:-1]
-        file_start_group = np.ones(len(groups), dtype=bool)
-        file_start_group[1:] = g_fid[1:] != g_fid[:-1]
-        gaps[file_start_group] = g_time[file_start_group]
-        np.minimum(gaps, p.max_gap, out=gaps)
-
-        # Tokens per event time: shifts arriving there, an optional tempo change, NOTE/DV pairs.
-        n_groups = len(groups)
-        # group of each note: its rank among distinct note times, plus the tempo-only times before it
-        new_time = np.empty(len(nkey), dtype=bool)
-        new_time[0] = True
-        np.not_equal(nkey[1:], nkey[:-1], out=new_time[1:])
-        note_group = np.cumsum(new_time) - 1
-        if len(t_time):
-            tk = (t_fid << 32) | t_time
-            u = nkey[new_time]
-            j = np.minimum(np.searchsorted(u, tk), len(u) - 1)
-            tempo_only = np.sort(tk[u[j] != tk])
-            if len(tempo_only):
-                note_group += np.searchsorted(tempo_only, nkey)
-        n_notes = np.bincount(note_group, minlength=n_groups)
-        n_full, rem = np.divmod(gaps, p.max_shift)
-        n_shift = n_full + (rem > 0)
-        has_tempo = np.zeros(n_groups, dtype=np.int64)
-        tempo_group = np.searchsorted(groups, (t_fid << 32) | t_time) if len(t_time) else np.zeros(0, np.int64)
-        has_tempo[tempo_group] = 1
-        count = n_shift + has_tempo + 2 * n_notes
-
-        # Headers: BOS, INST of each instrument present, TEMPO, [TS].
-        present = np.zeros((n_files, N_INSTRUMENTS), dtype=bool)
-        if not g["complete"]:  # some notes were dropped: find the instruments that still have notes
-            present[fid, note_id >> 7] = True
-        else:
-            present[np.array(fid_l), np.array(inst_l)] = True
-        present[bad] = False
-        pf, pi = np.nonzero(present)
-        n_inst = np.bincount(pf, minlength=n_files)
-        has_ts = (ts_tok >= 0).astype(np.int64)
-        head_len = 2 + n_inst + has_ts
-        body_len = np.bincount(g_fid, weights=count, minlength=n_files).astype(np.int64)
-        file_len = np.where(bad, 0, head_len + body_len + 1)
-        file_start = np.cumsum(file_len) - file_len
-        total = int(file_len.sum())
-        out = np.zeros(total, dtype=np.uint16)
-
-        ok_files = np.flatnonzero(~bad)
-        out[file_start[ok_files]] = self.BOS
-        inst_rank = np.arange(len(pf)) - (np.cumsum(n_inst) - n_inst)[pf]
-        out[file_start[pf] + 1 + inst_rank] = self.inst_start + pi
-        out[file_start[ok_files] + 1 + n_inst[ok_files]] = self.tempo_start + head_bin[ok_files]
-        ts_files = ok_files[has_ts[ok_files] == 1]
-        out[file_start[ts_files] + 2 + n_inst[ts_files]] = ts_tok[ts_files]
-        out[file_start[ok_files] + file_len[ok_files] - 1] = self.EOS
-
-        # Group start = body start of its file + tokens of the earlier groups in the same file.
-        excl = np.cumsum(count) - count
-        first_group_excl = np.zeros(n_files, dtype=np.int64)
-        first_group_excl[g_fid[file_start_group]] = excl[file_start_group]
-        g_start = file_start[g_fid] + head_len[g_fid] + excl - first_group_excl[g_fid]
-
-        s_group = np.repeat(np.arange(n_groups), n_shift)
-        s_pos = np.arange(len(s_group)) - np.repeat(np.cumsum(n_shift) - n_shift, n_shift)
-        out[g_start[s_group] + s_pos] = np.where(
-            s_pos < n_full[s_group], self.shift_start + p.max_shift - 1, self.shift_start + rem[s_group] - 1)
-        if len(t_time):
-            out[g_start[tempo_group] + n_shift[tempo_group]] = self.tempo_start + t_bin
-        # a note's slot: its group's first note slot + 2 x its rank in the group (one gather)
-        g_note0 = g_start + n_shift + has_tempo - 2 * (np.cumsum(n_notes) - n_notes)
-        pos = g_note0[note_group] + 2 * np.arange(len(nkey))
-        out[pos] = self.note_start + note_id
-        out[pos + 1] = self._dv_lut[np.minimum(dur, p.duration_max), velocity]
-
-        for f in ok_files:
-            results[f] = out[file_start[f] : file_start[f] + file_len[f]]
-        return results
+        return encode_scores(self, scores)
 
     # ----- decoding ---------------------------------------------------------------------------
 
@@ -852,12 +682,6 @@ def parse_instrument(text: str) -> int:
     raise ValueError(f"unknown instrument {text!r}: use 'drums', 0..127 or a General MIDI name like 'piano'")
 
 
-def _seconds_end(score: symusic.Score) -> float:
-    s = score.to("second")
-    ends = [float(np.max(t.notes.numpy()["time"] + t.notes.numpy()["duration"])) for t in s.tracks if t.note_num()]
-    return max(ends) if ends else 0.0
-
-
 def fidelity(codec: Codec, original: symusic.Score, decoded: symusic.Score) -> dict:
     """How well ``decoded`` reproduces ``original``, note by note (the codec's targets).
 
@@ -889,7 +713,9 @@ def fidelity(codec: Codec, original: symusic.Score, decoded: symusic.Score) -> d
         onset_ok[i] = abs(tb[k] - ta[i]) <= 1 / 24 + 1e-9
         dur_ok[i] = abs(db[k] - da[i]) <= max(1 / 12, 0.2 * da[i]) + 1e-9
         vel_ok[i] = abs(int(vb[k]) - int(a["velocity"][i])) <= 8
-    len_in, len_out = _seconds_end(original), _seconds_end(decoded)
+    from midigen.timing import notes_end_seconds
+
+    len_in, len_out = notes_end_seconds(original), notes_end_seconds(decoded)
     return {
         "notes_in": n,
         "notes_out": int(len(b["time"])),

@@ -132,3 +132,9 @@ def tick_at_seconds(score, seconds: float) -> int:
     times, mspq, secs, tpq = _score_tempo_map(score)
     i = int(np.searchsorted(secs, seconds, side="right")) - 1
     return int(round(times[i] + (seconds - secs[i]) * 1e6 * tpq / mspq[i]))
+
+
+def notes_end_seconds(score) -> float:
+    """Seconds at which the last note of a (tick-based) score stops sounding; 0 without notes."""
+    ends = [int((a["time"] + a["duration"]).max()) for a in (t.notes.numpy() for t in score.tracks) if len(a["time"])]
+    return float(seconds_at_tick(score, max(ends))) if ends else 0.0
