@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from midigen.codec import DRUMS, Codec
-from midigen.grammar import Grammar
+from midigen.generate.grammar import Grammar
 from midigen.sample import generate, generate_samples, load_prompt, notes_end_seconds, sample_score
 from songgen import make_song, make_song_bytes
 
