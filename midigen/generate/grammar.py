@@ -59,7 +59,6 @@ class _Tables:
         self.tempo_j = torch.arange(self.n_tempo, device=device)
         self.inst_i = torch.arange(N_INSTRUMENTS, device=device)
         self.note_ids = torch.arange(c.note_start, c.dv_start, device=device)
-        self.note_inst = (self.note_ids - c.note_start) // N_PITCHES
         self.dv_steps = t(c.durations[np.arange(c.dv_end - c.dv_start) // p.velocity_levels])
         self.fdtype = torch.float32 if device.type == "mps" else torch.float64
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
@@ -309,8 +308,9 @@ def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
 def _note_rules(g: Grammar, m: torch.Tensor, rows: torch.Tensor) -> None:
     """Allowed instruments only, increasing ids within a step (and room for the DV after)."""
     c, T = g.codec, g.T
-    m[:, c.note_start : c.dv_start] = (
-        rows[:, None] & g.instruments[:, T.note_inst] & (T.note_ids[None, :] > g.last_note[:, None]))
+    notes = m[:, c.note_start : c.dv_start].view(g.B, N_INSTRUMENTS, N_PITCHES)
+    later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
+    notes.copy_((rows[:, None] & g.instruments)[:, :, None] & later)
 
 
 def _duration_rules(g: Grammar, m: torch.Tensor) -> None:
