@@ -153,7 +153,7 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     if header_done:
         g.close_header()
     if prompt_tokens is not None and tempo is not None:
-        g.pending_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
+        g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])
     g.set_target(seconds, budget)
     g = g.replicate(B, dec.device)

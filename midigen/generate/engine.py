@@ -143,6 +143,7 @@ class Decoder:
             grammar.advance(tok)
             dev_seq[:, L] = tok
             host = tok.cpu().numpy()  # the one transfer per step
+            grammar.observe(host)
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1
             done |= host == codec.EOS

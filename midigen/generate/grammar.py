@@ -104,6 +104,11 @@ class Grammar:
         self.eos_anytime = flag(False)  # an edit's written part may end after any DV (or be empty)
         self.controls = torch.zeros((B, 0), dtype=torch.long, device=dev)  # forced after TEMPO [TS]
         self.control_pos = long(0)
+        self.rows = torch.arange(B, device=dev)
+        # Host-side facts that let the mask skip whole rules without reading device state:
+        self.timed = False  # some row has a time target
+        self.pending = False  # a tempo change was requested
+        self.in_header = np.ones(B, bool)  # the row may still write header tokens (until its first event)
 
     # ----- setup ------------------------------------------------------------------------------
 
@@ -115,7 +120,19 @@ class Grammar:
         """Length control for the tokens still to come: a time target (counted from now) and a budget."""
         if seconds is not None:
             self.target[:] = self.seconds + float(seconds)
+            self.timed = True
         self.budget[:] = int(max_tokens)
+
+    def request_tempo(self, tempo_bin: int) -> None:
+        """A tempo change to write at the first step where one may sit."""
+        self.pending_tempo[:] = int(tempo_bin)
+        self.pending = True
+
+    def observe(self, host_tokens: np.ndarray) -> None:
+        """The sampled ids as the host sees them (the engine's one transfer): a row that wrote a SHIFT or
+        a NOTE is past its header, so the header rules can be skipped once every row is."""
+        k = self.codec.kinds(host_tokens)
+        self.in_header &= ~((k == Kind.SHIFT) | (k == Kind.NOTE))
 
     def force_header(self, controls=(), time_signature_id: int | None = None) -> None:
         """Control ids (and a TS id) the header must carry right after its TEMPO."""
@@ -137,6 +154,7 @@ class Grammar:
         self.tempo_ok[:] = False
         self.eos_anytime[:] = True
         self.budget[:] = int(max_tokens)
+        self.in_header[:] = False
 
     def replicate(self, batch_size: int, device=None) -> "Grammar":
         """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
@@ -144,10 +162,12 @@ class Grammar:
         out.__dict__.update(self.__dict__)
         dev = torch.device(device) if device is not None else self.device
         out.B, out.device = int(batch_size), dev
+        out.in_header = np.repeat(self.in_header[:1], batch_size)
         out.T = self.T if dev == self.device else _Tables(self.codec, dev)
         for k, v in self.__dict__.items():
             if isinstance(v, torch.Tensor):
                 setattr(out, k, v[:1].to(dev).expand(batch_size, *v.shape[1:]).clone())
+        out.rows = torch.arange(batch_size, device=dev)
         return out
 
     # ----- state ------------------------------------------------------------------------------
@@ -157,12 +177,17 @@ class Grammar:
 
     def advance(self, tokens) -> None:
         """Move every row past its next token (sampled or forced). Out-of-grammar ids still update time."""
-        t = torch.as_tensor(np.asarray(tokens) if not isinstance(tokens, torch.Tensor) else tokens,
-                            device=self.device).long().reshape(self.B)
+        if not isinstance(tokens, torch.Tensor):  # host data: the header flags come free
+            tokens = np.asarray(tokens, dtype=np.int64).reshape(self.B)
+            self.observe(tokens)
+        t = torch.as_tensor(tokens, device=self.device).long().reshape(self.B)
         kind = self.T.kind[t.clamp(0, self.V - 1)]
         live = self.phase != DONE
         self.budget -= live.long()
-        self._advance_header(t, kind, live)
+        if self.in_header.any():
+            self._advance_header(t, kind, live)
+        else:
+            self._advance_tempo(t, kind, live)
         self._advance_time(t, kind, live)
         self._advance_notes(t, kind, live)
         self.phase = torch.where(live & (t == self.codec.EOS), DONE, self.phase)
@@ -170,21 +195,26 @@ class Grammar:
             kind == Kind.TEMPO, _K_TEMPO, torch.where(kind == Kind.NOTE, _K_NOTE, torch.where(
                 kind == Kind.DV, _K_DV, _K_OTHER))))
 
+    def _advance_tempo(self, t, kind, live, head=None) -> None:
+        """A tempo change among the events (or, with ``head``, the header's tempo)."""
+        is_tempo = live & (kind == Kind.TEMPO)
+        j = (t - self.codec.tempo_start).clamp(0, self.T.n_tempo - 1)
+        self.tempo = torch.where(is_tempo, j, self.tempo)
+        ev = is_tempo if head is None else is_tempo & ~head
+        self.step_busy |= ev
+        self.gap = torch.where(ev, 0, self.gap)
+        if self.pending:
+            self.pending_tempo = torch.where(is_tempo & (self.pending_tempo == j), -1, self.pending_tempo)
+
     def _advance_header(self, t, kind, live) -> None:
         c = self.codec
         is_inst = live & (kind == Kind.INST) & (self.phase == HEAD)
         i = (t - c.inst_start).clamp(0, N_INSTRUMENTS - 1)
-        self.instruments[torch.arange(self.B, device=self.device), i] |= is_inst
+        self.instruments[self.rows, i] |= is_inst
         self.last_inst = torch.where(is_inst, i, self.last_inst)
         self.n_inst += is_inst.long()
-        is_tempo = live & (kind == Kind.TEMPO)
-        j = (t - c.tempo_start).clamp(0, self.T.n_tempo - 1)
-        self.tempo = torch.where(is_tempo, j, self.tempo)
-        head = is_tempo & (self.phase == HEAD)
-        ev = is_tempo & ~head
-        self.step_busy |= ev
-        self.gap = torch.where(ev, 0, self.gap)
-        self.pending_tempo = torch.where(is_tempo & (self.pending_tempo == j), -1, self.pending_tempo)
+        head = live & (kind == Kind.TEMPO) & (self.phase == HEAD)
+        self._advance_tempo(t, kind, live, head)
         n_ctl = self.controls.shape[1]
         is_ts = live & (kind == Kind.TS) & (self.phase == AFTER_TEMPO)
         self.forced_ts = torch.where(is_ts, -1, self.forced_ts)
@@ -231,8 +261,9 @@ class Grammar:
         room = self.budget >= 1
         held = (self.forced_ts >= 0) | (self.control_pos < self.controls.shape[1])  # header still owed
         events = (self.phase == EVENTS) | ((self.phase == AFTER_TEMPO) & ~held)
-        _header_rules(self, m, room)
-        _control_rules(self, m, room)
+        if self.in_header.any():
+            _header_rules(self, m, room)
+            _control_rules(self, m, room)
         shift_ok = _shift_rules(self, m, events & room)
         ev_tempo = _tempo_rules(self, m, events & room)
         _note_rules(self, m, events & (self.budget >= 2))
@@ -275,9 +306,8 @@ def _control_rules(g: Grammar, m: torch.Tensor, room: torch.Tensor) -> None:
         return
     owed = (g.control_pos < n) & (g.forced_ts < 0) & room & (
         (g.phase == AFTER_TEMPO) | (g.phase == CONTROLS))
-    ar = torch.arange(g.B, device=g.device)
-    ids = g.controls[ar, g.control_pos.clamp(max=n - 1)]
-    m[ar, ids] |= owed
+    ids = g.controls[g.rows, g.control_pos.clamp(max=n - 1)]
+    m[g.rows, ids] |= owed
 
 
 def _shift_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
@@ -286,9 +316,9 @@ def _shift_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
     c, T = g.codec, g.T
     may = events & ((g.last_kind != _K_SHIFT) | (g.last_shift == g.max_shift))
     k = T.shift_k[None, :]
-    sps = g._sec_per_step(g.tempo)
-    fits = (g.gap[:, None] + k <= g.gap_limit[:, None]) & (g.steps[:, None] + k < g.span[:, None]) & (
-        g.seconds[:, None] + k * sps[:, None] <= g.target[:, None] + 1e-9)
+    fits = (g.gap[:, None] + k <= g.gap_limit[:, None]) & (g.steps[:, None] + k < g.span[:, None])
+    if g.timed:
+        fits &= g.seconds[:, None] + k * g._sec_per_step(g.tempo)[:, None] <= g.target[:, None] + 1e-9
     shift_ok = may[:, None] & fits
     m[:, c.shift_start : c.tempo_start] = shift_ok
     return shift_ok
@@ -299,9 +329,11 @@ def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
     that the notes still sounding would ring past the time target. Returns the rows where one may sit."""
     c, T = g.codec, g.T
     ev_tempo = events & g.tempo_ok & (g.steps > 0) & ~g.step_busy & (g.last_kind == _K_SHIFT)
-    ring = (g.sounding_until - g.steps).clamp(min=0)[:, None] * (60.0 / g.spq)
-    slow_ok = ring / T.tempo_bpm[None, :] <= (g.target - g.seconds)[:, None] + 1e-9
-    m[:, c.tempo_start : c.ts_start] |= ev_tempo[:, None] & (T.tempo_j[None, :] != g.tempo[:, None]) & slow_ok
+    ok = ev_tempo[:, None] & (T.tempo_j[None, :] != g.tempo[:, None])
+    if g.timed:
+        ring = (g.sounding_until - g.steps).clamp(min=0)[:, None] * (60.0 / g.spq)
+        ok &= ring / T.tempo_bpm[None, :] <= (g.target - g.seconds)[:, None] + 1e-9
+    m[:, c.tempo_start : c.ts_start] |= ok
     return ev_tempo
 
 
@@ -317,6 +349,9 @@ def _duration_rules(g: Grammar, m: torch.Tensor) -> None:
     """After a NOTE, any duration, unless a time target is near; the shortest always fits."""
     c, T = g.codec, g.T
     need_dv = g.phase == NEED_DV
+    if not g.timed:
+        m[:, c.dv_start : c.dv_end] = need_dv[:, None]
+        return
     left = torch.floor((g.target - g.seconds) / g._sec_per_step(g.tempo) + 1e-6)
     m[:, c.dv_start : c.dv_end] = need_dv[:, None] & ((T.dv_steps[None, :] <= left[:, None]) | (T.dv_steps == 1))
 
@@ -325,18 +360,19 @@ def _end_rules(g: Grammar, m: torch.Tensor, events, room, shift_ok, ev_tempo) ->
     """EOS after a DV once 90% of the time target passed or nothing else fits (an edit: after any DV,
     or at once); a requested tempo change at the first step where one may sit; done rows stay done."""
     c = g.codec
-    no_shift = ~shift_ok.any(dim=1)
     after_dv = g.last_kind == _K_DV
-    eos_time = (g.seconds >= EOS_FRACTION * g.target) | no_shift
-    eos = events & after_dv & (g.notes > 0) & torch.isfinite(g.target) & eos_time
+    eos = events & ~room  # the budget is spent (the caller normally stops first)
     eos |= events & g.eos_anytime & (after_dv | (g.last_kind == _K_OTHER))
-    eos |= events & ~room  # the budget is spent (the caller normally stops first)
-    force_eos = eos & no_shift & after_dv & ~g.eos_anytime
-    pend = ev_tempo & (g.pending_tempo >= 0) & (g.pending_tempo != g.tempo)
-    m.masked_fill_(pend[:, None], False)
-    ar = torch.arange(g.B, device=g.device)
-    m[ar, c.tempo_start + g.pending_tempo.clamp(min=0)] |= pend
-    m.masked_fill_(force_eos[:, None], False)
+    if g.timed:
+        no_shift = ~shift_ok.any(dim=1)
+        eos_time = (g.seconds >= EOS_FRACTION * g.target) | no_shift
+        timed_eos = events & after_dv & (g.notes > 0) & torch.isfinite(g.target) & eos_time
+        eos |= timed_eos
+        m.masked_fill_((timed_eos & no_shift & ~g.eos_anytime)[:, None], False)  # nothing else fits: end
+    if g.pending:
+        pend = ev_tempo & (g.pending_tempo >= 0) & (g.pending_tempo != g.tempo)
+        m.masked_fill_(pend[:, None], False)
+        m[g.rows, c.tempo_start + g.pending_tempo.clamp(min=0)] |= pend
     done = g.phase == DONE
     m[:, c.EOS] = eos | done
     m[:, c.EOS + 1 :] &= ~done[:, None]
