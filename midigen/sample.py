@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from midigen.codec import Codec, CodecError, Kind, instrument_name, parse_instrument
 from midigen.device import best_device
