@@ -11,7 +11,13 @@ present, else a 6-layer 384-wide stand-in). For each:
   trained one, so the run is repeated with a token budget at the density of real multi-track songs
   (the ``tests/songgen.py`` songs, measured here) to show what a trained model would cost.
 
+* with ``--compare REF``: the decoding engine of this tree against the one at git revision REF (e.g.
+  the last commit with the numpy grammar mask, 542de8f), side by side: each is timed in its own child
+  process (same model weights, seed, thread count and token budget), alternating old/new for
+  ``--rounds`` rounds, at batch 1 and 16; the figure is tokens/s and the new/old ratio per batch size.
+
     .venv/bin/python benchmarks/sample_speed.py [--threads 2] [--skip-124m] [--json FILE]
+    .venv/bin/python benchmarks/sample_speed.py --compare 542de8f [--rounds 3] [--tokens 200]
 """
 from __future__ import annotations
 
@@ -108,8 +114,59 @@ def song_density(codec: Codec, n: int = 10) -> float:
     return float(np.mean(rates))
 
 
+def engine_child(batch: int, tokens: int, threads: int) -> None:
+    """Time ``generate_samples`` of whatever ``midigen`` is on the path; print one JSON line."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    codec = Codec()
+    _, cfg = demo_config(padded_vocab(codec.vocab_size))
+    model = GPT(cfg).eval()
+    generate_samples(model, codec, num_samples=batch, max_new_tokens=8, seed=0, instruments=[0, 33, 128], tempo=120)
+    w0, c0 = clocks()
+    out = generate_samples(model, codec, num_samples=batch, max_new_tokens=tokens, seed=0, top_k=200,
+                           instruments=[0, 33, 128], tempo=120)
+    w1, c1 = clocks()
+    new = sum(len(s.tokens) - s.start_index - 1 for s in out)
+    print(json.dumps({"batch": batch, "tokens": new, "wall_s": w1 - w0, "cpu_s": c1 - c0,
+                      "tokens_per_s": new / (w1 - w0)}))
+
+
+def compare_engines(ref: str, rounds: int, tokens: int, threads: int) -> dict:
+    """Old (git ``ref``) vs this tree's engine, each in a child process, alternating."""
+    import subprocess
+    import tarfile
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="midigen-old-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "midigen"], check=True, capture_output=True)
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tf:
+        tf.extractall(tmp, filter="data")
+    trees = {"old": tmp, "new": ROOT}
+    out = {"ref": ref, "threads": threads, "tokens": tokens, "rounds": rounds, "batches": {}}
+    for batch in (1, 16):
+        runs = {"old": [], "new": []}
+        for _ in range(rounds):
+            for name, tree in trees.items():
+                env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads))
+                r = subprocess.run([sys.executable, __file__, "--engine-child", str(batch), "--tokens", str(tokens),
+                                    "--threads", str(threads)], env=env, capture_output=True, text=True, check=True)
+                runs[name].append(json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"])
+        best = {k: max(v) for k, v in runs.items()}
+        out["batches"][batch] = {"old_tokens_per_s": [round(x, 1) for x in runs["old"]],
+                                 "new_tokens_per_s": [round(x, 1) for x in runs["new"]],
+                                 "new_over_old_best": round(best["new"] / best["old"], 3)}
+        print(json.dumps({"batch": batch, **out["batches"][batch]}), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compare", default=None, metavar="REF", help="time this engine against git revision REF")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=200)
+    ap.add_argument("--engine-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cached-steps", type=int, default=32)
     ap.add_argument("--uncached-steps", type=int, default=3)
@@ -117,6 +174,13 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the runs at real-song token density")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
+    if a.engine_child is not None:
+        return engine_child(a.engine_child, a.tokens, a.threads)
+    if a.compare is not None:
+        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+        return None
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     codec = Codec()

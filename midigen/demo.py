@@ -23,11 +23,14 @@ RUN = OUT / "model"
 CONFIG = Path("configs/demo.toml")
 
 
-def _midigen(*args: str, capture: bool = False) -> str:
+def _midigen(*args: str, capture: bool = False, fatal: bool = True) -> str:
     cmd = [sys.executable, "-m", "midigen", *args]
     print(f"\n$ midigen {' '.join(args)}", flush=True)
     res = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
     if res.returncode != 0:
+        if not fatal:  # an optional step: say so and go on
+            print(f"demo: `midigen {args[0]}` failed (exit {res.returncode}); going on", flush=True)
+            return ""
         sys.exit(f"demo: `midigen {args[0]}` failed (exit {res.returncode}); rerun `make demo` to resume")
     return res.stdout or ""
 
@@ -48,31 +51,81 @@ def _training_finished() -> bool:
     return int(info.get("step", -1)) >= int(steps)
 
 
+def _harmony_source(path: Path) -> tuple[str, str] | None:
+    """Write a test-split piece with several parts to ``path``; (its top part, the others) as flags."""
+    import numpy as np
+
+    from midigen.codec import DRUMS
+    from midigen.dataset import Dataset
+
+    sp = Dataset(DATA).split("test")
+    codec = sp.codec
+    for a, b in zip(sp.starts, sp.ends):
+        score = codec.decode(np.asarray(sp.tokens[a:b]))
+        parts = {(128 if t.is_drum else int(t.program)): t for t in score.tracks if t.note_num() and not t.is_drum}
+        if len(parts) >= 2:
+            top = max(parts, key=lambda p: float(np.mean(parts[p].notes.numpy()["pitch"])))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes(score.dumps_midi()))
+            others = [str(p) for p in parts if p != top and p != DRUMS]
+            return str(top), ",".join(others)
+    return None
+
+
+def _edit_demo(written: list[str], seed: str) -> list[str]:
+    """`midigen infill` on the first new piece and `midigen arrange` on a test piece's top part."""
+    from midigen.checkpoint import capabilities, load_checkpoint
+
+    _, codec, config = load_checkpoint(RUN, "cpu")
+    if not capabilities(config, codec)["can_edit"]:
+        return [f"editing: skipped ({RUN} was trained without edit_fraction; delete it and rerun to retrain)"]
+    out, lines = OUT / "edit", []
+    mids = [w for w in written if w.endswith(".mid")]
+    if mids:
+        res = _midigen("infill", "--ckpt", str(RUN), mids[0], "--bars", "3-4", "--seed", seed, "--out", str(out),
+                       "--wav", "--png", capture=True, fatal=False)
+        print(res, end="")
+        lines.append("infilled      " + ", ".join(json.loads(x)["file"] for x in res.splitlines() if x.startswith("{")))
+    source = _harmony_source(out / "harmony-source.mid")
+    if source is None:
+        lines.append("harmonized:   skipped (no test piece with two or more parts in this corpus)")
+        return lines
+    top, others = source
+    res = _midigen("arrange", "--ckpt", str(RUN), str(out / "harmony-source.mid"), "--keep", top, "--add", others,
+                   "--seed", seed, "--out", str(out), "--wav", "--png", capture=True, fatal=False)
+    print(res, end="")
+    lines.append("harmonized    " + ", ".join(json.loads(x)["file"] for x in res.splitlines() if x.startswith("{")))
+    return lines
+
+
 def main() -> int:
     t0 = time.time()
     if not CONFIG.exists():
         sys.exit("demo: run `make demo` from the repository root (configs/demo.toml not found)")
     if (DATA / "meta.json").exists():
-        print(f"[1/4] corpus: reusing {DATA}")
+        print(f"[1/5] corpus: reusing {DATA}")
     else:
-        print("[1/4] preparing the embedded corpus (music21: Bach chorales and fiddle tunes, exported once and cached)")
+        print("[1/5] preparing the embedded corpus (music21: Bach chorales and fiddle tunes, exported once and cached)")
         _midigen("prepare", "demo", "--out", str(DATA), "--val-frac", "0.05", "--test-frac", "0.05")
 
     if _training_finished():
-        print(f"[2/4] model: reusing {RUN} (delete it to train again)")
+        print(f"[2/5] model: reusing {RUN} (delete it to train again)")
     else:
-        print("[2/4] training configs/demo.toml on the CPU (about 8 minutes on 2 cores)")
+        print("[2/5] training configs/demo.toml on the CPU (about 8 minutes on 2 cores)")
         resume = ["--resume"] if (RUN / "last" / "train_state.pt").exists() else []
         _midigen("train", str(CONFIG), f"--data={DATA}", f"--out={RUN}", *resume)
 
-    print("[3/4] sampling 3 pieces of about 30 seconds")
+    print("[3/5] sampling 3 pieces of about 30 seconds")
     seed = str(int(time.time()) % 100_000)
     out = _midigen("sample", "--ckpt", str(RUN), "--num-samples", "3", "--seconds", "30", "--seed", seed,
                    "--out", str(OUT), "--wav", "--png", capture=True)
     print(out, end="")
     written = [line.split()[-1] for line in out.splitlines() if line.strip().endswith((".mid", ".wav", ".png"))]
 
-    print("[4/4] evaluating on the test split")
+    print("[4/5] editing: one infilled piece and one harmonized melody")
+    edited = _edit_demo(written, seed)
+
+    print("[5/5] evaluating on the test split")
     ev = _last_json(_midigen("eval", "--ckpt", str(RUN), "--data", str(DATA), "--split", "test", capture=True))
     ratio = ev["bits_per_note"] / ev["ngram_bits_per_note"] if ev.get("ngram_bits_per_note") else float("nan")
 
@@ -85,6 +138,8 @@ def main() -> int:
     print(f"  test bits/note: model {ev.get('bits_per_note', float('nan')):.3f}, "
           f"{ev.get('ngram_order', 5)}-gram baseline {ev.get('ngram_bits_per_note', float('nan')):.3f} "
           f"(ratio {ratio:.2f}; lower is better)")
+    for line in edited:
+        print(f"  {line}")
     wavs = [w for w in written if w.endswith(".wav")]
     print("  listen:       " + (wavs[0] if wavs else f"{OUT}/*.wav") + "  (any audio player), or")
     print(f"                midigen sample --ckpt {RUN} --seconds 30 --play")

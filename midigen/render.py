@@ -81,8 +81,12 @@ def write_wav(score, path, soundfont=None, sample_rate: int = 22050) -> Path:
     return path
 
 
-def write_piano_roll(score, path, title: str | None = None) -> Path:
-    """A piano roll PNG: one colour per instrument, drums as grey crosses, seconds on x, pitch on y."""
+def write_piano_roll(score, path, title: str | None = None, highlight=None) -> Path:
+    """A piano roll PNG: one colour per instrument, drums as grey crosses, seconds on x, pitch on y.
+
+    ``highlight`` = ((start, end) seconds, instruments) marks what an edit wrote: the span is shaded,
+    and the notes of those instruments inside it are outlined in black (legend: "new").
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -103,14 +107,24 @@ def write_piano_roll(score, path, title: str | None = None) -> Path:
         t, d, p = a["time"], a["duration"], a["pitch"].astype(int)
         lo, hi = min(lo, int(p.min())), max(hi, int(p.max()))
         end = max(end, float(np.max(t + d)))
+        inst = DRUMS if track.is_drum else int(track.program)
+        new = _written(highlight, inst, t)
+        label = instrument_name(inst) + (" (new)" if new.any() else "")
         if track.is_drum:
-            ax.scatter(t, p, marker="x", s=14, color="0.35", linewidths=0.8, zorder=3)
-            handles.append(Line2D([], [], marker="x", color="0.35", linestyle="none", label=instrument_name(DRUMS)))
+            ax.scatter(t[~new], p[~new], marker="x", s=14, color="0.35", linewidths=0.8, zorder=3)
+            ax.scatter(t[new], p[new], marker="x", s=22, color="black", linewidths=1.4, zorder=4)
+            handles.append(Line2D([], [], marker="x", color="0.35", linestyle="none", label=label))
         else:
             c = colours(pitched % 10)
             pitched += 1
-            ax.barh(p, d, left=t, height=0.85, color=c, alpha=0.8, linewidth=0)
-            handles.append(Patch(color=c, label=instrument_name(int(track.program))))
+            ax.barh(p[~new], d[~new], left=t[~new], height=0.85, color=c, alpha=0.8, linewidth=0)
+            ax.barh(p[new], d[new], left=t[new], height=0.85, color=c, alpha=0.95, edgecolor="black",
+                    linewidth=0.9)
+            handles.append(Patch(facecolor=c, edgecolor="black" if new.any() else c, label=label))
+    if highlight is not None:
+        (s0, s1), _ = highlight
+        ax.axvspan(s0, s1, color="gold", alpha=0.18, zorder=0)
+        handles.append(Patch(color="gold", alpha=0.4, label="rewritten span"))
     if not handles:
         ax.text(0.5, 0.5, "no notes", ha="center", va="center", transform=ax.transAxes)
         lo, hi = 48, 72
@@ -135,6 +149,16 @@ def write_piano_roll(score, path, title: str | None = None) -> Path:
     fig.savefig(tmp, format="png")
     os.replace(tmp, path)
     return path
+
+
+def _written(highlight, instrument: int, onsets: np.ndarray) -> np.ndarray:
+    """Which notes (by onset in seconds) an edit wrote, for the piano roll's marks."""
+    if highlight is None:
+        return np.zeros(len(onsets), bool)
+    (s0, s1), instruments = highlight
+    if instrument not in set(int(i) for i in instruments):
+        return np.zeros(len(onsets), bool)
+    return (onsets >= s0 - 1e-6) & (onsets < s1)
 
 
 @contextlib.contextmanager

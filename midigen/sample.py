@@ -1,31 +1,29 @@
-"""Generate music from a checkpoint: batched KV-cached decoding under the token grammar.
+"""Generate music from a checkpoint: continue a song, or write one from nothing (``midigen sample``).
 
-All samples of a call decode as one batch in lockstep. The KV cache makes each new token cost one
-position instead of the whole context; when it fills, the context slides: the cache is rebuilt in one
-forward pass from the song's header (so the model keeps knowing the instruments and the start tempo)
-plus the most recent part of the song, and decoding goes on incrementally. Sampling draws from a
-seeded CPU generator, so the same seed and arguments give the same files.
+The task part of sampling: what the prompt is (a song's tokens, or a header built from the asked
+instruments, tempo, time signature and controls), the grammar placed after it, and the length control.
+The decoding itself is the shared engine (``midigen.generate.engine``): all samples of a call decode as
+one batch in lockstep with a KV cache, sliding the context from the song's header plus its most recent
+part when it fills. Draws come from a seeded generator on the model's device, so the same seed and
+arguments give the same files.
 """
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from midigen.codec import Codec, CodecError, instrument_name, parse_instrument
+from midigen.codec import Codec, CodecError, Kind, instrument_name, parse_instrument
 from midigen.device import best_device
 from midigen.errors import UsageError
-from midigen.grammar import Grammar
+from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
+from midigen.generate.grammar import Grammar
 
 DEFAULT_SECONDS = 30.0
-KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
-REPETITION_WINDOW = 256  # recent tokens whose notes the repetition penalty discourages
 SILENCE_BEATS = 8  # longer silences are reported
 LOOP_PERIOD_MAX = 8  # a pattern of at most this many tokens ...
 LOOP_MIN_TOKENS = 64  # ... repeated over this many tokens is reported as a loop
@@ -44,81 +42,15 @@ class Sample:
     warnings: list = field(default_factory=list)
 
 
-# ----- device and sampling ----------------------------------------------------------------------
-
-
-def _half_dtype(device: torch.device):
-    """The autocast dtype on CUDA (bf16 where supported), None elsewhere (fp32)."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def _autocast(device: torch.device):
-    dtype = _half_dtype(device)
-    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def _sample(logits: torch.Tensor, mask: np.ndarray, temperature: float, top_k: int | None, top_p: float | None,
-            gen: torch.Generator) -> np.ndarray:
-    """Draw one id per row from float32 CPU logits restricted to ``mask``."""
-    allowed = torch.from_numpy(mask)
-    x = logits.masked_fill(~allowed, float("-inf")) / temperature
-    if top_k is not None and top_k < x.size(1):
-        kth = torch.topk(x, top_k, dim=1).values[:, -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
-    if top_p is not None and top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=1, descending=True)
-        probs = torch.softmax(sorted_x, dim=1)
-        before = torch.cumsum(probs, dim=1) - probs  # mass of the strictly more likely ids
-        drop = before > top_p
-        drop[:, 0] = False
-        sorted_x = sorted_x.masked_fill(drop, float("-inf"))
-        x = torch.full_like(x, float("-inf")).scatter(1, order, sorted_x)
-    # inverse-CDF draw: one uniform per row; much cheaper than multinomial over a wide vocabulary
-    cdf = torch.cumsum(torch.softmax(x.double(), dim=1), dim=1)
-    u = torch.rand((x.size(0), 1), generator=gen, dtype=torch.float64) * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=x.size(1) - 1).numpy()
-    rows = np.arange(len(tok))
-    bad = ~mask[rows, tok]  # only by rounding at the very top of the CDF
-    if bad.any():
-        tok[bad] = x[torch.from_numpy(bad)].argmax(dim=1).numpy()
-    return tok
-
-
-def _penalize(logits: torch.Tensor, recent: np.ndarray, codec: Codec, penalty: float) -> torch.Tensor:
-    """CTRL-style penalty on the notes of the recent window only.
-
-    Shifts, durations and tempos recur in every song by design; penalizing them would break rhythm, so
-    only NOTE ids (which pitches on which instrument) are discouraged from repeating.
-    """
-    seen = np.zeros(logits.shape, bool)
-    rows = np.repeat(np.arange(recent.shape[0]), recent.shape[1])
-    seen[rows, recent.ravel()] = True
-    seen[:, : codec.note_start] = False
-    seen[:, codec.dv_start :] = False
-    s = torch.from_numpy(seen)
-    return torch.where(s, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
-
-
-def _window(seq: np.ndarray, length: int, codec: Codec, size: int) -> np.ndarray:
-    """(B, size) context: each row's header, then its most recent tokens."""
-    B = seq.shape[0]
-    out = np.empty((B, size), dtype=np.int64)
-    for b in range(B):
-        h = codec.header_length(seq[b, : min(length, 200)])
-        if size - h < size // 4:  # an absurd header: keep recent music rather than the header
-            h = 0
-        out[b, :h] = seq[b, :h]
-        out[b, h:] = seq[b, length - (size - h) : length]
-    return out
-
-
 # ----- generation -------------------------------------------------------------------------------
 
 
-def _prefix(codec: Codec, prompt_tokens, instruments, tempo) -> tuple[np.ndarray, bool]:
-    """The tokens every row starts from, and whether its header is already complete."""
+def _prefix(codec: Codec, prompt_tokens, instruments, tempo, controls=(), ts_id=None) -> tuple[np.ndarray, bool]:
+    """The tokens every row starts from, and whether its header is already complete.
+
+    Where the prefix holds the header's TEMPO, the time signature ``ts_id`` and the ``controls`` follow
+    it here; otherwise the grammar forces them once the model has written its TEMPO.
+    """
     insts = sorted(set(int(i) for i in instruments)) if instruments else []
     if prompt_tokens is not None:
         p = np.asarray(prompt_tokens, dtype=np.int64).ravel()
@@ -129,18 +61,40 @@ def _prefix(codec: Codec, prompt_tokens, instruments, tempo) -> tuple[np.ndarray
             p = p[: end[0] + 1]
         h = codec.header_length(p)
         head_insts = [int(t) - codec.inst_start for t in p[1:h] if codec.inst_start <= t < codec.note_start]
-        rest = [int(t) for t in p[1:h] if not codec.inst_start <= t < codec.note_start]
-        if not head_insts or not rest:
+        tempos = [int(t) for t in p[1:h] if codec.tempo_start <= t < codec.ts_start]
+        ts = [int(t) for t in p[1:h] if codec.ts_start <= t < codec.inst_start]
+        if not head_insts or not tempos:
             raise UsageError("the prompt has no complete song header")
         union = sorted(set(head_insts) | set(insts))
-        head = [codec.BOS] + [codec.inst_token(i) for i in union] + rest
+        ts = [ts_id] if ts_id is not None else ts
+        head = [codec.BOS, *(codec.inst_token(i) for i in union), tempos[0], *ts, *controls]
         return np.concatenate((np.array(head, np.int64), p[h:])), True
     if insts:
         ids = [codec.BOS] + [codec.inst_token(i) for i in insts]
         if tempo is not None:
-            ids.append(codec.tempo_token(tempo))
+            ids += [codec.tempo_token(tempo), *([ts_id] if ts_id is not None else []), *controls]
         return np.array(ids, np.int64), True
     return np.array([codec.BOS], np.int64), False
+
+
+def _ts_id(codec: Codec, time_signature) -> int | None:
+    if time_signature is None:
+        return None
+    n, d = time_signature
+    ts = codec.ts_token(n, d)
+    if ts is None:
+        raise UsageError(f"time signature {n}/{d} is not one the codec knows (1..16 over 2, 4, 8 or 16)")
+    return ts
+
+
+def _check_controls(codec: Codec, controls) -> list[int]:
+    ids = [int(c) for c in controls or ()]
+    if ids and not codec.has_controls:
+        raise UsageError(f"this checkpoint's codec v{codec.version} has no control tokens")
+    kinds = codec.kinds(np.array(ids, np.int64))
+    if ids and not np.all((kinds >= Kind.STYLE) & (kinds <= Kind.DENSITY)):
+        raise UsageError("controls must be STYLE, KEY or DENSITY token ids")
+    return ids
 
 
 def _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
@@ -166,76 +120,53 @@ def _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p,
             raise UsageError(f"instrument {i} is outside 0..128")
 
 
-@torch.inference_mode()
 def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
                      max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
                      prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
-                     keep_fraction: float = KEEP_FRACTION) -> list[Sample]:
+                     keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
+                     time_signature: tuple[int, int] | None = None,
+                     listener: Listener | None = None) -> list[Sample]:
     """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
     _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
                 instruments)
+    controls = _check_controls(codec, controls)
+    ts_id = _ts_id(codec, time_signature)
     if seconds is None and max_new_tokens is None:
         seconds = DEFAULT_SECONDS
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = model.to(device).eval()
     B = int(num_samples)
-    block = model.cfg.block_size
-    budget = int(max_new_tokens) if max_new_tokens is not None else int(seconds * TOKENS_PER_SECOND_CAP) + 256
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
-    gen = torch.Generator().manual_seed(seed)
+    dec = Decoder(model, codec, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                  repetition_penalty=repetition_penalty, device=device, listener=listener,
+                  keep_fraction=keep_fraction)
+    budget = int(max_new_tokens) if max_new_tokens is not None else int(seconds * TOKENS_PER_SECOND_CAP) + 256
 
-    prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo)
-    g = Grammar(codec, B, max_header_instruments=max(1, min(16, block // 8)))
+    prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo, controls, ts_id)
+    g = Grammar(codec, 1, max_header_instruments=max(1, min(16, dec.block // 8)))  # read the prompt once
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
+    if not np.any((prefix >= codec.tempo_start) & (prefix < codec.ts_start)):
+        g.force_header(controls, ts_id)  # the header's TEMPO is still to come: force what follows it
     for t in prefix:
-        g.advance(np.full(B, t))
+        g.advance([t])
     if header_done:
         g.close_header()
     if prompt_tokens is not None and tempo is not None:
-        g.pending_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
+        g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])
     g.set_target(seconds, budget)
+    g = g.replicate(B, dec.device)
+    target = float(g.target[0])
 
-    L = len(prefix)
-    seq = np.zeros((B, L + budget + 1), dtype=np.int64)
-    seq[:, :L] = prefix
-    keep = max(2, min(block - 1, int(block * keep_fraction)))
-    vocab = codec.vocab_size
-
-    def forward(ids: np.ndarray, cache):
-        with _autocast(device):
-            logits, _ = model(torch.from_numpy(ids).to(device), cache=cache, last_only=True)
-        return logits[:, -1, :vocab].float().cpu()
-
-    cache = model.new_cache(B, dtype=_half_dtype(device))  # keys/values in the dtype autocast computes
-    logits = forward(seq[:, :L] if L <= block else _window(seq, L, codec, keep), cache)
-    new = 0
-    while True:
-        if repetition_penalty != 1.0:
-            logits = _penalize(logits, seq[:, max(0, L - REPETITION_WINDOW) : L], codec, repetition_penalty)
-        tok = _sample(logits, g.mask(), temperature, top_k, top_p, gen)
-        seq[:, L] = tok
-        L += 1
-        new += 1
-        g.advance(tok)
-        if g.done.all() or new >= budget:
-            break
-        if cache.length >= block:
-            cache.reset()
-            logits = forward(_window(seq, L, codec, keep), cache)
-        else:
-            logits = forward(tok[:, None], cache)
-
+    seq = dec.decode(prefix, g, budget)
     samples = []
     for b in range(B):
-        body = seq[b, len(prefix) : L]
+        body = seq[b, len(prefix) :]
         eos = np.flatnonzero(body == codec.EOS)
         spent = not len(eos)
         body = body[: eos[0]] if len(eos) else body
         tokens = np.concatenate((prefix, body, [codec.EOS])).astype(np.uint16)
-        end = float(g.target[b]) if np.isfinite(g.target[b]) else None
+        end = target if np.isfinite(target) else None
         samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None))
     return samples
 
@@ -243,18 +174,24 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
 def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
              max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
-             prompt_tokens=None, instruments=None, tempo: float | None = None, device=None) -> list[np.ndarray]:
+             prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
+             controls: list[int] | None = None, time_signature: tuple[int, int] | None = None,
+             listener: Listener | None = None) -> list[np.ndarray]:
     """Sample ``num_samples`` songs as one batch; each comes back as a uint16 token array (BOS ... EOS).
 
     ``seconds`` (default 30 unless ``max_new_tokens`` is given) of new music, or ``max_new_tokens`` new
     tokens. ``prompt_tokens`` (an encoded song) is continued verbatim; ``instruments`` (0..127, 128 =
     drums) fixes the header (joined with the prompt's); ``tempo`` sets the start tempo (with a prompt: a
-    tempo change where the new part starts). Raises UsageError on bad arguments.
+    tempo change where the new part starts); ``time_signature`` (n, d) and ``controls`` (STYLE/KEY/DENSITY
+    ids) go into the header after its TEMPO. ``listener(new_tokens)`` is called after every generated
+    token with the (B, n) tokens so far; returning True stops at once with ``Cancelled``. Raises
+    UsageError on bad arguments.
     """
     return [s.tokens for s in generate_samples(
         model, codec, num_samples=num_samples, seconds=seconds, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-        prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device)]
+        prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device, controls=controls,
+        time_signature=time_signature, listener=listener)]
 
 
 # ----- scores, prompts, checks ------------------------------------------------------------------

@@ -59,3 +59,17 @@ def test_play_reports_instead_of_failing(tmp_path, monkeypatch, capsys):
     assert play(tmp_path / "song.wav") is False
     out = capsys.readouterr().out
     assert "nothing played" in out and str(tmp_path / "song.wav") in out
+
+
+def test_piano_roll_marks_an_edited_span(score, tmp_path):
+    """The shaded span and outlined new notes make the picture differ exactly inside the span's columns."""
+    import matplotlib.image as mpimg
+
+    plain = write_piano_roll(score, tmp_path / "plain.png", title="t")
+    marked = write_piano_roll(score, tmp_path / "marked.png", title="t", highlight=((2.0, 4.0), [0, 128]))
+    a, b = mpimg.imread(plain), mpimg.imread(marked)
+    assert a.shape == b.shape
+    cols = np.flatnonzero(np.abs(a - b).sum(axis=(0, 2)) > 0.5)
+    assert len(cols) > 20  # the span is visibly marked
+    width = a.shape[1]
+    assert cols.min() > width * 0.05  # ... and not from the start of the plot

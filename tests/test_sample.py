@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from midigen.codec import DRUMS, Codec
-from midigen.grammar import Grammar
+from midigen.generate.grammar import Grammar
 from midigen.sample import generate, generate_samples, load_prompt, notes_end_seconds, sample_score
 from songgen import make_song, make_song_bytes
 
@@ -141,8 +141,8 @@ def test_random_sampling_under_the_mask_decodes_without_skips():
     B = 16
     g = Grammar(codec, B)
     g.advance(np.full(B, codec.BOS))
-    g.set_target(None, 400)  # a token budget for half the rows ...
-    g.target[: B // 2] = 6.0  # ... and a time target for the others
+    g.set_target(6.0, 400)  # a time target for half the rows ...
+    g.target[B // 2 :] = float("inf")  # ... and only a token budget for the others
     g.budget[: B // 2] = 10_000
     seqs = [[codec.BOS] for _ in range(B)]
     kinds = codec.kinds(np.arange(codec.vocab_size))

@@ -1,0 +1,443 @@
+"""Edit a song: rewrite a span (``infill``) or write new parts over it (``arrange``).
+
+Both are one task for the engine: the model reads the song's context on both sides of a hole
+(``midigen.sequences``: ``HOLE ... HOLE_END`` in the events, then ``FILL``) and writes the hole's
+notes for the target instruments, under the edit grammar (``Grammar.for_edit``). A long span is written
+in chunks of at most ``CHUNK_QUARTERS`` (the longest span training shows), each chunk seeing the chunks
+already written; a chunk whose written part runs out of tokens ends at its last complete onset and the
+next chunk starts there. The first chunk decodes every sample as one batch; after it the samples'
+contexts differ, so each goes on alone.
+
+Kept music never passes through tokens: the result is the user's own score (same ticks per quarter,
+tracks, tempo map, time and key signatures, markers, every kept note, same length) with the decoded
+notes spliced in, converted from steps back to the file's ticks.
+
+Time: the model's steps are 1/24 quarter note. The song is encoded with no gap limit, so unit times
+are the file's own steps (``round(tick * 24 / tpq)``, as the encoder rounds); the gaps the encoder
+would shorten are shortened only when a chunk's prompt is built, around the hole, never inside it.
+"""
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import symusic
+
+from midigen.codec import DRUMS, Codec, CodecError, Kind, instrument_name
+from midigen.errors import UsageError
+from midigen.generate.engine import Decoder, Listener
+from midigen.generate.grammar import Grammar
+from midigen.sequences import EditTask, Units, edit_prompt, song_units
+
+CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
+WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
+_NO_GAP_LIMIT = 1 << 40
+
+
+# ----- the song as the model sees it ----------------------------------------------------------------
+
+
+@dataclass
+class Song:
+    """A user's score with its events as units in the file's own steps (no silence shortened)."""
+
+    score: symusic.core.ScoreTick
+    head: np.ndarray  # base header: BOS INST... TEMPO [TS]
+    units: Units
+    spq: int
+
+    @property
+    def tpq(self) -> int:
+        return int(self.score.ticks_per_quarter)
+
+    def step_of(self, ticks):
+        """Ticks -> steps, rounding half up as the encoder does."""
+        t = np.asarray(ticks, dtype=np.int64)
+        return (t * 2 * self.spq + self.tpq) // (2 * self.tpq)
+
+    def tick_of(self, steps):
+        s = np.asarray(steps, dtype=np.int64)
+        return (s * 2 * self.tpq + self.spq) // (2 * self.spq)
+
+    @property
+    def instruments(self) -> list[int]:
+        return instruments_of_score(self.score)
+
+    def end_step(self) -> int:
+        """The step where the last note ends (at least 1)."""
+        ends = [int(np.max(self.step_of(a["time"].astype(np.int64) + a["duration"]))) for a in
+                (t.notes.numpy() for t in self.score.tracks if t.note_num())]
+        return max([1, *ends])
+
+
+def instrument_of(track) -> int:
+    return DRUMS if track.is_drum else int(track.program) & 127
+
+
+def instruments_of_score(score) -> list[int]:
+    return sorted({instrument_of(t) for t in score.tracks if t.note_num()})
+
+
+def read_song(codec: Codec, score) -> Song:
+    """Encode ``score`` for editing; CodecError when it has no notes."""
+    free = Codec(replace(codec.params, max_gap=_NO_GAP_LIMIT), version=codec.version)
+    tokens = free.encode_score(score)
+    head, units = song_units(free, tokens)
+    return Song(score, head, units, codec.params.steps_per_quarter)
+
+
+def merge_units(parts) -> Units:
+    """Units of several sources in stream order: time, then tempo/marker/note, then id (the encoder's)."""
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return Units(*(np.zeros(0, np.int64) for _ in range(5)))
+    u = Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("time", "tok0", "tok1", "inst", "order")))
+    return u.select(np.lexsort((u.tok0, u.order, u.time)))
+
+
+def shortened(units: Units, marks, max_gap: int) -> tuple[Units, list[int]]:
+    """Units and mark times on the token time line: every gap between events capped at ``max_gap``."""
+    times = np.unique(np.concatenate((units.time, np.asarray(marks, np.int64))))
+    gaps = np.diff(times, prepend=0)
+    capped = np.cumsum(np.minimum(gaps, max_gap))
+    at = lambda t: capped[np.searchsorted(times, t)]  # noqa: E731
+    out = Units(at(units.time), units.tok0, units.tok1, units.inst, units.order)
+    return out, [int(at(m)) for m in marks]
+
+
+def written_units(codec: Codec, tokens: np.ndarray, start: int) -> tuple[Units, int, bool]:
+    """Units of a written part (tokens after FILL, times from ``start``), the step of its last onset
+    (relative), and whether it ended with EOS."""
+    t = np.asarray(tokens, dtype=np.int64)
+    eos = np.flatnonzero(t == codec.EOS)
+    ended = bool(len(eos))
+    t = t[: eos[0]] if ended else t
+    kind = codec.kinds(t)
+    time = np.cumsum(codec.shift_steps()[np.where(kind == Kind.SHIFT, t, 0)])
+    pair = np.zeros(len(t), bool)
+    pair[:-1] = (kind[:-1] == Kind.NOTE) & (kind[1:] == Kind.DV)
+    i = np.flatnonzero(pair)
+    n = len(i)
+    units = Units(start + time[i], t[i], t[i + 1], (t[i] - codec.note_start) // 128, np.full(n, 2, np.int64))
+    return units, int(time[i[-1]]) if n else 0, ended
+
+
+# ----- writing a span in chunks ---------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    """What to write: ``targets`` over steps ``[start, end)`` around ``context`` (the kept units)."""
+
+    start: int
+    end: int
+    targets: tuple[int, ...]
+    instruments: list[int]  # the header's instruments
+    context: Units
+    drop_after: bool = False
+    controls: tuple = ()
+
+
+@dataclass
+class _Chunk:
+    units: Units
+    reached: int  # the step the next chunk starts from
+
+
+def _chunk_prompt(codec: Codec, song: Song, plan: Plan, written: Units, s: int, e: int, room: int):
+    """The prompt for writing ``[s, e)``, shrinking ``e`` until the hole's own context fits ``room``."""
+    units = merge_units([plan.context, written])
+    while True:
+        capped, (cs, ce) = shortened(units, [s, e], codec.params.max_gap)
+        task = EditTask(cs, ce, plan.targets, drop_after=plan.drop_after)
+        built = edit_prompt(codec, song.head, capped, task, room, controls=plan.controls,
+                            instruments=plan.instruments)
+        if built is not None or e - s <= 1:
+            return (built[0] if built is not None else None), e
+        e = s + (e - s) // 2
+
+
+def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Units, s: int,
+                 rows: int) -> list[_Chunk]:
+    """Decode ``[s, s + chunk)`` for ``rows`` rows that share what was ``written`` before (one batch)."""
+    block = dec.block
+    chunk = min(CHUNK_QUARTERS * song.spq, codec.params.max_gap)
+    room = block - max(2, int(block * WRITTEN_SHARE))
+    prompt, e = _chunk_prompt(codec, song, plan, written, s, min(s + chunk, plan.end), room)
+    if prompt is None:  # even one step's kept notes do not fit the context: leave that step
+        return [_Chunk(Units.markers([], []), e) for _ in range(rows)]
+    budget = block - len(prompt)
+    g = Grammar(codec, rows, device=dec.device)
+    g.for_edit(plan.targets, e - s, budget)
+    seq = dec.decode(prompt, g, budget)
+    out = []
+    for b in range(rows):
+        units, last, ended = written_units(codec, seq[b, len(prompt):], s)
+        if ended or last == 0:
+            out.append(_Chunk(units, e))
+        else:  # out of tokens: keep the complete onsets, go on from the last one
+            out.append(_Chunk(units.select(units.time < s + last), s + last))
+    return out
+
+
+def write_plan(dec: Decoder, codec: Codec, song: Song, plan: Plan, num_samples: int) -> list[Units]:
+    """The written units of every sample (file steps): the first chunk as one batch, then row by row."""
+    empty = Units.markers([], [])
+    first = _write_chunk(dec, codec, song, plan, empty, plan.start, num_samples)
+    results = []
+    for c in first:
+        written, pos = c.units, c.reached
+        while pos < plan.end:
+            (c,) = _write_chunk(dec, codec, song, plan, written, pos, 1)
+            written, pos = merge_units([written, c.units]), max(c.reached, pos + 1)
+        results.append(written)
+    return results
+
+
+# ----- splicing into the user's score ---------------------------------------------------------------
+
+
+@dataclass
+class Edit:
+    """One edited score and what changed (for the command's report and the piano roll)."""
+
+    score: symusic.core.ScoreTick
+    written: int
+    removed: int
+    span_steps: tuple[int, int]
+    span_seconds: tuple[float, float]
+    targets: tuple[int, ...]
+    new_tracks: list = field(default_factory=list)
+
+
+def _notes_from_units(codec: Codec, song: Song, units: Units) -> dict:
+    """Written units -> note arrays in the file's ticks, per instrument."""
+    d = units.tok1 - codec.dv_start
+    lv = codec.params.velocity_levels
+    dur_steps = codec.durations[d // lv]
+    onset = song.tick_of(units.time)
+    return {
+        "time": onset,
+        "duration": np.maximum(1, song.tick_of(units.time + dur_steps) - onset),
+        "pitch": (units.tok0 - codec.note_start) % 128,
+        "velocity": codec._velocity_value(d % lv),
+        "instrument": units.inst,
+    }
+
+
+def _set_notes(track, time, duration, pitch, velocity) -> None:
+    o = np.argsort(time, kind="stable")
+    track.notes = symusic.core.NoteTickList.from_numpy(
+        np.asarray(time)[o].astype(np.int32), np.asarray(duration)[o].astype(np.int32),
+        np.asarray(pitch)[o].astype(np.int8), np.asarray(velocity)[o].astype(np.int8))
+
+
+def _pick_track(centres: list[float], pitch: np.ndarray) -> np.ndarray:
+    """For each new note, the index of the track of its instrument whose median pitch (before the
+    edit) is nearest: several tracks of one program (a piano's two hands, two guitars) keep their roles."""
+    return np.argmin(np.abs(pitch[:, None] - np.asarray(centres)[None, :]), axis=1)
+
+
+def splice(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) -> tuple[symusic.core.ScoreTick, int, list]:
+    """The user's score with the notes ``remove(instrument, onset_steps) -> bool mask`` and the tracks of
+    ``drop_instruments`` taken out and ``units`` added. Returns (score, notes removed, new tracks)."""
+    out = song.score.copy()
+    original_end = song.score.end()
+    removed = 0
+    keep_tracks = [t for t in out.tracks if instrument_of(t) not in set(drop_instruments)]
+    removed += sum(t.note_num() for t in out.tracks if instrument_of(t) in set(drop_instruments))
+    out.tracks = keep_tracks
+    by_inst = {}  # instrument -> [(track, median pitch before the edit)]
+    for t in out.tracks:
+        if not t.note_num():
+            continue
+        a = t.notes.numpy()
+        by_inst.setdefault(instrument_of(t), []).append((t, float(np.median(a["pitch"]))))
+        gone = remove(instrument_of(t), song.step_of(a["time"]))
+        if gone.any():
+            removed += int(gone.sum())
+            keep = ~gone
+            _set_notes(t, a["time"][keep], a["duration"][keep], a["pitch"][keep], a["velocity"][keep])
+    new = _notes_from_units(codec, song, units)
+    new["duration"] = np.maximum(1, np.minimum(new["duration"], original_end - new["time"]))  # no ringing past the end
+    new_tracks = []
+    for inst in np.unique(new["instrument"]).tolist():
+        sel = new["instrument"] == inst
+        tracks = by_inst.get(inst) or [(t, 60.0) for t in out.tracks if instrument_of(t) == inst]
+        if not tracks:
+            out.tracks.append(symusic.Track(instrument_name(inst), 0 if inst == DRUMS else inst, inst == DRUMS))
+            tracks = [(out.tracks[len(out.tracks) - 1], 60.0)]
+            new_tracks.append(inst)
+        which = _pick_track([c for _, c in tracks], new["pitch"][sel])
+        for k, (track, _) in enumerate(tracks):
+            mine = np.flatnonzero(sel)[which == k]
+            if not len(mine):
+                continue
+            a = track.notes.numpy()
+            _set_notes(track, *(np.concatenate((a[f].astype(np.int64), new[f][mine])) for f in
+                                ("time", "duration", "pitch", "velocity")))
+    if out.end() < original_end:  # the song keeps its length where the end fell silent
+        out.markers.append(symusic.core.TextMetaTick(original_end, "end"))
+    return out, removed, new_tracks
+
+
+# ----- the two tasks --------------------------------------------------------------------------------
+
+
+def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener) -> Decoder:
+    if not codec.has_controls:
+        raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
+    if not temperature > 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and int(top_k) < 1:
+        raise UsageError(f"top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UsageError(f"top-p must be in (0, 1], got {top_p}")
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    return Decoder(model, codec, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, device=device,
+                   listener=listener)
+
+
+def _song(codec: Codec, score) -> Song:
+    try:
+        return read_song(codec, score)
+    except CodecError as e:
+        raise UsageError(f"cannot edit this song: {e}") from None
+
+
+def _seconds_at(score, ticks: int) -> float:
+    """Seconds at ``ticks`` on the score's tempo map."""
+    t = score.tempos.numpy() if len(score.tempos) else None
+    times = np.array([0.0]) if t is None else t["time"].astype(np.float64)
+    mspq = np.array([500000.0]) if t is None else t["mspq"].astype(np.float64)
+    o = np.argsort(times, kind="stable")
+    times, mspq = times[o], mspq[o]
+    if times[0] > 0:
+        times, mspq = np.concatenate(([0.0], times)), np.concatenate(([500000.0], mspq))
+    sec = np.concatenate(([0.0], np.cumsum(np.diff(times) * mspq[:-1] / 1e6 / score.ticks_per_quarter)))
+    i = int(np.searchsorted(times, ticks, side="right")) - 1
+    return float(sec[i] + (ticks - times[i]) * mspq[i] / 1e6 / score.ticks_per_quarter)
+
+
+def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
+                 num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
+                 device=None, listener: Listener | None = None) -> list[Edit]:
+    """``infill`` with what changed, for the command's report."""
+    from midigen.sample import _tick_at
+
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
+    song = _song(codec, score)
+    if int(num_samples) < 1:
+        raise UsageError("num_samples must be >= 1")
+    if not (start_s >= 0 and end_s > start_s):
+        raise UsageError(f"the span {start_s:g}-{end_s:g} s is empty or negative")
+    end_step = song.end_step()
+    qs, qe = (int(song.step_of(_tick_at(score, x))) for x in (start_s, end_s))
+    qe = min(qe, end_step)
+    if qs >= end_step:
+        raise UsageError(f"the span starts at {start_s:g} s, after the song's end "
+                         f"({_seconds_at(score, int(song.tick_of(end_step))):.1f} s)")
+    if qe <= qs:
+        raise UsageError(f"the span {start_s:g}-{end_s:g} s is shorter than one step of the song's grid")
+    present = song.instruments
+    targets = tuple(present if instruments is None else sorted({int(i) for i in instruments}))
+    if not targets:
+        raise UsageError("infill needs at least one instrument")
+    u = song.units
+    gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
+    plan = Plan(qs, qe, targets, sorted(set(present) | set(targets)), u.select(~gone),
+                controls=tuple(controls or ()))
+    remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
+    span_s = tuple(_seconds_at(score, int(song.tick_of(q))) for q in (qs, qe))
+    out = []
+    for units in write_plan(dec, codec, song, plan, int(num_samples)):
+        s, removed, new_tracks = splice(codec, song, units, remove)
+        out.append(Edit(s, len(units), removed, (qs, qe), span_s, targets, new_tracks))
+    return out
+
+
+def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
+                  temperature=1.0, top_k=None, top_p=None, controls=None, device=None,
+                  listener: Listener | None = None) -> list[Edit]:
+    """``arrange`` with what changed, for the command's report."""
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
+    song = _song(codec, score)
+    if int(num_samples) < 1:
+        raise UsageError("num_samples must be >= 1")
+    add = tuple(sorted({int(i) for i in add or ()}))
+    if not add:
+        raise UsageError("arrange needs at least one instrument to add")
+    present = song.instruments
+    keep = [i for i in present if i not in add] if keep is None else sorted({int(i) for i in keep})
+    if set(keep) & set(add):
+        raise UsageError("an instrument cannot be both kept and added: "
+                         + ", ".join(instrument_name(i) for i in sorted(set(keep) & set(add))))
+    missing = [i for i in keep if i not in present]
+    if missing:
+        raise UsageError("--keep names parts the song does not have: " + ", ".join(map(instrument_name, missing)))
+    dropped = [i for i in present if i not in keep]
+    u = song.units
+    gone = (u.tok1 >= 0) & ~np.isin(u.inst, keep)
+    end = song.end_step()
+    plan = Plan(0, end, add, sorted(set(keep) | set(add)), u.select(~gone), drop_after=True,
+                controls=tuple(controls or ()))
+    never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
+    span_s = (0.0, _seconds_at(score, int(song.tick_of(end))))
+    out = []
+    for units in write_plan(dec, codec, song, plan, int(num_samples)):
+        s, removed, new_tracks = splice(codec, song, units, never, drop_instruments=dropped)
+        out.append(Edit(s, len(units), removed, (0, end), span_s, add, new_tracks))
+    return out
+
+
+def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None, num_samples: int = 1,
+           seed=None, temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
+           listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+    """Rewrite ``[start_s, end_s)`` of ``score`` for ``instruments`` (default: all it has).
+
+    The notes of those instruments whose onsets fall in the span (on the model's 1/24-beat grid) are
+    replaced by new ones written from the music on both sides; everything else is the user's score,
+    untouched. One score per sample; the same seed gives the same scores.
+    """
+    return [e.score for e in infill_edits(
+        model, codec, score, start_s=start_s, end_s=end_s, instruments=instruments, num_samples=num_samples,
+        seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, controls=controls, device=device,
+        listener=listener)]
+
+
+def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
+            temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
+            listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+    """Write parts for the instruments ``add`` over the whole song, keeping the parts ``keep`` (default:
+    every part it has that is not being added) exactly and dropping the others."""
+    return [e.score for e in arrange_edits(
+        model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
+        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener)]
+
+
+def bars_to_seconds(score, first_bar: int, last_bar: int) -> tuple[float, float]:
+    """(start, end) seconds of bars ``first_bar..last_bar`` (counted from 1, inclusive) on the song's
+    own time signatures and tempo map."""
+    if first_bar < 1 or last_bar < first_bar:
+        raise UsageError(f"bars {first_bar}-{last_bar}: count from 1, the first bar not after the last")
+    return _seconds_at(score, bar_tick(score, first_bar)), _seconds_at(score, bar_tick(score, last_bar + 1))
+
+
+def bar_tick(score, bar: int) -> int:
+    """The tick where bar ``bar`` (from 1) starts, walking the time signature changes (a change inside a
+    bar starts a new bar there, as notation programs do)."""
+    tpq = score.ticks_per_quarter
+    sigs = dict(sorted((int(t.time), (int(t.numerator), int(t.denominator))) for t in score.time_signatures))
+    sigs.setdefault(0, (4, 4))
+    at_list = sorted(sigs)
+    n_bar = 1
+    for k, at in enumerate(at_list):
+        num, den = sigs[at]
+        length = max(1, num * tpq * 4 // den)
+        nxt = at_list[k + 1] if k + 1 < len(at_list) else None
+        here = None if nxt is None else -(-(nxt - at) // length)
+        if here is None or n_bar + here > bar:
+            return at + (bar - n_bar) * length
+        n_bar += here
+    raise AssertionError("unreachable")

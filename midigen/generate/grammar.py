@@ -1,0 +1,378 @@
+"""The token grammar as a per-step mask, so decoding can only produce what the encoder could have written.
+
+The codec decodes any id sequence, but silently skips ids out of place; a sampler that relies on that
+wastes tokens and drifts from the training distribution. ``Grammar`` tracks, for every row of a batch,
+where the song stands (header or events, time, tempo, the notes already in this time step) and
+``mask()`` returns the ids that may come next. State and mask are torch tensors on the model's device,
+so decoding needs no host round trip per step. The rules mirror ``Codec.encode_score``:
+
+* header: ``BOS INST...`` in increasing order (at least one), then ``TEMPO`` ends it; then an optional TS
+  (or the one asked for), then the control tokens asked for, in order;
+* events: ``NOTE`` is always followed by ``DV``; notes of one time step come in increasing id order and
+  only for allowed instruments; a tempo change sits after the step's shifts and before its notes, never at
+  time 0 and never repeating the tempo in force; a shift shorter than ``max_shift`` ends a gap, and a gap
+  between events never exceeds ``max_gap`` steps;
+* ``EOS`` follows a DV, and only when length control allows it.
+
+The written part of an edit (after ``FILL``) is the same event grammar with other limits
+(``for_edit``): notes only of the target instruments, no tempo changes, onsets before the span's end,
+no gap limit (other instruments' notes sit in the gaps), and EOS after any DV or right after FILL.
+
+Length control is part of the grammar because it is a constraint on what may come next: with a time
+target, shifts that would pass it and durations that would ring past it are masked, EOS opens once 90%
+of the target is reached and is forced when no shift fits any more; a tempo change that would make
+sounding notes ring past the target is masked too, so every note ends within it. With a token budget, a
+NOTE is never the last token (its DV would not fit).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from midigen.codec import N_INSTRUMENTS, N_PITCHES, Codec, Kind
+
+# phases
+HEAD = 0  # after BOS: INSTs, then TEMPO
+AFTER_TEMPO = 1  # header tempo written: an optional TS, the controls, or the first event
+EVENTS = 2
+NEED_DV = 3  # a NOTE was just written
+DONE = 4  # EOS written
+CONTROLS = 5  # forced control tokens still to write
+
+# kinds of the last token, for the rules that look one token back
+_K_OTHER, _K_SHIFT, _K_TEMPO, _K_NOTE, _K_DV = 0, 1, 2, 3, 4
+
+EOS_FRACTION = 0.9  # EOS is allowed once this fraction of the time target has passed
+NO_LIMIT = 1 << 60  # "no span end" / "no gap limit" in integer state
+
+
+class _Tables:
+    """Per-vocabulary lookup tables on one device (built once per grammar)."""
+
+    def __init__(self, codec: Codec, device: torch.device):
+        c, p = codec, codec.params
+        t = lambda a, dt=torch.long: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
+        self.kind = t(c.kinds(np.arange(c.vocab_size)).astype(np.int64))
+        self.steps = t(c.shift_steps())
+        self.shift_k = torch.arange(1, p.max_shift + 1, device=device)
+        self.n_tempo = c.ts_start - c.tempo_start
+        self.tempo_j = torch.arange(self.n_tempo, device=device)
+        self.inst_i = torch.arange(N_INSTRUMENTS, device=device)
+        self.note_ids = torch.arange(c.note_start, c.dv_start, device=device)
+        self.dv_steps = t(c.durations[np.arange(c.dv_end - c.dv_start) // p.velocity_levels])
+        self.fdtype = torch.float32 if device.type == "mps" else torch.float64
+        self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
+
+
+class Grammar:
+    """Which ids may come next, for a batch of rows decoded in lockstep (state on ``device``)."""
+
+    def __init__(self, codec: Codec, batch_size: int, max_header_instruments: int = 16, device="cpu"):
+        self.codec = c = codec
+        self.B = B = int(batch_size)
+        self.V = c.vocab_size
+        self.device = dev = torch.device(device)
+        self.max_header_instruments = max_header_instruments
+        p = c.params
+        self.max_shift, self.spq = p.max_shift, p.steps_per_quarter
+        self.T = _Tables(c, dev)
+        long = lambda v: torch.full((B,), int(v), dtype=torch.long, device=dev)  # noqa: E731
+        flag = lambda v: torch.full((B,), bool(v), dtype=torch.bool, device=dev)  # noqa: E731
+        self.phase = long(HEAD)
+        self.last_kind = long(_K_OTHER)
+        self.last_shift = long(0)  # steps of the last token when it was a SHIFT
+        self.last_inst = long(-1)  # last header instrument
+        self.n_inst = long(0)
+        self.instruments = torch.zeros((B, N_INSTRUMENTS), dtype=torch.bool, device=dev)  # notes may use these
+        self.header_open = flag(True)  # may the model add header instruments?
+        self.last_note = long(-1)  # last NOTE id in the current time step
+        self.step_busy = flag(False)  # a TEMPO or NOTE already sits at the current step
+        self.steps = long(0)  # song time in steps
+        self.gap = long(0)  # steps since the last event (note or tempo)
+        self.tempo = long(c.tempo_token(120.0) - c.tempo_start)  # tempo bin in force
+        self.seconds = torch.zeros(B, dtype=self.T.fdtype, device=dev)  # song time in seconds
+        self.notes = long(0)
+        self.sounding_until = long(0)  # step where the last sounding note ends
+        self.forced_tempo = long(-1)  # header TEMPO bin the user asked for
+        self.forced_ts = long(-1)  # header TS id the user asked for
+        self.pending_tempo = long(-1)  # tempo change to write at the next new step
+        self.target = torch.full((B,), float("inf"), dtype=self.T.fdtype, device=dev)  # time target (s)
+        self.budget = long(NO_LIMIT)  # tokens still allowed
+        self.span = long(NO_LIMIT)  # onsets must stay below this step (the written part of an edit)
+        self.gap_limit = long(p.max_gap)
+        self.tempo_ok = flag(True)  # may tempo changes be written?
+        self.eos_anytime = flag(False)  # an edit's written part may end after any DV (or be empty)
+        self.controls = torch.zeros((B, 0), dtype=torch.long, device=dev)  # forced after TEMPO [TS]
+        self.control_pos = long(0)
+        self.rows = torch.arange(B, device=dev)
+        # Host-side facts that let the mask skip whole rules without reading device state:
+        self.timed = False  # some row has a time target
+        self.pending = False  # a tempo change was requested
+        self.in_header = np.ones(B, bool)  # the row may still write header tokens (until its first event)
+
+    # ----- setup ------------------------------------------------------------------------------
+
+    def close_header(self) -> None:
+        """No more header instruments may be sampled (the user fixed them)."""
+        self.header_open[:] = False
+
+    def set_target(self, seconds: float | None, max_tokens: int) -> None:
+        """Length control for the tokens still to come: a time target (counted from now) and a budget."""
+        if seconds is not None:
+            self.target[:] = self.seconds + float(seconds)
+            self.timed = True
+        self.budget[:] = int(max_tokens)
+
+    def request_tempo(self, tempo_bin: int) -> None:
+        """A tempo change to write at the first step where one may sit."""
+        self.pending_tempo[:] = int(tempo_bin)
+        self.pending = True
+
+    def observe(self, host_tokens: np.ndarray) -> None:
+        """The sampled ids as the host sees them (the engine's one transfer): a row that wrote a SHIFT or
+        a NOTE is past its header, so the header rules can be skipped once every row is."""
+        k = self.codec.kinds(host_tokens)
+        self.in_header &= ~((k == Kind.SHIFT) | (k == Kind.NOTE))
+
+    def force_header(self, controls=(), time_signature_id: int | None = None) -> None:
+        """Control ids (and a TS id) the header must carry right after its TEMPO."""
+        ids = torch.as_tensor([int(i) for i in controls], dtype=torch.long, device=self.device)
+        self.controls = ids.view(1, -1).expand(self.B, -1).clone()
+        self.control_pos[:] = 0
+        if time_signature_id is not None:
+            self.forced_ts[:] = int(time_signature_id)
+
+    def for_edit(self, targets, span_steps: int, max_tokens: int) -> None:
+        """Start the written part of an edit (right after FILL): notes of ``targets`` with onsets in
+        ``[0, span_steps)``, no tempo changes, no gap limit, EOS after any DV."""
+        self.phase[:] = EVENTS
+        self.header_open[:] = False
+        self.instruments[:] = False
+        self.instruments[:, torch.as_tensor(sorted(int(i) for i in targets), device=self.device)] = True
+        self.span[:] = int(span_steps)
+        self.gap_limit[:] = NO_LIMIT
+        self.tempo_ok[:] = False
+        self.eos_anytime[:] = True
+        self.budget[:] = int(max_tokens)
+        self.in_header[:] = False
+
+    def replicate(self, batch_size: int, device=None) -> "Grammar":
+        """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
+        out = Grammar.__new__(Grammar)
+        out.__dict__.update(self.__dict__)
+        dev = torch.device(device) if device is not None else self.device
+        out.B, out.device = int(batch_size), dev
+        out.in_header = np.repeat(self.in_header[:1], batch_size)
+        out.T = self.T if dev == self.device else _Tables(self.codec, dev)
+        for k, v in self.__dict__.items():
+            if isinstance(v, torch.Tensor):
+                setattr(out, k, v[:1].to(dev).expand(batch_size, *v.shape[1:]).clone())
+        out.rows = torch.arange(batch_size, device=dev)
+        return out
+
+    # ----- state ------------------------------------------------------------------------------
+
+    def _sec_per_step(self, tempo_bin: torch.Tensor) -> torch.Tensor:
+        return 60.0 / (self.T.tempo_bpm[tempo_bin] * self.spq)
+
+    def advance(self, tokens) -> None:
+        """Move every row past its next token (sampled or forced). Out-of-grammar ids still update time."""
+        if not isinstance(tokens, torch.Tensor):  # host data: the header flags come free
+            tokens = np.asarray(tokens, dtype=np.int64).reshape(self.B)
+            self.observe(tokens)
+        t = torch.as_tensor(tokens, device=self.device).long().reshape(self.B)
+        kind = self.T.kind[t.clamp(0, self.V - 1)]
+        live = self.phase != DONE
+        self.budget -= live.long()
+        if self.in_header.any():
+            self._advance_header(t, kind, live)
+        else:
+            self._advance_tempo(t, kind, live)
+        self._advance_time(t, kind, live)
+        self._advance_notes(t, kind, live)
+        self.phase = torch.where(live & (t == self.codec.EOS), DONE, self.phase)
+        self.last_kind = torch.where(kind == Kind.SHIFT, _K_SHIFT, torch.where(
+            kind == Kind.TEMPO, _K_TEMPO, torch.where(kind == Kind.NOTE, _K_NOTE, torch.where(
+                kind == Kind.DV, _K_DV, _K_OTHER))))
+
+    def _advance_tempo(self, t, kind, live, head=None) -> None:
+        """A tempo change among the events (or, with ``head``, the header's tempo)."""
+        is_tempo = live & (kind == Kind.TEMPO)
+        j = (t - self.codec.tempo_start).clamp(0, self.T.n_tempo - 1)
+        self.tempo = torch.where(is_tempo, j, self.tempo)
+        ev = is_tempo if head is None else is_tempo & ~head
+        self.step_busy |= ev
+        self.gap = torch.where(ev, 0, self.gap)
+        if self.pending:
+            self.pending_tempo = torch.where(is_tempo & (self.pending_tempo == j), -1, self.pending_tempo)
+
+    def _advance_header(self, t, kind, live) -> None:
+        c = self.codec
+        is_inst = live & (kind == Kind.INST) & (self.phase == HEAD)
+        i = (t - c.inst_start).clamp(0, N_INSTRUMENTS - 1)
+        self.instruments[self.rows, i] |= is_inst
+        self.last_inst = torch.where(is_inst, i, self.last_inst)
+        self.n_inst += is_inst.long()
+        head = live & (kind == Kind.TEMPO) & (self.phase == HEAD)
+        self._advance_tempo(t, kind, live, head)
+        n_ctl = self.controls.shape[1]
+        is_ts = live & (kind == Kind.TS) & (self.phase == AFTER_TEMPO)
+        self.forced_ts = torch.where(is_ts, -1, self.forced_ts)
+        is_ctl = live & (kind >= Kind.STYLE) & (kind <= Kind.DENSITY) & (
+            (self.phase == AFTER_TEMPO) | (self.phase == CONTROLS))
+        self.control_pos += is_ctl.long()
+        more = self.control_pos < n_ctl
+        after = torch.where(more, CONTROLS, EVENTS)
+        self.phase = torch.where(head, AFTER_TEMPO, torch.where(is_ts | is_ctl, after, self.phase))
+
+    def _advance_time(self, t, kind, live) -> None:
+        is_shift = live & (kind == Kind.SHIFT)
+        k = torch.where(is_shift, self.T.steps[t.clamp(0, self.V - 1)], 0)
+        self.seconds += k * self._sec_per_step(self.tempo)
+        self.steps += k
+        self.gap += k
+        self.last_note = torch.where(is_shift, -1, self.last_note)
+        self.step_busy &= ~is_shift
+        self.phase = torch.where(is_shift & (self.phase == AFTER_TEMPO), EVENTS, self.phase)
+        self.last_shift = k
+
+    def _advance_notes(self, t, kind, live) -> None:
+        c = self.codec
+        is_note = live & (kind == Kind.NOTE)
+        self.last_note = torch.where(is_note, t, self.last_note)
+        self.step_busy |= is_note
+        self.gap = torch.where(is_note, 0, self.gap)
+        self.notes += is_note.long()
+        is_dv = live & (kind == Kind.DV) & (self.phase == NEED_DV)
+        ends = self.steps + self.T.dv_steps[(t - c.dv_start).clamp(0, len(self.T.dv_steps) - 1)]
+        self.sounding_until = torch.where(is_dv, torch.maximum(self.sounding_until, ends), self.sounding_until)
+        self.phase = torch.where(is_note, NEED_DV, torch.where(is_dv, EVENTS, self.phase))
+
+    @property
+    def done(self) -> torch.Tensor:
+        return self.phase == DONE
+
+    # ----- the mask ---------------------------------------------------------------------------
+
+    def mask(self) -> torch.Tensor:
+        """(B, vocab) bool on the device: True where an id may come next. Every live row has one True."""
+        c = self.codec
+        m = torch.zeros((self.B, self.V), dtype=torch.bool, device=self.device)
+        room = self.budget >= 1
+        held = (self.forced_ts >= 0) | (self.control_pos < self.controls.shape[1])  # header still owed
+        events = (self.phase == EVENTS) | ((self.phase == AFTER_TEMPO) & ~held)
+        if self.in_header.any():
+            _header_rules(self, m, room)
+            _control_rules(self, m, room)
+        shift_ok = _shift_rules(self, m, events & room)
+        ev_tempo = _tempo_rules(self, m, events & room)
+        _note_rules(self, m, events & (self.budget >= 2))
+        _duration_rules(self, m)
+        _end_rules(self, m, events, room, shift_ok, ev_tempo)
+        dead = ~m.any(dim=1)  # a row left with nothing (should not happen) may end rather than sample garbage
+        m[:, c.EOS] |= dead
+        return m
+
+    def allowed(self, tokens) -> torch.Tensor:
+        """(B,) bool: is each row's token allowed by the current mask (used to check prompts)."""
+        t = torch.as_tensor(np.asarray(tokens), device=self.device).long().reshape(self.B)
+        return self.mask().gather(1, t[:, None])[:, 0]
+
+
+# ----- the rules, one per kind of token -----------------------------------------------------------
+
+
+def _header_rules(g: Grammar, m: torch.Tensor, room: torch.Tensor) -> None:
+    """Instruments in increasing order, then the tempo (or the one asked for); then a TS (or the one
+    asked for)."""
+    c, T = g.codec, g.T
+    head = g.phase == HEAD
+    more_inst = head & g.header_open & (g.n_inst < g.max_header_instruments) & room
+    m[:, c.inst_start : c.note_start] = more_inst[:, None] & (T.inst_i[None, :] > g.last_inst[:, None])
+    head_tempo = head & (g.n_inst > 0)
+    forced = g.forced_tempo >= 0
+    tempo_ok = ~forced[:, None] | (T.tempo_j[None, :] == g.forced_tempo[:, None])
+    m[:, c.tempo_start : c.ts_start] = head_tempo[:, None] & tempo_ok
+    ts = torch.arange(c.ts_start, c.inst_start, device=g.device)
+    after = (g.phase == AFTER_TEMPO) & room
+    ts_forced = g.forced_ts >= 0
+    m[:, c.ts_start : c.inst_start] = after[:, None] & (~ts_forced[:, None] | (ts[None, :] == g.forced_ts[:, None]))
+
+
+def _control_rules(g: Grammar, m: torch.Tensor, room: torch.Tensor) -> None:
+    """The control tokens asked for, in order, once any forced TS is written."""
+    n = g.controls.shape[1]
+    if n == 0:
+        return
+    owed = (g.control_pos < n) & (g.forced_ts < 0) & room & (
+        (g.phase == AFTER_TEMPO) | (g.phase == CONTROLS))
+    ids = g.controls[g.rows, g.control_pos.clamp(max=n - 1)]
+    m[g.rows, ids] |= owed
+
+
+def _shift_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    """A short shift ends its gap; gaps stay within the gap limit, time within the target, onsets
+    within the span. Returns the (B, max_shift) shifts allowed."""
+    c, T = g.codec, g.T
+    may = events & ((g.last_kind != _K_SHIFT) | (g.last_shift == g.max_shift))
+    k = T.shift_k[None, :]
+    fits = (g.gap[:, None] + k <= g.gap_limit[:, None]) & (g.steps[:, None] + k < g.span[:, None])
+    if g.timed:
+        fits &= g.seconds[:, None] + k * g._sec_per_step(g.tempo)[:, None] <= g.target[:, None] + 1e-9
+    shift_ok = may[:, None] & fits
+    m[:, c.shift_start : c.tempo_start] = shift_ok
+    return shift_ok
+
+
+def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    """Tempo changes: after a shift, before the step's notes, not the tempo in force, and not so slow
+    that the notes still sounding would ring past the time target. Returns the rows where one may sit."""
+    c, T = g.codec, g.T
+    ev_tempo = events & g.tempo_ok & (g.steps > 0) & ~g.step_busy & (g.last_kind == _K_SHIFT)
+    ok = ev_tempo[:, None] & (T.tempo_j[None, :] != g.tempo[:, None])
+    if g.timed:
+        ring = (g.sounding_until - g.steps).clamp(min=0)[:, None] * (60.0 / g.spq)
+        ok &= ring / T.tempo_bpm[None, :] <= (g.target - g.seconds)[:, None] + 1e-9
+    m[:, c.tempo_start : c.ts_start] |= ok
+    return ev_tempo
+
+
+def _note_rules(g: Grammar, m: torch.Tensor, rows: torch.Tensor) -> None:
+    """Allowed instruments only, increasing ids within a step (and room for the DV after)."""
+    c, T = g.codec, g.T
+    notes = m[:, c.note_start : c.dv_start].view(g.B, N_INSTRUMENTS, N_PITCHES)
+    later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
+    notes.copy_((rows[:, None] & g.instruments)[:, :, None] & later)
+
+
+def _duration_rules(g: Grammar, m: torch.Tensor) -> None:
+    """After a NOTE, any duration, unless a time target is near; the shortest always fits."""
+    c, T = g.codec, g.T
+    need_dv = g.phase == NEED_DV
+    if not g.timed:
+        m[:, c.dv_start : c.dv_end] = need_dv[:, None]
+        return
+    left = torch.floor((g.target - g.seconds) / g._sec_per_step(g.tempo) + 1e-6)
+    m[:, c.dv_start : c.dv_end] = need_dv[:, None] & ((T.dv_steps[None, :] <= left[:, None]) | (T.dv_steps == 1))
+
+
+def _end_rules(g: Grammar, m: torch.Tensor, events, room, shift_ok, ev_tempo) -> None:
+    """EOS after a DV once 90% of the time target passed or nothing else fits (an edit: after any DV,
+    or at once); a requested tempo change at the first step where one may sit; done rows stay done."""
+    c = g.codec
+    after_dv = g.last_kind == _K_DV
+    eos = events & ~room  # the budget is spent (the caller normally stops first)
+    eos |= events & g.eos_anytime & (after_dv | (g.last_kind == _K_OTHER))
+    if g.timed:
+        no_shift = ~shift_ok.any(dim=1)
+        eos_time = (g.seconds >= EOS_FRACTION * g.target) | no_shift
+        timed_eos = events & after_dv & (g.notes > 0) & torch.isfinite(g.target) & eos_time
+        eos |= timed_eos
+        m.masked_fill_((timed_eos & no_shift & ~g.eos_anytime)[:, None], False)  # nothing else fits: end
+    if g.pending:
+        pend = ev_tempo & (g.pending_tempo >= 0) & (g.pending_tempo != g.tempo)
+        m.masked_fill_(pend[:, None], False)
+        m[g.rows, c.tempo_start + g.pending_tempo.clamp(min=0)] |= pend
+    done = g.phase == DONE
+    m[:, c.EOS] = eos | done
+    m[:, c.EOS + 1 :] &= ~done[:, None]
