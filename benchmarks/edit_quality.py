@@ -232,7 +232,7 @@ def speed(a) -> None:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=padded_vocab(codec.vocab_size), **{
             k: cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size")})).eval()
-    from midigen.sample import _tick_at
+    from midigen.timing import tick_at_seconds
 
     song = make_song(7, bars=150, tpq=480)  # a bit over 3 minutes at this song's tempos
     length = _tick_seconds(song)
@@ -245,7 +245,7 @@ def speed(a) -> None:
     (e,) = infill_edits(model, codec, song, start_s=60.0, end_s=60.0 + 4 * 4 * 60 / 120, seed=0, top_k=50,
                         listener=count)
     t_infill = time.perf_counter() - t0
-    short = song.copy().clip(0, _tick_at(song, 60.0), False)  # its first 60 s
+    short = song.copy().clip(0, tick_at_seconds(song, 60.0), False)  # its first 60 s
     t0 = time.perf_counter()
     arrange_edits(model, codec, short, add=[33], seed=0, top_k=50)
     t_arrange = time.perf_counter() - t0

@@ -98,6 +98,12 @@ def compute_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
         raise UsageError(f"unknown dtype {name!r}: use auto, float32 or bfloat16") from None
 
 
+def sampling_dtype(device: torch.device) -> torch.dtype:
+    """The dtype generation runs in: the policy above on GPUs, float32 on CPUs, so that a seed gives the
+    same files on every CPU whether or not it has native bf16."""
+    return compute_dtype(device, "auto") if device.type != "cpu" else torch.float32
+
+
 def autocast(device: torch.device, dtype: torch.dtype):
     """A context that runs matmuls in ``dtype`` (autocast), or nothing for float32."""
     if dtype == torch.float32:

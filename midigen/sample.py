@@ -18,6 +18,7 @@ import numpy as np
 
 from midigen.codec import Codec, CodecError, Kind, instrument_name, parse_instrument
 from midigen.device import best_device
+from midigen.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
 from midigen.generate.grammar import Grammar
@@ -197,27 +198,11 @@ def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None
 # ----- scores, prompts, checks ------------------------------------------------------------------
 
 
-def _tick_at(score, seconds: float) -> int:
-    """The tick where ``seconds`` of the score's tempo map have passed."""
-    tpq = score.ticks_per_quarter
-    if len(score.tempos):
-        t = score.tempos.numpy()
-        order = np.argsort(t["time"], kind="stable")
-        times, mspq = t["time"][order].astype(np.float64), t["mspq"][order].astype(np.float64)
-    else:
-        times, mspq = np.zeros(0), np.zeros(0)
-    if not len(times) or times[0] > 0:  # MIDI's default tempo holds until the first change
-        times, mspq = np.concatenate(([0.0], times)), np.concatenate(([500000.0], mspq))
-    sec = np.concatenate(([0.0], np.cumsum(np.diff(times) * mspq[:-1] / 1e6 / tpq)))
-    i = int(np.searchsorted(sec, seconds, side="right")) - 1
-    return int(round(times[i] + (seconds - sec[i]) * 1e6 * tpq / mspq[i]))
-
-
 def clip_score(score, end_seconds: float):
     """Cut notes that would sound past ``end_seconds`` so the song ends there (in place; returns it)."""
     import symusic
 
-    end = _tick_at(score, end_seconds)
+    end = tick_at_seconds(score, end_seconds)
     for track in score.tracks:
         if not track.note_num():
             continue
@@ -240,12 +225,6 @@ def sample_score(codec: Codec, sample: Sample):
     return score
 
 
-def notes_end_seconds(score) -> float:
-    s = score.to("second")
-    ends = [float(np.max(t.notes.numpy()["time"] + t.notes.numpy()["duration"])) for t in s.tracks if t.note_num()]
-    return max(ends) if ends else 0.0
-
-
 def load_prompt(codec: Codec, path, seconds: float | None = None) -> np.ndarray:
     """Encode a MIDI file (its first ``seconds``, or all of it) as a prompt; bad files are usage errors."""
     try:
@@ -255,7 +234,7 @@ def load_prompt(codec: Codec, path, seconds: float | None = None) -> np.ndarray:
     try:
         score = codec.read_midi(data)
         if seconds is not None:
-            score = score.clip(0, _tick_at(score, seconds), False)
+            score = score.clip(0, tick_at_seconds(score, seconds), False)
         return codec.encode_score(score)
     except CodecError as e:
         what = f"its first {seconds:g} s have no notes" if seconds is not None and "no notes" in str(e) else str(e)

@@ -324,7 +324,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
                  device=None, listener: Listener | None = None) -> list[Edit]:
     """``infill`` with what changed, for the command's report."""
-    from midigen.sample import _tick_at
+    from midigen.timing import tick_at_seconds
 
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
@@ -333,7 +333,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     if not (start_s >= 0 and end_s > start_s):
         raise UsageError(f"the span {start_s:g}-{end_s:g} s is empty or negative")
     end_step = song.end_step()
-    qs, qe = (int(song.step_of(_tick_at(score, x))) for x in (start_s, end_s))
+    qs, qe = (int(song.step_of(tick_at_seconds(score, x))) for x in (start_s, end_s))
     qe = min(qe, end_step)
     if qs >= end_step:
         raise UsageError(f"the span starts at {start_s:g} s, after the song's end "

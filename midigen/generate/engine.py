@@ -10,13 +10,13 @@ the most recent tokens (``window``), and decoding goes on incrementally.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import numpy as np
 import torch
 
 from midigen.codec import Codec
+from midigen.device import autocast, sampling_dtype
 from midigen.errors import Cancelled
 from midigen.generate.grammar import Grammar
 
@@ -24,18 +24,6 @@ KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the res
 REPETITION_WINDOW = 256  # recent tokens whose notes the repetition penalty discourages
 
 Listener = Callable[[np.ndarray], object]
-
-
-def half_dtype(device: torch.device):
-    """The autocast dtype on CUDA (bf16 where supported), None elsewhere (fp32)."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-def autocast(device: torch.device):
-    dtype = half_dtype(device)
-    return torch.autocast("cuda", dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -117,7 +105,7 @@ class Decoder:
 
     def _forward(self, ids: np.ndarray | torch.Tensor, cache) -> torch.Tensor:
         x = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
-        with autocast(self.device):
+        with autocast(self.device, sampling_dtype(self.device)):
             logits, _ = self.model(x, cache=cache, last_only=True)
         return logits[:, -1, : self.codec.vocab_size].float()
 
@@ -131,7 +119,8 @@ class Decoder:
         seq = np.zeros((B, L + budget), dtype=np.int64)
         seq[:, :L] = prefix
         dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window reads it on the device
-        cache = self.model.new_cache(B, dtype=half_dtype(self.device))
+        dtype = sampling_dtype(self.device)
+        cache = self.model.new_cache(B, dtype=None if dtype == torch.float32 else dtype)
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
         done = np.zeros(B, bool)
