@@ -56,13 +56,18 @@ def tonic_of(melody: np.ndarray, scale: list[int], minor: bool) -> int:
     return sig_tonic
 
 
+def _is_upbeat(b: Bar) -> bool:
+    """The written pickup measure (also where a repeat plays it again): the band waits for the downbeat."""
+    return b.index == 0 and b.length < b.meter[0] * 4.0 / b.meter[1] - 1e-6
+
+
 def slots(bars: list[Bar]) -> list[tuple[float, float]]:
-    """(start, end) of each harmonic slot: half bars in 4-beat meters, else whole bars; no pickup."""
+    """(start, end) of each harmonic slot: half bars in 4-beat meters, else whole bars; no upbeat."""
     out = []
-    for k, b in enumerate(bars):
+    for b in bars:
         full = b.meter[0] * 4.0 / b.meter[1]
-        if k == 0 and b.length < full - 1e-6:
-            continue  # an upbeat: the band comes in on the downbeat
+        if _is_upbeat(b):
+            continue
         if full >= 4.0 - 1e-6 and b.meter[0] % 2 == 0:
             half = full / 2
             out.append((b.start, b.start + min(half, b.length)))
@@ -123,15 +128,16 @@ def _beats(b: Bar) -> tuple[int, float]:
 
 
 def vamp(bars: list[Bar], spans, chosen: list[tuple[int, ...]]) -> tuple[np.ndarray, np.ndarray]:
-    """(bass rows, chord rows): bass on beats 1 (root) and 3 (fifth), chords on the others."""
+    """(bass rows, chord rows): the bass on beat 1 (root) and in 4-beat bars on 3 (fifth), the
+    chord on the other beats."""
     bass, comp = [], []
     starts = np.array([s for s, _ in spans])
-    for b in bars:
+    for b in (b for b in bars if not _is_upbeat(b)):
         n, beat = _beats(b)
         end = b.start + b.length
         for i in range(n):
             t = b.start + i * beat
-            if t >= end - 1e-6 or not len(starts) or t < starts[0] - 1e-6:
+            if t >= end - 1e-6 or not len(starts):
                 continue
             chord = chosen[int(np.searchsorted(starts, t + 1e-6) - 1)]
             if i == 0 or (n == 4 and i == 2):

@@ -124,8 +124,8 @@ def conductor(score, default_bpm: float) -> Conductor:
     written = [float(m.offset) for m in measures]
     lengths = [(written[k + 1] - written[k]) if k + 1 < len(measures)
                else float(measures[k].duration.quarterLength) for k in range(len(measures))]
-    meters, marks, keys = [], [], []
-    cur_meter, cur_beat, cur_key = (4, 4), 1.0, None
+    meters, marks, keys, start_bpm = [], [], [], []
+    cur_meter, cur_beat, cur_key, cur_bpm = (4, 4), 1.0, None, default_bpm
     for m in measures:  # what is in effect in each measure as written, carried forward
         for ts in m.getElementsByClass(meter.TimeSignature):
             cur_meter, cur_beat = _meter_of(ts)
@@ -133,12 +133,13 @@ def conductor(score, default_bpm: float) -> Conductor:
             cur_key = (int(ks.sharps), int(getattr(ks, "mode", "") == "minor"))
         meters.append((cur_meter, cur_beat))
         keys.append(cur_key)
+        start_bpm.append(cur_bpm)
         marks.append([(float(mm.offset), float(mm.getQuarterBPM()))
                       for mm in m.recurse().getElementsByClass(tempo.MetronomeMark)
                       if mm.number is not None and mm.getQuarterBPM()])
+        cur_bpm = marks[-1][-1][1] if marks[-1] else cur_bpm
     out = Conductor(bars=[])
-    bpm, t = default_bpm, 0.0
-    out.tempos.append((0.0, bpm))
+    t = 0.0
     for k in measure_order(measures):
         (num, den), beat = meters[k]
         out.bars.append(Bar(k, t, lengths[k], (num, den), beat))
@@ -146,12 +147,21 @@ def conductor(score, default_bpm: float) -> Conductor:
             out.meters.append((t, num, den))
         if keys[k] is not None and (not out.keys or out.keys[-1][1:] != keys[k]):
             out.keys.append((t, *keys[k]))
-        for off, q in marks[k]:
-            if q != bpm:
-                bpm = q
-                out.tempos.append((t + off, q))
+        for off, bpm in [(0.0, start_bpm[k])] + marks[k]:  # a jump back restores the tempo there
+            _set_tempo(out.tempos, t + off, bpm)
         t += lengths[k]
+    if not out.tempos:
+        out.tempos.append((0.0, default_bpm))
     return out
+
+
+def _set_tempo(tempos: list, when: float, bpm: float) -> None:
+    if tempos and tempos[-1][1] == bpm:
+        return
+    if tempos and tempos[-1][0] == when:
+        tempos.pop()
+    if not tempos or tempos[-1][1] != bpm:
+        tempos.append((when, bpm))
 
 
 def part_notes(part, bars: list[Bar]) -> np.ndarray:

@@ -149,16 +149,18 @@ def test_measure_order(spec, order):
 
 
 def test_the_vamp_follows_the_harmony():
-    """A melody outlining C, G, F, C in C major gets those chords: bass roots on 1, chords on 2."""
-    rows = []
+    """A melody outlining C, G, F, C in C major gets those chords: bass roots on 1, chords on 2; the
+    band waits out the upbeat, also where a repeat plays it again."""
+    rows = [(0.0, 1.0, 67, 80), (9.0, 1.0, 67, 80)]  # the upbeat, then its replay after bar 4
     for bar, triad in enumerate([(60, 64, 67), (67, 71, 74), (65, 69, 72), (60, 64, 67)]):
         for beat, pitch in enumerate(triad + (triad[0] + 12,)):
-            rows.append((bar * 2.0 + beat * 0.5, 0.5, pitch, 80))
-    bars = [Bar(k, k * 2.0, 2.0, (2, 4), 1.0) for k in range(4)]
-    bass, comp = accompany(np.array(rows, dtype=np.float64), bars, sharps=0, minor=False)
-    assert bass[:, 0].tolist() == [0.0, 2.0, 4.0, 6.0]
+            rows.append((1.0 + bar * 2.0 + beat * 0.5, 0.5, pitch, 80))
+    bars = [Bar(0, 0.0, 1.0, (2, 4), 1.0)] + [Bar(k + 1, 1.0 + k * 2.0, 2.0, (2, 4), 1.0) for k in range(4)]
+    bars.append(Bar(0, 9.0, 1.0, (2, 4), 1.0))
+    bass, comp = accompany(np.array(sorted(rows), dtype=np.float64), bars, sharps=0, minor=False)
+    assert bass[:, 0].tolist() == [1.0, 3.0, 5.0, 7.0]
     assert [int(p) % 12 for p in bass[:, 2]] == [0, 7, 5, 0]
-    assert comp[:, 0].tolist() == [1.0] * 3 + [3.0] * 3 + [5.0] * 3 + [7.0] * 3
+    assert comp[:, 0].tolist() == [2.0] * 3 + [4.0] * 3 + [6.0] * 3 + [8.0] * 3
     assert [sorted(int(p) % 12 for p in comp[k:k + 3, 2]) for k in range(0, 12, 3)] == [
         [0, 4, 7], [2, 7, 11], [0, 5, 9], [0, 4, 7]]
 
@@ -176,3 +178,13 @@ def test_spread_takes_from_every_collection():
     chosen = corpus.spread(pieces, 10)
     assert len(chosen) == 10
     assert {p.split("/")[0] for p in chosen} == set(ensembles.COLLECTIONS)
+
+
+@pytest.mark.parametrize("collection,path,bpm", [
+    ("fiddle", "ryansMammoth/IrishHornpipe.abc", 100.0),  # Q:1/4=100
+    ("chorale", "bach/bwv66.6.mxl", ensembles.CHORALE_BPM),  # no tempo written: the collection's
+])
+def test_one_tempo_from_the_score_or_the_collection(collection, path, bpm):
+    data = ensembles.export_piece(corpus.music21_corpus_root(), collection, path)
+    tempos = symusic.Score.from_midi(data).tempos
+    assert [(t.time, round(t.qpm, 3)) for t in tempos] == [(0, bpm)]
