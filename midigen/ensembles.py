@@ -32,10 +32,10 @@ PALESTRINA_PROGRAMS = {
 }
 # The corpus is sized for the demo's training budget (about 1.1M tokens), not for export time: it
 # exports at 3,000-6,000 notes per CPU second, and these choices keep ~430,000 notes.
-# Quartets: Haydn, Mozart, Beethoven op. 18 no. 1 and op. 59 no. 3 (about 90,000 notes). Left out:
-# Beethoven's other quartets (op. 18 no. 3-5, op. 74, 132, 133 are single files of 10,000-18,000
-# notes taking 5-6 s each to parse) and Schumann op. 41 no. 1 (its first movement parses at
-# 800 notes per second).
+# Quartets: Haydn, Mozart, Beethoven op. 18 no. 1 and op. 59 no. 3 (about 90,000 notes). Left out
+# for that budget: Beethoven op. 59 no. 1-2 (65,000 notes) and op. 18 no. 3-5, op. 74, 132, 133
+# (single files of 10,000-18,000 notes, 5-6 s each to parse); and Schumann op. 41 no. 1, whose
+# first movement parses at 800 notes per CPU second.
 QUARTET_FOLDERS = ("haydn", "mozart/k80", "mozart/k155", "mozart/k156", "mozart/k458",
                    "beethoven/opus18no1", "beethoven/opus59no3")
 PALESTRINA_STRIDE = 8  # every 8th of the 1,318 mass movements (sorted by name): 165 pieces
@@ -43,7 +43,7 @@ PALESTRINA_STRIDE = 8  # every 8th of the 1,318 mass movements (sorted by name):
 # `tune-with-chords`; the other half is left out.
 TUNE_SHARES = 4
 DEFAULT_BPM = 120.0  # music21's own default where a score gives no tempo
-CHORALE_BPM = 80.0
+CHORALE_BPM = 80.0  # the chorales give no tempo; 120 would rush a hymn
 
 
 class SkipPiece(Exception):
