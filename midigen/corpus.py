@@ -1,9 +1,11 @@
 """The embedded default corpus `demo`: real music from the music21 corpus, exported to MIDI once.
 
-music21 ships scores (MusicXML, ABC) in its wheel, so a fresh clone has real music without any
-download. Exporting is slow-ish (0.1-1 s a piece, some pieces far longer), so it runs in worker
-processes with a per-piece time limit and is cached; each piece is written atomically and failures
-leave a ``.skip`` note, so a killed export resumes where it stopped and never retries a bad piece.
+music21 ships scores (MusicXML, ABC, Humdrum) in its wheel, so a fresh clone has real music without
+any download. Each collection of `midigen.ensembles` (a style: chorale, palestrina, quartet, fiddle,
+tune-with-chords) is exported into its own folder, ``<cache>/demo-corpus-v2/<collection>/...``, with
+every part on its own instrument. Exporting runs in worker processes with a per-piece time limit
+and is cached; each piece is written atomically and failures leave a ``.skip`` note, so a killed
+export resumes where it stopped and never retries a bad piece.
 """
 from __future__ import annotations
 
@@ -13,12 +15,8 @@ from pathlib import Path
 from midigen.fsutil import atomic_write_bytes, atomic_write_text, cache_dir, file_lock
 from midigen.workers import WorkerPool, usable_cpus
 
-DEMO_VERSION = "demo-corpus-v1"
-# Picked for notes per CPU second so the first export fits ~2 minutes on 2 cores: Bach chorales
-# (~0.15 s a piece) and Ryan's Mammoth fiddle tunes (~0.13 s). Monteverdi (1.1 s a piece, 3x fewer
-# notes per second) and the Opus-style collections (essenFolksong, oneills: 5-14 s a file) are left out.
-DEMO_COLLECTIONS = (("bach", ".mxl"), ("ryansMammoth", ".abc"))
-PIECE_TIMEOUT = 10.0
+DEMO_VERSION = "demo-corpus-v2"
+PIECE_TIMEOUT = 20.0
 COMPLETE = ".complete"
 
 
@@ -34,17 +32,38 @@ def music21_corpus_root() -> Path:
 
 
 def demo_pieces() -> list[str]:
-    """Corpus-relative paths of the demo pieces, sorted (the export order and the file names)."""
+    """The demo pieces as ``<collection>/<corpus-relative path>``, sorted (export order and file names)."""
+    from midigen.ensembles import COLLECTIONS
+
     root = music21_corpus_root()
-    names = []
-    for folder, suffix in DEMO_COLLECTIONS:
-        for p in (root / folder).rglob(f"*{suffix}"):
-            names.append(p.relative_to(root).as_posix())
-    return sorted(names)
+    return sorted(f"{name}/{path}" for name, spec in COLLECTIONS.items() for path in spec.files(root))
 
 
 def _dest_name(piece: str) -> str:
     return piece.rsplit(".", 1)[0] + ".mid"
+
+
+def demo_style(relpath: str) -> str | None:
+    """The collection (style) of a file of the exported corpus, from its path under the corpus folder."""
+    from midigen.ensembles import COLLECTIONS
+
+    head = Path(relpath).parts[0] if Path(relpath).parts else ""
+    return head if head in COLLECTIONS else None
+
+
+def demo_styles(folder: str | Path | None = None) -> dict[str, str]:
+    """Exported file (path relative to the corpus folder) -> its collection, for `prepare` to tag.
+
+    ``folder`` defaults to the full demo corpus in the cache; nothing is exported here.
+    """
+    folder = Path(folder) if folder is not None else cache_dir() / DEMO_VERSION
+    out = {}
+    for p in sorted(folder.rglob("*.mid")):
+        rel = p.relative_to(folder).as_posix()
+        style = demo_style(rel)
+        if style:
+            out[rel] = style
+    return out
 
 
 def export_task(payload, failed: dict, state) -> tuple:
@@ -70,12 +89,10 @@ def export_task(payload, failed: dict, state) -> tuple:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from music21 import converter, midi, stream
+                from midigen.ensembles import export_piece
 
-                score = converter.parse(str(Path(root) / piece))
-                if isinstance(score, stream.Opus):
-                    score = score.scores[0]
-                data = midi.translate.music21ObjectToMidiFile(score).writestr()
+                collection, path = piece.split("/", 1)
+                data = export_piece(root, collection, path)
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             atomic_write_text(skip, f"{type(e).__name__}: {msg}\n")
@@ -89,7 +106,7 @@ def export_task(payload, failed: dict, state) -> tuple:
 
 def export_subset(pieces, dest, progress: bool = True, workers: int | None = None,
                   timeout: float = PIECE_TIMEOUT, batch: int = 8) -> Path:
-    """Export music21 corpus pieces (corpus-relative paths) to ``dest``; finished pieces are kept."""
+    """Export demo pieces (``<collection>/<corpus path>``) to ``dest``; finished pieces are kept."""
     from tqdm import tqdm
 
     dest = Path(dest)
@@ -113,16 +130,27 @@ def export_subset(pieces, dest, progress: bool = True, workers: int | None = Non
     return dest
 
 
-def demo_corpus_dir(progress: bool = True, limit: int | None = None) -> Path:
-    """Folder of the demo corpus as .mid files, exporting it on first use (about 2 minutes).
+def spread(pieces: list[str], limit: int) -> list[str]:
+    """At most ``limit`` pieces, the same number from each collection, evenly spaced within it."""
+    groups: dict[str, list[str]] = {}
+    for p in pieces:
+        groups.setdefault(p.split("/", 1)[0], []).append(p)
+    per = max(1, limit // max(1, len(groups)))
+    out = []
+    for group in groups.values():
+        out += group[:: max(1, len(group) // per)][:per]
+    return out[:limit]
 
-    ``limit`` exports only the first N pieces (spread over the collections) into a separate folder,
-    for tests that need real music fast.
+
+def demo_corpus_dir(progress: bool = True, limit: int | None = None) -> Path:
+    """Folder of the demo corpus as .mid files, exporting it on first use (about 3 minutes).
+
+    ``limit`` exports only N pieces (spread over the collections) into a separate folder, for tests
+    that need real music fast.
     """
     pieces = demo_pieces()
     if limit is not None:
-        step = max(1, len(pieces) // max(1, limit))
-        pieces = pieces[::step][:limit]
+        pieces = spread(pieces, limit)
         dest = cache_dir() / f"{DEMO_VERSION}-first{limit}"
     else:
         dest = cache_dir() / DEMO_VERSION

@@ -43,9 +43,10 @@ def songs_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def music21_dir() -> Path:
-    """About 30 real pieces (Bach chorales, Monteverdi, Ryan's Mammoth) exported from music21.
+    """About 30 real pieces exported from music21, the same number from each demo collection
+    (chorales, Palestrina, string quartets, fiddle tunes alone and with chords), one track per part.
 
-    Cached in the user cache (MIDIGEN_CACHE), so only the first session pays the ~5 s export.
+    Cached in the user cache (MIDIGEN_CACHE), so only the first session pays the ~10 s export.
     """
     from midigen.corpus import demo_corpus_dir
 

@@ -105,11 +105,13 @@ def test_sanitize_clamps_chunks_and_unwrap_rmid():
 def test_demo_pieces_and_subset_export(tmp_path, monkeypatch):
     from midigen import corpus
 
+    from midigen.ensembles import COLLECTIONS
+
     pieces = corpus.demo_pieces()
-    assert len(pieces) > 300
-    assert {p.split("/")[0] for p in pieces} == {c for c, _ in corpus.DEMO_COLLECTIONS}
-    assert not any(p.endswith(".krn") for p in pieces)
-    chosen = [p for p in pieces if p.startswith("bach/")][:3]
+    assert len(pieces) > 1000
+    assert {p.split("/")[0] for p in pieces} == set(COLLECTIONS)
+    assert len(pieces) == len(set(p.split("/", 1)[1] for p in pieces))  # no piece in two collections
+    chosen = [p for p in pieces if p.startswith("chorale/bach/")][:3]
     dest = corpus.export_subset(chosen, tmp_path / "demo", progress=False, workers=1)
     mids = sorted(dest.rglob("*.mid"))
     assert len(mids) == 3 and all(m.read_bytes()[:4] == b"MThd" for m in mids)
