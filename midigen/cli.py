@@ -76,7 +76,7 @@ def cmd_prepare(a) -> int:
 
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
-        url=a.url, timeout=a.timeout, progress=not a.no_progress,
+        url=a.url, timeout=a.timeout, progress=not a.no_progress, style_from=a.style_from, styles=a.styles,
     )
     _print_json(summary)
     return 0
@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="turn MIDI folders/archives/Lakh/demo into token files")
     s.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folder, .mid file, .tar/.tar.gz/.tgz/.zip archive, 'lakh' or 'demo'")
+                   help="folder, .mid file, .tar/.tar.gz/.tgz/.zip archive, 'lakh' or 'demo'; "
+                        "STYLE=SOURCE tags its files with STYLE (e.g. jazz=~/midi/jazz)")
     s.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
     s.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--val-frac", type=_fraction, default=0.01, help="fraction of files for val (default 0.01)")
@@ -145,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=None, help="address to download lmd_full.tar.gz from (source 'lakh')")
     s.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds allowed per file (default 60)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--style-from", choices=["folder"], default=None,
+                   help="folder: tag each file with the first folder under its source as its style")
+    s.add_argument("--styles", metavar="FILE.csv", default=None,
+                   help="rows of (file name, relative path or content md5; style) tagging files with styles")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("info", help="print the model shape and parameter counts of a config")

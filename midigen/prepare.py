@@ -149,22 +149,33 @@ class _Encoder:
                 out.append((e, None, None))
         return out
 
-    def check(self, result) -> tuple[np.ndarray | None, int, str | None]:
-        """Encoder output -> (tokens, notes, None) or (None, 0, reason): the filter rule on tokens."""
+    def check(self, result) -> tuple[np.ndarray | None, int, float, str | None]:
+        """Encoder output -> (tokens, notes, seconds, None) or (None, 0, 0, reason): the filter rule on tokens."""
         tokens, notes, secs = result
         if isinstance(tokens, self.CodecError):
-            return None, 0, str(tokens)
+            return None, 0, 0.0, str(tokens)
         if isinstance(tokens, BaseException):
-            return None, 0, _describe("encode failed", tokens)
+            return None, 0, 0.0, _describe("encode failed", tokens)
         if notes is None:
             notes, secs = self.codec.count_notes(tokens), self.seconds(tokens)
         if notes < MIN_NOTES:
-            return None, 0, f"too few notes: {notes} < {MIN_NOTES}"
+            return None, 0, 0.0, f"too few notes: {notes} < {MIN_NOTES}"
         if notes > MAX_NOTES:
-            return None, 0, f"too many notes: {notes} > {MAX_NOTES}"
+            return None, 0, 0.0, f"too many notes: {notes} > {MAX_NOTES}"
         if secs > MAX_SECONDS:
-            return None, 0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
-        return tokens, notes, None
+            return None, 0, 0.0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
+        return tokens, notes, float(secs), None
+
+    def song_fields(self, score, tokens, secs: float) -> dict:
+        """The facts a kept file's row records for the controls: key (and where from), meter, length."""
+        from midigen.keys import song_key
+
+        key, source = song_key(self.codec, score, tokens)
+        head = tokens[: self.codec.header_length(tokens[:200])]
+        ts = [self.codec.time_signatures[int(t) - self.codec.ts_start] for t in head
+              if self.codec.ts_start <= t < self.codec.inst_start]
+        return {"key": key, "key_source": source, "time_signature": f"{ts[0][0]}/{ts[0][1]}" if ts else None,
+                "seconds": round(secs, 3)}
 
 
 def _describe(prefix: str, e: BaseException) -> str:
@@ -233,7 +244,8 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     if _ENCODER is None:
         _ENCODER = _Encoder()
     enc = _ENCODER
-    shard_path, chunk_id, key, items = payload
+    shard_path, chunk_id, key, items, *options = payload
+    want_md5 = bool(options and options[0])  # --styles keyed by content md5
     rows: list[dict] = []
     parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
     blobs: list = []  # numpy path: token arrays of kept files
@@ -251,15 +263,17 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
         if reason is None and data is None:
             reason = "unreadable"
         row = {"name": name, "hash": digest}
+        if want_md5 and data is not None:
+            row["md5"] = hashlib.md5(data).hexdigest()
         if reason is None:
             _test_hook(name)
             score, reason = enc.read(data)
             if reason is None and enc.fast is not None:
-                tokens, notes, reason = enc.check(enc.fast.encode_one(score, written))
-                del score
+                tokens, notes, secs, reason = enc.check(enc.fast.encode_one(score, written))
                 if reason is None:
-                    row.update(notes=notes, tokens=len(tokens))
+                    row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
                     written += len(tokens)
+                del score
             elif reason is None:
                 parsed.append((i, score))
         if reason is not None:
@@ -276,12 +290,12 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
             for i, _ in parsed:
                 _test_hook(items[i][0], batch=True)
             outs = enc.encode_scores([sc for _, sc in parsed])
-        for (i, _), out in zip(parsed, outs):
-            tokens, notes, reason = enc.check(out)
+        for (i, score), out in zip(parsed, outs):
+            tokens, notes, secs, reason = enc.check(out)
             if reason is not None:
                 rows[i]["reason"] = reason
                 continue
-            rows[i].update(notes=notes, tokens=len(tokens))
+            rows[i].update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
             blobs.append(tokens)
     kept_rows = [r for r in rows if "tokens" in r]
     if written:
@@ -489,8 +503,9 @@ def _chunks(srcs, work: Path):
             h.update(f"{e.name}\0{e.size}\0{e.reason}\n".encode())
         return cid, h.hexdigest(), buf
 
-    for src in srcs:
+    for i, src in enumerate(srcs):
         for e in S.entries(src):
+            e.source = i
             buf.append(e)
             size += e.size if e.reason is None else 0
             if len(buf) >= limit or size >= CHUNK_BYTES:
@@ -501,14 +516,21 @@ def _chunks(srcs, work: Path):
 
 
 def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None, timeout=60.0,
-            progress=True) -> dict:
-    """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring)."""
+            progress=True, style_from=None, styles=None) -> dict:
+    """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring).
+
+    ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.styles``).
+    """
+    from midigen.styles import make_tagger, split_source
+
     t0 = time.monotonic()
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
-    sources = [str(s) for s in sources]
+    named = [split_source(str(s)) for s in sources]
+    sources = [s for s, _ in named]
     if not sources:
         raise UsageError("no sources given")
+    tagger = make_tagger(named, style_from, styles)
     _check_numbers(workers, val_frac, test_frac, timeout)
     out = Path(out)
     _check_out(out)
@@ -523,7 +545,7 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
         out.mkdir(parents=True, exist_ok=True)
         work = out / ".work"
         job = {"version": JOB_VERSION, "codec": _codec_dict(), "filter": FILTER_RULE, "chunk_files": _chunk_files(),
-               "chunk_bytes": CHUNK_BYTES}
+               "chunk_bytes": CHUNK_BYTES, "md5": tagger.needs_md5}
         job_path = work / "job.json"
         if work.exists():
             try:
@@ -560,6 +582,8 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
     def tasks():
         for cid, key, entries in _chunks(srcs, work):
             chunk_list.append((cid, key))
+            merge.tags[cid] = [tagger.by_name(e.source, srcs[e.source].label, srcs[e.source].kind, e.name)
+                               for e in entries]
             p = shard_path(cid, key)
             if p.exists():
                 try:
@@ -586,13 +610,13 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
                     except OSError as err:
                         reason = f"unreadable: {err.strerror}"
                 items.append((e.name, data, reason))
-            yield cid, (str(p), cid, key, items), len(items)
+            yield cid, (str(p), cid, key, items, tagger.needs_md5), len(items)
 
     def done(cid, result):
         show(*result)
         merge.ready(cid)
 
-    merge = _Merge(work, chunk_list, val_frac, test_frac)
+    merge = _Merge(work, chunk_list, val_frac, test_frac, tagger)
     pool = WorkerPool(workers, "midigen.prepare:encode_chunk", timeout)
     try:
         pool.run(tasks(), done)
@@ -637,8 +661,13 @@ class _Merge:
     A killed run leaves only temporaries, which the rerun truncates and writes again.
     """
 
-    def __init__(self, work: Path, chunk_list: list, val_frac: float, test_frac: float):
+    def __init__(self, work: Path, chunk_list: list, val_frac: float, test_frac: float, tagger=None):
+        from midigen.styles import StyleTagger
+
         self.work, self.chunk_list = work, chunk_list
+        self.tagger = tagger or StyleTagger([], [])
+        self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)
+        self.counts = {"styles": Counter(), "keys": Counter(), "key_sources": Counter(), "time_signatures": Counter()}
         self.val_frac, self.test_frac = val_frac, test_frac
         self.first_of: dict[str, str] = {}
         self.split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
@@ -665,7 +694,8 @@ class _Merge:
         blob = np.fromfile(path, dtype=np.uint16, offset=at)
         pos = 0
         lines = []
-        for r in head["rows"]:
+        tags = self.tags.pop(cid, None) or [[] for _ in head["rows"]]
+        for r, tag in zip(head["rows"], tags):
             self.seen += 1
             split = skipped = offset = None
             notes = n_tok = 0
@@ -690,10 +720,26 @@ class _Merge:
                     self.kept += 1
             if skipped is not None:
                 self.reasons[reason_key(skipped)] += 1
-            lines.append(json.dumps({"name": r["name"], "hash": r["hash"], "split": split, "skipped": skipped,
-                                     "notes": notes, "tokens": n_tok, "offset": offset}, ensure_ascii=False))
+            row = {"name": r["name"], "hash": r["hash"], "split": split, "skipped": skipped,
+                   "notes": notes, "tokens": n_tok, "offset": offset, **self._song_facts(r, tag, split)}
+            lines.append(json.dumps(row, ensure_ascii=False))
         lines.append("")
         self.rows_out.write("\n".join(lines))
+
+    def _song_facts(self, r: dict, tag: list, split: str | None) -> dict:
+        """A row's styles, key, meter and length (kept files), counted for meta.json."""
+        if split is None:
+            return {"styles": [], "key": None, "key_source": None, "time_signature": None, "seconds": None}
+        styles = sorted(set(tag) | set(self.tagger.by_md5(r.get("md5"))))
+        facts = {"styles": styles, "key": r.get("key"), "key_source": r.get("key_source"),
+                 "time_signature": r.get("time_signature"), "seconds": r.get("seconds")}
+        c = self.counts
+        c["styles"].update(styles)
+        for name, value in (("keys", facts["key"]), ("key_sources", facts["key_source"]),
+                            ("time_signatures", facts["time_signature"] or "none")):
+            if value is not None:
+                c[name][value] += 1
+        return facts
 
     def close(self) -> None:
         for f in (*self.bins.values(), self.rows_out):
@@ -719,6 +765,11 @@ class _Merge:
             "files": seen,
             "kept": kept,
             "skipped": {"count": seen - kept, "reasons": dict(sorted(self.reasons.items()))},
+            "styles": dict(sorted(self.counts["styles"].items())),
+            "style_rule": self.tagger.describe(),
+            "keys": dict(self.counts["keys"].most_common()),
+            "key_sources": dict(sorted(self.counts["key_sources"].items())),
+            "time_signatures": dict(self.counts["time_signatures"].most_common()),
             "filter": {"rule": FILTER_RULE, "min_notes": MIN_NOTES, "max_notes": MAX_NOTES,
                        "max_seconds": MAX_SECONDS, "max_file_bytes": S.MAX_FILE_BYTES},
         }
@@ -743,4 +794,5 @@ class _Merge:
             "splits": split_stats,
             "tokens": sum(s["tokens"] for s in split_stats.values()),
             "notes": sum(s["notes"] for s in split_stats.values()),
+            "styles": meta["styles"],
         }
