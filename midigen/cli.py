@@ -83,6 +83,11 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_info(a) -> int:
+    if a.ckpt:
+        from midigen.checkpoint import describe
+
+        _print_json(describe(a.ckpt))
+        return 0
     from midigen.train import model_info
 
     _print_json(model_info(a.config, a.overrides))
@@ -120,6 +125,17 @@ def cmd_sample(a) -> int:
 # ----- parser -----------------------------------------------------------------------------------
 
 
+def _add_control_flags(s) -> None:
+    """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices)."""
+    g = s.add_argument_group("steering (none given: the model chooses)")
+    g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned")
+    g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4")
+    g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm")
+    g.add_argument("--density", default=None, choices=["low", "medium", "high"],
+                   help="notes per second, in the training corpus's terciles")
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="midigen",
@@ -152,8 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rows of (file name, relative path or content md5; style) tagging files with styles")
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("info", help="print the model shape and parameter counts of a config")
-    s.add_argument("--config", required=True, metavar="FILE")
+    s = sub.add_parser("info", help="print a config's model shape, or what a checkpoint can be asked for")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", metavar="FILE", help="model shape and parameter counts of a training config")
+    g.add_argument("--ckpt", metavar="DIR", help="styles, instruments, meters, keys, densities, editing")
     s.set_defaults(func=cmd_info, overrides=[])
 
     s = sub.add_parser("train", help="train a model from a TOML config (also under torchrun)",
@@ -195,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
     return p
 

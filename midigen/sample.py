@@ -20,7 +20,7 @@ import torch
 from midigen.codec import Codec, CodecError, instrument_name, parse_instrument
 from midigen.device import best_device
 from midigen.errors import UsageError
-from midigen.grammar import Grammar
+from midigen.grammar import HEAD, Grammar
 
 DEFAULT_SECONDS = 30.0
 KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
@@ -117,8 +117,13 @@ def _window(seq: np.ndarray, length: int, codec: Codec, size: int) -> np.ndarray
 # ----- generation -------------------------------------------------------------------------------
 
 
-def _prefix(codec: Codec, prompt_tokens, instruments, tempo) -> tuple[np.ndarray, bool]:
-    """The tokens every row starts from, and whether its header is already complete."""
+def _prefix(codec: Codec, prompt_tokens, instruments, tempo, controls=None, time_signature=None
+            ) -> tuple[np.ndarray, bool]:
+    """The tokens every row starts from, and whether its header is already complete.
+
+    A prompt's header gets ``time_signature`` and ``controls`` (replacing its own); without a prompt
+    they are forced after the header tempo while sampling (``controls.HeaderTail``).
+    """
     insts = sorted(set(int(i) for i in instruments)) if instruments else []
     if prompt_tokens is not None:
         p = np.asarray(prompt_tokens, dtype=np.int64).ravel()
@@ -133,6 +138,8 @@ def _prefix(codec: Codec, prompt_tokens, instruments, tempo) -> tuple[np.ndarray
         if not head_insts or not rest:
             raise UsageError("the prompt has no complete song header")
         union = sorted(set(head_insts) | set(insts))
+        if controls or time_signature:
+            rest = _with_controls(codec, rest, controls, time_signature)
         head = [codec.BOS] + [codec.inst_token(i) for i in union] + rest
         return np.concatenate((np.array(head, np.int64), p[h:])), True
     if insts:
@@ -141,6 +148,16 @@ def _prefix(codec: Codec, prompt_tokens, instruments, tempo) -> tuple[np.ndarray
             ids.append(codec.tempo_token(tempo))
         return np.array(ids, np.int64), True
     return np.array([codec.BOS], np.int64), False
+
+
+def _with_controls(codec: Codec, rest: list[int], controls, time_signature) -> list[int]:
+    """A prompt header's ``TEMPO [TS] [controls]`` with the asked-for meter and controls put in."""
+    tempo = [t for t in rest if codec.tempo_start <= t < codec.ts_start]
+    ts = [t for t in rest if codec.ts_start <= t < codec.inst_start]
+    own = [t for t in rest if t >= codec.dv_end]  # the prompt's own controls
+    if time_signature:
+        ts = [codec.ts_token(*time_signature)]
+    return tempo + ts + ([int(c) for c in controls] if controls else own)
 
 
 def _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
@@ -171,8 +188,14 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
                      max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
                      prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
-                     keep_fraction: float = KEEP_FRACTION) -> list[Sample]:
-    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
+                     keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
+                     time_signature: tuple[int, int] | None = None) -> list[Sample]:
+    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
+
+    ``controls`` (header control ids, see ``controls.resolve``) and ``time_signature`` (n, d) steer it.
+    """
+    from midigen.controls import HeaderTail
+
     _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
                 instruments)
     if seconds is None and max_new_tokens is None:
@@ -185,7 +208,11 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     gen = torch.Generator().manual_seed(seed)
 
-    prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo)
+    if time_signature is not None and codec.ts_token(*time_signature) is None:
+        raise UsageError(f"time signature {time_signature[0]}/{time_signature[1]} is not in the vocabulary")
+    prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo, controls, time_signature)
+    tail = HeaderTail(codec, B, () if prompt_tokens is not None else controls or (),
+                      None if prompt_tokens is not None else time_signature)
     g = Grammar(codec, B, max_header_instruments=max(1, min(16, block // 8)))
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
@@ -215,7 +242,9 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     while True:
         if repetition_penalty != 1.0:
             logits = _penalize(logits, seq[:, max(0, L - REPETITION_WINDOW) : L], codec, repetition_penalty)
-        tok = _sample(logits, g.mask(), temperature, top_k, top_p, gen)
+        in_header = g.phase == HEAD  # the header tempo is not written yet
+        tok = _sample(logits, tail.restrict(g.mask(), in_header), temperature, top_k, top_p, gen)
+        tail.advance(in_header)
         seq[:, L] = tok
         L += 1
         new += 1
@@ -243,7 +272,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
 def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
              max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
-             prompt_tokens=None, instruments=None, tempo: float | None = None, device=None) -> list[np.ndarray]:
+             prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
+             controls: list[int] | None = None, time_signature: tuple[int, int] | None = None) -> list[np.ndarray]:
     """Sample ``num_samples`` songs as one batch; each comes back as a uint16 token array (BOS ... EOS).
 
     ``seconds`` (default 30 unless ``max_new_tokens`` is given) of new music, or ``max_new_tokens`` new
@@ -254,7 +284,8 @@ def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None
     return [s.tokens for s in generate_samples(
         model, codec, num_samples=num_samples, seconds=seconds, max_new_tokens=max_new_tokens,
         temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-        prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device)]
+        prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device, controls=controls,
+        time_signature=time_signature)]
 
 
 # ----- scores, prompts, checks ------------------------------------------------------------------
@@ -416,7 +447,10 @@ def sample_from_cli(a) -> None:
         raise UsageError(f"--out {out} is not a directory")
     device = best_device(a.device)
 
-    model, codec, _ = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device)
+    from midigen.controls import from_cli
+
+    controls, time_signature = from_cli(a, config, codec, instruments)
     prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
@@ -424,6 +458,7 @@ def sample_from_cli(a) -> None:
         model, codec, num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens,
         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty,
         seed=seed, prompt_tokens=prompt, instruments=instruments, tempo=a.tempo, device=device,
+        controls=controls, time_signature=time_signature,
     )
 
     try:

@@ -422,6 +422,8 @@ def _train(cfg: TrainConfig, dist: Dist, device: torch.device, resume: bool, use
     def save(step: int, ev: dict, is_best: bool) -> None:
         info = {"step": step, "tokens_seen": step * tokens_per_step, "data": str(cfg.data),
                 "train_config": cfg.to_dict(), **ev}
+        if ds.controls is not None:  # what --style/--key/--density mean for this model
+            info["controls"] = ds.controls.to_info(cfg.transpose)
         if is_best:
             save_checkpoint(out / "best", raw, codec, info)
         ts = {"step": step, "optimizer": opt.state_dict(), "best_val_loss": best_val,
