@@ -111,7 +111,8 @@ def cmd_eval(a) -> int:
         raise UsageError("eval needs --ckpt DIR (model) or --samples DIR (generated MIDI)")
     from midigen.evaluate import evaluate
 
-    _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order))
+    _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
+                         controls=a.controls))
     return 0
 
 
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens")
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
+    s.add_argument("--controls", action="store_true",
+                   help="also score the events with each song's controls in the header and without (same tokens)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")

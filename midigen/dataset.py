@@ -251,8 +251,8 @@ class WindowSampler:
         return w
 
 
-def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | None = None, controls=None,
+              skip_header: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fixed rows that score each of the first ``max_tokens`` scorable tokens of a split once.
 
     Songs are taken in order. A song's first chunk starts at its BOS; a later chunk has, as unscored
@@ -260,6 +260,10 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
     tokens before it (default: half the context), so no token is predicted from a cold start. A
     song's BOS itself is never scored (nothing precedes it). Returns (inputs, targets) of shape
     (rows, T), targets -1 where nothing is scored.
+
+    ``controls`` (song index -> control ids) puts those controls in each song's header, as training
+    does; ``skip_header`` leaves the header's tokens unscored, so scores with and without controls
+    cover exactly the same tokens (the song's events and EOS).
     """
     T = block_size
     overlap = T // 2 if overlap is None else overlap
@@ -271,19 +275,28 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
         song = split.song(i).astype(np.int64)
         if len(song) < 2:
             continue
-        song = song[: budget + 1]  # + BOS, which is not scored
-        budget -= len(song) - 1
         head = split.header(i)
+        if controls is not None:
+            from midigen.sequences import header_with
+
+            full = header_with(split.codec, head, controls=controls(i))
+            song = np.concatenate((full, song[len(head) :]))
+            head = full
         own = len(head)  # the header's length inside the song
+        first = min(own, T) if skip_header else 1  # first token scored
+        if len(song) <= first:
+            continue
+        song = song[: budget + first]
+        budget -= len(song) - first
         if len(head) >= T // 2:
             head = head[:1]  # a header too long to repeat: keep just BOS as context
         h = len(head)
         ov = max(0, min(overlap, T - h - 1))
-        a = 1  # next token to score
+        a = first  # next token to score
         while a < len(song):
-            if a == 1:
+            if a == first:
                 seq = song[: T + 1]
-                n_ctx = 0
+                n_ctx = first - 1
             else:
                 c = max(own, a - ov)
                 seq = np.concatenate((head, song[c : c + T + 1 - h]))
