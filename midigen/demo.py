@@ -44,6 +44,18 @@ def _training_finished() -> bool:
     return int(info.get("step", -1)) >= int(steps)
 
 
+def _one_per_style(seed: str) -> None:
+    """One piece per style the model learned (the corpus's collections), steered with --style."""
+    styles = _last_json(_midigen("info", "--ckpt", str(RUN), capture=True)).get("styles", [])
+    if not styles:
+        print("  (this model learned no styles: prepare the corpus again to get them)")
+        return
+    for style in styles:
+        out = _midigen("sample", "--ckpt", str(RUN), "--style", style, "--seconds", "30", "--seed", seed,
+                       "--out", str(OUT / "styles" / style), "--wav", capture=True)
+        print(out, end="")
+
+
 def main() -> int:
     t0 = time.time()
     if not CONFIG.exists():
@@ -67,6 +79,8 @@ def main() -> int:
                    "--out", str(OUT), "--wav", "--png", capture=True)
     print(out, end="")
     written = [line.split()[-1] for line in out.splitlines() if line.strip().endswith((".mid", ".wav", ".png"))]
+    print("[3/4] ... and one piece per style")
+    _one_per_style(seed)
 
     print("[4/4] evaluating on the test split")
     ev = _last_json(_midigen("eval", "--ckpt", str(RUN), "--data", str(DATA), "--split", "test", capture=True))
@@ -77,7 +91,8 @@ def main() -> int:
     print("midigen demo finished in %.1f minutes" % ((time.time() - t0) / 60))
     print(f"  corpus        {DATA}/ (train.bin, val.bin, test.bin, meta.json, files.jsonl)")
     print(f"  model         {RUN}/ (best/, last/, log.jsonl, loss.png)")
-    print(f"  new pieces    {OUT}/ (.mid, .wav, .png) — {len(mids)} MIDI files there in all")
+    print(f"  new pieces    {OUT}/ (.mid, .wav, .png) — {len(mids)} MIDI files there in all; "
+          f"one per style in {OUT}/styles/")
     print(f"  test bits/note: model {ev.get('bits_per_note', float('nan')):.3f}, "
           f"{ev.get('ngram_order', 5)}-gram baseline {ev.get('ngram_bits_per_note', float('nan')):.3f} "
           f"(ratio {ratio:.2f}; lower is better)")
