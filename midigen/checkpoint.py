@@ -5,8 +5,8 @@ SHA-256 of every file) and ``codec.json``; a run dir's ``last/`` adds ``train_st
 step, RNG; tensors and plain types only, loaded with ``weights_only=True``). Nothing is unpickled.
 
 Saving is atomic at the directory level: the new checkpoint is written beside the old one and swapped
-in with renames, so a SIGKILL at any moment leaves a whole checkpoint (``recover`` finishes a swap that
-was interrupted between its two renames).
+in with renames, so a SIGKILL at any moment leaves a whole checkpoint (the writer's ``recover`` finishes
+a swap that was interrupted between its two renames; readers read the old copy where it lies).
 """
 from __future__ import annotations
 
@@ -94,25 +94,45 @@ def save_checkpoint(path, model: GPT, codec: Codec, info: dict | None = None, tr
 
 
 def recover(path) -> None:
-    """Finish a swap cut short by a kill: if ``path`` is gone but ``path.old`` exists, restore it."""
+    """Finish a swap cut short by a kill: if ``path`` is gone but ``path.old`` exists, restore it.
+
+    Writers only (the trainer, ``save_checkpoint``): a reader that renamed files could race training's
+    own swap and make its next rename fail.
+    """
     path = Path(path)
     old = path.with_name(path.name + ".old")
     if not path.exists() and old.exists():
         os.replace(old, path)
 
 
+def _readable(path: Path) -> Path | None:
+    """``path`` if it holds a checkpoint, else its ``.old`` twin left by an interrupted swap, else None.
+
+    Read-only: the twin is read where it lies (the trainer puts it back when it next starts or saves).
+    """
+    if (path / CONFIG).exists():
+        return path
+    old = path.with_name(path.name + ".old")
+    if not path.exists() and (old / CONFIG).exists():
+        return old
+    return None
+
+
 def resolve(path) -> Path:
-    """A run dir means its ``best/`` (or ``last/`` when no best exists); a checkpoint dir means itself."""
+    """A run dir means its ``best/`` (or ``last/`` when no best exists); a checkpoint dir means itself.
+
+    Never writes: a ``best``/``last`` caught between a save's two renames is read from ``best.old``.
+    """
     path = Path(path)
+    found = _readable(path)
+    if found is not None:
+        return found
     if not path.exists():
         raise UsageError(f"checkpoint {path} does not exist")
     for name in ("best", "last"):
-        recover(path / name)
-    if (path / CONFIG).exists():
-        return path
-    for name in ("best", "last"):
-        if (path / name / CONFIG).exists():
-            return path / name
+        found = _readable(path / name)
+        if found is not None:
+            return found
     raise UsageError(f"{path} is not a midigen checkpoint or run dir (no {CONFIG}, best/ or last/)")
 
 

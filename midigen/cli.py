@@ -76,7 +76,8 @@ def cmd_prepare(a) -> int:
 
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
-        url=a.url, timeout=a.timeout, progress=not a.no_progress, style_from=a.style_from, styles=a.styles,
+        url=a.url, timeout=a.timeout, progress=not a.no_progress, split=a.split,
+        style_from=a.style_from, styles=a.styles,
     )
     _print_json(summary)
     return 0
@@ -158,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "STYLE=SOURCE tags its files with STYLE (e.g. jazz=~/midi/jazz)")
     s.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
     s.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
-    s.add_argument("--val-frac", type=_fraction, default=0.01, help="fraction of files for val (default 0.01)")
-    s.add_argument("--test-frac", type=_fraction, default=0.01, help="fraction of files for test (default 0.01)")
+    s.add_argument("--split", choices=["hash", "amt"], default="hash",
+                   help="hash: by content hash, --val-frac/--test-frac of the files (default); amt: by file name, "
+                        "AMT's Lakh split (names starting with f: test, e: val)")
+    s.add_argument("--val-frac", type=_fraction, default=None, help="fraction of files for val (default 0.01)")
+    s.add_argument("--test-frac", type=_fraction, default=None, help="fraction of files for test (default 0.01)")
     s.add_argument("--url", default=None, help="address to download lmd_full.tar.gz from (source 'lakh')")
     s.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds allowed per file (default 60)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -152,47 +152,31 @@ _TS_SIDE = 17  # ts_lut[numerator * 17 + denominator] for both in 0..16: the TS 
 
 
 @_jit
-def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut):
-    """One serialized score (``buf``) -> its tokens in ``out[w0:]``; -> (status, tokens, notes, seconds).
+def _read_notes(buf, p, end, n_tracks, tpq, spq2, duration_max, dv_lut, vals, present):
+    """Walk the tracks from ``p``: kept notes into ``vals``, instruments seen into ``present``.
 
-    ``out`` must have room for ``len(buf) + 140`` tokens past ``w0``: a note is 12 serialized bytes
-    and costs at most 6 tokens (4 shifts, NOTE, DV), a tempo 8 bytes and at most 5, the header and
-    EOS at most 133.
+    Notes are filtered as the numpy encoder does (velocity > 0, pitch and time >= 0) and packed as
+    (onset << 31) | (note id << 16) | DV token. Returns (position after the tracks or -1 when the
+    layout is broken, notes kept, lowest onset, highest onset, whether an onset is past 2^32 steps).
     """
-    (spq2, max_shift, max_gap, duration_max, bos, eos, shift_start, tempo_start, inst_start, note_start,
-     default_bin) = (consts[0], consts[1], consts[2], consts[3], consts[4], consts[5], consts[6], consts[7],
-                     consts[8], consts[9], consts[10])
-    end = len(buf)
-    # ---- walk the serialized score: notes (filtered as the numpy encoder does), tempos, first TS
-    p = 0
-    if p + 8 > end:
-        return LAYOUT, 0, 0, 0.0
-    tpq = _i32(buf, p)
-    n_tracks = _u32(buf, p + 4)
-    p += 8
-    if tpq <= 0:
-        return LAYOUT, 0, 0, 0.0
-    vals = np.empty(end // 12 + 1, dtype=np.int64)  # (onset << 31) | (note id << 16) | DV token
     n = 0
     # Onset and duration round half up: floor((ticks * spq2 + tpq) / (2 tpq)). Float division is
     # exact here (numerator < 2^38, correctly rounded quotient) and much cheaper than int64 idiv.
-    q2 = 2 * tpq
-    q2f = np.float64(q2)
-    present = np.zeros(N_INSTRUMENTS, dtype=np.bool_)
+    q2f = np.float64(2 * tpq)
     far = False
     lo, hi = _MAX_ONSET, -1  # onset range, for the radix sort
     for _ in range(n_tracks):
         if p + 4 > end:
-            return LAYOUT, 0, 0, 0.0
+            return -1, n, lo, hi, far
         p += 4 + _u32(buf, p)  # name
         if p + 6 > end:
-            return LAYOUT, 0, 0, 0.0
+            return -1, n, lo, hi, far
         program = np.int64(buf[p])
         inst = DRUMS if buf[p + 1] != 0 else (program & 127)
         nn = _u32(buf, p + 2)
         p += 6
         if p + 12 * nn > end:
-            return LAYOUT, 0, 0, 0.0
+            return -1, n, lo, hi, far
         for i in range(nn):
             b = p + 12 * i
             t = _i32(buf, b)
@@ -215,17 +199,25 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
         for _ in range(3):  # controls, pitch bends, pedals: 8 bytes each
             p = _skip_fixed(buf, p, end, 8)
             if p < 0:
-                return LAYOUT, 0, 0, 0.0
+                return -1, n, lo, hi, far
         p = _skip_texts(buf, p, end)  # lyrics
         if p < 0:
-            return LAYOUT, 0, 0, 0.0
-    # time signatures: the earliest one (first of equals) names the TS token, if it has one
+            return -1, n, lo, hi, far
+    return p, n, lo, hi, far
+
+
+@_jit
+def _first_time_signature(buf, p, end, ts_lut):
+    """The time signatures at ``p``: -> (position after them or -1, TS token of the earliest or -1).
+
+    The earliest one (first of equals) names the TS token, if the codec has one for it.
+    """
     if p + 4 > end:
-        return LAYOUT, 0, 0, 0.0
+        return -1, -1
     n_ts = _u32(buf, p)
     p += 4
     if p + 8 * n_ts > end:
-        return LAYOUT, 0, 0, 0.0
+        return -1, -1
     ts_tok = -1
     best = 0
     for i in range(n_ts):
@@ -235,29 +227,17 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
             best = t
             num, den = np.int64(buf[b + 4]), np.int64(buf[b + 5])
             ts_tok = ts_lut[num * _TS_SIDE + den] if num < _TS_SIDE and den < _TS_SIDE else -1
-    p += 8 * n_ts
-    p = _skip_fixed(buf, p, end, 8)  # key signatures
-    if p < 0 or p + 4 > end:
-        return LAYOUT, 0, 0, 0.0
-    n_tempo = _u32(buf, p)
-    p += 4
-    if p + 8 * n_tempo > end:
-        return LAYOUT, 0, 0, 0.0
-    tempo_at = p
-    p += 8 * n_tempo
-    p = _skip_texts(buf, p, end)  # markers
-    if p != end:
-        return LAYOUT, 0, 0, 0.0
-    if far:
-        return ABSURD, 0, 0, 0.0
-    if n == 0:
-        return NO_NOTES, 0, 0, 0.0
+    return p + 8 * n_ts, ts_tok
 
-    # ---- notes in (onset, instrument, pitch) order; exact duplicates are dropped when emitted
-    vals = _sort_notes(vals[:n], lo, hi)
-    last_onset = hi
 
-    # ---- tempo map: the last change at each step wins; the header takes the one at step 0
+@_jit
+def _tempo_map(buf, tempo_at, n_tempo, tpq, spq2, tempo_edges, default_bin, last_onset):
+    """The tempos at ``tempo_at`` -> (header tempo bin, change steps, their bins, number of changes).
+
+    The last change at each step wins; the header takes the one at step 0; a change that repeats
+    the bin in force, or comes at or after the last onset, is dropped.
+    """
+    q2f = np.float64(2 * tpq)
     t_time = np.empty(n_tempo, dtype=np.int64)
     t_bin = np.empty(n_tempo, dtype=np.int64)
     for i in range(n_tempo):
@@ -288,9 +268,12 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
                 ch_bin[n_ch] = t_bin[o]
                 n_ch += 1
             prev = t_bin[o]
+    return head_bin, ch_time, ch_bin, n_ch
 
-    # ---- header: BOS, INST of each instrument present (ascending), TEMPO, [TS]
-    w = w0
+
+@_jit
+def _write_header(out, w, present, head_bin, ts_tok, bos, inst_start, tempo_start):
+    """BOS, INST of each instrument present (ascending), TEMPO, [TS] at ``out[w:]``; -> new ``w``."""
     out[w] = bos
     w += 1
     for i in range(N_INSTRUMENTS):
@@ -302,14 +285,20 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
     if ts_tok >= 0:
         out[w] = ts_tok
         w += 1
+    return w
 
-    # ---- events: per distinct time, its shifts, an optional tempo change, then NOTE/DV pairs
+
+@_jit
+def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts):
+    """Per distinct time: its shifts, an optional tempo change, then NOTE/DV pairs (exact duplicates,
+    same onset, instrument and pitch, keep the first). -> (new ``w``, notes written, seconds)."""
+    max_shift, max_gap, shift_start, tempo_start, note_start = consts[1], consts[2], consts[6], consts[7], consts[9]
     rate = sec_per_step[head_bin]
     secs = 0.0
     now = 0
     i = 0
     j = 0
-    m = 0  # notes written (duplicates skipped)
+    m = 0
     last_key = -1
     while i < n or j < n_ch:
         t = (_get(vals, i) >> 31) if i < n else _MAX_ONSET
@@ -335,16 +324,55 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
             v = _get(vals, i)
             i += 1
             if (v >> 16) == last_key:
-                continue  # an exact duplicate (same onset, instrument, pitch): the first one stays
+                continue
             last_key = v >> 16
             _put(out, w, note_start + ((v >> 16) & 0x7FFF))
             _put(out, w + 1, v & 0xFFFF)
             w += 2
             m += 1
         now = t
+    return w, m, secs
+
+
+@_jit
+def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut):
+    """One serialized score (``buf``) -> its tokens in ``out[w0:]``; -> (status, tokens, notes, seconds).
+
+    ``out`` must have room for ``len(buf) + 140`` tokens past ``w0``: a note is 12 serialized bytes
+    and costs at most 6 tokens (4 shifts, NOTE, DV), a tempo 8 bytes and at most 5, the header and
+    EOS at most 133. The score's parts are read in their serialized order (see the module docstring).
+    """
+    spq2, duration_max, bos, eos, inst_start, tempo_start = consts[0], consts[3], consts[4], consts[5], consts[8], consts[7]
+    end = len(buf)
+    if end < 8:
+        return LAYOUT, 0, 0, 0.0
+    tpq = _i32(buf, 0)
+    if tpq <= 0:
+        return LAYOUT, 0, 0, 0.0
+    vals = np.empty(end // 12 + 1, dtype=np.int64)
+    present = np.zeros(N_INSTRUMENTS, dtype=np.bool_)
+    p, n, lo, hi, far = _read_notes(buf, 8, end, _u32(buf, 4), tpq, spq2, duration_max, dv_lut, vals, present)
+    if p < 0:
+        return LAYOUT, 0, 0, 0.0
+    p, ts_tok = _first_time_signature(buf, p, end, ts_lut)
+    if p >= 0:
+        p = _skip_fixed(buf, p, end, 8)  # key signatures
+    if p < 0 or p + 4 > end:
+        return LAYOUT, 0, 0, 0.0
+    n_tempo = _u32(buf, p)
+    tempo_at = p + 4
+    if tempo_at + 8 * n_tempo > end or _skip_texts(buf, tempo_at + 8 * n_tempo, end) != end:  # markers last
+        return LAYOUT, 0, 0, 0.0
+    if far:
+        return ABSURD, 0, 0, 0.0
+    if n == 0:
+        return NO_NOTES, 0, 0, 0.0
+    vals = _sort_notes(vals[:n], lo, hi)  # (onset, instrument, pitch) order
+    head_bin, ch_time, ch_bin, n_ch = _tempo_map(buf, tempo_at, n_tempo, tpq, spq2, tempo_edges, consts[10], hi)
+    w = _write_header(out, w0, present, head_bin, ts_tok, bos, inst_start, tempo_start)
+    w, m, secs = _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts)
     out[w] = eos
-    w += 1
-    return OK, w - w0, m, secs
+    return OK, w + 1 - w0, m, secs
 
 
 class CompiledEncoder:

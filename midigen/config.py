@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import difflib
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 from midigen.errors import UsageError
 

@@ -7,12 +7,11 @@ leave a ``.skip`` note, so a killed export resumes where it stopped and never re
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
-from midigen.fsutil import atomic_write_bytes, atomic_write_text
-from midigen.sources import cache_dir
+from midigen.fsutil import atomic_write_bytes, atomic_write_text, cache_dir, file_lock
+from midigen.workers import WorkerPool, usable_cpus
 
 DEMO_VERSION = "demo-corpus-v1"
 # Picked for notes per CPU second so the first export fits ~2 minutes on 2 cores: Bach chorales
@@ -93,8 +92,6 @@ def export_subset(pieces, dest, progress: bool = True, workers: int | None = Non
     """Export music21 corpus pieces (corpus-relative paths) to ``dest``; finished pieces are kept."""
     from tqdm import tqdm
 
-    from midigen.prepare import WorkerPool
-
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     root = str(music21_corpus_root())
@@ -104,7 +101,7 @@ def export_subset(pieces, dest, progress: bool = True, workers: int | None = Non
     bar = tqdm(total=len(pieces), initial=len(pieces) - len(todo), unit="piece",
                desc="export demo corpus", disable=not progress, dynamic_ncols=True)
     if todo:
-        workers = workers or min(len(os.sched_getaffinity(0)), max(1, len(todo) // batch))
+        workers = workers or min(usable_cpus(), max(1, len(todo) // batch))
         tasks = ((k, (root, str(dest), todo[k : k + batch]), len(todo[k : k + batch]))
                  for k in range(0, len(todo), batch))
         pool = WorkerPool(workers, "midigen.corpus:export_task", timeout)
@@ -133,11 +130,8 @@ def demo_corpus_dir(progress: bool = True, limit: int | None = None) -> Path:
     if marker.exists():
         return dest
     dest.mkdir(parents=True, exist_ok=True)
-    import fcntl
-
     # Two runs started together (a test session and a `prepare demo`) share one export.
-    with open(dest.parent / f".{dest.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(dest.parent / f".{dest.name}.lock"):
         if marker.exists():
             return dest
         t0 = time.monotonic()

@@ -3,10 +3,16 @@
 Training windows are a pure function of (seed, step, micro-batch index): any process count, any
 restart, draws the same windows for the same step, which makes ``--resume`` exact and lets a
 2-process DDP run see exactly the batches of a 1-process run with twice the accumulation.
+
+A dataset folder is opened as one set: `prepare` removes meta.json before it replaces any file and
+puts the new one in place last, so ``Dataset`` opens every file while one same meta.json stands
+(checked before and after) and never pairs token files with another run's offsets.
 """
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -78,12 +84,48 @@ class Split:
         return self.controls.get(int(self.starts[i]), ())
 
 
+def _identity(path: Path):
+    """What changes when a file is replaced (a rename brings another inode), or None if it is missing."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class Dataset:
+    OPEN_WAIT = 2.0  # seconds to wait for a `prepare` that is publishing this folder right now
+
     def __init__(self, data_dir):
         self.dir = Path(data_dir)
         if not self.dir.is_dir():
             raise UsageError(f"dataset dir {self.dir} does not exist; create it with "
                              f"`midigen prepare SOURCE --out {self.dir}`")
+        missing_since = None
+        while True:
+            before = _identity(self.dir / "meta.json")
+            if before is None:  # being published right now (a few ms), or a prepare running or killed
+                if not (self.dir / ".work").exists():
+                    read_meta(self.dir)  # not a prepared dataset: says so
+                missing_since = missing_since or time.monotonic()
+                if time.monotonic() - missing_since > self.OPEN_WAIT:
+                    raise MidigenError(
+                        f"{self.dir} is being prepared, or a `midigen prepare` into it was interrupted (no "
+                        "meta.json yet): wait for it to finish, or run the same prepare again")
+                time.sleep(0.05)
+                continue
+            try:
+                self._open()
+            except MidigenError:  # UsageError too: a real problem unless meta.json moved meanwhile
+                if _identity(self.dir / "meta.json") == before:
+                    raise
+                continue
+            if _identity(self.dir / "meta.json") == before:  # else a new set came in: open that one
+                self._check_lengths()
+                return
+
+    def _open(self) -> None:
+        """Read meta.json and files.jsonl and open every split (the caller checks they belong together)."""
         self.meta = read_meta(self.dir)
         try:
             self.codec = Codec.from_dict(self.meta["codec"])
@@ -93,7 +135,27 @@ class Dataset:
         self._offsets = None if self._rows is None else {
             s: np.unique(np.array([r["offset"] for r in rows], dtype=np.int64)) for s, rows in self._rows.items()}
         self.controls = self._control_vocab()
-        self._splits: dict[str, Split] = {}
+        self._splits: dict[str, Split | UsageError] = {}
+        for name in SPLITS:
+            offs = self._offsets[name] if self._offsets is not None else None
+            ctl = None
+            if self.controls is not None:
+                ctl = {r["offset"]: self.controls.song_ids(self.codec, r) for r in self._rows[name]}
+            try:
+                self._splits[name] = Split(self.dir, name, self.codec, offs, ctl)
+            except UsageError as e:  # a missing split: raised when it is asked for
+                self._splits[name] = e
+
+    def _check_lengths(self) -> None:
+        """Each token file holds the tokens meta.json counts (a folder edited by hand fails here)."""
+        counts = self.meta.get("splits")
+        for name, sp in self._splits.items():
+            want = counts.get(name) if isinstance(counts, dict) else None
+            want = want.get("tokens") if isinstance(want, dict) else None
+            if not isinstance(sp, UsageError) and isinstance(want, int) and want != len(sp):
+                raise MidigenError(
+                    f"{self.dir}/{name}.bin holds {len(sp)} tokens but meta.json says {want}: the folder "
+                    "was changed after `midigen prepare`; run prepare again")
 
     def _read_rows(self) -> dict | None:
         """Kept files.jsonl rows per split (None when there is no files.jsonl)."""
@@ -127,13 +189,10 @@ class Dataset:
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise UsageError(f"unknown split {name!r}: use one of {', '.join(SPLITS)}")
-        if name not in self._splits:
-            offs = self._offsets[name] if self._offsets is not None else None
-            ctl = None
-            if self.controls is not None:
-                ctl = {r["offset"]: self.controls.song_ids(self.codec, r) for r in self._rows[name]}
-            self._splits[name] = Split(self.dir, name, self.codec, offs, ctl)
-        return self._splits[name]
+        sp = self._splits[name]
+        if isinstance(sp, UsageError):
+            raise sp
+        return sp
 
 
 class WindowSampler:
@@ -258,8 +317,9 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
     Songs are taken in order. A song's first chunk starts at its BOS; a later chunk has, as unscored
     context, the song header (so every scored token knows the instruments) and the ``overlap``
     tokens before it (default: half the context), so no token is predicted from a cold start. A
-    song's BOS itself is never scored (nothing precedes it). Returns (inputs, targets) of shape
-    (rows, T), targets -1 where nothing is scored.
+    song's BOS itself is never scored (nothing precedes it). A header longer than the first chunk
+    (many instruments, a small ``block_size``) is scored on from plain windows of the song until it
+    ends. Returns (inputs, targets) of shape (rows, T), targets -1 where nothing is scored.
 
     ``controls`` (song index -> control ids) puts those controls in each song's header, as training
     does; ``skip_header`` leaves the header's tokens unscored, so scores with and without controls
@@ -283,7 +343,7 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
             song = np.concatenate((full, song[len(head) :]))
             head = full
         own = len(head)  # the header's length inside the song
-        first = min(own, T) if skip_header else 1  # first token scored
+        first = own if skip_header else 1  # first token scored
         if len(song) <= first:
             continue
         song = song[: budget + first]
@@ -294,10 +354,12 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
         ov = max(0, min(overlap, T - h - 1))
         a = first  # next token to score
         while a < len(song):
-            if a == first:
-                seq = song[: T + 1]
-                n_ctx = first - 1
-            else:
+            if a <= own:  # in the song's own header or just after: the context is the song before it
+                # from its BOS while that fits (the first chunk), else the ``overlap`` tokens before ``a``
+                c = 0 if a < T else max(0, a - max(1, min(overlap, T - 1)))
+                seq = song[c : c + T + 1]
+                n_ctx = a - c - 1
+            else:  # the header, then the song from at most ``ov`` tokens before ``a``
                 c = max(own, a - ov)
                 seq = np.concatenate((head, song[c : c + T + 1 - h]))
                 n_ctx = h - 1 + (a - c)

@@ -10,8 +10,12 @@ import os
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
+    import tomli as tomllib
 
 DATA = Path("data/demo")
 OUT = Path("out/demo")

@@ -1,9 +1,13 @@
-"""Atomic file writes: a reader (or a resumed run) never sees a half-written file."""
+"""Files on every OS: atomic writes (a reader or a resumed run never sees a half-written file), the
+user cache folder, and an advisory lock between processes.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -63,3 +67,45 @@ def atomic_write_text(path, text: str) -> None:
 
 def atomic_write_json(path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def cache_dir() -> Path:
+    """Downloads and the exported demo corpus live here (env MIDIGEN_CACHE overrides)."""
+    env = os.environ.get("MIDIGEN_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "midigen"
+
+
+@contextlib.contextmanager
+def file_lock(path):
+    """Hold an exclusive lock on ``path`` (created if missing) between processes, waiting for it.
+
+    ``fcntl.flock`` on Linux and macOS, ``msvcrt.locking`` on Windows. Where neither exists the
+    block runs unlocked: callers use the lock only to avoid doing the same work twice, and their
+    writes are atomic, so two unlocked runs still leave correct files.
+    """
+    with open(path, "a+b") as f:
+        try:
+            import fcntl
+        except ImportError:
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield
+            return  # closing the file releases the lock
+        try:
+            import msvcrt
+        except ImportError:
+            yield
+            return
+        f.seek(0)
+        while True:  # LK_LOCK gives up after 10 s; an export holds the lock for minutes
+            try:
+                msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            f.seek(0)
+            msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)

@@ -19,6 +19,7 @@ import numpy as np
 
 from midigen.codec import DRUMS, Codec, CodecError
 from midigen.errors import UsageError
+from midigen.timing import steps_to_seconds
 
 MAJOR_SCALE = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], dtype=bool)
 FEATURES = (
@@ -33,36 +34,24 @@ FEATURES = (
 IOI_BINS = np.array([0.5, 1.5, 2.5, 3.5, 4.5, 6.5, 9.5, 13.5, 19.5, 28.5, 40.5, 60.5, 96.5, 1e9])  # steps
 
 
-def _seconds_per_step(codec: Codec, ev: dict, steps: np.ndarray) -> np.ndarray:
-    """Seconds at each step value, following the tempo map (steps -> seconds)."""
-    spq = codec.params.steps_per_quarter
-    t_time = np.asarray(ev["tempo_time"], dtype=np.float64)
-    t_bpm = np.asarray(ev["tempo_bpm"], dtype=np.float64)
-    if len(t_bpm) == 0:
-        t_time, t_bpm = np.array([0.0]), np.array([120.0])
-    t_time = t_time.copy()
-    t_time[0] = 0.0
-    sec_per_step = 60.0 / (t_bpm * spq)
-    seg_start_sec = np.concatenate(([0.0], np.cumsum(np.diff(t_time) * sec_per_step[:-1])))
-    k = np.searchsorted(t_time, steps, side="right") - 1
-    k = np.clip(k, 0, len(t_time) - 1)
-    return seg_start_sec[k] + (steps - t_time[k]) * sec_per_step[k]
-
-
 def piece_features(codec: Codec, tokens: np.ndarray, max_seconds: float | None = None) -> dict | None:
     """Features of one piece given as tokens; None when it has no notes."""
     ev = codec.decode_events(tokens)
     n = ev["notes"]
     if len(n["time"]) == 0:
         return None
-    onset_s = _seconds_per_step(codec, ev, n["time"].astype(np.float64))
+
+    def to_seconds(steps):
+        return steps_to_seconds(codec, ev["tempo_time"], ev["tempo_bpm"], steps.astype(np.float64))
+
+    onset_s = to_seconds(n["time"])
     if max_seconds is not None:
         keep = onset_s < max_seconds
         if not keep.any():
             return None
         n = {k: v[keep] for k, v in n.items()}
         onset_s = onset_s[keep]
-    end_s = _seconds_per_step(codec, ev, (n["time"] + n["duration"]).astype(np.float64))
+    end_s = to_seconds(n["time"] + n["duration"])
     seconds = max(float(end_s.max()), 1e-3)
     drums = n["instrument"] == DRUMS
     pitched = ~drums

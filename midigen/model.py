@@ -193,13 +193,8 @@ class GPT(nn.Module):
         w = self.wte.weight
         return KVCache(self.cfg, batch_size, device or w.device, dtype or w.dtype)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
-                last_only: bool = False):
-        """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (nats/token).
-
-        With a cache, ``idx`` continues the cached sequence: positions start at ``cache.length``,
-        and the cache advances by T. ``last_only`` returns logits for the final position only.
-        """
+    def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The final (layer-normed) hidden states for ``idx`` (B, T): what every output head reads."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
         if start + T > self.cfg.block_size:
@@ -210,7 +205,16 @@ class GPT(nn.Module):
             x = block(x, cache, i)
         if cache is not None:
             cache.length += T
-        x = self.ln_f(x)
+        return self.ln_f(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
+                last_only: bool = False):
+        """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (nats/token).
+
+        With a cache, ``idx`` continues the cached sequence: positions start at ``cache.length``,
+        and the cache advances by T. ``last_only`` returns logits for the final position only.
+        """
+        x = self.hidden(idx, cache)
         if targets is None:
             if last_only:
                 x = x[:, -1:, :]
@@ -224,6 +228,36 @@ class GPT(nn.Module):
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), t.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def sum_nll(self, idx: torch.Tensor, targets: torch.Tensor, max_logits: int = 1 << 25) -> torch.Tensor:
+        """Total cross-entropy (nats, float64 but on MPS) of ``targets`` >= 0 under the full-vocabulary distribution.
+
+        The same numbers as cross-entropy over ``forward``'s logits, without building float32 logits
+        over the whole vocabulary for the whole batch (16 x 1024 x 18k would be 1.2 GB): only the
+        scored positions are kept, and their logits are made ``max_logits`` at a time, over the
+        support alone when there is one (an id outside it costs log(n_outside / epsilon)).
+        """
+        h = self.hidden(idx)
+        keep = targets >= 0
+        h, t = h[keep], targets[keep]
+        w = self.wte.weight if self.support is None else self.wte.weight[self.support]
+        rows = max(1, max_logits // w.size(0))
+        acc = torch.float32 if h.device.type == "mps" else torch.float64  # MPS has no float64
+        total = torch.zeros((), dtype=acc, device=h.device)
+        for a in range(0, len(t), rows):
+            z = F.linear(h[a : a + rows], w).float()
+            lse = torch.logsumexp(z, dim=-1)
+            tt = t[a : a + rows]
+            if self.support is None:
+                nll = lse - z.gather(1, tt[:, None]).squeeze(1)
+            else:
+                n_out = self.cfg.vocab_size - len(self.support)
+                pos = self.support_index[tt]
+                inside = lse - z.gather(1, pos.clamp(min=0)[:, None]).squeeze(1) - math.log1p(-self.support_epsilon)
+                outside = torch.full_like(lse, -math.log(self.support_epsilon / n_out))
+                nll = torch.where(pos >= 0, inside, outside)
+            total += nll.to(acc).sum()
+        return total
+
     def optimizer_groups(self, weight_decay: float):
         """AdamW groups: weight decay on matrices and embeddings only, never on biases or LayerNorms."""
         decay, no_decay = [], []
@@ -234,7 +268,13 @@ class GPT(nn.Module):
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token (forward + backward), the usual 6N + attention estimate."""
+        """Training FLOPs per token (forward + backward) actually computed: 6N + attention.
+
+        N counts the matmul weights: the blocks, and the output head over the ids it computes, which
+        with a support (``set_support``) is only those, not the whole vocabulary. Attention adds
+        12 * layers * width * context, the usual convention (PaLM, nanoGPT) for comparable MFU figures.
+        """
         c = self.cfg
-        n = self.num_params(non_embedding=True) + self.wte.weight.numel()  # matmul params incl. head
+        outputs = c.vocab_size if self.support is None else len(self.support)
+        n = self.num_params(non_embedding=True) + outputs * c.n_embd
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size

@@ -12,30 +12,35 @@ Design, and why:
   time limit is killed and replaced, that file is recorded as skipped, and the chunk is redone
   without it.
 - The merge follows the workers: as soon as the next shard in chunk order exists it is merged
-  (duplicate contents dropped, first one wins; the split from the content hash, so adding files
-  never moves old ones; tokens streamed into the .bin files), so little is left when the last
-  chunk finishes. Outputs are written under ``.work`` and published with atomic renames at the
-  end. Memory stays at a few chunks.
+  (duplicate contents dropped, first one wins; the split from the file alone, ``midigen.splits``,
+  so adding files never moves old ones; tokens streamed into the .bin files), so little is left
+  when the last chunk finishes. Memory stays at a few chunks.
+- Outputs are written under ``.work`` and published as one set, with ``meta.json`` as the commit
+  record: it is removed before the first rename and renamed into place after the last, and
+  ``midigen.dataset`` only trusts files it opened while one same ``meta.json`` stood. A kill at any
+  point, or a reader arriving at any point, never pairs new token files with old offsets. (Why not
+  one directory swap: a folder cannot atomically replace a non-empty one with portable calls, and
+  swapping a symlink needs privileges on Windows.)
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
 import shutil
-import signal
 import struct
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from midigen.errors import MidigenError, UsageError
-from midigen.fsutil import _fsync_dir, atomic_write_bytes
 from midigen import sources as S
+from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
+from midigen.splits import SPLITS, SplitRule
+from midigen.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -53,23 +58,9 @@ FILTER_RULE = (
 CHUNK_FILES = 256  # per-chunk costs (a shard file, a round trip) stay under 3 us a file
 CHUNK_BYTES = 8 * 1024 * 1024
 SHARD_MAGIC = b"MGSHARD1"
-SPLITS = ("train", "val", "test")
 JOB_VERSION = 1
-
-
-def _chunk_files() -> int:
-    """Files per chunk; MIDIGEN_CHUNK_FILES lets tests force many small chunks."""
-    return max(1, int(os.environ.get("MIDIGEN_CHUNK_FILES", CHUNK_FILES)))
-
-
-def split_of(hash_hex: str, val_frac: float, test_frac: float) -> str:
-    """The split is a pure function of the content hash, so it never moves when files are added."""
-    u = int(hash_hex[:16], 16) / float(1 << 64)
-    if u < val_frac:
-        return "val"
-    if u < val_frac + test_frac:
-        return "test"
-    return "train"
+WORKER_TASK = "midigen.prepare:encode_chunk"  # what the workers run, by name (they are spawned)
+OUTPUTS = ("train.bin", "val.bin", "test.bin", "files.jsonl", "meta.json")  # meta.json last: the commit
 
 
 def reason_key(reason: str) -> str:
@@ -183,33 +174,6 @@ def _describe(prefix: str, e: BaseException) -> str:
     return f"{prefix}: {type(e).__name__} {msg}".strip()
 
 
-_HOOK = os.environ.get("MIDIGEN_TEST_HOOK")  # read once: workers are fresh processes
-
-
-def _test_hook(name: str, batch: bool = False) -> None:
-    """MIDIGEN_TEST_HOOK='hang:PAT,abort:PAT,segv:PAT,sleep2.5:PAT' misbehaves on names containing PAT.
-
-    Only for tests of the supervisor (a real hang, abort or segfault inside a worker). Actions
-    prefixed 'batch' (batchabort:PAT) fire in the batched encode of a chunk holding PAT instead.
-    """
-    if not _HOOK:
-        return
-    for part in _HOOK.split(","):
-        action, _, pat = part.partition(":")
-        if not pat or pat not in name or action.startswith("batch") != batch:
-            continue
-        action = action[5:] if batch else action
-        if action == "hang":
-            while True:
-                time.sleep(1)
-        elif action == "abort":
-            os.abort()
-        elif action == "segv":
-            ctypes.string_at(0)
-        elif action.startswith("sleep"):
-            time.sleep(float(action[5:] or 1))
-
-
 _ENCODER = None
 
 
@@ -229,9 +193,6 @@ def read_shard_header(path: Path) -> tuple[dict, int]:
     return head, 16 + n
 
 
-BATCH_PHASE = -2  # the worker's "current item" while it encodes the whole chunk at once
-
-
 def encode_chunk(payload, failed: dict, state) -> tuple:
     """Worker task: encode one chunk and write its shard. Returns (files, kept, notes).
 
@@ -248,235 +209,85 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     want_md5 = bool(options and options[0])  # --styles keyed by content md5
     rows: list[dict] = []
     parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
-    blobs: list = []  # numpy path: token arrays of kept files
     written = 0  # compiled path: kept tokens so far, back to back in the encoder's buffer
-    for i, (name, data, reason) in enumerate(items):
+    for i, item in enumerate(items):
         state[0], state[1] = i, time.monotonic()
-        if isinstance(data, tuple):  # (path, size): files on disk are read here, spreading the I/O
-            try:
-                data = S.read_file(*data)
-            except OSError as err:
-                data, reason = None, reason or f"unreadable: {err.strerror}"
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest() if data is not None else None
-        if reason is None and i in failed:
-            reason = failed[i]
-        if reason is None and data is None:
-            reason = "unreadable"
-        row = {"name": name, "hash": digest}
-        if want_md5 and data is not None:
-            row["md5"] = hashlib.md5(data).hexdigest()
-        if reason is None:
-            _test_hook(name)
-            score, reason = enc.read(data)
-            if reason is None and enc.fast is not None:
-                tokens, notes, secs, reason = enc.check(enc.fast.encode_one(score, written))
-                if reason is None:
-                    row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
-                    written += len(tokens)
-                del score
-            elif reason is None:
-                parsed.append((i, score))
-        if reason is not None:
-            row["reason"] = reason
+        row, score = _encode_file(enc, item, failed.get(i), written, want_md5)
+        written += row.get("tokens", 0)
+        if score is not None:
+            parsed.append((i, score))
         rows.append(row)
-    if parsed:
-        if BATCH_PHASE in failed:
-            outs = []
-            for i, score in parsed:
-                state[0], state[1] = i, time.monotonic()
-                outs.append(enc.encode_scores([score])[0])
-        else:
-            state[0], state[1] = BATCH_PHASE, time.monotonic()
-            for i, _ in parsed:
-                _test_hook(items[i][0], batch=True)
-            outs = enc.encode_scores([sc for _, sc in parsed])
-        for (i, score), out in zip(parsed, outs):
-            tokens, notes, secs, reason = enc.check(out)
-            if reason is not None:
-                rows[i]["reason"] = reason
-                continue
-            rows[i].update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
-            blobs.append(tokens)
+    blobs = _encode_batch(enc, parsed, rows, failed, state) if parsed else []
     kept_rows = [r for r in rows if "tokens" in r]
     if written:
         blobs = [enc.fast.written(written)]
-    elif blobs:
-        blobs = [np.concatenate(blobs)]
     state[0], state[1] = len(items), time.monotonic()
-    if os.getppid() != _PARENT[0]:  # the run was killed: leave nothing behind
+    if not parent_alive():  # the run was killed: leave nothing behind
         os._exit(0)
     _write_shard(Path(shard_path), {"chunk": chunk_id, "key": key, "rows": rows}, blobs)
     state[1] = 0.0
     return len(items), len(kept_rows), sum(r["notes"] for r in kept_rows)
 
 
-_PARENT = [0]
+def _encode_file(enc: _Encoder, item, failed_reason, written: int, want_md5: bool = False) -> tuple[dict, object]:
+    """One file -> (its row, its parsed score if the numpy encoder still has to encode it, else None).
 
-
-def _worker_main(conn, state, target) -> None:
-    """Loop: receive a task, run it, send the result. Exits when the parent goes away."""
-    _PARENT[0] = os.getppid()
-    try:  # Linux: die with the parent, so a SIGKILLed run leaves no orphans
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    module, _, fn_name = target.partition(":")
-    import importlib
-
-    fn = getattr(importlib.import_module(module), fn_name)
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:  # done: skip interpreter teardown (numba's alone takes ~0.2 s); nothing is buffered
-            os._exit(0)
-        task_id, payload, failed = msg
-        result = fn(payload, failed, state)
-        try:
-            conn.send((task_id, result))
-        except (BrokenPipeError, OSError):
-            return
-
-
-# ----- the supervisor ---------------------------------------------------------------------------
-
-
-class _Worker:
-    def __init__(self, ctx, target):
-        self.state = ctx.RawArray("d", 2)
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, self.state, target), daemon=True)
-        self.proc.start()
-        child.close()
-        self.job = None
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-        except Exception:
-            pass
-        self.proc.join(5)
-        self.conn.close()
-
-
-class WorkerPool:
-    """Runs tasks (lists of items) in worker processes; one bad item costs that item only.
-
-    A task is (task_id, payload, n_items). The worker records which item it is on in shared memory;
-    if it dies or spends more than ``timeout`` s on one item, it is killed and replaced and the task
-    is sent again with that item marked failed (``failed`` maps item index -> reason).
+    Files on disk arrive as (path, size) and are read here, so reading spreads over the workers. The
+    compiled encoder writes kept tokens at ``written`` in its buffer; the row then has ``tokens``
+    and the song's facts (``_Encoder.song_fields``). ``want_md5`` adds the content md5 (--styles).
     """
+    name, data, reason = item
+    if isinstance(data, tuple):
+        try:
+            data = S.read_file(*data)
+        except OSError as err:
+            data, reason = None, reason or f"unreadable: {err.strerror}"
+    row = {"name": name, "hash": hashlib.blake2b(data, digest_size=16).hexdigest() if data is not None else None}
+    if want_md5 and data is not None:
+        row["md5"] = hashlib.md5(data).hexdigest()
+    reason = reason or failed_reason or (None if data is not None else "unreadable")
+    score = None
+    if reason is None:
+        score, reason = enc.read(data)
+        if reason is None and enc.fast is not None:
+            tokens, notes, secs, reason = enc.check(enc.fast.encode_one(score, written))
+            if reason is None:
+                row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
+            score = None
+    if reason is not None:
+        row["reason"] = reason
+    return row, score
 
-    def __init__(self, workers: int, target: str, timeout: float):
-        import multiprocessing as mp
 
-        self.ctx = mp.get_context("spawn")
-        self.target = target
-        self.timeout = timeout
-        self.workers = [_Worker(self.ctx, target) for _ in range(workers)]
-
-    def close(self) -> None:
-        for w in self.workers:
-            try:
-                w.conn.send(None)
-            except Exception:
-                pass
-        for w in self.workers:
-            w.proc.join(2)
-            if w.proc.is_alive():
-                w.kill()
-
-    def run(self, tasks, on_result) -> None:
-        from multiprocessing.connection import wait
-
-        it = iter(tasks)
-        queue: deque = deque()  # (task_id, payload, n_items, failed, retries)
-        exhausted = False
-
-        def refill():
-            nonlocal exhausted
-            while not exhausted and len(queue) < len(self.workers):
-                t = next(it, None)
-                if t is None:
-                    exhausted = True
-                else:
-                    queue.append((t[0], t[1], t[2], {}, 0))
-
-        def dispatch():
-            refill()
-            for w in self.workers:
-                if w.job is None and queue:
-                    job = queue.popleft()
-                    w.state[0], w.state[1] = -1, 0.0
-                    w.job = job
-                    try:
-                        w.conn.send((job[0], job[1], job[3]))
-                    except OSError:  # it died before its first task: handled as a crash below
-                        pass
-
-        finished = []
-        while True:
-            dispatch()
-            # Idle workers have their next task: results are handled (merged) while they encode.
-            for task_id, result in finished:
-                on_result(task_id, result)
-            finished.clear()
-            refill()  # read ahead while the workers encode
-            busy = [w for w in self.workers if w.job is not None]
-            if not busy:
-                if exhausted and not queue:
-                    return
-                continue
-            wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=0.2)
-            now = time.monotonic()
-            for i, w in enumerate(self.workers):
-                if w.job is None:
-                    continue
-                result = None
-                got = False
-                try:
-                    if w.conn.poll():
-                        task_id, result = w.conn.recv()
-                        got = True
-                except (EOFError, OSError):
-                    pass
-                if got:
-                    job, w.job = w.job, None
-                    finished.append((job[0], result))
-                    continue
-                started = w.state[1]
-                if w.proc.is_alive() and not (started > 0 and now - started > self.timeout):
-                    continue
-                why = (f"timed out after {self.timeout:g} s" if w.proc.is_alive()
-                       else f"worker crashed (exit code {w.proc.exitcode})")
-                idx = int(w.state[0])
-                job = w.job
-                w.kill()
-                self.workers[i] = _Worker(self.ctx, self.target)
-                task_id, payload, n, failed, retries = job
-                if 0 <= idx < n or (idx == BATCH_PHASE and BATCH_PHASE not in failed):
-                    failed = {**failed, idx: why}
-                else:
-                    retries += 1
-                    if retries > 2:
-                        raise MidigenError(f"a worker failed 3 times outside any file ({why})")
-                queue.appendleft((task_id, payload, n, failed, retries))
+def _encode_batch(enc: _Encoder, parsed: list, rows: list, failed: dict, state) -> list:
+    """The numpy encoder's half: encode the chunk's parsed scores (one batched call unless that call
+    failed before), fill in their rows, and return the kept tokens as one blob."""
+    if WHOLE_TASK in failed:
+        outs = []
+        for i, score in parsed:
+            state[0], state[1] = i, time.monotonic()
+            outs.append(enc.encode_scores([score])[0])
+    else:
+        state[0], state[1] = WHOLE_TASK, time.monotonic()
+        outs = enc.encode_scores([sc for _, sc in parsed])
+    blobs = []
+    for (i, score), out in zip(parsed, outs):
+        tokens, notes, secs, reason = enc.check(out)
+        if reason is not None:
+            rows[i]["reason"] = reason
+            continue
+        rows[i].update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
+        blobs.append(tokens)
+    return [np.concatenate(blobs)] if blobs else []
 
 
 # ----- the run ------------------------------------------------------------------------------------
 
 
-def _check_numbers(workers, val_frac, test_frac, timeout) -> None:
-    if workers is not None and (not isinstance(workers, int) or workers < 1):
+def _check_numbers(workers, timeout) -> None:
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise UsageError(f"--workers must be a whole number >= 1, got {workers!r}")
-    for flag, v in (("--val-frac", val_frac), ("--test-frac", test_frac)):
-        if not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
-            raise UsageError(f"{flag} must be a fraction in [0, 1), got {v!r}")
-    if val_frac + test_frac >= 1.0:
-        raise UsageError(f"--val-frac + --test-frac must be < 1, got {val_frac + test_frac:g}")
-    if not isinstance(timeout, (int, float)) or not timeout > 0:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise UsageError(f"--timeout must be a number of seconds > 0, got {timeout!r}")
 
 
@@ -492,9 +303,10 @@ def _check_out(out: Path) -> None:
         raise UsageError(f"--out {out} is not writable")
 
 
-def _chunks(srcs, work: Path):
-    """Yield (chunk_id, key, entries) with boundaries from names and sizes only."""
-    limit = _chunk_files()
+def _chunks(srcs):
+    """Yield (chunk_id, key, entries) with boundaries from names and sizes only; each entry knows the
+    index of its source (``Entry.source``), which its styles depend on."""
+    limit = max(1, int(CHUNK_FILES))
     buf, size, cid = [], 0, 0
 
     def close():
@@ -515,38 +327,17 @@ def _chunks(srcs, work: Path):
         yield close()
 
 
-def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None, timeout=60.0,
-            progress=True, style_from=None, styles=None) -> dict:
-    """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring).
+def _start_work(out: Path, needs_md5: bool = False) -> Path:
+    """``out/.work``, kept from an interrupted run when that run had the same settings, else fresh.
 
-    ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.styles``).
+    ``needs_md5`` is a setting too: shards written without md5s cannot serve a run that needs them.
     """
-    from midigen.styles import make_tagger, split_source
-
-    t0 = time.monotonic()
-    if isinstance(sources, (str, os.PathLike)):
-        sources = [sources]
-    named = [split_source(str(s)) for s in sources]
-    sources = [s for s, _ in named]
-    if not sources:
-        raise UsageError("no sources given")
-    tagger = make_tagger(named, style_from, styles)
-    _check_numbers(workers, val_frac, test_frac, timeout)
-    out = Path(out)
-    _check_out(out)
-    # Check every local path before any download or export starts.
-    for s in sources:
-        if s not in ("lakh", "demo"):
-            S.resolve(s)
-    srcs = [S.resolve(s, url=url, progress=progress) for s in sources]
-    workers = workers or len(os.sched_getaffinity(0))
-
+    work = out / ".work"
+    job = {"version": JOB_VERSION, "codec": _codec_dict(), "filter": FILTER_RULE, "chunk_files": CHUNK_FILES,
+           "chunk_bytes": CHUNK_BYTES, "md5": needs_md5}
+    job_path = work / "job.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
-        work = out / ".work"
-        job = {"version": JOB_VERSION, "codec": _codec_dict(), "filter": FILTER_RULE, "chunk_files": _chunk_files(),
-               "chunk_bytes": CHUNK_BYTES, "md5": tagger.needs_md5}
-        job_path = work / "job.json"
         if work.exists():
             try:
                 same = json.loads(job_path.read_text()) == job
@@ -556,68 +347,112 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
                 shutil.rmtree(work)
         work.mkdir(exist_ok=True)
         if not job_path.exists():
-            from midigen.fsutil import atomic_write_json
-
             atomic_write_json(job_path, job)
     except OSError as e:
         raise UsageError(f"--out {out} is not writable: {e.strerror}") from None
+    return work
 
+
+def _shard_path(work: Path, cid: int, key: str) -> Path:
+    return work / f"{cid:08d}-{key}.shard"
+
+
+def _reused_rows(path: Path, key: str, n: int) -> list | None:
+    """The rows of a shard an earlier run finished for this very chunk, else None (it is removed)."""
+    if not path.exists():
+        return None
+    try:
+        head, _ = read_shard_header(path)
+        if head["key"] == key and len(head["rows"]) == n:
+            return head["rows"]
+    except (OSError, ValueError, KeyError):
+        pass
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _task_items(entries) -> list:
+    """Entries -> worker items (name, bytes or (path, size) or None, reason)."""
+    items = []
+    for e in entries:
+        data = None
+        reason = e.reason
+        if reason is None and e.path is not None:
+            data = (e.path, e.size)  # the worker reads it
+        elif reason is None:
+            try:
+                data = e.load()
+            except OSError as err:
+                reason = f"unreadable: {err.strerror}"
+        items.append((e.name, data, reason))
+    return items
+
+
+class _Progress:
+    """Running counts and the progress bar."""
+
+    def __init__(self, progress: bool):
+        from tqdm import tqdm
+
+        self.files = self.kept = self.notes = self.reused = 0
+        self.bar = tqdm(unit="file", desc="prepare", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+                        smoothing=0.1)
+
+    def add(self, files: int, kept: int, notes: int) -> None:
+        self.files += files
+        self.kept += kept
+        self.notes += notes
+        self.bar.update(files)
+        self.bar.set_postfix(kept=self.kept, skipped=self.files - self.kept, refresh=False)
+
+
+def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None, timeout=60.0,
+            progress=True, split="hash", style_from=None, styles=None) -> dict:
+    """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring).
+
+    ``split`` is a ``midigen.splits`` method: "hash" (``val_frac``/``test_frac`` of the files, by
+    content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
+    ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.styles``).
+    """
+    from midigen.styles import make_tagger, split_source
+
+    t0 = time.monotonic()
+    sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
+    named = [split_source(str(s)) for s in sources]
+    sources = [s for s, _ in named]
+    rule = SplitRule(split, val_frac, test_frac)
+    tagger = make_tagger(named, style_from, styles)
+    _check_numbers(workers, timeout)
+    out = Path(out)
+    _check_out(out)
+    srcs = _resolve_sources(sources, url, progress)
+    workers = workers or usable_cpus()
+    work = _start_work(out, tagger.needs_md5)
     chunk_list: list[tuple[int, str]] = []
-    stats = {"files": 0, "kept": 0, "notes": 0, "reused": 0}
-    from tqdm import tqdm
-
-    bar = tqdm(unit="file", desc="prepare", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               smoothing=0.1)
-
-    def shard_path(cid, key):
-        return work / f"{cid:08d}-{key}.shard"
-
-    def show(files, kept, notes):
-        stats["files"] += files
-        stats["kept"] += kept
-        stats["notes"] += notes
-        bar.update(files)
-        bar.set_postfix(kept=stats["kept"], skipped=stats["files"] - stats["kept"], refresh=False)
+    counts = _Progress(progress)
+    merge = _Merge(work, chunk_list, rule, tagger)
 
     def tasks():
-        for cid, key, entries in _chunks(srcs, work):
+        for cid, key, entries in _chunks(srcs):
             chunk_list.append((cid, key))
             merge.tags[cid] = [tagger.by_name(e.source, srcs[e.source].label, srcs[e.source].kind, e.name)
                                for e in entries]
-            p = shard_path(cid, key)
-            if p.exists():
-                try:
-                    head, _ = read_shard_header(p)
-                    if head["key"] == key and len(head["rows"]) == len(entries):
-                        rows = head["rows"]
-                        kept = [r for r in rows if "reason" not in r]
-                        stats["reused"] += len(rows)
-                        show(len(rows), len(kept), sum(r["notes"] for r in kept))
-                        merge.ready(cid)
-                        continue
-                except (OSError, ValueError, KeyError):
-                    pass
-                p.unlink(missing_ok=True)
-            items = []
-            for e in entries:
-                data = None
-                reason = e.reason
-                if reason is None and e.path is not None:
-                    data = (e.path, e.size)  # the worker reads it
-                elif reason is None:
-                    try:
-                        data = e.load()
-                    except OSError as err:
-                        reason = f"unreadable: {err.strerror}"
-                items.append((e.name, data, reason))
+            p = _shard_path(work, cid, key)
+            rows = _reused_rows(p, key, len(entries))
+            if rows is not None:
+                kept = [r for r in rows if "reason" not in r]
+                counts.reused += len(rows)
+                counts.add(len(rows), len(kept), sum(r["notes"] for r in kept))
+                merge.ready(cid)
+                continue
+            items = _task_items(entries)
             yield cid, (str(p), cid, key, items, tagger.needs_md5), len(items)
 
     def done(cid, result):
-        show(*result)
+        counts.add(*result)
         merge.ready(cid)
 
-    merge = _Merge(work, chunk_list, val_frac, test_frac, tagger)
-    pool = WorkerPool(workers, "midigen.prepare:encode_chunk", timeout)
+    pool = WorkerPool(workers, WORKER_TASK, timeout)
     try:
         pool.run(tasks(), done)
     except BaseException:
@@ -625,8 +460,8 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
         raise
     finally:
         pool.close()
-        bar.close()
-    if stats["files"] == 0:
+        counts.bar.close()
+    if counts.files == 0:
         merge.close()
         shutil.rmtree(work, ignore_errors=True)
         raise MidigenError("no MIDI files (.mid, .midi, .kar) found in " + ", ".join(sources))
@@ -635,16 +470,22 @@ def prepare(sources, out, workers=None, val_frac=0.01, test_frac=0.01, url=None,
     finally:
         merge.close()
     secs = time.monotonic() - t0
-    summary.update({
-        "reused_files": stats["reused"],
-        "workers": workers,
-        "seconds": round(secs, 3),
-        "files_per_s": round(summary["files_seen"] / secs, 1) if secs > 0 else None,
-        "notes_per_s": round(summary["notes"] / secs, 1) if secs > 0 else None,
-    })
+    summary.update(reused_files=counts.reused, workers=workers, seconds=round(secs, 3),
+                   files_per_s=round(summary["files_seen"] / secs, 1) if secs > 0 else None,
+                   notes_per_s=round(summary["notes"] / secs, 1) if secs > 0 else None)
     if summary["kept"] == 0:
         print(f"midigen prepare: warning: no file was usable; see {out / 'files.jsonl'}", file=sys.stderr)
     return summary
+
+
+def _resolve_sources(sources: list[str], url, progress: bool) -> list:
+    """SOURCE arguments -> ``sources.Source``; every local path is checked before any download or export."""
+    if not sources:
+        raise UsageError("no sources given")
+    for s in sources:
+        if s not in ("lakh", "demo"):
+            S.resolve(s)
+    return [S.resolve(s, url=url, progress=progress) for s in sources]
 
 
 def _codec_dict() -> dict:
@@ -656,29 +497,27 @@ def _codec_dict() -> dict:
 class _Merge:
     """Streams finished shards, in chunk order, into the split files while later chunks encode.
 
-    Duplicates are dropped (first one wins), splits come from the content hash, and nothing is
-    published until ``finish``: the outputs are written under ``.work`` and renamed into place.
-    A killed run leaves only temporaries, which the rerun truncates and writes again.
+    Duplicates are dropped (first one wins), each kept file's split comes from ``rule``, and
+    nothing is published until ``finish``: the outputs are written under ``.work`` and then
+    published as one set (``publish``). A killed run leaves only temporaries, which the rerun
+    truncates and writes again.
     """
 
-    def __init__(self, work: Path, chunk_list: list, val_frac: float, test_frac: float, tagger=None):
+    def __init__(self, work: Path, chunk_list: list, rule: SplitRule, tagger=None):
         from midigen.styles import StyleTagger
 
-        self.work, self.chunk_list = work, chunk_list
+        self.work, self.chunk_list, self.rule = work, chunk_list, rule
         self.tagger = tagger or StyleTagger([], [])
         self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)
         self.counts = {"styles": Counter(), "keys": Counter(), "key_sources": Counter(), "time_signatures": Counter()}
-        self.val_frac, self.test_frac = val_frac, test_frac
         self.first_of: dict[str, str] = {}
         self.split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
         self.reasons: Counter = Counter()
         self.seen = self.kept = self.dups = 0
         self.done: set[int] = set()
         self.next = 0  # index into chunk_list of the next shard to merge
-        self.tmp = {s: work / f"{s}.bin.tmp" for s in SPLITS}
-        self.bins = {s: open(self.tmp[s], "wb") for s in SPLITS}
-        self.rows_tmp = work / "files.jsonl.tmp"
-        self.rows_out = open(self.rows_tmp, "w", encoding="utf-8")
+        self.bins = {s: open(work / f"{s}.bin.tmp", "wb") for s in SPLITS}
+        self.rows_out = open(work / "files.jsonl.tmp", "w", encoding="utf-8")
 
     def ready(self, cid: int) -> None:
         """Chunk ``cid`` has its shard; merge every shard now complete in order."""
@@ -689,7 +528,7 @@ class _Merge:
             self.next += 1
 
     def _merge_one(self, cid: int, key: str) -> None:
-        path = self.work / f"{cid:08d}-{key}.shard"
+        path = _shard_path(self.work, cid, key)
         head, at = read_shard_header(path)
         blob = np.fromfile(path, dtype=np.uint16, offset=at)
         pos = 0
@@ -697,34 +536,34 @@ class _Merge:
         tags = self.tags.pop(cid, None) or [[] for _ in head["rows"]]
         for r, tag in zip(head["rows"], tags):
             self.seen += 1
-            split = skipped = offset = None
-            notes = n_tok = 0
-            if "reason" in r:
-                skipped = r["reason"]
-            else:
-                n = r["tokens"]
-                start, pos = pos, pos + n
-                first = self.first_of.get(r["hash"])
-                if first is not None:
-                    skipped = f"duplicate of {first}"
-                    self.dups += 1
-                else:
-                    self.first_of[r["hash"]] = r["name"]
-                    split = split_of(r["hash"], self.val_frac, self.test_frac)
-                    st = self.split_stats[split]
-                    notes, n_tok, offset = r["notes"], n, st["tokens"]
-                    self.bins[split].write(blob[start:pos])
-                    st["files"] += 1
-                    st["notes"] += notes
-                    st["tokens"] += n
-                    self.kept += 1
-            if skipped is not None:
-                self.reasons[reason_key(skipped)] += 1
-            row = {"name": r["name"], "hash": r["hash"], "split": split, "skipped": skipped,
-                   "notes": notes, "tokens": n_tok, "offset": offset, **self._song_facts(r, tag, split)}
-            lines.append(json.dumps(row, ensure_ascii=False))
+            out = {"name": r["name"], "hash": r["hash"], "split": None, "skipped": r.get("reason"), "notes": 0,
+                   "tokens": 0, "offset": None}
+            if "reason" not in r:
+                start, pos = pos, pos + r["tokens"]
+                self._keep(r, blob[start:pos], out)
+            out.update(self._song_facts(r, tag, out["split"]))
+            if out["skipped"] is not None:
+                self.reasons[reason_key(out["skipped"])] += 1
+            lines.append(json.dumps(out, ensure_ascii=False))
         lines.append("")
         self.rows_out.write("\n".join(lines))
+
+    def _keep(self, r: dict, tokens: np.ndarray, out: dict) -> None:
+        """A file that encoded: a duplicate of an earlier one, or appended to its split."""
+        first = self.first_of.get(r["hash"])
+        if first is not None:
+            out["skipped"] = f"duplicate of {first}"
+            self.dups += 1
+            return
+        self.first_of[r["hash"]] = r["name"]
+        split = self.rule(r["name"], r["hash"])
+        st = self.split_stats[split]
+        out.update(split=split, notes=r["notes"], tokens=len(tokens), offset=st["tokens"])
+        self.bins[split].write(tokens)
+        st["files"] += 1
+        st["notes"] += r["notes"]
+        st["tokens"] += len(tokens)
+        self.kept += 1
 
     def _song_facts(self, r: dict, tag: list, split: str | None) -> dict:
         """A row's styles, key, meter and length (kept files), counted for meta.json."""
@@ -746,25 +585,47 @@ class _Merge:
             f.close()
 
     def finish(self, out: Path, sources) -> dict:
-        """Merge what is left, fsync, write meta.json, and publish every output with a rename."""
+        """Merge what is left, fsync, write meta.json, and publish the outputs as one set."""
         for cid, _ in self.chunk_list[self.next :]:
             self.ready(cid)  # every chunk has its shard by now
         for f in (*self.bins.values(), self.rows_out):
             f.flush()
             os.fsync(f.fileno())
         self.close()
+        with open(self.work / "meta.json.tmp", "w", encoding="utf-8") as f:
+            f.write(json.dumps(self._meta(sources), indent=1, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        publish(self.work, out)
+        shutil.rmtree(self.work, ignore_errors=True)
+        stats = self.split_stats
+        return {
+            "out": str(out),
+            "files_seen": self.seen,
+            "kept": self.kept,
+            "skipped": self.seen - self.kept,
+            "duplicates": self.dups,
+            "splits": stats,
+            "split_method": self.rule.method,
+            "tokens": sum(s["tokens"] for s in stats.values()),
+            "notes": sum(s["notes"] for s in stats.values()),
+            "styles": dict(sorted(self.counts["styles"].items())),
+        }
+
+    def _meta(self, sources) -> dict:
         codec = _codec_dict()
-        split_stats, seen, kept = self.split_stats, self.seen, self.kept
-        meta = {
+        split = self.rule.describe()
+        return {
             "codec": codec,
             "vocab_size": codec["vocab_size"],
             "dtype": "uint16",
-            "splits": split_stats,
-            "split_rule": f"by content hash (blake2b-128): val {self.val_frac:g}, test {self.test_frac:g}, rest train",
+            "splits": self.split_stats,
+            "split": split,  # how files were assigned: method and settings (midigen.splits)
+            "split_rule": split["rule"],
             "sources": list(sources),
-            "files": seen,
-            "kept": kept,
-            "skipped": {"count": seen - kept, "reasons": dict(sorted(self.reasons.items()))},
+            "files": self.seen,
+            "kept": self.kept,
+            "skipped": {"count": self.seen - self.kept, "reasons": dict(sorted(self.reasons.items()))},
             "styles": dict(sorted(self.counts["styles"].items())),
             "style_rule": self.tagger.describe(),
             "keys": dict(self.counts["keys"].most_common()),
@@ -773,26 +634,29 @@ class _Merge:
             "filter": {"rule": FILTER_RULE, "min_notes": MIN_NOTES, "max_notes": MAX_NOTES,
                        "max_seconds": MAX_SECONDS, "max_file_bytes": S.MAX_FILE_BYTES},
         }
-        work = self.work
-        meta_tmp = work / "meta.json.tmp"
-        with open(meta_tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps(meta, indent=1, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        for s in SPLITS:
-            os.replace(self.tmp[s], out / f"{s}.bin")
-        os.replace(self.rows_tmp, out / "files.jsonl")
-        os.replace(meta_tmp, out / "meta.json")
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move the finished outputs (``work/NAME.tmp``) into ``out`` as one set; meta.json commits it.
+
+    Order: the old meta.json goes first, then the token files and files.jsonl are renamed over the
+    old ones, then the new meta.json is renamed into place, each step made durable before the next.
+    Until the last rename the folder has no meta.json, which readers take as "being prepared"; a
+    kill anywhere in between leaves that state, and the rerun (which reuses every finished shard)
+    completes it. A reader that opened the old files keeps reading the old set (POSIX keeps
+    replaced files alive while they are open).
+    """
+    try:
+        try:
+            os.unlink(out / "meta.json")
+        except FileNotFoundError:
+            pass
         _fsync_dir(out)
-        shutil.rmtree(work, ignore_errors=True)
-        return {
-            "out": str(out),
-            "files_seen": seen,
-            "kept": kept,
-            "skipped": seen - kept,
-            "duplicates": self.dups,
-            "splits": split_stats,
-            "tokens": sum(s["tokens"] for s in split_stats.values()),
-            "notes": sum(s["notes"] for s in split_stats.values()),
-            "styles": meta["styles"],
-        }
+        for name in OUTPUTS[:-1]:
+            os.replace(work / f"{name}.tmp", out / name)
+        _fsync_dir(out)
+        os.replace(work / "meta.json.tmp", out / "meta.json")
+        _fsync_dir(out)
+    except OSError as e:  # Windows: a file still open elsewhere (a training run) cannot be replaced
+        raise MidigenError(f"cannot publish the dataset into {out}: {e.strerror} ({e.filename}); close any "
+                           "program reading it and run prepare again (finished work is kept)") from None

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
+from midigen import corpus
 from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import cache_dir
 
 MIDI_SUFFIXES = (".mid", ".midi", ".kar")
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
@@ -43,12 +45,6 @@ class Entry:
         if callable(self.data):
             self.data = self.data()
         return self.data
-
-
-def cache_dir() -> Path:
-    """Downloads and the exported demo corpus live here (env MIDIGEN_CACHE overrides)."""
-    env = os.environ.get("MIDIGEN_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "midigen"
 
 
 def is_midi_name(name: str) -> bool:
@@ -88,9 +84,7 @@ def resolve(text: str, url: str | None = None, progress: bool = True) -> Source:
     if text == "lakh":
         return Source("tar", download_lakh(url=url, progress=progress), "lakh")
     if text == "demo":
-        from midigen.corpus import demo_corpus_dir
-
-        return Source("folder", demo_corpus_dir(progress=progress), "demo")
+        return Source("folder", corpus.demo_corpus_dir(progress=progress), "demo")
     p = Path(text)
     label = text.rstrip("/") or text
     if p.is_dir():
@@ -132,7 +126,7 @@ def read_file(path, size: int | None = None) -> bytes:
     asking for the limit up front makes every read allocate 16 MiB, which costs more than reading
     a typical MIDI file. A file that grew meanwhile is still read to its end (or past the limit).
     """
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))  # Windows: no newline translation
     try:
         if size is None:
             size = os.fstat(fd).st_size
@@ -277,47 +271,12 @@ def download_lakh(url: str | None = None, dest_dir=None, md5: str | None = None,
         have = 0
     h = _md5_of(part) if have else hashlib.md5()
     if have < size:
-        import urllib.error  # here, not at the top: prepare's workers import this module too
-        import urllib.request
-
-        req = urllib.request.Request(url, headers={"User-Agent": "midigen"})
-        if have:
-            req.add_header("Range", f"bytes={have}-")
-        try:
-            resp = urllib.request.urlopen(req, timeout=60)
-        except urllib.error.HTTPError as e:
-            if e.code == 416 and have:  # the server says we already have everything
-                resp = None
-            else:
-                raise MidigenError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise MidigenError(f"download of {url} failed: {reason}") from None
+        resp = _request(url, have)
         if resp is not None:
             with resp:
                 if have and resp.status != 206:  # no Range support: start over
                     have, h = 0, hashlib.md5()
-                mode = "ab" if have else "wb"
-                from tqdm import tqdm
-
-                bar = tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
-                           desc=f"download {LAKH_FILE}", disable=not progress, dynamic_ncols=True)
-                try:
-                    with open(part, mode) as out:
-                        while True:
-                            try:
-                                block = resp.read(1 << 20)
-                            except OSError as e:
-                                raise MidigenError(f"download of {url} interrupted: {e} (run again to resume)") from None
-                            if not block:
-                                break
-                            out.write(block)
-                            h.update(block)
-                            bar.update(len(block))
-                        out.flush()
-                        os.fsync(out.fileno())
-                finally:
-                    bar.close()
+                _save(resp, part, have, size, h, url, progress)
     got_size = part.stat().st_size
     if got_size != size:
         raise MidigenError(
@@ -332,3 +291,46 @@ def download_lakh(url: str | None = None, dest_dir=None, md5: str | None = None,
     os.replace(part, final)
     stamp.write_text(md5 + "\n")
     return final
+
+
+def _request(url: str, have: int):
+    """The HTTP response for ``url`` from byte ``have`` on, or None when the server says nothing is left."""
+    import urllib.error  # here, not at the top: prepare's workers import this module too
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"User-Agent": "midigen"})
+    if have:
+        req.add_header("Range", f"bytes={have}-")
+    try:
+        return urllib.request.urlopen(req, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # the server says we already have everything
+            return None
+        raise MidigenError(f"download of {url} failed: HTTP {e.code} {e.reason}") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise MidigenError(f"download of {url} failed: {reason}") from None
+
+
+def _save(resp, part: Path, have: int, size: int, h, url: str, progress: bool) -> None:
+    """Stream ``resp`` into ``part`` (appending after ``have`` bytes), updating the md5 ``h``; fsynced."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+               desc=f"download {LAKH_FILE}", disable=not progress, dynamic_ncols=True)
+    try:
+        with open(part, "ab" if have else "wb") as out:
+            while True:
+                try:
+                    block = resp.read(1 << 20)
+                except OSError as e:
+                    raise MidigenError(f"download of {url} interrupted: {e} (run again to resume)") from None
+                if not block:
+                    break
+                out.write(block)
+                h.update(block)
+                bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        bar.close()

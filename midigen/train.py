@@ -5,14 +5,18 @@ Design choices, and why:
   (seed, step, rank) every step. So nothing about the data order or the randomness lives in process
   state: ``--resume`` continues bit-for-bit on the same hardware, and a 2-process run is the same
   computation as a 1-process run with twice the gradient accumulation.
-- The loss is all-reduced every step (one scalar) so every rank agrees when it turns non-finite and
-  they all stop at the same step.
-- Checkpoints, logs and the plot come from rank 0 only; evaluation is split over all ranks.
+- Batches are built ahead on a background thread (``loader.Prefetcher``; pinned, non_blocking copies
+  on CUDA), and the host waits for the device only where it must read a number: at log steps and
+  evaluations. A non-finite loss or gradient norm is noted on the device at the step it happens; the
+  run stops at the next log step or evaluation, naming that step, before anything is saved.
+- The loss is all-reduced every step (one scalar, no host sync), so every rank sees the same value
+  and they all stop at the same step.
+- Checkpoints, logs and the plot come from rank 0 only, through ``Dist.on_master``: a failure there
+  stops every rank at once with its error (see ``distributed.py``). Evaluation is split over all ranks.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
@@ -24,13 +28,9 @@ import numpy as np
 import torch
 
 from midigen.config import TrainConfig, load_config
+from midigen.distributed import Dist
 from midigen.errors import MidigenError, UsageError
-
-H100_BF16_PEAK_FLOPS = 989e12  # dense bf16 tensor-core peak of an H100/H200 SXM
-
-
-def _warn(msg: str) -> None:
-    print(f"midigen train: warning: {msg}", file=sys.stderr, flush=True)
+from midigen.runlog import warn as _warn
 
 
 # ----- info -------------------------------------------------------------------------------------
@@ -74,100 +74,24 @@ def _gpt_config(cfg: TrainConfig, vocab_size: int):
     return GPTConfig(vocab_size=vocab_size, dropout=cfg.dropout, **{k: getattr(cfg, k) for k in SHAPE_KEYS})
 
 
-# ----- environment ------------------------------------------------------------------------------
-
-
-class Dist:
-    """Who this process is: rank/world from torchrun's environment variables, or a single process."""
-
-    def __init__(self):
-        self.enabled = "RANK" in os.environ and "WORLD_SIZE" in os.environ
-        self.rank = int(os.environ.get("RANK", 0))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
-        self.master = self.rank == 0
-
-    def init(self, device: torch.device) -> None:
-        if not self.enabled:
-            return
-        import torch.distributed as dist
-
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        kw = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kw)
-
-    def all_reduce_mean(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled and self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-            t /= self.world
-        return t
-
-    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
-        if self.enabled and self.world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return t
-
-    def barrier(self) -> None:
-        if self.enabled and self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.enabled:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+# ----- device -----------------------------------------------------------------------------------
 
 
 def pick_device(name: str, dist: Dist) -> torch.device:
-    """The config's device; under torchrun each process takes the GPU of its local rank."""
-    from midigen.device import best_device
+    """The config's device, with an index on CUDA: under torchrun each process takes its LOCAL_RANK's GPU."""
+    from midigen.device import best_device, cuda_device
 
     try:
         device = best_device(name)
     except UsageError as e:
         raise UsageError(f"'device': {e}") from None
     if device.type == "cuda":
-        if dist.enabled:
-            device = torch.device("cuda", dist.local_rank)
+        if dist.enabled and device.index is not None and device.index != dist.local_rank:
+            _warn(f"'device' {name}: under torchrun each process uses the GPU of its LOCAL_RANK "
+                  f"(cuda:{dist.local_rank} here); choose GPUs with CUDA_VISIBLE_DEVICES")
+        device = cuda_device(device, dist.local_rank if dist.enabled else None)
         torch.cuda.set_device(device)
     return device
-
-
-def _native_bf16(device: torch.device) -> bool:
-    """bf16 autocast only where the hardware does bf16 matmuls natively (elsewhere it is emulated, slower)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:  # oneDNN: AVX-512 BF16 / AMX CPUs; about 1.3-1.5x faster training of the demo model
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        name = "bfloat16" if _native_bf16(device) else "float32"
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to ``min_lr`` over ``decay_steps`` (GPT-2/3 practice)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    decay = cfg.decay_steps or cfg.steps
-    if step >= decay:
-        return cfg.min_lr
-    frac = (step - cfg.warmup_steps) / max(1, decay - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
 
 
 # ----- state for exact resume -------------------------------------------------------------------
@@ -200,54 +124,6 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
     torch.manual_seed((seed * 1_000_003 + step * 7919 + rank * 104_729) % (1 << 62))
 
 
-# ----- logging ----------------------------------------------------------------------------------
-
-
-class RunLog:
-    """log.jsonl (one JSON object per line, flushed each row), optional wandb mirror."""
-
-    def __init__(self, out: Path, keep_upto_step: int | None, wandb_run=None):
-        self.path = out / "log.jsonl"
-        if keep_upto_step is None:
-            self.path.unlink(missing_ok=True)
-        else:  # resume: drop rows of steps that will be redone, so the curve has no duplicates
-            from midigen.fsutil import atomic_write_text
-            from midigen.plot import read_log
-
-            rows = [r for r in read_log(self.path) if r.get("step", 0) <= keep_upto_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
-        self.f = open(self.path, "a", encoding="utf-8")
-        self.wandb = wandb_run
-
-    def write(self, row: dict) -> None:
-        self.f.write(json.dumps(row) + "\n")
-        self.f.flush()
-        if self.wandb is not None:
-            with contextlib.suppress(Exception):
-                self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-
-    def close(self) -> None:
-        self.f.close()
-        if self.wandb is not None:
-            with contextlib.suppress(Exception):
-                self.wandb.finish()
-
-
-def _start_wandb(cfg: TrainConfig, out: Path, resume: bool):
-    try:
-        import wandb
-    except ImportError:
-        _warn("--wandb: the wandb package is not installed (pip install wandb); "
-              "logging to log.jsonl only")
-        return None
-    try:  # WANDB_MODE=offline/disabled is read by wandb itself
-        return wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or out.name, config=cfg.to_dict(),
-                          dir=str(out), resume="allow" if resume else None)
-    except Exception as e:  # not logged in, no network, ...: the run itself must go on
-        _warn(f"--wandb: could not start a wandb run ({e}); logging to log.jsonl only")
-        return None
-
-
 # ----- the run ----------------------------------------------------------------------------------
 
 
@@ -256,19 +132,44 @@ def train_from_cli(config, overrides, resume: bool = False, use_wandb: bool = Fa
     return train(cfg, resume=resume, use_wandb=use_wandb)
 
 
+def train(cfg: TrainConfig, resume: bool = False, use_wandb: bool = False, progress: bool = True) -> dict:
+    dist = Dist()
+    device = pick_device(cfg.device, dist)
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, dist.local_world)))
+    dist.init(device)
+    ok = False
+    try:
+        result = Run(cfg, dist, device, resume, use_wandb, progress).loop()
+        ok = True
+        return result
+    finally:
+        dist.close(ok)
+
+
 def _check_run_dir(out: Path, resume: bool, cfg: TrainConfig) -> None:
     has_last = (out / "last" / "config.json").exists()
     if resume:
         if not has_last or not (out / "last" / "train_state.pt").exists():
             raise UsageError(f"--resume: {out}/last holds no checkpoint to continue from; start the run without "
-                             "--resume (or point --out at the run dir)")
+                             "--resume (or point --out at the run dir; every node must see it)")
     elif has_last or (out / "best").exists():
         if not cfg.overwrite:
             raise UsageError(f"{out} already holds a run: add --resume to continue it, --overwrite=true to start "
                              "over (deleting its checkpoints), or choose another --out")
 
 
-def _load_init(cfg: TrainConfig, codec, device):
+def _clear_run_dir(out: Path, resume: bool, cfg: TrainConfig) -> None:
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and cfg.overwrite:
+        for name in ("best", "last", "loss.png"):
+            p = out / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _load_init(cfg: TrainConfig, codec):
     """Weights to fine-tune from: the checkpoint's architecture, this config's dropout."""
     from midigen.checkpoint import load_checkpoint
     from midigen.model import GPT, GPTConfig
@@ -291,229 +192,318 @@ def _load_init(cfg: TrainConfig, codec, device):
     return fresh
 
 
-def train(cfg: TrainConfig, resume: bool = False, use_wandb: bool = False, progress: bool = True) -> dict:
-    dist = Dist()
-    device = pick_device(cfg.device, dist)
-    if device.type == "cpu":
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // max(1, dist.local_world)))
-    dist.init(device)
-    try:
-        return _train(cfg, dist, device, resume, use_wandb, progress)
-    finally:
-        dist.close()
+def _load_resume(out: Path, cfg: TrainConfig, codec):
+    """The run's last/ model (with this config's dropout) and its training state."""
+    from midigen.checkpoint import load_checkpoint, load_train_state
+
+    model, ck_codec, _ = load_checkpoint(out / "last", device="cpu")
+    if ck_codec.to_dict() != codec.to_dict():
+        raise MidigenError(f"--resume: {out}/last was trained on a dataset with another codec than {cfg.data}")
+    shape = model.cfg.to_dict()
+    for k in SHAPE_KEYS:
+        if shape[k] != getattr(cfg, k):
+            raise UsageError(f"--resume: the run was trained with {k}={shape[k]}, the config now says "
+                             f"{getattr(cfg, k)}; the model shape cannot change on resume")
+    if shape["dropout"] != cfg.dropout:
+        model.cfg.dropout = cfg.dropout
+        for m in model.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = cfg.dropout
+            elif hasattr(m, "dropout") and isinstance(m.dropout, float):
+                m.dropout = cfg.dropout
+    return model, load_train_state(out / "last")
 
 
-def _train(cfg: TrainConfig, dist: Dist, device: torch.device, resume: bool, use_wandb: bool, progress: bool):
-    from midigen.checkpoint import load_checkpoint, load_train_state, save_checkpoint
-    from midigen.dataset import Dataset, WindowSampler, eval_rows
-    from midigen.evaluate import score_rows, summarize
-    from midigen.model import GPT, padded_vocab
-    from midigen.plot import plot_losses
+def _saved_schedule(state: dict):
+    """The schedule a run was following when it saved (older runs: the one its config described)."""
+    from types import SimpleNamespace
 
-    out = Path(cfg.out)
-    ds = Dataset(cfg.data)
-    codec = ds.codec
-    if dist.master:
+    from midigen.schedule import Schedule
+
+    if "schedule" in state:
+        return Schedule.from_dict(state["schedule"])
+    return Schedule.from_config(SimpleNamespace(**state["config"]))
+
+
+class Run:
+    """One training run, set up in phases every rank passes together, then ``loop``."""
+
+    def __init__(self, cfg: TrainConfig, dist: Dist, device: torch.device, resume: bool, use_wandb: bool,
+                 progress: bool):
+        self.cfg, self.dist, self.device, self.resume = cfg, dist, device, resume
+        self.out = Path(cfg.out)
+        self.log, self.bar = None, None
+        dist.on_all(self._open_data, "reading the dataset")
+        dist.on_master(self._recover, "recovering the run dir")
+        dist.on_all(lambda: _check_run_dir(self.out, resume, cfg), "checking the run dir")
+        dist.on_master(lambda: _clear_run_dir(self.out, resume, cfg), "preparing the run dir")
+        dist.on_all(self._build_model, "building the model")
+        self._build_compute()  # DDP's start is a collective: after every rank has its model
+        dist.on_all(self._build_data, "preparing the data")
+        dist.on_master(lambda: self._start_log(use_wandb, progress), "starting the log")
+
+    # ---- setup phases
+
+    def _open_data(self) -> None:
+        from midigen.dataset import Dataset
+
+        self.ds = Dataset(self.cfg.data)
+        self.codec = self.ds.codec
+
+    def _recover(self) -> None:
         from midigen.checkpoint import recover
 
         for name in ("best", "last"):
-            recover(out / name)  # finish a swap a kill interrupted, before anyone looks
-    dist.barrier()
-    _check_run_dir(out, resume, cfg)  # every rank, so all of them stop on a bad run dir
-    dist.barrier()
-    if dist.master:
-        out.mkdir(parents=True, exist_ok=True)
-        if not resume and cfg.overwrite:
-            import shutil
+            recover(self.out / name)  # finish a swap a kill interrupted, before anyone looks
 
-            for name in ("best", "last", "loss.png"):
-                p = out / name
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    def _build_model(self) -> None:
+        from midigen.model import GPT, padded_vocab
+        from midigen.schedule import Schedule
 
-    # ---- model, optimizer, state
-    state = None
-    if resume:
-        model, ck_codec, ck_config = load_checkpoint(out / "last", device="cpu")
-        if ck_codec.to_dict() != codec.to_dict():
-            raise MidigenError(f"--resume: {out}/last was trained on a dataset with another codec than {cfg.data}")
-        shape = model.cfg.to_dict()
-        for k in SHAPE_KEYS:
-            if shape[k] != getattr(cfg, k):
-                raise UsageError(f"--resume: the run was trained with {k}={shape[k]}, the config now says "
-                                 f"{getattr(cfg, k)}; the model shape cannot change on resume")
-        if shape["dropout"] != cfg.dropout:
-            model.cfg.dropout = cfg.dropout
-            for m in model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = cfg.dropout
-                elif hasattr(m, "dropout") and isinstance(m.dropout, float):
-                    m.dropout = cfg.dropout
-        state = load_train_state(out / "last")
-    elif cfg.init_from:
-        model = _load_init(cfg, codec, device)
-    else:
-        torch.manual_seed(cfg.seed)
-        model = GPT(_gpt_config(cfg, padded_vocab(codec.vocab_size)))
-    if cfg.restrict_vocab:
+        cfg = self.cfg
+        state = None
+        if self.resume:
+            model, state = _load_resume(self.out, cfg, self.codec)
+        elif cfg.init_from:
+            model = _load_init(cfg, self.codec)
+        else:
+            torch.manual_seed(cfg.seed)
+            model = GPT(_gpt_config(cfg, padded_vocab(self.codec.vocab_size)))
+        self._set_support(model)
+        model.to(self.device).train()
+        self.raw = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), lr=cfg.lr,
+                                     betas=(cfg.beta1, cfg.beta2), eps=1e-8,
+                                     fused=self.device.type in ("cuda", "cpu"))
+        self.start_step, self.best_val, self.elapsed0 = 0, float("inf"), 0.0
+        self.schedule, self.schedule_note = Schedule.from_config(cfg), None
+        if state is not None:
+            self._restore(state)
+
+    def _restore(self, state: dict) -> None:
+        """Continue from last/'s training state: optimizer, step, best loss, RNG, and the lr schedule."""
+        from midigen.schedule import resume_schedule
+
+        self.opt.load_state_dict(state["optimizer"])
+        self.start_step = int(state["step"])
+        self.best_val = float(state["best_val_loss"])
+        self.elapsed0 = float(state.get("elapsed", 0.0))
+        _set_rng_state(state["rng"])
+        if self.start_step >= self.cfg.steps:
+            raise UsageError(f"--resume: the run already reached step {self.start_step} of {self.cfg.steps}; "
+                             f"raise --steps to train further")
+        self.schedule, self.schedule_note = resume_schedule(_saved_schedule(state), self.schedule, self.start_step)
+
+    def _set_support(self, model) -> None:
+        if not self.cfg.restrict_vocab:
+            model.set_support(None)
+            return
         from midigen.dataset import token_support
 
-        support = set(token_support(ds.split("train"), cfg.transpose).tolist())
+        support = set(token_support(self.ds.split("train"), self.cfg.transpose).tolist())
         support |= set(getattr(model, "init_support", None) or [])  # fine-tuning keeps what it knew
         model.set_support(sorted(support))
-    else:
-        model.set_support(None)
-    model.to(device)
-    model.train()
-    raw = model
 
-    use_fused = device.type in ("cuda", "cpu")
-    opt = torch.optim.AdamW(raw.optimizer_groups(cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=1e-8, fused=use_fused)
-    start_step, best_val, elapsed0 = 0, float("inf"), 0.0
-    if state is not None:
-        opt.load_state_dict(state["optimizer"])
-        start_step = int(state["step"])
-        best_val = float(state["best_val_loss"])
-        elapsed0 = float(state.get("elapsed", 0.0))
-        _set_rng_state(state["rng"])
-        if start_step >= cfg.steps:
-            raise UsageError(f"--resume: the run already reached step {start_step} of {cfg.steps}; "
-                             f"raise --steps to train further")
+    def _build_compute(self) -> None:
+        """dtype, compile and DDP: bf16 autocast, torch.compile and flash attention on CUDA by default."""
+        from midigen.device import compute_dtype, peak_flops
 
-    dtype = pick_dtype(cfg.dtype, device)
-    amp = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    compile_on = cfg.compile if isinstance(cfg.compile, bool) else device.type == "cuda"
-    fwd = torch.compile(raw) if compile_on else raw
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+        cfg, device = self.cfg, self.device
+        self.dtype = compute_dtype(device, cfg.dtype)
+        if device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 for what stays in float32
+        self.compile_on = cfg.compile if isinstance(cfg.compile, bool) else device.type == "cuda"
+        self.ddp = None
+        fwd = self.raw
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
 
-        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+            # the support buffers never change: nothing to broadcast before each forward
+            self.ddp = fwd = DDP(self.raw, device_ids=[device.index] if device.type == "cuda" else None,
+                                 broadcast_buffers=False, gradient_as_bucket_view=True)
+        # compiled around DDP, so dynamo splits the graph at DDP's buckets and all-reduce overlaps backward
+        self.fwd = torch.compile(fwd) if self.compile_on else fwd
+        self.peak = peak_flops(device, self.dtype)
+        self.flops_per_token = self.raw.flops_per_token()
+        self.tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * self.dist.world
 
-    # ---- data
-    sampler = WindowSampler(ds.split("train"), cfg.block_size, cfg.seed, transpose=cfg.transpose,
-                            edit_fraction=cfg.edit_fraction)
-    ex, ey = eval_rows(ds.split("val"), cfg.block_size, cfg.eval_tokens)
-    eval_targets = ey[ey >= 0]
-    eval_tokens, eval_notes = int(len(eval_targets)), codec.count_notes(eval_targets)
-    eval_bs = cfg.eval_batch_size or cfg.batch_size
-    tokens_per_step = cfg.batch_size * cfg.block_size * cfg.grad_accum * dist.world
-    flops_per_token = raw.flops_per_token()
+    def _build_data(self) -> None:
+        """The training windows and the fixed evaluation rows (with their notes and seconds of music)."""
+        from midigen.dataset import WindowSampler, eval_positions, eval_rows
+        from midigen.timing import positions_seconds
 
-    def run_eval() -> dict:
-        nats = score_rows(raw, ex, ey, eval_bs, device, amp, dist.rank, dist.world)
+        cfg, val = self.cfg, self.ds.split("val")
+        self.sampler = WindowSampler(self.ds.split("train"), cfg.block_size, cfg.seed, transpose=cfg.transpose,
+                                     edit_fraction=cfg.edit_fraction)
+        self.ex, self.ey = eval_rows(val, cfg.block_size, cfg.eval_tokens)
+        targets = self.ey[self.ey >= 0]
+        self.eval_tokens, self.eval_notes = int(len(targets)), self.codec.count_notes(targets)
+        self.eval_seconds = positions_seconds(self.codec, val.tokens, eval_positions(val, cfg.eval_tokens))
+        self.eval_bs = cfg.eval_batch_size or cfg.batch_size
+
+    def _start_log(self, use_wandb: bool, progress: bool) -> None:
+        from midigen.runlog import RunLog, start_wandb
+
+        cfg = self.cfg
+        wb = start_wandb(cfg, self.out, self.resume) if use_wandb else None
+        self.log = RunLog(self.out, self.start_step if self.resume else None, wb)
+        n = self.raw.num_params(non_embedding=True)
+        flash = self.device.type == "cuda" and self.dtype == torch.bfloat16 and torch.backends.cuda.flash_sdp_enabled()
+        print(f"midigen train: {n / 1e6:.2f}M non-embedding params, {self.dist.world} process(es) on "
+              f"{self.device.type}, {self.dtype}, compile={'on' if self.compile_on else 'off'}"
+              f"{', flash attention' if flash else ''}, "
+              f"{self.tokens_per_step:,} tokens/step, steps {self.start_step}->{cfg.steps}; val: "
+              f"{self.eval_tokens:,} tokens, {self.eval_notes:,} notes, {self.eval_seconds:,.0f} s of music",
+              file=sys.stderr, flush=True)
+        if self.schedule_note:
+            print(f"midigen train: {self.schedule_note}", file=sys.stderr, flush=True)
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.steps, initial=self.start_step, unit="step", file=sys.stderr,
+                            dynamic_ncols=True, desc="train")
+
+    # ---- the loop
+
+    def loop(self) -> dict:
+        from midigen.loader import Prefetcher
+
+        cfg, dist = self.cfg, self.dist
+        loader = Prefetcher(self.sampler, cfg.batch_size, self.start_step, cfg.steps, cfg.grad_accum, dist.rank,
+                            dist.world, self.device)
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)  # first non-finite step
+        self.t_start = self.t_log = time.time()
+        self.steps_since_log = 0
+        self.last_saved = self.start_step if self.resume else None
+        self.last_ev: dict = {}
+        step = self.start_step
+        try:
+            while step < cfg.steps:
+                loss, norm, lr = self._step(step, loader)
+                step += 1
+                self.steps_since_log += 1
+                if step % cfg.log_interval == 0 or step == cfg.steps:
+                    self._log_step(step, loss, norm, lr)
+                if self.bar is not None:
+                    self.bar.update(1)
+                if step % cfg.eval_interval == 0 or step == cfg.steps:
+                    self._eval_and_save(step)
+        finally:
+            loader.close()
+            if self.bar is not None:
+                self.bar.close()
+            if self.log is not None:
+                self.log.close()
+        return {"step": step, "best_val_loss": self.best_val, **self.last_ev, "out": str(self.out)}
+
+    def _step(self, step: int, loader) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step; returns the all-reduced loss and the gradient norm as device tensors."""
+        from midigen.device import autocast
+
+        cfg = self.cfg
+        lr = self.schedule.lr_at(step)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        _seed_step(cfg.seed, step, self.dist.rank)
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            x, y = loader.get(step, micro)
+            sync = self.ddp is None or micro == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with autocast(self.device, self.dtype):
+                    _, loss = self.fwd(x, y)
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        loss_t = self.dist.all_reduce_mean(loss_sum / cfg.grad_accum)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        finite = torch.isfinite(loss_t) & torch.isfinite(norm)
+        self.bad_step = torch.where(~finite & (self.bad_step < 0), step + 1, self.bad_step)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss_t, norm, lr
+
+    def _check_finite(self, step: int, loss_v: float | None = None, norm_v: float | None = None) -> None:
+        """Stop, naming the first step whose loss or gradient norm was not finite (same on every rank)."""
+        bad = int(self.bad_step.item())
+        if bad < 0:
+            return
+        now = f" (at step {step}: loss {loss_v}, gradient norm {norm_v})" if loss_v is not None else ""
+        where = (f"the last good checkpoint is {self.out / 'last'} (step {self.last_saved})" if self.last_saved
+                 else "no checkpoint was written yet")
+        raise MidigenError(f"the loss or gradient norm became non-finite at step {bad}{now}: stopping ({where}). "
+                           "Lower 'lr' or check the data.")
+
+    def _log_step(self, step: int, loss: torch.Tensor, norm: torch.Tensor, lr: float) -> None:
+        """The one host sync of a log interval: read the loss and norm, check them, write a row on rank 0."""
+        loss_v, norm_v = torch.stack([loss.float(), norm.float()]).tolist()
+        self._check_finite(step, loss_v, norm_v)
+        now = time.time()
+        tps = self.tokens_per_step * self.steps_since_log / max(now - self.t_log, 1e-9)
+        self.dist.on_master(lambda: self._write_row(step, loss_v, norm_v, lr, tps, now), "writing the log")
+        self.t_log, self.steps_since_log = now, 0
+
+    def _write_row(self, step: int, loss_v: float, norm_v: float, lr: float, tps: float, now: float) -> None:
+        row = {"step": step, "loss": loss_v, "lr": lr, "grad_norm": norm_v, "tokens_per_s": tps,
+               "tokens": step * self.tokens_per_step, "elapsed": self.elapsed0 + now - self.t_start}
+        if self.peak:
+            row["mfu"] = self.flops_per_token * tps / self.dist.world / self.peak
+        if self.device.type == "cuda":
+            row["peak_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        self.log.write(row)
+        if self.bar is not None:
+            val = f"  val {self.last_ev['val_loss']:.3f}" if self.last_ev else ""
+            self.bar.set_postfix_str(f"loss {loss_v:.3f}  {tps:,.0f} tok/s{val}", refresh=False)
+
+    # ---- evaluation and checkpoints
+
+    def _evaluate(self) -> dict:
+        from midigen.evaluate import score_rows, summarize
+
+        dist = self.dist
+        nats = score_rows(self.raw, self.ex, self.ey, self.eval_bs, self.device, self.dtype, dist.rank, dist.world)
         if dist.world > 1:
             nats = float(dist.all_reduce_sum(nats).item())
-        return summarize(nats, eval_tokens, eval_notes, prefix="val_")
+        return summarize(nats, self.eval_tokens, self.eval_notes, self.eval_seconds, prefix="val_")
 
-    # ---- logging (rank 0)
-    log = None
-    if dist.master:
-        wb = _start_wandb(cfg, out, resume) if use_wandb else None
-        log = RunLog(out, start_step if resume else None, wb)
-        n = raw.num_params(non_embedding=True)
-        print(f"midigen train: {n / 1e6:.2f}M non-embedding params, {dist.world} process(es) on {device.type}, "
-              f"{dtype}, compile={'on' if compile_on else 'off'}, {tokens_per_step:,} tokens/step, "
-              f"steps {start_step}->{cfg.steps}; val: {eval_tokens:,} tokens, {eval_notes:,} notes",
-              file=sys.stderr, flush=True)
-
-    def save(step: int, ev: dict, is_best: bool) -> None:
-        info = {"step": step, "tokens_seen": step * tokens_per_step, "data": str(cfg.data),
-                "train_config": cfg.to_dict(), **ev}
-        if ds.controls is not None:  # what --style/--key/--density mean for this model
-            info["controls"] = ds.controls.to_info(cfg.transpose)
+    def _eval_and_save(self, step: int) -> None:
+        self._check_finite(step)  # never save weights a non-finite step has touched
+        ev = self._evaluate()
+        self.last_ev = ev
+        is_best = ev["val_loss"] < self.best_val
         if is_best:
-            save_checkpoint(out / "best", raw, codec, info)
-        ts = {"step": step, "optimizer": opt.state_dict(), "best_val_loss": best_val,
-              "elapsed": elapsed0 + time.time() - t_start, "rng": _rng_state(),
-              "sampler": {"seed": cfg.seed, "next_step": step}, "config": cfg.to_dict()}
-        save_checkpoint(out / "last", raw, codec, info, train_state=ts)
+            self.best_val = ev["val_loss"]
+        self.dist.on_master(lambda: self._record(step, ev, is_best), f"saving the step-{step} checkpoint")
+        self.last_saved = step
+        self.t_log = time.time()  # eval time does not count against throughput
 
-    bar = None
-    if dist.master and progress:
-        from tqdm import tqdm
+    def _record(self, step: int, ev: dict, is_best: bool) -> None:
+        """Rank 0: the eval row, the checkpoints, the plot and one line for the user."""
+        from midigen.plot import plot_losses
 
-        bar = tqdm(total=cfg.steps, initial=start_step, unit="step", file=sys.stderr, dynamic_ncols=True,
-                   desc="train")
-    t_start = time.time()
-    t_log, steps_since_log = time.time(), 0
-    last_saved = start_step if resume else None
-    last_ev: dict = {}
-    sleep = float(os.environ.get("MIDIGEN_TEST_STEP_SLEEP", "0") or 0)  # lets tests kill mid-run
-    params = [p for p in raw.parameters() if p.requires_grad]
-    step = start_step
-    try:
-        while step < cfg.steps:
-            lr = lr_at(step, cfg)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            _seed_step(cfg.seed, step, dist.rank)
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(cfg.grad_accum):
-                xb, yb = sampler.batch(step, micro * dist.world + dist.rank, cfg.batch_size)
-                x = torch.from_numpy(xb).to(device, non_blocking=True)
-                y = torch.from_numpy(yb).to(device, non_blocking=True)
-                sync = not dist.enabled or micro == cfg.grad_accum - 1
-                with (contextlib.nullcontext() if sync else fwd.no_sync()):
-                    with amp or contextlib.nullcontext():
-                        _, loss = fwd(x, y)
-                    (loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach()
-            loss_t = dist.all_reduce_mean(loss_sum / cfg.grad_accum)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            loss_v, norm_v = float(loss_t.item()), float(norm.item())
-            if not (math.isfinite(loss_v) and math.isfinite(norm_v)):
-                what = f"loss became {loss_v}" if not math.isfinite(loss_v) else f"gradient norm became {norm_v}"
-                where = (f"the last good checkpoint is {out / 'last'} (step {last_saved})" if last_saved
-                         else "no checkpoint was written yet")
-                raise MidigenError(f"{what} at step {step + 1}: stopping ({where}). Lower 'lr' or check the data.")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            steps_since_log += 1
-            if sleep:
-                time.sleep(sleep)
+        self.log.write({"step": step, **ev, "elapsed": self.elapsed0 + time.time() - self.t_start})
+        self._save(step, ev, is_best)
+        plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=self.out.name)
+        msg = f"step {step}: val loss {ev['val_loss']:.4f} nats/token"
+        if ev["val_bits_per_note"] is not None:
+            msg += f", {ev['val_bits_per_note']:.3f} bits/note"
+        if ev["val_bits_per_second"] is not None:
+            msg += f", {ev['val_bits_per_second']:.1f} bits/s"
+        (self.bar.write if self.bar is not None else lambda s: print(s, file=sys.stderr))(
+            msg + ("  (best)" if is_best else ""))
 
-            if dist.master and (step % cfg.log_interval == 0 or step == cfg.steps):
-                now = time.time()
-                tps = tokens_per_step * steps_since_log / max(now - t_log, 1e-9)
-                row = {"step": step, "loss": loss_v, "lr": lr, "grad_norm": norm_v, "tokens_per_s": tps,
-                       "tokens": step * tokens_per_step, "elapsed": elapsed0 + now - t_start}
-                if device.type == "cuda":
-                    row["mfu"] = flops_per_token * tps / dist.world / H100_BF16_PEAK_FLOPS
-                    row["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
-                log.write(row)
-                t_log, steps_since_log = now, 0
-                if bar is not None:
-                    bar.set_postfix_str(f"loss {loss_v:.3f}  {tps:,.0f} tok/s" +
-                                        (f"  val {last_ev['val_loss']:.3f}" if last_ev else ""), refresh=False)
-            if bar is not None:
-                bar.update(1)
+    def _save(self, step: int, ev: dict, is_best: bool) -> None:
+        from midigen.checkpoint import save_checkpoint
 
-            if step % cfg.eval_interval == 0 or step == cfg.steps:
-                ev = run_eval()
-                last_ev = ev
-                is_best = ev["val_loss"] < best_val
-                if is_best:
-                    best_val = ev["val_loss"]
-                if dist.master:
-                    log.write({"step": step, **ev, "elapsed": elapsed0 + time.time() - t_start})
-                    save(step, ev, is_best)
-                    last_saved = step
-                    plot_losses(out / "log.jsonl", out / "loss.png", title=out.name)
-                    bpn = ev["val_bits_per_note"]
-                    msg = (f"step {step}: val loss {ev['val_loss']:.4f} nats/token, "
-                           f"{bpn:.3f} bits/note" if bpn is not None else
-                           f"step {step}: val loss {ev['val_loss']:.4f} nats/token")
-                    (bar.write if bar is not None else lambda s: print(s, file=sys.stderr))(
-                        msg + ("  (best)" if is_best else ""))
-                t_log = time.time()  # eval time does not count against throughput
-                dist.barrier()
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
-    return {"step": step, "best_val_loss": best_val, **last_ev, "out": str(out)}
+        cfg = self.cfg
+        info = {"step": step, "tokens_seen": step * self.tokens_per_step, "data": str(cfg.data),
+                "train_config": cfg.to_dict(), **ev}
+        if self.ds.controls is not None:  # what --style/--key/--density mean for this model
+            info["controls"] = self.ds.controls.to_info(cfg.transpose)
+        if is_best:
+            save_checkpoint(self.out / "best", self.raw, self.codec, info)
+        ts = {"step": step, "optimizer": self.opt.state_dict(), "best_val_loss": self.best_val,
+              "elapsed": self.elapsed0 + time.time() - self.t_start, "rng": _rng_state(),
+              "sampler": {"seed": cfg.seed, "next_step": step}, "config": cfg.to_dict(),
+              "schedule": self.schedule.to_dict()}
+        save_checkpoint(self.out / "last", self.raw, self.codec, info, train_state=ts)

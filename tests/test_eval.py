@@ -69,11 +69,20 @@ def test_eval_cli_beats_unigram_on_real_music(repo_root, python_exe, tiny_datase
     assert len(lines) == 1
     ev = json.loads(lines[0])
     for k in ("loss", "bits_per_token", "bits_per_note", "tokens", "notes", "ngram_loss", "ngram_bits_per_token",
-              "ngram_bits_per_note"):
+              "ngram_bits_per_note", "bits_per_second", "ngram_bits_per_second", "music_seconds"):
         assert isinstance(ev[k], (int, float)), k
     assert ev["ckpt"].endswith("best")
     assert ev["bits_per_token"] == pytest.approx(ev["loss"] / np.log(2))
     assert ev["bits_per_note"] == pytest.approx(ev["bits_per_token"] * ev["tokens"] / ev["notes"])
+    # bits per second: the same bits over the seconds of music the scored tokens cover
+    from midigen.dataset import Dataset, eval_positions
+    from midigen.timing import positions_seconds
+
+    sp = Dataset(tiny_dataset).split("test")
+    secs = positions_seconds(sp.codec, sp.tokens, eval_positions(sp, len(sp)))
+    assert ev["music_seconds"] == pytest.approx(secs, abs=1e-3) and secs > 10
+    assert ev["bits_per_second"] == pytest.approx(ev["bits_per_token"] * ev["tokens"] / secs, rel=1e-4)
+    assert ev["ngram_bits_per_second"] == pytest.approx(ev["ngram_bits_per_token"] * ev["tokens"] / secs, rel=1e-4)
     assert ev["bits_per_note"] < ev["unigram_bits_per_note"], ev
     assert ev["ngram_bits_per_note"] < ev["unigram_bits_per_note"], ev
     # a token budget is honoured, and the checkpoint dir itself works as --ckpt
@@ -82,3 +91,33 @@ def test_eval_cli_beats_unigram_on_real_music(repo_root, python_exe, tiny_datase
                          capture_output=True, text=True, env=env, timeout=400)
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads(res.stdout)["tokens"] == 500
+
+
+@pytest.mark.parametrize("support", [None, [0, 1, 2, 5, 9, 40, 77, 101, 150]])
+def test_scoring_without_full_logits_gives_the_same_bits(support):
+    """sum_nll (support logits + epsilon mass, chunked) == cross-entropy over the full-vocabulary logits."""
+    import torch
+    import torch.nn.functional as F
+
+    from midigen.evaluate import score_rows
+    from midigen.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=192, n_layer=2, n_head=2, n_embd=32, block_size=24)).eval()
+    if support is not None:
+        model.set_support(support, epsilon=1e-4)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 192, size=(7, 24))
+    pool = np.array(support) if support is not None else np.arange(192)
+    y = rng.choice(pool, size=(7, 24))
+    y[:, :5] = -1  # unscored context
+    y[3, 10:] = -1  # a short last chunk
+    y[0, 7] = 3  # outside the support (when there is one): the epsilon share
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(x))
+        ref = F.cross_entropy(logits.float().reshape(-1, 192), torch.from_numpy(y).reshape(-1), ignore_index=-1,
+                              reduction="sum").item()
+        chunked = model.sum_nll(torch.from_numpy(x), torch.from_numpy(y), max_logits=192 * 5).item()
+    new = score_rows(model, x, y, batch_size=3, device="cpu")
+    assert new == pytest.approx(ref, rel=1e-5)
+    assert chunked == pytest.approx(ref, rel=1e-5)

@@ -6,7 +6,7 @@ import subprocess
 
 import torch
 
-from midigen.model import GPT, GPTConfig
+from midigen.model import GPT, GPTConfig, padded_vocab
 
 
 def test_124m_config_has_gpt2_small_size(python_exe, repo_root):
@@ -108,9 +108,22 @@ def test_output_support_is_a_normalized_smoothed_distribution(tmp_path):
     assert torch.allclose(step[:, -1], logits[:, 5], atol=1e-4)
     # the support travels in the checkpoint's JSON, not in the weights
     codec = Codec()
-    big = GPT(GPTConfig(vocab_size=18176, n_layer=1, n_head=2, n_embd=32, block_size=16))
+    big = GPT(GPTConfig(vocab_size=padded_vocab(codec.vocab_size), n_layer=1, n_head=2, n_embd=32, block_size=16))
     big.set_support(support + [codec.EOS])
     save_checkpoint(tmp_path / "ck", big, codec, {"step": 1})
     loaded, _, config = load_checkpoint(tmp_path / "ck")
     assert config["support"] == sorted(set(support) | {codec.EOS})
     assert loaded.support.tolist() == sorted(set(support) | {codec.EOS})
+
+
+def test_flops_count_the_output_ids_actually_computed():
+    """MFU counts the head over the support only, when training restricts the softmax to it."""
+    cfg = GPTConfig(vocab_size=18176, n_layer=2, n_head=2, n_embd=64, block_size=128)
+    m = GPT(cfg)
+    blocks = m.num_params(non_embedding=True)
+    attention = 12 * 2 * 64 * 128
+    assert m.flops_per_token() == 6 * (blocks + 18176 * 64) + attention
+    m.set_support(range(400))
+    assert m.flops_per_token() == 6 * (blocks + 400 * 64) + attention
+    m.set_support(None)
+    assert m.flops_per_token() == 6 * (blocks + 18176 * 64) + attention

@@ -18,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PYTHON, REPO
+import faults
+import midigen.prepare
+from conftest import PYTHON, REPO, TESTS
 from hostile import write_hostile
 from midigen.codec import Codec
-from midigen.prepare import prepare, split_of
+from midigen.prepare import prepare
+from midigen.splits import split_of
 from songgen import make_song_bytes, write_songs
 
 OUTPUTS = ("train.bin", "val.bin", "test.bin", "meta.json", "files.jsonl")
@@ -64,6 +67,33 @@ def run_cli(*args, env=None, timeout=120):
     e = dict(os.environ, **(env or {}))
     return subprocess.run([PYTHON, "-m", "midigen", "prepare", *map(str, args)], cwd=REPO, env=e,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def faulty_cli(*args, env=None, **popen):
+    """`midigen prepare ARGS` in a real process whose workers run tests/faults.py's task (MIDIGEN_FAULTS)."""
+    e = dict(os.environ, **(env or {}))
+    e["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), str(REPO), e.get("PYTHONPATH")) if p)
+    cmd = [PYTHON, "-c", "import sys, faults; sys.exit(faults.run_cli(sys.argv[1:]))", "prepare", *map(str, args)]
+    return subprocess.Popen(cmd, cwd=REPO, env=e, **popen)
+
+
+@pytest.fixture
+def chunk_files(monkeypatch):
+    """Sets prepare's files per chunk (tests force many small chunks)."""
+    return lambda n: monkeypatch.setattr(midigen.prepare, "CHUNK_FILES", n)
+
+
+@pytest.fixture
+def inject(monkeypatch):
+    """Runs prepare's workers with tests/faults.py's faults (a spec as in MIDIGEN_FAULTS); None stops them."""
+    def set_faults(spec):
+        if spec is None:
+            monkeypatch.setattr(midigen.prepare, "WORKER_TASK", "midigen.prepare:encode_chunk")
+            monkeypatch.delenv("MIDIGEN_FAULTS", raising=False)
+        else:
+            monkeypatch.setattr(midigen.prepare, "WORKER_TASK", faults.TASK)
+            monkeypatch.setenv("MIDIGEN_FAULTS", spec)
+    return set_faults
 
 
 def test_tiny_dataset_fixture(tiny_dataset):
@@ -191,8 +221,8 @@ def test_split_is_stable_when_files_are_added(tmp_path, songs_dir):
     assert counts["val"] >= 8 and counts["test"] >= 8 and counts["train"] >= 40
 
 
-def test_workers_1_and_2_are_byte_identical(tmp_path, songs_dir, music21_dir, monkeypatch):
-    monkeypatch.setenv("MIDIGEN_CHUNK_FILES", "5")
+def test_workers_1_and_2_are_byte_identical(tmp_path, songs_dir, music21_dir, chunk_files):
+    chunk_files(5)
     write_hostile(tmp_path / "h")
     srcs = [songs_dir, music21_dir, tmp_path / "h"]
     s1 = prepare(srcs, tmp_path / "w1", workers=1, val_frac=0.1, test_frac=0.1, progress=False)
@@ -202,9 +232,9 @@ def test_workers_1_and_2_are_byte_identical(tmp_path, songs_dir, music21_dir, mo
     check_consistent(tmp_path / "w2")
 
 
-def test_hanging_or_crashing_worker_costs_one_file(tmp_path, songs_dir, monkeypatch):
-    monkeypatch.setenv("MIDIGEN_CHUNK_FILES", "6")
-    monkeypatch.setenv("MIDIGEN_TEST_HOOK", "hang:song_00003,abort:song_00008,segv:song_00020")
+def test_hanging_or_crashing_worker_costs_one_file(tmp_path, songs_dir, chunk_files, inject):
+    chunk_files(6)
+    inject("hang:song_00003,abort:song_00008,segv:song_00020")
     s = prepare([songs_dir], tmp_path / "out", workers=2, timeout=1.5, progress=False)
     rows = {Path(r["name"]).name: r for r in rows_of(tmp_path / "out")}
     assert rows["song_00003.mid"]["skipped"] == "timed out after 1.5 s"
@@ -212,7 +242,7 @@ def test_hanging_or_crashing_worker_costs_one_file(tmp_path, songs_dir, monkeypa
     assert rows["song_00020.mid"]["skipped"] == f"worker crashed (exit code {-signal.SIGSEGV})"
     assert s["kept"] == 57 and s["skipped"] == 3
     # the other files are exactly what a clean run gives
-    monkeypatch.delenv("MIDIGEN_TEST_HOOK")
+    inject(None)
     prepare([songs_dir], tmp_path / "clean", workers=1, progress=False)
     clean = {Path(r["name"]).name: r for r in rows_of(tmp_path / "clean")}
     for name, r in rows.items():
@@ -230,13 +260,13 @@ def test_compiled_and_numpy_encoders_give_identical_datasets(tmp_path, songs_dir
     assert read_outputs(tmp_path / "jit") == read_outputs(tmp_path / "numpy")
 
 
-def test_crash_in_batched_encode_loses_nothing(tmp_path, songs_dir, monkeypatch):
+def test_crash_in_batched_encode_loses_nothing(tmp_path, songs_dir, monkeypatch, chunk_files, inject):
     """The numpy encoder's batched call crashes; the retry encodes file by file."""
     monkeypatch.setenv("MIDIGEN_NO_JIT", "1")  # the compiled encoder has no batch phase
-    monkeypatch.setenv("MIDIGEN_CHUNK_FILES", "10")
-    monkeypatch.setenv("MIDIGEN_TEST_HOOK", "batchabort:song_00012")
+    chunk_files(10)
+    inject("batchabort:song_00012")
     prepare([songs_dir], tmp_path / "out", workers=2, progress=False)
-    monkeypatch.delenv("MIDIGEN_TEST_HOOK")
+    inject(None)
     prepare([songs_dir], tmp_path / "clean", workers=2, progress=False)
     assert read_outputs(tmp_path / "out") == read_outputs(tmp_path / "clean")
 
@@ -291,12 +321,11 @@ def test_cli_prints_one_json_summary(tmp_path, songs_dir):
 
 
 @pytest.mark.slow
-def test_sigkill_then_rerun_is_byte_identical(tmp_path, songs_dir):
-    env = {"MIDIGEN_CHUNK_FILES": "3", "MIDIGEN_TEST_HOOK": "sleep0.1:song_"}
+def test_sigkill_then_rerun_is_byte_identical(tmp_path, songs_dir, chunk_files):
+    env = {"MIDIGEN_CHUNK_FILES": "3", "MIDIGEN_FAULTS": "sleep0.1:song_"}
     out = tmp_path / "out"
     args = [songs_dir, "--out", out, "--workers", "2", "--no-progress"]
-    proc = subprocess.Popen([PYTHON, "-m", "midigen", "prepare", *map(str, args)], cwd=REPO,
-                            env=dict(os.environ, **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = faulty_cli(*args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and len(list((out / ".work").glob("*.shard"))) < 4:
         time.sleep(0.05)
@@ -306,26 +335,58 @@ def test_sigkill_then_rerun_is_byte_identical(tmp_path, songs_dir):
     assert 4 <= shards < 20, "the kill must land mid-run"
     assert not (out / "meta.json").exists()
     time.sleep(0.3)  # the workers die with their parent (PR_SET_PDEATHSIG)
-    r = run_cli(*args, env=env)
-    assert r.returncode == 0, r.stderr
-    summary = json.loads(r.stdout)
+    rerun = faulty_cli(*args, env={**env, "MIDIGEN_FAULTS": ""}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, stderr
+    summary = json.loads(stdout)
     assert summary["reused_files"] >= 3 * 4
-    os.environ["MIDIGEN_CHUNK_FILES"] = "3"
-    try:
-        prepare([str(songs_dir)], tmp_path / "clean", workers=1, progress=False)
-    finally:
-        del os.environ["MIDIGEN_CHUNK_FILES"]
+    chunk_files(3)
+    prepare([str(songs_dir)], tmp_path / "clean", workers=1, progress=False)
     assert read_outputs(out) == read_outputs(tmp_path / "clean")
     assert sorted(p.name for p in out.iterdir()) == sorted(OUTPUTS)
+
+
+def test_kill_while_publishing_never_leaves_a_mixed_set(tmp_path, songs_dir, monkeypatch):
+    """A re-prepare into a used folder is SIGKILLed between its renames: readers must refuse the
+    folder (before the fix they read the new train.bin with the old files.jsonl offsets), and the
+    rerun completes it byte for byte."""
+    from midigen.dataset import Dataset
+    from midigen.errors import MidigenError
+
+    small = tmp_path / "small"
+    small.mkdir()
+    for p in sorted(songs_dir.glob("*.mid"))[:12]:
+        shutil.copy(p, small)
+    out = tmp_path / "data"
+    prepare([small], out, workers=1, val_frac=0.2, test_frac=0.2, progress=False)
+    old = read_outputs(out)
+    args = [songs_dir, "--out", out, "--workers", "1", "--no-progress", "--val-frac", "0.2", "--test-frac", "0.2"]
+    proc = faulty_cli(*args, env={"MIDIGEN_KILL_BEFORE": "val.bin"}, stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "train.bin").read_bytes() != old["train.bin"], "the kill must land between the renames"
+    assert (out / "val.bin").read_bytes() == old["val.bin"]
+    monkeypatch.setattr(Dataset, "OPEN_WAIT", 0.3, raising=False)
+    with pytest.raises(MidigenError, match="being prepared"):
+        Dataset(out)
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["reused_files"] == 60
+    prepare([songs_dir], tmp_path / "clean", workers=1, val_frac=0.2, test_frac=0.2, progress=False)
+    assert read_outputs(out) == read_outputs(tmp_path / "clean")
+    check_consistent(out)
+    assert len(Dataset(out).split("train")) == json.loads((out / "meta.json").read_text())["splits"]["train"]["tokens"]
 
 
 # ----- the Lakh download path, against a real local HTTP server ---------------------------------
 
 
-def make_lakh_archive(path: Path, n: int = 12) -> bytes:
+def make_lakh_archive(path: Path, n: int = 12, songs: list[bytes] | None = None) -> bytes:
+    """lmd_full.tar.gz's layout: lmd_full/<first hex digit>/<md5 of the file>.mid."""
+    songs = songs if songs is not None else [make_song_bytes(500 + i, bars=8) for i in range(n)]
     with tarfile.open(path, "w:gz") as t:
-        for i in range(n):
-            data = make_song_bytes(500 + i, bars=8)
+        for data in songs:
             md5 = hashlib.md5(data).hexdigest()
             info = tarfile.TarInfo(f"lmd_full/{md5[0]}/{md5}.mid")
             info.size = len(data)
@@ -391,6 +452,65 @@ def test_lakh_full_download(tmp_path, lakh_server):
     prepare(["lakh"], tmp_path / "out2", workers=1, url=lakh_server.url, progress=False)
     assert len(lakh_server.requests) == 1
     assert read_outputs(tmp_path / "out") == read_outputs(tmp_path / "out2")
+
+
+def test_lakh_amt_split(tmp_path, monkeypatch):
+    """`prepare lakh --split amt`: AMT's split of Lakh (md5 names starting with f -> test, e -> val),
+    on a served archive with Lakh's layout, through the real CLI."""
+    picked, want = [], {"e": 3, "f": 3, "other": 6}
+    seed = 500
+    while any(want.values()):
+        data = make_song_bytes(seed, bars=8)
+        first = hashlib.md5(data).hexdigest()[0]
+        kind = first if first in "ef" else "other"
+        if want[kind]:
+            want[kind] -= 1
+            picked.append(data)
+        seed += 1
+    data = make_lakh_archive(tmp_path / "src.tar.gz", songs=picked)
+    server = RangeServer(data)
+    env = {"MIDIGEN_CACHE": str(tmp_path / "cache"), "MIDIGEN_LAKH_MD5": hashlib.md5(data).hexdigest(),
+           "MIDIGEN_LAKH_SIZE": str(len(data))}
+    try:
+        r = run_cli("lakh", "--split", "amt", "--out", tmp_path / "out", "--url", server.url, "--no-progress",
+                    env=env)
+        assert r.returncode == 0, r.stderr
+        bad = run_cli("lakh", "--split", "amt", "--val-frac", "0.1", "--out", tmp_path / "o2", "--url", server.url,
+                      "--no-progress", env=env)
+        assert bad.returncode == 2 and "--split amt takes the split from the file names" in bad.stderr
+    finally:
+        server.close()
+    summary = json.loads(r.stdout)
+    assert summary["split_method"] == "amt"
+    assert {s: summary["splits"][s]["files"] for s in ("train", "val", "test")} == {"train": 6, "val": 3, "test": 3}
+    for row in rows_of(tmp_path / "out"):
+        md5 = row["name"].rsplit("/", 1)[1][:-4]
+        assert row["name"] == f"lakh:lmd_full/{md5[0]}/{md5}.mid"
+        assert row["split"] == {"e": "val", "f": "test"}.get(md5[0], "train")
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["split"]["method"] == "amt" and "'f' test, 'e' val" in meta["split_rule"]
+    check_consistent(tmp_path / "out")
+
+
+def test_split_methods_on_a_folder(tmp_path, songs_dir):
+    """--split amt takes the split from each file's own name (any folder layout, any case); the
+    default hash split records its fractions."""
+    src = tmp_path / "src"
+    songs = sorted(songs_dir.glob("*.mid"))
+    names = ["e1.mid", "E2.MID", "sub/f3.mid", "f4.kar", "0a.mid", "a0.mid", "sub/deep/b5.mid", "ef.mid", "fe.mid"]
+    for name, p in zip(names, songs):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, src / name)
+    s = prepare([src], tmp_path / "amt", workers=1, split="amt", progress=False)
+    got = {r["name"].split("/src/", 1)[1]: r["split"] for r in rows_of(tmp_path / "amt")}
+    assert got == {"E2.MID": "val", "a0.mid": "train", "e1.mid": "val", "ef.mid": "val", "fe.mid": "test",
+                   "f4.kar": "test", "0a.mid": "train", "sub/deep/b5.mid": "train", "sub/f3.mid": "test"}
+    assert s["split_method"] == "amt"
+    prepare([src], tmp_path / "hash", workers=1, val_frac=0.3, test_frac=0.2, progress=False)
+    meta = json.loads((tmp_path / "hash" / "meta.json").read_text())
+    assert meta["split"] == {"method": "hash", "val_frac": 0.3, "test_frac": 0.2, "rule": meta["split_rule"]}
+    for r in rows_of(tmp_path / "hash"):
+        assert r["split"] == split_of(r["hash"], 0.3, 0.2)
 
 
 def test_lakh_resumes_partial_download(tmp_path, lakh_server):

@@ -24,6 +24,12 @@ def run(repo_root, python_exe, *args, env=None, timeout=300, cmd=None):
                           capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def hooks_env(**hooks) -> dict:
+    """Environment that lets `python -m hooked_midigen` (tests/hooked_midigen.py) inject ``hooks``."""
+    tests = str(Path(__file__).resolve().parent)
+    return {"PYTHONPATH": os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p), **hooks}
+
+
 def log_rows(run_dir) -> list[tuple]:
     rows = [json.loads(line) for line in open(Path(run_dir) / "log.jsonl")]
     return [(r["step"], r.get("loss"), r.get("val_loss"), r.get("val_bits_per_note")) for r in rows]
@@ -138,9 +144,9 @@ def test_sigkill_then_resume_equals_uninterrupted(repo_root, python_exe, tiny_da
     assert full.returncode == 0, full.stderr[-3000:]
 
     out = tmp_path / "killed"
-    env = {**os.environ, "MIDIGEN_TEST_STEP_SLEEP": "0.25"}
-    proc = subprocess.Popen([python_exe, "-m", "midigen", *map(str, common), "--out", str(out)], cwd=repo_root,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, **hooks_env(HOOK_STEP_SLEEP="0.25")}  # slowed from outside: no hook in train.py
+    proc = subprocess.Popen([python_exe, "-m", "hooked_midigen", *map(str, common), "--out", str(out)],
+                            cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     saved = None
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -209,4 +215,97 @@ def test_wandb_flag_without_wandb_warns(repo_root, python_exe, tiny_dataset, tmp
     assert "wandb" in res.stderr and "not installed" in res.stderr
     rows = [json.loads(line) for line in open(tmp_path / "wb" / "log.jsonl")]
     assert {"step", "loss", "lr", "tokens_per_s", "elapsed"} <= set(rows[0])
-    assert {"val_loss", "val_bits_per_note"} <= set(rows[-1])
+    assert {"val_loss", "val_bits_per_note", "val_bits_per_second"} <= set(rows[-1])
+    assert rows[-1]["val_bits_per_second"] > 0
+
+
+# ----- learning-rate schedule on resume ----------------------------------------------------------
+
+
+def test_resume_schedule_never_jumps():
+    from midigen.schedule import Schedule, resume_schedule
+
+    done = Schedule(lr=6e-4, min_lr=6e-5, warmup_steps=700, decay_end=10_000)
+    assert resume_schedule(done, done, 10_000) == (done, None)  # same settings: exact resume
+    # a finished run resumed with twice the steps stays at its floor instead of going back to ~3.4e-4
+    longer = Schedule(6e-4, 6e-5, 700, 20_000)
+    assert longer.lr_at(10_000) == pytest.approx(3.4e-4, rel=0.05)
+    s, note = resume_schedule(done, longer, 10_000)
+    assert "floor" in note and "6e-05" in note and "20000" in note
+    assert all(s.lr_at(k) == pytest.approx(6e-5) for k in (10_000, 15_000, 19_999, 25_000))
+    # mid-decay: continues from where the old schedule was, on a cosine to the new end
+    s, note = resume_schedule(done, longer, 5_000)
+    assert s.lr_at(5_000) == pytest.approx(done.lr_at(5_000)) and "cosine" in note
+    lrs = [s.lr_at(k) for k in range(5_000, 20_001, 500)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(6e-5)
+    # saved and resumed again with the same settings: the anchored curve goes on unchanged
+    s2 = Schedule.from_dict(s.to_dict())
+    assert resume_schedule(s2, longer, 8_000) == (s2, None)
+    # inside warmup the two schedules agree: the new one is taken, and said
+    s, note = resume_schedule(done, longer, 100)
+    assert s == longer and "unchanged" in note
+
+
+def test_resume_with_more_steps_keeps_the_lr_floor(repo_root, python_exe, tiny_dataset, tmp_path):
+    common = ["train", TEST_TOML, "--data", tiny_dataset, "--out", tmp_path / "r", "--eval-interval", "4",
+              "--warmup-steps", "2"]
+    first = run(repo_root, python_exe, *common, "--steps", "4")
+    assert first.returncode == 0, first.stderr[-2000:]
+    more = run(repo_root, python_exe, *common, "--steps", "8", "--resume")
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert "lr schedule changed" in more.stderr and "floor" in more.stderr, more.stderr[-2000:]
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, open(tmp_path / "r" / "log.jsonl")) if "lr" in r}
+    min_lr = load_config(repo_root / TEST_TOML).min_lr
+    assert lrs[4] > min_lr  # the first run's last step was still decaying; its schedule ended at step 4
+    assert all(lrs[k] == pytest.approx(min_lr) for k in (5, 6, 7, 8)), lrs  # not stretched back up
+
+
+# ----- batches ----------------------------------------------------------------------------------
+
+
+def test_prefetcher_gives_the_samplers_batches_in_order(tiny_dataset):
+    import torch
+
+    from midigen.dataset import Dataset, WindowSampler
+    from midigen.loader import Prefetcher
+
+    sampler = WindowSampler(Dataset(tiny_dataset).split("train"), 64, seed=5)
+    pf = Prefetcher(sampler, 4, start=3, stop=6, micros=2, rank=1, world=2, device=torch.device("cpu"))
+    try:
+        for step in range(3, 6):
+            for micro in range(2):
+                x, y = pf.get(step, micro)
+                xb, yb = sampler.batch(step, micro * 2 + 1, 4)  # this rank's share of the global batch
+                assert (x.numpy() == xb).all() and (y.numpy() == yb).all()
+    finally:
+        pf.close()
+    assert not pf.thread.is_alive()
+
+    class Broken:
+        def batch(self, *a):
+            raise OSError("the .bin file went away")
+
+    pf = Prefetcher(Broken(), 4, start=0, stop=2, micros=1, rank=0, world=1, device=torch.device("cpu"))
+    with pytest.raises(OSError, match="went away"):
+        pf.get(0, 0)
+    pf.close()
+
+
+# ----- failures under torchrun ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_rank0_failure_stops_every_rank_with_its_error(repo_root, python_exe, tiny_dataset, tmp_path):
+    """Rank 0 cannot save (disk full, injected): rank 1 must not wait for it in a collective."""
+    torchrun = [str(Path(python_exe).parent / "torchrun"), "--standalone", "--nproc_per_node=2", "-m",
+                "hooked_midigen"]
+    t0 = time.time()
+    res = run(repo_root, python_exe, "train", TEST_TOML, "--data", tiny_dataset, "--out", tmp_path / "r",
+              "--steps", "6", "--eval-interval", "2", cmd=torchrun, env=hooks_env(HOOK_FAIL_SAVE_RANK="0"),
+              timeout=240)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0, out[-3000:]
+    assert "midigen train: error: saving the step-2 checkpoint failed: [Errno 28] No space left" in out, out[-3000:]
+    assert "midigen train: error: stopping: rank 0 failed saving the step-2 checkpoint" in out, out[-3000:]
+    assert "Connection closed by peer" not in out  # rank 1 left at the agreement, not by a broken socket
+    assert time.time() - t0 < 200

@@ -1,0 +1,134 @@
+"""Tempo -> seconds, once for the whole project: on token streams (steps) and on symusic scores (ticks).
+
+Tokens: a SHIFT of k steps lasts k * 60 / (bpm * steps_per_quarter) seconds under the tempo in force,
+the last TEMPO token before it in its song. Before a song's first TEMPO token, that first tempo holds
+(as ``Codec.decode`` reads it); a song without one plays at 120 BPM. A BOS starts a new song.
+
+Scores: a MIDI tempo map (ticks, microseconds per quarter); MIDI's default 120 BPM holds until the
+first tempo event.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_BPM = 120.0
+_CHUNK = 1 << 24  # tokens per pass over a long split, so memory stays bounded
+
+
+def token_seconds(codec, tokens) -> np.ndarray:
+    """Seconds each token advances the music (0 for all but SHIFT tokens), float64, for a stream of songs."""
+    return _token_seconds(codec, tokens)[0]
+
+
+def _token_seconds(codec, tokens, carry: float | None = None) -> tuple[np.ndarray, float | None]:
+    """``token_seconds``, continuing a song cut by a chunk boundary: ``carry`` is the tempo in force there.
+
+    Also returns the tempo in force after the last token (None when its song has had no TEMPO yet).
+    """
+    t = np.asarray(tokens).astype(np.int64, copy=False).ravel()
+    n = len(t)
+    out = np.zeros(n, dtype=np.float64)
+    if n == 0:
+        return out, carry
+    kind = codec.kinds(t)
+    is_shift = kind == codec.KINDS.index("shift")
+    is_tempo = kind == codec.KINDS.index("tempo")
+    is_bos = t == codec.BOS
+    marks = is_tempo | is_bos
+    idx = np.arange(n)
+    song = np.cumsum(is_bos)
+    # the tempo in force: the last TEMPO of the song at or before the token ...
+    last = np.maximum.accumulate(np.where(marks, idx, -1))
+    # ... or, before the song's first TEMPO, that first one (found scanning backwards)
+    nxt = np.minimum.accumulate(np.where(marks, idx, n)[::-1])[::-1]
+    use = np.where((last >= 0) & is_tempo[np.maximum(last, 0)], last, nxt)
+    safe = np.minimum(use, n - 1)
+    valid = (use < n) & is_tempo[safe] & (song[safe] == song)
+    bpm = np.full(n, DEFAULT_BPM)
+    bpm[valid] = codec.tempo_bpm[t[use[valid]] - codec.tempo_start]
+    if carry is not None:  # the chunk starts inside a song whose tempo is known
+        first_mark = int(np.argmax(marks)) if marks.any() else n
+        bpm[:first_mark] = carry
+    steps = codec.shift_steps()[np.where(is_shift, t, 0)]
+    out[is_shift] = steps[is_shift] * seconds_per_step(codec, bpm[is_shift])
+    final = int(last[-1])
+    if final < 0:  # no TEMPO or BOS in the chunk: still the carried tempo
+        return out, carry
+    if is_bos[final]:  # a song that has had no TEMPO yet
+        return out, None
+    return out, float(codec.tempo_bpm[t[final] - codec.tempo_start])
+
+
+def seconds_per_step(codec, bpm) -> np.ndarray:
+    return 60.0 / (np.asarray(bpm, dtype=np.float64) * codec.params.steps_per_quarter)
+
+
+def song_seconds(codec, tokens) -> float:
+    """Seconds of music in a token sequence (one song or several, each starting with BOS)."""
+    return float(token_seconds(codec, tokens).sum())
+
+
+def positions_seconds(codec, tokens, positions) -> float:
+    """Seconds covered by the tokens at ``positions`` (sorted, absolute) of a split's stream of songs.
+
+    This is the music behind the tokens an evaluation scores: bits per second divides total bits by it.
+    Long streams are read in chunks, the tempo in force carried from one to the next.
+    """
+    positions = np.asarray(positions, dtype=np.int64)
+    if len(positions) == 0:
+        return 0.0
+    end = int(positions[-1]) + 1
+    total, carry = 0.0, None
+    for a in range(0, end, _CHUNK):
+        b = min(end, a + _CHUNK)
+        secs, carry = _token_seconds(codec, np.asarray(tokens[a:b]), carry)
+        lo, hi = np.searchsorted(positions, [a, b])
+        total += float(secs[positions[lo:hi] - a].sum())
+    return total
+
+
+def steps_to_seconds(codec, tempo_time, tempo_bpm, steps) -> np.ndarray:
+    """Seconds at step values ``steps`` under a decoded tempo map (``Codec.decode_events``' tempo_time/bpm)."""
+    t_time = np.asarray(tempo_time, dtype=np.float64)
+    t_bpm = np.asarray(tempo_bpm, dtype=np.float64)
+    if len(t_bpm) == 0:
+        t_time, t_bpm = np.array([0.0]), np.array([DEFAULT_BPM])
+    t_time = t_time.copy()
+    t_time[0] = 0.0  # the first tempo holds from the start
+    sps = seconds_per_step(codec, t_bpm)
+    seg_start = np.concatenate(([0.0], np.cumsum(np.diff(t_time) * sps[:-1])))
+    k = np.clip(np.searchsorted(t_time, steps, side="right") - 1, 0, len(t_time) - 1)
+    return seg_start[k] + (np.asarray(steps, dtype=np.float64) - t_time[k]) * sps[k]
+
+
+# ----- symusic scores (ticks) -------------------------------------------------------------------
+
+
+def _score_tempo_map(score) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(tempo change ticks, microseconds per quarter, seconds at each change, ticks per quarter)."""
+    tpq = score.ticks_per_quarter
+    if len(score.tempos):
+        t = score.tempos.numpy()
+        order = np.argsort(t["time"], kind="stable")
+        times, mspq = t["time"][order].astype(np.float64), t["mspq"][order].astype(np.float64)
+    else:
+        times, mspq = np.zeros(0), np.zeros(0)
+    if not len(times) or times[0] > 0:  # MIDI's default tempo holds until the first change
+        times, mspq = np.concatenate(([0.0], times)), np.concatenate(([60e6 / DEFAULT_BPM], mspq))
+    secs = np.concatenate(([0.0], np.cumsum(np.diff(times) * mspq[:-1] / 1e6 / tpq)))
+    return times, mspq, secs, tpq
+
+
+def seconds_at_tick(score, ticks) -> np.ndarray:
+    """Seconds at tick positions ``ticks`` of a symusic score (tick-based), following its tempo map."""
+    times, mspq, secs, tpq = _score_tempo_map(score)
+    ticks = np.asarray(ticks, dtype=np.float64)
+    i = np.clip(np.searchsorted(times, ticks, side="right") - 1, 0, len(times) - 1)
+    return secs[i] + (ticks - times[i]) * mspq[i] / 1e6 / tpq
+
+
+def tick_at_seconds(score, seconds: float) -> int:
+    """The tick where ``seconds`` of the score's tempo map have passed."""
+    times, mspq, secs, tpq = _score_tempo_map(score)
+    i = int(np.searchsorted(secs, seconds, side="right")) - 1
+    return int(round(times[i] + (seconds - secs[i]) * 1e6 * tpq / mspq[i]))
