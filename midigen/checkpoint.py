@@ -232,12 +232,29 @@ def capabilities(config: dict, codec: Codec) -> dict:
     instruments = sorted(i - lo for i in ids if lo <= i < hi)
     meters = [f"{n}/{d}" for k, (n, d) in enumerate(codec.time_signatures) if codec.ts_start + k in ids]
     controls = info.get("controls") or {}
+    from midigen.codec import instrument_name
+
     return {
         "codec_version": codec.version,
         "can_edit": bool(codec.has_controls and float(train_cfg.get("edit_fraction", 0) or 0) > 0),
         "instruments": instruments,
+        "instrument_names": [instrument_name(i) for i in instruments],
         "time_signatures": meters,
         "styles": list(controls.get("styles", [])),
         "keys": list(controls.get("keys", [])),
         "densities": list(controls.get("densities", [])),
+        "density_notes_per_second": list(controls.get("density_edges", [])),
     }
+
+
+def describe(path) -> dict:
+    """``midigen info --ckpt``: where the checkpoint is, how far it trained, and its ``capabilities``."""
+    path = resolve(path)
+    config = read_config(path)
+    try:
+        codec = Codec.load(path / CODEC)
+    except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
+        raise MidigenError(f"checkpoint {path}: bad codec.json ({e})") from None
+    info = config.get("info") or {}
+    return {"ckpt": str(path), "step": info.get("step"), "data": info.get("data"),
+            **capabilities(config, codec)}

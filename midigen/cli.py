@@ -77,12 +77,18 @@ def cmd_prepare(a) -> int:
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
         url=a.url, timeout=a.timeout, progress=not a.no_progress, split=a.split,
+        style_from=a.style_from, styles=a.styles,
     )
     _print_json(summary)
     return 0
 
 
 def cmd_info(a) -> int:
+    if a.ckpt:
+        from midigen.checkpoint import describe
+
+        _print_json(describe(a.ckpt))
+        return 0
     from midigen.train import model_info
 
     _print_json(model_info(a.config, a.overrides))
@@ -106,7 +112,8 @@ def cmd_eval(a) -> int:
         raise UsageError("eval needs --ckpt DIR (model) or --samples DIR (generated MIDI)")
     from midigen.evaluate import evaluate
 
-    _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order))
+    _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
+                         controls=a.controls))
     return 0
 
 
@@ -149,6 +156,17 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
 # ----- parser -----------------------------------------------------------------------------------
 
 
+def _add_control_flags(s) -> None:
+    """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices)."""
+    g = s.add_argument_group("steering (none given: the model chooses)")
+    g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned")
+    g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4")
+    g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm")
+    g.add_argument("--density", default=None, choices=["low", "medium", "high"],
+                   help="notes per second, in the training corpus's terciles")
+
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="midigen",
@@ -166,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("prepare", help="turn MIDI folders/archives/Lakh/demo into token files")
     s.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="folder, .mid file, .tar/.tar.gz/.tgz/.zip archive, 'lakh' or 'demo'")
+                   help="folder, .mid file, .tar/.tar.gz/.tgz/.zip archive, 'lakh' or 'demo'; "
+                        "STYLE=SOURCE tags its files with STYLE (e.g. jazz=~/midi/jazz)")
     s.add_argument("--out", required=True, metavar="DIR", help="dataset directory to write")
     s.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: all cores)")
     s.add_argument("--split", choices=["hash", "amt"], default="hash",
@@ -177,10 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--url", default=None, help="address to download lmd_full.tar.gz from (source 'lakh')")
     s.add_argument("--timeout", type=_positive_float, default=60.0, help="seconds allowed per file (default 60)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--style-from", choices=["folder"], default=None,
+                   help="folder: tag each file with the first folder under its source as its style")
+    s.add_argument("--styles", metavar="FILE.csv", default=None,
+                   help="rows of (file name, relative path or content md5; style) tagging files with styles")
     s.set_defaults(func=cmd_prepare)
 
-    s = sub.add_parser("info", help="print the model shape and parameter counts of a config")
-    s.add_argument("--config", required=True, metavar="FILE")
+    s = sub.add_parser("info", help="print a config's model shape, or what a checkpoint can be asked for")
+    g = s.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", metavar="FILE", help="model shape and parameter counts of a training config")
+    g.add_argument("--ckpt", metavar="DIR", help="styles, instruments, meters, keys, densities, editing")
     s.set_defaults(func=cmd_info, overrides=[])
 
     s = sub.add_parser("train", help="train a model from a TOML config (also under torchrun)",
@@ -197,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens")
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
+    s.add_argument("--controls", action="store_true",
+                   help="also score the events with each song's controls in the header and without (same tokens)")
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
@@ -222,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")

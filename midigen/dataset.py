@@ -43,8 +43,10 @@ def read_meta(data_dir) -> dict:
 class Split:
     """One split's token stream (memmapped) and where each song starts in it."""
 
-    def __init__(self, data_dir: Path, name: str, codec: Codec, offsets: np.ndarray | None):
+    def __init__(self, data_dir: Path, name: str, codec: Codec, offsets: np.ndarray | None,
+                 controls: dict | None = None):
         self.name = name
+        self.controls = controls  # song start -> its control id groups (styles, key, density); None: no controls
         path = data_dir / f"{name}.bin"
         if not path.exists():
             raise UsageError(f"{path} is missing: the dataset has no {name} split")
@@ -74,6 +76,12 @@ class Split:
 
     def song(self, i: int) -> np.ndarray:
         return np.asarray(self.tokens[int(self.starts[i]) : int(self.ends[i])])
+
+    def song_controls(self, i: int) -> tuple:
+        """The control id groups (styles, key, density) of song ``i``; empty without controls."""
+        if self.controls is None:
+            return ()
+        return self.controls.get(int(self.starts[i]), ())
 
 
 def _identity(path: Path):
@@ -123,12 +131,18 @@ class Dataset:
             self.codec = Codec.from_dict(self.meta["codec"])
         except (CodecError, KeyError, TypeError, ValueError) as e:
             raise MidigenError(f"{self.dir}/meta.json: unusable codec ({e})") from None
-        self._offsets = self._read_offsets()
+        self._rows = self._read_rows()
+        self._offsets = None if self._rows is None else {
+            s: np.unique(np.array([r["offset"] for r in rows], dtype=np.int64)) for s, rows in self._rows.items()}
+        self.controls = self._control_vocab()
         self._splits: dict[str, Split | UsageError] = {}
         for name in SPLITS:
             offs = self._offsets[name] if self._offsets is not None else None
+            ctl = None
+            if self.controls is not None:
+                ctl = {r["offset"]: self.controls.song_ids(self.codec, r) for r in self._rows[name]}
             try:
-                self._splits[name] = Split(self.dir, name, self.codec, offs)
+                self._splits[name] = Split(self.dir, name, self.codec, offs, ctl)
             except UsageError as e:  # a missing split: raised when it is asked for
                 self._splits[name] = e
 
@@ -143,7 +157,8 @@ class Dataset:
                     f"{self.dir}/{name}.bin holds {len(sp)} tokens but meta.json says {want}: the folder "
                     "was changed after `midigen prepare`; run prepare again")
 
-    def _read_offsets(self) -> dict | None:
+    def _read_rows(self) -> dict | None:
+        """Kept files.jsonl rows per split (None when there is no files.jsonl)."""
         path = self.dir / "files.jsonl"
         if not path.exists():
             return None
@@ -155,8 +170,21 @@ class Dataset:
                     continue
                 row = json.loads(line)
                 if row.get("split") in out and row.get("offset") is not None:
-                    out[row["split"]].append(int(row["offset"]))
-        return {s: np.unique(np.array(v, dtype=np.int64)) for s, v in out.items()}
+                    row["offset"] = int(row["offset"])
+                    out[row["split"]].append(row)
+        return out
+
+    def _control_vocab(self):
+        """The dataset's control vocabulary (``midigen.controls``); None for data prepared without one
+        (codec v1, or rows without keys and styles): such data trains and samples without controls."""
+        if not self.codec.has_controls or self._rows is None:
+            return None
+        train = self._rows["train"]
+        if not any("key" in r or "styles" in r for r in train):
+            return None
+        from midigen.controls import ControlVocab
+
+        return ControlVocab.from_rows(train)
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -174,6 +202,8 @@ class WindowSampler:
     the instruments and tempo; the header's own predictions are masked (target -1). With
     ``edit_fraction`` > 0, that share of windows are editing sequences built from the song around the
     drawn position (``midigen.sequences``), so one model learns to continue, infill and arrange.
+    When the dataset has controls, every header carries the song's (``midigen.controls``), each
+    dropped with probability ``controls.DROP_P``.
     """
 
     def __init__(self, split: Split, block_size: int, seed: int, transpose: bool = True, edit_fraction: float = 0.0):
@@ -200,12 +230,18 @@ class WindowSampler:
         starts = rng.integers(0, n - T, size=batch_size)
         shifts = rng.integers(TRANSPOSE_RANGE.start, TRANSPOSE_RANGE.stop, size=(batch_size, 4))
         edits = rng.random(batch_size) < self.edit_fraction
+        keep = None
+        if self.split.controls is not None:  # drawn only for data with controls: old data keeps its windows
+            from midigen.controls import DROP_P
+
+            keep = rng.random((batch_size, 3)) >= DROP_P
         x = np.empty((batch_size, T), dtype=np.int64)
         y = np.empty((batch_size, T), dtype=np.int64)
         for b in range(batch_size):
-            w, masked = self._edit_window(int(starts[b]), rng) if edits[b] else (None, 0)
+            kb = None if keep is None else keep[b]
+            w, masked = self._edit_window(int(starts[b]), rng, kb) if edits[b] else (None, 0)
             if w is None:
-                w, masked = self._window(int(starts[b]))
+                w, masked = self._window(int(starts[b]), kb)
             if self.transpose:
                 w = self._transpose(w, shifts[b])
             x[b] = w[:-1]
@@ -214,8 +250,18 @@ class WindowSampler:
             y[b, y[b] == self.split.codec.PAD] = -1  # padding after a short editing sequence
         return x, y
 
-    def _window(self, pos: int) -> tuple[np.ndarray, int]:
-        """(T+1 tokens from ``pos``, header prepended if mid-song; number of masked targets)."""
+    def _controls(self, song: int, keep) -> list[int]:
+        from midigen.controls import draw
+
+        return draw(self.split.song_controls(song), keep) if keep is not None else []
+
+    def _window(self, pos: int, keep=None) -> tuple[np.ndarray, int]:
+        """(T+1 tokens from ``pos``, header prepended if mid-song; number of masked targets).
+
+        ``keep`` (one bool per control group) says which of the song's controls the header carries.
+        """
+        from midigen.sequences import header_with
+
         sp = self.split
         T = self.T
         song = int(np.searchsorted(sp.starts, pos, side="right")) - 1
@@ -224,13 +270,20 @@ class WindowSampler:
         start = int(sp.starts[song])
         if pos < start + h:
             pos = start  # inside the header: start at the song's BOS
-        if pos == start or h >= T // 2:  # nothing to prepend (or a header too long to repeat)
+        if h >= T // 2:  # a header too long to repeat: the raw tokens
             return np.asarray(sp.tokens[pos : pos + T + 1], dtype=np.int64), 0
-        body = np.asarray(sp.tokens[pos : pos + T + 1 - h], dtype=np.int64)
-        # the header's h tokens give h-1 targets inside the header: those are masked
-        return np.concatenate((head, body)), h - 1
+        controls = self._controls(song, keep)
+        if pos == start and not controls:  # nothing to prepend
+            return np.asarray(sp.tokens[pos : pos + T + 1], dtype=np.int64), 0
+        full = header_with(sp.codec, head, controls=controls) if controls else head
+        if pos == start:  # the song's start, its header with controls: all of it is learned
+            body = np.asarray(sp.tokens[start + h : start + h + T + 1 - len(full)], dtype=np.int64)
+            return np.concatenate((full, body)), 0
+        body = np.asarray(sp.tokens[pos : pos + T + 1 - len(full)], dtype=np.int64)
+        # the header's tokens give len-1 targets inside the header: those are masked
+        return np.concatenate((full, body)), len(full) - 1
 
-    def _edit_window(self, pos: int, rng: np.random.Generator) -> tuple[np.ndarray | None, int]:
+    def _edit_window(self, pos: int, rng: np.random.Generator, keep=None) -> tuple[np.ndarray | None, int]:
         """An editing sequence from the song around ``pos``, padded to T+1 (None when none fits)."""
         from midigen.sequences import training_edit_sequence
 
@@ -240,7 +293,7 @@ class WindowSampler:
         a = max(int(sp.starts[song]) + len(head), pos - T)
         b = min(int(sp.ends[song]), pos + 2 * T)
         local = np.concatenate((head, np.asarray(sp.tokens[a:b], dtype=np.int64)))
-        seq = training_edit_sequence(sp.codec, local, rng, T + 1)
+        seq = training_edit_sequence(sp.codec, local, rng, T + 1, controls=self._controls(song, keep))
         if seq is None:
             return None, 0
         w = np.full(T + 1, sp.codec.PAD, dtype=np.int64)
@@ -257,8 +310,8 @@ class WindowSampler:
         return w
 
 
-def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | None = None, controls=None,
+              skip_header: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Fixed rows that score each of the first ``max_tokens`` scorable tokens of a split once.
 
     Songs are taken in order. A song's first chunk starts at its BOS; a later chunk has, as unscored
@@ -267,6 +320,10 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
     song's BOS itself is never scored (nothing precedes it). A header longer than the first chunk
     (many instruments, a small ``block_size``) is scored on from plain windows of the song until it
     ends. Returns (inputs, targets) of shape (rows, T), targets -1 where nothing is scored.
+
+    ``controls`` (song index -> control ids) puts those controls in each song's header, as training
+    does; ``skip_header`` leaves the header's tokens unscored, so scores with and without controls
+    cover exactly the same tokens (the song's events and EOS).
     """
     T = block_size
     overlap = T // 2 if overlap is None else overlap
@@ -278,18 +335,28 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
         song = split.song(i).astype(np.int64)
         if len(song) < 2:
             continue
-        song = song[: budget + 1]  # + BOS, which is not scored
-        budget -= len(song) - 1
         head = split.header(i)
+        if controls is not None:
+            from midigen.sequences import header_with
+
+            full = header_with(split.codec, head, controls=controls(i))
+            song = np.concatenate((full, song[len(head) :]))
+            head = full
         own = len(head)  # the header's length inside the song
+        first = own if skip_header else 1  # first token scored
+        if len(song) <= first:
+            continue
+        song = song[: budget + first]
+        budget -= len(song) - first
         if len(head) >= T // 2:
             head = head[:1]  # a header too long to repeat: keep just BOS as context
         h = len(head)
         ov = max(0, min(overlap, T - h - 1))
-        a = 1  # next token to score
+        a = first  # next token to score
         while a < len(song):
             if a <= own:  # in the song's own header or just after: the context is the song before it
-                c = max(0, a - max(1, min(overlap, T - 1)))
+                # from its BOS while that fits (the first chunk), else the ``overlap`` tokens before ``a``
+                c = 0 if a < T else max(0, a - max(1, min(overlap, T - 1)))
                 seq = song[c : c + T + 1]
                 n_ctx = a - c - 1
             else:  # the header, then the song from at most ``ov`` tokens before ``a``
@@ -328,13 +395,20 @@ def eval_positions(split: Split, max_tokens: int) -> np.ndarray:
 
 def token_support(split: Split, transpose: bool, chunk: int = 1 << 26) -> np.ndarray:
     """Token ids a model trained on ``split`` can be asked to produce: those present, closed under
-    the training transpositions, plus BOS and EOS. Counted in chunks, so Lakh-size splits stay cheap."""
+    the training transpositions, plus BOS, EOS, the controls and editing markers that training adds to
+    the stored tokens. Counted in chunks, so Lakh-size splits stay cheap."""
     codec = split.codec
     present = np.zeros(codec.vocab_size, dtype=bool)
     toks = split.tokens
     for a in range(0, len(toks), chunk):
         present |= np.bincount(np.asarray(toks[a : a + chunk]), minlength=codec.vocab_size)[: codec.vocab_size] > 0
     present[[codec.BOS, codec.EOS]] = True
+    if split.controls is not None:  # header controls are built on the fly, not stored in the split
+        for groups in split.controls.values():
+            for group in groups:
+                present[group] = True
+    if codec.has_controls:  # editing markers are built on the fly too
+        present[[codec.EDIT, codec.HOLE, codec.HOLE_END, codec.FILL]] = True
     if transpose:
         ids = np.flatnonzero(present)
         for shift in TRANSPOSE_RANGE:

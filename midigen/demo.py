@@ -98,6 +98,18 @@ def _edit_demo(written: list[str], seed: str) -> list[str]:
     return lines
 
 
+def _one_per_style(seed: str) -> None:
+    """One piece per style the model learned (the corpus's collections), steered with --style."""
+    styles = _last_json(_midigen("info", "--ckpt", str(RUN), capture=True)).get("styles", [])
+    if not styles:
+        print("  (this model learned no styles: prepare the corpus again to get them)")
+        return
+    for style in styles:
+        out = _midigen("sample", "--ckpt", str(RUN), "--style", style, "--seconds", "30", "--seed", seed,
+                       "--out", str(OUT / "styles" / style), "--wav", capture=True)
+        print(out, end="")
+
+
 def main() -> int:
     t0 = time.time()
     if not CONFIG.exists():
@@ -105,7 +117,7 @@ def main() -> int:
     if (DATA / "meta.json").exists():
         print(f"[1/5] corpus: reusing {DATA}")
     else:
-        print("[1/5] preparing the embedded corpus (music21: Bach chorales and fiddle tunes, exported once and cached)")
+        print("[1/5] preparing the embedded corpus (music21: chorales, Palestrina, string quartets, fiddle tunes with and without a band; exported once and cached)")
         _midigen("prepare", "demo", "--out", str(DATA), "--val-frac", "0.05", "--test-frac", "0.05")
 
     if _training_finished():
@@ -121,6 +133,8 @@ def main() -> int:
                    "--out", str(OUT), "--wav", "--png", capture=True)
     print(out, end="")
     written = [line.split()[-1] for line in out.splitlines() if line.strip().endswith((".mid", ".wav", ".png"))]
+    print("[3/5] ... and one piece per style")
+    _one_per_style(seed)
 
     print("[4/5] editing: one infilled piece and one harmonized melody")
     edited = _edit_demo(written, seed)
@@ -134,7 +148,8 @@ def main() -> int:
     print("midigen demo finished in %.1f minutes" % ((time.time() - t0) / 60))
     print(f"  corpus        {DATA}/ (train.bin, val.bin, test.bin, meta.json, files.jsonl)")
     print(f"  model         {RUN}/ (best/, last/, log.jsonl, loss.png)")
-    print(f"  new pieces    {OUT}/ (.mid, .wav, .png) — {len(mids)} MIDI files there in all")
+    print(f"  new pieces    {OUT}/ (.mid, .wav, .png) — {len(mids)} MIDI files there in all; "
+          f"one per style in {OUT}/styles/")
     print(f"  test bits/note: model {ev.get('bits_per_note', float('nan')):.3f}, "
           f"{ev.get('ngram_order', 5)}-gram baseline {ev.get('ngram_bits_per_note', float('nan')):.3f} "
           f"(ratio {ratio:.2f}; lower is better)")

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from midigen.checkpoint import unwrap
-from midigen.errors import MidigenError
+from midigen.dataset import eval_rows
+from midigen.errors import MidigenError, UsageError
 
 LN2 = math.log(2.0)
 NGRAM_MAX_TRAIN_TOKENS = 20_000_000  # keeps the baseline to seconds and a few GB on Lakh-size data
@@ -69,9 +70,27 @@ def summarize(nats: float, tokens: int, notes: int, seconds: float | None = None
     }
 
 
+def control_cost(model, sp, T: int, budget: int, device, dtype=torch.float32, progress: bool = False) -> dict:
+    """Bits per note of the songs' events (header excluded) with each song's controls in its header and
+    without any: the same tokens scored both ways, so the ratio is what steering costs (or gains)."""
+    out = {}
+    for name, controls in (("without", None), ("with", sp.song_controls)):
+        flat = None if controls is None else (lambda i: [t for g in controls(i) for t in g])
+        x, y = eval_rows(sp, T, budget, controls=flat, skip_header=True)
+        targets = y[y >= 0]
+        notes = sp.codec.count_notes(targets)
+        nats = score_rows(model, x, y, max(1, 16384 // T), device, dtype, progress=progress)
+        out[f"bits_per_note_{name}"] = nats / LN2 / notes if notes else None
+        out["tokens"], out["notes"] = int(len(targets)), int(notes)
+    if out["bits_per_note_without"]:
+        out["ratio"] = out["bits_per_note_with"] / out["bits_per_note_without"]
+    return out
+
+
 def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngram_order: int = 5,
-             device: str | None = None, progress: bool = True, dtype: str = "auto") -> dict:
-    """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict."""
+             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False) -> dict:
+    """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict;
+    ``controls`` adds ``control_cost``."""
     from midigen.checkpoint import load_checkpoint, resolve
     from midigen.dataset import Dataset, eval_positions, eval_rows
     from midigen.device import best_device, compute_dtype
@@ -95,7 +114,8 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
         raise MidigenError(f"internal error: model scored {tokens} tokens, baseline would score {len(pos)}")
     music_s = positions_seconds(codec, sp.tokens, pos)
     t0 = time.time()
-    nats = score_rows(model, x, y, max(1, 16384 // T), dev, compute_dtype(dev, dtype), progress=progress)
+    amp = compute_dtype(dev, dtype)
+    nats = score_rows(model, x, y, max(1, 16384 // T), dev, amp, progress=progress)
     model_s = time.time() - t0
 
     out = {"ckpt": str(path), "data": str(data), "split": split, "tokens": tokens, "notes": notes,
@@ -106,6 +126,10 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
     if out["bits_per_note"] and out["ngram_bits_per_note"]:
         out["ratio_to_ngram"] = out["bits_per_note"] / out["ngram_bits_per_note"]
     out["seconds"] = {"model": round(model_s, 2), "ngram": round(time.time() - t0, 2)}
+    if controls:
+        if sp.controls is None:
+            raise UsageError(f"--controls: the dataset {data} has no controls (prepared before them, or codec v1)")
+        out["controls"] = control_cost(model, sp, T, budget, dev, amp, progress=progress)
     return out
 
 

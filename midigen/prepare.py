@@ -140,22 +140,33 @@ class _Encoder:
                 out.append((e, None, None))
         return out
 
-    def check(self, result) -> tuple[np.ndarray | None, int, str | None]:
-        """Encoder output -> (tokens, notes, None) or (None, 0, reason): the filter rule on tokens."""
+    def check(self, result) -> tuple[np.ndarray | None, int, float, str | None]:
+        """Encoder output -> (tokens, notes, seconds, None) or (None, 0, 0, reason): the filter rule on tokens."""
         tokens, notes, secs = result
         if isinstance(tokens, self.CodecError):
-            return None, 0, str(tokens)
+            return None, 0, 0.0, str(tokens)
         if isinstance(tokens, BaseException):
-            return None, 0, _describe("encode failed", tokens)
+            return None, 0, 0.0, _describe("encode failed", tokens)
         if notes is None:
             notes, secs = self.codec.count_notes(tokens), self.seconds(tokens)
         if notes < MIN_NOTES:
-            return None, 0, f"too few notes: {notes} < {MIN_NOTES}"
+            return None, 0, 0.0, f"too few notes: {notes} < {MIN_NOTES}"
         if notes > MAX_NOTES:
-            return None, 0, f"too many notes: {notes} > {MAX_NOTES}"
+            return None, 0, 0.0, f"too many notes: {notes} > {MAX_NOTES}"
         if secs > MAX_SECONDS:
-            return None, 0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
-        return tokens, notes, None
+            return None, 0, 0.0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
+        return tokens, notes, float(secs), None
+
+    def song_fields(self, score, tokens, secs: float) -> dict:
+        """The facts a kept file's row records for the controls: key (and where from), meter, length."""
+        from midigen.keys import song_key
+
+        key, source = song_key(self.codec, score, tokens)
+        head = tokens[: self.codec.header_length(tokens[:200])]
+        ts = [self.codec.time_signatures[int(t) - self.codec.ts_start] for t in head
+              if self.codec.ts_start <= t < self.codec.inst_start]
+        return {"key": key, "key_source": source, "time_signature": f"{ts[0][0]}/{ts[0][1]}" if ts else None,
+                "seconds": round(secs, 3)}
 
 
 def _describe(prefix: str, e: BaseException) -> str:
@@ -194,13 +205,14 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     if _ENCODER is None:
         _ENCODER = _Encoder()
     enc = _ENCODER
-    shard_path, chunk_id, key, items = payload
+    shard_path, chunk_id, key, items, *options = payload
+    want_md5 = bool(options and options[0])  # --styles keyed by content md5
     rows: list[dict] = []
     parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
     written = 0  # compiled path: kept tokens so far, back to back in the encoder's buffer
     for i, item in enumerate(items):
         state[0], state[1] = i, time.monotonic()
-        row, score = _encode_file(enc, item, failed.get(i), written)
+        row, score = _encode_file(enc, item, failed.get(i), written, want_md5)
         written += row.get("tokens", 0)
         if score is not None:
             parsed.append((i, score))
@@ -217,11 +229,12 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     return len(items), len(kept_rows), sum(r["notes"] for r in kept_rows)
 
 
-def _encode_file(enc: _Encoder, item, failed_reason, written: int) -> tuple[dict, object]:
+def _encode_file(enc: _Encoder, item, failed_reason, written: int, want_md5: bool = False) -> tuple[dict, object]:
     """One file -> (its row, its parsed score if the numpy encoder still has to encode it, else None).
 
     Files on disk arrive as (path, size) and are read here, so reading spreads over the workers. The
-    compiled encoder writes kept tokens at ``written`` in its buffer; the row then has ``tokens``.
+    compiled encoder writes kept tokens at ``written`` in its buffer; the row then has ``tokens``
+    and the song's facts (``_Encoder.song_fields``). ``want_md5`` adds the content md5 (--styles).
     """
     name, data, reason = item
     if isinstance(data, tuple):
@@ -230,15 +243,17 @@ def _encode_file(enc: _Encoder, item, failed_reason, written: int) -> tuple[dict
         except OSError as err:
             data, reason = None, reason or f"unreadable: {err.strerror}"
     row = {"name": name, "hash": hashlib.blake2b(data, digest_size=16).hexdigest() if data is not None else None}
+    if want_md5 and data is not None:
+        row["md5"] = hashlib.md5(data).hexdigest()
     reason = reason or failed_reason or (None if data is not None else "unreadable")
     score = None
     if reason is None:
         score, reason = enc.read(data)
         if reason is None and enc.fast is not None:
-            tokens, notes, reason = enc.check(enc.fast.encode_one(score, written))
-            score = None
+            tokens, notes, secs, reason = enc.check(enc.fast.encode_one(score, written))
             if reason is None:
-                row.update(notes=notes, tokens=len(tokens))
+                row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
+            score = None
     if reason is not None:
         row["reason"] = reason
     return row, score
@@ -256,12 +271,12 @@ def _encode_batch(enc: _Encoder, parsed: list, rows: list, failed: dict, state) 
         state[0], state[1] = WHOLE_TASK, time.monotonic()
         outs = enc.encode_scores([sc for _, sc in parsed])
     blobs = []
-    for (i, _), out in zip(parsed, outs):
-        tokens, notes, reason = enc.check(out)
+    for (i, score), out in zip(parsed, outs):
+        tokens, notes, secs, reason = enc.check(out)
         if reason is not None:
             rows[i]["reason"] = reason
             continue
-        rows[i].update(notes=notes, tokens=len(tokens))
+        rows[i].update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
         blobs.append(tokens)
     return [np.concatenate(blobs)] if blobs else []
 
@@ -289,7 +304,8 @@ def _check_out(out: Path) -> None:
 
 
 def _chunks(srcs):
-    """Yield (chunk_id, key, entries) with boundaries from names and sizes only."""
+    """Yield (chunk_id, key, entries) with boundaries from names and sizes only; each entry knows the
+    index of its source (``Entry.source``), which its styles depend on."""
     limit = max(1, int(CHUNK_FILES))
     buf, size, cid = [], 0, 0
 
@@ -299,8 +315,9 @@ def _chunks(srcs):
             h.update(f"{e.name}\0{e.size}\0{e.reason}\n".encode())
         return cid, h.hexdigest(), buf
 
-    for src in srcs:
+    for i, src in enumerate(srcs):
         for e in S.entries(src):
+            e.source = i
             buf.append(e)
             size += e.size if e.reason is None else 0
             if len(buf) >= limit or size >= CHUNK_BYTES:
@@ -310,11 +327,14 @@ def _chunks(srcs):
         yield close()
 
 
-def _start_work(out: Path) -> Path:
-    """``out/.work``, kept from an interrupted run when that run had the same settings, else fresh."""
+def _start_work(out: Path, needs_md5: bool = False) -> Path:
+    """``out/.work``, kept from an interrupted run when that run had the same settings, else fresh.
+
+    ``needs_md5`` is a setting too: shards written without md5s cannot serve a run that needs them.
+    """
     work = out / ".work"
     job = {"version": JOB_VERSION, "codec": _codec_dict(), "filter": FILTER_RULE, "chunk_files": CHUNK_FILES,
-           "chunk_bytes": CHUNK_BYTES}
+           "chunk_bytes": CHUNK_BYTES, "md5": needs_md5}
     job_path = work / "job.json"
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -387,29 +407,36 @@ class _Progress:
 
 
 def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None, timeout=60.0,
-            progress=True, split="hash") -> dict:
+            progress=True, split="hash", style_from=None, styles=None) -> dict:
     """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring).
 
     ``split`` is a ``midigen.splits`` method: "hash" (``val_frac``/``test_frac`` of the files, by
     content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
+    ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.styles``).
     """
+    from midigen.styles import make_tagger, split_source
+
     t0 = time.monotonic()
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
-    sources = [str(s) for s in sources]
+    named = [split_source(str(s)) for s in sources]
+    sources = [s for s, _ in named]
     rule = SplitRule(split, val_frac, test_frac)
+    tagger = make_tagger(named, style_from, styles)
     _check_numbers(workers, timeout)
     out = Path(out)
     _check_out(out)
     srcs = _resolve_sources(sources, url, progress)
     workers = workers or usable_cpus()
-    work = _start_work(out)
+    work = _start_work(out, tagger.needs_md5)
     chunk_list: list[tuple[int, str]] = []
     counts = _Progress(progress)
-    merge = _Merge(work, chunk_list, rule)
+    merge = _Merge(work, chunk_list, rule, tagger)
 
     def tasks():
         for cid, key, entries in _chunks(srcs):
             chunk_list.append((cid, key))
+            merge.tags[cid] = [tagger.by_name(e.source, srcs[e.source].label, srcs[e.source].kind, e.name)
+                               for e in entries]
             p = _shard_path(work, cid, key)
             rows = _reused_rows(p, key, len(entries))
             if rows is not None:
@@ -419,7 +446,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
                 merge.ready(cid)
                 continue
             items = _task_items(entries)
-            yield cid, (str(p), cid, key, items), len(items)
+            yield cid, (str(p), cid, key, items, tagger.needs_md5), len(items)
 
     def done(cid, result):
         counts.add(*result)
@@ -476,8 +503,13 @@ class _Merge:
     truncates and writes again.
     """
 
-    def __init__(self, work: Path, chunk_list: list, rule: SplitRule):
+    def __init__(self, work: Path, chunk_list: list, rule: SplitRule, tagger=None):
+        from midigen.styles import StyleTagger
+
         self.work, self.chunk_list, self.rule = work, chunk_list, rule
+        self.tagger = tagger or StyleTagger([], [])
+        self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)
+        self.counts = {"styles": Counter(), "keys": Counter(), "key_sources": Counter(), "time_signatures": Counter()}
         self.first_of: dict[str, str] = {}
         self.split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
         self.reasons: Counter = Counter()
@@ -501,13 +533,15 @@ class _Merge:
         blob = np.fromfile(path, dtype=np.uint16, offset=at)
         pos = 0
         lines = []
-        for r in head["rows"]:
+        tags = self.tags.pop(cid, None) or [[] for _ in head["rows"]]
+        for r, tag in zip(head["rows"], tags):
             self.seen += 1
             out = {"name": r["name"], "hash": r["hash"], "split": None, "skipped": r.get("reason"), "notes": 0,
                    "tokens": 0, "offset": None}
             if "reason" not in r:
                 start, pos = pos, pos + r["tokens"]
                 self._keep(r, blob[start:pos], out)
+            out.update(self._song_facts(r, tag, out["split"]))
             if out["skipped"] is not None:
                 self.reasons[reason_key(out["skipped"])] += 1
             lines.append(json.dumps(out, ensure_ascii=False))
@@ -530,6 +564,21 @@ class _Merge:
         st["notes"] += r["notes"]
         st["tokens"] += len(tokens)
         self.kept += 1
+
+    def _song_facts(self, r: dict, tag: list, split: str | None) -> dict:
+        """A row's styles, key, meter and length (kept files), counted for meta.json."""
+        if split is None:
+            return {"styles": [], "key": None, "key_source": None, "time_signature": None, "seconds": None}
+        styles = sorted(set(tag) | set(self.tagger.by_md5(r.get("md5"))))
+        facts = {"styles": styles, "key": r.get("key"), "key_source": r.get("key_source"),
+                 "time_signature": r.get("time_signature"), "seconds": r.get("seconds")}
+        c = self.counts
+        c["styles"].update(styles)
+        for name, value in (("keys", facts["key"]), ("key_sources", facts["key_source"]),
+                            ("time_signatures", facts["time_signature"] or "none")):
+            if value is not None:
+                c[name][value] += 1
+        return facts
 
     def close(self) -> None:
         for f in (*self.bins.values(), self.rows_out):
@@ -560,6 +609,7 @@ class _Merge:
             "split_method": self.rule.method,
             "tokens": sum(s["tokens"] for s in stats.values()),
             "notes": sum(s["notes"] for s in stats.values()),
+            "styles": dict(sorted(self.counts["styles"].items())),
         }
 
     def _meta(self, sources) -> dict:
@@ -576,6 +626,11 @@ class _Merge:
             "files": self.seen,
             "kept": self.kept,
             "skipped": {"count": self.seen - self.kept, "reasons": dict(sorted(self.reasons.items()))},
+            "styles": dict(sorted(self.counts["styles"].items())),
+            "style_rule": self.tagger.describe(),
+            "keys": dict(self.counts["keys"].most_common()),
+            "key_sources": dict(sorted(self.counts["key_sources"].items())),
+            "time_signatures": dict(self.counts["time_signatures"].most_common()),
             "filter": {"rule": FILTER_RULE, "min_notes": MIN_NOTES, "max_notes": MAX_NOTES,
                        "max_seconds": MAX_SECONDS, "max_file_bytes": S.MAX_FILE_BYTES},
         }

@@ -332,7 +332,10 @@ def sample_from_cli(a) -> None:
         raise UsageError(f"--out {out} is not a directory")
     device = best_device(a.device)
 
-    model, codec, _ = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device)
+    from midigen.controls import from_cli
+
+    controls, time_signature = from_cli(a, config, codec, instruments)
     prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
@@ -340,6 +343,7 @@ def sample_from_cli(a) -> None:
         model, codec, num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens,
         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty,
         seed=seed, prompt_tokens=prompt, instruments=instruments, tempo=a.tempo, device=device,
+        controls=controls, time_signature=time_signature,
     )
 
     try:

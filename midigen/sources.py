@@ -39,6 +39,7 @@ class Entry:
     data: bytes | Callable[[], bytes] | None = None
     reason: str | None = None
     path: str | None = None  # a file on disk: prepare's workers read it themselves, in parallel
+    source: int = 0  # index of the SOURCE argument it came from (its styles depend on it)
 
     def load(self) -> bytes | None:
         if callable(self.data):

@@ -498,6 +498,8 @@ class Run:
         cfg = self.cfg
         info = {"step": step, "tokens_seen": step * self.tokens_per_step, "data": str(cfg.data),
                 "train_config": cfg.to_dict(), **ev}
+        if self.ds.controls is not None:  # what --style/--key/--density mean for this model
+            info["controls"] = self.ds.controls.to_info(cfg.transpose)
         if is_best:
             save_checkpoint(self.out / "best", self.raw, self.codec, info)
         ts = {"step": step, "optimizer": self.opt.state_dict(), "best_val_loss": self.best_val,

@@ -82,8 +82,8 @@ def test_reader_racing_a_republish_gets_one_whole_set(tmp_path, songs_dir, monke
     real_split = midigen.dataset.Split
     raced = []
 
-    def split_then_republish(data_dir, name, codec, offsets):
-        sp = real_split(data_dir, name, codec, offsets)
+    def split_then_republish(data_dir, name, codec, offsets, controls=None):
+        sp = real_split(data_dir, name, codec, offsets, controls)
         if not raced:  # between this reader's first file and its others, a new set is published
             raced.append(name)
             prepare([songs_dir], out, workers=1, val_frac=0.3, test_frac=0.3, progress=False)

@@ -48,7 +48,8 @@ def check_consistent(out) -> None:
     bins = {s: np.fromfile(Path(out) / f"{s}.bin", dtype=np.uint16) for s in ("train", "val", "test")}
     totals = {s: 0 for s in bins}
     for r in rows_of(out):
-        assert set(r) == {"name", "hash", "split", "skipped", "notes", "tokens", "offset"}
+        assert set(r) == {"name", "hash", "split", "skipped", "notes", "tokens", "offset",
+                          "styles", "key", "key_source", "time_signature", "seconds"}  # + the song facts controls use
         if r["split"] is None:
             assert r["skipped"]
             continue

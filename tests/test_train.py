@@ -88,11 +88,12 @@ def test_windows_carry_the_song_header(tiny_dataset):
         h = codec.header_length(row)
         assert m in (0, h - 1)
     assert (masked > 0).any()  # most windows start mid-song
-    # transposition moves pitched notes together and touches nothing else
+    # transposition moves pitched notes (and the header's KEY control) together and touches nothing else
     t = WindowSampler(sp, 64, seed=3, transpose=True)
     xt, _ = t.batch(step=5, micro=1, batch_size=32)
     is_note = (x >= codec.note_start) & (x < codec.dv_start)
-    assert (xt[~is_note] == x[~is_note]).all()
+    is_key = (x >= codec.key_start) & (x < codec.density_start)
+    assert (xt[~is_note & ~is_key] == x[~is_note & ~is_key]).all()
     moved = (xt != x).any(1)
     assert moved.any()
     for a, b in zip(x[moved], xt[moved]):

@@ -1,0 +1,230 @@
+"""Controls in training headers, the sampler's --style/--key/--density/--time-signature, info --ckpt."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PYTHON, REPO
+from midigen.codec import Codec, Kind, parse_key
+from midigen.controls import DROP_P, resolve
+
+
+def cli(*args, timeout=300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([PYTHON, "-m", "midigen", *map(str, args)], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def styled_data(tmp_path_factory, music21_dir) -> Path:
+    """The real music21 pieces, styled by collection folder (bach, ryansMammoth)."""
+    out = tmp_path_factory.mktemp("styled") / "data"
+    r = cli("prepare", music21_dir, "--style-from", "folder", "--out", out, "--val-frac", "0.15", "--test-frac",
+            "0.15", "--workers", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def styled_run(styled_data, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("run") / "model"
+    r = cli("train", REPO / "configs" / "test.toml", f"--data={styled_data}", f"--out={run}", "--steps=12",
+            "--eval_interval=6", "--eval_tokens=1024")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run
+
+
+def test_windows_carry_controls_with_dropout(styled_data):
+    from midigen.dataset import Dataset, WindowSampler
+
+    ds = Dataset(styled_data)
+    codec, sp = ds.codec, ds.split("train")
+    assert ds.controls.styles == ["bach", "ryansMammoth"]
+    counts = np.zeros(3)
+    n = 0
+    s = WindowSampler(sp, 64, seed=1, transpose=False)
+    for step in range(8):
+        x, y = s.batch(step, 0, 32)
+        for row, target in zip(x, y):
+            h = codec.header_length(row)
+            kinds = codec.kinds(row[:h])
+            groups = [(kinds == Kind.STYLE).sum(), (kinds == Kind.KEY).sum(), (kinds == Kind.DENSITY).sum()]
+            assert all(g <= 1 for g in groups[1:])
+            counts += np.array(groups) > 0
+            n += 1
+            # the controls sit after TEMPO [TS], in style, key, density order
+            ctl = kinds[(kinds >= Kind.STYLE) & (kinds <= Kind.DENSITY)]
+            assert (np.diff(ctl) >= 0).all()
+            assert kinds[h - 1 - len(ctl)] in (Kind.TEMPO, Kind.TS)
+    kept = counts / n
+    assert np.all(np.abs(kept - (1 - DROP_P)) < 0.12), kept  # each control left out ~30% of the time
+
+
+def test_song_controls_match_files_jsonl(styled_data):
+    from midigen.dataset import Dataset
+
+    ds = Dataset(styled_data)
+    codec, sp = ds.codec, ds.split("train")
+    rows = [json.loads(line) for line in (styled_data / "files.jsonl").open()]
+    by_offset = {r["offset"]: r for r in rows if r["split"] == "train"}
+    rates = sorted(r["notes"] / r["seconds"] for r in by_offset.values())
+    lo, hi = ds.controls.density_edges
+    assert sum(r < lo for r in rates) == pytest.approx(len(rates) / 3, abs=1.5)
+    for i, start in enumerate(sp.starts):
+        r = by_offset[int(start)]
+        styles, key, density = sp.song_controls(i)
+        assert styles == [codec.style_token(ds.controls.styles.index(s)) for s in r["styles"]]
+        assert key == [codec.key_token(parse_key(r["key"]))]
+        rate = r["notes"] / r["seconds"]
+        assert density == [codec.density_token(0 if rate < lo else 1 if rate < hi else 2)]
+
+
+def test_transposition_moves_the_key(styled_data):
+    from midigen.dataset import Dataset, WindowSampler
+
+    ds = Dataset(styled_data)
+    codec, sp = ds.codec, ds.split("train")
+    plain = WindowSampler(sp, 64, seed=2, transpose=False).batch(0, 0, 32)[0]
+    moved = WindowSampler(sp, 64, seed=2, transpose=True).batch(0, 0, 32)[0]
+    checked = 0
+    for a, b in zip(plain, moved):
+        is_note = (a >= codec.note_start) & (a < codec.dv_start)
+        is_key = (a >= codec.key_start) & (a < codec.density_start)
+        if not is_key.any() or (a == b).all():
+            continue
+        shift = int(np.unique(b[is_note] - a[is_note])[0])
+        ka, kb = int(a[is_key][0]) - codec.key_start, int(b[is_key][0]) - codec.key_start
+        assert kb == (ka % 12 + shift) % 12 + 12 * (ka // 12)  # same mode, tonic moved with the notes
+        checked += 1
+    assert checked >= 5
+
+
+def test_eval_rows_with_controls_score_the_same_tokens(styled_data):
+    from midigen.dataset import Dataset, eval_rows
+
+    sp = Dataset(styled_data).split("val")
+    flat = lambda i: [t for g in sp.song_controls(i) for t in g]
+    x0, y0 = eval_rows(sp, 64, 10**9, skip_header=True)
+    x1, y1 = eval_rows(sp, 64, 10**9, controls=flat, skip_header=True)
+    t0, t1 = y0[y0 >= 0], y1[y1 >= 0]
+    assert len(t0) == len(t1) and (t0 == t1).all()
+    assert (x1[:, 0] == sp.codec.BOS).all()
+    # every chunk's context carries the controls
+    assert all(((row >= sp.codec.style_start) & (row < sp.codec.EDIT)).any() for row in x1)
+
+
+def test_info_ckpt_json(styled_run):
+    r = cli("info", "--ckpt", styled_run)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["styles"] == ["bach", "ryansMammoth"]
+    assert info["densities"] == ["low", "medium", "high"] and len(info["density_notes_per_second"]) == 2
+    assert len(info["keys"]) == 24  # transposition reaches every key
+    assert "4/4" in info["time_signatures"] and info["instruments"] and info["can_edit"] is False
+    assert info["step"] == 12 or info["step"] == 6
+
+
+@pytest.mark.parametrize("flag, value, listed", [
+    ("--style", "jazz", "bach, ryansMammoth"),
+    ("--style", "bach,jazz", "bach, ryansMammoth"),
+    ("--time-signature", "7/8", "4/4"),
+    ("--time-signature", "three", "N/D"),
+    ("--key", "H minor", "C major"),
+    ("--instruments", "tuba", "Acoustic Grand Piano"),
+])
+def test_unknown_names_exit_2_listing_valid_ones(styled_run, tmp_path, flag, value, listed):
+    r = cli("sample", "--ckpt", styled_run, flag, value, "--seconds", "2", "--out", tmp_path)
+    assert r.returncode == 2, r.stderr
+    assert listed in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not list(tmp_path.glob("*.mid"))
+
+
+def test_sample_with_every_control(styled_run, tmp_path):
+    from midigen.checkpoint import capabilities, load_checkpoint
+    from midigen.sample import generate_samples
+
+    model, codec, config = load_checkpoint(styled_run)
+    caps = capabilities(config, codec)
+    ids, ts = resolve(caps, codec, style="ryansMammoth,bach", key="F# minor", density="high", time_signature="3/4")
+    assert ts == (3, 4)
+    want = [codec.style_token(0), codec.style_token(1), codec.key_token(parse_key("F# minor")), codec.density_token(2)]
+    assert ids == want
+    for instruments in (None, [0]):
+        samples = generate_samples(model, codec, num_samples=3, seconds=4, seed=5, controls=ids, time_signature=ts,
+                                   instruments=instruments, tempo=100 if instruments else None)
+        for s in samples:
+            h = codec.header_length(s.tokens)
+            head = [int(t) for t in s.tokens[:h]]
+            assert head[-5:] == [codec.ts_token(3, 4), *want], [codec.token_name(t) for t in head]
+            score = codec.decode(s.tokens)
+            assert [(t.numerator, t.denominator) for t in score.time_signatures] == [(3, 4)]
+    # a prompt's header takes the controls too
+    prompt = samples[0].tokens[: codec.header_length(samples[0].tokens) + 12]
+    ids2, _ = resolve(caps, codec, key="D")
+    (s,) = generate_samples(model, codec, seconds=2, seed=1, prompt_tokens=prompt, controls=ids2, time_signature=(2, 4))
+    h = codec.header_length(s.tokens)
+    assert [int(t) for t in s.tokens[h - 2 : h]] == [codec.ts_token(2, 4), codec.key_token(2)]
+
+
+def test_sample_cli_with_controls(styled_run, tmp_path):
+    r = cli("sample", "--ckpt", styled_run, "--style", "bach", "--key", "G", "--density", "low",
+            "--time-signature", "3/4", "--seconds", "3", "--seed", "3", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    (mid,) = tmp_path.glob("*.mid")
+    score = Codec().read_midi(mid.read_bytes())
+    assert [(t.numerator, t.denominator) for t in score.time_signatures] == [(3, 4)]
+
+
+def test_no_controls_means_the_model_chooses(styled_run):
+    from midigen.checkpoint import load_checkpoint
+    from midigen.sample import generate_samples
+
+    model, codec, _ = load_checkpoint(styled_run)
+    for s in generate_samples(model, codec, num_samples=4, seconds=3, seed=2):
+        kinds = codec.kinds(s.tokens)
+        assert not ((kinds >= Kind.STYLE) & (kinds <= Kind.DENSITY)).any()
+
+
+def test_eval_controls_flag(styled_run, styled_data):
+    r = cli("eval", "--ckpt", styled_run, "--data", styled_data, "--controls", "--max-tokens", "3000")
+    assert r.returncode == 0, r.stderr
+    c = json.loads(r.stdout)["controls"]
+    assert c["notes"] > 0 and c["bits_per_note_with"] > 0 and c["ratio"] == pytest.approx(
+        c["bits_per_note_with"] / c["bits_per_note_without"])
+
+
+def test_v1_dataset_and_checkpoint_still_sample(tmp_path, music21_dir):
+    """A codec v1 dataset (no controls) trains and samples; asking it for a style is a clear error."""
+    from midigen.model import padded_vocab
+
+    codec = Codec(version=1)
+    data = tmp_path / "v1"
+    data.mkdir()
+    songs = [codec.encode_score(codec.read_midi(p.read_bytes())) for p in sorted(music21_dir.rglob("*.mid"))[:12]]
+    rows, offsets = [], {"train": 0, "val": 0, "test": 0}
+    bins = {k: [] for k in offsets}
+    for i, song in enumerate(songs):
+        split = "val" if i == 0 else "test" if i == 1 else "train"
+        rows.append({"name": f"s{i}", "split": split, "offset": offsets[split], "notes": codec.count_notes(song),
+                     "tokens": len(song)})
+        bins[split].append(song)
+        offsets[split] += len(song)
+    for k, v in bins.items():
+        np.concatenate(v).astype(np.uint16).tofile(data / f"{k}.bin")
+    (data / "files.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (data / "meta.json").write_text(json.dumps({"codec": codec.to_dict(), "vocab_size": codec.vocab_size}))
+    run = tmp_path / "run"
+    r = cli("train", REPO / "configs" / "test.toml", f"--data={data}", f"--out={run}", "--steps=4",
+            "--eval_interval=4", "--eval_tokens=512")
+    assert r.returncode == 0, r.stderr[-2000:]
+    info = json.loads(cli("info", "--ckpt", run).stdout)
+    assert info["codec_version"] == 1 and info["styles"] == []
+    r = cli("sample", "--ckpt", run, "--seconds", "2", "--out", tmp_path / "s", "--time-signature", "4/4")
+    assert r.returncode == 0, r.stderr
+    r = cli("sample", "--ckpt", run, "--seconds", "2", "--out", tmp_path / "s", "--style", "bach")
+    assert r.returncode == 2 and "no style" in r.stderr, r.stderr
