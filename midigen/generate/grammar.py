@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from midigen.codec import N_INSTRUMENTS, N_PITCHES, Codec, Kind
+from midigen.timing import seconds_per_step
 
 # phases
 HEAD = 0  # after BOS: INSTs, then TEMPO
@@ -62,6 +63,7 @@ class _Tables:
         self.dv_steps = t(c.durations[np.arange(c.dv_end - c.dv_start) // p.velocity_levels])
         self.fdtype = torch.float32 if device.type == "mps" else torch.float64
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
+        self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
 
 
 class Grammar:
@@ -173,7 +175,7 @@ class Grammar:
     # ----- state ------------------------------------------------------------------------------
 
     def _sec_per_step(self, tempo_bin: torch.Tensor) -> torch.Tensor:
-        return 60.0 / (self.T.tempo_bpm[tempo_bin] * self.spq)
+        return self.T.sec_per_step[tempo_bin]
 
     def advance(self, tokens) -> None:
         """Move every row past its next token (sampled or forced). Out-of-grammar ids still update time."""
