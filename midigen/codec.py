@@ -320,6 +320,18 @@ class Codec:
         t = np.asarray(tokens)
         return int(np.count_nonzero((t >= self.note_start) & (t < self.dv_start)))
 
+    def base_header_length(self, tokens: np.ndarray) -> int:
+        """Length of ``BOS INST... TEMPO [TS]`` at the start of ``tokens`` (no controls, no EDIT part)."""
+        t = np.asarray(tokens)
+        n = 1 if len(t) and t[0] == self.BOS else 0
+        while n < len(t) and self.inst_start <= t[n] < self.note_start:
+            n += 1
+        if n < len(t) and self.tempo_start <= t[n] < self.ts_start:
+            n += 1
+        if n < len(t) and self.ts_start <= t[n] < self.inst_start:
+            n += 1
+        return n
+
     def header_length(self, tokens: np.ndarray) -> int:
         """Length of the song header at the start of ``tokens``.
 
@@ -327,15 +339,7 @@ class Codec:
         and, in an editing sequence, ``EDIT INST...`` naming the instruments to write.
         """
         t = np.asarray(tokens)
-        n = 0
-        if n < len(t) and t[n] == self.BOS:
-            n += 1
-        while n < len(t) and self.inst_start <= t[n] < self.note_start:
-            n += 1
-        if n < len(t) and self.tempo_start <= t[n] < self.ts_start:
-            n += 1
-        if n < len(t) and self.ts_start <= t[n] < self.inst_start:
-            n += 1
+        n = self.base_header_length(t)
         if not self.has_controls:
             return n
         while n < len(t) and self.style_start <= t[n] < self.EDIT:

@@ -20,7 +20,7 @@ from midigen.codec import Codec, CodecError, Kind, instrument_name, parse_instru
 from midigen.device import best_device
 from midigen.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
-from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
+from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
 
 DEFAULT_SECONDS = 30.0
@@ -106,12 +106,7 @@ def _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p,
         raise UsageError(f"seconds must be > 0, got {seconds}")
     if max_new_tokens is not None and int(max_new_tokens) < 1:
         raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if not temperature > 0:
-        raise UsageError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and int(top_k) < 1:
-        raise UsageError(f"top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UsageError(f"top-p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
     if not repetition_penalty > 0:
         raise UsageError(f"repetition penalty must be > 0, got {repetition_penalty}")
     if tempo is not None and not 16 <= tempo <= 512:

@@ -64,24 +64,11 @@ class Units:
                      np.full(n, -1, np.int64), np.full(n, _ORDER_MARK, np.int64))
 
 
-def base_header_length(codec: Codec, song: np.ndarray) -> int:
-    """Length of ``BOS INST... TEMPO [TS]`` (without controls or an EDIT part)."""
-    t = np.asarray(song)
-    n = 1 if len(t) and t[0] == codec.BOS else 0
-    while n < len(t) and codec.inst_start <= t[n] < codec.note_start:
-        n += 1
-    if n < len(t) and codec.tempo_start <= t[n] < codec.ts_start:
-        n += 1
-    if n < len(t) and codec.ts_start <= t[n] < codec.inst_start:
-        n += 1
-    return n
-
-
 def song_units(codec: Codec, song: np.ndarray) -> tuple[np.ndarray, Units]:
     """(base header, units of the events) of one song's tokens (``BOS ... [EOS]``)."""
     song = np.asarray(song, dtype=np.int64)
     h = codec.header_length(song)
-    head = song[: base_header_length(codec, song[:h])]
+    head = song[: codec.base_header_length(song[:h])]
     body = song[h:]
     end = np.flatnonzero((body == codec.EOS) | (body == codec.BOS))
     body = body[: end[0]] if len(end) else body

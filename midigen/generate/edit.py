@@ -26,7 +26,7 @@ import symusic
 
 from midigen.codec import DRUMS, Codec, CodecError, Kind, instrument_name
 from midigen.errors import UsageError
-from midigen.generate.engine import Decoder, Listener
+from midigen.generate.engine import Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
 from midigen.sequences import EditTask, Units, edit_prompt, song_units
 
@@ -288,12 +288,7 @@ def splice(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) 
 def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    if not temperature > 0:
-        raise UsageError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and int(top_k) < 1:
-        raise UsageError(f"top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UsageError(f"top-p must be in (0, 1], got {top_p}")
+    check_sampling(temperature, top_k, top_p)
     seed = secrets.randbelow(2**31) if seed is None else int(seed)
     return Decoder(model, codec, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, device=device,
                    listener=listener)

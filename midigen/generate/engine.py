@@ -17,13 +17,23 @@ import torch
 
 from midigen.codec import Codec
 from midigen.device import autocast, sampling_dtype
-from midigen.errors import Cancelled
+from midigen.errors import Cancelled, UsageError
 from midigen.generate.grammar import Grammar
 
 KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
 REPETITION_WINDOW = 256  # recent tokens whose notes the repetition penalty discourages
 
 Listener = Callable[[np.ndarray], object]
+
+
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """The sampling controls every task shares; a bad one is a usage error."""
+    if not temperature > 0:
+        raise UsageError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and int(top_k) < 1:
+        raise UsageError(f"top-k must be >= 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise UsageError(f"top-p must be in (0, 1], got {top_p}")
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
