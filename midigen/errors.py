@@ -7,3 +7,7 @@ class MidigenError(Exception):
 
 class UsageError(MidigenError):
     """Bad arguments, unknown source, unwritable directory, bad numbers: exit 2."""
+
+
+class Cancelled(MidigenError):
+    """Generation stopped because its listener asked it to (the studio's cancel button)."""

@@ -19,7 +19,7 @@ import torch
 
 from midigen.codec import Codec, CodecError, instrument_name, parse_instrument
 from midigen.device import best_device
-from midigen.errors import UsageError
+from midigen.errors import Cancelled, UsageError
 from midigen.grammar import Grammar
 
 DEFAULT_SECONDS = 30.0
@@ -171,8 +171,13 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
                      max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
                      top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
                      prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
-                     keep_fraction: float = KEEP_FRACTION) -> list[Sample]:
-    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
+                     keep_fraction: float = KEEP_FRACTION, listener=None) -> list[Sample]:
+    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
+
+    ``listener``, if given, is called after every new token with the (B, n) array of the tokens
+    generated so far (a view: copy what you keep); returning True stops at once with ``Cancelled``.
+    This is how the studio streams notes to the page and cancels a run.
+    """
     _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
                 instruments)
     if seconds is None and max_new_tokens is None:
@@ -220,6 +225,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         L += 1
         new += 1
         g.advance(tok)
+        if listener is not None and listener(seq[:, len(prefix) : L]):
+            raise Cancelled("generation cancelled")
         if g.done.all() or new >= budget:
             break
         if cache.length >= block:
