@@ -111,8 +111,11 @@ def call(method: str, url: str, body=None, raw: bytes | None = None, headers=Non
     return status, payload
 
 
-def wait_job(base: str, job: dict, timeout: float = 300) -> tuple[dict, list, bool]:
-    """Follow a job with long polls -> (final state, every streamed note, whether notes came while it ran)."""
+def wait_job(base: str, job: dict, timeout: float = 300, pace: float = 0.0) -> tuple[dict, list, bool]:
+    """Follow a job with long polls -> (final state, every streamed note, whether notes came while it ran).
+
+    ``pace``: seconds to wait after an answer that brought notes, as the page does.
+    """
     notes, during, deadline = [], False, time.time() + timeout
     while job["status"] in ("queued", "running"):
         assert time.time() < deadline, f"job {job['id']} did not finish"
@@ -120,6 +123,8 @@ def wait_job(base: str, job: dict, timeout: float = 300) -> tuple[dict, list, bo
         assert status == 200, job
         notes += job["notes"]
         during |= bool(job["notes"]) and job["status"] == "running"
+        if job["notes"] and pace:
+            time.sleep(pace)
     return job, notes, during
 
 
@@ -128,12 +133,13 @@ def misbehaving_reader(conn) -> None:
     from midigen.studio.sandbox import serve
     from midigen.studio.upload import check_midi as real
 
-    def check(data: bytes):
+    def check(args: dict, data: bytes):
         if data.startswith(b"CRASH"):
             os.abort()
         if data.startswith(b"HANG"):
             time.sleep(3600)
-        return real(data)
+        out, facts = real(data)
+        return facts, out
 
     serve(conn, check)
 
@@ -143,8 +149,8 @@ def synth_hanging_at_44100(conn) -> None:
     from midigen.studio.audio import render_file
     from midigen.studio.sandbox import serve
 
-    def render(job):
-        if job[3] == 44100:
+    def render(job: dict, blob):
+        if job["rate"] == 44100:
             time.sleep(3600)
         return render_file(job)
 

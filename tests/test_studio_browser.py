@@ -88,8 +88,10 @@ def coloured_pixels(page) -> int:
     }""")
 
 
-def wait_idle(page, timeout=120_000):
-    page.wait_for_function("document.getElementById('job').hidden", timeout=timeout)
+def wait_for_versions(page, n: int, timeout=120_000):
+    """Until the page lists ``n`` versions and no job of its own is running."""
+    page.wait_for_function(f"document.querySelectorAll('#versions li').length === {n} && "
+                           "document.getElementById('job').hidden", timeout=timeout)
 
 
 def versions(page) -> list[str]:
@@ -158,14 +160,14 @@ def test_generate_streams_then_continue_undo_redo_and_download(page, server):
     assert "Acoustic Grand Piano" in page.locator("#gen-instruments").inner_text()
     page.click("#generate")
     page.wait_for_function("/\\b[1-9][0-9]* notes/.test(document.getElementById('job-status').textContent)")
-    wait_idle(page)
+    wait_for_versions(page, 1)
     assert len(versions(page)) == 1 and current_label(page).startswith("generated 40 s")
     generated = current_label(page)
 
     open_tab(page, "continue")
     page.fill("#cont-seconds", "6")
     page.click("#continue")
-    wait_idle(page)
+    wait_for_versions(page, 2)
     assert len(versions(page)) == 2 and current_label(page).startswith("continued from the end")
 
     page.click("#undo")
@@ -219,7 +221,7 @@ def test_screenshot_of_a_working_session(page, song_file, tmp_path):
     page.fill("#cont-seconds", "12")
     page.fill("#seed", "7")
     page.click("#continue")
-    wait_idle(page)
+    wait_for_versions(page, 2)
     assert current_label(page).startswith("continued from 0:")
     open_tab(page, "infill")
     x0, y = box["x"] + box["width"] * 0.3, box["y"] + 260

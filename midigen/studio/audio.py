@@ -29,15 +29,15 @@ class RenderError(MidigenError):
     """The synthesizer failed or hung on this version (a 422)."""
 
 
-def render_file(job: tuple) -> float:
-    """(MIDI path, WAV path, soundfont, sample rate) -> seconds of audio written; runs in the child."""
+def render_file(job: dict, blob=None) -> tuple[float, None]:
+    """{midi, wav, soundfont, rate} -> (seconds of audio written, None); runs in the child."""
     import numpy as np
     import symusic
 
     from midigen.render import write_wav
     from midigen.studio.timing import TempoMap
 
-    midi, wav, soundfont, rate = job
+    midi, wav, soundfont, rate = job["midi"], job["wav"], job["soundfont"], int(job["rate"])
     score = symusic.Score.from_midi(Path(midi).read_bytes())
     ends = [int(np.max(a["time"].astype(np.int64) + a["duration"])) for a in
             (t.notes.numpy() for t in score.tracks if t.note_num())]
@@ -47,7 +47,7 @@ def render_file(job: tuple) -> float:
     tm = TempoMap(score)
     seconds = float(tm.seconds(max(ends))) + TAIL_SECONDS
     write_wav(score.clip(0, int(tm.ticks(seconds)), False), wav, soundfont=soundfont, sample_rate=rate)
-    return seconds
+    return seconds, None
 
 
 def _child(conn) -> None:
@@ -81,7 +81,8 @@ class AudioCache:
         midi = str(self.ws.midi_path(pid, vid))
         for rate in self.rates:
             try:
-                self.box.call((midi, str(path), str(self.soundfont), rate), "rendering the audio", timeout=limit)
+                job = {"midi": midi, "wav": str(path), "soundfont": str(self.soundfont), "rate": rate}
+                self.box.call(job, None, "rendering the audio", timeout=limit)
                 return
             except Refused as e:
                 raise Conflict(str(e)) from None

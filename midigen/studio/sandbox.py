@@ -2,12 +2,14 @@
 
 Parsing client MIDI and running the soundfont synthesizer are C++ code fed with data the server does
 not control; a crash, a hang or a runaway allocation there must cost one request, not the server.
-A ``Sandbox`` keeps one spawned child that runs ``handler(payload)`` for each call; a call that takes
-longer than its time limit kills the child, a child that dies is replaced, and the next call gets a
-fresh one.
+A ``Sandbox`` keeps one spawned child that runs ``handler(args, blob)`` for each call; a call that
+takes longer than its time limit kills the child, a child that dies is replaced, and the next call
+gets a fresh one. Messages are JSON plus raw bytes, never pickles: what comes back from a child that
+chewed on a hostile file is data, not code.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import threading
 
@@ -33,22 +35,39 @@ def _limit_memory() -> None:
         pass
 
 
+def _send(conn, head: dict, blob: bytes | None) -> None:
+    conn.send_bytes(json.dumps({**head, "blob": blob is not None}).encode())
+    if blob is not None:
+        conn.send_bytes(blob)
+
+
+def _recv(conn) -> tuple[dict, bytes | None]:
+    head = json.loads(conn.recv_bytes().decode())
+    return head, conn.recv_bytes() if head.pop("blob") else None
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, MidigenError):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return "it needs too much memory"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text}".strip(": ")
+
+
 def serve(conn, handler) -> None:
-    """The child's loop: answer ('ok', result) or ('error', message) for each payload until closed."""
+    """The child's loop: ``handler(args, blob) -> (result, blob)`` for each call, until the pipe closes."""
     _limit_memory()
     while True:
         try:
-            payload = conn.recv()
+            head, blob = _recv(conn)
         except (EOFError, OSError):
             return
         try:
-            conn.send(("ok", handler(payload)))
-        except MidigenError as e:
-            conn.send(("error", str(e)))
-        except MemoryError:
-            conn.send(("error", "it needs too much memory"))
-        except Exception as e:  # a library bug on a hostile input costs that input only
-            conn.send(("error", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"))
+            result, out = handler(head["args"], blob)
+            _send(conn, {"ok": True, "result": result}, out)
+        except Exception as e:  # MidigenError is the handler's refusal; anything else a library bug
+            _send(conn, {"ok": False, "error": _reason(e)}, None)
 
 
 class Sandbox:
@@ -87,8 +106,8 @@ class Sandbox:
             self.proc.join(5)
             self.proc = None
 
-    def call(self, payload, what: str, timeout: float | None = None):
-        """``handler(payload)`` in the child; Refused with its message, or SandboxError.
+    def call(self, args, blob: bytes | None, what: str, timeout: float | None = None) -> tuple:
+        """``handler(args, blob)`` in the child -> (result, blob); Refused with its message, or SandboxError.
 
         A child found dead is replaced and the call tried once more, so a child that died between
         calls (killed from outside) is not blamed on the next input.
@@ -98,19 +117,19 @@ class Sandbox:
             for attempt in (1, 2):
                 self._ensure()
                 try:
-                    self.conn.send(payload)
+                    _send(self.conn, {"args": args}, blob)
                     if not self.conn.poll(limit):
                         self._stop()
                         raise SandboxError(f"{what} took longer than {limit:g} s")
-                    answer = self.conn.recv()
+                    head, out = _recv(self.conn)
                     break
-                except (EOFError, OSError):
+                except (EOFError, OSError, ValueError):
                     self._stop()
                     if attempt == 2:
                         raise SandboxError(f"{what} crashed") from None
-        if answer[0] == "ok":
-            return answer[1]
-        raise Refused(answer[1])
+        if head.get("ok"):
+            return head.get("result"), out
+        raise Refused(str(head.get("error", "refused")))
 
     def close(self) -> None:
         with self.lock:

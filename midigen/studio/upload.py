@@ -72,8 +72,13 @@ def check_midi(data: bytes) -> tuple[bytes, dict]:
     return out, {"notes": notes, "seconds": round(seconds, 3), "instruments": instruments_of(score)}
 
 
+def _check(args: dict, data: bytes | None) -> tuple[dict, bytes]:
+    out, facts = check_midi(data or b"")
+    return facts, out
+
+
 def _child(conn) -> None:
-    serve(conn, check_midi)
+    serve(conn, _check)
 
 
 class Reader:
@@ -88,9 +93,10 @@ class Reader:
     def read(self, data: bytes) -> tuple[bytes, dict]:
         """-> (the song as symusic writes it, facts); UploadError for a bad file, a crash or a timeout."""
         try:
-            return self.box.call(bytes(data), "reading the file")
+            facts, midi = self.box.call({}, bytes(data), "reading the file")
         except (Refused, SandboxError) as e:
             raise UploadError(str(e)) from None
+        return midi, facts
 
     def close(self) -> None:
         self.box.close()

@@ -4,6 +4,7 @@ import { api } from "./api.js";
 import { PianoRoll, clock, instrumentColor } from "./roll.js";
 
 const $ = (id) => document.getElementById(id);
+const POLL_GAP_MS = 120;  // after an answer with notes; the first notes still come as soon as they exist
 const state = {
   info: null, caps: null, names: [], pieceId: null, piece: null, version: null, roll: null,
   job: null, point: 0, span: null, variants: null,
@@ -96,8 +97,8 @@ function showModel() {
 
 // ----- pieces and versions ------------------------------------------------------------------------
 
-async function refreshPieceList() {
-  const pieces = await api.pieces();
+async function refreshPieceList(known = null) {
+  const pieces = known || await api.pieces();
   const sel = $("piece-select");
   sel.innerHTML = "";
   for (const p of pieces) {
@@ -111,12 +112,11 @@ async function refreshPieceList() {
   return pieces;
 }
 
-async function openPiece(id) {
+async function openPiece(id, pieces = null) {
   const piece = await api.piece(id);
   state.pieceId = id;
   history.replaceState(null, "", `#piece=${id}`);
-  await showPiece(piece);
-  await refreshPieceList();
+  await Promise.all([showPiece(piece), refreshPieceList(pieces)]);
 }
 
 async function showPiece(piece) {
@@ -352,24 +352,26 @@ async function followJob(job) {
   let since = 0;
   let j = job;
   roll.clearPreview();
-  while (j.status === "queued" || j.status === "running") {
-    j = await api.job(job.id, since, 2);
-    roll.addPreview(j.notes);
-    since += j.notes.length;
-    if (state.job) showJob(j);
-  }
-  state.job = null;
-  setBusy(false);
-  if (j.status === "done") {
+  try {
+    while (j.status === "queued" || j.status === "running") {
+      j = await api.job(job.id, since, 2);
+      roll.addPreview(j.notes);
+      since += j.notes.length;
+      showJob(j);
+      if (j.notes.length) await new Promise((ok) => setTimeout(ok, POLL_GAP_MS));  // gather a few notes per answer
+    }
     roll.clearPreview();
-    await openPiece(j.piece);
-    if (j.versions.length > 1) showVariants(j.versions);
-  } else if (j.status === "failed") {
-    roll.clearPreview();
-    toast(j.error || "the job failed");
-  } else {
-    roll.clearPreview();
-    toast("Cancelled.", "info");
+    if (j.status === "done") {
+      await openPiece(j.piece);
+      if (j.versions.length > 1) showVariants(j.versions);
+    } else if (j.status === "failed") {
+      toast(j.error || "the job failed");
+    } else {
+      toast("Cancelled.", "info");
+    }
+  } finally {
+    state.job = null;
+    setBusy(false);  // only now: the result is on the page
   }
 }
 
@@ -471,7 +473,7 @@ function wire() {
 
 async function init() {
   wire();
-  const info = await api.info();
+  const [info, pieces] = await Promise.all([api.info(), api.pieces()]);
   state.info = info;
   state.caps = info.capabilities;
   state.names = info.instruments.map((x) => x.name);
@@ -480,11 +482,15 @@ async function init() {
   fillInstrumentPicker($("arrange-instrument-pick"));
   setupSteering();
   $("undo").disabled = $("redo").disabled = $("delete-piece").disabled = true;
-  const pieces = await refreshPieceList();
   const wanted = new URLSearchParams(location.hash.slice(1)).get("piece");
   const first = pieces.find((p) => p.id === wanted) || pieces[0];
-  if (first) await openPiece(first.id);
-  else await showVersion(null);
+  if (first) {
+    state.pieceId = first.id;
+    await openPiece(first.id, pieces);
+  } else {
+    await refreshPieceList(pieces);
+    await showVersion(null);
+  }
   window.studioReady = true;
   document.body.dataset.ready = "true";
 }
