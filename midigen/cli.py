@@ -153,6 +153,23 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
 
 
+def cmd_studio(a) -> int:
+    from midigen.studio.server import run
+
+    run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device)
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in 0..65535, got {v}")
+    return v
+
+
 # ----- parser -----------------------------------------------------------------------------------
 
 
@@ -271,6 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parts to keep (default: every part the song has that is not in --add); others are dropped")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
+
+
+    s = sub.add_parser("studio", help="a web page to hear, see, generate and continue music (and its JSON API)")
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=_port, default=8765, help="port (default 8765; 0 picks a free one)")
+    s.add_argument("--workspace", default="out/studio", metavar="DIR",
+                   help="where pieces and versions are kept (default out/studio)")
+    s.add_argument("--open", action="store_true", help="open the page in the default browser")
+    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    s.set_defaults(func=cmd_studio)
     return p
 
 

@@ -1,0 +1,362 @@
+"""The generation engine behind the studio, and the single worker that runs it.
+
+``Engine`` is the studio's only door into the generators: loading the checkpoint, what it can do
+(``capabilities``), and generate / continue / infill / arrange. Everything else in the studio deals in
+scores, versions and HTTP, so a new engine changes this file only.
+
+``JobQueue`` runs one job at a time on one thread, so the model is loaded once and never runs twice
+at the same time; waiting jobs know their place in line. A job streams through ``Progress``, the
+listener the engine calls after every token: it keeps the tokens so far (decoded to notes only when a
+page asks) and answers True once the job is cancelled, which stops the engine at that token.
+"""
+from __future__ import annotations
+
+import secrets
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from midigen.codec import DRUMS, Codec, instrument_name, parse_instrument
+from midigen.errors import Cancelled, MidigenError, UsageError
+from midigen.studio import splice
+from midigen.studio.roll import instruments_of, stream_notes
+from midigen.studio.upload import notes_end_seconds
+from midigen.studio.workspace import new_id
+
+KINDS = ("generate", "continue", "infill", "arrange")
+MAX_WAITING = 32  # jobs waiting at once; more are refused (429) rather than queued for hours
+KEEP_FINISHED = 256  # finished jobs remembered for their pollers
+
+
+class CannotEdit(MidigenError):
+    """The checkpoint cannot do this (a 409): e.g. infill with a model trained without editing."""
+
+
+class QueueFull(MidigenError):
+    """Too many jobs are waiting (a 429)."""
+
+
+# ----- the engine adapter -----------------------------------------------------------------------
+
+
+def _seen(model, codec: Codec) -> list[int]:
+    """Instruments the model's output support includes (all of them when it has no support set)."""
+    if getattr(model, "support", None) is None:
+        return list(range(DRUMS + 1))
+    ids = np.asarray(model.support.tolist())
+    ids = ids[(ids >= codec.inst_start) & (ids < codec.note_start)]
+    return sorted(int(i) - codec.inst_start for i in ids)
+
+
+def capabilities(config: dict, model, codec: Codec) -> dict:
+    """What the checkpoint can be asked for: ``midigen.checkpoint.capabilities`` where it exists,
+    else what this engine can do (continue and generate; no editing, no style or meter controls)."""
+    caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
+            "keys": [], "densities": []}
+    try:
+        from midigen.checkpoint import capabilities as from_checkpoint
+    except ImportError:
+        return caps
+    return {**caps, **from_checkpoint(config)}
+
+
+def _sampling(req: dict, device) -> dict:
+    seed = req.get("seed")
+    return {"temperature": float(req.get("temperature") or 1.0), "top_k": req.get("top_k"), "top_p": req.get("top_p"),
+            "seed": secrets.randbelow(2**31) if seed is None else int(seed), "device": device}
+
+
+def parse_instruments(names) -> list[int]:
+    """General MIDI names, program numbers 0..127, 128 or 'drums' -> sorted instrument numbers."""
+    out = set()
+    for x in names or []:
+        text = str(x).strip()
+        try:
+            out.add(DRUMS if text == str(DRUMS) else parse_instrument(text))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return sorted(out)
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
+
+
+class Engine:
+    """One loaded checkpoint and the four things the studio asks of it."""
+
+    def __init__(self, ckpt, device):
+        from midigen.checkpoint import load_checkpoint
+
+        self.model, self.codec, self.config = load_checkpoint(ckpt, device)
+        self.device = device
+        self.ckpt = str(ckpt)
+        self.caps = capabilities(self.config, self.model, self.codec)
+
+    # ----- checks made before a job is queued, so a bad request fails at once --------------------
+
+    def instruments(self, names) -> list[int]:
+        """Names or numbers -> instruments the model knows (UsageError listing them otherwise)."""
+        out = parse_instruments(names)
+        for i in out:
+            if i not in self.caps["instruments"]:
+                known = ", ".join(instrument_name(k) for k in self.caps["instruments"][:40])
+                raise UsageError(f"this checkpoint never saw {instrument_name(i)}; it knows: {known}")
+        return out
+
+    def check(self, kind: str, req: dict, version: dict | None) -> None:
+        """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad spans."""
+        for key, caps_key in (("style", "styles"), ("time_signature", "time_signatures"), ("key", "keys"),
+                              ("density", "densities")):
+            value = req.get(key)
+            if value and value not in self.caps[caps_key]:
+                have = ", ".join(map(str, self.caps[caps_key])) or "none"
+                raise UsageError(f"this checkpoint has no {key} {value!r} (it has: {have})")
+        self.instruments(req.get("instruments"))
+        if kind == "generate":
+            return
+        if version is None or not version.get("notes"):
+            raise UsageError(f"nothing to {kind}: upload or generate some music first")
+        if kind in ("infill", "arrange") and not self.caps["can_edit"]:
+            raise CannotEdit(f"this checkpoint cannot {kind}: it was trained without the editing objective")
+        length = float(version.get("seconds") or 0.0)
+        if kind == "continue" and req.get("at_seconds") is not None and req["at_seconds"] > length:
+            raise UsageError(f"the point {_clock(req['at_seconds'])} is past the end of the piece ({_clock(length)})")
+        if kind == "infill":
+            if not req["start_s"] < req["end_s"]:
+                raise UsageError("the span is empty: its end must come after its start")
+            if req["start_s"] >= length:
+                raise UsageError(f"the span starts after the end of the piece ({_clock(length)})")
+        if kind == "arrange":
+            if not self.instruments(req.get("add")):
+                raise UsageError("arrange needs at least one instrument to add")
+            parse_instruments(req.get("keep"))
+
+    # ----- the runs: each returns [(score, label, parameters)] ---------------------------------
+
+    def run(self, kind: str, req: dict, score, progress: "Progress") -> list[tuple]:
+        return getattr(self, "_" + kind)(req, score, progress)
+
+    def _generate(self, req: dict, score, progress) -> list[tuple]:
+        from midigen.sample import generate_samples, sample_score
+
+        insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
+        head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
+        if insts and tempo is not None:
+            head.append(self.codec.tempo_token(tempo))
+        progress.begin(np.array(head, np.int64), 0.0)
+        s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
+                             listener=progress, **kw)[0]
+        label = f"generated {req['seconds']:g} s · seed {kw['seed']}"
+        return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
+
+    def _continue(self, req: dict, score, progress) -> list[tuple]:
+        from midigen.sample import generate_samples
+
+        extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device)
+        p = splice.plan(self.codec, score, req.get("at_seconds"))
+        insts = sorted(set(p.instruments) | set(extra))
+        progress.begin(splice.stream_head(self.codec, p, extra), p.start_seconds)
+        tempo = req.get("tempo") if p.prompt is not None else (req.get("tempo") or p.tempo)
+        s = generate_samples(self.model, self.codec, seconds=req["seconds"], prompt_tokens=p.prompt,
+                             instruments=insts, tempo=tempo, listener=progress, **kw)[0]
+        where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
+        label = f"continued from {where} · {req['seconds']:g} s · seed {kw['seed']}"
+        return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": kw["seed"]})]
+
+    def _infill(self, req: dict, score, progress) -> list[tuple]:
+        from midigen.edit import infill  # the editing engine (issue 10)
+
+        kw = _sampling(req, self.device)
+        insts = self.instruments(req.get("instruments")) or None
+        head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts or instruments_of(score)]
+        progress.begin(np.array(head + [self.codec.tempo_token(120.0)], np.int64), float(req["start_s"]))
+        scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
+                        num_samples=req["num_samples"], listener=progress, **kw)
+        span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
+        return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
+                for i, sc in enumerate(scores)]
+
+    def _arrange(self, req: dict, score, progress) -> list[tuple]:
+        from midigen.edit import arrange  # the editing engine (issue 10)
+
+        kw = _sampling(req, self.device)
+        add = self.instruments(req.get("add"))
+        keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
+        head = [self.codec.BOS] + [self.codec.inst_token(i) for i in sorted(set(add) | set(keep or []))]
+        progress.begin(np.array(head + [self.codec.tempo_token(120.0)], np.int64), 0.0)
+        scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
+                         listener=progress, **kw)
+        names = ", ".join(instrument_name(i) for i in add)
+        return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
+                 {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
+
+
+def facts(score) -> dict:
+    """What a version record says about its music."""
+    return {"notes": int(score.note_num()), "seconds": round(notes_end_seconds(score), 3),
+            "instruments": instruments_of(score)}
+
+
+# ----- streaming and the worker -----------------------------------------------------------------
+
+
+class Progress:
+    """The listener a run calls after every token; pollers read the notes written so far."""
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self.head = None
+        self.offset = 0.0
+        self.tokens = np.zeros(0, np.int64)
+        self.cancel = False
+        self._cache = (-1, [])
+
+    def begin(self, head: np.ndarray, offset_seconds: float) -> None:
+        """How to read the coming tokens: decoded after ``head``, placed ``offset_seconds`` in."""
+        self.head, self.offset = head, float(offset_seconds)
+        if self.cancel:
+            raise Cancelled("generation cancelled")
+
+    def __call__(self, new_tokens: np.ndarray) -> bool:
+        self.tokens = new_tokens[0]  # a view the engine only writes past; row 0 is the one shown
+        return self.cancel
+
+    @property
+    def count(self) -> int:
+        return len(self.tokens)
+
+    def notes(self) -> list[list[float]]:
+        tokens = self.tokens
+        if self.head is None or self._cache[0] == len(tokens):
+            return self._cache[1]
+        notes = stream_notes(self.codec, self.head, tokens, self.offset)
+        self._cache = (len(tokens), notes)
+        return notes
+
+    def freeze(self) -> None:
+        """Keep only this job's own tokens (the engine's whole buffer can go)."""
+        self.tokens = np.array(self.tokens, copy=True)
+
+
+@dataclass
+class Job:
+    kind: str
+    piece: str
+    base: str | None
+    request: dict
+    progress: Progress
+    id: str = field(default_factory=new_id)
+    status: str = "queued"  # queued, running, done, failed, cancelled
+    error: str | None = None
+    versions: list = field(default_factory=list)
+    created: float = field(default_factory=time.time)
+    started: float | None = None
+    finished: float | None = None
+
+
+class JobQueue:
+    """One worker thread running jobs in the order they came."""
+
+    def __init__(self, engine: Engine, workspace, max_waiting: int = MAX_WAITING):
+        self.engine = engine
+        self.ws = workspace
+        self.max_waiting = max_waiting
+        self.cv = threading.Condition()
+        self.waiting: deque[Job] = deque()
+        self.jobs: OrderedDict[str, Job] = OrderedDict()
+        self.running: Job | None = None
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="midigen-studio-worker", daemon=True)
+        self.thread.start()
+
+    def submit(self, kind: str, piece: str, base: str | None, request: dict) -> Job:
+        with self.cv:
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self.waiting)} jobs are waiting already: try again in a while")
+            job = Job(kind, piece, base, request, Progress(self.engine.codec))
+            self.jobs[job.id] = job
+            self.waiting.append(job)
+            self._forget()
+            self.cv.notify_all()
+            return job
+
+    def _forget(self) -> None:
+        done = [j for j in self.jobs.values() if j.finished is not None]
+        for j in done[: max(0, len(done) - KEEP_FINISHED)]:
+            del self.jobs[j.id]
+
+    def get(self, jid: str) -> Job | None:
+        with self.cv:
+            return self.jobs.get(jid)
+
+    def position(self, job: Job) -> int | None:
+        """How many jobs run before this one: 0 while it runs, None once it has finished."""
+        with self.cv:
+            if job.status == "running":
+                return 0
+            if job.status != "queued":
+                return None
+            ahead = next((i for i, j in enumerate(self.waiting) if j is job), len(self.waiting))
+            return ahead + (self.running is not None)
+
+    def load(self) -> dict:
+        with self.cv:
+            return {"running": int(self.running is not None), "waiting": len(self.waiting)}
+
+    def cancel(self, job: Job) -> None:
+        """A waiting job is dropped; a running one stops at its next token."""
+        with self.cv:
+            job.progress.cancel = True
+            if job.status == "queued":
+                self.waiting.remove(job)
+                job.status, job.finished = "cancelled", time.time()
+
+    def close(self) -> None:
+        with self.cv:
+            self.stopping = True
+            for job in self.waiting:
+                job.status, job.finished = "cancelled", time.time()
+            self.waiting.clear()
+            if self.running is not None:
+                self.running.progress.cancel = True
+            self.cv.notify_all()
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while True:
+            with self.cv:
+                while not self.waiting and not self.stopping:
+                    self.cv.wait()
+                if self.stopping:
+                    return
+                job = self.running = self.waiting.popleft()
+                job.status, job.started = "running", time.time()
+            status, error = self._run(job)
+            with self.cv:
+                job.progress.freeze()
+                job.status, job.error, job.finished = status, error, time.time()
+                self.running = None
+
+    def _run(self, job: Job) -> tuple[str, str | None]:
+        """-> (status, error): the job's versions are written before it counts as done."""
+        try:
+            score = self.ws.score(job.piece, job.base) if job.base else None
+            results = self.engine.run(job.kind, job.request, score, job.progress)
+            for i, (sc, label, params) in enumerate(results):
+                v = self.ws.add_version(job.piece, bytes(sc.dumps_midi()), label=label, kind=job.kind,
+                                        facts=facts(sc), params=params, parent=job.base, current=i == 0)
+                job.versions.append(v["id"])
+            return "done", None
+        except Cancelled:
+            return "cancelled", None
+        except MidigenError as e:
+            return "failed", str(e)
+        except Exception as e:  # a bug must cost this job only, never the worker
+            traceback.print_exc(file=sys.stderr)
+            return "failed", f"internal error: {type(e).__name__}: {e}"

@@ -1,0 +1,195 @@
+"""The API's request and response bodies; FastAPI turns them into the OpenAPI document at /docs."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from midigen.studio.workspace import ID_PATTERN
+
+MAX_NEW_SECONDS = 300.0  # one job writes at most five minutes of music
+
+Instrument = int | str  # a General MIDI program 0..127, 128 or "drums", or a (partial) GM name
+
+
+class Sampling(BaseModel):
+    """The sampling controls shared by every kind of job."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, gt=0, le=5, description="higher: more surprising choices")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling; null: off")
+    top_k: int | None = Field(None, ge=1, le=65535, description="null: off")
+    seed: int | None = Field(None, ge=0, lt=2**31, description="the same seed and request give the same music; "
+                                                                "null: a random seed (reported in the version)")
+
+
+class Steering(BaseModel):
+    """Controls a checkpoint may offer (see /api/info capabilities); asking for one it lacks is a 400."""
+
+    style: str | None = None
+    time_signature: str | None = Field(None, examples=["3/4"])
+    key: str | None = Field(None, examples=["D", "F# minor"])
+    density: Literal["low", "medium", "high"] | None = None
+
+
+class GenerateIn(Sampling, Steering):
+    """New music from nothing; the result replaces what the piece shows (undo brings it back)."""
+
+    instruments: list[Instrument] | None = Field(None, description="null: the model chooses")
+    tempo: float | None = Field(None, ge=16, le=512, description="start tempo in BPM; null: the model chooses")
+    seconds: float = Field(30.0, gt=0, le=MAX_NEW_SECONDS, description="length of the new music")
+
+
+class ContinueIn(Sampling):
+    """More music after a version's notes, from its end or from a point (what was after the point goes)."""
+
+    version: str | None = Field(None, pattern=ID_PATTERN, description="the version to continue; null: the current one")
+    at_seconds: float | None = Field(None, ge=0, description="continue from here; null: from the end")
+    seconds: float = Field(30.0, gt=0, le=MAX_NEW_SECONDS, description="length of the new music")
+    instruments: list[Instrument] | None = Field(None, description="instruments to add to the song's own")
+    tempo: float | None = Field(None, ge=16, le=512, description="a tempo change where the new music starts")
+
+
+class InfillIn(Sampling):
+    """Rewrite a time span (optionally only some instruments); N variants to audition."""
+
+    version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
+    start_s: float = Field(..., ge=0)
+    end_s: float = Field(..., gt=0)
+    instruments: list[Instrument] | None = Field(None, description="rewrite only these; null: all")
+    num_samples: int = Field(1, ge=1, le=8, description="variants to write")
+
+
+class ArrangeIn(Sampling):
+    """New parts over the whole song, keeping some of its parts."""
+
+    version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
+    add: list[Instrument] = Field(..., min_length=1, description="instruments to write")
+    keep: list[Instrument] | None = Field(None, description="the song's parts to keep; null: all of them")
+    num_samples: int = Field(1, ge=1, le=8)
+
+
+class SelectIn(BaseModel):
+    version: str = Field(..., pattern=ID_PATTERN)
+
+
+class VersionOut(BaseModel):
+    id: str
+    label: str
+    kind: str = Field(description="upload, generate, continue, infill or arrange")
+    created: float
+    parent: str | None
+    notes: int
+    seconds: float
+    instruments: list[int]
+    params: dict
+
+
+class PieceOut(BaseModel):
+    id: str
+    name: str
+    created: float
+    versions: list[VersionOut]
+    history: list[str] = Field(description="the undo list: version ids")
+    cursor: int = Field(description="index of the current version in history (-1: empty piece)")
+    current: str | None
+    can_undo: bool
+    can_redo: bool
+
+
+class PieceBrief(BaseModel):
+    id: str
+    name: str
+    created: float
+    versions: int
+    current: str | None
+    seconds: float
+
+
+class Track(BaseModel):
+    index: int
+    name: str
+    instrument: int = Field(description="GM program 0..127, 128 = drums")
+    label: str
+    drums: bool
+    start: list[float] = Field(description="note onsets, seconds")
+    duration: list[float]
+    pitch: list[int]
+    velocity: list[int]
+
+
+class TempoOut(BaseModel):
+    time: float
+    bpm: float
+
+
+class MeterOut(BaseModel):
+    time: float
+    numerator: int
+    denominator: int
+
+
+class RollOut(BaseModel):
+    """A version as the page draws it: every track's notes in seconds, bar and beat lines."""
+
+    duration: float
+    ticks_per_quarter: int
+    tracks: list[Track]
+    bars: list[float]
+    beats: list[float]
+    tempos: list[TempoOut]
+    time_signatures: list[MeterOut]
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str
+    piece: str
+    status: Literal["queued", "running", "done", "failed", "cancelled"]
+    position: int | None = Field(description="jobs that run before this one: 0 while it runs, null when over")
+    tokens: int = Field(description="tokens written so far")
+    notes_total: int = Field(description="notes written so far")
+    notes: list[list[float]] = Field(description="notes written after the first `since`: "
+                                                 "[start s, duration s, pitch, velocity, instrument]")
+    versions: list[str] = Field(description="the versions the job made, once done")
+    error: str | None
+    elapsed: float
+
+
+class Capabilities(BaseModel):
+    can_edit: bool
+    styles: list[str]
+    instruments: list[int]
+    time_signatures: list[Any]
+    keys: list[Any]
+    densities: list[Any]
+
+
+class InstrumentOut(BaseModel):
+    id: int
+    name: str
+
+
+class LimitsOut(BaseModel):
+    upload_bytes: int
+    piece_seconds: float
+    new_seconds: float
+    pieces: int
+    versions_per_piece: int
+    workspace_midi_bytes: int
+
+
+class InfoOut(BaseModel):
+    version: str
+    checkpoint: str
+    device: str
+    parameters: int
+    block_size: int
+    capabilities: Capabilities
+    instruments: list[InstrumentOut] = Field(description="every General MIDI instrument, 128 = drums")
+    limits: LimitsOut
+    queue: dict
+
+
+class ErrorOut(BaseModel):
+    detail: str

@@ -1,0 +1,498 @@
+// The studio page: pieces, versions, the transport, the four kinds of job and their streamed notes.
+// Everything goes through the JSON API (api.js); the piano roll draws (roll.js).
+import { api } from "./api.js";
+import { PianoRoll, clock, instrumentColor } from "./roll.js";
+
+const $ = (id) => document.getElementById(id);
+const POLL_GAP_MS = 120;  // after an answer with notes; the first notes still come as soon as they exist
+const state = {
+  info: null, caps: null, names: [], pieceId: null, piece: null, version: null, roll: null,
+  job: null, point: 0, span: null, variants: null,
+};
+const roll = new PianoRoll($("roll"), $("roll-scroll"), $("roll-spacer"));
+const audio = $("audio");
+
+// ----- messages -----------------------------------------------------------------------------------
+
+let toastTimer = null;
+function toast(message, kind = "error") {
+  $("error-text").textContent = message;
+  $("error").className = `toast ${kind === "info" ? "info" : ""}`;
+  $("error").hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { $("error").hidden = true; }, kind === "info" ? 4000 : 15000);
+}
+const fail = (e) => toast(e.message || String(e));
+$("error-close").onclick = () => { $("error").hidden = true; };
+
+function guard(fn) {  // run an async handler; any error becomes the toast
+  return (...args) => Promise.resolve().then(() => fn(...args)).catch(fail);
+}
+
+// ----- instruments and capabilities ---------------------------------------------------------------
+
+const nameOf = (i) => state.names[i] || `program ${i}`;
+
+function fillInstrumentPicker(select) {
+  select.innerHTML = "";
+  const seen = new Set(state.caps.instruments);
+  for (let i = 0; i <= 128; i++) {
+    if (!seen.has(i)) continue;
+    const o = document.createElement("option");
+    o.value = String(i);
+    o.textContent = i === 128 ? "Drums" : `${nameOf(i)} (${i})`;
+    select.appendChild(o);
+  }
+}
+
+function chip(container, inst) {
+  if ([...container.children].some((c) => c.dataset.inst === String(inst))) return;
+  const el = document.createElement("span");
+  el.className = "chip";
+  el.dataset.inst = String(inst);
+  const dot = document.createElement("i");
+  dot.style.background = instrumentColor(inst);
+  const x = document.createElement("button");
+  x.textContent = "×";
+  x.title = "Remove";
+  x.onclick = () => el.remove();
+  el.append(dot, document.createTextNode(nameOf(inst)), x);
+  container.appendChild(el);
+}
+const chips = (container) => [...container.children].map((c) => Number(c.dataset.inst));
+
+function setupSteering() {
+  let missing = [];
+  for (const sel of document.querySelectorAll("[data-steer]")) {
+    const values = state.caps[sel.dataset.steer] || [];
+    sel.innerHTML = "<option value=''>model chooses</option>";
+    for (const v of values) {
+      const o = document.createElement("option");
+      o.value = o.textContent = String(v);
+      sel.appendChild(o);
+    }
+    sel.disabled = values.length === 0;
+    if (!values.length) missing.push(sel.dataset.what);
+  }
+  const list = missing.length > 1 ? `${missing.slice(0, -1).join(", ")} or ${missing[missing.length - 1]}` : missing[0];
+  $("steer-note").textContent = missing.length ? `This checkpoint has no ${list} control.` : "";
+  const edit = state.caps.can_edit;
+  for (const el of document.querySelectorAll(".edit-action")) el.disabled = !edit;
+  for (const el of document.querySelectorAll(".edit-note")) {
+    el.textContent = edit ? "" : "This checkpoint cannot edit (it was trained without the editing objective).";
+  }
+}
+
+function showModel() {
+  const i = state.info;
+  const m = (i.parameters / 1e6).toFixed(i.parameters < 1e7 ? 1 : 0);
+  const path = i.checkpoint.split("/").filter(Boolean).slice(-2).join("/");
+  $("model-info").innerHTML = "";
+  $("model-info").append(`model ${path} · ${m}M params · ${i.device}`);
+  const tag = document.createElement("span");
+  tag.className = `tag ${i.capabilities.can_edit ? "ok" : "no"}`;
+  tag.textContent = i.capabilities.can_edit ? "can edit" : "cannot edit";
+  $("model-info").appendChild(tag);
+}
+
+// ----- pieces and versions ------------------------------------------------------------------------
+
+async function refreshPieceList(known = null) {
+  const pieces = known || await api.pieces();
+  const sel = $("piece-select");
+  sel.innerHTML = "";
+  for (const p of pieces) {
+    const o = document.createElement("option");
+    o.value = p.id;
+    o.textContent = `${p.name} · ${clock(p.seconds)} · ${p.versions} version${p.versions === 1 ? "" : "s"}`;
+    sel.appendChild(o);
+  }
+  if (!pieces.length) sel.innerHTML = "<option value=''>no pieces yet</option>";
+  sel.value = state.pieceId || "";
+  return pieces;
+}
+
+async function openPiece(id, pieces = null) {
+  const piece = await api.piece(id);
+  state.pieceId = id;
+  history.replaceState(null, "", `#piece=${id}`);
+  await Promise.all([showPiece(piece), refreshPieceList(pieces)]);
+}
+
+async function showPiece(piece) {
+  const changed = !state.piece || state.piece.id !== piece.id || state.version !== piece.current;
+  state.piece = piece;
+  renderVersions();
+  $("undo").disabled = !piece.can_undo;
+  $("redo").disabled = !piece.can_redo;
+  $("delete-piece").disabled = false;
+  if (changed) await showVersion(piece.current);
+}
+
+async function showVersion(vid) {
+  const samePiece = state.roll && state.version && state.piece;
+  state.version = vid;
+  audio.pause();
+  if (!vid) {
+    state.roll = null;
+    roll.setData(null);
+    audio.removeAttribute("src");
+    $("audio-state").textContent = "";
+    $("empty").hidden = false;
+    renderParts();
+    setDuration(0);
+    return;
+  }
+  const data = await api.roll(state.pieceId, vid);
+  if (state.version !== vid) return;  // another version was chosen meanwhile
+  state.roll = data;
+  $("empty").hidden = true;
+  roll.setData(data, Boolean(samePiece && data.duration >= roll.duration() * 0.5));
+  renderParts();
+  setDuration(data.duration);
+  $("audio-state").textContent = "rendering audio…";
+  audio.src = api.wavUrl(state.pieceId, vid);
+  audio.load();
+  seek(Math.min(state.point, data.duration));
+}
+
+function versionNumber(vid) {
+  return state.piece.versions.findIndex((v) => v.id === vid) + 1;
+}
+
+function renderVersions() {
+  const list = $("versions");
+  list.innerHTML = "";
+  const p = state.piece;
+  $("versions-note").textContent = p.versions.length ? `${p.versions.length} in all · click one to hear it` : "";
+  [...p.versions].reverse().forEach((v) => {
+    const li = document.createElement("li");
+    li.dataset.version = v.id;
+    if (v.id === p.current) li.classList.add("current");
+    const num = document.createElement("span");
+    num.className = "vnum";
+    num.textContent = `v${versionNumber(v.id)}`;
+    const label = document.createElement("span");
+    label.className = "vlabel";
+    label.textContent = v.label;
+    label.title = v.label;
+    const facts = document.createElement("span");
+    facts.className = "vfacts";
+    facts.textContent = `${clock(v.seconds)} · ${v.notes} notes`;
+    const mid = link("MIDI", api.midiUrl(p.id, v.id), "Download this version as MIDI");
+    const wav = link("WAV", api.wavUrl(p.id, v.id, true), "Download this version as WAV audio");
+    li.append(num, label, facts, mid, wav);
+    if (v.id !== p.current) {
+      const del = document.createElement("button");
+      del.className = "del";
+      del.textContent = "Delete";
+      del.title = "Delete this version";
+      del.onclick = guard(async (e) => { e.stopPropagation(); await showPiece(await api.deleteVersion(p.id, v.id)); });
+      li.appendChild(del);
+    }
+    li.onclick = guard(async () => { if (v.id !== state.piece.current) await showPiece(await api.select(p.id, v.id)); });
+    list.appendChild(li);
+  });
+}
+
+function link(text, href, title) {
+  const a = document.createElement("a");
+  a.textContent = text;
+  a.href = href;
+  a.title = title;
+  a.setAttribute("download", "");
+  a.onclick = (e) => e.stopPropagation();
+  return a;
+}
+
+function renderParts() {
+  const tracks = state.roll ? state.roll.tracks : [];
+  const counts = new Map();
+  for (const t of tracks) counts.set(t.instrument, (counts.get(t.instrument) || 0) + t.pitch.length);
+  const legend = $("legend");
+  legend.innerHTML = "";
+  for (const [inst, n] of counts) {
+    const s = document.createElement("span");
+    const dot = document.createElement("i");
+    dot.style.background = instrumentColor(inst);
+    const count = document.createElement("em");
+    count.textContent = `${n}`;
+    s.append(dot, document.createTextNode(nameOf(inst)), count);
+    legend.appendChild(s);
+  }
+  for (const [id, checked] of [["infill-instruments", false], ["arrange-keep", true]]) {
+    const box = $(id);
+    box.innerHTML = "";
+    for (const inst of counts.keys()) {
+      const l = document.createElement("label");
+      const c = document.createElement("input");
+      c.type = "checkbox";
+      c.value = String(inst);
+      c.checked = checked;
+      const dot = document.createElement("i");
+      dot.style.background = instrumentColor(inst);
+      l.append(c, dot, document.createTextNode(nameOf(inst)));
+      box.appendChild(l);
+    }
+  }
+}
+const ticked = (id) => [...$(id).querySelectorAll("input:checked")].map((c) => Number(c.value));
+
+// ----- transport ----------------------------------------------------------------------------------
+
+function setDuration(d) { $("duration").textContent = clock(d); }
+
+function seek(t) {
+  state.point = Math.max(0, t);
+  $("time").textContent = clock(state.point);
+  $("cont-point").textContent = clock(state.point);
+  if (audio.src && audio.readyState > 0) audio.currentTime = Math.min(state.point, audio.duration || state.point);
+  roll.setPlayhead(state.point);
+}
+
+function tick() {
+  if (!audio.paused) {
+    state.point = audio.currentTime;
+    $("time").textContent = clock(state.point);
+    roll.setPlayhead(state.point, true);
+    requestAnimationFrame(tick);
+  }
+}
+
+async function togglePlay() {
+  if (!state.version) return;
+  if (audio.paused) {
+    if (state.roll && state.point >= state.roll.duration - 0.05) seek(0);
+    await audio.play();
+  } else {
+    audio.pause();
+  }
+}
+
+audio.addEventListener("play", () => { $("play").textContent = "❚❚"; $("play").classList.add("playing"); requestAnimationFrame(tick); });
+audio.addEventListener("pause", () => { $("play").textContent = "▶"; $("play").classList.remove("playing"); });
+audio.addEventListener("ended", () => { seek(0); });
+audio.addEventListener("loadedmetadata", () => {
+  $("audio-state").textContent = "";
+  if (state.point > 0) audio.currentTime = Math.min(state.point, audio.duration);
+});
+audio.addEventListener("error", () => {
+  if (audio.getAttribute("src")) $("audio-state").textContent = "no audio for this version";
+});
+
+// ----- jobs ---------------------------------------------------------------------------------------
+
+function sampling() {
+  const num = (id) => ($(id).value === "" ? null : Number($(id).value));
+  return { temperature: num("temperature") ?? 1.0, top_p: num("top-p"), seed: num("seed") };
+}
+
+async function ensurePiece() {
+  if (!state.pieceId) await openPiece((await api.createPiece("untitled")).id);
+}
+
+function jobBody(kind) {
+  const num = (id) => ($(id).value === "" ? null : Number($(id).value));
+  const s = sampling();
+  if (kind === "generate") {
+    const steer = (id) => $(id).value || null;
+    return { ...s, instruments: chips($("gen-instruments")), tempo: num("gen-tempo"), seconds: num("gen-seconds") ?? 30,
+      style: steer("gen-style"), time_signature: steer("gen-meter"), key: steer("gen-key"), density: steer("gen-density") };
+  }
+  if (kind === "continue") {
+    const fromPoint = document.querySelector("input[name=cont-from]:checked").value === "point";
+    return { ...s, seconds: num("cont-seconds") ?? 20, tempo: num("cont-tempo"), at_seconds: fromPoint ? state.point : null };
+  }
+  if (kind === "infill") {
+    if (!state.span) throw new Error("choose a span first: drag across the roll");
+    const only = ticked("infill-instruments");
+    return { ...s, start_s: state.span[0], end_s: state.span[1], instruments: only.length ? only : null,
+      num_samples: num("infill-n") ?? 1 };
+  }
+  return { ...s, add: chips($("arrange-add")), keep: ticked("arrange-keep"), num_samples: num("arrange-n") ?? 1 };
+}
+
+async function startJob(kind) {
+  if (state.job) throw new Error("a job of this page is still running: wait for it or cancel it");
+  await ensurePiece();
+  const body = jobBody(kind);
+  if (kind === "generate" && !body.instruments.length) body.instruments = null;
+  const job = await api.submit(state.pieceId, kind, body);
+  state.job = job;
+  state.jobSpan = body.seconds || (body.end_s ? body.end_s - body.start_s : (state.roll ? state.roll.duration : 0));
+  state.variants = null;
+  $("variants").hidden = true;
+  audio.pause();
+  setBusy(true);
+  showJob(job);
+  await followJob(job);
+}
+
+function setBusy(busy) {
+  $("job").hidden = !busy;
+  for (const id of ["generate", "continue"]) $(id).disabled = busy;
+  for (const el of document.querySelectorAll(".edit-action")) el.disabled = busy || !state.caps.can_edit;
+}
+
+function showJob(j) {
+  const verb = { generate: "Generating", continue: "Continuing", infill: "Filling the span", arrange: "Arranging" }[j.kind];
+  let text;
+  if (j.status === "queued") text = `Waiting in line: ${j.position} job${j.position === 1 ? "" : "s"} ahead`;
+  else if (j.status === "running") text = `${verb}… ${j.notes_total} notes (${j.tokens} tokens)`;
+  else text = j.status;
+  $("job-status").textContent = text;
+  const span = state.jobSpan;
+  const notes = roll.preview;
+  let done = 0;
+  if (span && notes.length) done = (notes[notes.length - 1][0] - notes[0][0]) / Math.max(0.1, span);
+  $("job-bar").style.width = `${Math.round(100 * Math.min(1, Math.max(0, done)))}%`;
+}
+
+async function followJob(job) {
+  let since = 0;
+  let j = job;
+  roll.clearPreview();
+  try {
+    while (j.status === "queued" || j.status === "running") {
+      j = await api.job(job.id, since, 2);
+      roll.addPreview(j.notes);
+      since += j.notes.length;
+      showJob(j);
+      if (j.notes.length) await new Promise((ok) => setTimeout(ok, POLL_GAP_MS));  // gather a few notes per answer
+    }
+    roll.clearPreview();
+    if (j.status === "done") {
+      await openPiece(j.piece);
+      if (j.versions.length > 1) showVariants(j.versions);
+    } else if (j.status === "failed") {
+      toast(j.error || "the job failed");
+    } else {
+      toast("Cancelled.", "info");
+    }
+  } finally {
+    state.job = null;
+    setBusy(false);  // only now: the result is on the page
+  }
+}
+
+function showVariants(vids) {
+  state.variants = vids;
+  const bar = $("variants");
+  bar.innerHTML = "";
+  bar.append(`${vids.length} variants:`);
+  vids.forEach((vid, i) => {
+    const b = document.createElement("button");
+    b.textContent = String(i + 1);
+    b.className = `ghost small ${state.piece.current === vid ? "current" : ""}`;
+    b.onclick = guard(async () => { await showPiece(await api.select(state.pieceId, vid)); showVariants(vids); });
+    bar.appendChild(b);
+  });
+  const keep = document.createElement("button");
+  keep.textContent = "Keep this one";
+  keep.className = "small";
+  keep.onclick = guard(async () => {
+    let piece = state.piece;
+    for (const vid of vids) if (vid !== piece.current) piece = await api.deleteVersion(state.pieceId, vid);
+    bar.hidden = true;
+    await showPiece(piece);
+  });
+  bar.appendChild(keep);
+  bar.hidden = false;
+}
+
+// ----- uploads ------------------------------------------------------------------------------------
+
+async function uploadFile(file) {
+  if (!file) return;
+  if (state.info && file.size > state.info.limits.upload_bytes) {
+    throw new Error(`${file.name} is too large: the studio takes MIDI files up to ${state.info.limits.upload_bytes >> 20} MiB`);
+  }
+  const piece = await api.upload(file);
+  state.point = 0;
+  await openPiece(piece.id);
+  toast(`Opened ${piece.name}.`, "info");
+}
+
+let dragDepth = 0;
+window.addEventListener("dragenter", (e) => { e.preventDefault(); dragDepth++; $("drop").hidden = false; });
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("dragleave", () => { if (--dragDepth <= 0) { dragDepth = 0; $("drop").hidden = true; } });
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dragDepth = 0;
+  $("drop").hidden = true;
+  guard(uploadFile)(e.dataTransfer.files[0]);
+});
+
+// ----- wiring -------------------------------------------------------------------------------------
+
+function wire() {
+  $("upload-button").onclick = () => $("upload-input").click();
+  $("empty-upload").onclick = (e) => { e.preventDefault(); $("upload-input").click(); };
+  $("upload-input").onchange = guard(async (e) => { const f = e.target.files[0]; e.target.value = ""; await uploadFile(f); });
+  $("new-piece").onclick = guard(async () => { state.point = 0; await openPiece((await api.createPiece("untitled")).id); });
+  $("piece-select").onchange = guard(async (e) => { if (e.target.value) { state.point = 0; await openPiece(e.target.value); } });
+  $("delete-piece").onclick = guard(async () => {
+    if (!state.pieceId || !confirm(`Delete “${state.piece.name}” and all its versions?`)) return;
+    await api.deletePiece(state.pieceId);
+    state.pieceId = state.piece = state.version = null;
+    const pieces = await refreshPieceList();
+    if (pieces.length) await openPiece(pieces[0].id); else await showVersion(null);
+  });
+  $("play").onclick = guard(togglePlay);
+  $("undo").onclick = guard(async () => showPiece(await api.undo(state.pieceId)));
+  $("redo").onclick = guard(async () => showPiece(await api.redo(state.pieceId)));
+  $("zoom-in").onclick = () => roll.zoom(1.5);
+  $("zoom-out").onclick = () => roll.zoom(1 / 1.5);
+  $("seed-dice").onclick = () => { $("seed").value = String(Math.floor(Math.random() * 1e6)); };
+  for (const kind of ["generate", "continue", "infill", "arrange"]) $(kind).onclick = guard(() => startJob(kind));
+  $("cancel").onclick = guard(async () => { if (state.job) showJob(await api.cancel(state.job.id)); });
+  $("gen-instrument-add").onclick = () => chip($("gen-instruments"), Number($("gen-instrument-pick").value));
+  $("arrange-instrument-add").onclick = () => chip($("arrange-add"), Number($("arrange-instrument-pick").value));
+  for (const tab of document.querySelectorAll(".tabs button")) {
+    tab.onclick = () => {
+      for (const t of document.querySelectorAll(".tabs button")) t.classList.toggle("active", t === tab);
+      for (const b of document.querySelectorAll(".tab-body")) b.hidden = b.dataset.tab !== tab.dataset.tab;
+    };
+  }
+  roll.onSeek = (t) => { seek(t); document.querySelector("input[name=cont-from][value=point]").checked = true; };
+  roll.onSelect = (sel) => {
+    state.span = sel;
+    $("infill-span").textContent = `${clock(sel[0])} – ${clock(sel[1])}`;
+  };
+  document.addEventListener("keydown", (e) => {
+    if (e.target.closest("input, select, textarea")) return;
+    const mod = e.ctrlKey || e.metaKey;
+    if (e.code === "Space") { e.preventDefault(); guard(togglePlay)(); }
+    else if (mod && e.key.toLowerCase() === "z" && !e.shiftKey && !$("undo").disabled) { e.preventDefault(); $("undo").click(); }
+    else if (mod && (e.key.toLowerCase() === "y" || (e.key.toLowerCase() === "z" && e.shiftKey)) && !$("redo").disabled) {
+      e.preventDefault(); $("redo").click();
+    }
+  });
+}
+
+async function init() {
+  wire();
+  const [info, pieces] = await Promise.all([api.info(), api.pieces()]);
+  state.info = info;
+  state.caps = info.capabilities;
+  state.names = info.instruments.map((x) => x.name);
+  showModel();
+  fillInstrumentPicker($("gen-instrument-pick"));
+  fillInstrumentPicker($("arrange-instrument-pick"));
+  setupSteering();
+  $("undo").disabled = $("redo").disabled = $("delete-piece").disabled = true;
+  const wanted = new URLSearchParams(location.hash.slice(1)).get("piece");
+  const first = pieces.find((p) => p.id === wanted) || pieces[0];
+  if (first) {
+    state.pieceId = first.id;
+    await openPiece(first.id, pieces);
+  } else {
+    await refreshPieceList(pieces);
+    await showVersion(null);
+  }
+  window.studioReady = true;
+  document.body.dataset.ready = "true";
+}
+
+init().catch(fail);

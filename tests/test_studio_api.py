@@ -1,0 +1,493 @@
+"""The studio's JSON API against a real `midigen studio` process on 127.0.0.1 with a tiny trained model.
+
+Covers: the listener hook in `generate_samples`, the page and its static files, uploads (good, broken,
+hostile, too big), the piano-roll JSON, generate/continue with streamed notes, kept music staying
+identical, cancel, queue positions, versions with undo/redo, WAV, the edit routes' 409, bad requests,
+persistence across a restart, workspace limits, and the command's own checks.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import wave
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import symusic
+
+from songgen import make_song, make_song_bytes
+from studio_server import (ROOT, Server, call, misbehaving_reader, synth_hanging_at_44100, tiny_checkpoint,
+                           wait_job)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_dataset, tmp_path_factory) -> Path:
+    return tiny_checkpoint(tiny_dataset, tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def server(ckpt, tmp_path_factory):
+    s = Server(ckpt, tmp_path_factory.mktemp("studio-ws"))
+    yield s
+    assert s.stop() == 0, "".join(s.stderr)[-2000:]
+
+
+@pytest.fixture(scope="module")
+def song() -> symusic.Score:
+    """A multi-track song in 6/8 with tempo changes and controllers (songgen seed 5)."""
+    return make_song(5)
+
+
+def upload(base: str, data: bytes, name: str = "song.mid") -> tuple[int, dict]:
+    return call("POST", f"{base}/api/pieces/upload?name={name}", raw=data)
+
+
+def uploaded(base: str, score) -> dict:
+    status, piece = upload(base, bytes(score.dumps_midi()))
+    assert status == 201, piece
+    return piece
+
+
+def run_job(base: str, pid: str, kind: str, body: dict) -> tuple[dict, list, bool]:
+    status, job = call("POST", f"{base}/api/pieces/{pid}/{kind}", body)
+    assert status == 202, job
+    return wait_job(base, job)
+
+
+def version_score(base: str, pid: str, vid: str) -> symusic.Score:
+    status, data = call("GET", f"{base}/api/pieces/{pid}/versions/{vid}/midi")
+    assert status == 200
+    return symusic.Score.from_midi(data)
+
+
+# ----- the listener hook ------------------------------------------------------------------------
+
+
+def test_listener_sees_every_token_and_can_stop_generation(ckpt):
+    from midigen.checkpoint import load_checkpoint
+    from midigen.errors import Cancelled
+    from midigen.sample import generate_samples
+
+    model, codec, _ = load_checkpoint(ckpt, "cpu")
+    seen = []
+    plain = generate_samples(model, codec, seconds=6, seed=3)[0]
+    heard = generate_samples(model, codec, seconds=6, seed=3, listener=lambda t: seen.append(t.copy()) and False)[0]
+    assert np.array_equal(plain.tokens, heard.tokens)  # listening changes nothing
+    assert [s.shape for s in seen] == [(1, n) for n in range(1, len(seen) + 1)]
+    body = heard.tokens[heard.start_index :]
+    assert np.array_equal(seen[-1][0], body[: len(seen)])
+
+    calls = []
+    with pytest.raises(Cancelled):
+        generate_samples(model, codec, seconds=60, seed=3, num_samples=2, listener=lambda t: calls.append(t.shape) or
+                         len(calls) == 10)
+    assert calls[-1] == (2, 10) and len(calls) == 10  # stopped at the very token that asked
+
+
+# ----- the page ---------------------------------------------------------------------------------
+
+
+def test_page_and_its_files_are_served_with_nothing_from_elsewhere(server):
+    status, html = call("GET", server.url + "/")
+    assert status == 200 and b"studio.js" in html
+    static = ROOT / "midigen" / "studio" / "static"
+    for f in static.iterdir():
+        status, body = call("GET", f"{server.url}/static/{f.name}")
+        assert status == 200 and body, f.name
+        text = f.read_text(encoding="utf-8")
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, f.name
+
+
+def test_info_and_openapi_document_the_api(server):
+    status, info = call("GET", server.url + "/api/info")
+    assert status == 200
+    caps = info["capabilities"]
+    assert caps["can_edit"] is False and caps["styles"] == []
+    assert 128 in caps["instruments"] and len(info["instruments"]) == 129
+    assert info["limits"]["upload_bytes"] == 16 * 1024 * 1024
+    status, spec = call("GET", server.url + "/openapi.json")
+    assert status == 200
+    for path in ("/api/pieces/upload", "/api/pieces/{pid}/generate", "/api/pieces/{pid}/continue",
+                 "/api/pieces/{pid}/infill", "/api/pieces/{pid}/arrange", "/api/jobs/{jid}",
+                 "/api/jobs/{jid}/cancel", "/api/pieces/{pid}/versions/{vid}/wav"):
+        assert path in spec["paths"], path
+    for model in ("GenerateIn", "ContinueIn", "InfillIn", "ArrangeIn", "JobOut", "PieceOut", "RollOut"):
+        assert model in spec["components"]["schemas"], model
+    assert call("GET", server.url + "/docs")[0] == 200
+
+
+# ----- uploads and the roll ---------------------------------------------------------------------
+
+
+def test_upload_is_drawn_note_for_note_with_its_own_meter(server, song):
+    piece = uploaded(server.url, song)
+    (v,) = piece["versions"]
+    assert piece["current"] == v["id"] and v["kind"] == "upload" and v["notes"] == song.note_num()
+    status, roll = call("GET", f"{server.url}/api/pieces/{piece['id']}/versions/{v['id']}/roll")
+    assert status == 200
+    assert sorted(len(t["start"]) for t in roll["tracks"]) == sorted(t.note_num() for t in song.tracks)
+    assert {t["instrument"] for t in roll["tracks"]} == set(v["instruments"])
+    drums = [t for t in roll["tracks"] if t["drums"]]
+    assert drums and drums[0]["instrument"] == 128
+    ts = song.time_signatures[0]
+    quarters = ts.numerator * 4 / ts.denominator  # 6/8: three quarters a bar
+    bar = quarters * 60 / song.tempos[0].qpm
+    assert roll["time_signatures"][0]["numerator"] == ts.numerator
+    assert roll["bars"][1] - roll["bars"][0] == pytest.approx(bar, abs=2e-3)
+    secs = song.to("second")
+    want = sorted(float(x) for t in secs.tracks for x in t.notes.numpy()["time"])
+    got = sorted(x for t in roll["tracks"] for x in t["start"])
+    assert np.allclose(got, want, atol=1e-3)
+
+
+def test_broken_hostile_and_huge_uploads_get_a_clear_4xx(server, tmp_path):
+    from hostile import write_hostile
+
+    expect = write_hostile(tmp_path)
+    for name, what in sorted(expect.items()):
+        if name == "too_big.mid":  # sent below, as a body one byte over the cap
+            continue
+        path = tmp_path / name
+        status, body = upload(server.url, path.read_bytes(), path.name)
+        assert status in (201, 400), (name, status, body)
+        if what == "skip" and name != "few_notes.mid":  # three notes are a motif to continue, not junk
+            assert status == 400, (name, body)
+        if status == 400:
+            assert isinstance(body["detail"], str) and body["detail"] and "\n" not in body["detail"], name
+    assert b" 413 " in _declare_upload(server.url, 16 * 1024 * 1024 + 1)  # refused before a byte is read
+    status, body = upload(server.url, b"This is not a MIDI file at all.\n" * 40, "text.mid")
+    assert status == 400 and "not a MIDI file" in body["detail"]
+    assert call("GET", server.url + "/api/info")[0] == 200  # still serving
+
+
+def _declare_upload(base: str, length: int) -> bytes:
+    """Send only the headers of an upload of ``length`` bytes; -> the raw response."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /api/pieces/upload?name=big.mid HTTP/1.1\r\nHost: {host}\r\n"
+                     f"Content-Type: audio/midi\r\nContent-Length: {length}\r\n\r\n".encode())
+        return sock.recv(4096)
+
+
+def test_a_reader_crash_or_hang_costs_that_file_only():
+    """A file that kills or hangs the reader process gets a 4xx-style error; the next file reads fine."""
+    from midigen.studio import upload as U
+
+    reader = U.Reader(timeout=3, target=misbehaving_reader)
+    try:
+        good = make_song_bytes(2)
+        assert reader.read(good)[1]["notes"] > 0
+        with pytest.raises(U.UploadError, match="reading the file crashed"):
+            reader.read(b"CRASH" + good)
+        assert reader.read(good)[1]["notes"] > 0
+        t = time.time()
+        with pytest.raises(U.UploadError, match="longer than 3 s"):
+            reader.read(b"HANG" + good)
+        assert time.time() - t < 10 and reader.box.proc is None  # the hung child was killed
+        assert reader.read(good)[1]["notes"] > 0
+        reader.box.proc.kill()  # dies between files: the next file is not blamed
+        assert reader.read(good)[1]["notes"] > 0
+    finally:
+        reader.close()
+
+
+def test_a_hanging_synthesizer_is_stopped_and_another_rate_tried(tmp_path, song):
+    from midigen.render import find_soundfont
+    from midigen.studio.audio import AudioCache
+    from midigen.studio.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    pid = ws.create("song")["id"]
+    vid = ws.add_version(pid, bytes(song.dumps_midi()), label="song", kind="upload",
+                         facts={"notes": song.note_num(), "seconds": 30.0})["id"]
+    audio = AudioCache(ws, find_soundfont(), timeout=lambda seconds: 4.0, target=synth_hanging_at_44100)
+    try:
+        t = time.time()
+        with wave.open(str(audio.wav(pid, vid))) as w:
+            assert w.getframerate() == 48000 and w.getnframes() > 30 * 48000
+        assert 4.0 <= time.time() - t < 30
+        assert audio.box.proc is not None and audio.box.proc.is_alive()  # a fresh child took over
+    finally:
+        audio.close()
+
+
+# ----- generate, continue, stream ---------------------------------------------------------------
+
+
+def test_generate_streams_notes_and_matches_midigen_sample(server, ckpt, tmp_path):
+    status, piece = call("POST", server.url + "/api/pieces", {"name": "fresh"})
+    assert status == 201 and piece["versions"] == [] and piece["current"] is None
+    body = {"seconds": 25, "seed": 11, "instruments": ["piano", "drums"], "tempo": 110, "temperature": 0.9,
+            "top_p": 0.95}
+    job, streamed, during = run_job(server.url, piece["id"], "generate", body)
+    assert job["status"] == "done" and len(job["versions"]) == 1, job
+    assert during, "no notes arrived while the job was running"
+    vid = job["versions"][0]
+    status, piece = call("GET", f"{server.url}/api/pieces/{piece['id']}")
+    assert piece["current"] == vid and piece["versions"][0]["params"]["seed"] == 11
+    score = version_score(server.url, piece["id"], vid)
+    assert {0, 128} >= {128 if t.is_drum else t.program for t in score.tracks if t.note_num()}
+    # the streamed notes are the version's notes
+    roll = call("GET", f"{server.url}/api/pieces/{piece['id']}/versions/{vid}/roll")[1]
+    final = np.array(sorted((p, s) for t in roll["tracks"] for s, p in zip(t["start"], t["pitch"])))
+    live = np.array(sorted((int(n[2]), n[0]) for n in streamed))
+    assert live.shape == final.shape and np.array_equal(live[:, 0], final[:, 0])
+    assert np.allclose(live[:, 1], final[:, 1], atol=2e-3)
+    # and the file is byte for byte what `midigen sample` writes for the same arguments
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    res = subprocess.run([sys.executable, "-m", "midigen", "sample", "--ckpt", str(ckpt), "--seconds", "25",
+                          "--seed", "11", "--instruments", "piano,drums", "--tempo", "110", "--temperature", "0.9",
+                          "--top-p", "0.95", "--out", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    (mid,) = tmp_path.glob("*.mid")
+    assert mid.read_bytes() == call("GET", f"{server.url}/api/pieces/{piece['id']}/versions/{vid}/midi")[1]
+
+
+def _notes(track) -> np.ndarray:
+    a = track.notes.numpy()
+    return np.stack([a["time"], a["duration"], a["pitch"], a["velocity"]], axis=1).astype(np.int64)
+
+
+def _without(mine: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``mine`` less one row equal to each row of ``kept``; fails if any kept note is missing or changed."""
+    rest = [tuple(r) for r in mine]
+    for row in map(tuple, kept):
+        assert row in rest, f"kept note {row} is missing or changed"
+        rest.remove(row)
+    return np.array(rest, dtype=np.int64).reshape(-1, 4)
+
+
+def test_continue_from_the_end_keeps_every_note(server, song):
+    piece = uploaded(server.url, song)
+    base = piece["current"]
+    job, streamed, _ = run_job(server.url, piece["id"], "continue", {"seconds": 8, "seed": 4})
+    assert job["status"] == "done", job
+    out = version_score(server.url, piece["id"], job["versions"][0])
+    orig = version_score(server.url, piece["id"], base)
+    assert out.ticks_per_quarter == orig.ticks_per_quarter
+    last_onset = max(int(t.notes.numpy()["time"].max()) for t in orig.tracks if t.note_num())
+    new = 0
+    for i, track in enumerate(orig.tracks):
+        added = _without(_notes(out.tracks[i]), _notes(track))  # every note kept exactly
+        assert (added[:, 0] >= last_onset).all()
+        new += len(added)
+    new += sum(t.note_num() for t in out.tracks[len(orig.tracks) :])
+    assert new > 0 and new == len(streamed)
+    assert [(t.time, t.mspq) for t in out.tempos][: len(orig.tempos)] == [(t.time, t.mspq) for t in orig.tempos]
+    assert [(t.time, t.numerator, t.denominator) for t in out.time_signatures] == \
+           [(t.time, t.numerator, t.denominator) for t in orig.time_signatures]
+    status, p = call("GET", f"{server.url}/api/pieces/{piece['id']}")
+    assert p["versions"][1]["parent"] == base and "continued from the end" in p["versions"][1]["label"]
+
+
+def test_continue_from_a_point_keeps_what_comes_before_it(server, song):
+    piece = uploaded(server.url, song)
+    point = 9.0
+    job, streamed, _ = run_job(server.url, piece["id"], "continue", {"seconds": 6, "seed": 2, "at_seconds": point})
+    assert job["status"] == "done", job
+    orig = version_score(server.url, piece["id"], piece["current"])
+    out = version_score(server.url, piece["id"], job["versions"][0])
+    from midigen.studio.timing import TempoMap
+
+    cut = int(TempoMap(orig).ticks(point))
+    step = orig.ticks_per_quarter / 24
+    new = sum(t.note_num() for t in out.tracks[len(orig.tracks) :])
+    for i, track in enumerate(orig.tracks):
+        before = _notes(track)
+        added = _without(_notes(out.tracks[i]), before[before[:, 0] < cut])  # kept exactly
+        assert (added[:, 0] >= cut - step).all(), "a new note starts before the point"
+        new += len(added)
+    assert new == len(streamed) > 0
+    assert min(n[0] for n in streamed) >= point - 0.1
+    kept_tempos = [(t.time, t.mspq) for t in orig.tempos if t.time < cut]
+    assert [(t.time, t.mspq) for t in out.tempos if t.time < cut] == kept_tempos
+
+
+def test_cancel_stops_a_running_job_at_once_and_the_worker_goes_on(server):
+    status, piece = call("POST", server.url + "/api/pieces", {})
+    status, job = call("POST", f"{server.url}/api/pieces/{piece['id']}/generate", {"seconds": 300, "seed": 1})
+    assert status == 202
+    while job["status"] == "queued" or job["tokens"] < 20:
+        job = call("GET", f"{server.url}/api/jobs/{job['id']}?wait=1&since={job['notes_total']}")[1]
+    t = time.time()
+    status, job = call("POST", f"{server.url}/api/jobs/{job['id']}/cancel")
+    assert status == 200
+    job, _, _ = wait_job(server.url, job)
+    assert job["status"] == "cancelled" and job["versions"] == []
+    assert time.time() - t < 2.0
+    assert call("GET", f"{server.url}/api/pieces/{piece['id']}")[1]["versions"] == []
+    job, _, _ = run_job(server.url, piece["id"], "generate", {"seconds": 3, "seed": 2})
+    assert job["status"] == "done"
+
+
+def test_waiting_jobs_know_their_place_and_can_leave_the_line(server):
+    status, piece = call("POST", server.url + "/api/pieces", {})
+    url = f"{server.url}/api/pieces/{piece['id']}/generate"
+    jobs = [call("POST", url, {"seconds": 300, "seed": k})[1] for k in range(3)]
+    while call("GET", f"{server.url}/api/jobs/{jobs[0]['id']}")[1]["status"] == "queued":
+        time.sleep(0.05)
+    states = [call("GET", f"{server.url}/api/jobs/{j['id']}")[1] for j in jobs]
+    assert [s["position"] for s in states] == [0, 1, 2] and states[2]["status"] == "queued"
+    assert call("POST", f"{server.url}/api/jobs/{jobs[1]['id']}/cancel")[1]["status"] == "cancelled"
+    assert call("GET", f"{server.url}/api/jobs/{jobs[2]['id']}")[1]["position"] == 1
+    for j in (jobs[2], jobs[0]):  # the waiting one first, so it never starts
+        call("POST", f"{server.url}/api/jobs/{j['id']}/cancel")
+    for j in jobs:
+        final, _, _ = wait_job(server.url, j)
+        assert final["status"] == "cancelled"
+        if j is not jobs[0]:
+            assert final["tokens"] == 0  # never started
+
+
+# ----- versions ---------------------------------------------------------------------------------
+
+
+def test_versions_undo_redo_select_delete(server, song):
+    piece = uploaded(server.url, song)
+    pid, v1 = piece["id"], piece["current"]
+    j2, _, _ = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 1})
+    j3, _, _ = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 2, "version": v1})
+    v2, v3 = j2["versions"][0], j3["versions"][0]
+    api = f"{server.url}/api/pieces/{pid}"
+    p = call("GET", api)[1]
+    assert p["current"] == v3 and p["history"] == [v1, v2, v3] and p["can_undo"] and not p["can_redo"]
+    p = call("POST", api + "/undo")[1]
+    assert p["current"] == v2 and p["can_redo"]
+    p = call("POST", api + "/redo")[1]
+    assert p["current"] == v3
+    p = call("POST", api + "/select", {"version": v1})[1]
+    assert p["current"] == v1 and p["history"] == [v1, v2, v3, v1]
+    status, err = call("POST", api + "/redo")
+    assert status == 409 and "redo" in err["detail"]
+    status, err = call("DELETE", f"{api}/versions/{v1}")
+    assert status == 409 and "current" in err["detail"]
+    p = call("DELETE", f"{api}/versions/{v3}")[1]
+    assert [v["id"] for v in p["versions"]] == [v1, v2] and p["history"] == [v1, v2, v1] and p["current"] == v1
+    assert call("GET", f"{api}/versions/{v3}/midi")[0] == 404
+    p = call("POST", api + "/undo")[1]
+    assert p["current"] == v2
+    assert call("DELETE", api)[0] == 204
+    assert call("GET", api)[0] == 404
+
+
+def test_wav_is_the_version_as_audio_and_seekable(server, song):
+    piece = uploaded(server.url, song)
+    url = f"{server.url}/api/pieces/{piece['id']}/versions/{piece['current']}/wav"
+    status, data = call("GET", url)
+    assert status == 200 and data[:4] == b"RIFF"
+    with wave.open(BytesIO(data)) as w:
+        seconds = w.getnframes() / w.getframerate()
+    assert piece["versions"][0]["seconds"] <= seconds <= piece["versions"][0]["seconds"] + 3
+    status, part = call("GET", url, headers={"Range": "bytes=100-199"})
+    assert status == 206 and part == data[100:200]
+    status, body = call("GET", url + "?download=true")
+    assert status == 200 and body == data
+    status, empty = call("POST", server.url + "/api/pieces", {})
+    status, err = call("POST", f"{server.url}/api/pieces/{empty['id']}/continue", {"seconds": 3})
+    assert status == 400 and "nothing to continue" in err["detail"]
+
+
+# ----- what cannot be done ----------------------------------------------------------------------
+
+
+def test_edit_routes_say_the_checkpoint_cannot_edit(server, song):
+    piece = uploaded(server.url, song)
+    api = f"{server.url}/api/pieces/{piece['id']}"
+    status, err = call("POST", api + "/infill", {"start_s": 2, "end_s": 5, "num_samples": 2})
+    assert status == 409 and "cannot infill" in err["detail"]
+    status, err = call("POST", api + "/arrange", {"add": ["bass"], "keep": ["drums"]})
+    assert status == 409 and "cannot arrange" in err["detail"]
+    assert len(call("GET", api)[1]["versions"]) == 1
+
+
+@pytest.mark.parametrize("path, body, status, words", [
+    ("generate", {"instruments": ["kazoo"]}, 400, "unknown instrument"),
+    ("generate", {"instruments": ["Gunshot"]}, 400, "never saw Gunshot"),
+    ("generate", {"tempo": 1000}, 422, "tempo"),
+    ("generate", {"seconds": 0}, 422, "seconds"),
+    ("generate", {"seconds": 10, "style": "jazz"}, 400, "no style 'jazz'"),
+    ("generate", {"seconds": 10, "surprise": 1}, 422, "surprise"),
+    ("continue", {"at_seconds": 9999}, 400, "past the end"),
+    ("continue", {"version": "../../etc/passwd"}, 422, "version"),
+    ("continue", {"version": "0123456789abcdef"}, 404, "no such version"),
+])
+def test_bad_requests_get_a_one_line_4xx(server, song, path, body, status, words):
+    piece = uploaded(server.url, song)
+    got, err = call("POST", f"{server.url}/api/pieces/{piece['id']}/{path}", body)
+    assert got == status and words in err["detail"], err
+
+
+@pytest.mark.parametrize("path", ["/api/pieces/0123456789abcdef", "/api/pieces/zz/versions/x/midi",
+                                  "/api/pieces/..%2F..%2Fetc/versions/passwd/midi", "/api/jobs/0123456789abcdef",
+                                  "/static/../pyproject.toml", "/static/%2e%2e/jobs.py"])
+def test_no_client_path_reaches_the_disk(server, path):
+    status, body = call("GET", server.url + path)
+    assert status in (404, 422), (path, status)
+    assert b"[build-system]" not in (body if isinstance(body, bytes) else b"")
+
+
+def test_workspace_limits_and_ids(tmp_path):
+    from midigen.studio.workspace import Conflict, Limits, NotFound, Workspace, clean_name
+
+    ws = Workspace(tmp_path, Limits(pieces=2, versions=2, midi_bytes=3000))
+    a = ws.create("a")
+    ws.add_version(a["id"], b"x" * 1000, label="one", kind="upload", facts={"notes": 1, "seconds": 1.0})
+    ws.add_version(a["id"], b"x" * 1000, label="two", kind="upload", facts={"notes": 1, "seconds": 1.0})
+    with pytest.raises(Conflict, match="versions"):
+        ws.add_version(a["id"], b"x", label="three", kind="upload", facts={})
+    b = ws.create("b")
+    with pytest.raises(Conflict, match="pieces"):
+        ws.create("c")
+    with pytest.raises(Conflict, match="MiB"):
+        ws.add_version(b["id"], b"x" * 1001, label="big", kind="upload", facts={})
+    old = ws.get(a["id"])["versions"][0]["id"]
+    ws.delete_version(a["id"], old)
+    ws.add_version(b["id"], b"x" * 1001, label="fits now", kind="upload", facts={})
+    for bad in ("../" + a["id"], a["id"].upper(), "", a["id"] + "0"):
+        with pytest.raises(NotFound):
+            ws.get(bad)
+    assert clean_name("../../etc/passwd") == "passwd" and clean_name("C:\\x\\My Song.MID") == "My Song"
+    again = Workspace(tmp_path)
+    assert [p["id"] for p in again.listing()] == [b["id"], a["id"]]
+
+
+def test_restart_keeps_every_piece(ckpt, tmp_path, song):
+    first = Server(ckpt, tmp_path)
+    try:
+        piece = uploaded(first.url, song)
+        job, _, _ = run_job(first.url, piece["id"], "continue", {"seconds": 3, "seed": 1})
+    finally:
+        assert first.stop() == 0
+    second = Server(ckpt, tmp_path)
+    try:
+        p = call("GET", f"{second.url}/api/pieces/{piece['id']}")[1]
+        assert [v["id"] for v in p["versions"]] == [piece["current"], job["versions"][0]]
+        assert p["current"] == job["versions"][0]
+        assert call("GET", f"{second.url}/api/pieces/{piece['id']}/versions/{p['current']}/midi")[0] == 200
+    finally:
+        second.stop()
+
+
+# ----- the command ------------------------------------------------------------------------------
+
+
+def test_command_warns_off_loopback_and_refuses_bad_input(ckpt, tmp_path):
+    s = Server(ckpt, tmp_path / "ws", "--host", "0.0.0.0")
+    try:
+        assert call("GET", s.url + "/api/info")[0] == 200
+    finally:
+        assert s.stop() == 0
+    assert any("warning" in line and "0.0.0.0" in line for line in s.stderr)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    for args, words in ((["--ckpt", str(tmp_path / "nothing")], "does not exist"),
+                        (["--ckpt", str(ckpt), "--port", "70000"], "0..65535"),
+                        (["--ckpt", str(ckpt), "--device", "tpu"], "device")):
+        res = subprocess.run([sys.executable, "-m", "midigen", "studio", *args], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and words in res.stderr, (args, res.stderr)

@@ -1,0 +1,238 @@
+"""The studio page in a real browser: headless Chromium (Debian's package) driven by Playwright.
+
+Without Chromium or Playwright these tests skip and say why, except under CI (CI=true), where a
+missing browser is a failure: `.ci/run` installs it. MIDIGEN_DOCS_SCREENSHOT=1 also refreshes
+docs/studio.png from the screenshot test.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import symusic
+
+from songgen import make_song
+from studio_server import ROOT, Server, call, tiny_checkpoint
+
+CHROMIUM = Path("/usr/bin/chromium")
+VIEW = {"width": 1440, "height": 860}
+
+
+def _need_browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        reason = "Playwright for Python is not installed (pip install -e '.[test]')"
+    else:
+        if CHROMIUM.exists():
+            return sync_playwright
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}: CI must run the browser tests")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_playwright = _need_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--autoplay-policy=no-user-gesture-required"])
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_dataset, tmp_path_factory):
+    _need_browser()
+    ckpt = tiny_checkpoint(tiny_dataset, tmp_path_factory.getbasetemp())
+    s = Server(ckpt, tmp_path_factory.mktemp("studio-browser-ws"))
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport=VIEW, accept_downloads=True)
+    pg = context.new_page()
+    problems = []
+    pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    pg.on("console", lambda m: m.type == "error" and "status of 4" not in m.text and problems.append(m.text))
+    pg.goto(server.url + "/")
+    pg.wait_for_function("window.studioReady === true", timeout=20_000)
+    yield pg
+    context.close()
+    assert not problems, problems
+
+
+@pytest.fixture(scope="module")
+def song_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("browser-songs") / "band song.mid"
+    path.write_bytes(bytes(make_song(3).dumps_midi()))
+    return path
+
+
+def coloured_pixels(page) -> int:
+    """Pixels of the roll canvas that are clearly coloured (notes), not the grey grid."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('roll');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            const hi = Math.max(d[i], d[i + 1], d[i + 2]), lo = Math.min(d[i], d[i + 1], d[i + 2]);
+            if (hi - lo > 60) n++;
+        }
+        return n;
+    }""")
+
+
+def wait_for_versions(page, n: int, timeout=120_000):
+    """Until the page lists ``n`` versions and no job of its own is running."""
+    page.wait_for_function(f"document.querySelectorAll('#versions li').length === {n} && "
+                           "document.getElementById('job').hidden", timeout=timeout)
+
+
+def versions(page) -> list[str]:
+    return page.locator("#versions li .vlabel").all_inner_texts()
+
+
+def current_label(page) -> str:
+    return page.locator("#versions li.current .vlabel").inner_text()
+
+
+def new_piece(page) -> None:
+    before = page.locator("#piece-select").input_value()
+    page.click("#new-piece")
+    page.wait_for_function(f"document.getElementById('piece-select').value !== {before!r}")
+
+
+def open_tab(page, name: str) -> None:
+    page.click(f".tabs button[data-tab={name}]")
+
+
+# ----- the tests --------------------------------------------------------------------------------
+
+
+def test_a_fresh_studio_says_where_to_start_and_what_it_cannot_do(page):
+    assert page.locator("#empty").is_visible()
+    assert "Drop a MIDI file here" in page.locator("#empty").inner_text()
+    assert "cannot edit" in page.locator("#model-info").inner_text()
+    open_tab(page, "infill")
+    assert page.locator("#infill").is_disabled()
+    assert "cannot edit" in page.locator("[data-tab=infill] .edit-note").inner_text()
+    open_tab(page, "arrange")
+    assert page.locator("#arrange").is_disabled()
+    assert page.locator("#gen-style").is_disabled()
+
+
+def test_upload_draws_the_notes_and_plays_with_a_moving_playhead(page, song_file):
+    blank = coloured_pixels(page)
+    page.set_input_files("#upload-input", str(song_file))
+    page.wait_for_function("document.querySelectorAll('#versions li').length === 1")
+    page.wait_for_timeout(300)
+    legend = page.locator("#legend").inner_text()
+    score = symusic.Score.from_midi(song_file.read_bytes())
+    assert "Drums" in legend and len(page.locator("#legend span").all()) == len(score.tracks)
+    assert coloured_pixels(page) > blank + 2000, "the notes were not drawn"
+    assert page.locator("#empty").is_hidden()
+    page.wait_for_function("document.getElementById('audio').duration > 0", timeout=60_000)
+    duration = page.evaluate("document.getElementById('audio').duration")
+    assert abs(duration - score.to("second").end()) < 4
+    page.click("#play")
+    page.wait_for_function("!document.getElementById('audio').paused")
+    first = float(page.get_attribute("#roll", "data-playhead"))
+    page.wait_for_timeout(1200)
+    later = float(page.get_attribute("#roll", "data-playhead"))
+    assert later > first + 0.3, (first, later)
+    assert page.locator("#time").inner_text() != "0:00.0"
+    page.click("#play")
+    page.wait_for_function("document.getElementById('audio').paused")
+
+
+def test_generate_streams_then_continue_undo_redo_and_download(page, server):
+    new_piece(page)
+    page.fill("#gen-seconds", "40")
+    page.fill("#seed", "5")
+    page.select_option("#gen-instrument-pick", "0")
+    page.click("#gen-instrument-add")
+    assert "Acoustic Grand Piano" in page.locator("#gen-instruments").inner_text()
+    page.click("#generate")
+    page.wait_for_function("/\\b[1-9][0-9]* notes/.test(document.getElementById('job-status').textContent)")
+    wait_for_versions(page, 1)
+    assert len(versions(page)) == 1 and current_label(page).startswith("generated 40 s")
+    generated = current_label(page)
+
+    open_tab(page, "continue")
+    page.fill("#cont-seconds", "6")
+    page.click("#continue")
+    wait_for_versions(page, 2)
+    assert len(versions(page)) == 2 and current_label(page).startswith("continued from the end")
+
+    page.click("#undo")
+    page.wait_for_function("document.querySelector('#versions li.current .vlabel').textContent.startsWith('generated')")
+    assert current_label(page) == generated
+    page.click("#redo")
+    page.wait_for_function("document.querySelector('#versions li.current .vlabel').textContent.startsWith('continued')")
+
+    pid = page.locator("#piece-select").input_value()
+    piece = call("GET", f"{server.url}/api/pieces/{pid}")[1]
+    with page.expect_download() as dl:
+        page.click("#versions li.current a:text('MIDI')")
+    path = dl.value.path()
+    score = symusic.Score.from_midi(Path(path).read_bytes())
+    current = next(v for v in piece["versions"] if v["id"] == piece["current"])
+    assert score.note_num() == current["notes"] > 0
+    assert dl.value.suggested_filename.endswith("-v2.mid")
+
+
+def test_cancel_stops_a_long_generation_at_once(page):
+    new_piece(page)
+    page.fill("#gen-seconds", "300")
+    page.click("#generate")
+    page.wait_for_function("/\\b[1-9][0-9]* notes/.test(document.getElementById('job-status').textContent)")
+    page.click("#cancel")
+    page.wait_for_function("document.getElementById('job').hidden", timeout=5_000)
+    assert "Cancelled" in page.locator("#error-text").inner_text()
+    assert versions(page) == []
+
+
+def test_a_broken_upload_shows_why_and_the_page_goes_on(page, tmp_path):
+    bad = tmp_path / "broken.mid"
+    bad.write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\xff\xff" + bytes(range(200)))
+    pieces = page.locator("#piece-select option").count()
+    page.set_input_files("#upload-input", str(bad))
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.locator("#error-text").inner_text()
+    assert re.search(r"not a MIDI file|no notes|unreadable", text), text
+    assert page.locator("#piece-select option").count() == pieces
+    page.set_input_files("#upload-input", {"name": "notes.mid", "mimeType": "audio/midi",
+                                           "buffer": b"This is not a MIDI file at all.\n" * 20})
+    page.wait_for_function("document.getElementById('error-text').textContent.includes('not a MIDI file')")
+
+
+def test_screenshot_of_a_working_session(page, song_file, tmp_path):
+    page.set_input_files("#upload-input", str(song_file))
+    page.wait_for_function("document.querySelectorAll('#versions li').length === 1")
+    open_tab(page, "continue")
+    box = page.locator("#roll").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.62, box["y"] + 200)  # the point to continue from
+    page.fill("#cont-seconds", "12")
+    page.fill("#seed", "7")
+    page.click("#continue")
+    wait_for_versions(page, 2)
+    assert current_label(page).startswith("continued from 0:")
+    open_tab(page, "infill")
+    x0, y = box["x"] + box["width"] * 0.3, box["y"] + 260
+    page.mouse.move(x0, y)
+    page.mouse.down()
+    page.mouse.move(x0 + 160, y, steps=6)
+    page.mouse.up()
+    assert re.match(r"\d:\d\d\.\d – \d:\d\d\.\d", page.locator("#infill-span").inner_text())
+    page.wait_for_timeout(400)
+    shot = tmp_path / "studio.png"
+    page.screenshot(path=str(shot))
+    assert shot.stat().st_size > 20_000
+    if os.environ.get("MIDIGEN_DOCS_SCREENSHOT") == "1":
+        shutil.copyfile(shot, ROOT / "docs" / "studio.png")
