@@ -158,7 +158,8 @@ def main() -> int:
     wavs = [w for w in written if w.endswith(".wav")]
     print("  listen:       " + (wavs[0] if wavs else f"{OUT}/*.wav") + "  (any audio player), or")
     print(f"                midigen sample --ckpt {RUN} --seconds 30 --play")
-    print("  more music:   midigen sample --ckpt out/demo/model --num-samples 4 --instruments piano --tempo 90 --wav")
+    print("  more music:   midigen sample --ckpt out/demo/model --num-samples 4 --style quartet --wav")
+    print("  studio:       midigen studio --ckpt out/demo/model --open   (hear, see, generate, continue in a browser)")
     print("=" * 72)
     return 0
 

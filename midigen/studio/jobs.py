@@ -54,15 +54,13 @@ def _seen(model, codec: Codec) -> list[int]:
 
 
 def capabilities(config: dict, model, codec: Codec) -> dict:
-    """What the checkpoint can be asked for: ``midigen.checkpoint.capabilities`` where it exists,
-    else what this engine can do (continue and generate; no editing, no style or meter controls)."""
+    """What the checkpoint can be asked for (``midigen.checkpoint.capabilities``), over the defaults of
+    a checkpoint that records nothing: continue and generate with the instruments its output knows."""
     caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
             "keys": [], "densities": []}
-    try:
-        from midigen.checkpoint import capabilities as from_checkpoint
-    except ImportError:
-        return caps
-    return {**caps, **from_checkpoint(config)}
+    from midigen.checkpoint import capabilities as from_checkpoint
+
+    return {**caps, **from_checkpoint(config, codec)}
 
 
 def _sampling(req: dict, device) -> dict:
