@@ -289,7 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
 
-
     s = sub.add_parser("studio", help="a web page to hear, see, generate and continue music (and its JSON API)")
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
