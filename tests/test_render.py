@@ -73,3 +73,14 @@ def test_piano_roll_marks_an_edited_span(score, tmp_path):
     assert len(cols) > 20  # the span is visibly marked
     width = a.shape[1]
     assert cols.min() > width * 0.05  # ... and not from the start of the plot
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", [4, 5, 10])
+def test_wav_of_songs_that_hung_the_synthesizer_at_22050_hz(tmp_path, seed):
+    """Bug: at the old default rate (22,050 Hz) symusic's synthesizer never returned on these songs."""
+    score = make_song(seed)
+    path = write_wav(score, tmp_path / f"{seed}.wav")
+    with wave.open(str(path)) as w:
+        assert w.getframerate() == 44100
+        assert abs(w.getnframes() / w.getframerate() - notes_end_seconds(score)) < 3.0
