@@ -173,15 +173,16 @@ def _port(text: str) -> int:
 # ----- parser -----------------------------------------------------------------------------------
 
 
-def _add_control_flags(s) -> None:
-    """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices)."""
+def _add_control_flags(s, meter: bool = True) -> None:
+    """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices).
+    Edits keep the song's own meter, so they get no --time-signature (``meter=False``)."""
     g = s.add_argument_group("steering (none given: the model chooses)")
     g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned")
-    g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4")
+    if meter:
+        g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4")
     g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm")
     g.add_argument("--density", default=None, choices=["low", "medium", "high"],
                    help="notes per second, in the training corpus's terciles")
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--instruments", default=None, metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'); default: all")
     _edit_flags(s)
+    _add_control_flags(s, meter=False)
     s.set_defaults(func=cmd_infill)
 
     s = sub.add_parser("arrange", help="write new parts (e.g. bass, drums) over a whole song with a checkpoint")
@@ -287,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keep", default=None, metavar="LIST",
                    help="parts to keep (default: every part the song has that is not in --add); others are dropped")
     _edit_flags(s)
+    _add_control_flags(s, meter=False)
     s.set_defaults(func=cmd_arrange)
 
     s = sub.add_parser("studio", help="a web page to hear, see, generate and continue music (and its JSON API)")

@@ -66,7 +66,8 @@ def _check_flags(a) -> None:
 
 
 def _load(a, wanted: list[int]):
-    """(model, codec, device, soundfont) once the checkpoint is known to edit and to know ``wanted``."""
+    """(model, codec, device, soundfont, controls) once the checkpoint is known to edit and to know
+    ``wanted``; ``controls`` are the ids of ``--style/--key/--density`` (checked against what it learned)."""
     from midigen.checkpoint import capabilities, load_checkpoint
     from midigen.device import best_device
 
@@ -85,7 +86,10 @@ def _load(a, wanted: list[int]):
     if unknown:
         raise UsageError("the model never saw " + ", ".join(instrument_name(i) for i in unknown)
                          + " in training: choose among " + ", ".join(instrument_name(i) for i in caps["instruments"]))
-    return model, codec, device, soundfont
+    from midigen.controls import from_cli
+
+    controls, _ = from_cli(a, config, codec)
+    return model, codec, device, soundfont, controls
 
 
 def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
@@ -141,11 +145,11 @@ def infill_from_cli(a) -> None:
     bars = parse_bars(a.bars) if a.bars is not None else None
     instruments = _instrument_list(a.instruments, "--instruments")
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont = _load(a, instruments or instruments_of_score(score))
+    model, codec, device, soundfont, controls = _load(a, instruments or instruments_of_score(score))
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
     edits = infill_edits(model, codec, score, start_s=start, end_s=end, instruments=instruments,
-                         **_sampling(a, seed, device))
+                         controls=controls, **_sampling(a, seed, device))
     _write(a, edits, "infill", seed, soundfont)
 
 
@@ -157,7 +161,7 @@ def arrange_from_cli(a) -> None:
         raise UsageError("--add needs at least one name or program number")
     keep = _instrument_list(a.keep, "--keep") if a.keep is not None else None
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont = _load(a, add)
+    model, codec, device, soundfont, controls = _load(a, add)
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
-    edits = arrange_edits(model, codec, score, add=add, keep=keep, **_sampling(a, seed, device))
+    edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, **_sampling(a, seed, device))
     _write(a, edits, "arrange", seed, soundfont)
