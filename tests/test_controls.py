@@ -234,3 +234,24 @@ def test_v1_dataset_and_checkpoint_still_sample(tmp_path, music21_dir):
     assert r.returncode == 0, r.stderr
     r = cli("sample", "--ckpt", run, "--seconds", "2", "--out", tmp_path / "s", "--style", "chorale")
     assert r.returncode == 2 and "no style" in r.stderr, r.stderr
+
+
+def test_edit_commands_take_style_key_density(styled_data, music21_dir, tmp_path):
+    """infill/arrange steer like sample: known controls are used, an unknown style exits 2 listing the valid
+    ones, and nothing is written for it."""
+    run = tmp_path / "edit-model"
+    r = cli("train", REPO / "configs" / "test.toml", f"--data={styled_data}", f"--out={run}", "--steps=8",
+            "--eval_interval=8", "--eval_tokens=1024", "--edit-fraction=0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    styles = json.loads(cli("info", "--ckpt", run).stdout)["styles"]
+    song = sorted((music21_dir / "chorale").rglob("*.mid"))[0]
+    out = tmp_path / "edits"
+    r = cli("infill", "--ckpt", run, song, "--bars", "2-3", "--style", styles[0], "--key", "G", "--density", "low",
+            "--seed", "1", "--out", out)
+    assert r.returncode == 0, r.stderr
+    assert [json.loads(line)["task"] for line in r.stdout.splitlines()] == ["infill"]
+    r = cli("arrange", "--ckpt", run, song, "--add", "viola", "--style", "jazz", "--out", tmp_path / "none")
+    assert r.returncode == 2 and ", ".join(styles) in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / "none").exists()
+    r = cli("arrange", "--ckpt", run, song, "--add", "viola", "--time-signature", "3/4", "--out", tmp_path / "none")
+    assert r.returncode == 2  # an edit keeps the song's own meter: no such flag
