@@ -80,6 +80,16 @@ def _span_task(codec, units, rng, quarters=16):
     return EditTask(start, start + quarters * spq, targets)
 
 
+def _written(codec, units, task, block: int):
+    """(units, tokens, notes) the task writes, or None when it writes nothing or more than half the context."""
+    _, middle = split_units(units, task)
+    mid = written_tokens(codec, middle, task)
+    k = codec.count_notes(mid)
+    if k == 0 or len(mid) > block // 2:
+        return None
+    return middle, mid, k
+
+
 def both_sides(a) -> None:
     model, codec = _load(a.ckpt)
     block = model.cfg.block_size
@@ -94,11 +104,10 @@ def both_sides(a) -> None:
         task = _span_task(codec, units, rng, a.quarters)
         if task is None:
             continue
-        _, middle = split_units(units, task)
-        mid = written_tokens(codec, middle, task)
-        k = codec.count_notes(mid)
-        if k == 0 or len(mid) > block // 2:
+        target = _written(codec, units, task, block)
+        if target is None:
             continue
+        middle, mid, k = target
         built = edit_prompt(codec, head, units, task, block + 1 - len(mid))
         if built is None:
             continue
@@ -137,11 +146,10 @@ def harmonize(a) -> None:
         others = tuple(i for i in insts if i != top)
         start = int(units.time[note][0])
         task = EditTask(start, start + a.quarters * spq, others, drop_after=True, drop_before=True)
-        _, middle = split_units(units, task)
-        mid = written_tokens(codec, middle, task)
-        k = codec.count_notes(mid)
-        if k == 0 or len(mid) > block // 2:
+        target = _written(codec, units, task, block)
+        if target is None:
             continue
+        _, mid, k = target
         with_top = edit_prompt(codec, head, units, task, block + 1 - len(mid))
         no_top = edit_prompt(codec, head, units.select(~(note & (units.inst == top))), task, block + 1 - len(mid))
         if with_top is None or no_top is None:

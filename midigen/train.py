@@ -17,7 +17,6 @@ Design choices, and why:
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import sys

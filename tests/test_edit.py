@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import symusic
-import torch
 
 from midigen.codec import DRUMS, Codec, Kind
 from midigen.errors import Cancelled, UsageError
@@ -30,12 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_TOML = ROOT / "configs" / "test.toml"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def midigen(*args, timeout=300):

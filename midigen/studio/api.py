@@ -21,7 +21,7 @@ from midigen.studio import schemas as S
 from midigen.studio.audio import AudioCache
 from midigen.studio.jobs import Engine, Job, JobQueue
 from midigen.studio.roll import score_roll
-from midigen.studio.upload import MAX_SECONDS, MAX_UPLOAD_BYTES, Reader, UploadError
+from midigen.studio.upload import MAX_SECONDS, MAX_UPLOAD_BYTES, Reader
 from midigen.studio.workspace import ID_PATTERN, Workspace, clean_name, current_id
 
 MAX_WAIT = 10.0  # longest a job poll is held open waiting for news
