@@ -33,8 +33,10 @@ import symusic
 from midigen.errors import MidigenError
 
 CODEC_NAME = "midigen-event"
-CODEC_VERSION = 2  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens
-SUPPORTED_VERSIONS = (1, 2)  # v1 datasets and checkpoints still load and sample (no controls, no editing)
+CODEC_VERSION = 3  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens.
+# v3: the same ids, with the controls right after BOS, so a song's instruments, tempo and meter are
+# written knowing the style, key and density asked for (v2 put them after TEMPO [TS]).
+SUPPORTED_VERSIONS = (1, 2, 3)  # older datasets and checkpoints still load and sample in their own layout
 
 DRUMS = 128  # the instrument number used for every drum track
 N_INSTRUMENTS = 129
@@ -180,6 +182,7 @@ class Codec:
             self.ranges[k][0] for k in ("shift", "tempo", "ts", "inst", "note", "dv"))
         self.dv_end = self.ranges["dv"][1]
         self.has_controls = self.version >= 2
+        self.controls_first = self.version >= 3  # where a header's controls sit (see ``header_length``)
         if self.has_controls:
             self.style_start, self.key_start, self.density_start, marker = (
                 self.ranges[k][0] for k in ("style", "key", "density", "marker"))
@@ -321,35 +324,46 @@ class Codec:
         t = np.asarray(tokens)
         return int(np.count_nonzero((t >= self.note_start) & (t < self.dv_start)))
 
-    def base_header_length(self, tokens: np.ndarray) -> int:
-        """Length of ``BOS INST... TEMPO [TS]`` at the start of ``tokens`` (no controls, no EDIT part)."""
-        t = np.asarray(tokens)
-        n = 1 if len(t) and t[0] == self.BOS else 0
-        while n < len(t) and self.inst_start <= t[n] < self.note_start:
-            n += 1
-        if n < len(t) and self.tempo_start <= t[n] < self.ts_start:
-            n += 1
-        if n < len(t) and self.ts_start <= t[n] < self.inst_start:
+    def _skip_controls(self, t: np.ndarray, n: int) -> int:
+        while n < len(t) and self.style_start <= t[n] < self.EDIT:
             n += 1
         return n
 
     def header_length(self, tokens: np.ndarray) -> int:
         """Length of the song header at the start of ``tokens``.
 
-        The header is ``BOS INST... TEMPO [TS]``, then (v2) any control tokens (STYLE, KEY, DENSITY)
-        and, in an editing sequence, ``EDIT INST...`` naming the instruments to write.
+        The header is ``BOS [controls] INST... TEMPO [TS]`` in v3 and ``BOS INST... TEMPO [TS] [controls]``
+        in v2 (controls: STYLE, KEY, DENSITY), then, in an editing sequence, ``EDIT INST...`` naming the
+        instruments to write. Both orders are read, so any checkpoint's output parses.
         """
         t = np.asarray(tokens)
-        n = self.base_header_length(t)
+        n = 1 if len(t) and t[0] == self.BOS else 0
+        if self.has_controls:
+            n = self._skip_controls(t, n)
+        while n < len(t) and self.inst_start <= t[n] < self.note_start:
+            n += 1
+        if n < len(t) and self.tempo_start <= t[n] < self.ts_start:
+            n += 1
+        if n < len(t) and self.ts_start <= t[n] < self.inst_start:
+            n += 1
         if not self.has_controls:
             return n
-        while n < len(t) and self.style_start <= t[n] < self.EDIT:
-            n += 1
+        n = self._skip_controls(t, n)
         if n < len(t) and t[n] == self.EDIT:
             n += 1
             while n < len(t) and self.inst_start <= t[n] < self.note_start:
                 n += 1
         return n
+
+    def base_header(self, tokens: np.ndarray) -> np.ndarray:
+        """``BOS INST... TEMPO [TS]`` of the header at the start of ``tokens``: no controls, no EDIT part."""
+        t = np.asarray(tokens)
+        head = t[: self.header_length(t)]
+        if not self.has_controls:
+            return head
+        edit = np.flatnonzero(head == self.EDIT)
+        head = head[: edit[0]] if len(edit) else head
+        return head[(head < self.style_start) | (head >= self.EDIT)]
 
     def header(self, instruments, bpm: float = 120.0, time_signature=(4, 4)) -> np.ndarray:
         """A song header for conditioning generation: the instruments present and the start tempo."""

@@ -1,7 +1,8 @@
 """Control tokens in the song header: what a dataset's songs carry, and what a user may ask for.
 
-A v2 song header is ``BOS INST... TEMPO [TS]`` followed by controls: ``STYLE`` tokens (one per style
-the file was tagged with), one ``KEY`` and one ``DENSITY``. The meanings come from the dataset:
+A v3 song header is ``BOS`` and the controls, then ``INST... TEMPO [TS]`` (v2 put the controls last, so
+the instruments were chosen before the style was known). The controls are ``STYLE`` tokens (one per
+style the file was tagged with), one ``KEY`` and one ``DENSITY``. The meanings come from the dataset:
 
 * styles: the train split's style names, sorted, one slot each (the 64 most common when there are
   more), so slot numbers are the same for everyone reading the same dataset;

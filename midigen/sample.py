@@ -49,9 +49,12 @@ class Sample:
 def _prefix(codec: Codec, prompt_tokens, instruments, tempo, controls=(), ts_id=None) -> tuple[np.ndarray, bool]:
     """The tokens every row starts from, and whether its header is already complete.
 
-    Where the prefix holds the header's TEMPO, the time signature ``ts_id`` and the ``controls`` follow
-    it here; otherwise the grammar forces them once the model has written its TEMPO.
+    The ``controls`` go right after BOS (v3) or after TEMPO [TS] (v2); where the prefix holds the
+    header's TEMPO, the time signature ``ts_id`` follows it here, otherwise the grammar forces it (and
+    v2's controls) once the model has written its TEMPO.
     """
+    lead = list(controls) if codec.controls_first else []
+    tail = [] if codec.controls_first else list(controls)
     insts = sorted(set(int(i) for i in instruments)) if instruments else []
     if prompt_tokens is not None:
         p = np.asarray(prompt_tokens, dtype=np.int64).ravel()
@@ -68,14 +71,14 @@ def _prefix(codec: Codec, prompt_tokens, instruments, tempo, controls=(), ts_id=
             raise UsageError("the prompt has no complete song header")
         union = sorted(set(head_insts) | set(insts))
         ts = [ts_id] if ts_id is not None else ts
-        head = [codec.BOS, *(codec.inst_token(i) for i in union), tempos[0], *ts, *controls]
+        head = [codec.BOS, *lead, *(codec.inst_token(i) for i in union), tempos[0], *ts, *tail]
         return np.concatenate((np.array(head, np.int64), p[h:])), True
     if insts:
-        ids = [codec.BOS] + [codec.inst_token(i) for i in insts]
+        ids = [codec.BOS, *lead, *(codec.inst_token(i) for i in insts)]
         if tempo is not None:
-            ids += [codec.tempo_token(tempo), *([ts_id] if ts_id is not None else []), *controls]
+            ids += [codec.tempo_token(tempo), *([ts_id] if ts_id is not None else []), *tail]
         return np.array(ids, np.int64), True
-    return np.array([codec.BOS], np.int64), False
+    return np.array([codec.BOS, *lead], np.int64), False
 
 
 def _ts_id(codec: Codec, time_signature) -> int | None:
@@ -142,7 +145,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
     if not np.any((prefix >= codec.tempo_start) & (prefix < codec.ts_start)):
-        g.force_header(controls, ts_id)  # the header's TEMPO is still to come: force what follows it
+        # the header's TEMPO is still to come: force what follows it (v3's controls are in the prefix)
+        g.force_header(() if codec.controls_first else controls, ts_id)
     for t in prefix:
         g.advance([t])
     if header_done:
@@ -179,9 +183,9 @@ def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None
     tokens. ``prompt_tokens`` (an encoded song) is continued verbatim; ``instruments`` (0..127, 128 =
     drums) fixes the header (joined with the prompt's); ``tempo`` sets the start tempo (with a prompt: a
     tempo change where the new part starts); ``time_signature`` (n, d) and ``controls`` (STYLE/KEY/DENSITY
-    ids) go into the header after its TEMPO. ``listener(new_tokens)`` is called after every generated
-    token with the (B, n) tokens so far; returning True stops at once with ``Cancelled``. Raises
-    UsageError on bad arguments.
+    ids) go into the header (the controls right after BOS; after TEMPO [TS] for a v2 checkpoint).
+    ``listener(new_tokens)`` is called after every generated token with the (B, n) tokens so far;
+    returning True stops at once with ``Cancelled``. Raises UsageError on bad arguments.
     """
     return [s.tokens for s in generate_samples(
         model, codec, num_samples=num_samples, seconds=seconds, max_new_tokens=max_new_tokens,

@@ -68,7 +68,7 @@ def song_units(codec: Codec, song: np.ndarray) -> tuple[np.ndarray, Units]:
     """(base header, units of the events) of one song's tokens (``BOS ... [EOS]``)."""
     song = np.asarray(song, dtype=np.int64)
     h = codec.header_length(song)
-    head = song[: codec.base_header_length(song[:h])]
+    head = codec.base_header(song[:h])
     body = song[h:]
     end = np.flatnonzero((body == codec.EOS) | (body == codec.BOS))
     body = body[: end[0]] if len(end) else body
@@ -125,12 +125,14 @@ def instruments_of(codec: Codec, head: np.ndarray) -> list[int]:
 
 
 def header_with(codec: Codec, head: np.ndarray, instruments=None, controls=(), targets=None) -> np.ndarray:
-    """A header from a base header: its instruments (or ``instruments``), tempo and TS, then ``controls``,
-    then ``EDIT INST(targets)`` when ``targets`` is given."""
+    """A header from a base header: ``controls``, its instruments (or ``instruments``), tempo and TS
+    (controls last in a v2 codec), then ``EDIT INST(targets)`` when ``targets`` is given."""
     head = np.asarray(head, np.int64)
     insts = instruments_of(codec, head) if instruments is None else sorted(set(int(i) for i in instruments))
     rest = head[(head >= codec.tempo_start) & (head < codec.inst_start)]  # TEMPO, TS
-    ids = [codec.BOS, *(codec.inst_token(i) for i in insts), *rest.tolist(), *(int(c) for c in controls)]
+    controls = [int(c) for c in controls]
+    body = [*(codec.inst_token(i) for i in insts), *rest.tolist()]
+    ids = [codec.BOS, *controls, *body] if codec.controls_first else [codec.BOS, *body, *controls]
     if targets is not None:
         ids += [codec.EDIT, *(codec.inst_token(i) for i in sorted(set(int(i) for i in targets)))]
     return np.array(ids, np.int64)

@@ -63,10 +63,12 @@ def test_windows_carry_controls_with_dropout(styled_data, music21_dir):
             assert all(g <= 1 for g in groups[1:])
             counts += np.array(groups) > 0
             n += 1
-            # the controls sit after TEMPO [TS], in style, key, density order
+            # the controls sit right after BOS (v3), in style, key, density order, before the instruments
             ctl = kinds[(kinds >= Kind.STYLE) & (kinds <= Kind.DENSITY)]
             assert (np.diff(ctl) >= 0).all()
-            assert kinds[h - 1 - len(ctl)] in (Kind.TEMPO, Kind.TS)
+            if len(ctl):
+                assert row[0] == codec.BOS and (kinds[1 : 1 + len(ctl)] == ctl).all()
+                assert kinds[1 + len(ctl)] == Kind.INST
     kept = counts / n
     assert np.all(np.abs(kept - (1 - DROP_P)) < 0.12), kept  # each control left out ~30% of the time
 
@@ -166,7 +168,8 @@ def test_sample_with_every_control(styled_run, tmp_path):
         for s in samples:
             h = codec.header_length(s.tokens)
             head = [int(t) for t in s.tokens[:h]]
-            assert head[-5:] == [codec.ts_token(3, 4), *want], [codec.token_name(t) for t in head]
+            # v3: the controls right after BOS, so the instruments are chosen knowing them; the meter after TEMPO
+            assert head[1:5] == want and head[-1] == codec.ts_token(3, 4), [codec.token_name(t) for t in head]
             score = codec.decode(s.tokens)
             assert [(t.numerator, t.denominator) for t in score.time_signatures] == [(3, 4)]
     # a prompt's header takes the controls too
@@ -174,7 +177,27 @@ def test_sample_with_every_control(styled_run, tmp_path):
     ids2, _ = resolve(caps, codec, key="D")
     (s,) = generate_samples(model, codec, seconds=2, seed=1, prompt_tokens=prompt, controls=ids2, time_signature=(2, 4))
     h = codec.header_length(s.tokens)
-    assert [int(t) for t in s.tokens[h - 2 : h]] == [codec.ts_token(2, 4), codec.key_token(2)]
+    assert [int(s.tokens[1]), int(s.tokens[h - 1])] == [codec.key_token(2), codec.ts_token(2, 4)]
+    assert codec.kinds(s.tokens[2:3])[0] == Kind.INST
+
+
+def test_v2_checkpoints_keep_their_controls_after_the_meter():
+    """A v2 codec (datasets and checkpoints made before v3) keeps the order it was trained with."""
+    from midigen.sample import _prefix
+    from midigen.sequences import header_with
+
+    for version, first in ((2, False), (3, True)):
+        codec = Codec(version=version)
+        assert codec.controls_first is first
+        ctl = [codec.style_token(1), codec.key_token(7)]
+        base = codec.header([0, 33], bpm=90, time_signature=(3, 4)).astype(np.int64)
+        full = header_with(codec, base, controls=ctl)
+        prefix, done = _prefix(codec, None, [0, 33], 90, ctl, codec.ts_token(3, 4))
+        assert done and full.tolist() == prefix.tolist()
+        want = [codec.BOS, *ctl, *base[1:]] if first else [*base, *ctl]
+        assert full.tolist() == want
+        assert codec.header_length(np.concatenate((full, [codec.shift_token(4)]))) == len(full)
+        assert codec.base_header(full).tolist() == base.tolist()
 
 
 def test_sample_cli_with_controls(styled_run, tmp_path):

@@ -7,7 +7,8 @@ where the song stands (header or events, time, tempo, the notes already in this 
 so decoding needs no host round trip per step. The rules mirror ``Codec.encode_score``:
 
 * header: ``BOS INST...`` in increasing order (at least one), then ``TEMPO`` ends it; then an optional TS
-  (or the one asked for), then the control tokens asked for, in order;
+  (or the one asked for), then, for a v2 codec, the control tokens asked for, in order (v3 puts them
+  right after BOS, in the prompt the caller builds, so the grammar never writes them);
 * events: ``NOTE`` is always followed by ``DV``; notes of one time step come in increasing id order and
   only for allowed instruments; a tempo change sits after the step's shifts and before its notes, never at
   time 0 and never repeating the tempo in force; a shift shorter than ``max_shift`` ends a gap, and a gap
@@ -104,7 +105,7 @@ class Grammar:
         self.gap_limit = long(p.max_gap)
         self.tempo_ok = flag(True)  # may tempo changes be written?
         self.eos_anytime = flag(False)  # an edit's written part may end after any DV (or be empty)
-        self.controls = torch.zeros((B, 0), dtype=torch.long, device=dev)  # forced after TEMPO [TS]
+        self.controls = torch.zeros((B, 0), dtype=torch.long, device=dev)  # v2: forced after TEMPO [TS]
         self.control_pos = long(0)
         self.rows = torch.arange(B, device=dev)
         # Host-side facts that let the mask skip whole rules without reading device state:
