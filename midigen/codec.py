@@ -35,7 +35,8 @@ from midigen.errors import MidigenError
 CODEC_NAME = "midigen-event"
 CODEC_VERSION = 3  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens.
 # v3: the same ids, with the controls right after BOS, so a song's instruments, tempo and meter are
-# written knowing the style, key and density asked for (v2 put them after TEMPO [TS]).
+# written knowing the style, key and density asked for (v2 put them after TEMPO [TS]); and an edit's
+# written part interleaves the kept notes inside the span, so the parts it writes line up with them.
 SUPPORTED_VERSIONS = (1, 2, 3)  # older datasets and checkpoints still load and sample in their own layout
 
 DRUMS = 128  # the instrument number used for every drum track
@@ -183,6 +184,7 @@ class Codec:
         self.dv_end = self.ranges["dv"][1]
         self.has_controls = self.version >= 2
         self.controls_first = self.version >= 3  # where a header's controls sit (see ``header_length``)
+        self.interleaves_edits = self.version >= 3  # an edit's written part carries the kept notes (``sequences``)
         if self.has_controls:
             self.style_start, self.key_start, self.density_start, marker = (
                 self.ranges[k][0] for k in ("style", "key", "density", "marker"))

@@ -246,7 +246,10 @@ class WindowSampler:
                 w = self._transpose(w, shifts[b])
             x[b] = w[:-1]
             y[b] = w[1:]
-            y[b, :masked] = -1
+            if isinstance(masked, np.ndarray):  # an editing window: which of its tokens are not learned
+                y[b, masked[1:]] = -1
+            else:  # a plain window: its first ``masked`` targets (a repeated header)
+                y[b, :masked] = -1
             y[b, y[b] == self.split.codec.PAD] = -1  # padding after a short editing sequence
         return x, y
 
@@ -283,9 +286,10 @@ class WindowSampler:
         # the header's tokens give len-1 targets inside the header: those are masked
         return np.concatenate((full, body)), len(full) - 1
 
-    def _edit_window(self, pos: int, rng: np.random.Generator, keep=None) -> tuple[np.ndarray | None, int]:
-        """An editing sequence from the song around ``pos``, padded to T+1 (None when none fits)."""
-        from midigen.sequences import training_edit_sequence
+    def _edit_window(self, pos: int, rng: np.random.Generator, keep=None):
+        """An editing sequence from the song around ``pos``, padded to T+1, and which of its tokens are
+        not learned (the header and the given notes); (None, 0) when none fits."""
+        from midigen.sequences import given_positions, training_edit_sequence
 
         sp, T = self.split, self.T
         song = int(np.searchsorted(sp.starts, pos, side="right")) - 1
@@ -298,7 +302,10 @@ class WindowSampler:
             return None, 0
         w = np.full(T + 1, sp.codec.PAD, dtype=np.int64)
         w[: len(seq)] = seq
-        return w, sp.codec.header_length(seq) - 1
+        unlearned = np.zeros(T + 1, bool)  # the header, and the given notes the decoder forces
+        unlearned[: len(seq)] = given_positions(sp.codec, seq)
+        unlearned[: sp.codec.header_length(seq)] = True
+        return w, unlearned
 
     def _transpose(self, w: np.ndarray, shifts) -> np.ndarray:
         for s in shifts:  # a few tries; a shift that pushes a note out of range is rejected

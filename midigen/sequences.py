@@ -3,21 +3,27 @@
 A prepared song is ``BOS INST... TEMPO [TS] events... EOS``. The model also learns two variants,
 built here on the fly from the same tokens (so one prepared dataset serves every task):
 
-* **Controls.** Control tokens (``STYLE``, ``KEY``, ``DENSITY``) go right after the base header; each
-  is dropped at random while training, so each can be left out when generating.
+* **Controls.** Control tokens (``STYLE``, ``KEY``, ``DENSITY``) go right after ``BOS`` (codec v3; v2
+  put them after the base header); each is dropped at random while training, so each can be left out
+  when generating.
 * **Editing (fill in the middle).** The part to write comes *after* the context on both sides of it::
 
-      BOS INST(all)... TEMPO [TS] [controls] EDIT INST(targets)...
-          context events ... HOLE ... context events inside the span ... HOLE_END ... context events
-      FILL  written events (times relative to the span start) ...  EOS
+      BOS [controls] INST(all)... TEMPO [TS] EDIT INST(targets)...
+          context events ... HOLE ... HOLE_END ... context events
+      FILL  the span's events in time order (times from the span start): the notes to write, and the
+            other instruments' notes inside the span (given)  ...  EOS
 
-  The context is the song without the target instruments' notes in the span ``[S, E)``; ``HOLE`` and
-  ``HOLE_END`` sit at times ``S`` and ``E`` in the event stream, so the model knows where and how long
-  the gap is, and which instruments (``EDIT INST...``) it must write there. Other instruments' notes
-  inside the span stay in the context: infilling one part around the others, and arranging new parts
-  under kept ones (``arrange`` = the same task over the whole song, in chunks), are one objective.
-  Sometimes the targets are also removed after the span (and before it), which is what arranging
-  looks like chunk by chunk: the parts being written exist before the chunk, not after it.
+  The context is the song without the span's notes (and, sometimes, without the targets after the
+  span and before it, which is what arranging looks like chunk by chunk: the parts being written exist
+  before the chunk, not after it). ``HOLE`` and ``HOLE_END`` sit at times ``S`` and ``E`` in the event
+  stream, so the model knows where and how long the gap is, and ``EDIT INST...`` says which instruments
+  it must write there. The other instruments' notes inside the span are *given*: they come after
+  ``FILL``, interleaved in time order with what is written, and the decoder forces them where they
+  fall (``Grammar.force_notes``), so a new bass line is written right next to the melody notes it
+  sounds with rather than matched to them across the whole prompt. They are not learned (the loss
+  skips them: ``given_positions``). Infilling one part around the others and arranging new parts
+  under kept ones (``arrange`` = the same task over the whole song, in chunks) are one objective.
+  (Codec v2 kept the given notes inside the hole, in the context, and wrote the targets alone.)
 
 Everything works on *units*: a note (NOTE + DV), a tempo change, or a marker, each at a time in steps.
 Units are re-emitted with fresh SHIFT tokens, so removing notes never leaves odd shift runs behind.
@@ -52,10 +58,13 @@ class Units:
 
     @staticmethod
     def concat(parts) -> "Units":
-        parts = list(parts)
+        """Units of several sources in stream order: time, then tempo/marker/note, then id (the encoder's
+        order: the notes of one step in increasing id)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Units(*(np.zeros(0, np.int64) for _ in range(5)))
         u = Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("time", "tok0", "tok1", "inst", "order")))
-        o = np.lexsort((u.order, u.time))  # stable: equal (time, order) keep their stream order
-        return u.select(o)
+        return u.select(np.lexsort((u.tok0, u.order, u.time)))
 
     @staticmethod
     def markers(times, ids) -> "Units":
@@ -149,14 +158,20 @@ class EditTask:
     drop_before: bool = False  # ... nor before it (arranging from the first chunk on)
 
 
-def split_units(units: Units, task: EditTask) -> tuple[Units, Units]:
-    """(context units with HOLE/HOLE_END markers, the units to write) for ``task``."""
-    target = np.isin(units.inst, np.array(task.targets, np.int64)) & (units.tok1 >= 0)
+def split_units(units: Units, task: EditTask, interleave: bool = False) -> tuple[Units, Units, Units]:
+    """(context with the targets' absent notes taken out, the units to write, the given notes).
+
+    With ``interleave`` (codec v3) the other instruments' notes inside the span leave the context and
+    become the *given* notes, which the written part carries in time order among the ones it writes.
+    """
+    note = units.tok1 >= 0
+    target = np.isin(units.inst, np.array(task.targets, np.int64)) & note
     inside = (units.time >= task.start) & (units.time < task.end)
     middle = target & inside
-    gone = middle | (target & (units.time >= task.end) & task.drop_after) | (
+    given = ~target & note & inside if interleave else np.zeros(len(units), bool)
+    gone = middle | given | (target & (units.time >= task.end) & task.drop_after) | (
         target & (units.time < task.start) & task.drop_before)
-    return units.select(~gone), units.select(middle)
+    return units.select(~gone), units.select(middle), units.select(given)
 
 
 def _fit_context(codec: Codec, context: Units, task: EditTask, room: int) -> np.ndarray | None:
@@ -188,21 +203,43 @@ def _fit_context(codec: Codec, context: Units, task: EditTask, room: int) -> np.
 
 
 def edit_prompt(codec: Codec, head: np.ndarray, units: Units, task: EditTask, room: int,
-                controls=(), instruments=None) -> tuple[np.ndarray, Units] | None:
-    """The tokens up to and including FILL for ``task``, using at most ``room`` tokens in all; and the
-    units to write (the truth, when training). None when the span's context cannot fit ``room``."""
-    context, middle = split_units(units, task)
+                controls=(), instruments=None) -> tuple[np.ndarray, Units, Units] | None:
+    """The tokens up to and including FILL for ``task``, using at most ``room`` tokens in all; the
+    units to write (the truth, when training) and the given notes the written part interleaves (v3).
+    None when the span's context cannot fit ``room``."""
+    context, middle, given = split_units(units, task, codec.interleaves_edits)
     head_ids = header_with(codec, head, instruments=instruments, controls=controls, targets=task.targets)
     ctx = _fit_context(codec, context, task, room - len(head_ids) - 1)
     if ctx is None:
         return None
-    return np.concatenate((head_ids, ctx, [codec.FILL])), middle
+    return np.concatenate((head_ids, ctx, [codec.FILL])), middle, given
 
 
-def written_tokens(codec: Codec, middle: Units, task: EditTask) -> np.ndarray:
-    """The part to write as tokens after FILL: times from the span start, then EOS."""
-    toks, _ = emit(codec, middle, start_time=task.start)
+def written_tokens(codec: Codec, middle: Units, task: EditTask, given: Units | None = None) -> np.ndarray:
+    """The written part as tokens after FILL: the units to write and the ``given`` notes in time
+    order, times from the span start, then EOS."""
+    toks, _ = emit(codec, Units.concat([middle, given]) if given is not None else middle, start_time=task.start)
     return np.concatenate((toks, [codec.EOS]))
+
+
+def given_positions(codec: Codec, seq: np.ndarray) -> np.ndarray:
+    """Which tokens of an editing sequence are given notes (NOTE and DV of an instrument the header's
+    ``EDIT INST...`` does not name, after FILL): the model does not write them, so they are not
+    learned (their shifts are: where the model puts time is its choice)."""
+    seq = np.asarray(seq, np.int64)
+    out = np.zeros(len(seq), bool)
+    fill = np.flatnonzero(seq == codec.FILL)
+    edit = np.flatnonzero(seq == codec.EDIT)
+    if not len(fill) or not len(edit):
+        return out
+    h = codec.header_length(seq)
+    targets = seq[edit[0] + 1 : h] - codec.inst_start
+    after = np.arange(len(seq)) > fill[0]
+    is_note = (codec.kinds(seq) == Kind.NOTE) & after
+    given = is_note & ~np.isin((seq - codec.note_start) // 128, targets)
+    out |= given
+    out[1:] |= given[:-1]  # its DV
+    return out
 
 
 def training_edit_sequence(codec: Codec, song: np.ndarray, rng: np.random.Generator, length: int,
@@ -218,16 +255,17 @@ def training_edit_sequence(codec: Codec, song: np.ndarray, rng: np.random.Genera
         return None
     task = _draw_task(codec, units, insts, rng, span_quarters)
     middle_room = length // 2
-    _, middle = split_units(units, task)
-    mid = written_tokens(codec, middle, task)
+    _, middle, given = split_units(units, task, codec.interleaves_edits)
+    mid = written_tokens(codec, middle, task, given)
     if len(mid) > middle_room:  # shorten the span so what is written fits half the window
-        toks, group = emit(codec, middle, start_time=task.start)
+        both = Units.concat([middle, given])
+        toks, group = emit(codec, both, start_time=task.start)
         cut = int(group[middle_room - 1])  # the first unit that does not fit whole
-        task.end = int(middle.time[cut])
+        task.end = int(both.time[cut])
         if task.end <= task.start:
             return None
-        _, middle = split_units(units, task)
-        mid = written_tokens(codec, middle, task)
+        _, middle, given = split_units(units, task, codec.interleaves_edits)
+        mid = written_tokens(codec, middle, task, given)
     built = edit_prompt(codec, head, units, task, length - len(mid), controls=controls)
     if built is None:
         return None

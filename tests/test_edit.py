@@ -261,6 +261,49 @@ def test_edit_grammar_writes_only_targets_inside_the_span():
             assert ends[0] == 0 or k[ends[0] - 1] == Kind.DV
 
 
+def test_given_notes_come_where_they_fall():
+    """The kept notes inside an edit's span (v3) are forced into the written part at their steps, in the
+    step's id order among the written notes, with their own durations, before the part may end."""
+    codec = Codec()
+    B, span, targets = 8, 200, (33, DRUMS)
+    violin = lambda p: codec.note_start + 40 * 128 + p  # noqa: E731  between the targets' ids
+    given = [(0, violin(60), codec.dv_start + 5), (0, violin(64), codec.dv_start + 9),
+             (48, violin(67), codec.dv_start + 40), (199, violin(72), codec.dv_start + 3)]
+    g = Grammar(codec, B)
+    g.for_edit(targets, span, 400)
+    g.force_notes(*zip(*given))
+    rng = np.random.default_rng(1)
+    kinds = codec.kinds(np.arange(codec.vocab_size))
+    seqs = [[] for _ in range(B)]
+    for _ in range(400):
+        m = g.mask().numpy()
+        tok = np.full(B, codec.EOS)
+        for b in np.flatnonzero(~g.done.numpy()):
+            ids = np.flatnonzero(m[b])
+            k = rng.choice(np.unique(kinds[ids]))
+            tok[b] = rng.choice(ids[kinds[ids] == k])
+            seqs[b].append(int(tok[b]))
+        g.advance(tok)
+        if g.done.all():
+            break
+    assert g.done.all()
+    lower = []
+    for s in seqs:
+        t = np.array(s)
+        k = codec.kinds(t)
+        time = np.cumsum(codec.shift_steps()[t])
+        notes = np.flatnonzero(k == Kind.NOTE)
+        inst = (t[notes] - codec.note_start) // 128
+        mine = notes[inst == 40]
+        assert [(int(time[i]), int(t[i]), int(t[i + 1])) for i in mine] == given
+        assert set(inst.tolist()) <= {40, *targets} and np.all(time[notes] < span)
+        for a, b in zip(notes[:-1], notes[1:]):  # a step's notes in increasing id order
+            assert time[a] < time[b] or t[a] < t[b]
+        assert t[-1] == codec.EOS and mine[-1] < len(t) - 1
+        lower.append(any(time[i] == time[j] and i < j for i in notes[inst == 33] for j in mine))
+    assert any(lower)  # written notes did come before a given one at its step
+
+
 def test_controls_and_time_signature_go_into_the_header(loaded):
     from midigen.sample import generate
 

@@ -2,7 +2,9 @@
 
 Both are one task for the engine: the model reads the song's context on both sides of a hole
 (``midigen.sequences``: ``HOLE ... HOLE_END`` in the events, then ``FILL``) and writes the hole's
-notes for the target instruments, under the edit grammar (``Grammar.for_edit``). A long span is written
+notes for the target instruments, under the edit grammar (``Grammar.for_edit``); with a v3 codec the
+kept notes inside the hole are forced into the written part where they fall (``Grammar.force_notes``),
+so what is written lines up with them. A long span is written
 in chunks of at most ``CHUNK_QUARTERS`` (the longest span training shows), each chunk seeing the chunks
 already written; a chunk whose written part runs out of tokens ends at its last complete onset and the
 next chunk starts there. The first chunk decodes every sample as one batch; after it the samples'
@@ -87,15 +89,6 @@ def read_song(codec: Codec, score) -> Song:
     return Song(score, head, units, codec.params.steps_per_quarter)
 
 
-def merge_units(parts) -> Units:
-    """Units of several sources in stream order: time, then tempo/marker/note, then id (the encoder's)."""
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return Units(*(np.zeros(0, np.int64) for _ in range(5)))
-    u = Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("time", "tok0", "tok1", "inst", "order")))
-    return u.select(np.lexsort((u.tok0, u.order, u.time)))
-
-
 def shortened(units: Units, marks, max_gap: int) -> tuple[Units, list[int]]:
     """Units and mark times on the token time line: every gap between events capped at ``max_gap``."""
     times = np.unique(np.concatenate((units.time, np.asarray(marks, np.int64))))
@@ -146,35 +139,46 @@ class _Chunk:
 
 
 def _chunk_prompt(codec: Codec, song: Song, plan: Plan, written: Units, s: int, e: int, room: int):
-    """The prompt for writing ``[s, e)``, shrinking ``e`` until the hole's own context fits ``room``."""
-    units = merge_units([plan.context, written])
+    """(prompt, given notes with steps from the chunk start) for writing ``[s, e)``, shrinking ``e``
+    until the hole's own context fits ``room``; (None, None) when not even one step fits."""
+    units = Units.concat([plan.context, written])
     while True:
         capped, (cs, ce) = shortened(units, [s, e], codec.params.max_gap)
         task = EditTask(cs, ce, plan.targets, drop_after=plan.drop_after)
         built = edit_prompt(codec, song.head, capped, task, room, controls=plan.controls,
                             instruments=plan.instruments)
-        if built is not None or e - s <= 1:
-            return (built[0] if built is not None else None), e
+        if built is not None:
+            prompt, _, given = built
+            return prompt, Units(given.time - cs, given.tok0, given.tok1, given.inst, given.order), e
+        if e - s <= 1:
+            return None, None, e
         e = s + (e - s) // 2
 
 
 def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Units, s: int,
                  rows: int) -> list[_Chunk]:
-    """Decode ``[s, s + chunk)`` for ``rows`` rows that share what was ``written`` before (one batch)."""
+    """Decode ``[s, s + chunk)`` for ``rows`` rows that share what was ``written`` before (one batch).
+
+    The kept notes inside the chunk (v3) are forced into the written part where they fall; only the
+    target instruments' notes are kept from it."""
     block = dec.block
     chunk = min(CHUNK_QUARTERS * song.spq, codec.params.max_gap)
     room = block - max(2, int(block * WRITTEN_SHARE))
-    prompt, e = _chunk_prompt(codec, song, plan, written, s, min(s + chunk, plan.end), room)
+    prompt, given, e = _chunk_prompt(codec, song, plan, written, s, min(s + chunk, plan.end), room)
     if prompt is None:  # even one step's kept notes do not fit the context: leave that step
         return [_Chunk(Units.markers([], []), e) for _ in range(rows)]
     budget = block - len(prompt)
     g = Grammar(codec, rows, device=dec.device)
     g.for_edit(plan.targets, e - s, budget)
+    g.force_notes(given.time, given.tok0, given.tok1)
     seq = dec.decode(prompt, g, budget)
     out = []
     for b in range(rows):
         units, last, ended = written_units(codec, seq[b, len(prompt):], s)
-        if ended or last == 0:
+        mine = np.isin(units.inst, np.array(plan.targets, np.int64))
+        complete = ended and int((~mine).sum()) == len(given)  # every given note went in before EOS
+        units = units.select(mine)
+        if complete or last == 0:
             out.append(_Chunk(units, e))
         else:  # out of tokens: keep the complete onsets, go on from the last one
             out.append(_Chunk(units.select(units.time < s + last), s + last))
@@ -190,7 +194,7 @@ def write_plan(dec: Decoder, codec: Codec, song: Song, plan: Plan, num_samples: 
         written, pos = c.units, c.reached
         while pos < plan.end:
             (c,) = _write_chunk(dec, codec, song, plan, written, pos, 1)
-            written, pos = merge_units([written, c.units]), max(c.reached, pos + 1)
+            written, pos = Units.concat([written, c.units]), max(c.reached, pos + 1)
         results.append(written)
     return results
 

@@ -108,6 +108,13 @@ class Grammar:
         self.controls = torch.zeros((B, 0), dtype=torch.long, device=dev)  # v2: forced after TEMPO [TS]
         self.control_pos = long(0)
         self.rows = torch.arange(B, device=dev)
+        # given notes (an edit's kept notes inside the span, v3): times, NOTE and DV ids, in stream order
+        self.given_time = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.given_note = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.given_dv = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.given_pos = long(0)  # the next given note to write
+        self.given_dv_due = flag(False)  # a given NOTE was just written: its DV comes next
+        self.forcing = False  # host fact: some row has given notes
         # Host-side facts that let the mask skip whole rules without reading device state:
         self.timed = False  # some row has a time target
         self.pending = False  # a tempo change was requested
@@ -159,6 +166,15 @@ class Grammar:
         self.budget[:] = int(max_tokens)
         self.in_header[:] = False
 
+    def force_notes(self, steps, notes, dvs) -> None:
+        """Notes the written part must carry, at their steps (from the span start), among the notes it
+        writes: the edit's kept notes inside the span (``sequences``, v3). In stream order."""
+        t = lambda a: torch.as_tensor(np.asarray(a, np.int64), device=self.device).view(1, -1).expand(self.B, -1)  # noqa: E731
+        self.given_time, self.given_note, self.given_dv = t(steps).clone(), t(notes).clone(), t(dvs).clone()
+        self.given_pos[:] = 0
+        self.given_dv_due[:] = False
+        self.forcing = len(steps) > 0
+
     def replicate(self, batch_size: int, device=None) -> "Grammar":
         """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
         out = Grammar.__new__(Grammar)
@@ -192,6 +208,8 @@ class Grammar:
         else:
             self._advance_tempo(t, kind, live)
         self._advance_time(t, kind, live)
+        if self.forcing:
+            self._advance_given(t, kind, live)
         self._advance_notes(t, kind, live)
         self.phase = torch.where(live & (t == self.codec.EOS), DONE, self.phase)
         self.last_kind = torch.where(kind == Kind.SHIFT, _K_SHIFT, torch.where(
@@ -239,6 +257,19 @@ class Grammar:
         self.phase = torch.where(is_shift & (self.phase == AFTER_TEMPO), EVENTS, self.phase)
         self.last_shift = k
 
+    def _next_given(self):
+        """(is one still owed, its step, NOTE id, DV id) per row."""
+        n = self.given_time.shape[1]
+        i = self.given_pos.clamp(max=n - 1)[:, None]
+        owed = self.given_pos < n
+        return owed, self.given_time.gather(1, i)[:, 0], self.given_note.gather(1, i)[:, 0], self.given_dv.gather(1, i)[:, 0]
+
+    def _advance_given(self, t, kind, live) -> None:
+        owed, step, note, _ = self._next_given()
+        wrote_dv = live & self.given_dv_due & (kind == Kind.DV)
+        self.given_pos += wrote_dv.long()
+        self.given_dv_due = (self.given_dv_due & ~wrote_dv) | (live & owed & (self.steps == step) & (t == note))
+
     def _advance_notes(self, t, kind, live) -> None:
         c = self.codec
         is_note = live & (kind == Kind.NOTE)
@@ -271,7 +302,10 @@ class Grammar:
         ev_tempo = _tempo_rules(self, m, events & room)
         _note_rules(self, m, events & (self.budget >= 2))
         _duration_rules(self, m)
-        _end_rules(self, m, events, room, shift_ok, ev_tempo)
+        owed = _given_rules(self, m, events & room, shift_ok) if self.forcing else None
+        _end_rules(self, m, events, room, shift_ok if owed is None else m[:, c.shift_start : c.tempo_start], ev_tempo)
+        if owed is not None:
+            m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
         dead = ~m.any(dim=1)  # a row left with nothing (should not happen) may end rather than sample garbage
         m[:, c.EOS] |= dead
         return m
@@ -346,6 +380,27 @@ def _note_rules(g: Grammar, m: torch.Tensor, rows: torch.Tensor) -> None:
     notes = m[:, c.note_start : c.dv_start].view(g.B, N_INSTRUMENTS, N_PITCHES)
     later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
     notes.copy_((rows[:, None] & g.instruments)[:, :, None] & later)
+
+
+def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor, shift_ok: torch.Tensor) -> torch.Tensor:
+    """Given notes come where they fall: time never passes the next one; at its step, only written
+    notes with a lower id (the step's order) or the given note itself; its DV as given. Returns the
+    rows that still owe one (they may not end)."""
+    c, T = g.codec, g.T
+    owed, step, note, dv = g._next_given()
+    owed = owed & events & ~g.given_dv_due
+    fits = g.steps[:, None] + T.shift_k[None, :] <= step[:, None]
+    shift_ok = shift_ok & (~owed[:, None] | fits)
+    due = owed & (g.steps == step)
+    shift_ok = shift_ok & ~due[:, None]
+    m[:, c.shift_start : c.tempo_start] = shift_ok
+    lower = T.note_ids[None, :] < note[:, None]
+    m[:, c.note_start : c.dv_start] &= ~due[:, None] | lower
+    m[g.rows, note] |= due & (g.budget >= 2)
+    dv_due = g.given_dv_due & (g.phase == NEED_DV)
+    m[:, c.dv_start : c.dv_end] &= ~dv_due[:, None]
+    m[g.rows, dv.clamp(min=c.dv_start)] |= dv_due
+    return (g.given_pos < g.given_time.shape[1]) & (g.phase != DONE)
 
 
 def _duration_rules(g: Grammar, m: torch.Tensor) -> None:
