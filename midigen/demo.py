@@ -42,6 +42,31 @@ def _last_json(text: str) -> dict:
     return {}
 
 
+def _codec_version(path: Path) -> int | None:
+    """The codec version a dataset's meta.json or a checkpoint's codec.json records (None: none there)."""
+    try:
+        d = json.loads(path.read_text())
+        return int((d["codec"] if "codec" in d else d)["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _set_aside_outdated() -> None:
+    """A corpus or model made with an older codec is moved aside (never deleted), so this run makes
+    current ones: a new codec changes what training sequences look like (v3: controls first, edits
+    interleave the kept notes)."""
+    from midigen.codec import CODEC_VERSION
+
+    for path, record in ((DATA, DATA / "meta.json"), (RUN, RUN / "last" / "codec.json")):
+        version = _codec_version(record)
+        if version is not None and version < CODEC_VERSION:
+            aside = path.with_name(f"{path.name}-codec-v{version}")
+            while aside.exists():
+                aside = aside.with_name(aside.name + "-old")
+            path.rename(aside)
+            print(f"demo: {path} was made with codec v{version}; moved to {aside} (current: v{CODEC_VERSION})")
+
+
 def _training_finished() -> bool:
     cfg = RUN / "last" / "config.json"
     if not cfg.exists():
@@ -114,6 +139,7 @@ def main() -> int:
     t0 = time.time()
     if not CONFIG.exists():
         sys.exit("demo: run `make demo` from the repository root (configs/demo.toml not found)")
+    _set_aside_outdated()
     if (DATA / "meta.json").exists():
         print(f"[1/5] corpus: reusing {DATA}")
     else:

@@ -552,3 +552,22 @@ def test_demo_source_uses_the_demo_corpus(tmp_path, music21_dir, monkeypatch):
     s = prepare(["demo"], tmp_path / "out", workers=1, progress=False)
     names = [r["name"] for r in rows_of(tmp_path / "out")]
     assert s["kept"] >= 20 and all(n.startswith("demo/") for n in names)
+
+
+def test_demo_sets_aside_a_corpus_and_model_of_an_older_codec(tmp_path, monkeypatch):
+    """`make demo` after a codec bump moves the old corpus and model aside (never deletes them) and
+    keeps current ones."""
+    from midigen import demo
+    from midigen.codec import CODEC_VERSION
+
+    data, run = tmp_path / "data" / "demo", tmp_path / "out" / "model"
+    (run / "last").mkdir(parents=True)
+    data.mkdir(parents=True)
+    (data / "meta.json").write_text(json.dumps({"codec": {"version": CODEC_VERSION - 1}}))
+    (run / "last" / "codec.json").write_text(json.dumps({"version": CODEC_VERSION}))
+    monkeypatch.setattr(demo, "DATA", data)
+    monkeypatch.setattr(demo, "RUN", run)
+    demo._set_aside_outdated()
+    aside = data.with_name(f"demo-codec-v{CODEC_VERSION - 1}")
+    assert not data.exists() and json.loads((aside / "meta.json").read_text())["codec"]["version"] == CODEC_VERSION - 1
+    assert (run / "last" / "codec.json").exists()  # current: kept in place
