@@ -3,7 +3,9 @@
     python benchmarks/edit_quality.py both-sides --ckpt RUN --data DATA [--spans 200]
         (a) 4-bar spans drawn at random from the test split: bits/note of the span's notes given the
             music on both sides (the editing sequence) vs the same model given only what comes before
-            (plain left-to-right scoring of the same notes). Target: ratio <= 0.90.
+            (plain left-to-right scoring of the same notes). Target: ratio <= 0.90. Also reported: the
+            editing prompt with nothing after the span (all its room spent before it), which isolates
+            what the music after the span is worth from the change of format.
     python benchmarks/edit_quality.py harmonize --ckpt RUN --data DATA [--pieces 50] [--style chorale]
         (b) test pieces of --style (the chorales) with several parts: bits/note of the other parts, first
             --quarters, given the top part (arrange with only the top part kept) vs given nothing (the
@@ -11,10 +13,11 @@
     python benchmarks/edit_quality.py overlap --ckpt RUN --data DATA [--spans 64]
         (c) music-feature overlap (midigen.metrics) of infilled 4-bar spans against the real spans they
             replace. Target: >= 0.7 on every feature.
-    python benchmarks/edit_quality.py cost [--data data/demo] [--out out/bench]
+    python benchmarks/edit_quality.py cost [--data data/demo] [--out out/bench] [--edit-run out/demo/model]
         (d) continuation cost: trains configs/demo.toml twice at equal steps (edit_fraction 0 and the
-            config's own), or reuses out/bench/{plain,edit}; test bits/note of plain continuation of both
-            (`midigen eval`). Target: edit/plain <= 1.03. About 2 x 8 minutes on 2 cores.
+            config's own), or reuses out/bench/{plain,edit} (or --edit-run: the model `make demo` trained
+            with the same config); test bits/note of plain continuation of both (`midigen eval`).
+            Target: edit/plain <= 1.03. About 2 x 8 minutes on 2 cores.
     python benchmarks/edit_quality.py speed [--ckpt RUN] [--threads 2]
         (e) seconds for a 4-bar infill of a 3-minute song and for arranging 60 s, and the prefill and
             per-token cost of an edit against `sample`'s per-token cost (demo model shape; a random-init
@@ -108,7 +111,7 @@ def both_sides(a) -> None:
     model, codec = _load(a.ckpt)
     block = model.cfg.block_size
     rng = np.random.default_rng(a.seed)
-    both = left = notes = 0.0
+    both = left = before_only = notes = 0.0
     n = 0
     songs = _songs(a.data)
     for i in range(a.spans * 5):
@@ -132,6 +135,12 @@ def both_sides(a) -> None:
         prev, _ = emit(codec, before, start_time=int(before.time[0]) if len(before) else 0)
         room = block + 1 - len(head) - len(plain_mid)
         plain = np.concatenate((head, prev[max(0, len(prev) - room):], plain_mid))
+        # and the editing format with nothing after the span (the room all goes to what comes before):
+        # what the after side alone is worth, apart from the format
+        cut = edit_prompt(codec, head, units.select(units.time < task.end), task, block + 1 - len(mid))
+        if cut is None:
+            continue
+        before_only += bits_of(model, np.concatenate((cut[0], mid)), len(cut[0]), codec)
         both += bits_of(model, seq, len(built[0]), codec)
         left += bits_of(model, plain, len(plain) - len(plain_mid))
         notes += k
@@ -139,7 +148,9 @@ def both_sides(a) -> None:
     print(json.dumps({"bench": "both_sides", "spans": n, "notes": int(notes),
                       "bits_per_note_both_sides": round(both / notes, 4),
                       "bits_per_note_left_only": round(left / notes, 4),
-                      "ratio": round(both / left, 4), "target": 0.90}))
+                      "ratio": round(both / left, 4), "target": 0.90,
+                      "bits_per_note_edit_format_before_only": round(before_only / notes, 4),
+                      "ratio_vs_edit_format_before_only": round(both / before_only, 4)}))
 
 
 def harmonize(a) -> None:
@@ -228,7 +239,7 @@ def cost(a) -> None:
     runs = {"plain": ["--edit-fraction", "0"], "edit": []}
     out = {}
     for name, extra in runs.items():
-        run = Path(a.out) / name
+        run = Path(a.edit_run) if name == "edit" and a.edit_run else Path(a.out) / name
         if not (run / "best" / "config.json").exists():
             subprocess.run([sys.executable, "-m", "midigen", "train", "configs/demo.toml", f"--data={a.data}",
                             f"--out={run}", *extra], check=True, cwd=ROOT)
@@ -306,6 +317,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quarters", type=int, default=16, help="span length in quarter notes (16 = 4 bars of 4/4)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--edit-run", default=None,
+                    help="cost: a finished configs/demo.toml run to use as the editing side (e.g. out/demo/model)")
     ap.add_argument("--style", default="chorale", help="harmonize: test pieces of this style ('' for all)")
     a = ap.parse_args()
     if a.mode in ("both-sides", "harmonize", "overlap") and not a.ckpt:

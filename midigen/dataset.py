@@ -199,7 +199,9 @@ class WindowSampler:
     """Random training windows of ``block_size + 1`` tokens -> (input, target) int64 arrays.
 
     A window that starts inside a song gets that song's header in front, so the model always knows
-    the instruments and tempo; the header's own predictions are masked (target -1). With
+    the instruments and tempo; the header is learned in every window (only the jump from it into the
+    middle of the song is masked, target -1), so the choice of instruments, tempo and meter given the
+    controls is learned as often as the music. With
     ``edit_fraction`` > 0, that share of windows are editing sequences built from the song around the
     drawn position (``midigen.sequences``), so one model learns to continue, infill and arrange.
     When the dataset has controls, every header carries the song's (``midigen.controls``), each
@@ -246,9 +248,9 @@ class WindowSampler:
                 w = self._transpose(w, shifts[b])
             x[b] = w[:-1]
             y[b] = w[1:]
-            if isinstance(masked, np.ndarray):  # an editing window: which of its tokens are not learned
+            if isinstance(masked, np.ndarray):  # which of the window's tokens are not learned
                 y[b, masked[1:]] = -1
-            else:  # a plain window: its first ``masked`` targets (a repeated header)
+            else:  # none (``masked`` 0), or a raw window's first ``masked`` targets
                 y[b, :masked] = -1
             y[b, y[b] == self.split.codec.PAD] = -1  # padding after a short editing sequence
         return x, y
@@ -258,8 +260,9 @@ class WindowSampler:
 
         return draw(self.split.song_controls(song), keep) if keep is not None else []
 
-    def _window(self, pos: int, keep=None) -> tuple[np.ndarray, int]:
-        """(T+1 tokens from ``pos``, header prepended if mid-song; number of masked targets).
+    def _window(self, pos: int, keep=None) -> tuple[np.ndarray, int | np.ndarray]:
+        """(T+1 tokens from ``pos``, header prepended if mid-song; which tokens are not learned: a
+        count of leading targets, or a mask over the window's tokens).
 
         ``keep`` (one bool per control group) says which of the song's controls the header carries.
         """
@@ -283,12 +286,17 @@ class WindowSampler:
             body = np.asarray(sp.tokens[start + h : start + h + T + 1 - len(full)], dtype=np.int64)
             return np.concatenate((full, body)), 0
         body = np.asarray(sp.tokens[pos : pos + T + 1 - len(full)], dtype=np.int64)
-        # the header's tokens give len-1 targets inside the header: those are masked
-        return np.concatenate((full, body)), len(full) - 1
+        # The header is learned here too: it is the song's true header, and a window starting at a song's
+        # BOS is rare (~1% of them), so without this the model would hardly learn which instruments,
+        # tempo and meter go with a style, key or density. The jump from the header to the middle of the
+        # song is not a real transition: that one target is masked.
+        unlearned = np.zeros(T + 1, bool)
+        unlearned[len(full)] = True
+        return np.concatenate((full, body)), unlearned
 
     def _edit_window(self, pos: int, rng: np.random.Generator, keep=None):
         """An editing sequence from the song around ``pos``, padded to T+1, and which of its tokens are
-        not learned (the header and the given notes); (None, 0) when none fits."""
+        not learned; (None, 0) when none fits."""
         from midigen.sequences import given_positions, training_edit_sequence
 
         sp, T = self.split, self.T
@@ -302,9 +310,12 @@ class WindowSampler:
             return None, 0
         w = np.full(T + 1, sp.codec.PAD, dtype=np.int64)
         w[: len(seq)] = seq
-        unlearned = np.zeros(T + 1, bool)  # the header, and the given notes the decoder forces
+        # not learned: what the user chooses (EDIT and the instruments to write), the jump from the
+        # header into the song's middle, and the given notes the decoder forces
+        unlearned = np.zeros(T + 1, bool)
         unlearned[: len(seq)] = given_positions(sp.codec, seq)
-        unlearned[: sp.codec.header_length(seq)] = True
+        edit = int(np.flatnonzero(seq == sp.codec.EDIT)[0])
+        unlearned[edit : sp.codec.header_length(seq) + 1] = True
         return w, unlearned
 
     def _transpose(self, w: np.ndarray, shifts) -> np.ndarray:

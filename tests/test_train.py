@@ -71,6 +71,31 @@ def test_unknown_key_exits_2_with_suggestion(repo_root, python_exe, tmp_path):
 # ----- data -------------------------------------------------------------------------------------
 
 
+def test_editing_windows_learn_only_what_the_model_writes(tiny_dataset):
+    """An editing window learns its base header, the context and the written notes; not the EDIT part
+    (the user's choice), not the jump into the song's middle, not the given notes the decoder forces."""
+    from midigen.dataset import Dataset, WindowSampler
+    from midigen.sequences import given_positions
+
+    sp = Dataset(tiny_dataset).split("train")
+    codec = sp.codec
+    x, y = WindowSampler(sp, 128, seed=4, transpose=False, edit_fraction=1.0).batch(0, 0, 32)
+    edits = given_seen = 0
+    for row, target in zip(x, y):
+        if codec.FILL not in row:
+            continue  # no editing sequence fitted there: a plain window
+        edits += 1
+        e, h = int(np.flatnonzero(row == codec.EDIT)[0]), codec.header_length(row)
+        assert (target[: e - 1] == row[1:e]).all() and (target[e - 1 : h] == -1).all()
+        given = given_positions(codec, row)
+        fill = int(np.flatnonzero(row == codec.FILL)[0])
+        for p in range(h + 1, len(row)):
+            want = -1 if given[p] or row[p] == codec.PAD else row[p]
+            assert target[p - 1] == want, (p, fill)
+        given_seen += int(given.sum())
+    assert edits >= 16 and given_seen > 0
+
+
 def test_windows_carry_the_song_header(tiny_dataset):
     from midigen.dataset import Dataset, WindowSampler
 
@@ -84,9 +109,11 @@ def test_windows_carry_the_song_header(tiny_dataset):
     assert not (x == s.batch(step=5, micro=2, batch_size=32)[0]).all()
     assert (x[:, 0] == codec.BOS).all()  # every window starts with a song's header
     masked = (y == -1).sum(1)
-    for row, m in zip(x, masked):
+    for row, target, m in zip(x, y, masked):
         h = codec.header_length(row)
-        assert m in (0, h - 1)
+        # the header is learned; in a window starting mid-song only the jump out of it is not
+        assert m == 0 or (m == 1 and target[h - 1] == -1)
+        assert (target[: h - 1] == row[1:h]).all()
     assert (masked > 0).any()  # most windows start mid-song
     # transposition moves pitched notes (and the header's KEY control) together and touches nothing else
     t = WindowSampler(sp, 64, seed=3, transpose=True)
