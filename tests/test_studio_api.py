@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import wave
+from collections import Counter
 from io import BytesIO
 from pathlib import Path
 
@@ -391,6 +392,95 @@ def test_wav_is_the_version_as_audio_and_seekable(server, song):
     status, empty = call("POST", server.url + "/api/pieces", {})
     status, err = call("POST", f"{server.url}/api/pieces/{empty['id']}/continue", {"seconds": 3})
     assert status == 400 and "nothing to continue" in err["detail"]
+
+
+# ----- editing: a checkpoint trained with the editing objective ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def edit_server(edit_run, tmp_path_factory):
+    s = Server(edit_run, tmp_path_factory.mktemp("studio-edit-ws"))
+    yield s
+    assert s.stop() == 0, "".join(s.stderr)[-2000:]
+
+
+@pytest.fixture(scope="module")
+def slow_song() -> symusic.Score:
+    """songgen seed 3: four tracks at 91 BPM slowing to 84 (never 120), as a user's file reads."""
+    s = symusic.Score.from_midi(bytes(make_song(3).dumps_midi()))
+    assert len(s.tempos) > 1 and all(abs(t.qpm - 120) > 20 for t in s.tempos)
+    return s
+
+
+def roll_notes(base: str, pid: str, vid: str, full: bool = False) -> Counter:
+    """A version's notes as the roll draws them: (start s, pitch, instrument) [+ duration, velocity]."""
+    roll = call("GET", f"{base}/api/pieces/{pid}/versions/{vid}/roll")[1]
+    return Counter((s, p, t["instrument"], *((d, v) if full else ())) for t in roll["tracks"]
+                   for s, d, p, v in zip(t["start"], t["duration"], t["pitch"], t["velocity"]))
+
+
+def test_progress_places_each_edit_chunk_on_the_songs_tempo_map(edit_run, slow_song):
+    from midigen.checkpoint import load_checkpoint
+    from midigen.generate.edit import infill_edits
+    from midigen.studio.jobs import Progress
+    from midigen.studio.roll import score_roll
+
+    model, codec, _ = load_checkpoint(edit_run, "cpu")
+    snapshots = []
+
+    class Watched(Progress):  # what a poller sees every few tokens
+        def __call__(self, new_tokens):
+            if len(new_tokens[0]) % 5 == 0:
+                snapshots.append(list(self.notes()))
+            return super().__call__(new_tokens)
+
+    p = Watched(codec)
+    (e,) = infill_edits(model, codec, slow_song, start_s=8.0, end_s=28.0, seed=2, listener=p)
+    p.freeze()
+    final = p.notes()
+    assert p.chunks >= 2, "a 20 s span is written in several chunks"
+    assert all(final[: len(s)] == s for s in snapshots), "streamed notes only ever grow"
+    flat = lambda sc: Counter((s, p, t["instrument"]) for t in score_roll(sc)["tracks"]  # noqa: E731
+                              for s, p in zip(t["start"], t["pitch"]))
+    written = flat(e.score) - flat(slow_song)
+    assert sum(written.values()) == e.written > 0
+    streamed = Counter((n[0], int(n[2]), int(n[4])) for n in final)
+    assert not written - streamed, "a written note was not streamed where it landed"
+    lo, hi = e.span_seconds
+    assert all(lo - 1e-3 <= n[0] < hi for n in final)
+
+
+def test_infill_streams_its_notes_inside_the_span_and_keeps_the_rest(edit_server, slow_song):
+    base = edit_server.url
+    piece = uploaded(base, slow_song)
+    pid, v1 = piece["id"], piece["current"]
+    start, end = 10.0, 30.0
+    job, streamed, during = run_job(base, pid, "infill", {"start_s": start, "end_s": end, "seed": 2})
+    assert job["status"] == "done" and len(job["versions"]) == 1, job
+    assert streamed and during
+    step = 60 / 84 / 24  # one step of the model's grid at the song's slowest tempo
+    assert all(start - step <= n[0] < end for n in streamed), [n[0] for n in streamed]
+    v2 = job["versions"][0]
+    before, after = roll_notes(base, pid, v1), roll_notes(base, pid, v2)
+    new = after - before
+    assert sum(new.values()) > 0 and not new - Counter((n[0], int(n[2]), int(n[4])) for n in streamed)
+    outside = lambda c: Counter({k: n for k, n in c.items() if not start - step <= k[0] < end})  # noqa: E731
+    assert outside(roll_notes(base, pid, v1, True)) == outside(roll_notes(base, pid, v2, True))
+
+
+def test_arrange_adds_a_part_and_keeps_the_others(edit_server, slow_song):
+    base = edit_server.url
+    piece = uploaded(base, slow_song)
+    pid, v1 = piece["id"], piece["current"]
+    job, streamed, _ = run_job(base, pid, "arrange", {"add": ["flute"], "seed": 1})
+    assert job["status"] == "done", job
+    piece = call("GET", f"{base}/api/pieces/{pid}")[1]
+    v2 = next(v for v in piece["versions"] if v["id"] == job["versions"][0])
+    assert 73 in v2["instruments"] and "arranged + Flute" in v2["label"]
+    flute = Counter({k: n for k, n in roll_notes(base, pid, v2["id"]).items() if k[2] == 73})
+    assert flute and not flute - Counter((n[0], int(n[2]), int(n[4])) for n in streamed)
+    others = lambda c: Counter({k: n for k, n in c.items() if k[2] != 73})  # noqa: E731
+    assert others(roll_notes(base, pid, v1, True)) == others(roll_notes(base, pid, v2["id"], True))
 
 
 # ----- what cannot be done ----------------------------------------------------------------------

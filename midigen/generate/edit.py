@@ -161,6 +161,9 @@ def _chunk_prompt(codec: Codec, song: Song, plan: Plan, written: Units, s: int, 
 def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Units, s: int,
                  rows: int) -> list[_Chunk]:
     """Decode ``[s, s + chunk)`` for ``rows`` rows that share what was ``written`` before (one batch)."""
+    hook = getattr(dec.listener, "chunk", None)
+    if hook is not None:  # the coming tokens are timed from step s of this song (a studio draws them there)
+        hook(s, song, plan.targets)
     block = dec.block
     chunk = min(CHUNK_QUARTERS * song.spq, codec.params.max_gap)
     room = block - max(2, int(block * WRITTEN_SHARE))
