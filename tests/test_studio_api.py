@@ -2,8 +2,10 @@
 
 Covers: the listener hook in `generate_samples`, the page and its static files, uploads (good, broken,
 hostile, too big), the piano-roll JSON, generate/continue with streamed notes, kept music staying
-identical, cancel, queue positions, versions with undo/redo, WAV, the edit routes' 409, bad requests,
-persistence across a restart, workspace limits, and the command's own checks.
+identical, cancel, queue positions, versions with undo/redo, WAV, infill and arrange on a checkpoint
+trained to edit (streamed notes where they land, chunk after chunk, on the song's tempo map), steering
+(style/key/density/meter resolved like `sample`'s flags), the edit routes' 409 on one that cannot edit,
+bad requests, persistence across a restart, workspace limits, and the command's own checks.
 """
 from __future__ import annotations
 
@@ -483,6 +485,39 @@ def test_arrange_adds_a_part_and_keeps_the_others(edit_server, slow_song):
     assert others(roll_notes(base, pid, v1, True)) == others(roll_notes(base, pid, v2["id"], True))
 
 
+def test_steering_reaches_the_model_and_unknown_names_list_the_valid_ones(edit_server, slow_song):
+    base = edit_server.url
+    info = call("GET", base + "/api/info")[1]["capabilities"]
+    assert info["can_edit"] and "D major" in info["keys"] and info["densities"] == ["low", "medium", "high"]
+    assert "3/4" in info["time_signatures"] and info["styles"] == []
+    fresh = call("POST", base + "/api/pieces", {"name": "steered"})[1]
+    body = {"seconds": 6, "seed": 3, "key": "D", "density": "low", "time_signature": "3/4", "style": ""}
+    job, _, _ = run_job(base, fresh["id"], "generate", body)
+    assert job["status"] == "done", job
+    roll = call("GET", f"{base}/api/pieces/{fresh['id']}/versions/{job['versions'][0]}/roll")[1]
+    assert (roll["time_signatures"][0]["numerator"], roll["time_signatures"][0]["denominator"]) == (3, 4)
+    piece = uploaded(base, slow_song)
+    api = f"{base}/api/pieces/{piece['id']}"
+    for kind, req in (("infill", {"start_s": 2, "end_s": 6}), ("arrange", {"add": ["flute"]})):
+        job, _, _ = run_job(base, piece["id"], kind, {**req, "key": "F# minor", "density": "high", "seed": 1})
+        assert job["status"] == "done", job
+        params = call("GET", api)[1]["versions"][-1]["params"]
+        assert (params["key"], params["density"]) == ("F# minor", "high")
+    for kind, req in (("generate", {"seconds": 5}), ("infill", {"start_s": 2, "end_s": 6}),
+                      ("arrange", {"add": ["flute"]})):
+        status, err = call("POST", f"{api}/{kind}", {**req, "key": "H minor"})
+        assert status == 400 and "C major" in err["detail"] and "B minor" in err["detail"], err
+        status, err = call("POST", f"{api}/{kind}", {**req, "density": "thick"})
+        assert status == 400 and "unknown density 'thick'" in err["detail"] and "low, medium, high" in err["detail"]
+        status, err = call("POST", f"{api}/{kind}", {**req, "style": "jazz"})
+        assert status == 400 and "unknown style 'jazz'" in err["detail"] and "none" in err["detail"], err
+    status, err = call("POST", f"{api}/generate", {"seconds": 5, "time_signature": "5/4"})
+    assert status == 400 and "3/4" in err["detail"], err
+    status, err = call("POST", f"{api}/infill", {"start_s": 2, "end_s": 6, "time_signature": "3/4"})
+    assert status == 422 and "time_signature" in err["detail"], err  # an edit keeps the song's meter
+    assert len(call("GET", api)[1]["versions"]) == 3  # the upload and the two steered edits
+
+
 # ----- what cannot be done ----------------------------------------------------------------------
 
 
@@ -501,7 +536,7 @@ def test_edit_routes_say_the_checkpoint_cannot_edit(server, song):
     ("generate", {"instruments": ["Gunshot"]}, 400, "never saw Gunshot"),
     ("generate", {"tempo": 1000}, 422, "tempo"),
     ("generate", {"seconds": 0}, 422, "seconds"),
-    ("generate", {"seconds": 10, "style": "jazz"}, 400, "no style 'jazz'"),
+    ("generate", {"seconds": 10, "style": "jazz"}, 400, "unknown style 'jazz'"),
     ("generate", {"seconds": 10, "surprise": 1}, 422, "surprise"),
     ("continue", {"at_seconds": 9999}, 400, "past the end"),
     ("continue", {"version": "../../etc/passwd"}, 422, "version"),

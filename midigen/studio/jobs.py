@@ -107,14 +107,19 @@ class Engine:
                 raise UsageError(f"this checkpoint never saw {instrument_name(i)}; it knows: {known}")
         return out
 
+    def steering(self, req: dict) -> tuple[list[int], tuple | None]:
+        """The request's style / key / density (and meter, for generate) -> (control ids, (n, d) or None),
+        resolved as ``sample --style/--key/--density/--time-signature`` are: a name the checkpoint never
+        learned is a UsageError listing the ones it did. Edits keep the song's own meter (no such field)."""
+        from midigen.controls import resolve
+
+        pick = lambda k: req.get(k) or None  # noqa: E731  ("" from a form means: the model chooses)
+        return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
+                       time_signature=pick("time_signature"))
+
     def check(self, kind: str, req: dict, version: dict | None) -> None:
         """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad spans."""
-        for key, caps_key in (("style", "styles"), ("time_signature", "time_signatures"), ("key", "keys"),
-                              ("density", "densities")):
-            value = req.get(key)
-            if value and value not in self.caps[caps_key]:
-                have = ", ".join(map(str, self.caps[caps_key])) or "none"
-                raise UsageError(f"this checkpoint has no {key} {value!r} (it has: {have})")
+        self.steering(req)
         self.instruments(req.get("instruments"))
         if kind == "generate":
             return
@@ -144,12 +149,13 @@ class Engine:
         from midigen.sample import generate_samples, sample_score
 
         insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
+        controls, meter = self.steering(req)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
             head.append(self.codec.tempo_token(tempo))
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
-                             listener=progress, **kw)[0]
+                             controls=controls, time_signature=meter, listener=progress, **kw)[0]
         label = f"generated {req['seconds']:g} s · seed {kw['seed']}"
         return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
 
@@ -174,7 +180,7 @@ class Engine:
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], listener=progress, **kw)
+                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress, **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
                 for i, sc in enumerate(scores)]
@@ -187,7 +193,7 @@ class Engine:
         keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         listener=progress, **kw)
+                         controls=self.steering(req)[0], listener=progress, **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
                  {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
