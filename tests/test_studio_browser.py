@@ -302,8 +302,8 @@ def test_select_a_span_and_infill_it(edit_page, edit_server, song_file):
     assert piece["current"] == v2["id"] and v2["params"]["density"] == "high"
     lo, hi = v2["params"]["start_s"], v2["params"]["end_s"]
     assert hi - lo > 8, "the drag chose a span several chunks long"
-    before, after = (symusic.Score.from_midi(call("GET", f"{edit_server.url}/api/pieces/{pid}/versions/{v['id']}/midi")[1])
-                     for v in (v1, v2))
+    api = f"{edit_server.url}/api/pieces/{pid}/versions"
+    before, after = (symusic.Score.from_midi(call("GET", f"{api}/{v['id']}/midi")[1]) for v in (v1, v2))
     step = 60 / 80 / 24  # one step of the model's grid, at a tempo slower than the song's
     assert note_rows(before, lo - step, hi, False) == note_rows(after, lo - step, hi, False)  # kept exactly
     assert note_rows(before, lo - step, hi, True) != note_rows(after, lo - step, hi, True)  # rewritten

@@ -85,7 +85,8 @@ def stream_notes(codec: Codec, head: np.ndarray, new: np.ndarray, offset: float)
     return rows.tolist()
 
 
-def written_notes(codec: Codec, tokens: np.ndarray, start_step: int, song, targets, tempo: TempoMap) -> list[list[float]]:
+def written_notes(codec: Codec, tokens: np.ndarray, start_step: int, song, targets,
+                  tempo: TempoMap) -> list[list[float]]:
     """Notes of an edit chunk's written part (the tokens after FILL, timed in the song's own steps from
     ``start_step``) for the ``targets`` instruments, as rows like ``stream_notes``'s, in seconds on the
     song's tempo map (``tempo``), in the order they were written."""

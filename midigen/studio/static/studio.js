@@ -75,7 +75,8 @@ function setupSteering() {  // each select offers what the checkpoint learned; o
   }
   for (const note of document.querySelectorAll(".steer-note")) {
     const missing = [...note.closest(".tab-body").querySelectorAll("[data-steer]:disabled")].map((s) => s.dataset.what);
-    const list = missing.length > 1 ? `${missing.slice(0, -1).join(", ")} or ${missing[missing.length - 1]}` : missing[0];
+    const last = missing[missing.length - 1];
+    const list = missing.length > 1 ? `${missing.slice(0, -1).join(", ")} or ${last}` : last;
     note.textContent = missing.length ? `This checkpoint has no ${list} control.` : "";
   }
   const edit = state.caps.can_edit;
