@@ -5,6 +5,8 @@ All are session-scoped and built from real files by the real code paths, so ever
 """
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,4 +80,19 @@ def tiny_dataset(tmp_path_factory, songs_dir, music21_dir) -> Path:
                       progress=False)
     for split in ("train", "val", "test"):
         assert summary["splits"][split]["files"] >= 2, summary
+    return out
+
+
+@pytest.fixture(scope="session")
+def edit_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A run dir trained through the real `midigen train` with the editing objective on
+    (configs/test.toml, ``--edit-fraction 0.5``, 40 steps: a few seconds), so its checkpoint can infill
+    and arrange. Shared by the editing and studio tests."""
+    out = tmp_path_factory.mktemp("edit_run") / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    r = subprocess.run([sys.executable, "-m", "midigen", "train", str(REPO / "configs" / "test.toml"),
+                        "--data", str(tiny_dataset), "--out", str(out), "--edit-fraction", "0.5", "--steps", "40",
+                        "--grad-accum", "1", "--block-size", "128", "--eval-interval", "40"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
     return out

@@ -1,10 +1,10 @@
 """Editing: infill and arrange keep the user's music exactly, write only where asked, and the commands.
 
-A tiny model is trained here through the real `midigen train` command with the editing objective on
-(configs/test.toml, ``--edit-fraction 0.5``), so these tests also prove that training with it works and
-that its checkpoint says it can edit. Songs are real multi-track General MIDI files from ``songgen``
-(drums, tempo changes, two tracks of one program, a key signature, a marker, a meter change) and real
-music21 exports.
+A tiny model is trained (conftest's ``edit_run``, shared with the studio tests) through the real
+`midigen train` command with the editing objective on (configs/test.toml, ``--edit-fraction 0.5``), so
+these tests also prove that training with it works and that its checkpoint says it can edit. Songs are
+real multi-track General MIDI files from ``songgen`` (drums, tempo changes, two tracks of one program, a
+key signature, a marker, a meter change) and real music21 exports.
 """
 from __future__ import annotations
 
@@ -36,15 +36,6 @@ def midigen(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "midigen", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def edit_run(tiny_dataset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("edit_run") / "run"
-    r = midigen("train", TEST_TOML, "--data", tiny_dataset, "--out", out, "--edit-fraction", "0.5",
-                "--steps", "40", "--grad-accum", "1", "--block-size", "128", "--eval-interval", "40")
-    assert r.returncode == 0, r.stderr[-2000:]
-    return out
 
 
 @pytest.fixture(scope="module")

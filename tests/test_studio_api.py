@@ -2,8 +2,10 @@
 
 Covers: the listener hook in `generate_samples`, the page and its static files, uploads (good, broken,
 hostile, too big), the piano-roll JSON, generate/continue with streamed notes, kept music staying
-identical, cancel, queue positions, versions with undo/redo, WAV, the edit routes' 409, bad requests,
-persistence across a restart, workspace limits, and the command's own checks.
+identical, cancel, queue positions, versions with undo/redo, WAV, infill and arrange on a checkpoint
+trained to edit (streamed notes where they land, chunk after chunk, on the song's tempo map), steering
+(style/key/density/meter resolved like `sample`'s flags), the edit routes' 409 on one that cannot edit,
+bad requests, persistence across a restart, workspace limits, and the command's own checks.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import time
 import wave
+from collections import Counter
 from io import BytesIO
 from pathlib import Path
 
@@ -393,6 +396,128 @@ def test_wav_is_the_version_as_audio_and_seekable(server, song):
     assert status == 400 and "nothing to continue" in err["detail"]
 
 
+# ----- editing: a checkpoint trained with the editing objective ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def edit_server(edit_run, tmp_path_factory):
+    s = Server(edit_run, tmp_path_factory.mktemp("studio-edit-ws"))
+    yield s
+    assert s.stop() == 0, "".join(s.stderr)[-2000:]
+
+
+@pytest.fixture(scope="module")
+def slow_song() -> symusic.Score:
+    """songgen seed 3: four tracks at 91 BPM slowing to 84 (never 120), as a user's file reads."""
+    s = symusic.Score.from_midi(bytes(make_song(3).dumps_midi()))
+    assert len(s.tempos) > 1 and all(abs(t.qpm - 120) > 20 for t in s.tempos)
+    return s
+
+
+def roll_notes(base: str, pid: str, vid: str, full: bool = False) -> Counter:
+    """A version's notes as the roll draws them: (start s, pitch, instrument) [+ duration, velocity]."""
+    roll = call("GET", f"{base}/api/pieces/{pid}/versions/{vid}/roll")[1]
+    return Counter((s, p, t["instrument"], *((d, v) if full else ())) for t in roll["tracks"]
+                   for s, d, p, v in zip(t["start"], t["duration"], t["pitch"], t["velocity"]))
+
+
+def test_progress_places_each_edit_chunk_on_the_songs_tempo_map(edit_run, slow_song):
+    from midigen.checkpoint import load_checkpoint
+    from midigen.generate.edit import infill_edits
+    from midigen.studio.jobs import Progress
+    from midigen.studio.roll import score_roll
+
+    model, codec, _ = load_checkpoint(edit_run, "cpu")
+    snapshots = []
+
+    class Watched(Progress):  # what a poller sees every few tokens
+        def __call__(self, new_tokens):
+            if len(new_tokens[0]) % 5 == 0:
+                snapshots.append(list(self.notes()))
+            return super().__call__(new_tokens)
+
+    p = Watched(codec)
+    (e,) = infill_edits(model, codec, slow_song, start_s=8.0, end_s=28.0, seed=2, listener=p)
+    p.freeze()
+    final = p.notes()
+    assert p.chunks >= 2, "a 20 s span is written in several chunks"
+    assert all(final[: len(s)] == s for s in snapshots), "streamed notes only ever grow"
+    flat = lambda sc: Counter((s, p, t["instrument"]) for t in score_roll(sc)["tracks"]  # noqa: E731
+                              for s, p in zip(t["start"], t["pitch"]))
+    written = flat(e.score) - flat(slow_song)
+    assert sum(written.values()) == e.written > 0
+    streamed = Counter((n[0], int(n[2]), int(n[4])) for n in final)
+    assert not written - streamed, "a written note was not streamed where it landed"
+    lo, hi = e.span_seconds
+    assert all(lo - 1e-3 <= n[0] < hi for n in final)
+
+
+def test_infill_streams_its_notes_inside_the_span_and_keeps_the_rest(edit_server, slow_song):
+    base = edit_server.url
+    piece = uploaded(base, slow_song)
+    pid, v1 = piece["id"], piece["current"]
+    start, end = 10.0, 30.0
+    job, streamed, during = run_job(base, pid, "infill", {"start_s": start, "end_s": end, "seed": 2})
+    assert job["status"] == "done" and len(job["versions"]) == 1, job
+    assert streamed and during
+    step = 60 / 84 / 24  # one step of the model's grid at the song's slowest tempo
+    assert all(start - step <= n[0] < end for n in streamed), [n[0] for n in streamed]
+    v2 = job["versions"][0]
+    before, after = roll_notes(base, pid, v1), roll_notes(base, pid, v2)
+    new = after - before
+    assert sum(new.values()) > 0 and not new - Counter((n[0], int(n[2]), int(n[4])) for n in streamed)
+    outside = lambda c: Counter({k: n for k, n in c.items() if not start - step <= k[0] < end})  # noqa: E731
+    assert outside(roll_notes(base, pid, v1, True)) == outside(roll_notes(base, pid, v2, True))
+
+
+def test_arrange_adds_a_part_and_keeps_the_others(edit_server, slow_song):
+    base = edit_server.url
+    piece = uploaded(base, slow_song)
+    pid, v1 = piece["id"], piece["current"]
+    job, streamed, _ = run_job(base, pid, "arrange", {"add": ["flute"], "seed": 1})
+    assert job["status"] == "done", job
+    piece = call("GET", f"{base}/api/pieces/{pid}")[1]
+    v2 = next(v for v in piece["versions"] if v["id"] == job["versions"][0])
+    assert 73 in v2["instruments"] and "arranged + Flute" in v2["label"]
+    flute = Counter({k: n for k, n in roll_notes(base, pid, v2["id"]).items() if k[2] == 73})
+    assert flute and not flute - Counter((n[0], int(n[2]), int(n[4])) for n in streamed)
+    others = lambda c: Counter({k: n for k, n in c.items() if k[2] != 73})  # noqa: E731
+    assert others(roll_notes(base, pid, v1, True)) == others(roll_notes(base, pid, v2["id"], True))
+
+
+def test_steering_reaches_the_model_and_unknown_names_list_the_valid_ones(edit_server, slow_song):
+    base = edit_server.url
+    info = call("GET", base + "/api/info")[1]["capabilities"]
+    assert info["can_edit"] and "D major" in info["keys"] and info["densities"] == ["low", "medium", "high"]
+    assert "3/4" in info["time_signatures"] and info["styles"] == []
+    fresh = call("POST", base + "/api/pieces", {"name": "steered"})[1]
+    body = {"seconds": 6, "seed": 3, "key": "D", "density": "low", "time_signature": "3/4", "style": ""}
+    job, _, _ = run_job(base, fresh["id"], "generate", body)
+    assert job["status"] == "done", job
+    roll = call("GET", f"{base}/api/pieces/{fresh['id']}/versions/{job['versions'][0]}/roll")[1]
+    assert (roll["time_signatures"][0]["numerator"], roll["time_signatures"][0]["denominator"]) == (3, 4)
+    piece = uploaded(base, slow_song)
+    api = f"{base}/api/pieces/{piece['id']}"
+    for kind, req in (("infill", {"start_s": 2, "end_s": 6}), ("arrange", {"add": ["flute"]})):
+        job, _, _ = run_job(base, piece["id"], kind, {**req, "key": "F# minor", "density": "high", "seed": 1})
+        assert job["status"] == "done", job
+        params = call("GET", api)[1]["versions"][-1]["params"]
+        assert (params["key"], params["density"]) == ("F# minor", "high")
+    for kind, req in (("generate", {"seconds": 5}), ("infill", {"start_s": 2, "end_s": 6}),
+                      ("arrange", {"add": ["flute"]})):
+        status, err = call("POST", f"{api}/{kind}", {**req, "key": "H minor"})
+        assert status == 400 and "C major" in err["detail"] and "B minor" in err["detail"], err
+        status, err = call("POST", f"{api}/{kind}", {**req, "density": "thick"})
+        assert status == 400 and "unknown density 'thick'" in err["detail"] and "low, medium, high" in err["detail"]
+        status, err = call("POST", f"{api}/{kind}", {**req, "style": "jazz"})
+        assert status == 400 and "unknown style 'jazz'" in err["detail"] and "none" in err["detail"], err
+    status, err = call("POST", f"{api}/generate", {"seconds": 5, "time_signature": "5/4"})
+    assert status == 400 and "3/4" in err["detail"], err
+    status, err = call("POST", f"{api}/infill", {"start_s": 2, "end_s": 6, "time_signature": "3/4"})
+    assert status == 422 and "time_signature" in err["detail"], err  # an edit keeps the song's meter
+    assert len(call("GET", api)[1]["versions"]) == 3  # the upload and the two steered edits
+
+
 # ----- what cannot be done ----------------------------------------------------------------------
 
 
@@ -411,7 +536,7 @@ def test_edit_routes_say_the_checkpoint_cannot_edit(server, song):
     ("generate", {"instruments": ["Gunshot"]}, 400, "never saw Gunshot"),
     ("generate", {"tempo": 1000}, 422, "tempo"),
     ("generate", {"seconds": 0}, 422, "seconds"),
-    ("generate", {"seconds": 10, "style": "jazz"}, 400, "no style 'jazz'"),
+    ("generate", {"seconds": 10, "style": "jazz"}, 400, "unknown style 'jazz'"),
     ("generate", {"seconds": 10, "surprise": 1}, 422, "surprise"),
     ("continue", {"at_seconds": 9999}, 400, "past the end"),
     ("continue", {"version": "../../etc/passwd"}, 422, "version"),

@@ -1,14 +1,16 @@
 """The studio page in a real browser: headless Chromium (Debian's package) driven by Playwright.
 
 Without Chromium or Playwright these tests skip and say why, except under CI (CI=true), where a
-missing browser is a failure: `.ci/run` installs it. MIDIGEN_DOCS_SCREENSHOT=1 also refreshes
-docs/studio.png from the screenshot test.
+missing browser is a failure: `.ci/run` installs it. Two servers: the tiny test model (it cannot edit,
+so the page must say so) and conftest's ``edit_run`` (infill, arrange, steering selects).
+MIDIGEN_DOCS_SCREENSHOT=1 also refreshes docs/studio.png from the screenshot test.
 """
 from __future__ import annotations
 
 import os
 import re
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -53,18 +55,37 @@ def server(tiny_dataset, tmp_path_factory):
     s.stop()
 
 
-@pytest.fixture
-def page(browser, server):
+@pytest.fixture(scope="module")
+def edit_server(edit_run, tmp_path_factory):
+    """A studio over the tiny checkpoint trained with the editing objective (conftest's ``edit_run``)."""
+    _need_browser()
+    s = Server(edit_run, tmp_path_factory.mktemp("studio-browser-edit-ws"))
+    yield s
+    s.stop()
+
+
+def _open_page(browser, url):
+    """A fresh page on ``url``, once the studio says it is ready; no page error or console error allowed."""
     context = browser.new_context(viewport=VIEW, accept_downloads=True)
     pg = context.new_page()
     problems = []
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     pg.on("console", lambda m: m.type == "error" and "status of 4" not in m.text and problems.append(m.text))
-    pg.goto(server.url + "/")
+    pg.goto(url + "/")
     pg.wait_for_function("window.studioReady === true", timeout=20_000)
     yield pg
     context.close()
     assert not problems, problems
+
+
+@pytest.fixture
+def page(browser, server):
+    yield from _open_page(browser, server.url)
+
+
+@pytest.fixture
+def edit_page(browser, edit_server):
+    yield from _open_page(browser, edit_server.url)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +131,40 @@ def new_piece(page) -> None:
 
 def open_tab(page, name: str) -> None:
     page.click(f".tabs button[data-tab={name}]")
+
+
+def upload(page, path: Path, versions_after: int = 1) -> None:
+    page.set_input_files("#upload-input", str(path))
+    page.wait_for_function(f"document.querySelectorAll('#versions li').length === {versions_after}")
+
+
+def drag_on_roll(page, a: float, b: float) -> str:
+    """Drag across the roll from ``a`` to ``b`` (fractions of its width) -> the span the page shows."""
+    box = page.locator("#roll").bounding_box()
+    y = box["y"] + box["height"] * 0.5
+    page.mouse.move(box["x"] + box["width"] * a, y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * b, y, steps=8)
+    page.mouse.up()
+    return page.locator("#infill-span").inner_text()
+
+
+def options(page, select: str) -> list[str]:
+    return page.locator(f"{select} option").evaluate_all("os => os.map(o => o.value)")
+
+
+def note_rows(score, lo: float, hi: float, inside: bool) -> Counter:
+    """Notes (track, ticks, pitch, velocity) whose onsets fall inside / outside [lo, hi) seconds."""
+    from midigen.studio.timing import TempoMap
+
+    tm, out = TempoMap(score), Counter()
+    for t in score.tracks:
+        a = t.notes.numpy()
+        sec = tm.seconds(a["time"])
+        pick = ((sec >= lo) & (sec < hi)) == inside
+        out.update(zip([(t.name, t.program, t.is_drum)] * int(pick.sum()), *(a[k][pick].tolist() for k in
+                                                                            ("time", "duration", "pitch", "velocity"))))
+    return out
 
 
 # ----- the tests --------------------------------------------------------------------------------
@@ -212,9 +267,73 @@ def test_a_broken_upload_shows_why_and_the_page_goes_on(page, tmp_path):
     page.wait_for_function("document.getElementById('error-text').textContent.includes('not a MIDI file')")
 
 
-def test_screenshot_of_a_working_session(page, song_file, tmp_path):
-    page.set_input_files("#upload-input", str(song_file))
-    page.wait_for_function("document.querySelectorAll('#versions li').length === 1")
+def test_steering_selects_are_filled_from_the_checkpoint(edit_page, edit_server):
+    caps = call("GET", edit_server.url + "/api/info")[1]["capabilities"]
+    assert caps["keys"] and caps["time_signatures"] and not caps["styles"]  # the tiny data has no styles
+    assert options(edit_page, "#gen-key") == ["", *caps["keys"]]
+    assert options(edit_page, "#gen-meter") == ["", *caps["time_signatures"]]
+    assert options(edit_page, "#gen-density") == ["", *caps["densities"]]
+    assert edit_page.locator("#gen-style").is_disabled()
+    assert "no style control" in edit_page.locator("#steer-note").inner_text()
+    for tab in ("infill", "arrange"):
+        open_tab(edit_page, tab)
+        body = edit_page.locator(f".tab-body[data-tab={tab}]")
+        assert options(edit_page, f"#{tab}-key") == ["", *caps["keys"]]
+        assert options(edit_page, f"#{tab}-density") == ["", *caps["densities"]]
+        assert edit_page.locator(f"#{tab}-style").is_disabled()
+        assert "no style control" in body.locator(".steer-note").inner_text()
+        assert body.locator("[data-steer=time_signatures]").count() == 0  # an edit keeps the song's meter
+        assert body.locator(".edit-action").is_enabled() and body.locator(".edit-note").inner_text() == ""
+
+
+def test_select_a_span_and_infill_it(edit_page, edit_server, song_file):
+    upload(edit_page, song_file)
+    open_tab(edit_page, "infill")
+    assert re.match(r"\d:\d\d\.\d – \d:\d\d\.\d", drag_on_roll(edit_page, 0.25, 0.55))
+    edit_page.fill("#infill-n", "1")
+    edit_page.fill("#seed", "2")
+    edit_page.select_option("#infill-density", "high")
+    edit_page.click("#infill")
+    wait_for_versions(edit_page, 2)
+    assert current_label(edit_page).startswith("infill 0:")
+    pid = edit_page.locator("#piece-select").input_value()
+    piece = call("GET", f"{edit_server.url}/api/pieces/{pid}")[1]
+    (v1, v2) = piece["versions"]
+    assert piece["current"] == v2["id"] and v2["params"]["density"] == "high"
+    lo, hi = v2["params"]["start_s"], v2["params"]["end_s"]
+    assert hi - lo > 8, "the drag chose a span several chunks long"
+    api = f"{edit_server.url}/api/pieces/{pid}/versions"
+    before, after = (symusic.Score.from_midi(call("GET", f"{api}/{v['id']}/midi")[1]) for v in (v1, v2))
+    step = 60 / 80 / 24  # one step of the model's grid, at a tempo slower than the song's
+    assert note_rows(before, lo - step, hi, False) == note_rows(after, lo - step, hi, False)  # kept exactly
+    assert note_rows(before, lo - step, hi, True) != note_rows(after, lo - step, hi, True)  # rewritten
+
+
+def test_arrange_adds_an_instrument(edit_page, edit_server, song_file):
+    upload(edit_page, song_file)
+    open_tab(edit_page, "arrange")
+    parts = edit_page.locator("#arrange-keep label").all_inner_texts()
+    assert len(parts) == 4 and "Flute" not in edit_page.locator("#legend").inner_text()
+    edit_page.select_option("#arrange-instrument-pick", "73")
+    edit_page.click("#arrange-instrument-add")
+    assert "Flute" in edit_page.locator("#arrange-add").inner_text()
+    edit_page.fill("#arrange-n", "1")
+    edit_page.fill("#seed", "1")
+    edit_page.click("#arrange")
+    wait_for_versions(edit_page, 2)
+    assert current_label(edit_page).startswith("arranged + Flute")
+    edit_page.wait_for_function("document.getElementById('legend').textContent.includes('Flute')")
+    assert len(edit_page.locator("#legend span").all()) == 5
+    assert "Flute" in edit_page.locator("#arrange-keep").inner_text()
+    pid = edit_page.locator("#piece-select").input_value()
+    piece = call("GET", f"{edit_server.url}/api/pieces/{pid}")[1]
+    assert 73 in piece["versions"][-1]["instruments"]
+
+
+def test_screenshot_of_a_working_session(edit_page, song_file, tmp_path):
+    """Continue from a point, arrange a flute part in, choose a span, key and density for infill."""
+    page = edit_page
+    upload(page, song_file)
     open_tab(page, "continue")
     box = page.locator("#roll").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.62, box["y"] + 200)  # the point to continue from
@@ -223,13 +342,17 @@ def test_screenshot_of_a_working_session(page, song_file, tmp_path):
     page.click("#continue")
     wait_for_versions(page, 2)
     assert current_label(page).startswith("continued from 0:")
+    open_tab(page, "arrange")
+    page.select_option("#arrange-instrument-pick", "73")
+    page.click("#arrange-instrument-add")
+    page.fill("#arrange-n", "1")
+    page.click("#arrange")
+    wait_for_versions(page, 3)
+    page.wait_for_function("document.querySelectorAll('#legend span').length === 5")
     open_tab(page, "infill")
-    x0, y = box["x"] + box["width"] * 0.3, box["y"] + 260
-    page.mouse.move(x0, y)
-    page.mouse.down()
-    page.mouse.move(x0 + 160, y, steps=6)
-    page.mouse.up()
-    assert re.match(r"\d:\d\d\.\d – \d:\d\d\.\d", page.locator("#infill-span").inner_text())
+    assert re.match(r"\d:\d\d\.\d – \d:\d\d\.\d", drag_on_roll(page, 0.3, 0.42))
+    page.select_option("#infill-key", "D major")
+    page.select_option("#infill-density", "medium")
     page.wait_for_timeout(400)
     shot = tmp_path / "studio.png"
     page.screenshot(path=str(shot))

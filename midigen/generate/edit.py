@@ -161,6 +161,9 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
 
     The kept notes inside the chunk (v3) are forced into the written part where they fall; only the
     target instruments' notes are kept from it."""
+    hook = getattr(dec.listener, "chunk", None)
+    if hook is not None:  # the coming tokens are timed from step s of this song (a studio draws them there)
+        hook(s, song, plan.targets)
     block = dec.block
     chunk = min(CHUNK_QUARTERS * song.spq, codec.params.max_gap)
     room = block - max(2, int(block * WRITTEN_SHARE))

@@ -24,7 +24,7 @@ import numpy as np
 from midigen.codec import DRUMS, Codec, instrument_name, parse_instrument
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.studio import splice
-from midigen.studio.roll import instruments_of, stream_notes
+from midigen.studio.roll import instruments_of, stream_notes, written_notes
 from midigen.studio.upload import notes_end_seconds
 from midigen.studio.workspace import new_id
 
@@ -107,14 +107,19 @@ class Engine:
                 raise UsageError(f"this checkpoint never saw {instrument_name(i)}; it knows: {known}")
         return out
 
+    def steering(self, req: dict) -> tuple[list[int], tuple | None]:
+        """The request's style / key / density (and meter, for generate) -> (control ids, (n, d) or None),
+        resolved as ``sample --style/--key/--density/--time-signature`` are: a name the checkpoint never
+        learned is a UsageError listing the ones it did. Edits keep the song's own meter (no such field)."""
+        from midigen.controls import resolve
+
+        pick = lambda k: req.get(k) or None  # noqa: E731  ("" from a form means: the model chooses)
+        return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
+                       time_signature=pick("time_signature"))
+
     def check(self, kind: str, req: dict, version: dict | None) -> None:
         """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad spans."""
-        for key, caps_key in (("style", "styles"), ("time_signature", "time_signatures"), ("key", "keys"),
-                              ("density", "densities")):
-            value = req.get(key)
-            if value and value not in self.caps[caps_key]:
-                have = ", ".join(map(str, self.caps[caps_key])) or "none"
-                raise UsageError(f"this checkpoint has no {key} {value!r} (it has: {have})")
+        self.steering(req)
         self.instruments(req.get("instruments"))
         if kind == "generate":
             return
@@ -144,12 +149,13 @@ class Engine:
         from midigen.sample import generate_samples, sample_score
 
         insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
+        controls, meter = self.steering(req)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
             head.append(self.codec.tempo_token(tempo))
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
-                             listener=progress, **kw)[0]
+                             controls=controls, time_signature=meter, listener=progress, **kw)[0]
         label = f"generated {req['seconds']:g} s · seed {kw['seed']}"
         return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
 
@@ -172,10 +178,9 @@ class Engine:
 
         kw = _sampling(req, self.device)
         insts = self.instruments(req.get("instruments")) or None
-        head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts or instruments_of(score)]
-        progress.begin(np.array(head + [self.codec.tempo_token(120.0)], np.int64), float(req["start_s"]))
+        progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], listener=progress, **kw)
+                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress, **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
                 for i, sc in enumerate(scores)]
@@ -186,10 +191,9 @@ class Engine:
         kw = _sampling(req, self.device)
         add = self.instruments(req.get("add"))
         keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
-        head = [self.codec.BOS] + [self.codec.inst_token(i) for i in sorted(set(add) | set(keep or []))]
-        progress.begin(np.array(head + [self.codec.tempo_token(120.0)], np.int64), 0.0)
+        progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         listener=progress, **kw)
+                         controls=self.steering(req)[0], listener=progress, **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
                  {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
@@ -205,7 +209,14 @@ def facts(score) -> dict:
 
 
 class Progress:
-    """The listener a run calls after every token; pollers read the notes written so far."""
+    """The listener a run calls after every token; pollers read the notes written so far.
+
+    The notes only ever grow (a poller asks for those past the ones it has). A generation's tokens are
+    read after the ``begin`` head. An edit writes in chunks, each a fresh decode whose tokens are timed
+    from the chunk's start in the song's own steps: the engine says where each starts (``chunk``), the
+    notes of finished chunks stay, and only the target instruments' notes are drawn. With several
+    variants the preview shows the first chunk of the first one, then every later chunk as it comes.
+    """
 
     def __init__(self, codec: Codec):
         self.codec = codec
@@ -213,11 +224,31 @@ class Progress:
         self.offset = 0.0
         self.tokens = np.zeros(0, np.int64)
         self.cancel = False
-        self._cache = (-1, [])
+        self.edit = None  # (start step, Song, targets, TempoMap) of the chunk being written
+        self.done: list = []  # notes of the chunks already written
+        self.chunks = 0  # chunks started
+        self.before = 0  # tokens of the chunks already written
+        self._lock = threading.Lock()
+        self._cache = (None, [])
 
-    def begin(self, head: np.ndarray, offset_seconds: float) -> None:
+    def begin(self, head: np.ndarray | None, offset_seconds: float) -> None:
         """How to read the coming tokens: decoded after ``head``, placed ``offset_seconds`` in."""
         self.head, self.offset = head, float(offset_seconds)
+        if self.cancel:
+            raise Cancelled("generation cancelled")
+
+    def chunk(self, start_step: int, song, targets) -> None:
+        """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``)."""
+        from midigen.studio.timing import TempoMap
+
+        finished = self._chunk_notes(self.edit, self.tokens)
+        tempo = self.edit[3] if self.edit is not None and self.edit[1] is song else TempoMap(song.score)
+        with self._lock:
+            self.done = self.done + finished
+            self.before += len(self.tokens)
+            self.chunks += 1
+            self.edit = (int(start_step), song, tuple(targets), tempo)
+            self.tokens = np.zeros(0, np.int64)
         if self.cancel:
             raise Cancelled("generation cancelled")
 
@@ -227,14 +258,27 @@ class Progress:
 
     @property
     def count(self) -> int:
-        return len(self.tokens)
+        return self.before + len(self.tokens)
+
+    def _chunk_notes(self, edit, tokens) -> list:
+        if edit is None:
+            return []
+        start, song, targets, tempo = edit
+        return written_notes(self.codec, tokens, start, song, targets, tempo)
 
     def notes(self) -> list[list[float]]:
-        tokens = self.tokens
-        if self.head is None or self._cache[0] == len(tokens):
+        with self._lock:  # one chunk's state at a time: a chunk may start meanwhile
+            done, edit, tokens, head, chunks = self.done, self.edit, self.tokens, self.head, self.chunks
+        key = (chunks, len(tokens))
+        if self._cache[0] == key:
             return self._cache[1]
-        notes = stream_notes(self.codec, self.head, tokens, self.offset)
-        self._cache = (len(tokens), notes)
+        if edit is not None:
+            notes = done + self._chunk_notes(edit, tokens)
+        elif head is not None:
+            notes = stream_notes(self.codec, head, tokens, self.offset)
+        else:
+            notes = []
+        self._cache = (key, notes)
         return notes
 
     def freeze(self) -> None:

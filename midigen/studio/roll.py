@@ -83,3 +83,23 @@ def stream_notes(codec: Codec, head: np.ndarray, new: np.ndarray, offset: float)
     rows = np.stack([np.round(on + offset, 4), np.round(off - on, 4), n["pitch"][skip:],
                      n["velocity"][skip:], n["instrument"][skip:]], axis=1)
     return rows.tolist()
+
+
+def written_notes(codec: Codec, tokens: np.ndarray, start_step: int, song, targets,
+                  tempo: TempoMap) -> list[list[float]]:
+    """Notes of an edit chunk's written part (the tokens after FILL, timed in the song's own steps from
+    ``start_step``) for the ``targets`` instruments, as rows like ``stream_notes``'s, in seconds on the
+    song's tempo map (``tempo``), in the order they were written."""
+    from midigen.generate.edit import written_units
+
+    units, _, _ = written_units(codec, tokens, int(start_step))
+    units = units.select(np.isin(units.inst, np.asarray(targets, np.int64)))
+    if not len(units):
+        return []
+    dv = [codec.dv_of(int(t)) for t in units.tok1]
+    steps = np.array([d for d, _ in dv], np.int64)
+    on = tempo.seconds(song.tick_of(units.time))
+    off = tempo.seconds(song.tick_of(units.time + steps))
+    rows = np.stack([np.round(on, 4), np.round(off - on, 4), (units.tok0 - codec.note_start) % 128,
+                     np.array([v for _, v in dv]), units.inst], axis=1)
+    return rows.tolist()

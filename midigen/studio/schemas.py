@@ -24,15 +24,20 @@ class Sampling(BaseModel):
 
 
 class Steering(BaseModel):
-    """Controls a checkpoint may offer (see /api/info capabilities); asking for one it lacks is a 400."""
+    """Controls a checkpoint may offer (see /api/info capabilities); a value it never learned is a 400
+    that lists the ones it did. null or "": the model chooses."""
 
-    style: str | None = None
-    time_signature: str | None = Field(None, examples=["3/4"])
-    key: str | None = Field(None, examples=["D", "F# minor"])
-    density: Literal["low", "medium", "high"] | None = None
+    style: str | None = Field(None, max_length=1000, description="a style, or several separated by commas")
+    key: str | None = Field(None, max_length=40, examples=["D", "F# minor"])
+    density: str | None = Field(None, max_length=40, examples=["low", "medium", "high"])
 
 
-class GenerateIn(Sampling, Steering):
+class Meter(BaseModel):
+    time_signature: str | None = Field(None, max_length=40, examples=["3/4"],
+                                       description="for new music only: an edit keeps the song's own")
+
+
+class GenerateIn(Sampling, Steering, Meter):
     """New music from nothing; the result replaces what the piece shows (undo brings it back)."""
 
     instruments: list[Instrument] | None = Field(None, description="null: the model chooses")
@@ -50,7 +55,7 @@ class ContinueIn(Sampling):
     tempo: float | None = Field(None, ge=16, le=512, description="a tempo change where the new music starts")
 
 
-class InfillIn(Sampling):
+class InfillIn(Sampling, Steering):
     """Rewrite a time span (optionally only some instruments); N variants to audition."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
@@ -60,7 +65,7 @@ class InfillIn(Sampling):
     num_samples: int = Field(1, ge=1, le=8, description="variants to write")
 
 
-class ArrangeIn(Sampling):
+class ArrangeIn(Sampling, Steering):
     """New parts over the whole song, keeping some of its parts."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")

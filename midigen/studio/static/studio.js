@@ -61,8 +61,7 @@ function chip(container, inst) {
 }
 const chips = (container) => [...container.children].map((c) => Number(c.dataset.inst));
 
-function setupSteering() {
-  let missing = [];
+function setupSteering() {  // each select offers what the checkpoint learned; one it lacks says so
   for (const sel of document.querySelectorAll("[data-steer]")) {
     const values = state.caps[sel.dataset.steer] || [];
     sel.innerHTML = "<option value=''>model chooses</option>";
@@ -72,10 +71,14 @@ function setupSteering() {
       sel.appendChild(o);
     }
     sel.disabled = values.length === 0;
-    if (!values.length) missing.push(sel.dataset.what);
+    sel.title = values.length ? "" : `This checkpoint has no ${sel.dataset.what} control.`;
   }
-  const list = missing.length > 1 ? `${missing.slice(0, -1).join(", ")} or ${missing[missing.length - 1]}` : missing[0];
-  $("steer-note").textContent = missing.length ? `This checkpoint has no ${list} control.` : "";
+  for (const note of document.querySelectorAll(".steer-note")) {
+    const missing = [...note.closest(".tab-body").querySelectorAll("[data-steer]:disabled")].map((s) => s.dataset.what);
+    const last = missing[missing.length - 1];
+    const list = missing.length > 1 ? `${missing.slice(0, -1).join(", ")} or ${last}` : last;
+    note.textContent = missing.length ? `This checkpoint has no ${list} control.` : "";
+  }
   const edit = state.caps.can_edit;
   for (const el of document.querySelectorAll(".edit-action")) el.disabled = !edit;
   for (const el of document.querySelectorAll(".edit-note")) {
@@ -291,13 +294,17 @@ async function ensurePiece() {
   if (!state.pieceId) await openPiece((await api.createPiece("untitled")).id);
 }
 
+function steering(prefix) {  // the tab's style / key / density selects ("": the model chooses)
+  const pick = (what) => $(`${prefix}-${what}`).value || null;
+  return { style: pick("style"), key: pick("key"), density: pick("density") };
+}
+
 function jobBody(kind) {
   const num = (id) => ($(id).value === "" ? null : Number($(id).value));
   const s = sampling();
   if (kind === "generate") {
-    const steer = (id) => $(id).value || null;
-    return { ...s, instruments: chips($("gen-instruments")), tempo: num("gen-tempo"), seconds: num("gen-seconds") ?? 30,
-      style: steer("gen-style"), time_signature: steer("gen-meter"), key: steer("gen-key"), density: steer("gen-density") };
+    return { ...s, ...steering("gen"), instruments: chips($("gen-instruments")), tempo: num("gen-tempo"),
+      seconds: num("gen-seconds") ?? 30, time_signature: $("gen-meter").value || null };
   }
   if (kind === "continue") {
     const fromPoint = document.querySelector("input[name=cont-from]:checked").value === "point";
@@ -306,10 +313,11 @@ function jobBody(kind) {
   if (kind === "infill") {
     if (!state.span) throw new Error("choose a span first: drag across the roll");
     const only = ticked("infill-instruments");
-    return { ...s, start_s: state.span[0], end_s: state.span[1], instruments: only.length ? only : null,
-      num_samples: num("infill-n") ?? 1 };
+    return { ...s, ...steering("infill"), start_s: state.span[0], end_s: state.span[1],
+      instruments: only.length ? only : null, num_samples: num("infill-n") ?? 1 };
   }
-  return { ...s, add: chips($("arrange-add")), keep: ticked("arrange-keep"), num_samples: num("arrange-n") ?? 1 };
+  return { ...s, ...steering("arrange"), add: chips($("arrange-add")), keep: ticked("arrange-keep"),
+    num_samples: num("arrange-n") ?? 1 };
 }
 
 async function startJob(kind) {
