@@ -7,8 +7,9 @@
             editing prompt with nothing after the span (all its room spent before it), which isolates
             what the music after the span is worth from the change of format.
     python benchmarks/edit_quality.py harmonize --ckpt RUN --data DATA [--pieces 50] [--style chorale]
-        (b) test pieces of --style (the chorales) with several parts: bits/note of the other parts, first
-            --quarters, given the top part (arrange with only the top part kept) vs given nothing (the
+        (b) test pieces of --style (the chorales) with several parts: bits/note of the other parts over
+            the first --quarters (halved until the written part fits half the context, as arrange's
+            chunks do), given the top part (arrange with only the top part kept) vs given nothing (the
             same task with no kept part). Target: ratio <= 0.85.
     python benchmarks/edit_quality.py overlap --ckpt RUN --data DATA [--spans 64]
         (c) music-feature overlap (midigen.metrics) of infilled 4-bar spans against the real spans they
@@ -170,8 +171,11 @@ def harmonize(a) -> None:
         top = max(insts, key=lambda i: np.mean((units.tok0[note & (units.inst == i)] - codec.note_start) % 128))
         others = tuple(i for i in insts if i != top)
         start = int(units.time[note][0])
-        task = EditTask(start, start + a.quarters * spq, others, drop_after=True, drop_before=True)
-        target = _written(codec, units, task, block)
+        quarters, target = a.quarters, None
+        while target is None and quarters >= 2:  # the first chunk arrange would write: halved until it fits
+            task = EditTask(start, start + quarters * spq, others, drop_after=True, drop_before=True)
+            target = _written(codec, units, task, block)
+            quarters //= 2
         if target is None:
             continue
         _, mid, k = target
