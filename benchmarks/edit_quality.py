@@ -4,8 +4,8 @@
         (a) 4-bar spans drawn at random from the test split: bits/note of the span's notes given the
             music on both sides (the editing sequence) vs the same model given only what comes before
             (plain left-to-right scoring of the same notes). Target: ratio <= 0.90. Also reported: the
-            editing prompt with nothing after the span (all its room spent before it), which isolates
-            what the music after the span is worth from the change of format.
+            same editing prompt with what comes after the span taken out (the same music before it),
+            which isolates what the after side is worth from the change of format and room.
     python benchmarks/edit_quality.py harmonize --ckpt RUN --data DATA [--pieces 50] [--style chorale]
         (b) test pieces of --style (the chorales) with several parts: bits/note of the other parts over
             the first --quarters (halved until the written part fits half the context, as arrange's
@@ -136,9 +136,11 @@ def both_sides(a) -> None:
         prev, _ = emit(codec, before, start_time=int(before.time[0]) if len(before) else 0)
         room = block + 1 - len(head) - len(plain_mid)
         plain = np.concatenate((head, prev[max(0, len(prev) - room):], plain_mid))
-        # and the editing format with nothing after the span (the room all goes to what comes before):
-        # what the after side alone is worth, apart from the format
-        cut = edit_prompt(codec, head, units.select(units.time < task.end), task, block + 1 - len(mid))
+        # and the same prompt without what comes after the span (the same music before it): what the
+        # after side alone is worth, apart from the format and the room
+        prompt = built[0]
+        n_after = len(prompt) - 2 - int(np.flatnonzero(prompt == codec.HOLE_END)[0])
+        cut = edit_prompt(codec, head, units.select(units.time < task.end), task, len(prompt) - n_after)
         if cut is None:
             continue
         before_only += bits_of(model, np.concatenate((cut[0], mid)), len(cut[0]), codec)
@@ -150,8 +152,8 @@ def both_sides(a) -> None:
                       "bits_per_note_both_sides": round(both / notes, 4),
                       "bits_per_note_left_only": round(left / notes, 4),
                       "ratio": round(both / left, 4), "target": 0.90,
-                      "bits_per_note_edit_format_before_only": round(before_only / notes, 4),
-                      "ratio_vs_edit_format_before_only": round(both / before_only, 4)}))
+                      "bits_per_note_same_prompt_without_after": round(before_only / notes, 4),
+                      "ratio_vs_same_prompt_without_after": round(both / before_only, 4)}))
 
 
 def harmonize(a) -> None:
@@ -202,10 +204,11 @@ def overlap(a) -> None:
     model, codec = _load(a.ckpt)
     rng = np.random.default_rng(a.seed)
     gen, real = [], []
-    for i, song in enumerate(_songs(a.data)):
+    songs = _songs(a.data)
+    for i in range(a.spans * 3):  # through the test songs as often as it takes, a new span each time
         if len(gen) >= a.spans:
             break
-        score = codec.decode(song)
+        score = codec.decode(songs[i % len(songs)])
         s = read_song(codec, score)
         task = _span_task(codec, s.units, rng, a.quarters)
         if task is None:
