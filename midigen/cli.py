@@ -10,6 +10,7 @@ import os
 import sys
 
 from midigen.errors import MidigenError, UsageError
+from midigen.generate.defaults import TOP_P
 
 
 def _positive_int(text: str) -> int:
@@ -145,7 +146,8 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--temperature", type=_positive_float, default=1.0)
     s.add_argument("--top-k", type=_positive_int, default=None)
-    s.add_argument("--top-p", type=_positive_float, default=None)
+    s.add_argument("--top-p", type=_positive_float, default=TOP_P,
+                   help=f"nucleus sampling (default {TOP_P}: the tail of rare, mostly out-of-key notes is cut; 1 = off)")
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll with the written part marked")
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-tokens", type=_positive_int, default=None, help="new tokens to generate")
     s.add_argument("--temperature", type=_positive_float, default=1.0)
     s.add_argument("--top-k", type=_positive_int, default=None)
-    s.add_argument("--top-p", type=_positive_float, default=None)
+    s.add_argument("--top-p", type=_positive_float, default=TOP_P,
+                   help=f"nucleus sampling (default {TOP_P}: the tail of rare, mostly out-of-key notes is cut; 1 = off)")
     s.add_argument("--repetition-penalty", type=_positive_float, default=1.0)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue")

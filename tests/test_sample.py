@@ -382,3 +382,18 @@ def test_cli_refuses_bad_input(tiny_ckpt, tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("midigen sample: error:"), r.stderr
     assert not (tmp_path / "o").exists() or not list((tmp_path / "o").iterdir())
+
+
+def test_commands_and_the_studio_share_the_nucleus_default():
+    """sample, infill and arrange (and the studio's API) sample with top-p 0.95 unless told; 1 turns it off."""
+    from midigen.cli import build_parser
+    from midigen.generate.defaults import TOP_P
+    from midigen.studio.schemas import Sampling
+
+    p = build_parser()
+    assert TOP_P == 0.95
+    for argv in (["sample", "--ckpt", "x"], ["infill", "--ckpt", "x", "s.mid", "--bars", "1-2"],
+                 ["arrange", "--ckpt", "x", "s.mid", "--add", "bass"]):
+        assert p.parse_args(argv).top_p == TOP_P
+        assert p.parse_args([*argv, "--top-p", "1"]).top_p == 1.0
+    assert Sampling().top_p == TOP_P

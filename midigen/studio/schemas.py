@@ -5,6 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from midigen.generate.defaults import TOP_P
 from midigen.studio.workspace import ID_PATTERN
 
 MAX_NEW_SECONDS = 300.0  # one job writes at most five minutes of music
@@ -17,7 +18,8 @@ class Sampling(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(1.0, gt=0, le=5, description="higher: more surprising choices")
-    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling; null: off")
+    top_p: float | None = Field(TOP_P, gt=0, le=1, description=f"nucleus sampling (default {TOP_P}, as the "
+                                                                 "commands); null or 1: off")
     top_k: int | None = Field(None, ge=1, le=65535, description="null: off")
     seed: int | None = Field(None, ge=0, lt=2**31, description="the same seed and request give the same music; "
                                                                 "null: a random seed (reported in the version)")
