@@ -220,17 +220,14 @@ def test_bars_follow_the_songs_meter_and_tempo():
         bars_to_seconds(s, 0, 2)
 
 
-def test_edit_grammar_writes_only_targets_inside_the_span():
-    codec = Codec()
-    B, span, targets = 8, 200, (33, DRUMS)
-    g = Grammar(codec, B)
-    g.for_edit(targets, span, 400)
-    rng = np.random.default_rng(0)
+def _random_walk(codec, g, rng, steps: int = 400) -> list[list[int]]:
+    """Each row's tokens when every step draws a kind of token the grammar allows, then one of its ids
+    (so rare kinds, like EOS, come up often)."""
     kinds = codec.kinds(np.arange(codec.vocab_size))
-    seqs = [[] for _ in range(B)]
-    for _ in range(400):
+    seqs = [[] for _ in range(g.B)]
+    for _ in range(steps):
         m = g.mask().numpy()
-        tok = np.full(B, codec.EOS)
+        tok = np.full(g.B, codec.EOS)
         for b in np.flatnonzero(~g.done.numpy()):
             ids = np.flatnonzero(m[b])
             k = rng.choice(np.unique(kinds[ids]))
@@ -239,6 +236,15 @@ def test_edit_grammar_writes_only_targets_inside_the_span():
         g.advance(tok)
         if g.done.all():
             break
+    return seqs
+
+
+def test_edit_grammar_writes_only_targets_inside_the_span():
+    codec = Codec()
+    B, span, targets = 8, 200, (33, DRUMS)
+    g = Grammar(codec, B)
+    g.for_edit(targets, span, 400)
+    seqs = _random_walk(codec, g, np.random.default_rng(0))
     for s in seqs:
         t = np.array(s)
         k = codec.kinds(t)
@@ -263,20 +269,7 @@ def test_given_notes_come_where_they_fall():
     g = Grammar(codec, B)
     g.for_edit(targets, span, 400)
     g.force_notes(*zip(*given))
-    rng = np.random.default_rng(1)
-    kinds = codec.kinds(np.arange(codec.vocab_size))
-    seqs = [[] for _ in range(B)]
-    for _ in range(400):
-        m = g.mask().numpy()
-        tok = np.full(B, codec.EOS)
-        for b in np.flatnonzero(~g.done.numpy()):
-            ids = np.flatnonzero(m[b])
-            k = rng.choice(np.unique(kinds[ids]))
-            tok[b] = rng.choice(ids[kinds[ids] == k])
-            seqs[b].append(int(tok[b]))
-        g.advance(tok)
-        if g.done.all():
-            break
+    seqs = _random_walk(codec, g, np.random.default_rng(1))
     assert g.done.all()
     lower = []
     for s in seqs:
