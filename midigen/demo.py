@@ -149,7 +149,7 @@ def main() -> int:
     if _training_finished():
         print(f"[2/5] model: reusing {RUN} (delete it to train again)")
     else:
-        print("[2/5] training configs/demo.toml on the CPU (about 8 minutes on 2 cores)")
+        print("[2/5] training configs/demo.toml on the CPU (about 11 minutes on 2 cores)")
         resume = ["--resume"] if (RUN / "last" / "train_state.pt").exists() else []
         _midigen("train", str(CONFIG), f"--data={DATA}", f"--out={RUN}", *resume)
 
