@@ -169,8 +169,10 @@ class Grammar:
     def force_notes(self, steps, notes, dvs) -> None:
         """Notes the written part must carry, at their steps (from the span start), among the notes it
         writes: the edit's kept notes inside the span (``sequences``, v3). In stream order."""
-        t = lambda a: torch.as_tensor(np.asarray(a, np.int64), device=self.device).view(1, -1).expand(self.B, -1)  # noqa: E731
-        self.given_time, self.given_note, self.given_dv = t(steps).clone(), t(notes).clone(), t(dvs).clone()
+        def rows(a):
+            return torch.as_tensor(np.asarray(a, np.int64), device=self.device).view(1, -1).expand(self.B, -1).clone()
+
+        self.given_time, self.given_note, self.given_dv = rows(steps), rows(notes), rows(dvs)
         self.given_pos[:] = 0
         self.given_dv_due[:] = False
         self.forcing = len(steps) > 0
@@ -261,8 +263,8 @@ class Grammar:
         """(is one still owed, its step, NOTE id, DV id) per row."""
         n = self.given_time.shape[1]
         i = self.given_pos.clamp(max=n - 1)[:, None]
-        owed = self.given_pos < n
-        return owed, self.given_time.gather(1, i)[:, 0], self.given_note.gather(1, i)[:, 0], self.given_dv.gather(1, i)[:, 0]
+        at = lambda t: t.gather(1, i)[:, 0]  # noqa: E731
+        return self.given_pos < n, at(self.given_time), at(self.given_note), at(self.given_dv)
 
     def _advance_given(self, t, kind, live) -> None:
         owed, step, note, _ = self._next_given()
@@ -298,12 +300,12 @@ class Grammar:
         if self.in_header.any():
             _header_rules(self, m, room)
             _control_rules(self, m, room)
-        shift_ok = _shift_rules(self, m, events & room)
+        _shift_rules(self, m, events & room)
         ev_tempo = _tempo_rules(self, m, events & room)
         _note_rules(self, m, events & (self.budget >= 2))
         _duration_rules(self, m)
-        owed = _given_rules(self, m, events & room, shift_ok) if self.forcing else None
-        _end_rules(self, m, events, room, shift_ok if owed is None else m[:, c.shift_start : c.tempo_start], ev_tempo)
+        owed = _given_rules(self, m, events & room) if self.forcing else None
+        _end_rules(self, m, events, room, m[:, c.shift_start : c.tempo_start], ev_tempo)  # the shifts left
         if owed is not None:
             m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
         dead = ~m.any(dim=1)  # a row left with nothing (should not happen) may end rather than sample garbage
@@ -347,18 +349,16 @@ def _control_rules(g: Grammar, m: torch.Tensor, room: torch.Tensor) -> None:
     m[g.rows, ids] |= owed
 
 
-def _shift_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+def _shift_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> None:
     """A short shift ends its gap; gaps stay within the gap limit, time within the target, onsets
-    within the span. Returns the (B, max_shift) shifts allowed."""
+    within the span."""
     c, T = g.codec, g.T
     may = events & ((g.last_kind != _K_SHIFT) | (g.last_shift == g.max_shift))
     k = T.shift_k[None, :]
     fits = (g.gap[:, None] + k <= g.gap_limit[:, None]) & (g.steps[:, None] + k < g.span[:, None])
     if g.timed:
         fits &= g.seconds[:, None] + k * g._sec_per_step(g.tempo)[:, None] <= g.target[:, None] + 1e-9
-    shift_ok = may[:, None] & fits
-    m[:, c.shift_start : c.tempo_start] = shift_ok
-    return shift_ok
+    m[:, c.shift_start : c.tempo_start] = may[:, None] & fits
 
 
 def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
@@ -382,7 +382,7 @@ def _note_rules(g: Grammar, m: torch.Tensor, rows: torch.Tensor) -> None:
     notes.copy_((rows[:, None] & g.instruments)[:, :, None] & later)
 
 
-def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor, shift_ok: torch.Tensor) -> torch.Tensor:
+def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
     """Given notes come where they fall: time never passes the next one; at its step, only written
     notes with a lower id (the step's order) or the given note itself; its DV as given. Returns the
     rows that still owe one (they may not end)."""
@@ -390,10 +390,8 @@ def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor, shift_ok: to
     owed, step, note, dv = g._next_given()
     owed = owed & events & ~g.given_dv_due
     fits = g.steps[:, None] + T.shift_k[None, :] <= step[:, None]
-    shift_ok = shift_ok & (~owed[:, None] | fits)
     due = owed & (g.steps == step)
-    shift_ok = shift_ok & ~due[:, None]
-    m[:, c.shift_start : c.tempo_start] = shift_ok
+    m[:, c.shift_start : c.tempo_start] &= (~owed[:, None] | fits) & ~due[:, None]
     lower = T.note_ids[None, :] < note[:, None]
     m[:, c.note_start : c.dv_start] &= ~due[:, None] | lower
     m[g.rows, note] |= due & (g.budget >= 2)
