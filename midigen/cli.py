@@ -140,19 +140,23 @@ def cmd_arrange(a) -> int:
 
 
 def _edit_flags(s: argparse.ArgumentParser) -> None:
-    """The sampling and output flags infill and arrange share with sample."""
+    """What infill and arrange share: the checkpoint and the song, the sampling and output flags of
+    sample, and the controls (not the meter: the song keeps its own)."""
+    s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
+    s.add_argument("song", metavar="SONG.mid")
     s.add_argument("--out", default="out/edit", metavar="DIR")
     s.add_argument("--num-samples", type=_positive_int, default=1)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--temperature", type=_positive_float, default=1.0)
     s.add_argument("--top-k", type=_positive_int, default=None)
     s.add_argument("--top-p", type=_positive_float, default=TOP_P,
-                   help=f"nucleus sampling (default {TOP_P}: the tail of rare, mostly out-of-key notes is cut; 1 = off)")
+                   help=f"nucleus sampling (default {TOP_P}: cuts the tail of rare, mostly out-of-key notes; 1 = off)")
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll with the written part marked")
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _add_control_flags(s, meter=False)
 
 
 def cmd_studio(a) -> int:
@@ -255,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=_positive_float, default=1.0)
     s.add_argument("--top-k", type=_positive_int, default=None)
     s.add_argument("--top-p", type=_positive_float, default=TOP_P,
-                   help=f"nucleus sampling (default {TOP_P}: the tail of rare, mostly out-of-key notes is cut; 1 = off)")
+                   help=f"nucleus sampling (default {TOP_P}: cuts the tail of rare, mostly out-of-key notes; 1 = off)")
     s.add_argument("--repetition-penalty", type=_positive_float, default=1.0)
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue")
@@ -274,25 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("song", metavar="SONG.mid")
     s.add_argument("--start", type=float, default=None, metavar="S", help="span start (seconds)")
     s.add_argument("--end", type=float, default=None, metavar="E", help="span end (seconds)")
     s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12)")
     s.add_argument("--instruments", default=None, metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'); default: all")
     _edit_flags(s)
-    _add_control_flags(s, meter=False)
     s.set_defaults(func=cmd_infill)
 
     s = sub.add_parser("arrange", help="write new parts (e.g. bass, drums) over a whole song with a checkpoint")
-    s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("song", metavar="SONG.mid")
     s.add_argument("--add", required=True, metavar="LIST", help="instruments to write, e.g. bass,drums")
     s.add_argument("--keep", default=None, metavar="LIST",
                    help="parts to keep (default: every part the song has that is not in --add); others are dropped")
     _edit_flags(s)
-    _add_control_flags(s, meter=False)
     s.set_defaults(func=cmd_arrange)
 
     s = sub.add_parser("studio", help="a web page to hear, see, generate and continue music (and its JSON API)")
