@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m midigen.demo
+	$(BIN)/python -m midigen.cli.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -3,7 +3,7 @@
 Both sides start from MIDI bytes (parse included) and produce token ids. midigen is timed twice:
 the batched numpy encoder (``Codec.encode_many``) and the compiled encoder prepare's workers use
 (``codec_jit``), whose tokens must be identical. Fidelity of both is scored
-with the same yardstick, ``midigen.codec.fidelity`` (onset within 1/24 quarter, duration within
+with the same yardstick, ``midigen.music.codec.fidelity`` (onset within 1/24 quarter, duration within
 20%, velocity within 8, total length), on each tokenizer's own decoded output.
 
     .venv/bin/pip install -e '.[bench]'
@@ -23,7 +23,7 @@ import symusic
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from songgen import make_song_bytes  # noqa: E402
 
-from midigen.codec import Codec, fidelity  # noqa: E402
+from midigen.music.codec import Codec, fidelity  # noqa: E402
 
 
 def timed(fn, items, min_seconds: float = 2.0):
@@ -75,9 +75,8 @@ def main() -> None:
         t_ours, ours = timed(codec.encode, songs)
     ours_tokens = sum(len(t) for t in ours)
 
-    # prepare's hot path: parse, then the compiled encoder (midigen/codec_jit.py), file by file
-    from midigen import codec_jit
-
+    # prepare's hot path: parse, then the compiled encoder (midigen/music/codec_jit.py), file by file
+    from midigen.music import codec_jit
     compiled = None
     if codec_jit.available(codec):
         fast = codec_jit.CompiledEncoder(codec)

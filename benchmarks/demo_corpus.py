@@ -17,7 +17,7 @@ import warnings
 
 
 def measure(collection: str, paths: list[str], root, codec) -> dict:
-    from midigen.ensembles import SkipPiece, export_piece
+    from midigen.data.ensembles import SkipPiece, export_piece
 
     cpu, notes, tokens, skipped = 0.0, 0, 0, 0
     for path in paths:
@@ -38,9 +38,9 @@ def measure(collection: str, paths: list[str], root, codec) -> dict:
 
 
 def main() -> None:
-    from midigen.codec import Codec
-    from midigen.corpus import music21_corpus_root
-    from midigen.ensembles import COLLECTIONS
+    from midigen.music.codec import Codec
+    from midigen.data.corpus import music21_corpus_root
+    from midigen.data.ensembles import COLLECTIONS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--every", type=int, default=4, help="time every Nth piece of each collection")

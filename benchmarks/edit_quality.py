@@ -12,7 +12,7 @@
             chunks do), given the top part (arrange with only the top part kept) vs given nothing (the
             same task with no kept part). Target: ratio <= 0.85.
     python benchmarks/edit_quality.py overlap --ckpt RUN --data DATA [--spans 64]
-        (c) music-feature overlap (midigen.metrics) of infilled 4-bar spans against the real spans they
+        (c) music-feature overlap (midigen.eval.metrics) of infilled 4-bar spans against the real spans they
             replace. Target: >= 0.7 on every feature.
     python benchmarks/edit_quality.py cost [--data data/demo] [--out out/bench] [--edit-run out/demo/model]
         (d) continuation cost: trains configs/demo.toml twice at equal steps (edit_fraction 0 and the
@@ -42,15 +42,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from midigen.codec import Codec  # noqa: E402
-from midigen.sequences import (EditTask, edit_prompt, emit, given_positions, song_units, split_units,  # noqa: E402
+from midigen.music.codec import Codec  # noqa: E402
+from midigen.music.sequences import (EditTask, edit_prompt, emit, given_positions, song_units, split_units,  # noqa: E402
                                written_tokens)
 
 LN2 = float(np.log(2))
 
 
 def _load(ckpt):
-    from midigen.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import load_checkpoint
 
     model, codec, _ = load_checkpoint(ckpt, "cpu")
     return model, codec
@@ -58,7 +58,7 @@ def _load(ckpt):
 
 def _songs(data, split="test", style=None):
     """The split's songs as token arrays; with ``style``, only files tagged with it (files.jsonl)."""
-    from midigen.dataset import Dataset
+    from midigen.data.dataset import Dataset
 
     sp = Dataset(data).split(split)
     keep = None
@@ -199,7 +199,7 @@ def harmonize(a) -> None:
 
 def overlap(a) -> None:
     from midigen.generate.edit import infill_edits, read_song
-    from midigen.metrics import FEATURES, _histogram_overlap, overlap_area, piece_features
+    from midigen.eval.metrics import FEATURES, _histogram_overlap, overlap_area, piece_features
 
     model, codec = _load(a.ckpt)
     rng = np.random.default_rng(a.seed)
@@ -261,8 +261,8 @@ def speed(a) -> None:
     import tomllib
 
     from midigen.generate.edit import arrange_edits, infill_edits
-    from midigen.model import GPT, GPTConfig, padded_vocab
-    from midigen.sample import generate_samples
+    from midigen.model.model import GPT, GPTConfig, padded_vocab
+    from midigen.generate.sample import generate_samples
     from songgen import make_song
 
     torch.set_num_threads(a.threads)
@@ -274,7 +274,7 @@ def speed(a) -> None:
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=padded_vocab(codec.vocab_size), **{
             k: cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size")})).eval()
-    from midigen.timing import tick_at_seconds
+    from midigen.music.timing import tick_at_seconds
 
     song = make_song(7, bars=150, tpq=480)  # a bit over 3 minutes at this song's tempos
     length = _tick_seconds(song)

@@ -12,7 +12,7 @@ a crash) is reported and the others still run:
            peak memory, step time (medians over the steps after compilation)
   ddp1     the same under `torchrun --nproc_per_node=1` (DDP with one process), 2 micro-steps per step
   eval     `midigen eval` of the trained model on the test split (model and n-gram times)
-  sample   `midigen.sample.generate_samples` at batch 1 and 16 with a 1,024-token context (a real
+  sample   `midigen.generate.sample.generate_samples` at batch 1 and 16 with a 1,024-token context (a real
            prompt of 768 tokens, 256 new), tokens/s after a warm-up
 
 Needs no package index: it uses the interpreter it runs under (a venv carried to the machine) and
@@ -188,7 +188,7 @@ def _prompt(data: str, length: int):
     """The first ``length`` tokens of the longest test song: a real header and real music as context."""
     import numpy as np
 
-    from midigen.dataset import Dataset
+    from midigen.data.dataset import Dataset
 
     sp = Dataset(data).split("test")
     song = max((sp.song(i) for i in range(len(sp.starts))), key=len)
@@ -198,8 +198,8 @@ def _prompt(data: str, length: int):
 def worker_sample(args: dict) -> dict:
     import torch
 
-    from midigen.checkpoint import load_checkpoint
-    from midigen.sample import generate_samples
+    from midigen.model.checkpoint import load_checkpoint
+    from midigen.generate.sample import generate_samples
 
     device = torch.device(args["device"])
     model, codec, _ = load_checkpoint(args["ckpt"], device=device)

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from songgen import write_songs  # noqa: E402
 
-from midigen.prepare import prepare  # noqa: E402
+from midigen.data.prepare import prepare  # noqa: E402
 
 
 def write_part(folder, first: int, n: int, bars: int) -> None:
@@ -46,9 +46,9 @@ def stages(files) -> dict:
 
     import numpy as np
 
-    from midigen import codec_jit
-    from midigen.codec import Codec
-    from midigen.sources import read_file
+    from midigen.music import codec_jit
+    from midigen.music.codec import Codec
+    from midigen.data.sources import read_file
 
     codec = Codec()
     fast = codec_jit.CompiledEncoder(codec) if codec_jit.available(codec) else None

@@ -6,7 +6,7 @@ present, else a 6-layer 384-wide stand-in). For each:
 * tokens/s at a full context, batch 1: the KV cache (one position per token) against recomputing the
   whole ``block_size`` window at every step as nanoGPT's ``generate`` does; both in this run, same
   thread count, and their ratio;
-* wall time of ``midigen.sample.generate_samples`` for 60 s of music at batch 1 and 3, the whole
+* wall time of ``midigen.generate.sample.generate_samples`` for 60 s of music at batch 1 and 3, the whole
   pipeline (grammar mask, sampling, sliding window). A random model writes far sparser music than a
   trained one, so the run is repeated with a token budget at the density of real multi-track songs
   (the ``tests/songgen.py`` songs, measured here) to show what a trained model would cost.
@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from songgen import make_song  # noqa: E402
 
-from midigen.codec import Codec  # noqa: E402
-from midigen.model import GPT, GPTConfig, padded_vocab  # noqa: E402
-from midigen.sample import generate_samples, notes_end_seconds  # noqa: E402
+from midigen.music.codec import Codec  # noqa: E402
+from midigen.model.model import GPT, GPTConfig, padded_vocab  # noqa: E402
+from midigen.generate.sample import generate_samples, notes_end_seconds  # noqa: E402
 
 
 def demo_config(vocab: int) -> tuple[str, GPTConfig]:

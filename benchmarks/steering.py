@@ -35,8 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from midigen.codec import Codec, CodecError, parse_key  # noqa: E402
-from midigen.metrics import FEATURES, IOI_BINS, overlap_area, piece_features  # noqa: E402
+from midigen.music.codec import Codec, CodecError, parse_key  # noqa: E402
+from midigen.eval.metrics import FEATURES, IOI_BINS, overlap_area, piece_features  # noqa: E402
 
 SCALARS = [f for f in FEATURES if f != "ioi_histogram"]
 
@@ -83,7 +83,7 @@ def sample_set(a, name: str, flags: list[str]) -> list[Path]:
 
 def real_by_song(data: Path, split: str):
     """[(tokens, files.jsonl row)] of a split's songs."""
-    from midigen.dataset import Dataset
+    from midigen.data.dataset import Dataset
 
     sp = Dataset(data).split(split)
     rows = {r["offset"]: r for r in map(json.loads, (data / "files.jsonl").open()) if r.get("split") == split}
@@ -188,7 +188,7 @@ def _key_of(path: Path) -> int:
 def _real_in_key(codec: Codec, real, key: str, seconds: float, folder: Path) -> float | None:
     """The key finder's agreement with the real test pieces labelled ``key`` (their first ``seconds``):
     the ceiling the samples' figure is read against."""
-    from midigen.sample import clip_score
+    from midigen.generate.sample import clip_score
 
     folder.mkdir(parents=True, exist_ok=True)
     hits = []

@@ -65,9 +65,9 @@ def tiny_model(work: Path, threads: int) -> Path:
 
 
 def demo_shaped(work: Path) -> Path:
-    from midigen.checkpoint import save_checkpoint
-    from midigen.codec import Codec
-    from midigen.model import GPT, GPTConfig, padded_vocab
+    from midigen.model.checkpoint import save_checkpoint
+    from midigen.music.codec import Codec
+    from midigen.model.model import GPT, GPTConfig, padded_vocab
 
     raw = tomllib.loads((ROOT / "configs" / "demo.toml").read_text())
     codec = Codec()
@@ -147,9 +147,9 @@ def first_notes(url: str, rounds: int) -> float:
 def in_process(ckpt: Path, seed: int, out: Path, thread: bool) -> float:
     """What `midigen sample` does after loading (generate, decode, write the MIDI), on the main thread
     as the command runs it, or on a second thread as the studio's worker runs it."""
-    from midigen.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import load_checkpoint
     from midigen.fsutil import atomic_write_bytes
-    from midigen.sample import generate_samples, sample_score
+    from midigen.generate.sample import generate_samples, sample_score
 
     model, codec, _ = load_checkpoint(ckpt, "cpu")
     took = []

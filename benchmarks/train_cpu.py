@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from midigen.codec import Codec  # noqa: E402
-from midigen.model import GPT, GPTConfig, padded_vocab  # noqa: E402
+from midigen.music.codec import Codec  # noqa: E402
+from midigen.model.model import GPT, GPTConfig, padded_vocab  # noqa: E402
 
 
 def load_reference(path: str):

@@ -62,7 +62,7 @@ def music21_dir() -> Path:
 
     Cached in the user cache (MIDIGEN_CACHE), so only the first session pays the ~10 s export.
     """
-    from midigen.corpus import demo_corpus_dir
+    from midigen.data.corpus import demo_corpus_dir
 
     return demo_corpus_dir(progress=False, limit=MUSIC21_TEST_PIECES)
 
@@ -73,7 +73,7 @@ def tiny_dataset(tmp_path_factory, songs_dir, music21_dir) -> Path:
 
     val and test are 10% each, so every split holds several songs.
     """
-    from midigen.prepare import prepare
+    from midigen.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("tiny_dataset")
     summary = prepare([str(songs_dir), str(music21_dir)], out, workers=2, val_frac=0.1, test_frac=0.1,

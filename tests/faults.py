@@ -4,7 +4,7 @@
 which inherit the environment) picks the files: an action fires when the real task starts parsing
 a file whose name contains PAT; ``batch...`` actions fire instead in the batched encode of a chunk
 that holds PAT. Nothing here is in product code: a test points prepare at this module's task,
-``monkeypatch.setattr(midigen.prepare, "WORKER_TASK", faults.TASK)``, or runs the CLI through
+``monkeypatch.setattr(midigen.data.prepare, "WORKER_TASK", faults.TASK)``, or runs the CLI through
 ``run_cli`` in a subprocess.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import signal
 import sys
 import time
 
-import midigen.prepare as P
-from midigen.workers import WHOLE_TASK
+import midigen.data.prepare as P
+from midigen.data.workers import WHOLE_TASK
 
 TASK = "faults:encode_chunk"
 
@@ -43,7 +43,7 @@ def _fire(action: str) -> None:
 
 
 def encode_chunk(payload, failed, state):
-    """``midigen.prepare.encode_chunk`` with the faults of MIDIGEN_FAULTS injected into its encoder."""
+    """``midigen.data.prepare.encode_chunk`` with the faults of MIDIGEN_FAULTS injected into its encoder."""
     items = payload[3]
     faults = _faults()
     read, encode_scores = P._Encoder.read, P._Encoder.encode_scores

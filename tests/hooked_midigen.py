@@ -16,8 +16,7 @@ import time
 def _install() -> None:
     sleep = float(os.environ.get("HOOK_STEP_SLEEP", "0") or 0)
     if sleep:
-        from midigen import train
-
+        from midigen.train import train
         inner = train._seed_step
 
         def slow_seed_step(*a, **kw):
@@ -27,8 +26,7 @@ def _install() -> None:
         train._seed_step = slow_seed_step
     fail_rank = os.environ.get("HOOK_FAIL_SAVE_RANK")
     if fail_rank is not None and os.environ.get("RANK", "0") == fail_rank:
-        from midigen import checkpoint
-
+        from midigen.model import checkpoint
         def failing_save(path, *a, **kw):
             raise OSError(28, "No space left on device (injected by the test)", str(path))
 

@@ -1,4 +1,4 @@
-"""A worker task for tests of ``midigen.workers``: reports what the worker process sees."""
+"""A worker task for tests of ``midigen.data.workers``: reports what the worker process sees."""
 from __future__ import annotations
 
 import os

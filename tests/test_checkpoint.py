@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from midigen.checkpoint import load_checkpoint, read_config, resolve, save_checkpoint, verify
-from midigen.codec import Codec
+from midigen.model.checkpoint import load_checkpoint, read_config, resolve, save_checkpoint, verify
+from midigen.music.codec import Codec
 from midigen.errors import UsageError
-from midigen.model import GPT, GPTConfig, padded_vocab
+from midigen.model.model import GPT, GPTConfig, padded_vocab
 
 
 def _tree(root: Path) -> dict:

@@ -12,7 +12,7 @@ import symusic
 
 from conftest import PYTHON, REPO
 from hostile import write_hostile
-from midigen.codec import DRUMS, Codec, CodecError, CodecParams, fidelity
+from midigen.music.codec import DRUMS, Codec, CodecError, CodecParams, fidelity
 from songgen import make_song, make_song_bytes
 
 
@@ -129,7 +129,7 @@ def test_json_round_trip(codec, tmp_path):
 
 
 def test_hostile_files_raise_only_codec_errors(codec, tmp_path):
-    from midigen.smf import sanitize_smf
+    from midigen.music.smf import sanitize_smf
 
     write_hostile(tmp_path)
     for p in sorted(tmp_path.iterdir()):

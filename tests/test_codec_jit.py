@@ -11,8 +11,8 @@ import pytest
 import symusic
 
 from hostile import write_hostile
-from midigen import codec_jit
-from midigen.codec import Codec, CodecError
+from midigen.music import codec_jit
+from midigen.music.codec import Codec, CodecError
 
 CODEC = Codec()
 
@@ -58,7 +58,7 @@ def test_broken_files_that_parse_encode_identically(fast, tmp_path):
 
 
 def test_seconds_match_prepare_length_rule(fast, songs_dir):
-    from midigen.prepare import _Encoder
+    from midigen.data.prepare import _Encoder
 
     enc = _Encoder()
     for p in sorted(songs_dir.glob("*.mid"))[:10]:

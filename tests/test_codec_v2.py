@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import symusic
 
-from midigen.codec import (CODEC_VERSION, DENSITY_LEVELS, MARKERS, N_KEYS, N_STYLES, Codec, CodecError, CodecParams,
+from midigen.music.codec import (CODEC_VERSION, DENSITY_LEVELS, MARKERS, N_KEYS, N_STYLES, Codec, CodecError, CodecParams,
                            Kind, key_name, parse_key)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import PYTHON, REPO
-from midigen.codec import Codec, Kind, parse_key
-from midigen.controls import DROP_P, resolve
+from midigen.music.codec import Codec, Kind, parse_key
+from midigen.generate.controls import DROP_P, resolve
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -46,7 +46,7 @@ def styled_run(styled_data, tmp_path_factory) -> Path:
 
 
 def test_windows_carry_controls_with_dropout(styled_data, music21_dir):
-    from midigen.dataset import Dataset, WindowSampler
+    from midigen.data.dataset import Dataset, WindowSampler
 
     ds = Dataset(styled_data)
     codec, sp = ds.codec, ds.split("train")
@@ -74,7 +74,7 @@ def test_windows_carry_controls_with_dropout(styled_data, music21_dir):
 
 
 def test_song_controls_match_files_jsonl(styled_data):
-    from midigen.dataset import Dataset
+    from midigen.data.dataset import Dataset
 
     ds = Dataset(styled_data)
     codec, sp = ds.codec, ds.split("train")
@@ -93,7 +93,7 @@ def test_song_controls_match_files_jsonl(styled_data):
 
 
 def test_transposition_moves_the_key(styled_data):
-    from midigen.dataset import Dataset, WindowSampler
+    from midigen.data.dataset import Dataset, WindowSampler
 
     ds = Dataset(styled_data)
     codec, sp = ds.codec, ds.split("train")
@@ -113,7 +113,7 @@ def test_transposition_moves_the_key(styled_data):
 
 
 def test_eval_rows_with_controls_score_the_same_tokens(styled_data):
-    from midigen.dataset import Dataset, eval_rows
+    from midigen.data.dataset import Dataset, eval_rows
 
     sp = Dataset(styled_data).split("val")
     flat = lambda i: [t for g in sp.song_controls(i) for t in g]
@@ -153,8 +153,8 @@ def test_unknown_names_exit_2_listing_valid_ones(styled_run, tmp_path, flag, val
 
 
 def test_sample_with_every_control(styled_run, tmp_path):
-    from midigen.checkpoint import capabilities, load_checkpoint
-    from midigen.sample import generate_samples
+    from midigen.model.checkpoint import capabilities, load_checkpoint
+    from midigen.generate.sample import generate_samples
 
     model, codec, config = load_checkpoint(styled_run)
     caps = capabilities(config, codec)
@@ -183,8 +183,8 @@ def test_sample_with_every_control(styled_run, tmp_path):
 
 def test_v2_checkpoints_keep_their_controls_after_the_meter():
     """A v2 codec (datasets and checkpoints made before v3) keeps the order it was trained with."""
-    from midigen.sample import _prefix
-    from midigen.sequences import header_with
+    from midigen.generate.sample import _prefix
+    from midigen.music.sequences import header_with
 
     for version, first in ((2, False), (3, True)):
         codec = Codec(version=version)
@@ -210,8 +210,8 @@ def test_sample_cli_with_controls(styled_run, tmp_path):
 
 
 def test_no_controls_means_the_model_chooses(styled_run):
-    from midigen.checkpoint import load_checkpoint
-    from midigen.sample import generate_samples
+    from midigen.model.checkpoint import load_checkpoint
+    from midigen.generate.sample import generate_samples
 
     model, codec, _ = load_checkpoint(styled_run)
     for s in generate_samples(model, codec, num_samples=4, seconds=3, seed=2):
@@ -229,7 +229,7 @@ def test_eval_controls_flag(styled_run, styled_data):
 
 def test_v1_dataset_and_checkpoint_still_sample(tmp_path, music21_dir):
     """A codec v1 dataset (no controls) trains and samples; asking it for a style is a clear error."""
-    from midigen.model import padded_vocab
+    from midigen.model.model import padded_vocab
 
     codec = Codec(version=1)
     data = tmp_path / "v1"

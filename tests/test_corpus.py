@@ -6,8 +6,8 @@ import pytest
 import symusic
 
 from midigen import corpus, ensembles
-from midigen.accompany import accompany, candidate_chords, scale_of
-from midigen.scoremidi import Bar, measure_order
+from midigen.data.accompany import accompany, candidate_chords, scale_of
+from midigen.data.scoremidi import Bar, measure_order
 
 # the ensemble every file of a collection must come out as: its tracks' programs, in order
 ENSEMBLES = {

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import symusic
 
-import midigen.dataset
-from midigen.codec import Codec
-from midigen.dataset import Dataset, Split, eval_positions, eval_rows
+import midigen.data.dataset
+from midigen.music.codec import Codec
+from midigen.data.dataset import Dataset, Split, eval_positions, eval_rows
 from midigen.errors import MidigenError, UsageError
-from midigen.prepare import prepare
+from midigen.data.prepare import prepare
 
 CODEC = Codec()
 
@@ -79,7 +79,7 @@ def test_reader_racing_a_republish_gets_one_whole_set(tmp_path, songs_dir, monke
         (tmp_path / "a" / p.name).write_bytes(p.read_bytes())
     prepare([tmp_path / "a"], out, workers=1, val_frac=0.3, test_frac=0.3, progress=False)
     old = json.loads((out / "meta.json").read_text())
-    real_split = midigen.dataset.Split
+    real_split = midigen.data.dataset.Split
     raced = []
 
     def split_then_republish(data_dir, name, codec, offsets, controls=None):
@@ -89,7 +89,7 @@ def test_reader_racing_a_republish_gets_one_whole_set(tmp_path, songs_dir, monke
             prepare([songs_dir], out, workers=1, val_frac=0.3, test_frac=0.3, progress=False)
         return sp
 
-    monkeypatch.setattr(midigen.dataset, "Split", split_then_republish)
+    monkeypatch.setattr(midigen.data.dataset, "Split", split_then_republish)
     ds = Dataset(out)
     new = json.loads((out / "meta.json").read_text())
     assert raced and new["files"] == 60 != old["files"]

@@ -10,7 +10,7 @@ import torch
 
 from midigen.device import autocast, bf16_peak_for, compute_dtype, peak_flops
 from midigen.errors import UsageError
-from midigen.train import pick_device
+from midigen.train.train import pick_device
 
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
@@ -34,7 +34,7 @@ def _torchrun(monkeypatch, rank: int, local_rank: int, world: int = 4, local_wor
 
 
 def test_one_gpu_without_torchrun_gets_an_index(fake_gpus):
-    from midigen.distributed import Dist
+    from midigen.train.distributed import Dist
 
     for name in ("auto", "cuda"):
         device = pick_device(name, Dist())
@@ -43,7 +43,7 @@ def test_one_gpu_without_torchrun_gets_an_index(fake_gpus):
 
 
 def test_explicit_gpu_index_is_used(fake_gpus):
-    from midigen.distributed import Dist
+    from midigen.train.distributed import Dist
 
     assert pick_device("cuda:1", Dist()) == torch.device("cuda", 1)
     assert fake_gpus == [1]
@@ -52,7 +52,7 @@ def test_explicit_gpu_index_is_used(fake_gpus):
 
 
 def test_torchrun_process_takes_its_local_rank(fake_gpus, monkeypatch, capsys):
-    from midigen.distributed import Dist
+    from midigen.train.distributed import Dist
 
     _torchrun(monkeypatch, rank=3, local_rank=1)
     assert pick_device("auto", Dist()) == torch.device("cuda", 1)
@@ -65,7 +65,7 @@ def test_torchrun_process_takes_its_local_rank(fake_gpus, monkeypatch, capsys):
 
 
 def test_cpu_needs_no_gpu(monkeypatch):
-    from midigen.distributed import Dist
+    from midigen.train.distributed import Dist
 
     for k in TORCHRUN_VARS:
         monkeypatch.delenv(k, raising=False)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import symusic
 
-from midigen.codec import DRUMS, Codec, Kind
+from midigen.music.codec import DRUMS, Codec, Kind
 from midigen.errors import Cancelled, UsageError
 from midigen.generate.edit import arrange_edits, bars_to_seconds, infill_edits, instrument_of, read_song
 from midigen.generate.grammar import Grammar
@@ -48,7 +48,7 @@ def plain_run(tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(edit_run):
-    from midigen.checkpoint import capabilities, load_checkpoint
+    from midigen.model.checkpoint import capabilities, load_checkpoint
 
     model, codec, config = load_checkpoint(edit_run, "cpu")
     caps = capabilities(config, codec)
@@ -289,7 +289,7 @@ def test_given_notes_come_where_they_fall():
 
 
 def test_controls_and_time_signature_go_into_the_header(loaded):
-    from midigen.sample import generate
+    from midigen.generate.sample import generate
 
     model, codec, _ = loaded
     controls = [codec.key_token(14), codec.density_token(1)]

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from midigen.ngram import KneserNey, unigram_log2prob
+from midigen.eval.ngram import KneserNey, unigram_log2prob
 
 
 def _songs(rng, n, vocab, bos):
@@ -75,8 +75,8 @@ def test_eval_cli_beats_unigram_on_real_music(repo_root, python_exe, tiny_datase
     assert ev["bits_per_token"] == pytest.approx(ev["loss"] / np.log(2))
     assert ev["bits_per_note"] == pytest.approx(ev["bits_per_token"] * ev["tokens"] / ev["notes"])
     # bits per second: the same bits over the seconds of music the scored tokens cover
-    from midigen.dataset import Dataset, eval_positions
-    from midigen.timing import positions_seconds
+    from midigen.data.dataset import Dataset, eval_positions
+    from midigen.music.timing import positions_seconds
 
     sp = Dataset(tiny_dataset).split("test")
     secs = positions_seconds(sp.codec, sp.tokens, eval_positions(sp, len(sp)))
@@ -99,8 +99,8 @@ def test_scoring_without_full_logits_gives_the_same_bits(support):
     import torch
     import torch.nn.functional as F
 
-    from midigen.evaluate import score_rows
-    from midigen.model import GPT, GPTConfig
+    from midigen.eval.evaluate import score_rows
+    from midigen.model.model import GPT, GPTConfig
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=192, n_layer=2, n_head=2, n_embd=32, block_size=24)).eval()

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import symusic
 
-from midigen.codec import Codec, key_name, parse_key
-from midigen.keys import estimate_key, pitch_class_histogram, score_signature_key, signature_key, song_key
+from midigen.music.codec import Codec, key_name, parse_key
+from midigen.data.keys import estimate_key, pitch_class_histogram, score_signature_key, signature_key, song_key
 
 
 def _melody(pitches, tpq=480, key_signature=None) -> symusic.Score:
@@ -97,7 +97,7 @@ def test_real_music21_pieces(music21_dir):
 
 
 def test_prepare_records_keys(tmp_path):
-    from midigen.prepare import prepare
+    from midigen.data.prepare import prepare
 
     src = tmp_path / "src"
     src.mkdir()

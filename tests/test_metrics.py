@@ -6,8 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from midigen import metrics
-from midigen.codec import Codec
+from midigen.eval import metrics
+from midigen.music.codec import Codec
 from songgen import make_song, write_songs
 
 

@@ -6,7 +6,7 @@ import subprocess
 
 import torch
 
-from midigen.model import GPT, GPTConfig, padded_vocab
+from midigen.model.model import GPT, GPTConfig, padded_vocab
 
 
 def test_124m_config_has_gpt2_small_size(python_exe, repo_root):
@@ -79,8 +79,8 @@ def test_output_support_is_a_normalized_smoothed_distribution(tmp_path):
 
     import torch.nn.functional as F
 
-    from midigen.checkpoint import load_checkpoint, save_checkpoint
-    from midigen.codec import Codec
+    from midigen.model.checkpoint import load_checkpoint, save_checkpoint
+    from midigen.music.codec import Codec
 
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=128, n_layer=1, n_head=2, n_embd=32, block_size=16)).eval()

@@ -14,9 +14,10 @@ import types
 import pytest
 
 import pooltask
-from midigen import corpus, fsutil, workers
-from midigen.prepare import prepare
-from midigen.workers import WorkerPool, usable_cpus
+from midigen import fsutil
+from midigen.data import corpus, workers
+from midigen.data.prepare import prepare
+from midigen.data.workers import WorkerPool, usable_cpus
 
 
 def test_cpu_count_without_sched_getaffinity(monkeypatch):

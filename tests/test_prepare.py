@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 import faults
-import midigen.prepare
+import midigen.data.prepare
 from conftest import PYTHON, REPO, TESTS
 from hostile import write_hostile
-from midigen.codec import Codec
-from midigen.prepare import prepare
-from midigen.splits import split_of
+from midigen.music.codec import Codec
+from midigen.data.prepare import prepare
+from midigen.data.splits import split_of
 from songgen import make_song_bytes, write_songs
 
 OUTPUTS = ("train.bin", "val.bin", "test.bin", "meta.json", "files.jsonl")
@@ -80,7 +80,7 @@ def faulty_cli(*args, env=None, **popen):
 @pytest.fixture
 def chunk_files(monkeypatch):
     """Sets prepare's files per chunk (tests force many small chunks)."""
-    return lambda n: monkeypatch.setattr(midigen.prepare, "CHUNK_FILES", n)
+    return lambda n: monkeypatch.setattr(midigen.data.prepare, "CHUNK_FILES", n)
 
 
 @pytest.fixture
@@ -88,10 +88,10 @@ def inject(monkeypatch):
     """Runs prepare's workers with tests/faults.py's faults (a spec as in MIDIGEN_FAULTS); None stops them."""
     def set_faults(spec):
         if spec is None:
-            monkeypatch.setattr(midigen.prepare, "WORKER_TASK", "midigen.prepare:encode_chunk")
+            monkeypatch.setattr(midigen.data.prepare, "WORKER_TASK", "midigen.data.prepare:encode_chunk")
             monkeypatch.delenv("MIDIGEN_FAULTS", raising=False)
         else:
-            monkeypatch.setattr(midigen.prepare, "WORKER_TASK", faults.TASK)
+            monkeypatch.setattr(midigen.data.prepare, "WORKER_TASK", faults.TASK)
             monkeypatch.setenv("MIDIGEN_FAULTS", spec)
     return set_faults
 
@@ -350,7 +350,7 @@ def test_kill_while_publishing_never_leaves_a_mixed_set(tmp_path, songs_dir, mon
     """A re-prepare into a used folder is SIGKILLed between its renames: readers must refuse the
     folder (before the fix they read the new train.bin with the old files.jsonl offsets), and the
     rerun completes it byte for byte."""
-    from midigen.dataset import Dataset
+    from midigen.data.dataset import Dataset
     from midigen.errors import MidigenError
 
     small = tmp_path / "small"
@@ -546,9 +546,9 @@ def test_lakh_download_failure_exits_1(tmp_path, monkeypatch):
 
 
 def test_demo_source_uses_the_demo_corpus(tmp_path, music21_dir, monkeypatch):
-    import midigen.corpus
+    import midigen.data.corpus
 
-    monkeypatch.setattr(midigen.corpus, "demo_corpus_dir", lambda progress=True: music21_dir)
+    monkeypatch.setattr(midigen.data.corpus, "demo_corpus_dir", lambda progress=True: music21_dir)
     s = prepare(["demo"], tmp_path / "out", workers=1, progress=False)
     names = [r["name"] for r in rows_of(tmp_path / "out")]
     assert s["kept"] >= 20 and all(n.startswith("demo/") for n in names)
@@ -557,8 +557,8 @@ def test_demo_source_uses_the_demo_corpus(tmp_path, music21_dir, monkeypatch):
 def test_demo_sets_aside_a_corpus_and_model_of_an_older_codec(tmp_path, monkeypatch):
     """`make demo` after a codec bump moves the old corpus and model aside (never deletes them) and
     keeps current ones."""
-    from midigen import demo
-    from midigen.codec import CODEC_VERSION
+    from midigen.cli import demo
+    from midigen.music.codec import CODEC_VERSION
 
     data, run = tmp_path / "data" / "demo", tmp_path / "out" / "model"
     (run / "last").mkdir(parents=True)

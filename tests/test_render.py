@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import symusic
 
-from midigen.codec import Codec
+from midigen.music.codec import Codec
 from midigen.errors import UsageError
-from midigen.render import default_soundfont, play, write_piano_roll, write_wav
-from midigen.sample import notes_end_seconds
+from midigen.generate.render import default_soundfont, play, write_piano_roll, write_wav
+from midigen.generate.sample import notes_end_seconds
 from songgen import make_song
 
 

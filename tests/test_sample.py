@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from midigen.codec import DRUMS, Codec
+from midigen.music.codec import DRUMS, Codec
 from midigen.generate.grammar import Grammar
-from midigen.sample import generate, generate_samples, load_prompt, notes_end_seconds, sample_score
+from midigen.generate.sample import generate, generate_samples, load_prompt, notes_end_seconds, sample_score
 from songgen import make_song, make_song_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +31,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory):
-    from midigen.checkpoint import save_checkpoint
-    from midigen.model import GPT, GPTConfig, padded_vocab
+    from midigen.model.checkpoint import save_checkpoint
+    from midigen.model.model import GPT, GPTConfig, padded_vocab
 
     codec = Codec()
     data = np.concatenate([codec.encode_score(make_song(s)).astype(np.int64) for s in range(24)])
@@ -58,7 +58,7 @@ def tiny_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_ckpt):
-    from midigen.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import load_checkpoint
 
     model, codec, _ = load_checkpoint(tiny_ckpt, "cpu")
     return model, codec
@@ -238,7 +238,7 @@ def test_prompt_notes_come_back(loaded, tmp_path):
 
 
 def test_silence_and_loops_are_reported():
-    from midigen.sample import Sample, find_problems
+    from midigen.generate.sample import Sample, find_problems
 
     codec = Codec()
     head = list(codec.header([0], 120.0))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from midigen.codec import Codec, Kind
-from midigen.sequences import (EditTask, edit_prompt, emit, given_positions, song_units, split_units,
+from midigen.music.codec import Codec, Kind
+from midigen.music.sequences import (EditTask, edit_prompt, emit, given_positions, song_units, split_units,
                                training_edit_sequence, written_tokens)
 from songgen import make_song
 

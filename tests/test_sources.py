@@ -8,9 +8,9 @@ import zipfile
 
 import pytest
 
-from midigen import sources as S
+from midigen.data import sources as S
 from midigen.errors import UsageError
-from midigen.smf import sanitize_smf, unwrap_rmid
+from midigen.music.smf import sanitize_smf, unwrap_rmid
 from songgen import make_song_bytes
 
 
@@ -103,9 +103,8 @@ def test_sanitize_clamps_chunks_and_unwrap_rmid():
 
 
 def test_demo_pieces_and_subset_export(tmp_path, monkeypatch):
-    from midigen import corpus
-
-    from midigen.ensembles import COLLECTIONS
+    from midigen.data import corpus
+    from midigen.data.ensembles import COLLECTIONS
 
     pieces = corpus.demo_pieces()
     assert len(pieces) > 1000
@@ -122,7 +121,7 @@ def test_demo_pieces_and_subset_export(tmp_path, monkeypatch):
 
 
 def test_music21_fixture_is_real_music(music21_dir):
-    from midigen.codec import Codec
+    from midigen.music.codec import Codec
 
     codec = Codec()
     mids = sorted(music21_dir.rglob("*.mid"))

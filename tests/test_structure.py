@@ -1,24 +1,41 @@
-"""The package's shape: no import cycles (lazy imports inside functions count too), and the
-Linux-only calls appear only inside the helpers that fall back from them."""
+"""The package's shape, as DESIGN.md draws it: one folder per stage, no import cycles between modules
+(imports inside functions count too), no import from a stage into an earlier one, imports at the top of
+files, and the Linux-only calls only inside the helpers that fall back from them."""
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "midigen"
+# Data flows left to right; a module may import from its own stage and from earlier ones only.
+STAGES = ["music", "data", "model", "eval", "train", "generate", "studio", "cli"]  # train runs eval
+BASE = {"midigen", "midigen.errors", "midigen.fsutil", "midigen.device"}  # shared by every stage
 
 
-def imports_of(path: Path) -> set[str]:
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in PKG.rglob("*.py")}
+
+
+def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
     """midigen modules that ``path`` imports anywhere in its code."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module == "midigen":
-            out |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("midigen."):
-            out.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("midigen"):
+            out |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("midigen.")}
-    return {m for m in out if (PKG / f"{m}.py").exists() and m != path.stem}
+            out |= {a.name for a in node.names if a.name.startswith("midigen")}
+    return {m for m in out if m in modules and m != module_name(path)} - {"midigen"}
+
+
+def stage_of(module: str) -> int:
+    """-1 for the shared base modules; the stage's index otherwise."""
+    parts = module.split(".")
+    return STAGES.index(parts[1]) if len(parts) > 1 and parts[1] in STAGES else -1
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -43,9 +60,21 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def import_graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {m: imports_of(p, modules) for m, p in modules.items()}
+
+
+def test_every_module_sits_in_a_stage_folder():
+    loose = {m for m in all_modules() if stage_of(m) == -1} - BASE - {"midigen.__main__"}
+    assert not loose, f"modules outside the stage folders: {sorted(loose)}"
+    folders = {p.name for p in PKG.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert folders == set(STAGES), folders
+
+
 def test_no_import_cycles():
-    graph = {p.stem: imports_of(p) for p in PKG.glob("*.py")}
-    assert {"workers", "fsutil"} <= graph["corpus"] and "prepare" not in graph["corpus"]
+    graph = import_graph()
+    assert {"midigen.data.workers", "midigen.fsutil"} <= graph["midigen.data.corpus"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself works
 
@@ -53,7 +82,7 @@ def test_no_import_cycles():
 def test_linux_only_calls_only_inside_their_fallbacks():
     allowed = {"sched_getaffinity": ("workers.py", "usable_cpus"), "fcntl": ("fsutil.py", "file_lock"),
                "msvcrt": ("fsutil.py", "file_lock"), "prctl": ("workers.py", "_die_with_parent")}
-    for path in PKG.glob("*.py"):
+    for path in PKG.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for fn in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.Module))]:
             body = fn.body if isinstance(fn, ast.FunctionDef) else [n for n in fn.body

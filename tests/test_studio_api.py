@@ -72,9 +72,9 @@ def version_score(base: str, pid: str, vid: str) -> symusic.Score:
 
 
 def test_listener_sees_every_token_and_can_stop_generation(ckpt):
-    from midigen.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import load_checkpoint
     from midigen.errors import Cancelled
-    from midigen.sample import generate_samples
+    from midigen.generate.sample import generate_samples
 
     model, codec, _ = load_checkpoint(ckpt, "cpu")
     seen = []
@@ -200,7 +200,7 @@ def test_a_reader_crash_or_hang_costs_that_file_only():
 
 
 def test_a_hanging_synthesizer_is_stopped_and_another_rate_tried(tmp_path, song):
-    from midigen.render import find_soundfont
+    from midigen.generate.render import find_soundfont
     from midigen.studio.audio import AudioCache
     from midigen.studio.workspace import Workspace
 
@@ -422,7 +422,7 @@ def roll_notes(base: str, pid: str, vid: str, full: bool = False) -> Counter:
 
 
 def test_progress_places_each_edit_chunk_on_the_songs_tempo_map(edit_run, slow_song):
-    from midigen.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import load_checkpoint
     from midigen.generate.edit import infill_edits
     from midigen.studio.jobs import Progress
     from midigen.studio.roll import score_roll

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, REPO
-from midigen.prepare import prepare
+from midigen.data.prepare import prepare
 from songgen import make_song_bytes
 
 
@@ -103,9 +103,9 @@ def test_styles_csv_tab_separated_over_an_archive(tmp_path, library):
 
 
 def test_demo_source_is_tagged_by_collection(tmp_path, music21_dir, monkeypatch):
-    import midigen.corpus
+    import midigen.data.corpus
 
-    monkeypatch.setattr(midigen.corpus, "demo_corpus_dir", lambda progress=True: music21_dir)
+    monkeypatch.setattr(midigen.data.corpus, "demo_corpus_dir", lambda progress=True: music21_dir)
     s = prepare(["demo"], tmp_path / "out", workers=1, progress=False)
     rows = rows_of(tmp_path / "out")
     kept = [r for r in rows.values() if r["split"]]

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from midigen import timing
-from midigen.codec import Codec
+from midigen.music import timing
+from midigen.music.codec import Codec
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from midigen.config import load_config, parse_overrides
+from midigen.train.config import load_config, parse_overrides
 from midigen.errors import UsageError
 
 TEST_TOML = "configs/test.toml"
@@ -74,8 +74,8 @@ def test_unknown_key_exits_2_with_suggestion(repo_root, python_exe, tmp_path):
 def test_editing_windows_learn_only_what_the_model_writes(tiny_dataset):
     """An editing window learns its base header, the context and the written notes; not the EDIT part
     (the user's choice), not the jump into the song's middle, not the given notes the decoder forces."""
-    from midigen.dataset import Dataset, WindowSampler
-    from midigen.sequences import given_positions
+    from midigen.data.dataset import Dataset, WindowSampler
+    from midigen.music.sequences import given_positions
 
     sp = Dataset(tiny_dataset).split("train")
     codec = sp.codec
@@ -97,7 +97,7 @@ def test_editing_windows_learn_only_what_the_model_writes(tiny_dataset):
 
 
 def test_windows_carry_the_song_header(tiny_dataset):
-    from midigen.dataset import Dataset, WindowSampler
+    from midigen.data.dataset import Dataset, WindowSampler
 
     ds = Dataset(tiny_dataset)
     sp = ds.split("train")
@@ -130,7 +130,7 @@ def test_windows_carry_the_song_header(tiny_dataset):
 
 
 def test_eval_rows_score_each_token_once(tiny_dataset):
-    from midigen.dataset import Dataset, eval_positions, eval_rows
+    from midigen.data.dataset import Dataset, eval_positions, eval_rows
 
     sp = Dataset(tiny_dataset).split("val")
     for budget in (10**9, 777):
@@ -207,7 +207,7 @@ def test_sigkill_then_resume_equals_uninterrupted(repo_root, python_exe, tiny_da
     other = tmp_path / "other_codec"
     shutil.copytree(tiny_dataset, other)
     meta = json.loads((other / "meta.json").read_text())
-    from midigen.codec import Codec, CodecParams
+    from midigen.music.codec import Codec, CodecParams
 
     meta["codec"] = Codec(CodecParams(velocity_levels=8)).to_dict()
     (other / "meta.json").write_text(json.dumps(meta))
@@ -250,7 +250,7 @@ def test_wandb_flag_without_wandb_warns(repo_root, python_exe, tiny_dataset, tmp
 
 
 def test_resume_schedule_never_jumps():
-    from midigen.schedule import Schedule, resume_schedule
+    from midigen.train.schedule import Schedule, resume_schedule
 
     done = Schedule(lr=6e-4, min_lr=6e-5, warmup_steps=700, decay_end=10_000)
     assert resume_schedule(done, done, 10_000) == (done, None)  # same settings: exact resume
@@ -293,8 +293,8 @@ def test_resume_with_more_steps_keeps_the_lr_floor(repo_root, python_exe, tiny_d
 def test_prefetcher_gives_the_samplers_batches_in_order(tiny_dataset):
     import torch
 
-    from midigen.dataset import Dataset, WindowSampler
-    from midigen.loader import Prefetcher
+    from midigen.data.dataset import Dataset, WindowSampler
+    from midigen.train.loader import Prefetcher
 
     sampler = WindowSampler(Dataset(tiny_dataset).split("train"), 64, seed=5)
     pf = Prefetcher(sampler, 4, start=3, stop=6, micros=2, rank=1, world=2, device=torch.device("cpu"))

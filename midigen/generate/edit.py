@@ -1,7 +1,7 @@
 """Edit a song: rewrite a span (``infill``) or write new parts over it (``arrange``).
 
 Both are one task for the engine: the model reads the song's context on both sides of a hole
-(``midigen.sequences``: ``HOLE ... HOLE_END`` in the events, then ``FILL``) and writes the hole's
+(``midigen.music.sequences``: ``HOLE ... HOLE_END`` in the events, then ``FILL``) and writes the hole's
 notes for the target instruments, under the edit grammar (``Grammar.for_edit``); with a v3 codec the
 kept notes inside the hole are forced into the written part where they fall (``Grammar.force_notes``),
 so what is written lines up with them. A long span is written
@@ -26,11 +26,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import symusic
 
-from midigen.codec import DRUMS, Codec, CodecError, Kind, instrument_name
+from midigen.music.codec import DRUMS, Codec, CodecError, Kind, instrument_name
 from midigen.errors import UsageError
 from midigen.generate.engine import Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
-from midigen.sequences import EditTask, Units, edit_prompt, song_units
+from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -326,7 +326,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
                  device=None, listener: Listener | None = None) -> list[Edit]:
     """``infill`` with what changed, for the command's report."""
-    from midigen.timing import tick_at_seconds
+    from midigen.music.timing import tick_at_seconds
 
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from midigen.codec import Codec
+from midigen.music.codec import Codec
 from midigen.device import autocast, sampling_dtype
 from midigen.errors import Cancelled, UsageError
 from midigen.generate.grammar import Grammar

@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from midigen.codec import N_INSTRUMENTS, N_PITCHES, Codec, Kind
-from midigen.timing import seconds_per_step
+from midigen.music.codec import N_INSTRUMENTS, N_PITCHES, Codec, Kind
+from midigen.music.timing import seconds_per_step
 
 # phases
 HEAD = 0  # after BOS: INSTs, then TEMPO

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from midigen import __version__
-from midigen.codec import DRUMS, instrument_name
+from midigen.music.codec import DRUMS, instrument_name
 from midigen.studio import schemas as S
 from midigen.studio.audio import AudioCache
 from midigen.studio.jobs import Engine, Job, JobQueue

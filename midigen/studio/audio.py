@@ -34,7 +34,7 @@ def render_file(job: dict, blob=None) -> tuple[float, None]:
     import numpy as np
     import symusic
 
-    from midigen.render import write_wav
+    from midigen.generate.render import write_wav
     from midigen.studio.timing import TempoMap
 
     midi, wav, soundfont, rate = job["midi"], job["wav"], job["soundfont"], int(job["rate"])

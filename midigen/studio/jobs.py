@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from midigen.codec import DRUMS, Codec, instrument_name, parse_instrument
+from midigen.music.codec import DRUMS, Codec, instrument_name, parse_instrument
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.studio import splice
 from midigen.studio.roll import instruments_of, stream_notes, written_notes
@@ -54,11 +54,11 @@ def _seen(model, codec: Codec) -> list[int]:
 
 
 def capabilities(config: dict, model, codec: Codec) -> dict:
-    """What the checkpoint can be asked for (``midigen.checkpoint.capabilities``), over the defaults of
+    """What the checkpoint can be asked for (``midigen.model.checkpoint.capabilities``), over the defaults of
     a checkpoint that records nothing: continue and generate with the instruments its output knows."""
     caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
             "keys": [], "densities": []}
-    from midigen.checkpoint import capabilities as from_checkpoint
+    from midigen.model.checkpoint import capabilities as from_checkpoint
 
     return {**caps, **from_checkpoint(config, codec)}
 
@@ -89,7 +89,7 @@ class Engine:
     """One loaded checkpoint and the four things the studio asks of it."""
 
     def __init__(self, ckpt, device):
-        from midigen.checkpoint import load_checkpoint
+        from midigen.model.checkpoint import load_checkpoint
 
         self.model, self.codec, self.config = load_checkpoint(ckpt, device)
         self.device = device
@@ -111,7 +111,7 @@ class Engine:
         """The request's style / key / density (and meter, for generate) -> (control ids, (n, d) or None),
         resolved as ``sample --style/--key/--density/--time-signature`` are: a name the checkpoint never
         learned is a UsageError listing the ones it did. Edits keep the song's own meter (no such field)."""
-        from midigen.controls import resolve
+        from midigen.generate.controls import resolve
 
         pick = lambda k: req.get(k) or None  # noqa: E731  ("" from a form means: the model chooses)
         return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
@@ -146,7 +146,7 @@ class Engine:
         return getattr(self, "_" + kind)(req, score, progress)
 
     def _generate(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.sample import generate_samples, sample_score
+        from midigen.generate.sample import generate_samples, sample_score
 
         insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
         controls, meter = self.steering(req)
@@ -160,7 +160,7 @@ class Engine:
         return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.sample import generate_samples
+        from midigen.generate.sample import generate_samples
 
         extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device)
         p = splice.plan(self.codec, score, req.get("at_seconds"))
@@ -174,7 +174,7 @@ class Engine:
         return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": kw["seed"]})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.edit import infill  # the editing engine (issue 10)
+        from midigen.cli.edit import infill  # the editing engine (issue 10)
 
         kw = _sampling(req, self.device)
         insts = self.instruments(req.get("instruments")) or None
@@ -186,7 +186,7 @@ class Engine:
                 for i, sc in enumerate(scores)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.edit import arrange  # the editing engine (issue 10)
+        from midigen.cli.edit import arrange  # the editing engine (issue 10)
 
         kw = _sampling(req, self.device)
         add = self.instruments(req.get("add"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from midigen.codec import DRUMS, Codec, instrument_name
+from midigen.music.codec import DRUMS, Codec, instrument_name
 from midigen.studio.timing import TempoMap, grid, meters
 
 

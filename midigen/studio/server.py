@@ -124,7 +124,7 @@ def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio",
     import uvicorn
 
     from midigen.device import best_device
-    from midigen.render import find_soundfont
+    from midigen.generate.render import find_soundfont
 
     dev = best_device(device)
     soundfont = find_soundfont()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import symusic
 
-from midigen.codec import DRUMS, Codec, CodecError, instrument_name
+from midigen.music.codec import DRUMS, Codec, CodecError, instrument_name
 from midigen.errors import UsageError
 from midigen.studio.roll import instruments_of, track_instrument
 from midigen.studio.timing import TempoMap

@@ -10,8 +10,8 @@ re-written by symusic, which is what the studio stores and later reads in-proces
 from __future__ import annotations
 
 from midigen.errors import MidigenError
-from midigen.prepare import MAX_NOTES
-from midigen.sources import MAX_FILE_BYTES
+from midigen.data.prepare import MAX_NOTES
+from midigen.data.sources import MAX_FILE_BYTES
 from midigen.studio.sandbox import Refused, Sandbox, SandboxError, serve
 
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # the same 16 MiB as prepare
@@ -43,7 +43,7 @@ def check_midi(data: bytes) -> tuple[bytes, dict]:
     """-> (the song as symusic writes it, facts); UploadError with a one-line reason otherwise."""
     import symusic
 
-    from midigen.codec import Codec, CodecError
+    from midigen.music.codec import Codec, CodecError
 
     if not data:
         raise UploadError("the file is empty")

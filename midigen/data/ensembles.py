@@ -11,7 +11,7 @@ play together and `midigen arrange` has parts to keep and parts to write:
 - ``quartet``: Haydn, Mozart and Beethoven string quartets, two violins, viola, cello;
 - ``fiddle``: tunes of Ryan's Mammoth Collection on a solo violin;
 - ``tune-with-chords``: other tunes of that collection with a piano vamping chords found from the
-  melody and an acoustic bass (see `midigen.accompany`).
+  melody and an acoustic bass (see `midigen.data.accompany`).
 """
 from __future__ import annotations
 
@@ -121,8 +121,8 @@ def export_piece(root: str | Path, collection: str, path: str) -> bytes:
     """MIDI bytes of one corpus piece scored for its collection's ensemble (SkipPiece if it does not fit)."""
     from music21 import converter, stream
 
-    from midigen.accompany import accompany
-    from midigen.scoremidi import conductor, part_notes, write_midi
+    from midigen.data.accompany import accompany
+    from midigen.data.scoremidi import conductor, part_notes, write_midi
 
     spec = COLLECTIONS[collection]
     score = converter.parse(str(Path(root) / path), forceSource=True)

@@ -16,8 +16,8 @@ import time
 import numpy as np
 import torch
 
-from midigen.checkpoint import unwrap
-from midigen.dataset import eval_rows
+from midigen.model.checkpoint import unwrap
+from midigen.data.dataset import eval_rows
 from midigen.errors import MidigenError, UsageError
 
 LN2 = math.log(2.0)
@@ -91,10 +91,10 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
              device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False) -> dict:
     """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict;
     ``controls`` adds ``control_cost``."""
-    from midigen.checkpoint import load_checkpoint, resolve
-    from midigen.dataset import Dataset, eval_positions, eval_rows
+    from midigen.model.checkpoint import load_checkpoint, resolve
+    from midigen.data.dataset import Dataset, eval_positions, eval_rows
     from midigen.device import best_device, compute_dtype
-    from midigen.timing import positions_seconds
+    from midigen.music.timing import positions_seconds
 
     ds = Dataset(data)
     path = resolve(ckpt)
@@ -135,7 +135,7 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
 
 def _ngram_baseline(ds, sp, pos: np.ndarray, order: int, notes: int, music_s: float) -> dict:
     """A Kneser-Ney n-gram fit on (the start of) the train split, scored on the tokens at ``pos``."""
-    from midigen.ngram import KneserNey, unigram_log2prob
+    from midigen.eval.ngram import KneserNey, unigram_log2prob
 
     codec = ds.codec
     train = ds.split("train")

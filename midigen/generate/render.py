@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from midigen.codec import DRUMS, instrument_name
+from midigen.music.codec import DRUMS, instrument_name
 from midigen.errors import MidigenError, UsageError
 
 PEAK = 0.89  # -1 dBFS: loud enough to hear, never clipping

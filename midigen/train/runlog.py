@@ -18,7 +18,7 @@ class RunLog:
             self.path.unlink(missing_ok=True)
         else:  # resume: drop rows of steps that will be redone, so the curve has no duplicates
             from midigen.fsutil import atomic_write_text
-            from midigen.plot import read_log
+            from midigen.train.plot import read_log
 
             rows = [r for r in read_log(self.path) if r.get("step", 0) <= keep_upto_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))

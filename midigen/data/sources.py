@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from midigen import corpus
+from midigen.data import corpus
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import cache_dir
 

@@ -6,7 +6,7 @@ style the file was tagged with), one ``KEY`` and one ``DENSITY``. The meanings c
 
 * styles: the train split's style names, sorted, one slot each (the 64 most common when there are
   more), so slot numbers are the same for everyone reading the same dataset;
-* keys: the file's key (signature or estimate, see ``midigen.keys``);
+* keys: the file's key (signature or estimate, see ``midigen.data.keys``);
 * density: notes per second against the train split's terciles (low < first edge <= medium <
   second edge <= high), so "high" means dense *for this corpus*.
 
@@ -21,7 +21,7 @@ from collections import Counter
 
 import numpy as np
 
-from midigen.codec import DENSITY_LEVELS, N_STYLES, Codec, key_name, parse_key
+from midigen.music.codec import DENSITY_LEVELS, N_STYLES, Codec, key_name, parse_key
 from midigen.errors import UsageError
 
 DROP_P = 0.3  # chance that each control (styles, key, density) is left out of a training header
@@ -133,7 +133,7 @@ def resolve(capabilities: dict, codec: Codec, style: str | None = None, key: str
 
 def check_instruments(capabilities: dict, instruments) -> None:
     """Refuse instruments the checkpoint never saw (it could only write noise for them)."""
-    from midigen.codec import instrument_name
+    from midigen.music.codec import instrument_name
 
     seen = capabilities.get("instruments")
     if not instruments or not seen:
@@ -146,7 +146,7 @@ def check_instruments(capabilities: dict, instruments) -> None:
 
 def from_cli(args, config: dict, codec: Codec, instruments=None) -> tuple[list[int], tuple | None]:
     """The ``--style/--key/--density/--time-signature`` flags (see ``cli._add_control_flags``) -> ids, meter."""
-    from midigen.checkpoint import capabilities
+    from midigen.model.checkpoint import capabilities
 
     caps = capabilities(config, codec)
     check_instruments(caps, instruments)

@@ -51,7 +51,7 @@ def _print_json(obj) -> None:
 
 
 def cmd_roundtrip(a) -> int:
-    from midigen.codec import Codec, fidelity
+    from midigen.music.codec import Codec, fidelity
     from midigen.fsutil import atomic_write_bytes
 
     codec = Codec()
@@ -73,7 +73,7 @@ def cmd_roundtrip(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    from midigen.prepare import prepare
+    from midigen.data.prepare import prepare
 
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
@@ -86,18 +86,18 @@ def cmd_prepare(a) -> int:
 
 def cmd_info(a) -> int:
     if a.ckpt:
-        from midigen.checkpoint import describe
+        from midigen.model.checkpoint import describe
 
         _print_json(describe(a.ckpt))
         return 0
-    from midigen.train import model_info
+    from midigen.train.train import model_info
 
     _print_json(model_info(a.config, a.overrides))
     return 0
 
 
 def cmd_train(a) -> int:
-    from midigen.train import train_from_cli
+    from midigen.train.train import train_from_cli
 
     train_from_cli(a.config, a.overrides, resume=a.resume, use_wandb=a.wandb)
     return 0
@@ -105,13 +105,13 @@ def cmd_train(a) -> int:
 
 def cmd_eval(a) -> int:
     if a.samples:
-        from midigen.metrics import compare_samples
+        from midigen.eval.metrics import compare_samples
 
         _print_json(compare_samples(a.samples, a.data, split=a.split))
         return 0
     if not a.ckpt:
         raise UsageError("eval needs --ckpt DIR (model) or --samples DIR (generated MIDI)")
-    from midigen.evaluate import evaluate
+    from midigen.eval.evaluate import evaluate
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
                          controls=a.controls))
@@ -119,21 +119,21 @@ def cmd_eval(a) -> int:
 
 
 def cmd_sample(a) -> int:
-    from midigen.sample import sample_from_cli
+    from midigen.generate.sample import sample_from_cli
 
     sample_from_cli(a)
     return 0
 
 
 def cmd_infill(a) -> int:
-    from midigen.edit import infill_from_cli
+    from midigen.cli.edit import infill_from_cli
 
     infill_from_cli(a)
     return 0
 
 
 def cmd_arrange(a) -> int:
-    from midigen.edit import arrange_from_cli
+    from midigen.cli.edit import arrange_from_cli
 
     arrange_from_cli(a)
     return 0

@@ -12,12 +12,12 @@ Design, and why:
   time limit is killed and replaced, that file is recorded as skipped, and the chunk is redone
   without it.
 - The merge follows the workers: as soon as the next shard in chunk order exists it is merged
-  (duplicate contents dropped, first one wins; the split from the file alone, ``midigen.splits``,
+  (duplicate contents dropped, first one wins; the split from the file alone, ``midigen.data.splits``,
   so adding files never moves old ones; tokens streamed into the .bin files), so little is left
   when the last chunk finishes. Memory stays at a few chunks.
 - Outputs are written under ``.work`` and published as one set, with ``meta.json`` as the commit
   record: it is removed before the first rename and renamed into place after the last, and
-  ``midigen.dataset`` only trusts files it opened while one same ``meta.json`` stood. A kill at any
+  ``midigen.data.dataset`` only trusts files it opened while one same ``meta.json`` stood. A kill at any
   point, or a reader arriving at any point, never pairs new token files with old offsets. (Why not
   one directory swap: a folder cannot atomically replace a non-empty one with portable calls, and
   swapping a symlink needs privileges on Windows.)
@@ -36,11 +36,11 @@ from pathlib import Path
 
 import numpy as np
 
-from midigen import sources as S
+from midigen.data import sources as S
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
-from midigen.splits import SPLITS, SplitRule
-from midigen.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
+from midigen.data.splits import SPLITS, SplitRule
+from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -59,7 +59,7 @@ CHUNK_FILES = 256  # per-chunk costs (a shard file, a round trip) stay under 3 u
 CHUNK_BYTES = 8 * 1024 * 1024
 SHARD_MAGIC = b"MGSHARD1"
 JOB_VERSION = 1
-WORKER_TASK = "midigen.prepare:encode_chunk"  # what the workers run, by name (they are spawned)
+WORKER_TASK = "midigen.data.prepare:encode_chunk"  # what the workers run, by name (they are spawned)
 OUTPUTS = ("train.bin", "val.bin", "test.bin", "files.jsonl", "meta.json")  # meta.json last: the commit
 
 
@@ -77,7 +77,7 @@ class _Encoder:
     """Per-process codec: the compiled encoder (``codec_jit``) when it passes its check, else numpy."""
 
     def __init__(self):
-        from midigen.codec import Codec, CodecError
+        from midigen.music.codec import Codec, CodecError
 
         self.CodecError = CodecError
         self.codec = Codec()
@@ -85,8 +85,7 @@ class _Encoder:
         self.fast = None
         if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
             try:
-                from midigen import codec_jit
-
+                from midigen.music import codec_jit
                 self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
             except Exception:  # numba unusable here (no cache location, ...): numpy does the same work
                 self.fast = None
@@ -159,7 +158,7 @@ class _Encoder:
 
     def song_fields(self, score, tokens, secs: float) -> dict:
         """The facts a kept file's row records for the controls: key (and where from), meter, length."""
-        from midigen.keys import song_key
+        from midigen.data.keys import song_key
 
         key, source = song_key(self.codec, score, tokens)
         head = tokens[: self.codec.header_length(tokens[:200])]
@@ -410,11 +409,11 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
             progress=True, split="hash", style_from=None, styles=None) -> dict:
     """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring).
 
-    ``split`` is a ``midigen.splits`` method: "hash" (``val_frac``/``test_frac`` of the files, by
+    ``split`` is a ``midigen.data.splits`` method: "hash" (``val_frac``/``test_frac`` of the files, by
     content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
-    ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.styles``).
+    ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.data.styles``).
     """
-    from midigen.styles import make_tagger, split_source
+    from midigen.data.styles import make_tagger, split_source
 
     t0 = time.monotonic()
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
@@ -489,7 +488,7 @@ def _resolve_sources(sources: list[str], url, progress: bool) -> list:
 
 
 def _codec_dict() -> dict:
-    from midigen.codec import Codec
+    from midigen.music.codec import Codec
 
     return Codec().to_dict()
 
@@ -504,7 +503,7 @@ class _Merge:
     """
 
     def __init__(self, work: Path, chunk_list: list, rule: SplitRule, tagger=None):
-        from midigen.styles import StyleTagger
+        from midigen.data.styles import StyleTagger
 
         self.work, self.chunk_list, self.rule = work, chunk_list, rule
         self.tagger = tagger or StyleTagger([], [])
@@ -620,7 +619,7 @@ class _Merge:
             "vocab_size": codec["vocab_size"],
             "dtype": "uint16",
             "splits": self.split_stats,
-            "split": split,  # how files were assigned: method and settings (midigen.splits)
+            "split": split,  # how files were assigned: method and settings (midigen.data.splits)
             "split_rule": split["rule"],
             "sources": list(sources),
             "files": self.seen,

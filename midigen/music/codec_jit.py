@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from midigen.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, CodecError
+from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, CodecError
 
 try:
     import numba

@@ -423,7 +423,7 @@ class Codec:
     # ----- encoding ---------------------------------------------------------------------------
 
     def read_midi(self, data: bytes) -> symusic.Score:
-        from midigen.smf import sanitize_smf, unwrap_rmid
+        from midigen.music.smf import sanitize_smf, unwrap_rmid
 
         try:
             score = symusic.core.ScoreTick.from_midi(sanitize_smf(unwrap_rmid(bytes(data))), False)
@@ -935,7 +935,7 @@ def fidelity(codec: Codec, original: symusic.Score, decoded: symusic.Score) -> d
         onset_ok[i] = abs(tb[k] - ta[i]) <= 1 / 24 + 1e-9
         dur_ok[i] = abs(db[k] - da[i]) <= max(1 / 12, 0.2 * da[i]) + 1e-9
         vel_ok[i] = abs(int(vb[k]) - int(a["velocity"][i])) <= 8
-    from midigen.timing import notes_end_seconds
+    from midigen.music.timing import notes_end_seconds
 
     len_in, len_out = notes_end_seconds(original), notes_end_seconds(decoded)
     return {

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from midigen.config import TrainConfig, load_config
-from midigen.distributed import Dist
+from midigen.train.config import TrainConfig, load_config
+from midigen.train.distributed import Dist
 from midigen.errors import MidigenError, UsageError
-from midigen.runlog import warn as _warn
+from midigen.train.runlog import warn as _warn
 
 
 # ----- info -------------------------------------------------------------------------------------
@@ -37,10 +37,10 @@ from midigen.runlog import warn as _warn
 
 def _vocab_for(data_dir) -> int:
     """The codec vocabulary of the dataset when it exists, else the default codec's."""
-    from midigen.codec import Codec
+    from midigen.music.codec import Codec
 
     if (Path(data_dir) / "meta.json").exists():
-        from midigen.dataset import read_meta
+        from midigen.data.dataset import read_meta
 
         try:
             return Codec.from_dict(read_meta(data_dir)["codec"]).vocab_size
@@ -50,7 +50,7 @@ def _vocab_for(data_dir) -> int:
 
 
 def model_info(config_path, overrides=None) -> dict:
-    from midigen.model import GPT, padded_vocab
+    from midigen.model.model import GPT, padded_vocab
 
     cfg = load_config(config_path, overrides)
     gcfg = _gpt_config(cfg, padded_vocab(_vocab_for(cfg.data)))
@@ -68,7 +68,7 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 
 
 def _gpt_config(cfg: TrainConfig, vocab_size: int):
-    from midigen.model import GPTConfig
+    from midigen.model.model import GPTConfig
 
     return GPTConfig(vocab_size=vocab_size, dropout=cfg.dropout, **{k: getattr(cfg, k) for k in SHAPE_KEYS})
 
@@ -170,8 +170,8 @@ def _clear_run_dir(out: Path, resume: bool, cfg: TrainConfig) -> None:
 
 def _load_init(cfg: TrainConfig, codec):
     """Weights to fine-tune from: the checkpoint's architecture, this config's dropout."""
-    from midigen.checkpoint import load_checkpoint
-    from midigen.model import GPT, GPTConfig
+    from midigen.model.checkpoint import load_checkpoint
+    from midigen.model.model import GPT, GPTConfig
 
     model, ck_codec, config = load_checkpoint(cfg.init_from, device="cpu")
     if ck_codec.to_dict() != codec.to_dict():
@@ -193,7 +193,7 @@ def _load_init(cfg: TrainConfig, codec):
 
 def _load_resume(out: Path, cfg: TrainConfig, codec):
     """The run's last/ model (with this config's dropout) and its training state."""
-    from midigen.checkpoint import load_checkpoint, load_train_state
+    from midigen.model.checkpoint import load_checkpoint, load_train_state
 
     model, ck_codec, _ = load_checkpoint(out / "last", device="cpu")
     if ck_codec.to_dict() != codec.to_dict():
@@ -217,7 +217,7 @@ def _saved_schedule(state: dict):
     """The schedule a run was following when it saved (older runs: the one its config described)."""
     from types import SimpleNamespace
 
-    from midigen.schedule import Schedule
+    from midigen.train.schedule import Schedule
 
     if "schedule" in state:
         return Schedule.from_dict(state["schedule"])
@@ -244,20 +244,20 @@ class Run:
     # ---- setup phases
 
     def _open_data(self) -> None:
-        from midigen.dataset import Dataset
+        from midigen.data.dataset import Dataset
 
         self.ds = Dataset(self.cfg.data)
         self.codec = self.ds.codec
 
     def _recover(self) -> None:
-        from midigen.checkpoint import recover
+        from midigen.model.checkpoint import recover
 
         for name in ("best", "last"):
             recover(self.out / name)  # finish a swap a kill interrupted, before anyone looks
 
     def _build_model(self) -> None:
-        from midigen.model import GPT, padded_vocab
-        from midigen.schedule import Schedule
+        from midigen.model.model import GPT, padded_vocab
+        from midigen.train.schedule import Schedule
 
         cfg = self.cfg
         state = None
@@ -282,7 +282,7 @@ class Run:
 
     def _restore(self, state: dict) -> None:
         """Continue from last/'s training state: optimizer, step, best loss, RNG, and the lr schedule."""
-        from midigen.schedule import resume_schedule
+        from midigen.train.schedule import resume_schedule
 
         self.opt.load_state_dict(state["optimizer"])
         self.start_step = int(state["step"])
@@ -298,7 +298,7 @@ class Run:
         if not self.cfg.restrict_vocab:
             model.set_support(None)
             return
-        from midigen.dataset import token_support
+        from midigen.data.dataset import token_support
 
         support = set(token_support(self.ds.split("train"), self.cfg.transpose).tolist())
         support |= set(getattr(model, "init_support", None) or [])  # fine-tuning keeps what it knew
@@ -329,8 +329,8 @@ class Run:
 
     def _build_data(self) -> None:
         """The training windows and the fixed evaluation rows (with their notes and seconds of music)."""
-        from midigen.dataset import WindowSampler, eval_positions, eval_rows
-        from midigen.timing import positions_seconds
+        from midigen.data.dataset import WindowSampler, eval_positions, eval_rows
+        from midigen.music.timing import positions_seconds
 
         cfg, val = self.cfg, self.ds.split("val")
         self.sampler = WindowSampler(self.ds.split("train"), cfg.block_size, cfg.seed, transpose=cfg.transpose,
@@ -342,7 +342,7 @@ class Run:
         self.eval_bs = cfg.eval_batch_size or cfg.batch_size
 
     def _start_log(self, use_wandb: bool, progress: bool) -> None:
-        from midigen.runlog import RunLog, start_wandb
+        from midigen.train.runlog import RunLog, start_wandb
 
         cfg = self.cfg
         wb = start_wandb(cfg, self.out, self.resume) if use_wandb else None
@@ -366,7 +366,7 @@ class Run:
     # ---- the loop
 
     def loop(self) -> dict:
-        from midigen.loader import Prefetcher
+        from midigen.train.loader import Prefetcher
 
         cfg, dist = self.cfg, self.dist
         loader = Prefetcher(self.sampler, cfg.batch_size, self.start_step, cfg.steps, cfg.grad_accum, dist.rank,
@@ -457,7 +457,7 @@ class Run:
     # ---- evaluation and checkpoints
 
     def _evaluate(self) -> dict:
-        from midigen.evaluate import score_rows, summarize
+        from midigen.eval.evaluate import score_rows, summarize
 
         dist = self.dist
         nats = score_rows(self.raw, self.ex, self.ey, self.eval_bs, self.device, self.dtype, dist.rank, dist.world)
@@ -478,7 +478,7 @@ class Run:
 
     def _record(self, step: int, ev: dict, is_best: bool) -> None:
         """Rank 0: the eval row, the checkpoints, the plot and one line for the user."""
-        from midigen.plot import plot_losses
+        from midigen.train.plot import plot_losses
 
         self.log.write({"step": step, **ev, "elapsed": self.elapsed0 + time.time() - self.t_start})
         self._save(step, ev, is_best)
@@ -492,7 +492,7 @@ class Run:
             msg + ("  (best)" if is_best else ""))
 
     def _save(self, step: int, ev: dict, is_best: bool) -> None:
-        from midigen.checkpoint import save_checkpoint
+        from midigen.model.checkpoint import save_checkpoint
 
         cfg = self.cfg
         info = {"step": step, "tokens_seen": step * self.tokens_per_step, "data": str(cfg.data),

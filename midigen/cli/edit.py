@@ -10,7 +10,7 @@ import json
 import secrets
 from pathlib import Path
 
-from midigen.codec import Codec, CodecError, instrument_name
+from midigen.music.codec import Codec, CodecError, instrument_name
 from midigen.errors import MidigenError, UsageError
 from midigen.generate.edit import (Edit, arrange, arrange_edits, bars_to_seconds, infill,  # noqa: F401
                                    infill_edits, instruments_of_score)
@@ -31,7 +31,7 @@ def parse_bars(text: str) -> tuple[int, int]:
 
 
 def _instrument_list(text: str | None, flag: str) -> list[int] | None:
-    from midigen.codec import parse_instrument
+    from midigen.music.codec import parse_instrument
 
     if text is None:
         return None
@@ -68,12 +68,12 @@ def _check_flags(a) -> None:
 def _load(a, wanted: list[int]):
     """(model, codec, device, soundfont, controls) once the checkpoint is known to edit and to know
     ``wanted``; ``controls`` are the ids of ``--style/--key/--density`` (checked against what it learned)."""
-    from midigen.checkpoint import capabilities, load_checkpoint
+    from midigen.model.checkpoint import capabilities, load_checkpoint
     from midigen.device import best_device
 
     soundfont = None
     if a.wav or a.play:
-        from midigen.render import find_soundfont
+        from midigen.generate.render import find_soundfont
 
         soundfont = find_soundfont(getattr(a, "soundfont", None))
     device = best_device(getattr(a, "device", None))
@@ -86,7 +86,7 @@ def _load(a, wanted: list[int]):
     if unknown:
         raise UsageError("the model never saw " + ", ".join(instrument_name(i) for i in unknown)
                          + " in training: choose among " + ", ".join(instrument_name(i) for i in caps["instruments"]))
-    from midigen.controls import from_cli
+    from midigen.generate.controls import from_cli
 
     controls, _ = from_cli(a, config, codec)
     return model, codec, device, soundfont, controls
@@ -111,11 +111,11 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
         files = [(base.with_suffix(".mid"), "midi")]
         atomic_write_bytes(files[0][0], bytes(e.score.dumps_midi()))
         if a.wav or a.play:
-            from midigen.render import write_wav
+            from midigen.generate.render import write_wav
 
             files.append((write_wav(e.score, base.with_suffix(".wav"), soundfont=soundfont), "wav"))
         if a.png:
-            from midigen.render import write_piano_roll
+            from midigen.generate.render import write_piano_roll
 
             title = f"midigen {task} {i} (seed {seed}): " + ", ".join(info["instruments"])
             files.append((write_piano_roll(e.score, base.with_suffix(".png"), title=title,
@@ -123,7 +123,7 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
         for path, kind in files:
             print(json.dumps({"file": str(path), "kind": kind, **info}), flush=True)
     if a.play:
-        from midigen.render import play
+        from midigen.generate.render import play
 
         for i in range(len(edits)):
             if not play(out / f"{stem}-{task}-{seed}-{i}.wav"):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from midigen.codec import Codec, CodecError, Kind, instrument_name, parse_instrument
+from midigen.music.codec import Codec, CodecError, Kind, instrument_name, parse_instrument
 from midigen.device import best_device
-from midigen.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
+from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
@@ -309,7 +309,7 @@ def _parse_instruments(text: str | None) -> list[int] | None:
 
 def sample_from_cli(a) -> None:
     """``midigen sample``: check every flag first, then load, generate, write and report."""
-    from midigen.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import load_checkpoint
     from midigen.fsutil import atomic_write_bytes
 
     if a.prompt_seconds is not None and a.prompt is None:
@@ -323,7 +323,7 @@ def sample_from_cli(a) -> None:
         raise UsageError(f"prompt {a.prompt} does not exist")
     soundfont = None
     if a.wav or a.play or a.soundfont:
-        from midigen.render import find_soundfont
+        from midigen.generate.render import find_soundfont
 
         soundfont = find_soundfont(a.soundfont)
     out = Path(a.out)
@@ -332,7 +332,7 @@ def sample_from_cli(a) -> None:
     device = best_device(a.device)
 
     model, codec, config = load_checkpoint(a.ckpt, device)
-    from midigen.controls import from_cli
+    from midigen.generate.controls import from_cli
 
     controls, time_signature = from_cli(a, config, codec, instruments)
     prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
@@ -356,19 +356,19 @@ def sample_from_cli(a) -> None:
         atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
         print(base.with_suffix(".mid"), flush=True)
         if a.wav or a.play:
-            from midigen.render import write_wav
+            from midigen.generate.render import write_wav
 
             write_wav(score, base.with_suffix(".wav"), soundfont=soundfont)
             print(base.with_suffix(".wav"), flush=True)
         if a.png:
-            from midigen.render import write_piano_roll
+            from midigen.generate.render import write_piano_roll
 
             write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
             print(base.with_suffix(".png"), flush=True)
         print(f"sample {i}: {summary(codec, s, score)}", flush=True)
     print(f"seed {seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
-        from midigen.render import play
+        from midigen.generate.render import play
 
         for i in range(len(samples)):
             if not play(out / f"{stamp}-{i}.wav"):

@@ -1,7 +1,7 @@
 """The embedded default corpus `demo`: real music from the music21 corpus, exported to MIDI once.
 
 music21 ships scores (MusicXML, ABC, Humdrum) in its wheel, so a fresh clone has real music without
-any download. Each collection of `midigen.ensembles` (a style: chorale, palestrina, quartet, fiddle,
+any download. Each collection of `midigen.data.ensembles` (a style: chorale, palestrina, quartet, fiddle,
 tune-with-chords) is exported into its own folder, ``<cache>/demo-corpus-v2/<collection>/...``, with
 every part on its own instrument. Exporting runs in worker processes with a per-piece time limit
 and is cached; each piece is written atomically and failures leave a ``.skip`` note, so a killed
@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from midigen.fsutil import atomic_write_bytes, atomic_write_text, cache_dir, file_lock
-from midigen.workers import WorkerPool, usable_cpus
+from midigen.data.workers import WorkerPool, usable_cpus
 
 DEMO_VERSION = "demo-corpus-v2"
 PIECE_TIMEOUT = 20.0
@@ -33,7 +33,7 @@ def music21_corpus_root() -> Path:
 
 def demo_pieces() -> list[str]:
     """The demo pieces as ``<collection>/<corpus-relative path>``, sorted (export order and file names)."""
-    from midigen.ensembles import COLLECTIONS
+    from midigen.data.ensembles import COLLECTIONS
 
     root = music21_corpus_root()
     return sorted(f"{name}/{path}" for name, spec in COLLECTIONS.items() for path in spec.files(root))
@@ -45,7 +45,7 @@ def _dest_name(piece: str) -> str:
 
 def demo_style(relpath: str) -> str | None:
     """The collection (style) of a file of the exported corpus, from its path under the corpus folder."""
-    from midigen.ensembles import COLLECTIONS
+    from midigen.data.ensembles import COLLECTIONS
 
     head = Path(relpath).parts[0] if Path(relpath).parts else ""
     return head if head in COLLECTIONS else None
@@ -89,7 +89,7 @@ def export_task(payload, failed: dict, state) -> tuple:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from midigen.ensembles import export_piece
+                from midigen.data.ensembles import export_piece
 
                 collection, path = piece.split("/", 1)
                 data = export_piece(root, collection, path)
@@ -121,7 +121,7 @@ def export_subset(pieces, dest, progress: bool = True, workers: int | None = Non
         workers = workers or min(usable_cpus(), max(1, len(todo) // batch))
         tasks = ((k, (root, str(dest), todo[k : k + batch]), len(todo[k : k + batch]))
                  for k in range(0, len(todo), batch))
-        pool = WorkerPool(workers, "midigen.corpus:export_task", timeout)
+        pool = WorkerPool(workers, "midigen.data.corpus:export_task", timeout)
         try:
             pool.run(tasks, lambda _id, result: bar.update(sum(result)))
         finally:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from midigen.codec import Codec, Kind
+from midigen.music.codec import Codec, Kind
 
 # order of units at the same time step: tempo changes, then markers, then notes (the encoder's order)
 _ORDER_TEMPO, _ORDER_MARK, _ORDER_NOTE = 0, 1, 2

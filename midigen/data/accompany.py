@@ -5,13 +5,13 @@ The music21 wheel's fiddle tunes carry no chord symbols (a handful of quoted "D"
 gets the diatonic triad of the tune's key that covers its notes best, weighted by duration and
 beat, with a Viterbi pass that prefers holding a chord and starting and ending on the tonic. They
 are played "boom-chick": the bass on the strong beats (root, then fifth), the chord on the others,
-closed position just under the melody. Times are quarter notes, as in `midigen.scoremidi`.
+closed position just under the melody. Times are quarter notes, as in `midigen.data.scoremidi`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from midigen.scoremidi import Bar
+from midigen.data.scoremidi import Bar
 
 MAJOR_STEPS = (0, 2, 4, 5, 7, 9, 11)
 CHORD_LOW = 55  # G3: the chord's lowest note sits at or above it, closed position

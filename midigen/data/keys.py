@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from midigen.codec import DRUMS, N_PITCHES, Codec, key_name
+from midigen.music.codec import DRUMS, N_PITCHES, Codec, key_name
 
 # Krumhansl & Kessler (1982), probe-tone ratings for C major and C minor (tonic first)
 MAJOR_PROFILE = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
