@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import symusic
 
-from midigen import corpus, ensembles
+from midigen.data import corpus, ensembles
 from midigen.data.accompany import accompany, candidate_chords, scale_of
 from midigen.data.scoremidi import Bar, measure_order
 
