@@ -386,7 +386,7 @@ def test_cli_refuses_bad_input(tiny_ckpt, tmp_path, case):
 
 def test_commands_and_the_studio_share_the_nucleus_default():
     """sample, infill and arrange (and the studio's API) sample with top-p 0.95 unless told; 1 turns it off."""
-    from midigen.cli import build_parser
+    from midigen.cli.main import build_parser
     from midigen.generate.defaults import TOP_P
     from midigen.studio.schemas import Sampling
 
