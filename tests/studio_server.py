@@ -130,7 +130,7 @@ def wait_job(base: str, job: dict, timeout: float = 300, pace: float = 0.0) -> t
 
 def misbehaving_reader(conn) -> None:
     """The upload reader's child, except that files starting CRASH abort it and HANG hang it."""
-    from midigen.studio.sandbox import serve
+    from midigen.generate.sandbox import serve
     from midigen.studio.upload import check_midi as real
 
     def check(args: dict, data: bytes):
@@ -147,7 +147,7 @@ def misbehaving_reader(conn) -> None:
 def synth_hanging_at_44100(conn) -> None:
     """The audio renderer's child, except that the synthesizer hangs at 44,100 Hz (as symusic's can)."""
     from midigen.studio.audio import render_file
-    from midigen.studio.sandbox import serve
+    from midigen.generate.sandbox import serve
 
     def render(job: dict, blob):
         if job["rate"] == 44100:

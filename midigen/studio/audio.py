@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from midigen.errors import MidigenError
-from midigen.studio.sandbox import Refused, Sandbox, SandboxError, serve
+from midigen.generate.sandbox import Refused, Sandbox, SandboxError, serve
 from midigen.studio.workspace import Conflict, Workspace
 
 SAMPLE_RATES = (44100, 48000)  # the second is tried when the synthesizer hangs at the first
