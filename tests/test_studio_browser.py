@@ -71,7 +71,7 @@ def _open_page(browser, url):
     problems = []
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     pg.on("console", lambda m: m.type == "error" and "status of 4" not in m.text and problems.append(m.text))
-    pg.goto(url + "/")
+    pg.goto(url)  # the address `midigen studio` printed, with its token
     pg.wait_for_function("window.studioReady === true", timeout=20_000)
     yield pg
     context.close()
@@ -80,12 +80,12 @@ def _open_page(browser, url):
 
 @pytest.fixture
 def page(browser, server):
-    yield from _open_page(browser, server.url)
+    yield from _open_page(browser, server.page_url)
 
 
 @pytest.fixture
 def edit_page(browser, edit_server):
-    yield from _open_page(browser, edit_server.url)
+    yield from _open_page(browser, edit_server.page_url)
 
 
 @pytest.fixture(scope="module")
