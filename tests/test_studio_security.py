@@ -151,6 +151,7 @@ def test_no_token_is_refused_off_loopback_with_exit_2(tmp_path):
                         (["--host", "192.168.1.7", "--no-token"], "only on loopback"),
                         (["--no-token", "--token", "abc"], "contradict"),
                         (["--token", ""], "non-empty"),
+                        (["--token", "a&b"], "letters, digits"),
                         (["--allow-host", "http://x.example"], "--allow-host")):
         res = subprocess.run([sys.executable, "-m", "midigen", "studio", "--ckpt", str(tmp_path / "none"), *args],
                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

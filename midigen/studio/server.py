@@ -8,6 +8,7 @@ sits ``security.Guard``: a request from anywhere but the page the user opened ge
 """
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 import sys
@@ -34,6 +35,7 @@ from midigen.studio.security import Guard, Policy, is_loopback
 from midigen.studio.upload import Reader, UploadError
 from midigen.studio.workspace import Conflict, Limits, NotFound, Workspace
 
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")  # what a URL's query carries as is
 STATIC = Path(str(resources.files("midigen.studio") / "static"))
 STATUS = [(NotFound, 404), (CannotEdit, 409), (Conflict, 409), (QueueFull, 429), (UploadError, 400),
           (RenderError, 422), (UsageError, 400), (MidigenError, 400)]
@@ -117,7 +119,7 @@ def _url(host: str, sock: socket.socket, token: str | None) -> str:
     return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
 
 
-def policy_for(host: str, token: str | None, no_token: bool, allow_hosts=()) -> tuple[str | None, tuple[str, ...]]:
+def access_flags(host: str, token: str | None, no_token: bool, allow_hosts=()) -> tuple[str | None, tuple[str, ...]]:
     """(the token to require, the extra host names) from the flags; a fresh token unless one is given.
 
     Without a token, any program or web page that reaches the port could drive the studio, so
@@ -127,8 +129,8 @@ def policy_for(host: str, token: str | None, no_token: bool, allow_hosts=()) -> 
         raise UsageError("--token and --no-token contradict each other: give one")
     if no_token and not is_loopback(host):
         raise UsageError(f"--no-token is allowed only on loopback (127.0.0.1, ::1, localhost), not --host {host}")
-    if token is not None and (not token or any(c.isspace() or c in ";,\"" for c in token)):
-        raise UsageError("--token must be non-empty, without spaces, quotes, commas or semicolons")
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise UsageError("--token must be non-empty and use only letters, digits and - _ . ~ (it goes in a URL)")
     names = []
     for name in allow_hosts:
         clean = name.strip().lower().strip("[]")
@@ -144,7 +146,7 @@ def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio",
     """Check the flags, load the checkpoint once, print the address (with the token), serve until Ctrl+C."""
     import uvicorn  # start-up time
 
-    token, names = policy_for(host, token, no_token, allow_hosts)
+    token, names = access_flags(host, token, no_token, allow_hosts)
     dev = best_device(device)
     soundfont = find_soundfont()
     sock = _bind(host, port)
