@@ -24,7 +24,7 @@ import pytest
 import symusic
 
 from songgen import make_song, make_song_bytes
-from studio_server import (ROOT, Server, call, misbehaving_reader, synth_hanging_at_44100, tiny_checkpoint,
+from studio_server import (ROOT, Server, auth, call, misbehaving_reader, synth_hanging_at_44100, tiny_checkpoint,
                            wait_job)
 
 
@@ -172,7 +172,8 @@ def _declare_upload(base: str, length: int) -> bytes:
     """Send only the headers of an upload of ``length`` bytes; -> the raw response."""
     host, port = base.split("//")[1].split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
-        sock.sendall(f"POST /api/pieces/upload?name=big.mid HTTP/1.1\r\nHost: {host}\r\n"
+        sock.sendall(f"POST /api/pieces/upload?name=big.mid HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                     f"Authorization: {auth(base)['Authorization']}\r\n"
                      f"Content-Type: audio/midi\r\nContent-Length: {length}\r\n\r\n".encode())
         return sock.recv(4096)
 
@@ -214,7 +215,7 @@ def test_a_hanging_synthesizer_is_stopped_and_another_rate_tried(tmp_path, song)
         with wave.open(str(audio.wav(pid, vid))) as w:
             assert w.getframerate() == 48000 and w.getnframes() > 30 * 48000
         assert 4.0 <= time.time() - t < 30
-        assert audio.box.proc is not None and audio.box.proc.is_alive()  # a fresh child took over
+        assert audio.renderer.box.proc is not None and audio.renderer.box.proc.is_alive()  # a fresh child took over
     finally:
         audio.close()
 

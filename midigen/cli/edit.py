@@ -12,6 +12,7 @@ from pathlib import Path
 
 from midigen.music.codec import Codec, CodecError, instrument_name
 from midigen.errors import MidigenError, UsageError
+from midigen.generate.synth import Renderer, wav_beside
 from midigen.generate.edit import (Edit, arrange, arrange_edits, bars_to_seconds, infill,  # noqa: F401
                                    infill_edits, instruments_of_score)
 
@@ -102,18 +103,19 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
     stem = Path(a.song).stem
+    renderer = Renderer(soundfont) if a.wav or a.play else None
     for i, e in enumerate(edits):
         base = out / f"{stem}-{task}-{seed}-{i}"
         info = {"sample": i, "seed": seed, "task": task,
                 "span_seconds": [round(x, 3) for x in e.span_seconds],
                 "instruments": [instrument_name(t) for t in e.targets],
                 "notes_written": e.written, "notes_removed": e.removed}
-        files = [(base.with_suffix(".mid"), "midi")]
-        atomic_write_bytes(files[0][0], bytes(e.score.dumps_midi()))
-        if a.wav or a.play:
-            from midigen.generate.render import write_wav
-
-            files.append((write_wav(e.score, base.with_suffix(".wav"), soundfont=soundfont), "wav"))
+        midi = base.with_suffix(".mid")
+        atomic_write_bytes(midi, bytes(e.score.dumps_midi()))
+        print(json.dumps({"file": str(midi), "kind": "midi", **info}), flush=True)  # before a render can fail
+        files = []
+        if renderer is not None and (wav := wav_beside(renderer, e.score, midi)):
+            files.append((wav, "wav"))
         if a.png:
             from midigen.generate.render import write_piano_roll
 
@@ -122,6 +124,8 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
                                            highlight=(e.span_seconds, e.targets)), "png"))
         for path, kind in files:
             print(json.dumps({"file": str(path), "kind": kind, **info}), flush=True)
+    if renderer is not None:
+        renderer.close()
     if a.play:
         from midigen.generate.render import play
 

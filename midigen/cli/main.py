@@ -162,7 +162,8 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
 def cmd_studio(a) -> int:
     from midigen.studio.server import run
 
-    run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device)
+    run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device,
+        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host)
     return 0
 
 
@@ -301,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where pieces and versions are kept (default out/studio)")
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    s.add_argument("--token", default=None, metavar="VALUE",
+                   help="the token the page and API clients must show (default: a new random one, printed in "
+                        "the address)")
+    s.add_argument("--no-token", action="store_true",
+                   help="need no token (only with a loopback --host; the Host and Origin checks still apply)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="also accept requests addressed to NAME (e.g. behind a proxy); repeatable. By default only "
+                        "the --host address, localhost and (on loopback) 127.0.0.1 and [::1] are accepted")
     s.set_defaults(func=cmd_studio)
     return p
 

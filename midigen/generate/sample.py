@@ -22,6 +22,7 @@ from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F40
 from midigen.errors import UsageError
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
+from midigen.generate.synth import Renderer, wav_beside
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -337,6 +338,9 @@ def sample_from_cli(a) -> None:
     controls, time_signature = from_cli(a, config, codec, instruments)
     prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
+    renderer = Renderer(soundfont) if a.wav or a.play else None  # its child starts while the model samples
+    if renderer is not None:
+        renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
     samples = generate_samples(
         model, codec, num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens,
@@ -355,17 +359,16 @@ def sample_from_cli(a) -> None:
         base = out / f"{stamp}-{i}"
         atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
         print(base.with_suffix(".mid"), flush=True)
-        if a.wav or a.play:
-            from midigen.generate.render import write_wav
-
-            write_wav(score, base.with_suffix(".wav"), soundfont=soundfont)
-            print(base.with_suffix(".wav"), flush=True)
+        if renderer is not None and (wav := wav_beside(renderer, score, base.with_suffix(".mid"))):
+            print(wav, flush=True)
         if a.png:
             from midigen.generate.render import write_piano_roll
 
             write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
             print(base.with_suffix(".png"), flush=True)
         print(f"sample {i}: {summary(codec, s, score)}", flush=True)
+    if renderer is not None:
+        renderer.close()
     print(f"seed {seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
         from midigen.generate.render import play

@@ -12,7 +12,7 @@ from __future__ import annotations
 from midigen.errors import MidigenError
 from midigen.data.prepare import MAX_NOTES
 from midigen.data.sources import MAX_FILE_BYTES
-from midigen.studio.sandbox import Refused, Sandbox, SandboxError, serve
+from midigen.generate.sandbox import Refused, Sandbox, SandboxError, serve
 
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # the same 16 MiB as prepare
 MAX_SECONDS = 10 * 60.0  # the studio renders the whole piece as audio: 10 minutes is ~106 MB of WAV

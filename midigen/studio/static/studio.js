@@ -480,6 +480,8 @@ function wire() {
 }
 
 async function init() {
+  // the first load carries ?token=…; the server has put it in a cookie, so keep it out of the address bar
+  if (new URLSearchParams(location.search).has("token")) history.replaceState(null, "", location.pathname + location.hash);
   wire();
   const [info, pieces] = await Promise.all([api.info(), api.pieces()]);
   state.info = info;
