@@ -29,7 +29,7 @@ SUFFIXES = {"maj": "", "min": "m", "dim": "dim", "aug": "aug", "sus4": "sus4",
 # what a chord is as a triad, for comparing with analyses that name triads (sus4 stays itself)
 TRIAD_OF = {"maj": "maj", "min": "min", "dim": "dim", "aug": "aug", "sus4": "sus4",
             "7": "maj", "maj7": "maj", "m7": "min", "m7b5": "dim"}
-ROOT_NAMES = ("C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
+ROOT_NAMES = ("C", "Db", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B")
 NO_CHORD = 12 * len(QUALITIES)
 VOCAB_SIZE = NO_CHORD + 1
 NO_CHORD_NAME = "N.C."
@@ -60,7 +60,7 @@ def chord_quality(cid: int) -> str | None:
 
 
 def chord_name(cid: int) -> str:
-    """How a lead sheet spells a chord id: C, F#m, Bb7, Ebmaj7, Bm7b5, N.C. (``parse_chords`` reads it back)."""
+    """How a lead sheet spells a chord id: C, F#m, Bb7, Dbmaj7, Bm7b5, N.C. (``parse_chords`` reads it back)."""
     if not 0 <= int(cid) < VOCAB_SIZE:
         raise ValueError(f"not a chord id: {cid}")
     if cid == NO_CHORD:
