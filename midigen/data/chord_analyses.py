@@ -25,7 +25,7 @@ from midigen.music.chords import (NO_CHORD, QUALITIES, TRIAD_OF, chord_id, chord
                                   chord_root)
 from midigen.music.timing import beat_grid
 
-CACHE_VERSION = "chord-analyses-v2"
+CACHE_VERSION = "chord-analyses-v3"
 TRIADS = {"major": "maj", "minor": "min", "diminished": "dim", "augmented": "aug"}
 UNLABELLED = -1
 
@@ -101,6 +101,16 @@ def _edition_shift(midi, chords) -> int:
     return int(np.argmax(fit))
 
 
+def _analysis_positions(numbers: list[int], offsets: list[float], measures: dict[int, float]) -> list[float]:
+    """Where each measure of the score starts in the analysis's quarters (NaN: not analysed), found by
+    its number. A measure the score splits in two at a repeat (both halves keep the number, where the
+    analysis has one whole measure) continues from where its first half starts."""
+    first: dict[int, float] = {}
+    for n, off in zip(numbers, offsets):
+        first.setdefault(n, off)
+    return [measures[n] + off - first[n] if n in measures else np.nan for n, off in zip(numbers, offsets)]
+
+
 def export_with_labels(piece: AnalysedPiece) -> tuple[bytes, dict]:
     """MIDI bytes of the piece's score and its expert labels per beat of that MIDI's beat grid:
     ``{"roots": [...], "triads": [...], "chords": [...]}`` (root -1, triad "" or chord -1 where the
@@ -114,25 +124,23 @@ def export_with_labels(piece: AnalysedPiece) -> tuple[bytes, dict]:
     tracks = [(part.partName or f"Voice {i + 1}", 0, part_notes(part, cond.bars))
               for i, part in enumerate(score.parts)]
     data = write_midi(cond, tracks)
-    numbers = [int(m.number) for m in score.parts[0].getElementsByClass(stream.Measure)]
+    score_measures = list(score.parts[0].getElementsByClass(stream.Measure))
+    numbers = [int(m.number) for m in score_measures]
+    offsets = [float(m.offset) for m in score_measures]
     measures, starts, ends, chords = _expert_chords(piece.analysis)
     midi = symusic.Score.from_midi(data)
-    shift = _edition_shift(midi, chords)
-    labels = [_labels_of(c, shift) for c in chords]
+    transpose = _edition_shift(midi, chords)
+    labels = [_labels_of(c, transpose) for c in chords]
+    where = _analysis_positions(numbers, offsets, measures)
     grid = beat_grid(midi)
-    quarters = grid.starts / midi.ticks_per_quarter
     bar_starts = np.array([b.start for b in cond.bars])
     roots, triads, exact = [], [], []
-    for q in quarters:
-        k = int(np.searchsorted(bar_starts, q + 1e-9, side="right")) - 1
-        bar = cond.bars[k]
-        at = measures.get(numbers[bar.index]) if bar.index < len(numbers) else None
-        j = -1
-        if at is not None:
-            pos = at + (q - bar.start)
-            j = int(np.searchsorted(starts, pos + 1e-9, side="right")) - 1
-            j = j if j >= 0 and pos < ends[j] - 1e-9 else -1
-        root, triad, chord = labels[j] if j >= 0 else (UNLABELLED, None, UNLABELLED)
+    for q in grid.starts / midi.ticks_per_quarter:
+        bar = cond.bars[int(np.searchsorted(bar_starts, q + 1e-9, side="right")) - 1]
+        pos = where[bar.index] + (q - bar.start) if bar.index < len(where) else np.nan
+        j = int(np.searchsorted(starts, pos + 1e-9, side="right")) - 1 if pos == pos else -1
+        ok = j >= 0 and pos < ends[j] - 1e-9
+        root, triad, chord = labels[j] if ok else (UNLABELLED, None, UNLABELLED)
         roots.append(root if triad else UNLABELLED)
         triads.append(triad or "")
         exact.append(chord)
