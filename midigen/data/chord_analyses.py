@@ -25,7 +25,7 @@ from midigen.music.chords import (NO_CHORD, QUALITIES, TRIAD_OF, chord_id, chord
                                   chord_root)
 from midigen.music.timing import beat_grid
 
-CACHE_VERSION = "chord-analyses-v3"
+CACHE_VERSION = "chord-analyses-v4"
 TRIADS = {"major": "maj", "minor": "min", "diminished": "dim", "augmented": "aug"}
 UNLABELLED = -1
 
@@ -113,8 +113,9 @@ def _analysis_positions(numbers: list[int], offsets: list[float], measures: dict
 
 def export_with_labels(piece: AnalysedPiece) -> tuple[bytes, dict]:
     """MIDI bytes of the piece's score and its expert labels per beat of that MIDI's beat grid:
-    ``{"roots": [...], "triads": [...], "chords": [...]}`` (root -1, triad "" or chord -1 where the
-    analysis names nothing the comparison can use: no chord there, or an augmented sixth)."""
+    ``{"roots": [...], "triads": [...], "chords": [...], "aligned": bool}`` (root -1, triad "" or chord
+    -1 where the analysis names nothing the comparison can use: no chord there, or an augmented sixth;
+    ``aligned`` false where the analysis and the score disagree on how many measures the piece has)."""
     from music21 import converter, stream
 
     score = converter.parse(str(piece.score), forceSource=True)
@@ -144,7 +145,10 @@ def export_with_labels(piece: AnalysedPiece) -> tuple[bytes, dict]:
         roots.append(root if triad else UNLABELLED)
         triads.append(triad or "")
         exact.append(chord)
-    return data, {"roots": roots, "triads": triads, "chords": exact}
+    # an analysis that ends more than a measure away from its score was made on another edition
+    # (repeats written out, bars added): its labels drift, and the benchmark says how much it counts
+    aligned = abs(max(numbers) - max(measures)) <= 1 if numbers and measures else False
+    return data, {"roots": roots, "triads": triads, "chords": exact, "aligned": aligned}
 
 
 def cached_piece(piece: AnalysedPiece, folder: Path | None = None) -> tuple[Path, dict]:

@@ -76,17 +76,27 @@ def chord_pitch_classes(cid: int) -> tuple[int, ...]:
     return tuple((root + i) % 12 for i in INTERVALS[chord_quality(cid)])
 
 
-def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(chords x 12 tone masks, root of each, quality prior of each) for the 108 chords."""
-    masks = np.zeros((NO_CHORD, 12))
+def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For the 108 chords: their tones as pitch-class indexes (4 per chord, a triad's 4th is 12, a
+    column of zeros), how many tones each has, its root, its quality prior."""
+    tones = np.full((NO_CHORD, 4), 12)
     for cid in range(NO_CHORD):
-        masks[cid, list(chord_pitch_classes(cid))] = 1.0
+        pcs = chord_pitch_classes(cid)
+        tones[cid, : len(pcs)] = pcs
+    sizes = (tones < 12).sum(axis=1)
     roots = np.arange(NO_CHORD) // len(QUALITIES)
     prior = np.array([QUALITY_PRIOR[QUALITIES[c % len(QUALITIES)]] for c in range(NO_CHORD)])
-    return masks, roots, prior
+    return tones, sizes, roots, prior
 
 
-TEMPLATES, TEMPLATE_ROOTS, TEMPLATE_PRIOR = _templates()
+TEMPLATE_TONES, TEMPLATE_SIZES, TEMPLATE_ROOTS, TEMPLATE_PRIOR = _templates()
+
+
+def _over_tones(values: np.ndarray) -> np.ndarray:
+    """beats x 12 -> beats x 108: the sum of each chord's tones' values. A gather rather than a matrix
+    product: BLAS would start threads for these small matrices, slow on a busy machine."""
+    padded = np.concatenate((values, np.zeros((len(values), 1))), axis=1)
+    return padded[:, TEMPLATE_TONES].sum(axis=2)
 
 
 # ----- the profile of each beat -----------------------------------------------------------------
@@ -146,11 +156,11 @@ def chord_scores(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
     total = profile.sum(axis=1, keepdims=True)
     silent = total[:, 0] <= 0
     x = profile / np.where(total > 0, total, 1.0)
-    inside = x @ TEMPLATES.T
-    missing = (x < PRESENT).astype(np.float64) @ TEMPLATES.T
+    inside = _over_tones(x)
+    missing = _over_tones((x < PRESENT).astype(np.float64))
     bass_total = bass.sum(axis=1, keepdims=True)
     bass_share = bass / np.where(bass_total > 0, bass_total, 1.0)
-    scores = (inside - OUTSIDE_PENALTY * (1.0 - inside) - MISSING_PENALTY * missing / TEMPLATES.sum(axis=1)
+    scores = (inside - OUTSIDE_PENALTY * (1.0 - inside) - MISSING_PENALTY * missing / TEMPLATE_SIZES
               + ROOT_BASS_BONUS * bass_share[:, TEMPLATE_ROOTS] + TEMPLATE_PRIOR)
     out = np.zeros((len(x), VOCAB_SIZE))
     out[:, :NO_CHORD] = np.where(silent[:, None], 0.0, scores)
