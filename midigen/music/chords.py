@@ -37,6 +37,7 @@ NO_CHORD_NAME = "N.C."
 # Scoring weights, tuned by hand on the music21 analyses of `midigen.data.chord_analyses` (benchmarks/chords.py reports the
 # agreement; there is no held-out set of expert labels, so read that figure as fitted, not predicted).
 BASS_WEIGHT = 1.0  # the lowest sounding note counts this much again
+LATE_HALF_WEIGHT = 0.5  # what sounding in the second half of a beat counts (passing notes fall there)
 OUTSIDE_PENALTY = 0.3  # per unit of sounding time outside the chord
 MISSING_PENALTY = 0.35  # per chord tone that sounds less than PRESENT of the beat's profile
 PRESENT = 0.1
@@ -127,8 +128,10 @@ def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros((0, 12)), np.zeros((0, 12))
     lo, hi = grid.starts[0], grid.ends[-1]
     start, end = np.clip(start, lo, hi), np.clip(end, lo, hi)
-    cuts = np.unique(np.concatenate((start, end, grid.starts, [hi])))
-    length = np.diff(cuts)
+    middles = (grid.starts + grid.ends) / 2
+    cuts = np.unique(np.concatenate((start, end, grid.starts, middles, [hi])))
+    beat_of = np.searchsorted(grid.starts, cuts[:-1], side="right") - 1
+    length = np.diff(cuts) * np.where(cuts[:-1] >= middles[beat_of], LATE_HALF_WEIGHT, 1.0)
     first = np.searchsorted(cuts, start)
     stop = np.searchsorted(cuts, end)
     count = np.maximum(stop - first, 0)
