@@ -20,10 +20,9 @@ from midigen.music.chordtext import (ChordSymbol, lead_sheet, parse_chords, read
 from midigen.music.timing import beat_grid
 
 TPQ = 480
-# Chorales whose analysis lines up with the score in the wheel (011 and 015 drift: the edition differs).
-CHORALES = ("riemenschneider001", "riemenschneider004", "riemenschneider006", "riemenschneider008",
-            "riemenschneider010", "riemenschneider012")
-CHORALE_FLOOR = 0.80  # they agree on 88% of the beats at the weights committed with this test
+# The first eight analysed chorales (Riemenschneider 1-8: 594 beats the analyses name a triad on).
+CHORALES = tuple(f"riemenschneider{k:03d}" for k in range(1, 9))
+CHORALE_FLOOR = 0.85  # they agree on 90.9% of the beats at the weights committed with this test
 
 
 def song(bars, meter=(4, 4), drums=None, tempo=100.0) -> symusic.Score:
@@ -119,7 +118,7 @@ def test_labeller_agrees_with_bach_analyses():
         midi, expert = cached_piece(piece)
         got = agreement(label_chords(symusic.Score.from_file(str(midi))).labels, expert)
         beats, hits = beats + got["beats"], hits + got["root_triad"]
-    assert beats > 300
+    assert beats > 500
     assert hits / beats >= CHORALE_FLOOR, f"{hits}/{beats}"
 
 

@@ -5,8 +5,9 @@ Vocabulary: 12 roots x ``QUALITIES`` plus N (no chord), 109 labels with stable i
 and force them as numbers; ``chord_name`` spells one for people.
 
 The labeller reads the sounding pitched notes (drum tracks left out) beat by beat: each pitch class
-counts for the time it sounds within the beat, and the bass (the lowest note sounding at each
-moment) counts again, because harmony is heard from the bottom up. Every chord template is scored
+counts for the time it sounds within the beat (half as much in the beat's second half, where
+passing notes fall), and the bass (the lowest note sounding at each moment) counts again, because
+harmony is heard from the bottom up. Every chord template is scored
 against that profile (its tones present, other tones penalised, tones it lacks penalised) with a
 bonus when the bass is the root; a Viterbi pass then prefers holding a chord over switching, so a
 passing note does not make a chord of its own. All of it is array work: a song takes milliseconds.
