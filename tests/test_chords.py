@@ -238,3 +238,16 @@ def test_cli_bad_or_missing_file_exits_2(repo_root, tmp_path):
     bad.write_bytes(b"MThd not really")
     r = run_cli(repo_root, str(bad))
     assert r.returncode == 2 and "bad song" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_refuses_a_hostile_song_with_billions_of_beats(repo_root, tmp_path):
+    """A note 280,000 quarters long under a 1/64 meter would be 4.5 million beats: one line, exit 2."""
+    s = symusic.Score(TPQ)
+    s.time_signatures.append(symusic.TimeSignature(0, 1, 64))
+    t = symusic.Track("Piano", 0, False)
+    t.notes.append(symusic.Note(0, 2**27, 60, 80))  # MIDI delta times stop at 2**28
+    s.tracks.append(t)
+    hostile = tmp_path / "hostile.mid"
+    hostile.write_bytes(bytes(s.dumps_midi()))
+    r = run_cli(repo_root, str(hostile))
+    assert r.returncode == 2 and "too long to label" in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -161,11 +161,14 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
 
 def cmd_chords(a) -> int:
     from midigen.cli.edit import _read_song  # start-up time
-    from midigen.music.chords import label_chords  # start-up time
+    from midigen.music.chords import ChordError, label_chords  # start-up time
     from midigen.music.chordtext import chord_events, lead_sheet  # start-up time
     from midigen.music.codec import Codec  # start-up time
 
-    song = label_chords(_read_song(Codec(), a.song))
+    try:
+        song = label_chords(_read_song(Codec(), a.song))
+    except ChordError as e:
+        raise UsageError(f"bad song {a.song}: {e}") from None
     if a.json:
         for event in chord_events(song):
             _print_json(event)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from midigen.errors import MidigenError
 from midigen.music.timing import BeatGrid, beat_grid, seconds_at_tick
 
 QUALITIES = ("maj", "min", "dim", "aug", "sus4", "7", "maj7", "m7", "m7b5")
@@ -46,7 +47,14 @@ ROOT_BASS_BONUS = 0.12  # the bass on the root
 QUALITY_PRIOR = {"maj": 0.0, "min": 0.0, "dim": -0.05, "aug": -0.15, "sus4": -0.3,
                  "7": -0.04, "maj7": -0.15, "m7": -0.1, "m7b5": -0.08}
 SWITCH_PENALTY = 0.3  # a change of chord must pay for itself in beats that fit it better
+MAX_BEATS = 50_000  # 7 hours at 120 BPM: beyond, a file is hostile, not music (scoring keeps a few
+# beats x 109 x 4 tables)
+MAX_SOUNDING = 20_000_000  # (note, stretch of the song it sounds in) pairs the profiles may count
 SILENT_NO_CHORD = 0.05  # a beat where nothing sounds leans to N.C. by this much (a short rest keeps the chord)
+
+
+class ChordError(MidigenError):
+    """A song the labeller will not read: too long or too dense to be music (a hostile file)."""
 
 
 def chord_id(root: int, quality: str) -> int:
@@ -137,6 +145,8 @@ def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
     stop = np.searchsorted(cuts, end)
     count = np.maximum(stop - first, 0)
     total = int(count.sum())
+    if total > MAX_SOUNDING:
+        raise ChordError(f"too dense to label: notes sound over {total} stretches (at most {MAX_SOUNDING})")
     # one row per (note, piece it sounds in)
     offsets = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
     piece = np.repeat(first, count) + offsets
@@ -178,7 +188,7 @@ def smooth(scores: np.ndarray, switch_penalty: float | None = None) -> np.ndarra
     n, k = scores.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    back = np.zeros((n, k), dtype=np.int64)
+    back = np.zeros((n, k), dtype=np.int16)
     best = scores[0].copy()
     states = np.arange(k)
     for t in range(1, n):
@@ -213,11 +223,15 @@ class SongChords:
 
 
 def label_chords(score) -> SongChords:
-    """The chord of every beat of a symusic score (any time unit; read in ticks)."""
+    """The chord of every beat of a symusic score (any time unit; read in ticks). ChordError for a file
+    too long or too dense to be music."""
     if score.ticks_per_quarter <= 0:
-        raise ValueError("score has no ticks per quarter")
+        raise ChordError("the song has no ticks per quarter")
     score = score if str(score.ttype).lower().endswith("tick") else score.to("tick")
-    grid = beat_grid(score)
+    try:
+        grid = beat_grid(score, max_beats=MAX_BEATS)
+    except ValueError as e:
+        raise ChordError(f"too long to label: {e}") from None
     chroma, bass = beat_profiles(score, grid)
     labels = smooth(chord_scores(chroma, bass))
     return SongChords(grid, labels, np.asarray(seconds_at_tick(score, grid.starts), dtype=np.float64))

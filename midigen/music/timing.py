@@ -192,17 +192,31 @@ def notes_end_tick(score) -> int:
     return max(ends) if ends else 0
 
 
-def beat_grid(score) -> BeatGrid:
-    """The bars and beats of a (tick-based) symusic score, from its time signatures (see ``BeatGrid``)."""
+def _beats_in(tpq: int, meter: tuple[float, int, int], next_tick: float, end: int) -> int:
+    """How many beats a time signature lays out from its tick to the next one's (or the song's end)."""
+    tick, num, den = meter
+    stop = min(float(next_tick), float(end))
+    return max(0, int(np.ceil((stop - tick) / beat_ticks(tpq, num, den) - 1e-9)))
+
+
+def beat_grid(score, max_beats: int | None = None) -> BeatGrid:
+    """The bars and beats of a (tick-based) symusic score, from its time signatures (see ``BeatGrid``).
+
+    ``max_beats``: a ValueError instead of a grid longer than that (a hostile file's note hours long
+    under a 1/64 meter would otherwise ask for billions of beats).
+    """
     end = notes_end_tick(score)
     meters = _meter_map(score)
+    counts = [_beats_in(score.ticks_per_quarter, m, meters[k + 1][0] if k + 1 < len(meters) else end, end)
+              for k, m in enumerate(meters)]
+    if max_beats is not None and sum(counts) > max_beats:
+        raise ValueError(f"{sum(counts)} beats (at most {max_beats} are labelled)")
     starts, bars, beats = [], [], []
     bar = 0
     for k, (tick, num, den) in enumerate(meters):
-        stop = min(meters[k + 1][0], float(end)) if k + 1 < len(meters) else float(end)
         step = beat_ticks(score.ticks_per_quarter, num, den)
         per_bar = max(1, round(num * score.ticks_per_quarter * 4.0 / den / step))
-        n = max(0, int(np.ceil((stop - tick) / step - 1e-9)))
+        n = counts[k]
         i = np.arange(n)
         starts.append(tick + i * step)
         bars.append(bar + i // per_bar)
