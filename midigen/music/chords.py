@@ -124,16 +124,26 @@ def _pitched_notes(score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return start, end, pitch
 
 
+def _sounding(cuts: np.ndarray, start: np.ndarray, end: np.ndarray, pitch: np.ndarray):
+    """(piece, pitch): one row per note and each piece between ``cuts`` that it sounds through."""
+    first = np.searchsorted(cuts, start)
+    count = np.maximum(np.searchsorted(cuts, end) - first, 0)
+    total = int(count.sum())
+    if total > MAX_SOUNDING:
+        raise ChordError(f"too dense to label: notes sound over {total} stretches (at most {MAX_SOUNDING})")
+    offsets = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+    return np.repeat(first, count) + offsets, np.repeat(pitch, count)
+
+
 def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
     """(pitch-class time, bass pitch-class time), each beats x 12, in ticks of sounding per beat.
 
-    The song is cut at every note start and end and every beat start into pieces where nothing
-    changes; each piece's sounding notes and lowest note are counted for its length, then the
-    pieces are summed beat by beat.
+    The song is cut at every note start and end and every beat start and middle into pieces where
+    nothing changes; each piece's sounding notes and lowest note are counted for its length (times
+    LATE_HALF_WEIGHT in a beat's second half), then the pieces are summed beat by beat.
     """
     start, end, pitch = _pitched_notes(score)
-    n_beats = len(grid)
-    if n_beats == 0:
+    if len(grid) == 0:
         return np.zeros((0, 12)), np.zeros((0, 12))
     lo, hi = grid.starts[0], grid.ends[-1]
     start, end = np.clip(start, lo, hi), np.clip(end, lo, hi)
@@ -141,26 +151,16 @@ def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
     cuts = np.unique(np.concatenate((start, end, grid.starts, middles, [hi])))
     beat_of = np.searchsorted(grid.starts, cuts[:-1], side="right") - 1
     length = np.diff(cuts) * np.where(cuts[:-1] >= middles[beat_of], LATE_HALF_WEIGHT, 1.0)
-    first = np.searchsorted(cuts, start)
-    stop = np.searchsorted(cuts, end)
-    count = np.maximum(stop - first, 0)
-    total = int(count.sum())
-    if total > MAX_SOUNDING:
-        raise ChordError(f"too dense to label: notes sound over {total} stretches (at most {MAX_SOUNDING})")
-    # one row per (note, piece it sounds in)
-    offsets = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-    piece = np.repeat(first, count) + offsets
-    pitch_at = np.repeat(pitch, count)
-    n_pieces = len(length)
-    chroma = np.bincount(piece * 12 + pitch_at % 12, minlength=n_pieces * 12).reshape(n_pieces, 12)
-    lowest = np.full(n_pieces, 128)
+    piece, pitch_at = _sounding(cuts, start, end, pitch)
+    n = len(length)
+    chroma = np.bincount(piece * 12 + pitch_at % 12, minlength=n * 12).reshape(n, 12)
+    lowest = np.full(n, 128)
     np.minimum.at(lowest, piece, pitch_at)
-    bass = np.zeros((n_pieces, 12))
+    bass = np.zeros((n, 12))
     has = lowest < 128
     bass[np.flatnonzero(has), lowest[has] % 12] = 1.0
-    at = np.searchsorted(cuts, grid.starts)
-    weighted = np.concatenate((chroma * length[:, None], bass * length[:, None]), axis=1)
-    per_beat = np.add.reduceat(weighted, at, axis=0)
+    weighted = np.concatenate((chroma, bass), axis=1) * length[:, None]
+    per_beat = np.add.reduceat(weighted, np.searchsorted(cuts, grid.starts), axis=0)
     return per_beat[:, :12], per_beat[:, 12:]
 
 

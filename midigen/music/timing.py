@@ -5,7 +5,8 @@ the last TEMPO token before it in its song. Before a song's first TEMPO token, t
 (as ``Codec.decode`` reads it); a song without one plays at 120 BPM. A BOS starts a new song.
 
 Scores: a MIDI tempo map (ticks, microseconds per quarter); MIDI's default 120 BPM holds until the
-first tempo event.
+first tempo event. Their bars and beats (``beat_grid``) follow the time signatures, 4/4 before the
+first one.
 """
 from __future__ import annotations
 
