@@ -4,10 +4,13 @@ The music21 wheel ships analyses (``*.rntxt``) of 20 Bach chorales (Riemenschnei
 and 48 Monteverdi madrigals, next to the scores they analyse. Each pair is exported here to MIDI the
 way the demo corpus is (`midigen.data.scoremidi`: repeats played out, every part a track) and, for
 every beat of that MIDI file's own beat grid, the analysis's chord at the beat's start is read as
-(root pitch class, triad quality), and as a vocabulary chord where its notes spell one. Three of the
-chorales in the wheel are printed in another key than the one analysed; their labels are moved to
-the score's key (``_edition_shift``). Both are
-cached, so the music21 parsing (about a second a piece) is paid once per machine.
+(root pitch class, triad quality), and as a vocabulary chord where its notes spell one.
+
+Where the wheel's score is not quite the analysed edition: three chorales are printed in another
+key (their labels move to the score's key, ``_edition_shift``); chorales split a measure in two at a
+repeat (``_analysis_positions``); and four analyses end more than a measure away from their score
+(flagged ``aligned: false``, for the benchmark to count apart). MIDI and labels are cached, so the
+music21 parsing (about a second a piece) is paid once per machine.
 """
 from __future__ import annotations
 
