@@ -15,7 +15,7 @@ import symusic
 from midigen.data.chord_analyses import agreement, analysed_pieces, cached_piece
 from midigen.errors import UsageError
 from midigen.music.chords import NO_CHORD, VOCAB_SIZE, chord_id, chord_name, label_chords
-from midigen.music.chordtext import (ChordSymbol, lead_sheet, parse_chords, read_chord_text,
+from midigen.music.chordtext import (ChordSymbol, chart_beats, lead_sheet, parse_chords, read_chord_text,
                                      with_chord_symbols)
 from midigen.music.timing import beat_grid
 
@@ -251,3 +251,13 @@ def test_cli_refuses_a_hostile_song_with_billions_of_beats(repo_root, tmp_path):
     hostile.write_bytes(bytes(s.dumps_midi()))
     r = run_cli(repo_root, str(hostile))
     assert r.returncode == 2 and "too long to label" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_chart_laid_on_a_songs_beats_repeats_and_shares_bars():
+    grid = beat_grid(song([C] * 5))  # five bars of 4/4
+    got = [chord_name(c) for c in chart_beats(parse_chords("C G Am | F"), grid)]
+    assert got == ["C", "C", "G", "Am"] + ["F"] * 4 + ["C", "C", "G", "Am"] + ["F"] * 4 + ["C", "C", "G", "Am"]
+    # the labeller agrees with a chart of what was played
+    played = song([C, AM7, G7, DM7B5])
+    assert np.array_equal(label_chords(played).labels,
+                          chart_beats(parse_chords("C Am7 G7 Dm7b5"), beat_grid(played)))

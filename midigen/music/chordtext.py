@@ -10,10 +10,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import symusic
 
 from midigen.errors import UsageError
 from midigen.music.chords import NO_CHORD, NO_CHORD_NAME, QUALITIES, SongChords, chord_id, chord_name
+from midigen.music.timing import BeatGrid
 
 NOTE_NAMES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 ACCIDENTALS = {"": 0, "#": 1, "b": -1}
@@ -88,6 +90,24 @@ def read_chord_text(arg: str) -> list[list[ChordSymbol]]:
             raise UsageError(f"cannot read chord chart {path}: {getattr(e, 'strerror', None) or e}") from None
         return parse_chords(text)
     return parse_chords(arg)
+
+
+def chart_beats(chart: list[list[ChordSymbol]], grid: BeatGrid) -> np.ndarray:
+    """A chord id for every beat of ``grid`` from a chart: bar k of the song plays the chart's bar
+    k (the chart repeats to the end), its chords sharing the bar's beats equally, the first ones
+    taking the longer shares (three chords in 4/4: 2 + 1 + 1 beats; a chord with no beat left is
+    dropped). The form the labeller's output has, so a request and a song compare beat by beat."""
+    out = np.full(len(grid), NO_CHORD, dtype=np.int64)
+    if not chart or len(grid) == 0:
+        return out
+    bar_start = np.flatnonzero(np.concatenate(([True], grid.bars[1:] != grid.bars[:-1])))
+    bar_end = np.append(bar_start[1:], len(grid))
+    for k, (a, b) in enumerate(zip(bar_start, bar_end)):
+        chords = chart[k % len(chart)]
+        share = -(-np.arange(len(chords) + 1) * (b - a) // len(chords))  # ceil: longer shares first
+        for chord, lo, hi in zip(chords, share[:-1], share[1:]):
+            out[a + lo : a + hi] = chord.id
+    return out
 
 
 # ----- a song's chords as text ------------------------------------------------------------------
