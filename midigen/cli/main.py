@@ -159,6 +159,24 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     _add_control_flags(s, meter=False)
 
 
+def cmd_chords(a) -> int:
+    from midigen.cli.edit import _read_song  # start-up time
+    from midigen.music.chords import ChordError, label_chords  # start-up time
+    from midigen.music.chordtext import chord_events, lead_sheet  # start-up time
+    from midigen.music.codec import Codec  # start-up time
+
+    try:
+        song = label_chords(_read_song(Codec(), a.song))
+    except ChordError as e:
+        raise UsageError(f"bad song {a.song}: {e}") from None
+    if a.json:
+        for event in chord_events(song):
+            _print_json(event)
+    else:
+        print(lead_sheet(song), flush=True)
+    return 0
+
+
 def cmd_studio(a) -> int:
     from midigen.studio.server import run
 
@@ -293,6 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parts to keep (default: every part the song has that is not in --add); others are dropped")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
+
+    s = sub.add_parser("chords", help="print a song's chords bar by bar, as a lead sheet (or JSON lines)",
+                       description="Label each beat of a MIDI file with a chord (drums left out) and print "
+                                   "them bar by bar: | C | G | Am F |")
+    s.add_argument("song", metavar="SONG.mid")
+    s.add_argument("--json", action="store_true",
+                   help="one JSON line per chord change: bar, beat (from 1), seconds, chord, id")
+    s.set_defaults(func=cmd_chords)
 
     s = sub.add_parser("studio", help="a web page to hear, see, generate and continue music (and its JSON API)")
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")

@@ -5,9 +5,12 @@ the last TEMPO token before it in its song. Before a song's first TEMPO token, t
 (as ``Codec.decode`` reads it); a song without one plays at 120 BPM. A BOS starts a new song.
 
 Scores: a MIDI tempo map (ticks, microseconds per quarter); MIDI's default 120 BPM holds until the
-first tempo event.
+first tempo event. Their bars and beats (``beat_grid``) follow the time signatures, 4/4 before the
+first one.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -136,5 +139,90 @@ def tick_at_seconds(score, seconds: float) -> int:
 
 def notes_end_seconds(score) -> float:
     """Seconds at which the last note of a (tick-based) score stops sounding; 0 without notes."""
+    end = notes_end_tick(score)
+    return float(seconds_at_tick(score, end)) if end else 0.0
+
+
+# ----- bars and beats of a score ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BeatGrid:
+    """The beats of a song as its time signatures lay them out, up to the end of its last note.
+
+    ``starts``/``ends``: ticks where each beat starts and stops (float: a beat of an odd meter may
+    fall between ticks); ``bars``/``beats``: its bar and its beat in that bar, both from 0. A change
+    of time signature starts a new bar, even where the bar before it was cut short.
+    """
+
+    starts: np.ndarray
+    ends: np.ndarray
+    bars: np.ndarray
+    beats: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+
+def beat_ticks(tpq: int, numerator: int, denominator: int) -> float:
+    """Ticks per beat: the denominator's note, or its dotted value in compound meters (6/8, 9/8, 12/8)."""
+    unit = tpq * 4.0 / denominator
+    compound = denominator >= 8 and numerator > 3 and numerator % 3 == 0
+    return unit * 3 if compound else unit
+
+
+def _meter_map(score) -> list[tuple[float, int, int]]:
+    """(tick, numerator, denominator) of each time signature in force, 4/4 before the first one."""
+    sigs = sorted(((float(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
+                  key=lambda s: s[0])
+    out: list[tuple[float, int, int]] = []
+    for tick, num, den in sigs:
+        if num < 1 or den < 1:
+            continue
+        if out and out[-1][0] == tick:
+            out.pop()  # two at one time: the later one holds
+        out.append((tick, num, den))
+    if not out or out[0][0] > 0:
+        out.insert(0, (0.0, 4, 4))
+    return out
+
+
+def notes_end_tick(score) -> int:
+    """The tick where the last note of a (tick-based) score stops sounding; 0 without notes."""
     ends = [int((a["time"] + a["duration"]).max()) for a in (t.notes.numpy() for t in score.tracks) if len(a["time"])]
-    return float(seconds_at_tick(score, max(ends))) if ends else 0.0
+    return max(ends) if ends else 0
+
+
+def _beats_in(tpq: int, meter: tuple[float, int, int], next_tick: float, end: int) -> int:
+    """How many beats a time signature lays out from its tick to the next one's (or the song's end)."""
+    tick, num, den = meter
+    stop = min(float(next_tick), float(end))
+    return max(0, int(np.ceil((stop - tick) / beat_ticks(tpq, num, den) - 1e-9)))
+
+
+def beat_grid(score, max_beats: int | None = None) -> BeatGrid:
+    """The bars and beats of a (tick-based) symusic score, from its time signatures (see ``BeatGrid``).
+
+    ``max_beats``: a ValueError instead of a grid longer than that (a hostile file's note hours long
+    under a 1/64 meter would otherwise ask for billions of beats).
+    """
+    end = notes_end_tick(score)
+    meters = _meter_map(score)
+    counts = [_beats_in(score.ticks_per_quarter, m, meters[k + 1][0] if k + 1 < len(meters) else end, end)
+              for k, m in enumerate(meters)]
+    if max_beats is not None and sum(counts) > max_beats:
+        raise ValueError(f"{sum(counts)} beats (at most {max_beats} are labelled)")
+    starts, bars, beats = [], [], []
+    bar = 0
+    for k, (tick, num, den) in enumerate(meters):
+        step = beat_ticks(score.ticks_per_quarter, num, den)
+        per_bar = max(1, round(num * score.ticks_per_quarter * 4.0 / den / step))
+        n = counts[k]
+        i = np.arange(n)
+        starts.append(tick + i * step)
+        bars.append(bar + i // per_bar)
+        beats.append(i % per_bar)
+        bar += -(-n // per_bar)
+    s = np.concatenate(starts) if starts else np.zeros(0)
+    e = np.append(s[1:], float(end)) if len(s) else s
+    return BeatGrid(s, e, np.concatenate(bars).astype(np.int64), np.concatenate(beats).astype(np.int64))
