@@ -103,6 +103,16 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_tune(a) -> int:
+    from midigen.train.tune import TuneSettings, tune  # start-up time
+
+    settings = TuneSettings(base=a.ckpt, sources=a.sources, out=a.out, style=a.style, steps=a.steps,
+                            minutes=a.minutes, rank=a.rank, lr=a.lr, device=a.device, full=a.full,
+                            eval_every=a.eval_every, batch_size=a.batch_size, workers=a.workers)
+    _print_json(tune(settings, progress=not a.no_progress))
+    return 0
+
+
 def cmd_eval(a) -> int:
     if a.samples:
         from midigen.eval.metrics import compare_samples
@@ -257,6 +267,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="continue exactly from the run dir's last/ checkpoint")
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (if installed)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("tune", help="teach a checkpoint your own MIDI: a small adapter (or a full fine-tune)",
+                       description="Tune --ckpt BASE on SOURCE... (what prepare takes) into --out DIR: "
+                                   "DIR/adapter.safetensors + adapter.json, usable as --ckpt DIR anywhere. "
+                                   "Running the same command again resumes.")
+    s.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, .mid file, archive; STYLE=SOURCE tags it")
+    s.add_argument("--ckpt", required=True, metavar="BASE", help="the base run dir or checkpoint dir (never written)")
+    s.add_argument("--out", required=True, metavar="DIR", help="the adapter dir to write")
+    s.add_argument("--style", default=None, metavar="NAME", help="tag the music with a new style NAME for --style")
+    s.add_argument("--steps", type=_positive_int, default=1000, help="at most this many steps (default 1000)")
+    s.add_argument("--minutes", type=_positive_float, default=None, help="stop within M minutes")
+    s.add_argument("--rank", type=_positive_int, default=8, help="rank of the low-rank updates (default 8)")
+    s.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 2e-3; --full 3e-4)")
+    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    s.add_argument("--full", action="store_true", help="fine-tune every weight (writes a checkpoint, DIR/best)")
+    s.add_argument("--eval-every", type=_positive_int, default=50, help="steps between validations (default 50)")
+    s.add_argument("--batch-size", type=_positive_int, default=8, help="windows per step (default 8)")
+    s.add_argument("--workers", type=_positive_int, default=None, help="prepare's worker processes")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_tune)
 
     s = sub.add_parser("eval", help="score a checkpoint (bits per note) or compare generated pieces with real ones")
     s.add_argument("--ckpt", metavar="DIR", help="run dir (uses best/) or checkpoint dir")
