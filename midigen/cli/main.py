@@ -108,7 +108,8 @@ def cmd_tune(a) -> int:
 
     settings = TuneSettings(base=a.ckpt, sources=a.sources, out=a.out, style=a.style, steps=a.steps,
                             minutes=a.minutes, rank=a.rank, lr=a.lr, device=a.device, full=a.full,
-                            eval_every=a.eval_every, batch_size=a.batch_size, workers=a.workers)
+                            eval_every=a.eval_every, batch_size=a.batch_size, patience=a.patience,
+                            workers=a.workers)
     _print_json(tune(settings, progress=not a.no_progress))
     return 0
 
@@ -284,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full", action="store_true", help="fine-tune every weight (writes a checkpoint, DIR/best)")
     s.add_argument("--eval-every", type=_positive_int, default=50, help="steps between validations (default 50)")
     s.add_argument("--batch-size", type=_positive_int, default=8, help="windows per step (default 8)")
+    s.add_argument("--patience", type=_positive_int, default=4,
+                   help="stop after this many validations without a better loss (default 4)")
     s.add_argument("--workers", type=_positive_int, default=None, help="prepare's worker processes")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_tune)

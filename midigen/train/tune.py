@@ -116,13 +116,17 @@ class Progress:
 # ----- data --------------------------------------------------------------------------------------
 
 
-def _prepare(s: TuneSettings, out: Path, codec: Codec, progress: bool) -> list[dict]:
-    """The user's files as a dataset under ``DIR/data`` (kept rows of files.jsonl, in offset order)."""
+def _prepare(s: TuneSettings, out: Path, codec: Codec, progress: bool, resuming: bool) -> list[dict]:
+    """The user's files as a dataset under ``DIR/data`` (kept rows of files.jsonl, in offset order).
+
+    A resumed tune reuses the data it started with; any other run prepares the sources again (prepare
+    is quick on a folder of songs), so files added after a failed start are seen.
+    """
     data = out / "data"
     if Codec().to_dict() != codec.to_dict():
         raise UsageError(f"the base checkpoint uses codec v{codec.version}, which `prepare` no longer writes; "
                          "tune a checkpoint trained on data prepared by this version")
-    if not (data / "meta.json").exists():
+    if not (resuming and (data / "meta.json").exists()):
         try:
             prepare(list(s.sources), data, workers=s.workers, val_frac=0.0, test_frac=0.0, progress=progress)
         except UsageError:
@@ -201,7 +205,8 @@ def _song_controls(info: dict | None, codec: Codec, rows: list[dict], style: str
 
 
 def _save_state(folder: Path, params: dict, opt: torch.optim.Optimizer, facts: dict) -> None:
-    """Trainable tensors and AdamW moments (safetensors), then state.json naming their hash (the commit)."""
+    """Trainable tensors and AdamW moments in a new ``state-STEP.safetensors``, then state.json naming it
+    and its hash (the commit), then the older tensor files go: a kill at any point leaves a pair that fits."""
     from safetensors.torch import save_file
 
     tensors = {}
@@ -209,17 +214,21 @@ def _save_state(folder: Path, params: dict, opt: torch.optim.Optimizer, facts: d
         tensors[f"param.{name}"] = p.detach().cpu().contiguous()
         for k, v in opt.state.get(p, {}).items():
             tensors[f"opt.{k}.{name}"] = v.detach().cpu().reshape(v.shape).contiguous()
-    tmp = folder / "state.safetensors.tmp"
+    name = f"state-{facts['step']}.safetensors"
+    tmp = folder / (name + ".tmp")
     save_file(tensors, str(tmp))
-    tmp.replace(folder / "state.safetensors")
-    atomic_write_json(folder / "state.json", {**facts, "sha256": sha256_file(folder / "state.safetensors")})
+    tmp.replace(folder / name)
+    atomic_write_json(folder / "state.json", {**facts, "tensors": name, "sha256": sha256_file(folder / name)})
+    for old in folder.glob("state-*.safetensors*"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def _load_state(folder: Path, params: dict, opt: torch.optim.Optimizer, facts: dict) -> None:
     from safetensors.torch import load_file
 
-    f = folder / "state.safetensors"
-    if not f.is_file() or sha256_file(f) != facts.get("sha256"):
+    f = folder / str(facts.get("tensors"))
+    if not f.name.startswith("state-") or not f.is_file() or sha256_file(f) != facts.get("sha256"):
         raise MidigenError(f"{f} is missing or does not match state.json: delete {folder} to start over")
     tensors = load_file(str(f))
     want = {f"param.{n}": tuple(p.shape) for n, p in params.items()}
@@ -279,7 +288,7 @@ class Tune:
 
     def _build_data(self) -> None:
         s, codec = self.s, self.codec
-        rows = _prepare(s, self.out, codec, self.progress)
+        rows = _prepare(s, self.out, codec, self.progress, self.facts is not None)
         held = _hold_out(rows)
         self.controls, self.new_styles = _controls(self.base_config, codec, rows, s.style)
         splits = {}
@@ -359,7 +368,7 @@ class Tune:
 
     def run(self, on_progress: Callable[[Progress], None] | None = None, cancel=None) -> dict:
         s = self.s
-        if self.facts is not None and self.facts.get("finished"):
+        if self.facts is not None and (self.facts.get("finished") or self.step >= s.steps):
             return self._result("already finished")
         log = RunLog(self.out, self.step if self.facts is not None else None)
         t0 = time.monotonic()
@@ -391,8 +400,7 @@ class Tune:
                         self._save_best(ev)
                     else:
                         self.bad += 1
-                    finished = self.bad >= s.patience or self.step >= s.steps
-                    self._save_state(elapsed, finished)
+                    self._save_state(elapsed, self.bad >= s.patience)
                     plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=f"tune {self.out.name}")
                     if self.bad >= s.patience:
                         stopped = "best"
@@ -407,7 +415,9 @@ class Tune:
             ev = self.evaluate()
             self.best, self.best_step = ev["val_loss"], self.step
             self._save_best(ev)
-        self._save_state(self.elapsed0 + time.monotonic() - t0, stopped in ("best", "steps"))
+        if not s.full and not (self.out / adapters.MANIFEST).exists():  # a kill fell inside the last best save
+            self._save_best(self.evaluate())
+        self._save_state(self.elapsed0 + time.monotonic() - t0, stopped == "best")
         plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=f"tune {self.out.name}")
         if on_progress is not None:
             on_progress(Progress(self.step, s.steps, loss_v, val_bits, self._best_bits(), 0.0, done=True))
@@ -461,7 +471,8 @@ class Tune:
         return {"out": str(self.out), "stopped": stopped, "step": self.step, "best_step": self.best_step,
                 "best_val_loss": self.best, "val_bits_per_note": self._best_bits(),
                 "base_val_bits_per_note": self.base_bits, "files": self.files, "new_ids": len(self.new_ids),
-                "new_styles": self.new_styles, "mode": "full" if self.s.full else f"adapter rank {self.s.rank}"}
+                "new_styles": self.new_styles, "resumed_from": int(self.facts["step"]) if self.facts else None,
+                "mode": "full" if self.s.full else f"adapter rank {self.s.rank}"}
 
 
 def tune(settings: TuneSettings, on_progress: Callable[[Progress], None] | None = None, cancel=None,
