@@ -220,3 +220,26 @@ def test_a_folder_without_usable_midi_is_a_one_line_error(edit_run, tmp_path):
     (empty / "song.mid").write_bytes(b"MThd not really")
     one_line_error(midigen("tune", "--ckpt", edit_run, empty, "--out", tmp_path / "a", "--no-progress",
                            "--workers", "1"), 2, "no usable MIDI")
+
+
+def test_the_studio_serves_an_adapter_dir(tuned, tmp_path):
+    from studio_server import Server, call
+
+    server = Server(tuned["out"], tmp_path / "ws")
+    try:
+        status, info = call("GET", server.url + "/api/info")
+        assert status == 200, info
+        assert "mine" in info["capabilities"]["styles"]
+    finally:
+        server.stop()
+
+
+def test_param_shapes_are_the_models_saved_tensors():
+    from midigen.model.model import GPT, GPTConfig, param_shapes
+
+    for cfg in (GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=8),
+                GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=1, n_embd=8, bias=False)):
+        with torch.device("meta"):
+            model = GPT(cfg)
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "head.weight"}
+        assert param_shapes(cfg) == want

@@ -173,7 +173,7 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scale
+        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B * self.scale)  # scale the small one
 
 
 class RowPatch(nn.Module):

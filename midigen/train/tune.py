@@ -260,6 +260,23 @@ def _read_facts(folder: Path, settings: TuneSettings) -> dict | None:
 # ----- the run -----------------------------------------------------------------------------------
 
 
+def train_step(model, params: dict, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               lr: float) -> float:
+    """One optimizer step on the trainable ``params`` (gradients clipped at norm 1); returns the loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    _, loss = model(x, y)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(params.values()), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return float(loss.item())
+
+
+def make_optimizer(params: dict, lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(list(params.values()), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+
+
 class Tune:
     """One tune: set up in ``__init__`` (data, model, state), then ``run``."""
 
@@ -327,8 +344,7 @@ class Tune:
             adapters.attach(model, s.rank, s.alpha, self.new_ids, s.seed)
             self.params = adapters.trainable(model)
         model.to(self.device).train()
-        self.opt = torch.optim.AdamW(list(self.params.values()), lr=s.learning_rate, betas=(0.9, 0.99),
-                                     weight_decay=0.0)
+        self.opt = make_optimizer(self.params, s.learning_rate)
         self.step, self.best, self.best_step, self.bad, self.elapsed0 = 0, math.inf, 0, 0, 0.0
         self.base_bits = None
         if self.facts is not None:
@@ -425,17 +441,9 @@ class Tune:
 
     def _train_step(self) -> float:
         lr = self.s.learning_rate * min(1.0, (self.step + 1) / WARMUP)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
         x, y = self.sampler.batch(self.step, 0, self.s.batch_size)
-        x = torch.from_numpy(x).to(self.device)
-        y = torch.from_numpy(y).to(self.device)
-        _, loss = self.model(x, y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.params.values()), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-        v = float(loss.item())
+        v = train_step(self.model, self.params, self.opt, torch.from_numpy(x).to(self.device),
+                       torch.from_numpy(y).to(self.device), lr)
         if not math.isfinite(v):
             raise MidigenError(f"the loss became non-finite at step {self.step + 1}: lower --lr")
         return v
