@@ -243,3 +243,28 @@ def test_param_shapes_are_the_models_saved_tensors():
             model = GPT(cfg)
         want = {k: tuple(v.shape) for k, v in model.state_dict().items() if k != "head.weight"}
         assert param_shapes(cfg) == want
+
+
+def test_the_library_call_reports_progress_cancels_and_resumes(edit_run, music, tmp_path):
+    """What a studio worker calls: plain values in, a progress callback, a cancel flag."""
+    import threading
+
+    from midigen.train.tune import TuneSettings, tune
+
+    seen, cancel = [], threading.Event()
+
+    def on_progress(p):
+        seen.append(p)
+        if p.step >= 3:
+            cancel.set()
+
+    settings = TuneSettings(base=str(edit_run), sources=[str(music)], out=str(tmp_path / "a"), steps=40,
+                            eval_every=100, workers=1, device="cpu")
+    result = tune(settings, on_progress, cancel, progress=False)
+    assert result["stopped"] == "cancelled" and result["step"] == 3
+    assert [p.step for p in seen[:3]] == [1, 2, 3] and seen[0].loss > 0 and seen[0].seconds_left > 0
+    assert seen[-1].done
+    settings.steps = 5
+    result = tune(settings, progress=False)
+    assert result["resumed_from"] == 3 and result["step"] == 5 and result["stopped"] == "steps"
+    assert (tmp_path / "a" / "adapter.json").is_file()

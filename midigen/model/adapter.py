@@ -173,7 +173,8 @@ class LoRALinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=base.weight.device))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + F.linear(F.linear(x, self.lora_A), self.lora_B * self.scale)  # scale the small one
+        # in place: the base's output is not needed for its backward; the scale goes on the small matrix
+        return self.base(x).add_(F.linear(F.linear(x, self.lora_A), self.lora_B * self.scale))
 
 
 class RowPatch(nn.Module):

@@ -282,6 +282,7 @@ class Tune:
 
     def __init__(self, s: TuneSettings, progress: bool):
         s.check()
+        self.t_created = time.monotonic()  # --minutes counts preparing the data too
         self.s, self.out, self.progress = s, Path(s.out), progress
         self.out.mkdir(parents=True, exist_ok=True)
         self.state_dir = self.out / STATE_DIR
@@ -388,7 +389,7 @@ class Tune:
             return self._result("already finished")
         log = RunLog(self.out, self.step if self.facts is not None else None)
         t0 = time.monotonic()
-        deadline = None if s.minutes is None else t0 + s.minutes * 60
+        deadline = None if s.minutes is None else self.t_created + s.minutes * 60
         bar = self._bar()
         stopped, loss_v, val_bits = "steps", None, None
         try:
