@@ -92,18 +92,21 @@ def main() -> None:
     ap.add_argument("--shapes", default="demo,124m")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--new", type=int, default=128, help="ids the base never trained (default 128)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (default: torch's choice)")
     ap.add_argument("--child", nargs=2, metavar=("SHAPE", "MODE"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     if a.child:
         print(json.dumps(child(*a.child, a.steps, a.new)))
         return
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {a.steps} timed steps after 1 warm-up")
+    print(f"torch {torch.__version__}, {a.threads or torch.get_num_threads()} threads, {a.steps} timed steps after 1 warm-up")
     for shape in a.shapes.split(","):
         rows = {}
         for mode in ("adapter", "full"):
             r = subprocess.run([sys.executable, __file__, "--child", shape, mode, "--steps", str(a.steps),
-                                "--new", str(a.new)], env=env, capture_output=True, text=True, check=True)
+                                "--new", str(a.new), "--threads", str(a.threads)], env=env, capture_output=True, text=True, check=True)
             rows[mode] = json.loads(r.stdout.strip().splitlines()[-1])
         ad, full = rows["adapter"], rows["full"]
         print(f"\n{shape}: {ad['batch']} x {ad['block']} tokens a step, base weights {ad['base_weights_mb']:.1f} MB")

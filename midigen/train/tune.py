@@ -332,6 +332,9 @@ class Tune:
 
     def _build_model(self) -> None:
         s, model = self.s, self.model
+        model.to(self.device)
+        # the base itself on the held-out files, before its support widens: what the tune is measured against
+        self.base_bits = None if self.facts is not None else self.evaluate()["val_bits_per_note"]
         base_support = None if model.support is None else set(model.support.tolist())
         mine = set(token_support(self.train, self.transpose).tolist())
         self.support = None if base_support is None else sorted(base_support | mine)
@@ -344,10 +347,9 @@ class Tune:
         else:
             adapters.attach(model, s.rank, s.alpha, self.new_ids, s.seed)
             self.params = adapters.trainable(model)
-        model.to(self.device).train()
+        model.train()
         self.opt = make_optimizer(self.params, s.learning_rate)
         self.step, self.best, self.best_step, self.bad, self.elapsed0 = 0, math.inf, 0, 0, 0.0
-        self.base_bits = None
         if self.facts is not None:
             _load_state(self.state_dir, self.params, self.opt, self.facts)
             f = self.facts
@@ -393,8 +395,7 @@ class Tune:
         bar = self._bar()
         stopped, loss_v, val_bits = "steps", None, None
         try:
-            if self.base_bits is None:
-                self.base_bits = self.evaluate()["val_bits_per_note"]
+            if self.facts is None:
                 log.write({"step": 0, "base_val_bits_per_note": self.base_bits})
             while self.step < s.steps:
                 if cancel is not None and cancel.is_set():
