@@ -100,25 +100,30 @@ def main() -> None:
     if a.child:
         print(json.dumps(child(*a.child, a.steps, a.new)))
         return
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    print(f"torch {torch.__version__}, {a.threads or torch.get_num_threads()} threads, {a.steps} timed steps after 1 warm-up")
+    print(f"torch {torch.__version__}, {a.threads or torch.get_num_threads()} threads, "
+          f"{a.steps} timed steps after 1 warm-up")
     for shape in a.shapes.split(","):
-        rows = {}
-        for mode in ("adapter", "full"):
-            r = subprocess.run([sys.executable, __file__, "--child", shape, mode, "--steps", str(a.steps),
-                                "--new", str(a.new), "--threads", str(a.threads)], env=env, capture_output=True, text=True, check=True)
-            rows[mode] = json.loads(r.stdout.strip().splitlines()[-1])
-        ad, full = rows["adapter"], rows["full"]
-        print(f"\n{shape}: {ad['batch']} x {ad['block']} tokens a step, base weights {ad['base_weights_mb']:.1f} MB")
-        print(f"  adapter size: {100 * ad['adapter_share_of_base']:.2f}% of the base's weights file (target <= 5%)")
-        for m in (ad, full):
-            print(f"  {m['mode']:8s} trainable {m['trainable_params'] / 1e6:8.2f} M   step {m['step_s']:7.3f} s ({m['step_cpu_s']:.3f} CPU s)   "
-                  f"peak RSS {m['peak_rss_mb']:7.0f} MB (model built: {m['rss_before_mb']:.0f} MB)")
-        print(f"  adapter / full: step time {ad['step_s'] / full['step_s']:.2f}x (CPU time "
-              f"{ad['step_cpu_s'] / full['step_cpu_s']:.2f}x), peak memory "
-              f"{ad['peak_rss_mb'] / full['peak_rss_mb']:.2f}x, memory above the built model "
-              f"{(ad['peak_rss_mb'] - ad['rss_before_mb']) / max(1.0, full['peak_rss_mb'] - full['rss_before_mb']):.2f}x")
+        report(shape, *(run_child(shape, mode, a) for mode in ("adapter", "full")))
 
+
+def run_child(shape: str, mode: str, a) -> dict:
+    cmd = [sys.executable, __file__, "--child", shape, mode, "--steps", str(a.steps), "--new", str(a.new),
+           "--threads", str(a.threads)]
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def report(shape: str, ad: dict, full: dict) -> None:
+    print(f"\n{shape}: {ad['batch']} x {ad['block']} tokens a step, base weights {ad['base_weights_mb']:.1f} MB")
+    print(f"  adapter size: {100 * ad['adapter_share_of_base']:.2f}% of the base's weights file (target <= 5%)")
+    for m in (ad, full):
+        print(f"  {m['mode']:8s} trainable {m['trainable_params'] / 1e6:8.2f} M   step {m['step_s']:7.3f} s "
+              f"({m['step_cpu_s']:.3f} CPU s)   peak RSS {m['peak_rss_mb']:7.0f} MB "
+              f"(model built: {m['rss_before_mb']:.0f} MB)")
+    above = (ad["peak_rss_mb"] - ad["rss_before_mb"]) / max(1.0, full["peak_rss_mb"] - full["rss_before_mb"])
+    print(f"  adapter / full: step time {ad['step_s'] / full['step_s']:.2f}x (CPU time "
+          f"{ad['step_cpu_s'] / full['step_cpu_s']:.2f}x), peak memory {ad['peak_rss_mb'] / full['peak_rss_mb']:.2f}x, "
+          f"memory above the built model {above:.2f}x")
 
 if __name__ == "__main__":
     main()

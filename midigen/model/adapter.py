@@ -100,10 +100,11 @@ def read_manifest(path) -> dict:
     except (OSError, ValueError) as e:
         raise MidigenError(f"{f} is unreadable: {e}") from None
     if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise MidigenError(f"{f} is not a midigen adapter (format {m.get('format') if isinstance(m, dict) else None!r})")
+        found = m.get("format") if isinstance(m, dict) else None
+        raise MidigenError(f"{f} is not a midigen adapter (format {found!r})")
     try:
         base = m["base"]
-        if not isinstance(base, dict) or not isinstance(base.get("path"), str) or not isinstance(base.get("sha256"), str):
+        if not isinstance(base, dict) or not all(isinstance(base.get(k), str) for k in ("path", "sha256")):
             raise ValueError("'base' must name the base checkpoint's path and sha256")
         rank = m["rank"]
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= MAX_RANK:

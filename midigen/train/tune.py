@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -227,8 +227,9 @@ def _save_state(folder: Path, params: dict, opt: torch.optim.Optimizer, facts: d
 def _load_state(folder: Path, params: dict, opt: torch.optim.Optimizer, facts: dict) -> None:
     from safetensors.torch import load_file
 
-    f = folder / str(facts.get("tensors"))
-    if not f.name.startswith("state-") or not f.is_file() or sha256_file(f) != facts.get("sha256"):
+    name = str(facts.get("tensors"))
+    f = folder / Path(name).name
+    if f.name != name or not f.name.startswith("state-") or not f.is_file() or sha256_file(f) != facts.get("sha256"):
         raise MidigenError(f"{f} is missing or does not match state.json: delete {folder} to start over")
     tensors = load_file(str(f))
     want = {f"param.{n}": tuple(p.shape) for n, p in params.items()}
