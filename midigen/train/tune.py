@@ -411,16 +411,7 @@ class Tune:
                 if self.step % 10 == 0:
                     log.write({"step": self.step, "loss": loss_v, "elapsed": elapsed})
                 if self.step % s.eval_every == 0 or self.step == s.steps:
-                    ev = self.evaluate()
-                    val_bits = ev["val_bits_per_note"]
-                    log.write({"step": self.step, **ev, "elapsed": elapsed})
-                    if ev["val_loss"] < self.best:
-                        self.best, self.best_step, self.bad = ev["val_loss"], self.step, 0
-                        self._save_best(ev)
-                    else:
-                        self.bad += 1
-                    self._save_state(elapsed, self.bad >= s.patience)
-                    plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=f"tune {self.out.name}")
+                    val_bits = self._validate(log, elapsed)
                     if self.bad >= s.patience:
                         stopped = "best"
                         break
@@ -430,17 +421,30 @@ class Tune:
             log.close()
             if bar is not None:
                 bar.close()
-        if self.best_step == 0 and stopped != "cancelled":  # stopped before any evaluation: keep what there is
+        if not (self.out / ("best/" + CONFIG if s.full else adapters.MANIFEST)).exists():
+            # stopped before any validation (or a kill fell inside the last save): keep what there is
             ev = self.evaluate()
-            self.best, self.best_step = ev["val_loss"], self.step
+            if ev["val_loss"] < self.best:
+                self.best, self.best_step = ev["val_loss"], self.step
             self._save_best(ev)
-        if not s.full and not (self.out / adapters.MANIFEST).exists():  # a kill fell inside the last best save
-            self._save_best(self.evaluate())
         self._save_state(self.elapsed0 + time.monotonic() - t0, stopped == "best")
         plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=f"tune {self.out.name}")
         if on_progress is not None:
             on_progress(Progress(self.step, s.steps, loss_v, val_bits, self._best_bits(), 0.0, done=True))
         return self._result(stopped)
+
+    def _validate(self, log: RunLog, elapsed: float) -> float | None:
+        """Score the held-out files; keep the weights when they are the best yet; save the state to resume."""
+        ev = self.evaluate()
+        log.write({"step": self.step, **ev, "elapsed": elapsed})
+        if ev["val_loss"] < self.best:
+            self.best, self.best_step, self.bad = ev["val_loss"], self.step, 0
+            self._save_best(ev)
+        else:
+            self.bad += 1
+        self._save_state(elapsed, self.bad >= self.s.patience)
+        plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=f"tune {self.out.name}")
+        return ev["val_bits_per_note"]
 
     def _train_step(self) -> float:
         lr = self.s.learning_rate * min(1.0, (self.step + 1) / WARMUP)
