@@ -15,7 +15,8 @@ too. Each round times mido and both prepare runs back to back, and the median ro
 
 With ``--compare REV`` it instead times whole ``python -m midigen prepare`` processes (one worker) of
 this tree against git revision REV (``git archive`` into a temp dir) on the same files, alternating
-old/new for ``--pairs`` pairs, and prints each median and the median of the per-pair ratios, then
+old/new for ``--pairs`` pairs, and prints each median and the median of the per-pair ratios (wall
+time, and CPU time of the process and its worker, which a busy machine disturbs less), then
 the rounds above (``--repeat 0`` skips them):
 
     .venv/bin/python benchmarks/prepare_speed.py --compare c3c769f --songs 4000 --pairs 7
@@ -129,28 +130,35 @@ def compare_trees(ref: str, songs: Path, pairs: int) -> dict:
         tf.extractall(old, filter="data")
     trees = {"old": old, "new": ROOT}
 
-    def run(name: str) -> float:
+    def run(name: str) -> tuple[float, float]:
         out = songs.parent / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         env = dict(os.environ, PYTHONPATH=str(trees[name]))
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         subprocess.run([sys.executable, "-m", "midigen", "prepare", str(songs), "--out", str(out), "--workers", "1"],
                        env=env, cwd=trees[name], check=True, capture_output=True)
-        return time.perf_counter() - t
+        return time.perf_counter() - t, cpu_seconds() - c
 
     run("old"), run("new")
     times = {"old": [], "new": []}
+    cpu = {"old": [], "new": []}
     for i in range(pairs):
         for name in (("old", "new") if i % 2 == 0 else ("new", "old")):
-            times[name].append(run(name))
+            wall, used = run(name)
+            times[name].append(wall)
+            cpu[name].append(used)
     tokens = {name: sum((songs.parent / f"out-{name}" / f"{s}.bin").stat().st_size // 2 for s in ("train", "val", "test"))
               for name in trees}  # not compared token for token: the codec's vocabulary may differ between trees
     ratios = [n / o for n, o in zip(times["new"], times["old"])]
+    cpu_ratios = [n / o for n, o in zip(cpu["new"], cpu["old"])]
     return {"ref": ref, "pairs": pairs, "files": sum(1 for p in songs.rglob("*") if p.is_file()),
             "old_seconds": [round(x, 3) for x in times["old"]], "new_seconds": [round(x, 3) for x in times["new"]],
             "old_median_s": round(statistics.median(times["old"]), 3),
             "new_median_s": round(statistics.median(times["new"]), 3),
             "ratio_each_pair": [round(r, 3) for r in ratios], "median_ratio_new_over_old": round(statistics.median(ratios), 3),
+            "old_cpu_seconds": [round(x, 3) for x in cpu["old"]], "new_cpu_seconds": [round(x, 3) for x in cpu["new"]],
+            "cpu_ratio_each_pair": [round(r, 3) for r in cpu_ratios],
+            "median_cpu_ratio_new_over_old": round(statistics.median(cpu_ratios), 3),
             "old_tokens": tokens["old"], "new_tokens": tokens["new"], "load_avg": os.getloadavg()[0]}
 
 
@@ -251,7 +259,8 @@ def main() -> None:
 def print_compared(res: dict) -> None:
     print(f"prepare, whole process, {res['files']} files, 1 worker: {res['new_median_s']} s here vs "
           f"{res['old_median_s']} s at {res['ref']} (medians of {res['pairs']} alternating pairs); median ratio "
-          f"{res['median_ratio_new_over_old']}x (target <= 1.05x)", file=sys.stderr)
+          f"{res['median_ratio_new_over_old']}x (target <= 1.05x); CPU seconds (parent + workers) median ratio "
+          f"{res['median_cpu_ratio_new_over_old']}x", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def _load(a, wanted: list[int]):
 
         soundfont = find_soundfont(getattr(a, "soundfont", None))
     device = best_device(getattr(a, "device", None))
-    model, codec, config = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     if not caps["can_edit"]:
         raise MidigenError(f"checkpoint {a.ckpt} was trained without the editing objective "

@@ -114,7 +114,7 @@ def cmd_eval(a) -> int:
     from midigen.eval.evaluate import evaluate
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
-                         controls=a.controls))
+                         controls=a.controls, precision=a.precision))
     return 0
 
 
@@ -156,13 +156,15 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
     _add_control_flags(s, meter=False)
 
 
 def cmd_studio(a) -> int:
     from midigen.studio.server import run
 
-    run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device)
+    run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device,
+        precision=a.precision)
     return 0
 
 
@@ -177,6 +179,12 @@ def _port(text: str) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+
+
+def _precision_flag(s, default: str = "auto") -> None:
+    s.add_argument("--precision", default=default, choices=["auto", "fp32", "bf16", "int8"],
+                   help=f"weights for inference (default {default}): auto is int8 on a CPU for models big enough to "
+                        "gain (fp32 below that), bf16 on a CUDA GPU; int8 runs on CPUs only")
 
 
 def _add_control_flags(s, meter: bool = True) -> None:
@@ -248,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
     s.add_argument("--controls", action="store_true",
                    help="also score the events with each song's controls in the header and without (same tokens)")
+    _precision_flag(s, default="fp32")  # a score measures the model as trained unless asked otherwise
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
@@ -274,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
@@ -301,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where pieces and versions are kept (default out/studio)")
     s.add_argument("--open", action="store_true", help="open the page in the default browser")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
+    _precision_flag(s)
     s.set_defaults(func=cmd_studio)
     return p
 

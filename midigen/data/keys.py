@@ -38,7 +38,7 @@ def estimate_key(histogram) -> int | None:
     norm = math.sqrt(h.dot(h))  # without their per-call overhead (prepare calls this on every file)
     if not norm > 0:
         return None
-    return int(np.argmax(_PROFILES @ (h / norm)))
+    return int((_PROFILES @ (h / norm)).argmax())
 
 
 def pitch_class_histogram(codec: Codec, tokens: np.ndarray) -> np.ndarray:

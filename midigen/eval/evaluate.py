@@ -88,7 +88,8 @@ def control_cost(model, sp, T: int, budget: int, device, dtype=torch.float32, pr
 
 
 def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngram_order: int = 5,
-             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False) -> dict:
+             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False,
+             precision: str = "fp32") -> dict:
     """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict;
     ``controls`` adds ``control_cost``."""
     from midigen.model.checkpoint import load_checkpoint, resolve
@@ -99,7 +100,7 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
     ds = Dataset(data)
     path = resolve(ckpt)
     dev = best_device(device)
-    model, codec, _ = load_checkpoint(path, device=dev)
+    model, codec, _ = load_checkpoint(path, device=dev, precision=precision)
     if codec.to_dict() != ds.codec.to_dict():
         raise MidigenError(f"checkpoint {path} was trained with a different codec than the dataset {data}: "
                            "prepare the data with the checkpoint's midigen version")

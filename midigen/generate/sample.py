@@ -331,7 +331,7 @@ def sample_from_cli(a) -> None:
         raise UsageError(f"--out {out} is not a directory")
     device = best_device(a.device)
 
-    model, codec, config = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     from midigen.generate.controls import from_cli
 
     controls, time_signature = from_cli(a, config, codec, instruments)

@@ -23,6 +23,7 @@ from midigen.music.codec import Codec, CodecError
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json
 from midigen.model.model import GPT, GPTConfig
+from midigen.model.precision import apply_precision, resolve_precision
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -163,8 +164,12 @@ def verify(path) -> dict:
     return config
 
 
-def load_checkpoint(path, device="cpu", check_hashes: bool = True):
-    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files."""
+def load_checkpoint(path, device="cpu", check_hashes: bool = True, precision: str = "fp32"):
+    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files.
+
+    ``precision`` (``model.precision``: auto, fp32, bf16, int8) converts the weights for inference
+    once loaded; a precision the device cannot run is refused before anything is read."""
+    resolve_precision(precision, torch.device(device))  # refuse int8 on a GPU before reading anything
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -203,6 +208,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
         except (TypeError, ValueError) as e:
             raise MidigenError(f"checkpoint {path}: bad output support ({e})") from None
     model.to(device).eval()
+    apply_precision(model, resolve_precision(precision, torch.device(device), model))
     return model, codec, config
 
 

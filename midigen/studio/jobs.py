@@ -88,10 +88,10 @@ def _clock(seconds: float) -> str:
 class Engine:
     """One loaded checkpoint and the four things the studio asks of it."""
 
-    def __init__(self, ckpt, device):
+    def __init__(self, ckpt, device, precision: str = "fp32"):
         from midigen.model.checkpoint import load_checkpoint
 
-        self.model, self.codec, self.config = load_checkpoint(ckpt, device)
+        self.model, self.codec, self.config = load_checkpoint(ckpt, device, precision=precision)
         self.device = device
         self.ckpt = str(ckpt)
         self.caps = capabilities(self.config, self.model, self.codec)

@@ -119,8 +119,8 @@ def _url(host: str, sock: socket.socket) -> str:
 
 
 def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio", open_browser: bool = False,
-        device=None, limits: Limits = Limits()) -> None:
-    """Load the checkpoint once, print the address, serve until Ctrl+C."""
+        device=None, limits: Limits = Limits(), precision: str = "auto") -> None:
+    """Load the checkpoint once (weights at ``precision``), print the address, serve until Ctrl+C."""
     import uvicorn
 
     from midigen.device import best_device
@@ -129,7 +129,7 @@ def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio",
     dev = best_device(device)
     soundfont = find_soundfont()
     sock = _bind(host, port)
-    engine = Engine(ckpt, dev)
+    engine = Engine(ckpt, dev, precision)
     try:
         ws = Workspace(workspace, limits)
     except OSError as e:
