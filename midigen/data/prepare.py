@@ -61,6 +61,7 @@ SHARD_MAGIC = b"MGSHARD1"
 JOB_VERSION = 1
 WORKER_TASK = "midigen.data.prepare:encode_chunk"  # what the workers run, by name (they are spawned)
 OUTPUTS = ("train.bin", "val.bin", "test.bin", "files.jsonl", "meta.json")  # meta.json last: the commit
+_ROW_JSON = json.JSONEncoder(ensure_ascii=False)  # files.jsonl rows: json.dumps(row, ensure_ascii=False), built once
 
 
 def reason_key(reason: str) -> str:
@@ -552,7 +553,7 @@ class _Merge:
             out.update(self._song_facts(r, tag, out["split"]))
             if out["skipped"] is not None:
                 self.reasons[reason_key(out["skipped"])] += 1
-            lines.append(json.dumps(out, ensure_ascii=False))
+            lines.append(_ROW_JSON.encode(out))
         lines.append("")
         self.rows_out.write("\n".join(lines))
 
@@ -577,11 +578,13 @@ class _Merge:
         """A row's styles, key, meter and length (kept files), counted for meta.json."""
         if split is None:
             return {"styles": [], "key": None, "key_source": None, "time_signature": None, "seconds": None}
-        styles = sorted(set(tag) | set(self.tagger.by_md5(r.get("md5"))))
+        by_md5 = self.tagger.by_md5(r.get("md5"))
+        styles = sorted(set(tag).union(by_md5)) if tag or by_md5 else []
         facts = {"styles": styles, "key": r.get("key"), "key_source": r.get("key_source"),
                  "time_signature": r.get("time_signature"), "seconds": r.get("seconds")}
         c = self.counts
-        c["styles"].update(styles)
+        if styles:
+            c["styles"].update(styles)
         for name, value in (("keys", facts["key"]), ("key_sources", facts["key_source"]),
                             ("time_signatures", facts["time_signature"] or "none")):
             if value is not None:
