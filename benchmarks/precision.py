@@ -7,9 +7,10 @@ the memory-bandwidth limit, and what int8 costs in logits and bits.
   converts it at load (``midigen.model.precision``). Precisions alternate for ``--rounds`` rounds;
   the best round counts (the machine is shared).
 * The limit: bytes of weights a step reads (the blocks' Linear weights at their precision, plus the
-  float32 output head over the whole vocabulary) divided by the read bandwidth measured here (a
-  ``torch.sum`` over a 512 MB tensor with the same threads). A share near 100% means a step is
-  bound by memory, as decoding at batch 1 should be.
+  float32 output head over the whole vocabulary) divided by the read bandwidth measured here (an
+  fp32 matrix-vector product over a 512 MB matrix, the read a decoding step does, same threads,
+  best over the rounds). A share near 100% means a step is bound by memory, as decoding at batch 1
+  should be.
 * Quality: the 124M shape trained for ``--train-steps`` steps on generated multi-track songs (so the
   weights are not random), then fp32 vs int8 on held-out songs as prompts: the mean absolute
   logit difference over the trained support, how often the argmax agrees, and bits per token.
@@ -55,15 +56,15 @@ def shape(name: str, vocab: int) -> GPTConfig:
                      **{k: int(d[k]) for k in ("n_layer", "n_head", "n_embd", "block_size")})
 
 
-def read_bandwidth(threads: int, mb: int = 512) -> float:
-    """Bytes/s a ``torch.sum`` reads from a tensor far larger than the caches (best of 5)."""
-    x = torch.ones(mb << 18)  # float32: mb MiB
+def read_bandwidth(w: torch.Tensor, v: torch.Tensor) -> float:
+    """Bytes/s an fp32 matrix-vector product reads from ``w`` (512 MB, far larger than the caches):
+    the same kind of read a decoding step does, with the same threads (best of 5)."""
     best = float("inf")
     for _ in range(5):
         t = time.perf_counter()
-        x.sum()
+        torch.mv(w, v)
         best = min(best, time.perf_counter() - t)
-    return x.numel() * 4 / best
+    return w.numel() * 4 / best
 
 
 def bytes_per_token(model: GPT, precision: str) -> int:
@@ -89,15 +90,20 @@ def decode_rate(model: GPT, context: int, steps: int) -> float:
     return steps / (time.perf_counter() - t)
 
 
-def speed(name: str, cfg: GPTConfig, precisions, a, bandwidth: float) -> dict:
+def speed(name: str, cfg: GPTConfig, precisions, a, probe) -> dict:
+    """Each precision's best round, and the bandwidth probe's best, all measured in turn per round."""
     torch.manual_seed(0)
     base = GPT(cfg).eval()
     models = {p: apply_precision(copy.deepcopy(base), p) for p in precisions}
     rates = {p: [] for p in precisions}
+    context = min(a.context, cfg.block_size - a.steps)
+    bandwidth = 0.0
     for _ in range(a.rounds):
+        bandwidth = max(bandwidth, read_bandwidth(*probe))
         for p in precisions:
-            rates[p].append(decode_rate(models[p], a.context, a.steps))
-    out = {"model": name, "params_M": round(base.num_params() / 1e6, 1), "block_linear_weights": block_linear_weights(base)}
+            rates[p].append(decode_rate(models[p], context, a.steps))
+    out = {"model": name, "params_M": round(base.num_params() / 1e6, 1), "block_linear_weights": block_linear_weights(base),
+           "context": context, "read_bandwidth_GB_per_s": round(bandwidth / 1e9, 2)}
     for p in precisions:
         best = max(rates[p])
         limit = bandwidth / bytes_per_token(base, p)
@@ -169,20 +175,19 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     codec = Codec()
     vocab = padded_vocab(codec.vocab_size)
-    bw = read_bandwidth(a.threads)
+    probe = (torch.randn(4096, 32768), torch.randn(32768))
     res = {"torch": torch.__version__, "threads": a.threads, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0],
-           "read_bandwidth_GB_per_s": round(bw / 1e9, 2), "quantized_engine": torch.backends.quantized.engine,
-           "models": []}
-    print(json.dumps({k: v for k, v in res.items() if k != "models"}), flush=True)
+           "quantized_engine": torch.backends.quantized.engine, "models": []}
     big = shape("gpt2-124m-lakh.toml", vocab)
     for name, cfg in (("124M (configs/gpt2-124m-lakh.toml)", big), ("demo (configs/demo.toml)", shape("demo.toml", vocab))):
-        r = speed(name, cfg, ("fp32", "int8", "bf16"), a, bw)
+        r = speed(name, cfg, ("fp32", "int8", "bf16"), a, probe)
         res["models"].append(r)
         print(json.dumps(r), flush=True)
     if a.train_steps > 0:
         trained = train_briefly(GPTConfig(**{**big.to_dict(), "block_size": 256}), codec, a.train_steps, 128, 4)
         res["quality_124M"] = logit_gap(trained, codec, 255)
         print(json.dumps({"quality_124M": res["quality_124M"]}), flush=True)
+    res["load_avg_end"] = os.getloadavg()[0]
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
     m = res["models"][0]
