@@ -142,3 +142,13 @@ def test_int8_logits_stay_close_to_fp32(edit_run, tiny_dataset):
     assert agree >= 0.9, agree
     assert abs(ce_b / ce_a - 1) < 0.01, (ce_a, ce_b)
     assert not torch.equal(a, b)  # int8 did change the weights
+
+
+def test_eval_scores_each_precision_close_to_fp32(edit_run, tiny_dataset):
+    """`midigen eval --precision`: int8 and bf16 bits/note within 1% of fp32's on the same tokens."""
+    bits = {}
+    for p in PRECISIONS:
+        r = midigen("eval", "--ckpt", edit_run, "--data", tiny_dataset, "--split", "val", "--precision", p)
+        assert r.returncode == 0, r.stderr
+        bits[p] = json.loads(r.stdout.strip().splitlines()[-1])["bits_per_note"]
+    assert abs(bits["int8"] / bits["fp32"] - 1) < 0.01 and abs(bits["bf16"] / bits["fp32"] - 1) < 0.01, bits

@@ -115,7 +115,7 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
         raise MidigenError(f"internal error: model scored {tokens} tokens, baseline would score {len(pos)}")
     music_s = positions_seconds(codec, sp.tokens, pos)
     t0 = time.time()
-    amp = compute_dtype(dev, dtype)
+    amp = compute_dtype(dev, dtype) if model.precision == "fp32" else torch.float32  # converted weights: as loaded
     nats = score_rows(model, x, y, max(1, 16384 // T), dev, amp, progress=progress)
     model_s = time.time() - t0
 
