@@ -11,7 +11,8 @@ import pytest
 
 from conftest import PYTHON, REPO
 from midigen.music.codec import Codec, Kind, parse_key
-from midigen.generate.controls import DROP_P, resolve
+from midigen.generate.controls import resolve
+from midigen.music.controls import DROP_P
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:

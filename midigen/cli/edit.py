@@ -10,10 +10,15 @@ import json
 import secrets
 from pathlib import Path
 
-from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.codec import Codec, CodecError, instrument_name, parse_instrument
 from midigen.errors import MidigenError, UsageError
 from midigen.generate.edit import (Edit, arrange, arrange_edits, bars_to_seconds, infill,  # noqa: F401
                                    infill_edits, instruments_of_score)
+from midigen.device import best_device
+from midigen.fsutil import atomic_write_bytes
+from midigen.generate.controls import from_cli
+from midigen.generate.render import find_soundfont, play, write_piano_roll, write_wav
+from midigen.model.checkpoint import capabilities, load_checkpoint
 
 __all__ = ["infill", "arrange", "bars_to_seconds", "infill_from_cli", "arrange_from_cli"]
 
@@ -31,8 +36,6 @@ def parse_bars(text: str) -> tuple[int, int]:
 
 
 def _instrument_list(text: str | None, flag: str) -> list[int] | None:
-    from midigen.music.codec import parse_instrument
-
     if text is None:
         return None
     parts = [p for p in text.split(",") if p.strip()]
@@ -68,13 +71,8 @@ def _check_flags(a) -> None:
 def _load(a, wanted: list[int]):
     """(model, codec, device, soundfont, controls) once the checkpoint is known to edit and to know
     ``wanted``; ``controls`` are the ids of ``--style/--key/--density`` (checked against what it learned)."""
-    from midigen.model.checkpoint import capabilities, load_checkpoint
-    from midigen.device import best_device
-
     soundfont = None
     if a.wav or a.play:
-        from midigen.generate.render import find_soundfont
-
         soundfont = find_soundfont(getattr(a, "soundfont", None))
     device = best_device(getattr(a, "device", None))
     model, codec, config = load_checkpoint(a.ckpt, device)
@@ -86,7 +84,6 @@ def _load(a, wanted: list[int]):
     if unknown:
         raise UsageError("the model never saw " + ", ".join(instrument_name(i) for i in unknown)
                          + " in training: choose among " + ", ".join(instrument_name(i) for i in caps["instruments"]))
-    from midigen.generate.controls import from_cli
 
     controls, _ = from_cli(a, config, codec)
     return model, codec, device, soundfont, controls
@@ -94,8 +91,6 @@ def _load(a, wanted: list[int]):
 
 def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
     """Each edit's MIDI (+ WAV, PNG) written atomically, one JSON line per file."""
-    from midigen.fsutil import atomic_write_bytes
-
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -111,20 +106,14 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
         files = [(base.with_suffix(".mid"), "midi")]
         atomic_write_bytes(files[0][0], bytes(e.score.dumps_midi()))
         if a.wav or a.play:
-            from midigen.generate.render import write_wav
-
             files.append((write_wav(e.score, base.with_suffix(".wav"), soundfont=soundfont), "wav"))
         if a.png:
-            from midigen.generate.render import write_piano_roll
-
             title = f"midigen {task} {i} (seed {seed}): " + ", ".join(info["instruments"])
             files.append((write_piano_roll(e.score, base.with_suffix(".png"), title=title,
                                            highlight=(e.span_seconds, e.targets)), "png"))
         for path, kind in files:
             print(json.dumps({"file": str(path), "kind": kind, **info}), flush=True)
     if a.play:
-        from midigen.generate.render import play
-
         for i in range(len(edits)):
             if not play(out / f"{stem}-{task}-{seed}-{i}.wav"):
                 break

@@ -9,7 +9,9 @@ import json
 import os
 import sys
 
+from midigen import __version__
 from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import atomic_write_bytes
 from midigen.generate.defaults import TOP_P
 
 
@@ -51,8 +53,7 @@ def _print_json(obj) -> None:
 
 
 def cmd_roundtrip(a) -> int:
-    from midigen.music.codec import Codec, fidelity
-    from midigen.fsutil import atomic_write_bytes
+    from midigen.music.codec import Codec, fidelity  # start-up time
 
     codec = Codec()
     try:
@@ -73,7 +74,7 @@ def cmd_roundtrip(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    from midigen.data.prepare import prepare
+    from midigen.data.prepare import prepare  # start-up time
 
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
@@ -86,18 +87,18 @@ def cmd_prepare(a) -> int:
 
 def cmd_info(a) -> int:
     if a.ckpt:
-        from midigen.model.checkpoint import describe
+        from midigen.model.checkpoint import describe  # start-up time
 
         _print_json(describe(a.ckpt))
         return 0
-    from midigen.train.train import model_info
+    from midigen.train.train import model_info  # start-up time
 
     _print_json(model_info(a.config, a.overrides))
     return 0
 
 
 def cmd_train(a) -> int:
-    from midigen.train.train import train_from_cli
+    from midigen.train.train import train_from_cli  # start-up time
 
     train_from_cli(a.config, a.overrides, resume=a.resume, use_wandb=a.wandb)
     return 0
@@ -105,13 +106,13 @@ def cmd_train(a) -> int:
 
 def cmd_eval(a) -> int:
     if a.samples:
-        from midigen.eval.metrics import compare_samples
+        from midigen.eval.metrics import compare_samples  # start-up time
 
         _print_json(compare_samples(a.samples, a.data, split=a.split))
         return 0
     if not a.ckpt:
         raise UsageError("eval needs --ckpt DIR (model) or --samples DIR (generated MIDI)")
-    from midigen.eval.evaluate import evaluate
+    from midigen.eval.evaluate import evaluate  # start-up time
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
                          controls=a.controls))
@@ -119,21 +120,21 @@ def cmd_eval(a) -> int:
 
 
 def cmd_sample(a) -> int:
-    from midigen.generate.sample import sample_from_cli
+    from midigen.generate.sample import sample_from_cli  # start-up time
 
     sample_from_cli(a)
     return 0
 
 
 def cmd_infill(a) -> int:
-    from midigen.cli.edit import infill_from_cli
+    from midigen.cli.edit import infill_from_cli  # start-up time
 
     infill_from_cli(a)
     return 0
 
 
 def cmd_arrange(a) -> int:
-    from midigen.cli.edit import arrange_from_cli
+    from midigen.cli.edit import arrange_from_cli  # start-up time
 
     arrange_from_cli(a)
     return 0
@@ -160,7 +161,7 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_studio(a) -> int:
-    from midigen.studio.server import run
+    from midigen.studio.server import run  # start-up time
 
     run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device)
     return 0
@@ -196,8 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="midigen",
         description="Train GPT-2 124M on MIDI event tokens and generate music.",
     )
-    from midigen import __version__
-
     p.add_argument("--version", action="version", version=f"midigen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 

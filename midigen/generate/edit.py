@@ -31,6 +31,7 @@ from midigen.errors import UsageError
 from midigen.generate.engine import Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
+from midigen.music.timing import tick_at_seconds
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -326,8 +327,6 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
                  device=None, listener: Listener | None = None) -> list[Edit]:
     """``infill`` with what changed, for the command's report."""
-    from midigen.music.timing import tick_at_seconds
-
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:

@@ -22,6 +22,10 @@ from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F40
 from midigen.errors import UsageError
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
+from midigen.fsutil import atomic_write_bytes
+from midigen.generate.controls import from_cli
+from midigen.generate.render import find_soundfont, play, write_piano_roll, write_wav
+from midigen.model.checkpoint import load_checkpoint
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -309,9 +313,6 @@ def _parse_instruments(text: str | None) -> list[int] | None:
 
 def sample_from_cli(a) -> None:
     """``midigen sample``: check every flag first, then load, generate, write and report."""
-    from midigen.model.checkpoint import load_checkpoint
-    from midigen.fsutil import atomic_write_bytes
-
     if a.prompt_seconds is not None and a.prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
     if a.top_p is not None and a.top_p > 1:
@@ -323,8 +324,6 @@ def sample_from_cli(a) -> None:
         raise UsageError(f"prompt {a.prompt} does not exist")
     soundfont = None
     if a.wav or a.play or a.soundfont:
-        from midigen.generate.render import find_soundfont
-
         soundfont = find_soundfont(a.soundfont)
     out = Path(a.out)
     if out.exists() and not out.is_dir():
@@ -332,7 +331,6 @@ def sample_from_cli(a) -> None:
     device = best_device(a.device)
 
     model, codec, config = load_checkpoint(a.ckpt, device)
-    from midigen.generate.controls import from_cli
 
     controls, time_signature = from_cli(a, config, codec, instruments)
     prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
@@ -356,20 +354,14 @@ def sample_from_cli(a) -> None:
         atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
         print(base.with_suffix(".mid"), flush=True)
         if a.wav or a.play:
-            from midigen.generate.render import write_wav
-
             write_wav(score, base.with_suffix(".wav"), soundfont=soundfont)
             print(base.with_suffix(".wav"), flush=True)
         if a.png:
-            from midigen.generate.render import write_piano_roll
-
             write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
             print(base.with_suffix(".png"), flush=True)
         print(f"sample {i}: {summary(codec, s, score)}", flush=True)
     print(f"seed {seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
-        from midigen.generate.render import play
-
         for i in range(len(samples)):
             if not play(out / f"{stamp}-{i}.wav"):
                 break

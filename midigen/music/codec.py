@@ -31,6 +31,9 @@ import numpy as np
 import symusic
 
 from midigen.errors import MidigenError
+from midigen.fsutil import atomic_write_text
+from midigen.music.smf import sanitize_smf, unwrap_rmid
+from midigen.music.timing import notes_end_seconds
 
 CODEC_NAME = "midigen-event"
 CODEC_VERSION = 3  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens.
@@ -411,8 +414,6 @@ class Codec:
         return cls.from_dict(json.loads(text))
 
     def save(self, path) -> None:
-        from midigen.fsutil import atomic_write_text
-
         atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
@@ -423,8 +424,6 @@ class Codec:
     # ----- encoding ---------------------------------------------------------------------------
 
     def read_midi(self, data: bytes) -> symusic.Score:
-        from midigen.music.smf import sanitize_smf, unwrap_rmid
-
         try:
             score = symusic.core.ScoreTick.from_midi(sanitize_smf(unwrap_rmid(bytes(data))), False)
         except Exception as e:  # symusic raises plain RuntimeError/ValueError on bad files
@@ -935,7 +934,6 @@ def fidelity(codec: Codec, original: symusic.Score, decoded: symusic.Score) -> d
         onset_ok[i] = abs(tb[k] - ta[i]) <= 1 / 24 + 1e-9
         dur_ok[i] = abs(db[k] - da[i]) <= max(1 / 12, 0.2 * da[i]) + 1e-9
         vel_ok[i] = abs(int(vb[k]) - int(a["velocity"][i])) <= 8
-    from midigen.music.timing import notes_end_seconds
 
     len_in, len_out = notes_end_seconds(original), notes_end_seconds(decoded)
     return {

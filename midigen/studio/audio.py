@@ -15,6 +15,8 @@ from pathlib import Path
 from midigen.errors import MidigenError
 from midigen.studio.sandbox import Refused, Sandbox, SandboxError, serve
 from midigen.studio.workspace import Conflict, Workspace
+from midigen.generate.render import write_wav
+from midigen.studio.timing import TempoMap
 
 SAMPLE_RATES = (44100, 48000)  # the second is tried when the synthesizer hangs at the first
 TAIL_SECONDS = 2.0  # room for the last notes to ring out
@@ -33,9 +35,6 @@ def render_file(job: dict, blob=None) -> tuple[float, None]:
     """{midi, wav, soundfont, rate} -> (seconds of audio written, None); runs in the child."""
     import numpy as np
     import symusic
-
-    from midigen.generate.render import write_wav
-    from midigen.studio.timing import TempoMap
 
     midi, wav, soundfont, rate = job["midi"], job["wav"], job["soundfont"], int(job["rate"])
     score = symusic.Score.from_midi(Path(midi).read_bytes())

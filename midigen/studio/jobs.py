@@ -27,6 +27,11 @@ from midigen.studio import splice
 from midigen.studio.roll import instruments_of, stream_notes, written_notes
 from midigen.studio.upload import notes_end_seconds
 from midigen.studio.workspace import new_id
+from midigen.generate.edit import arrange, infill
+from midigen.generate.controls import resolve
+from midigen.generate.sample import generate_samples, sample_score
+from midigen.model.checkpoint import capabilities as from_checkpoint, load_checkpoint
+from midigen.studio.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange")
 MAX_WAITING = 32  # jobs waiting at once; more are refused (429) rather than queued for hours
@@ -58,7 +63,6 @@ def capabilities(config: dict, model, codec: Codec) -> dict:
     a checkpoint that records nothing: continue and generate with the instruments its output knows."""
     caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
             "keys": [], "densities": []}
-    from midigen.model.checkpoint import capabilities as from_checkpoint
 
     return {**caps, **from_checkpoint(config, codec)}
 
@@ -89,8 +93,6 @@ class Engine:
     """One loaded checkpoint and the four things the studio asks of it."""
 
     def __init__(self, ckpt, device):
-        from midigen.model.checkpoint import load_checkpoint
-
         self.model, self.codec, self.config = load_checkpoint(ckpt, device)
         self.device = device
         self.ckpt = str(ckpt)
@@ -111,8 +113,6 @@ class Engine:
         """The request's style / key / density (and meter, for generate) -> (control ids, (n, d) or None),
         resolved as ``sample --style/--key/--density/--time-signature`` are: a name the checkpoint never
         learned is a UsageError listing the ones it did. Edits keep the song's own meter (no such field)."""
-        from midigen.generate.controls import resolve
-
         pick = lambda k: req.get(k) or None  # noqa: E731  ("" from a form means: the model chooses)
         return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
                        time_signature=pick("time_signature"))
@@ -146,8 +146,6 @@ class Engine:
         return getattr(self, "_" + kind)(req, score, progress)
 
     def _generate(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.generate.sample import generate_samples, sample_score
-
         insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
         controls, meter = self.steering(req)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
@@ -160,8 +158,6 @@ class Engine:
         return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.generate.sample import generate_samples
-
         extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device)
         p = splice.plan(self.codec, score, req.get("at_seconds"))
         insts = sorted(set(p.instruments) | set(extra))
@@ -174,8 +170,6 @@ class Engine:
         return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": kw["seed"]})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.cli.edit import infill  # the editing engine (issue 10)
-
         kw = _sampling(req, self.device)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
@@ -186,8 +180,6 @@ class Engine:
                 for i, sc in enumerate(scores)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.cli.edit import arrange  # the editing engine (issue 10)
-
         kw = _sampling(req, self.device)
         add = self.instruments(req.get("add"))
         keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
@@ -239,8 +231,6 @@ class Progress:
 
     def chunk(self, start_step: int, song, targets) -> None:
         """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``)."""
-        from midigen.studio.timing import TempoMap
-
         finished = self._chunk_notes(self.edit, self.tokens)
         tempo = self.edit[3] if self.edit is not None and self.edit[1] is song else TempoMap(song.score)
         with self._lock:

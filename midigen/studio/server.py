@@ -28,6 +28,8 @@ from midigen.studio.audio import AudioCache, RenderError
 from midigen.studio.jobs import CannotEdit, Engine, JobQueue, QueueFull
 from midigen.studio.upload import Reader, UploadError
 from midigen.studio.workspace import Conflict, Limits, NotFound, Workspace
+from midigen.device import best_device
+from midigen.generate.render import find_soundfont
 
 STATIC = Path(str(resources.files("midigen.studio") / "static"))
 STATUS = [(NotFound, 404), (CannotEdit, 409), (Conflict, 409), (QueueFull, 429), (UploadError, 400),
@@ -122,9 +124,6 @@ def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio",
         device=None, limits: Limits = Limits()) -> None:
     """Load the checkpoint once, print the address, serve until Ctrl+C."""
     import uvicorn
-
-    from midigen.device import best_device
-    from midigen.generate.render import find_soundfont
 
     dev = best_device(device)
     soundfont = find_soundfont()
