@@ -237,9 +237,9 @@ def overlap(a) -> None:
 
 
 def _seconds(score, song, step) -> float:
-    from midigen.generate.edit import _seconds_at
+    from midigen.music.timing import seconds_at_tick
 
-    return _seconds_at(score, int(song.tick_of(step)))
+    return float(seconds_at_tick(score, int(song.tick_of(step))))
 
 
 def cost(a) -> None:

@@ -21,7 +21,8 @@ import symusic
 
 from midigen.music.codec import DRUMS, Codec, Kind
 from midigen.errors import Cancelled, UsageError
-from midigen.generate.edit import arrange_edits, bars_to_seconds, infill_edits, instrument_of, read_song
+from midigen.generate.edit import arrange_edits, infill_edits, instrument_of, read_song
+from midigen.music.timing import bars_to_seconds
 from midigen.generate.grammar import Grammar
 from songgen import make_song
 

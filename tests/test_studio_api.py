@@ -296,7 +296,7 @@ def test_continue_from_a_point_keeps_what_comes_before_it(server, song):
     assert job["status"] == "done", job
     orig = version_score(server.url, piece["id"], piece["current"])
     out = version_score(server.url, piece["id"], job["versions"][0])
-    from midigen.studio.timing import TempoMap
+    from midigen.music.timing import TempoMap
 
     cut = int(TempoMap(orig).ticks(point))
     step = orig.ticks_per_quarter / 24

@@ -155,7 +155,7 @@ def options(page, select: str) -> list[str]:
 
 def note_rows(score, lo: float, hi: float, inside: bool) -> Counter:
     """Notes (track, ticks, pitch, velocity) whose onsets fall inside / outside [lo, hi) seconds."""
-    from midigen.studio.timing import TempoMap
+    from midigen.music.timing import TempoMap
 
     tm, out = TempoMap(score), Counter()
     for t in score.tracks:

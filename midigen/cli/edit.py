@@ -12,8 +12,8 @@ from pathlib import Path
 
 from midigen.music.codec import Codec, CodecError, instrument_name, parse_instrument
 from midigen.errors import MidigenError, UsageError
-from midigen.generate.edit import (Edit, arrange, arrange_edits, bars_to_seconds, infill,  # noqa: F401
-                                   infill_edits, instruments_of_score)
+from midigen.generate.edit import Edit, arrange, arrange_edits, infill, infill_edits, instruments_of_score  # noqa: F401
+from midigen.music.timing import bars_to_seconds
 from midigen.device import best_device
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.controls import from_cli

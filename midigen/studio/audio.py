@@ -16,7 +16,7 @@ from midigen.errors import MidigenError
 from midigen.studio.sandbox import Refused, Sandbox, SandboxError, serve
 from midigen.studio.workspace import Conflict, Workspace
 from midigen.generate.render import write_wav
-from midigen.studio.timing import TempoMap
+from midigen.music.timing import TempoMap
 
 SAMPLE_RATES = (44100, 48000)  # the second is tried when the synthesizer hangs at the first
 TAIL_SECONDS = 2.0  # room for the last notes to ring out

@@ -25,13 +25,13 @@ from midigen.music.codec import DRUMS, Codec, instrument_name, parse_instrument
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.studio import splice
 from midigen.studio.roll import instruments_of, stream_notes, written_notes
-from midigen.studio.upload import notes_end_seconds
+from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
 from midigen.generate.edit import arrange, infill
 from midigen.generate.controls import resolve
 from midigen.generate.sample import generate_samples, sample_score
 from midigen.model.checkpoint import capabilities as from_checkpoint, load_checkpoint
-from midigen.studio.timing import TempoMap
+from midigen.music.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange")
 MAX_WAITING = 32  # jobs waiting at once; more are refused (429) rather than queued for hours

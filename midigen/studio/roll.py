@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from midigen.music.codec import DRUMS, Codec, instrument_name
-from midigen.studio.timing import TempoMap, grid, meters
+from midigen.music.timing import TempoMap, grid, meters
 from midigen.generate.edit import written_units
 
 

@@ -15,7 +15,7 @@ from midigen.data.sources import MAX_FILE_BYTES
 from midigen.studio.sandbox import Refused, Sandbox, SandboxError, serve
 from midigen.music.codec import Codec, CodecError
 from midigen.studio.roll import instruments_of
-from midigen.studio.timing import TempoMap
+from midigen.music.timing import notes_end_seconds
 
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # the same 16 MiB as prepare
 MAX_SECONDS = 10 * 60.0  # the studio renders the whole piece as audio: 10 minutes is ~106 MB of WAV
@@ -29,15 +29,6 @@ class UploadError(MidigenError):
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
-
-
-def notes_end_seconds(score) -> float:
-    """When the last note stops sounding (other events far beyond it do not make a song long)."""
-    import numpy as np
-
-    ends = [int(np.max(a["time"].astype(np.int64) + a["duration"])) for a in
-            (t.notes.numpy() for t in score.tracks if t.note_num())]
-    return float(TempoMap(score).seconds(max(ends))) if ends else 0.0
 
 
 def check_midi(data: bytes) -> tuple[bytes, dict]:
