@@ -7,8 +7,7 @@ names the checkpoint knows.
 from __future__ import annotations
 
 from midigen.errors import UsageError
-from midigen.music.codec import DENSITY_LEVELS, Codec, instrument_name, key_name, parse_key
-from midigen.model.checkpoint import capabilities
+from midigen.music.codec import DENSITY_LEVELS, DRUMS, Codec, instrument_name, key_name, match_instrument, parse_key
 
 
 # ----- what the user asks for ---------------------------------------------------------------------
@@ -69,20 +68,36 @@ def resolve(capabilities: dict, codec: Codec, style: str | None = None, key: str
     return ids, ts
 
 
+def instrument_words(request) -> list[str]:
+    """What a user typed for instruments, word by word: a comma-separated string, or a list of such
+    strings or numbers (a repeated flag, a JSON list)."""
+    items = [request] if isinstance(request, (str, int)) else list(request or ())
+    return [w.strip() for x in items for w in str(x).split(",") if w.strip()]
+
+
+def _refusal(typed, known, what: str, owner: str) -> UsageError:
+    names = ", ".join(f"{instrument_name(i)} ({i})" for i in known) or "none"
+    return UsageError(f"unknown {what} {str(typed)!r}: {owner} {names}")
+
+
+def resolve_instruments(request, known, what: str = "instrument", owner: str = "this checkpoint knows") -> list[int]:
+    """Instruments a user named -> sorted instrument numbers, each one of ``known`` (what the checkpoint
+    saw in training; all of General MIDI when it records nothing). A name matches among ``known`` only,
+    so 'guitar' means a guitar this checkpoint can write; anything else is a UsageError quoting what was
+    typed and listing ``known``."""
+    known = sorted(known) or list(range(DRUMS + 1))
+    out = set()
+    for word in instrument_words(request):
+        i = match_instrument(word, known)
+        if i is None:
+            raise _refusal(word, known, what, owner)
+        out.add(i)
+    return sorted(out)
+
+
 def check_instruments(capabilities: dict, instruments) -> None:
-    """Refuse instruments the checkpoint never saw (it could only write noise for them)."""
-    seen = capabilities.get("instruments")
-    if not instruments or not seen:
-        return
-    unseen = [i for i in instruments if i not in seen]
+    """Refuse instruments (numbers) the checkpoint never saw: it could only write noise for them."""
+    known = capabilities.get("instruments") or list(range(DRUMS + 1))
+    unseen = [i for i in instruments or () if i not in known]
     if unseen:
-        names = ", ".join(f"{instrument_name(i)} ({i})" for i in seen)
-        raise UsageError(f"unknown instrument {instrument_name(unseen[0])!r}: this checkpoint knows {names}")
-
-
-def from_cli(args, config: dict, codec: Codec, instruments=None) -> tuple[list[int], tuple | None]:
-    """The ``--style/--key/--density/--time-signature`` flags (see ``cli._add_control_flags``) -> ids, meter."""
-    caps = capabilities(config, codec)
-    check_instruments(caps, instruments)
-    return resolve(caps, codec, style=getattr(args, "style", None), key=getattr(args, "key", None),
-                   density=getattr(args, "density", None), time_signature=getattr(args, "time_signature", None))
+        raise _refusal(instrument_name(unseen[0]), known, "instrument", "this checkpoint knows")

@@ -20,7 +20,6 @@ would shorten are shortened only when a chunk's prompt is built, around the hole
 """
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,8 +27,9 @@ import symusic
 
 from midigen.music.codec import DRUMS, Codec, CodecError, Kind, instrument_name
 from midigen.errors import UsageError
-from midigen.generate.engine import Decoder, Listener, check_sampling
+from midigen.generate.engine import Decoder, Listener
 from midigen.generate.grammar import Grammar
+from midigen.generate.sampling import Sampling
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
 from midigen.music.timing import seconds_at_tick, tick_at_seconds
 
@@ -296,10 +296,8 @@ def splice(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) 
 def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    check_sampling(temperature, top_k, top_p)
-    seed = secrets.randbelow(2**31) if seed is None else int(seed)
-    return Decoder(model, codec, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, device=device,
-                   listener=listener)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    return Decoder(model, codec, sampling, device=device, listener=listener)
 
 
 def _song(codec: Codec, score) -> Song:

@@ -126,11 +126,6 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
 # ----- the run ----------------------------------------------------------------------------------
 
 
-def train_from_cli(config, overrides, resume: bool = False, use_wandb: bool = False) -> dict:
-    cfg = load_config(config, overrides)
-    return train(cfg, resume=resume, use_wandb=use_wandb)
-
-
 def train(cfg: TrainConfig, resume: bool = False, use_wandb: bool = False, progress: bool = True) -> dict:
     dist = Dist()
     device = pick_device(cfg.device, dist)
