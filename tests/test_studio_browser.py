@@ -174,6 +174,7 @@ def test_a_fresh_studio_says_where_to_start_and_what_it_cannot_do(page):
     assert page.locator("#empty").is_visible()
     assert "Drop a MIDI file here" in page.locator("#empty").inner_text()
     assert "cannot edit" in page.locator("#model-info").inner_text()
+    assert page.locator("#top-p").input_value() == "0.95" and page.locator("#temperature").input_value() == "1"
     open_tab(page, "infill")
     assert page.locator("#infill").is_disabled()
     assert "cannot edit" in page.locator("[data-tab=infill] .edit-note").inner_text()
