@@ -75,22 +75,22 @@ def instrument_words(request) -> list[str]:
     return [w.strip() for x in items for w in str(x).split(",") if w.strip()]
 
 
-def _refusal(typed, known, what: str, owner: str) -> UsageError:
+def _refusal(typed, known, owner: str) -> UsageError:
     names = ", ".join(f"{instrument_name(i)} ({i})" for i in known) or "none"
-    return UsageError(f"unknown {what} {str(typed)!r}: {owner} {names}")
+    return UsageError(f"unknown instrument {str(typed)!r}: {owner} {names}")
 
 
-def resolve_instruments(request, known, what: str = "instrument", owner: str = "this checkpoint knows") -> list[int]:
+def resolve_instruments(request, known, owner: str = "this checkpoint knows") -> list[int]:
     """Instruments a user named -> sorted instrument numbers, each one of ``known`` (what the checkpoint
     saw in training; all of General MIDI when it records nothing). A name matches among ``known`` only,
     so 'guitar' means a guitar this checkpoint can write; anything else is a UsageError quoting what was
-    typed and listing ``known``."""
+    typed and listing ``known`` (``owner`` says whose they are: the checkpoint's, or a song's parts)."""
     known = sorted(known) or list(range(DRUMS + 1))
     out = set()
     for word in instrument_words(request):
         i = match_instrument(word, known)
         if i is None:
-            raise _refusal(word, known, what, owner)
+            raise _refusal(word, known, owner)
         out.add(i)
     return sorted(out)
 
@@ -100,4 +100,4 @@ def check_instruments(capabilities: dict, instruments) -> None:
     known = capabilities.get("instruments") or list(range(DRUMS + 1))
     unseen = [i for i in instruments or () if i not in known]
     if unseen:
-        raise _refusal(instrument_name(unseen[0]), known, "instrument", "this checkpoint knows")
+        raise _refusal(instrument_name(unseen[0]), known, "this checkpoint knows")
