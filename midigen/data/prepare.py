@@ -41,6 +41,10 @@ from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
 from midigen.data.splits import SPLITS, SplitRule
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
+from midigen.data.keys import song_key
+from midigen.data.styles import make_tagger, split_source, StyleTagger
+from midigen.music import codec_jit
+from midigen.music.codec import Codec, CodecError
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -77,15 +81,12 @@ class _Encoder:
     """Per-process codec: the compiled encoder (``codec_jit``) when it passes its check, else numpy."""
 
     def __init__(self):
-        from midigen.music.codec import Codec, CodecError
-
         self.CodecError = CodecError
         self.codec = Codec()
         c = self.codec
         self.fast = None
         if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
             try:
-                from midigen.music import codec_jit
                 self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
             except Exception:  # numba unusable here (no cache location, ...): numpy does the same work
                 self.fast = None
@@ -158,8 +159,6 @@ class _Encoder:
 
     def song_fields(self, score, tokens, secs: float) -> dict:
         """The facts a kept file's row records for the controls: key (and where from), meter, length."""
-        from midigen.data.keys import song_key
-
         key, source = song_key(self.codec, score, tokens)
         head = tokens[: self.codec.header_length(tokens[:200])]
         ts = [self.codec.time_signatures[int(t) - self.codec.ts_start] for t in head
@@ -413,8 +412,6 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
     ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.data.styles``).
     """
-    from midigen.data.styles import make_tagger, split_source
-
     t0 = time.monotonic()
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
     named = [split_source(str(s)) for s in sources]
@@ -488,8 +485,6 @@ def _resolve_sources(sources: list[str], url, progress: bool) -> list:
 
 
 def _codec_dict() -> dict:
-    from midigen.music.codec import Codec
-
     return Codec().to_dict()
 
 
@@ -503,8 +498,6 @@ class _Merge:
     """
 
     def __init__(self, work: Path, chunk_list: list, rule: SplitRule, tagger=None):
-        from midigen.data.styles import StyleTagger
-
         self.work, self.chunk_list, self.rule = work, chunk_list, rule
         self.tagger = tagger or StyleTagger([], [])
         self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)

@@ -20,7 +20,6 @@ would shorten are shortened only when a chunk's prompt is built, around the hole
 """
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,9 +27,11 @@ import symusic
 
 from midigen.music.codec import DRUMS, Codec, CodecError, Kind, instrument_name
 from midigen.errors import UsageError
-from midigen.generate.engine import Decoder, Listener, check_sampling
+from midigen.generate.engine import Decoder, Listener
 from midigen.generate.grammar import Grammar
+from midigen.generate.sampling import Sampling
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
+from midigen.music.timing import seconds_at_tick, tick_at_seconds
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -295,10 +296,8 @@ def splice(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) 
 def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    check_sampling(temperature, top_k, top_p)
-    seed = secrets.randbelow(2**31) if seed is None else int(seed)
-    return Decoder(model, codec, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, device=device,
-                   listener=listener)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    return Decoder(model, codec, sampling, device=device, listener=listener)
 
 
 def _song(codec: Codec, score) -> Song:
@@ -308,26 +307,10 @@ def _song(codec: Codec, score) -> Song:
         raise UsageError(f"cannot edit this song: {e}") from None
 
 
-def _seconds_at(score, ticks: int) -> float:
-    """Seconds at ``ticks`` on the score's tempo map."""
-    t = score.tempos.numpy() if len(score.tempos) else None
-    times = np.array([0.0]) if t is None else t["time"].astype(np.float64)
-    mspq = np.array([500000.0]) if t is None else t["mspq"].astype(np.float64)
-    o = np.argsort(times, kind="stable")
-    times, mspq = times[o], mspq[o]
-    if times[0] > 0:
-        times, mspq = np.concatenate(([0.0], times)), np.concatenate(([500000.0], mspq))
-    sec = np.concatenate(([0.0], np.cumsum(np.diff(times) * mspq[:-1] / 1e6 / score.ticks_per_quarter)))
-    i = int(np.searchsorted(times, ticks, side="right")) - 1
-    return float(sec[i] + (ticks - times[i]) * mspq[i] / 1e6 / score.ticks_per_quarter)
-
-
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
                  device=None, listener: Listener | None = None) -> list[Edit]:
     """``infill`` with what changed, for the command's report."""
-    from midigen.music.timing import tick_at_seconds
-
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -339,7 +322,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     qe = min(qe, end_step)
     if qs >= end_step:
         raise UsageError(f"the span starts at {start_s:g} s, after the song's end "
-                         f"({_seconds_at(score, int(song.tick_of(end_step))):.1f} s)")
+                         f"({float(seconds_at_tick(score, int(song.tick_of(end_step)))):.1f} s)")
     if qe <= qs:
         raise UsageError(f"the span {start_s:g}-{end_s:g} s is shorter than one step of the song's grid")
     present = song.instruments
@@ -351,7 +334,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     plan = Plan(qs, qe, targets, sorted(set(present) | set(targets)), u.select(~gone),
                 controls=tuple(controls or ()))
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
-    span_s = tuple(_seconds_at(score, int(song.tick_of(q))) for q in (qs, qe))
+    span_s = tuple(float(seconds_at_tick(score, int(song.tick_of(q)))) for q in (qs, qe))
     out = []
     for units in write_plan(dec, codec, song, plan, int(num_samples)):
         s, removed, new_tracks = splice(codec, song, units, remove)
@@ -385,7 +368,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     plan = Plan(0, end, add, sorted(set(keep) | set(add)), u.select(~gone), drop_after=True,
                 controls=tuple(controls or ()))
     never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
-    span_s = (0.0, _seconds_at(score, int(song.tick_of(end))))
+    span_s = (0.0, float(seconds_at_tick(score, int(song.tick_of(end)))))
     out = []
     for units in write_plan(dec, codec, song, plan, int(num_samples)):
         s, removed, new_tracks = splice(codec, song, units, never, drop_instruments=dropped)
@@ -416,30 +399,3 @@ def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1,
     return [e.score for e in arrange_edits(
         model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
         top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener)]
-
-
-def bars_to_seconds(score, first_bar: int, last_bar: int) -> tuple[float, float]:
-    """(start, end) seconds of bars ``first_bar..last_bar`` (counted from 1, inclusive) on the song's
-    own time signatures and tempo map."""
-    if first_bar < 1 or last_bar < first_bar:
-        raise UsageError(f"bars {first_bar}-{last_bar}: count from 1, the first bar not after the last")
-    return _seconds_at(score, bar_tick(score, first_bar)), _seconds_at(score, bar_tick(score, last_bar + 1))
-
-
-def bar_tick(score, bar: int) -> int:
-    """The tick where bar ``bar`` (from 1) starts, walking the time signature changes (a change inside a
-    bar starts a new bar there, as notation programs do)."""
-    tpq = score.ticks_per_quarter
-    sigs = dict(sorted((int(t.time), (int(t.numerator), int(t.denominator))) for t in score.time_signatures))
-    sigs.setdefault(0, (4, 4))
-    at_list = sorted(sigs)
-    n_bar = 1
-    for k, at in enumerate(at_list):
-        num, den = sigs[at]
-        length = max(1, num * tpq * 4 // den)
-        nxt = at_list[k + 1] if k + 1 < len(at_list) else None
-        here = None if nxt is None else -(-(nxt - at) // length)
-        if here is None or n_bar + here > bar:
-            return at + (bar - n_bar) * length
-        n_bar += here
-    raise AssertionError("unreachable")

@@ -15,7 +15,7 @@ import symusic
 from midigen.music.codec import DRUMS, Codec, CodecError, instrument_name
 from midigen.errors import UsageError
 from midigen.studio.roll import instruments_of, track_instrument
-from midigen.studio.timing import TempoMap
+from midigen.music.timing import TempoMap
 
 
 @dataclass
