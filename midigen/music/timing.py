@@ -137,6 +137,24 @@ def tick_at_seconds(score, seconds: float) -> int:
     return int(round(times[i] + (seconds - secs[i]) * 1e6 * tpq / mspq[i]))
 
 
+def first_tick_at(score, seconds: float) -> int:
+    """The first tick that is at or after ``seconds``: every note before it starts before ``seconds``
+    (``tick_at_seconds`` rounds, so a note half a tick earlier could fall on the tick it gives)."""
+    at = seconds - 1e-9  # float noise: a tick computed to sit a hair before ``seconds`` is at it
+    tick = max(0, tick_at_seconds(score, seconds))
+    while tick > 0 and float(seconds_at_tick(score, tick - 1)) >= at:
+        tick -= 1
+    while float(seconds_at_tick(score, tick)) < at:
+        tick += 1
+    return tick
+
+
+def bpm_at_tick(score, tick: int) -> float:
+    """The tempo (BPM) in force at ``tick`` of a symusic score."""
+    times, mspq, _, _ = _score_tempo_map(score)
+    return 60e6 / float(mspq[max(0, int(np.searchsorted(times, tick, side="right")) - 1)])
+
+
 def notes_end_seconds(score) -> float:
     """Seconds at which the last note of a (tick-based) score stops sounding; 0 without notes."""
     end = notes_end_tick(score)

@@ -23,7 +23,8 @@ import numpy as np
 
 from midigen.music.codec import DRUMS, Codec, instrument_name, parse_instrument
 from midigen.errors import Cancelled, MidigenError, UsageError
-from midigen.studio import splice
+from midigen.generate import continuation
+from midigen.generate.edit import arrange, infill
 from midigen.studio.roll import instruments_of, stream_notes, written_notes
 from midigen.studio.upload import notes_end_seconds
 from midigen.studio.workspace import new_id
@@ -160,22 +161,18 @@ class Engine:
         return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.generate.sample import generate_samples
+        from midigen.generate.sample import continue_song
 
         extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device)
-        p = splice.plan(self.codec, score, req.get("at_seconds"))
-        insts = sorted(set(p.instruments) | set(extra))
-        progress.begin(splice.stream_head(self.codec, p, extra), p.start_seconds)
-        tempo = req.get("tempo") if p.prompt is not None else (req.get("tempo") or p.tempo)
-        s = generate_samples(self.model, self.codec, seconds=req["seconds"], prompt_tokens=p.prompt,
-                             instruments=insts, tempo=tempo, listener=progress, **kw)[0]
+        p = continuation.plan(self.codec, score, req.get("at_seconds"))
+        progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
+        ((_, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
+                                    tempo=req.get("tempo"), listener=progress, **kw)
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {kw['seed']}"
-        return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": kw["seed"]})]
+        return [(out, label, {**req, "seed": kw["seed"]})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.cli.edit import infill  # the editing engine (issue 10)
-
         kw = _sampling(req, self.device)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
@@ -186,8 +183,6 @@ class Engine:
                 for i, sc in enumerate(scores)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.cli.edit import arrange  # the editing engine (issue 10)
-
         kw = _sampling(req, self.device)
         add = self.instruments(req.get("add"))
         keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
