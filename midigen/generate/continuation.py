@@ -87,7 +87,9 @@ def continued(codec: Codec, score, p: Plan, tokens, start_index: int, time_signa
     n_old = codec.count_notes(head)
     n_old_tempos = int(np.count_nonzero((head >= codec.tempo_start) & (head < codec.ts_start)))
     scale = score.ticks_per_quarter / codec.params.steps_per_quarter
-    to_tick = lambda steps: p.start_tick + np.round((np.asarray(steps) - p.start_steps) * scale).astype(np.int64)  # noqa: E731
+
+    def to_tick(steps):
+        return p.start_tick + np.round((np.asarray(steps) - p.start_steps) * scale).astype(np.int64)
 
     out = score.copy() if p.cut is None else score.clip(0, p.cut, False)
     for steps, bpm in zip(ev["tempo_time"][n_old_tempos:], ev["tempo_bpm"][n_old_tempos:]):

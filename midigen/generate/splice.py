@@ -116,8 +116,9 @@ def _apply_rule(score, written: list[np.ndarray]) -> int:
     """Apply the overlap rule to ``score`` in place; returns how many written notes it holds after."""
     chans = written_channels(score)
     arrays = [t.notes.numpy() for t in score.tracks]
-    cols = {f: np.concatenate([a[f].astype(np.int64) for a in arrays] or [np.zeros(0, np.int64)]) for f in FIELDS}
-    track = np.concatenate([np.full(len(a["time"]), i, np.int64) for i, a in enumerate(arrays)] or [np.zeros(0, np.int64)])
+    none = [np.zeros(0, np.int64)]
+    cols = {f: np.concatenate([a[f].astype(np.int64) for a in arrays] or none) for f in FIELDS}
+    track = np.concatenate([np.full(len(a["time"]), i, np.int64) for i, a in enumerate(arrays)] or none)
     flags = np.concatenate(written or [np.zeros(0, bool)])
     end = cols["time"] + cols["duration"]
     keep = np.ones(len(track), bool)
