@@ -297,9 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
-    s.add_argument("--start", type=float, default=None, metavar="S", help="span start (seconds)")
-    s.add_argument("--end", type=float, default=None, metavar="E", help="span end (seconds)")
+    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",
+                       description="Rewrite the notes that start in [--start, --end) (or in --bars). The span snaps "
+                       "inward to the model's grid (1/24 beat): a note that starts before --start, or at or "
+                       "after --end, is always kept as it is; one within half a grid step inside an edge may "
+                       "be kept too. New notes never cut into kept ones: a new note that would sound over a "
+                       "kept note of its pitch and channel is shortened or left out (docs/editing.md).")
+    s.add_argument("--start", type=float, default=None, metavar="S",
+                   help="span start (seconds); notes starting before it are kept (the span snaps inward)")
+    s.add_argument("--end", type=float, default=None, metavar="E",
+                   help="span end (seconds); notes starting at or after it are kept")
     s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
@@ -312,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instruments to write, e.g. bass,drums (or --add bass --add drums)")
     s.add_argument("--keep", default=None, action="append", metavar="LIST",
                    help="parts to keep, comma-separated or repeated (default: every part the song has that is "
-                        "not in --add); others are dropped")
+                        "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their MIDI channels)")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
 

@@ -17,9 +17,11 @@ import numpy as np
 from midigen.music.codec import Codec, CodecError, Kind, instrument_name
 from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
+from midigen.generate import continuation
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
+from midigen.generate.splice import settle
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -182,6 +184,23 @@ def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None
         controls=controls, time_signature=time_signature, listener=listener)]
 
 
+def continue_song(model, codec: Codec, score, plan: continuation.Plan, *, instruments=None, tempo=None,
+                  time_signature: tuple[int, int] | None = None, **kw) -> list[tuple[Sample, object]]:
+    """Continue the user's ``score`` as ``plan`` (``continuation.plan``) says: [(sample, the score written)]
+    per sample, each the user's notes before the point, untouched, plus the new ones from it on.
+
+    ``instruments`` join the song's; ``tempo`` is a change where the new part starts (or, with nothing
+    before the point, its tempo: the song's there by default). ``kw``: ``generate_samples``' arguments.
+    """
+    insts = sorted(set(plan.instruments) | set(int(i) for i in instruments or ()))
+    if plan.prompt is None:
+        tempo = tempo or plan.tempo
+    samples = generate_samples(model, codec, prompt_tokens=plan.prompt, instruments=insts, tempo=tempo,
+                               time_signature=time_signature, **kw)
+    return [(s, continuation.continued(codec, score, plan, s.tokens, s.start_index, time_signature))
+            for s in samples]
+
+
 # ----- scores, prompts, checks ------------------------------------------------------------------
 
 
@@ -205,27 +224,32 @@ def clip_score(score, end_seconds: float):
 
 
 def sample_score(codec: Codec, sample: Sample):
-    """The symusic score of a sample, clipped to its time target."""
+    """The symusic score of a sample, clipped to its time target, with no note-on while the same pitch
+    still sounds on its channel (``midigen.generate.splice.settle``)."""
     score = codec.decode(sample.tokens)
     if sample.end_seconds is not None:
         clip_score(score, sample.end_seconds)
-    return score
+    return settle(score)
 
 
-def load_prompt(codec: Codec, path, seconds: float | None = None) -> np.ndarray:
-    """Encode a MIDI file (its first ``seconds``, or all of it) as a prompt; bad files are usage errors."""
+def read_prompt(codec: Codec, path):
+    """The prompt MIDI file as a score; a file that cannot be read is a usage error."""
     try:
-        data = Path(path).read_bytes()
+        return codec.read_midi(Path(path).read_bytes())
     except OSError as e:
         raise UsageError(f"cannot read prompt {path}: {e.strerror or e}") from None
-    try:
-        score = codec.read_midi(data)
-        if seconds is not None:
-            score = score.clip(0, tick_at_seconds(score, seconds), False)
-        return codec.encode_score(score)
     except CodecError as e:
-        what = f"its first {seconds:g} s have no notes" if seconds is not None and "no notes" in str(e) else str(e)
-        raise UsageError(f"bad prompt {path}: {what}") from None
+        raise UsageError(f"bad prompt {path}: {e}") from None
+
+
+def prompt_plan(codec: Codec, path, seconds: float | None = None) -> tuple[object, continuation.Plan]:
+    """(the prompt's score, the plan continuing it from ``seconds``, or from its end)."""
+    score = read_prompt(codec, path)
+    plan = continuation.plan(codec, score, seconds)
+    if plan.prompt is None:
+        what = f"its first {seconds:g} s have no notes" if seconds is not None else "no notes"
+        raise UsageError(f"bad prompt {path}: {what}")
+    return score, plan
 
 
 def find_problems(codec: Codec, sample: Sample) -> list[str]:

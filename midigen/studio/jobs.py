@@ -22,14 +22,14 @@ import numpy as np
 
 from midigen.music.codec import DRUMS, Codec, instrument_name
 from midigen.errors import Cancelled, MidigenError, UsageError
-from midigen.studio import splice
+from midigen.generate import continuation
+from midigen.generate.edit import arrange, infill
 from midigen.studio.roll import instruments_of, stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
-from midigen.generate.edit import arrange, infill
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
-from midigen.generate.sample import generate_samples, sample_score
+from midigen.generate.sample import continue_song, generate_samples, sample_score
 from midigen.model.checkpoint import capabilities as from_checkpoint, load_checkpoint
 from midigen.music.timing import TempoMap
 
@@ -148,16 +148,13 @@ class Engine:
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
-        p = splice.plan(self.codec, score, req.get("at_seconds"))
-        insts = sorted(set(p.instruments) | set(extra))
-        progress.begin(splice.stream_head(self.codec, p, extra), p.start_seconds)
-        tempo = req.get("tempo") if p.prompt is not None else (req.get("tempo") or p.tempo)
-        s = generate_samples(self.model, self.codec, seconds=req["seconds"], prompt_tokens=p.prompt,
-                             instruments=insts, tempo=tempo, listener=progress, sampling=sampling,
-                             device=self.device)[0]
+        p = continuation.plan(self.codec, score, req.get("at_seconds"))
+        progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
+        ((_, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
+                                    tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device)
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed}"
-        return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": sampling.seed})]
+        return [(out, label, {**req, "seed": sampling.seed})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
