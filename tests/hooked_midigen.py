@@ -5,6 +5,7 @@ product code carries no test hooks:
 
 - ``HOOK_STEP_SLEEP=S``: sleep S seconds after every optimizer step (lets a test kill a run mid-way).
 - ``HOOK_FAIL_SAVE_RANK=R``: the process of rank R fails with an OSError when it saves a checkpoint.
+- ``HOOK_SYNTH_HANG=S``: the `--wav` synthesizer hangs on every render, and a render may take S seconds.
 """
 from __future__ import annotations
 
@@ -31,6 +32,13 @@ def _install() -> None:
             raise OSError(28, "No space left on device (injected by the test)", str(path))
 
         checkpoint.save_checkpoint = failing_save
+    hang = float(os.environ.get("HOOK_SYNTH_HANG", "0") or 0)
+    if hang:
+        from midigen.generate import synth
+        from studio_server import synth_always_hanging
+
+        synth._child = synth_always_hanging
+        synth.render_timeout = lambda seconds: hang
 
 
 if __name__ == "__main__":

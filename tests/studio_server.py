@@ -1,5 +1,8 @@
 """Helpers for the studio tests: a tiny trained checkpoint, a real `midigen studio` process, HTTP calls.
 
+A server prints its address with its token; ``call`` sends that token as a bearer token, as an API
+client would, and the browser tests open ``page_url``, the tokened address, as a user would.
+
 The checkpoint is trained once per test session with configs/test.toml on the shared ``tiny_dataset``
 (generated songs and music21 pieces) and kept under the session's temporary folder, so the API,
 browser and load tests share it. Each server is the real command in its own process on 127.0.0.1,
@@ -48,7 +51,12 @@ class Server:
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._pump, args=(self.proc.stdout, lines.put), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
-        self.url = self._wait_for_url(lines)
+        self.page_url = self._wait_for_url(lines)  # with ?token=... unless --no-token
+        self.url, _, query = self.page_url.partition("/?")
+        self.url = self.url.rstrip("/")
+        self.token = query.partition("token=")[2] or None
+        if self.token:
+            TOKENS[self.url] = self.token
 
     @staticmethod
     def _pump(stream, sink) -> None:
@@ -65,8 +73,7 @@ class Server:
                     raise RuntimeError(f"studio exited {self.proc.returncode}: {''.join(self.stderr)[-2000:]}")
                 continue
             if "http://" in line:
-                url = line.split("http://", 1)[1].split()[0]
-                return "http://" + url.rstrip("/")
+                return "http://" + line.split("http://", 1)[1].split()[0]
         raise RuntimeError("studio did not print its address in time")
 
     @property
@@ -91,9 +98,22 @@ class Server:
         return self.proc.returncode
 
 
-def call(method: str, url: str, body=None, raw: bytes | None = None, headers=None, timeout: float = 60):
-    """-> (status, parsed JSON or raw bytes); HTTP errors come back as their status, not raised."""
-    data, hdrs = None, dict(headers or {})
+TOKENS: dict[str, str] = {}  # each running test server's base URL -> its token
+
+
+def auth(url: str) -> dict:
+    """The Authorization header for the test server ``url`` belongs to (none for a --no-token server)."""
+    token = next((t for base, t in TOKENS.items() if url == base or url.startswith(base + "/")), None)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def call(method: str, url: str, body=None, raw: bytes | None = None, headers=None, timeout: float = 60,
+         token: bool = True):
+    """-> (status, parsed JSON or raw bytes); HTTP errors come back as their status, not raised.
+
+    The server's bearer token goes with the request unless ``token`` is False or ``headers`` has one.
+    """
+    data, hdrs = None, {**(auth(url) if token else {}), **(headers or {})}
     if raw is not None:
         data = raw
         hdrs.setdefault("Content-Type", "audio/midi")
@@ -130,7 +150,7 @@ def wait_job(base: str, job: dict, timeout: float = 300, pace: float = 0.0) -> t
 
 def misbehaving_reader(conn) -> None:
     """The upload reader's child, except that files starting CRASH abort it and HANG hang it."""
-    from midigen.studio.sandbox import serve
+    from midigen.generate.sandbox import serve
     from midigen.studio.upload import check_midi as real
 
     def check(args: dict, data: bytes):
@@ -146,12 +166,22 @@ def misbehaving_reader(conn) -> None:
 
 def synth_hanging_at_44100(conn) -> None:
     """The audio renderer's child, except that the synthesizer hangs at 44,100 Hz (as symusic's can)."""
-    from midigen.studio.audio import render_file
-    from midigen.studio.sandbox import serve
+    from midigen.generate.synth import render_file
+    from midigen.generate.sandbox import serve
 
     def render(job: dict, blob):
         if job["rate"] == 44100:
             time.sleep(3600)
         return render_file(job)
+
+    serve(conn, render)
+
+
+def synth_always_hanging(conn) -> None:
+    """The audio renderer's child, except that the synthesizer never returns, at any rate."""
+    from midigen.generate.sandbox import serve
+
+    def render(job: dict, blob):
+        time.sleep(3600)
 
     serve(conn, render)

@@ -79,6 +79,31 @@ def test_no_import_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself works
 
 
+def test_no_import_from_a_later_stage():
+    bad = [f"{m} -> {d}" for m, deps in import_graph().items() if m != "midigen.__main__"
+           for d in deps if stage_of(d) > stage_of(m)]
+    assert not bad, "imports against the data flow: " + "; ".join(sorted(bad))
+    assert stage_of("midigen.cli.main") > stage_of("midigen.music.codec") > stage_of("midigen.errors")
+
+
+def inner_imports(path: Path) -> list[int]:
+    """Line numbers of midigen imports inside functions, less those marked ``# start-up time``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for fn in (n for n in ast.walk(ast.parse("\n".join(lines))) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        for node in ast.walk(fn):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n.startswith("midigen") for n in names) and "start-up time" not in lines[node.lineno - 1]:
+                out.append(node.lineno)
+    return out
+
+
+def test_midigen_imports_sit_at_the_top():
+    found = {str(p.relative_to(PKG)): ln for p in PKG.rglob("*.py") if (ln := inner_imports(p))}
+    assert not found, f"midigen imports inside functions (move them up, or mark '# start-up time'): {found}"
+
+
 def test_linux_only_calls_only_inside_their_fallbacks():
     allowed = {"sched_getaffinity": ("workers.py", "usable_cpus"), "fcntl": ("fsutil.py", "file_lock"),
                "msvcrt": ("fsutil.py", "file_lock"), "prctl": ("workers.py", "_die_with_parent")}

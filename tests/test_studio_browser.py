@@ -71,7 +71,7 @@ def _open_page(browser, url):
     problems = []
     pg.on("pageerror", lambda e: problems.append(f"page error: {e}"))
     pg.on("console", lambda m: m.type == "error" and "status of 4" not in m.text and problems.append(m.text))
-    pg.goto(url + "/")
+    pg.goto(url)  # the address `midigen studio` printed, with its token
     pg.wait_for_function("window.studioReady === true", timeout=20_000)
     yield pg
     context.close()
@@ -80,12 +80,12 @@ def _open_page(browser, url):
 
 @pytest.fixture
 def page(browser, server):
-    yield from _open_page(browser, server.url)
+    yield from _open_page(browser, server.page_url)
 
 
 @pytest.fixture
 def edit_page(browser, edit_server):
-    yield from _open_page(browser, edit_server.url)
+    yield from _open_page(browser, edit_server.page_url)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,7 @@ def options(page, select: str) -> list[str]:
 
 def note_rows(score, lo: float, hi: float, inside: bool) -> Counter:
     """Notes (track, ticks, pitch, velocity) whose onsets fall inside / outside [lo, hi) seconds."""
-    from midigen.studio.timing import TempoMap
+    from midigen.music.timing import TempoMap
 
     tm, out = TempoMap(score), Counter()
     for t in score.tracks:
@@ -170,10 +170,32 @@ def note_rows(score, lo: float, hi: float, inside: bool) -> Counter:
 # ----- the tests --------------------------------------------------------------------------------
 
 
+def test_the_tokened_address_becomes_a_strict_cookie_and_leaves_the_address_bar(page, server):
+    """The page drives the studio with an HttpOnly, SameSite=Strict cookie; its scripts never see the token."""
+    assert page.url.rstrip("/") == server.url and "token" not in page.url
+    (jar,) = [c for c in page.context.cookies() if c["name"].startswith("midigen-studio-")]
+    assert jar["value"] == server.token and jar["httpOnly"] and jar["sameSite"] == "Strict"
+    assert server.token not in page.evaluate("document.cookie + location.href")
+    page.reload()  # the cookie alone opens it again
+    page.wait_for_function("window.studioReady === true", timeout=20_000)
+
+
+def test_the_page_without_its_token_says_it_needs_one(browser, server):
+    context = browser.new_context()
+    try:
+        pg = context.new_page()
+        assert pg.goto(server.url + "/").status == 401
+        assert "needs its token" in pg.inner_text("body")
+        assert pg.goto(server.url + "/?token=" + "x" * len(server.token)).status == 403
+    finally:
+        context.close()
+
+
 def test_a_fresh_studio_says_where_to_start_and_what_it_cannot_do(page):
     assert page.locator("#empty").is_visible()
     assert "Drop a MIDI file here" in page.locator("#empty").inner_text()
     assert "cannot edit" in page.locator("#model-info").inner_text()
+    assert page.locator("#top-p").input_value() == "0.95" and page.locator("#temperature").input_value() == "1"
     open_tab(page, "infill")
     assert page.locator("#infill").is_disabled()
     assert "cannot edit" in page.locator("[data-tab=infill] .edit-note").inner_text()

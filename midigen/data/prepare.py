@@ -41,6 +41,10 @@ from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
 from midigen.data.splits import SPLITS, SplitRule
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
+from midigen.data.keys import song_key
+from midigen.data.styles import make_tagger, split_source, StyleTagger
+from midigen.music import codec_jit
+from midigen.music.codec import Codec, CodecError
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -78,15 +82,12 @@ class _Encoder:
     """Per-process codec: the compiled encoder (``codec_jit``) when it passes its check, else numpy."""
 
     def __init__(self):
-        from midigen.music.codec import Codec, CodecError
-
         self.CodecError = CodecError
         self.codec = Codec()
         c = self.codec
         self.fast = None
         if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
             try:
-                from midigen.music import codec_jit
                 self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
             except Exception:  # numba unusable here (no cache location, ...): numpy does the same work
                 self.fast = None
@@ -162,8 +163,6 @@ class _Encoder:
 
         ``facts`` is what the compiled encoder gathered while writing the tokens (pitch-class
         histogram, TS token), so the tokens are not read again; without it both come from the tokens."""
-        from midigen.data.keys import song_key
-
         c = self.codec
         histogram, ts_token = facts if facts is not None else (None, self._first_ts_token(tokens))
         key, source = song_key(c, score, tokens, histogram)
@@ -423,8 +422,6 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
     ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.data.styles``).
     """
-    from midigen.data.styles import make_tagger, split_source
-
     t0 = time.monotonic()
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
     named = [split_source(str(s)) for s in sources]
@@ -498,8 +495,6 @@ def _resolve_sources(sources: list[str], url, progress: bool) -> list:
 
 
 def _codec_dict() -> dict:
-    from midigen.music.codec import Codec
-
     return Codec().to_dict()
 
 
@@ -513,8 +508,6 @@ class _Merge:
     """
 
     def __init__(self, work: Path, chunk_list: list, rule: SplitRule, tagger=None):
-        from midigen.data.styles import StyleTagger
-
         self.work, self.chunk_list, self.rule = work, chunk_list, rule
         self.tagger = tagger or StyleTagger([], [])
         self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)

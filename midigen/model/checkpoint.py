@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from midigen import __version__
-from midigen.music.codec import Codec, CodecError
+from midigen.music.codec import Codec, CodecError, instrument_name
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json
 from midigen.model.model import GPT, GPTConfig
@@ -238,7 +238,6 @@ def capabilities(config: dict, codec: Codec) -> dict:
     instruments = sorted(i - lo for i in ids if lo <= i < hi)
     meters = [f"{n}/{d}" for k, (n, d) in enumerate(codec.time_signatures) if codec.ts_start + k in ids]
     controls = info.get("controls") or {}
-    from midigen.music.codec import instrument_name
 
     return {
         "codec_version": codec.version,

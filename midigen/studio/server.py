@@ -3,11 +3,13 @@
 ``create_app`` joins the parts (engine, workspace, worker, reader, audio) into one FastAPI app that
 serves the page at / and the API at /api, and turns every expected failure into a JSON error with a
 4xx status: bad requests 400, unknown ids 404, what the piece or the checkpoint cannot do 409, an
-upload over 16 MiB 413, audio the synthesizer cannot make 422, a full queue 429.
+upload over 16 MiB 413, audio the synthesizer cannot make 422, a full queue 429. In front of it all
+sits ``security.Guard``: a request from anywhere but the page the user opened gets 401, 403 or 415.
 """
 from __future__ import annotations
 
-import ipaddress
+import re
+import secrets
 import socket
 import sys
 import threading
@@ -22,13 +24,18 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from midigen import __version__
+from midigen.device import best_device
 from midigen.errors import MidigenError, UsageError
+from midigen.generate.render import find_soundfont
+from midigen.generate.synth import RenderError
 from midigen.studio.api import Studio, router
-from midigen.studio.audio import AudioCache, RenderError
+from midigen.studio.audio import AudioCache
 from midigen.studio.jobs import CannotEdit, Engine, JobQueue, QueueFull
+from midigen.studio.security import Guard, Policy, is_loopback
 from midigen.studio.upload import Reader, UploadError
 from midigen.studio.workspace import Conflict, Limits, NotFound, Workspace
 
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]+")  # what a URL's query carries as is
 STATIC = Path(str(resources.files("midigen.studio") / "static"))
 STATUS = [(NotFound, 404), (CannotEdit, 409), (Conflict, 409), (QueueFull, 429), (UploadError, 400),
           (RenderError, 422), (UsageError, 400), (MidigenError, 400)]
@@ -56,14 +63,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
 
 
-def create_app(engine: Engine, workspace: Workspace, soundfont, reader: Reader | None = None) -> FastAPI:
-    """The app over an already loaded engine; the worker thread starts now, the reader in the background."""
+def create_app(engine: Engine, workspace: Workspace, soundfont, policy: Policy,
+               reader: Reader | None = None) -> FastAPI:
+    """The app over an already loaded engine, behind ``policy``; the worker thread starts now, the reader
+    in the background."""
     reader = reader or Reader()
     studio = Studio(engine, workspace, JobQueue(engine, workspace), reader, AudioCache(workspace, soundfont))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        for box in (reader, studio.audio.box):  # warm the child processes without delaying the page
+        for box in (reader, studio.audio):  # warm the child processes without delaying the page
             threading.Thread(target=box.start, name="midigen-studio-warm", daemon=True).start()
         yield
         studio.queue.close()
@@ -72,6 +81,7 @@ def create_app(engine: Engine, workspace: Workspace, soundfont, reader: Reader |
 
     app = FastAPI(title="midigen studio", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.studio = studio
+    app.add_middleware(Guard, policy=policy)
     _add_error_handlers(app)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -84,15 +94,6 @@ def create_app(engine: Engine, workspace: Workspace, soundfont, reader: Reader |
 
 
 # ----- serving ----------------------------------------------------------------------------------
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -109,23 +110,44 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _url(host: str, sock: socket.socket) -> str:
+def _url(host: str, sock: socket.socket, token: str | None) -> str:
     port = sock.getsockname()[1]
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    return f"http://{host}:{port}/"
+    return f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+
+
+def access_flags(host: str, token: str | None, no_token: bool, allow_hosts=()) -> tuple[str | None, tuple[str, ...]]:
+    """(the token to require, the extra host names) from the flags; a fresh token unless one is given.
+
+    Without a token, any program or web page that reaches the port could drive the studio, so
+    ``--no-token`` is refused off loopback.
+    """
+    if no_token and token is not None:
+        raise UsageError("--token and --no-token contradict each other: give one")
+    if no_token and not is_loopback(host):
+        raise UsageError(f"--no-token is allowed only on loopback (127.0.0.1, ::1, localhost), not --host {host}")
+    if token is not None and not TOKEN_PATTERN.fullmatch(token):
+        raise UsageError("--token must be non-empty and use only letters, digits and - _ . ~ (it goes in a URL)")
+    names = []
+    for name in allow_hosts:
+        clean = name.strip().lower().strip("[]")
+        if not clean or any(c in clean for c in "/@ ") or clean.count(":") == 1:  # a port or a URL
+            raise UsageError(f"--allow-host takes a host name without port or scheme, got {name!r}")
+        names.append(clean)
+    return None if no_token else (token or secrets.token_urlsafe(32)), tuple(names)
 
 
 def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio", open_browser: bool = False,
-        device=None, limits: Limits = Limits(), precision: str = "auto") -> None:
-    """Load the checkpoint once (weights at ``precision``), print the address, serve until Ctrl+C."""
-    import uvicorn
+        device=None, limits: Limits = Limits(), token: str | None = None, no_token: bool = False,
+        allow_hosts=(), precision: str = "auto") -> None:
+    """Check the flags, load the checkpoint once (weights at ``precision``), print the address (with the
+    token), serve until Ctrl+C."""
+    import uvicorn  # start-up time
 
-    from midigen.device import best_device
-    from midigen.generate.render import find_soundfont
-
+    token, names = access_flags(host, token, no_token, allow_hosts)
     dev = best_device(device)
     soundfont = find_soundfont()
     sock = _bind(host, port)
@@ -134,11 +156,12 @@ def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio",
         ws = Workspace(workspace, limits)
     except OSError as e:
         raise UsageError(f"cannot use --workspace {workspace}: {e.strerror or e}") from None
-    app = create_app(engine, ws, soundfont)
-    url = _url(host, sock)
-    if not _is_loopback(host):
-        print(f"midigen studio: warning: listening on {host}, not only this machine: anyone who can reach it can "
-              "use the model and read and change the workspace", file=sys.stderr, flush=True)
+    policy = Policy(bound=host, port=sock.getsockname()[1], token=token, allow_hosts=frozenset(names))
+    app = create_app(engine, ws, soundfont, policy)
+    url = _url(host, sock, token)
+    if not is_loopback(host):
+        print(f"midigen studio: warning: listening on {host}, not only this machine: anyone who can reach it and "
+              "has the token can use the model and read and change the workspace", file=sys.stderr, flush=True)
     print(f"midigen studio: {url}  (checkpoint {ckpt}, workspace {ws.root}; Ctrl+C stops)", flush=True)
     if open_browser:
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()

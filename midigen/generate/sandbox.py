@@ -1,7 +1,8 @@
-"""Work the server must not do in its own process: a child process with a time limit and a memory cap.
+"""Work a process must not do itself: a child process with a time limit and a memory cap.
 
-Parsing client MIDI and running the soundfont synthesizer are C++ code fed with data the server does
-not control; a crash, a hang or a runaway allocation there must cost one request, not the server.
+Parsing client MIDI and running the soundfont synthesizer are C++ code fed with data we do not
+control; a crash, a hang or a runaway allocation there must cost one request (the studio) or end in
+a one-line error (the CLI's `--wav`), never take down or freeze the caller.
 A ``Sandbox`` keeps one spawned child that runs ``handler(args, blob)`` for each call; a call that
 takes longer than its time limit kills the child, a child that dies is replaced, and the next call
 gets a fresh one. Messages are JSON plus raw bytes, never pickles: what comes back from a child that
