@@ -21,6 +21,7 @@ import torch
 
 from midigen.errors import UsageError
 from midigen.generate.sample import generate_samples
+from midigen.generate.sampling import Sampling
 from midigen.model.checkpoint import load_checkpoint
 from midigen.model.model import GPT, GPTConfig
 from midigen.model.precision import INT8_MIN_WEIGHTS, Bf16Linear, block_linear_weights, resolve_precision
@@ -77,7 +78,8 @@ def test_same_seed_same_music_at_each_precision(edit_run, precision):
     runs = []
     for _ in range(2):
         model, codec, _ = load_checkpoint(edit_run, "cpu", precision=precision)
-        samples = generate_samples(model, codec, num_samples=2, max_new_tokens=120, seed=11, top_k=40)
+        samples = generate_samples(model, codec, num_samples=2, max_new_tokens=120,
+                                   sampling=Sampling(top_k=40, seed=11))
         runs.append([s.tokens.tolist() for s in samples])
     assert runs[0] == runs[1]
 
