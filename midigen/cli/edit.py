@@ -9,11 +9,11 @@ from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.edit import Edit, arrange_edits, infill_edits, instruments_of_score
+from midigen.generate.edit import Edit, arrange_edits, infill_edits
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, load_checkpoint
-from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.codec import Codec, CodecError, instrument_name, score_instruments
 from midigen.music.timing import bars_to_seconds
 
 
@@ -115,7 +115,7 @@ def infill(a) -> None:
     score = _read_song(Codec(), a.song)
     model, codec, device, soundfont, caps = _load(a)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
-    controls, _ = steering_flags(a, caps, codec, instruments or instruments_of_score(score))
+    controls, _ = steering_flags(a, caps, codec, instruments or score_instruments(score))
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
     kw = _sampling(a, sampling, device)
     edits = infill_edits(model, codec, score, start_s=start, end_s=end, instruments=instruments,
@@ -130,7 +130,7 @@ def arrange(a) -> None:
     score = _read_song(Codec(), a.song)
     model, codec, device, soundfont, caps = _load(a)
     add = instruments_flag(a.add, caps["instruments"], "--add")
-    keep = instruments_flag(a.keep, instruments_of_score(score), "--keep", owner="the song has")
+    keep = instruments_flag(a.keep, score_instruments(score), "--keep", owner="the song has")
     controls, _ = steering_flags(a, caps, codec, add)
     kw = _sampling(a, sampling, device)
     edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, **kw)

@@ -19,8 +19,8 @@ import numpy as np
 import symusic
 
 from midigen.errors import UsageError
-from midigen.generate.splice import instruments_of_score, splice
-from midigen.music.codec import Codec, CodecError
+from midigen.generate.splice import splice
+from midigen.music.codec import Codec, CodecError, score_instruments
 from midigen.music.timing import TempoMap, first_tick_at, seconds_at_tick
 
 
@@ -54,7 +54,7 @@ def plan(codec: Codec, score, at_seconds: float | None) -> Plan:
     """The prompt for continuing ``score`` from ``at_seconds`` (None: from its end)."""
     cut = None if at_seconds is None else first_tick_at(score, max(0.0, float(at_seconds)))
     kept = score if cut is None else score.clip(0, cut, False)
-    insts = instruments_of_score(score)
+    insts = score_instruments(score)
     if kept.note_num() == 0:
         tick = cut or 0
         return Plan(cut, None, insts, TempoMap(score).bpm_at(tick), tick, 0, float(seconds_at_tick(score, tick)))

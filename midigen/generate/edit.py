@@ -26,12 +26,12 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import symusic
 
-from midigen.music.codec import Codec, CodecError, Kind, instrument_name
+from midigen.music.codec import Codec, CodecError, Kind, instrument_name, score_instruments, track_instrument
 from midigen.errors import UsageError
 from midigen.generate.engine import Decoder, Listener
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
-from midigen.generate.splice import FIELDS, instrument_of, instruments_of_score, splice
+from midigen.generate.splice import FIELDS, splice
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
 from midigen.music.timing import first_tick_at, seconds_at_tick
 
@@ -71,7 +71,7 @@ class Song:
 
     @property
     def instruments(self) -> list[int]:
-        return instruments_of_score(self.score)
+        return score_instruments(self.score)
 
     def end_step(self) -> int:
         """The step where the last note ends (at least 1)."""
@@ -244,8 +244,8 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=())
         if not t.note_num():
             continue
         a = t.notes.numpy()
-        gone = (np.ones(len(a["time"]), bool) if instrument_of(t) in set(drop_instruments)
-                else remove(instrument_of(t), song.step_of(a["time"])))
+        gone = (np.ones(len(a["time"]), bool) if track_instrument(t) in set(drop_instruments)
+                else remove(track_instrument(t), song.step_of(a["time"])))
         if gone.any():
             removed += int(gone.sum())
             t.notes = symusic.core.NoteTickList.from_numpy(*(a[f][~gone] for f in FIELDS))

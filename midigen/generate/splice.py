@@ -28,19 +28,11 @@ from __future__ import annotations
 import numpy as np
 import symusic
 
-from midigen.music.codec import DRUMS, instrument_name
+from midigen.music.codec import DRUMS, instrument_name, track_instrument
 
 DRUM_CHANNEL = 9
 FIELDS = ("time", "duration", "pitch", "velocity")
 TYPES = (np.int32, np.int32, np.int8, np.int8)  # as symusic stores them
-
-
-def instrument_of(track) -> int:
-    return DRUMS if track.is_drum else int(track.program) & 127
-
-
-def instruments_of_score(score) -> list[int]:
-    return sorted({instrument_of(t) for t in score.tracks if t.note_num()})
 
 
 def written_channels(score) -> np.ndarray:
@@ -55,7 +47,7 @@ def written_channels(score) -> np.ndarray:
 def _tracks_for(score, inst: int, new_tracks: list) -> list[tuple[int, float]]:
     """(track index, median pitch) of every track of ``inst`` with notes; else its first empty track;
     else a new one (appended to ``score`` and recorded in ``new_tracks``)."""
-    mine = [i for i, t in enumerate(score.tracks) if instrument_of(t) == inst]
+    mine = [i for i, t in enumerate(score.tracks) if track_instrument(t) == inst]
     with_notes = [(i, float(np.median(score.tracks[i].notes.numpy()["pitch"]))) for i in mine
                   if score.tracks[i].note_num()]
     if with_notes or mine:

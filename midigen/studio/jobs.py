@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name
+from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
 from midigen.generate.edit import arrange, infill
-from midigen.studio.roll import instruments_of, stream_notes, written_notes
+from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
 from midigen.generate.controls import resolve, resolve_instruments
@@ -170,7 +170,7 @@ class Engine:
         kw = _as_kwargs(_sampling(req), self.device)
         add = self.instruments(req.get("add"))
         keep = req.get("keep")
-        keep = None if keep is None else resolve_instruments(keep, instruments_of(score), owner="the song has")
+        keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
                          controls=self.steering(req)[0], listener=progress, **kw)
@@ -182,7 +182,7 @@ class Engine:
 def facts(score) -> dict:
     """What a version record says about its music."""
     return {"notes": int(score.note_num()), "seconds": round(notes_end_seconds(score), 3),
-            "instruments": instruments_of(score)}
+            "instruments": score_instruments(score)}
 
 
 # ----- streaming and the worker -----------------------------------------------------------------
