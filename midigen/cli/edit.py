@@ -66,9 +66,9 @@ def _check_flags(a) -> None:
 
 
 def _load(a, wanted: list[int]):
-    """(model, codec, device, soundfont, controls) once the checkpoint is known to edit and to know
+    """(model, codec, device, soundfont, controls, limits) once the checkpoint is known to edit and to know
     ``wanted``; ``controls`` are the ids of ``--style/--key/--density`` (checked against what it learned)."""
-    from midigen.model.checkpoint import capabilities, load_checkpoint
+    from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
     from midigen.device import best_device
 
     soundfont = None
@@ -89,7 +89,8 @@ def _load(a, wanted: list[int]):
     from midigen.generate.controls import from_cli
 
     controls, _ = from_cli(a, config, codec)
-    return model, codec, device, soundfont, controls
+    limits = None if a.free_range else checkpoint_limits(config)
+    return model, codec, device, soundfont, controls, limits
 
 
 def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
@@ -145,11 +146,11 @@ def infill_from_cli(a) -> None:
     bars = parse_bars(a.bars) if a.bars is not None else None
     instruments = _instrument_list(a.instruments, "--instruments")
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont, controls = _load(a, instruments or instruments_of_score(score))
+    model, codec, device, soundfont, controls, limits = _load(a, instruments or instruments_of_score(score))
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
     edits = infill_edits(model, codec, score, start_s=start, end_s=end, instruments=instruments,
-                         controls=controls, **_sampling(a, seed, device))
+                         controls=controls, limits=limits, **_sampling(a, seed, device))
     _write(a, edits, "infill", seed, soundfont)
 
 
@@ -161,7 +162,8 @@ def arrange_from_cli(a) -> None:
         raise UsageError("--add needs at least one name or program number")
     keep = _instrument_list(a.keep, "--keep") if a.keep is not None else None
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont, controls = _load(a, add)
+    model, codec, device, soundfont, controls, limits = _load(a, add)
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
-    edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, **_sampling(a, seed, device))
+    edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, limits=limits,
+                          **_sampling(a, seed, device))
     _write(a, edits, "arrange", seed, soundfont)

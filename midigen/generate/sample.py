@@ -10,6 +10,7 @@ arguments give the same files.
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F40
 from midigen.errors import UsageError
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, check_sampling
 from midigen.generate.grammar import Grammar
+from midigen.music.ranges import NoteLimits, learned_tempo_changes
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -125,8 +127,13 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
                      prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
                      keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
                      time_signature: tuple[int, int] | None = None,
-                     listener: Listener | None = None) -> list[Sample]:
-    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
+                     listener: Listener | None = None, limits: NoteLimits | None = None,
+                     free_tempo: bool = False) -> list[Sample]:
+    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
+
+    ``limits`` (``midigen.music.ranges.note_limits``) hold every written note to its instrument's range
+    and polyphony; None writes anything. A continuation (``prompt_tokens``) keeps the song's tempo: no
+    tempo change is written unless ``tempo`` asks for one or ``free_tempo`` is set."""
     _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
                 instruments)
     controls = _check_controls(codec, controls)
@@ -142,6 +149,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
 
     prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo, controls, ts_id)
     g = Grammar(codec, 1, max_header_instruments=max(1, min(16, dec.block // 8)))  # read the prompt once
+    if limits is not None:
+        g.hold_notes(limits.low, limits.high, limits.polyphony)
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
     if not np.any((prefix >= codec.tempo_start) & (prefix < codec.ts_start)):
@@ -151,6 +160,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         g.advance([t])
     if header_done:
         g.close_header()
+    if prompt_tokens is not None and not free_tempo:
+        g.keep_tempo()
     if prompt_tokens is not None and tempo is not None:
         g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])
@@ -309,7 +320,7 @@ def _parse_instruments(text: str | None) -> list[int] | None:
 
 def sample_from_cli(a) -> None:
     """``midigen sample``: check every flag first, then load, generate, write and report."""
-    from midigen.model.checkpoint import load_checkpoint
+    from midigen.model.checkpoint import checkpoint_limits, load_checkpoint, recorded_ranges
     from midigen.fsutil import atomic_write_bytes
 
     if a.prompt_seconds is not None and a.prompt is None:
@@ -335,6 +346,11 @@ def sample_from_cli(a) -> None:
     from midigen.generate.controls import from_cli
 
     controls, time_signature = from_cli(a, config, codec, instruments)
+    limits = None if a.free_range else checkpoint_limits(config)
+    free_tempo = a.free_tempo and learned_tempo_changes(recorded_ranges(config)) is not False
+    if a.free_tempo and not free_tempo:
+        print("note: --free-tempo: this model's training data never changed tempo within a song; "
+              "the song's tempo is kept", file=sys.stderr, flush=True)
     prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
     seed = secrets.randbelow(2**31) if a.seed is None else a.seed
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
@@ -342,7 +358,7 @@ def sample_from_cli(a) -> None:
         model, codec, num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens,
         temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty,
         seed=seed, prompt_tokens=prompt, instruments=instruments, tempo=a.tempo, device=device,
-        controls=controls, time_signature=time_signature,
+        controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo,
     )
 
     try:
