@@ -412,7 +412,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
 
 def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None, num_samples: int = 1,
            seed=None, temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-           listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+           listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Rewrite ``[start_s, end_s)`` of ``score`` for ``instruments`` (default: all it has).
 
     The notes of those instruments whose onsets fall in the span (on the model's 1/24-beat grid) are
@@ -422,17 +422,17 @@ def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instrume
     return [e.score for e in infill_edits(
         model, codec, score, start_s=start_s, end_s=end_s, instruments=instruments, num_samples=num_samples,
         seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, controls=controls, device=device,
-        listener=listener)]
+        listener=listener, limits=limits)]
 
 
 def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
             temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-            listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+            listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Write parts for the instruments ``add`` over the whole song, keeping the parts ``keep`` (default:
     every part it has that is not being added) exactly and dropping the others."""
     return [e.score for e in arrange_edits(
         model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
-        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener)]
+        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener, limits=limits)]
 
 
 def bars_to_seconds(score, first_bar: int, last_bar: int) -> tuple[float, float]:

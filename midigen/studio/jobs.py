@@ -63,10 +63,13 @@ def capabilities(config: dict, model, codec: Codec) -> dict:
     return {**caps, **from_checkpoint(config, codec)}
 
 
-def _sampling(req: dict, device) -> dict:
+def _sampling(req: dict, device, limits) -> dict:
+    """The sampling keywords every task takes; ``limits`` (the checkpoint's instrument ranges) unless the
+    request sets ``free_range``."""
     seed = req.get("seed")
     return {"temperature": float(req.get("temperature") or 1.0), "top_k": req.get("top_k"), "top_p": req.get("top_p"),
-            "seed": secrets.randbelow(2**31) if seed is None else int(seed), "device": device}
+            "seed": secrets.randbelow(2**31) if seed is None else int(seed), "device": device,
+            "limits": None if req.get("free_range") else limits}
 
 
 def parse_instruments(names) -> list[int]:
@@ -89,12 +92,13 @@ class Engine:
     """One loaded checkpoint and the four things the studio asks of it."""
 
     def __init__(self, ckpt, device):
-        from midigen.model.checkpoint import load_checkpoint
+        from midigen.model.checkpoint import checkpoint_limits, load_checkpoint
 
         self.model, self.codec, self.config = load_checkpoint(ckpt, device)
         self.device = device
         self.ckpt = str(ckpt)
         self.caps = capabilities(self.config, self.model, self.codec)
+        self.limits = checkpoint_limits(self.config)
 
     # ----- checks made before a job is queued, so a bad request fails at once --------------------
 
@@ -148,7 +152,8 @@ class Engine:
     def _generate(self, req: dict, score, progress) -> list[tuple]:
         from midigen.generate.sample import generate_samples, sample_score
 
-        insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
+        insts, tempo = self.instruments(req.get("instruments")), req.get("tempo")
+        kw = _sampling(req, self.device, self.limits)
         controls, meter = self.steering(req)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
@@ -162,7 +167,7 @@ class Engine:
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         from midigen.generate.sample import generate_samples
 
-        extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device)
+        extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device, self.limits)
         p = splice.plan(self.codec, score, req.get("at_seconds"))
         insts = sorted(set(p.instruments) | set(extra))
         progress.begin(splice.stream_head(self.codec, p, extra), p.start_seconds)
@@ -176,7 +181,7 @@ class Engine:
     def _infill(self, req: dict, score, progress) -> list[tuple]:
         from midigen.cli.edit import infill  # the editing engine (issue 10)
 
-        kw = _sampling(req, self.device)
+        kw = _sampling(req, self.device, self.limits)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
@@ -188,7 +193,7 @@ class Engine:
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
         from midigen.cli.edit import arrange  # the editing engine (issue 10)
 
-        kw = _sampling(req, self.device)
+        kw = _sampling(req, self.device, self.limits)
         add = self.instruments(req.get("add"))
         keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
