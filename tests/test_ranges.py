@@ -200,3 +200,30 @@ def test_sample_from_nothing_still_holds_ranges(random_ckpt, tmp_path):
     assert sum(p["notes"] for p in played.values()) > 0
     for inst, p in played.items():
         assert p["inside"] == p["notes"] and p["max_polyphony"] <= limits.polyphony[inst], (inst, p)
+
+
+def test_studio_holds_ranges_unless_the_request_sets_free_range(random_ckpt, band_song, tmp_path):
+    from studio_server import Server, call, wait_job
+
+    server = Server(random_ckpt, tmp_path / "ws")
+    try:
+        base = server.url
+        status, piece = call("POST", f"{base}/api/pieces/upload?name=band.mid", raw=band_song.read_bytes())
+        assert status == 201, piece
+        limits = checkpoint_limits(read_config(random_ckpt))
+        played = {}
+        for free in (False, True):
+            status, job = call("POST", f"{base}/api/pieces/{piece['id']}/arrange",
+                               {"add": ["cello"], "seed": 4, "top_p": 1, "free_range": free})
+            assert status == 202, job
+            job, _, _ = wait_job(base, job)
+            assert job["status"] == "done", job
+            status, data = call("GET", f"{base}/api/pieces/{piece['id']}/versions/{job['versions'][0]}/midi")
+            assert status == 200
+            played[free] = how_played(symusic.Score.from_midi(data), limits, (CELLO,))[CELLO]
+        held, free = played[False], played[True]
+        assert held["notes"] > 0 and held["inside"] == held["notes"]
+        assert held["max_polyphony"] <= limits.polyphony[CELLO]
+        assert free["inside"] < free["notes"]
+    finally:
+        assert server.stop() == 0, "".join(server.stderr)[-2000:]
