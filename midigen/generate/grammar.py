@@ -82,9 +82,12 @@ class _Limits:
         pitch = np.arange(N_PITCHES)[None, :]
         ok = (pitch >= np.asarray(low)[:, None]) & (pitch <= np.asarray(high)[:, None])
         self.arrays = (low, high, polyphony)
-        self.pitch_ok = torch.as_tensor(ok, device=device)  # (instruments, pitches)
+        ids = np.arange(N_INSTRUMENTS * N_PITCHES).reshape(N_INSTRUMENTS, N_PITCHES)
+        # a NOTE's id where its pitch is in range, else -1: "later in the step and in range" is one compare
+        self.note_key = torch.as_tensor(np.where(ok, ids, -1), device=device)  # (instruments, pitches)
         self.polyphony = torch.as_tensor(np.asarray(polyphony, np.int64), device=device)
         self.slots = int(max(1, int(np.max(polyphony))))
+        self.active = None  # the instruments any row may write, once the header is closed (host fact)
 
 
 class Grammar:
@@ -209,6 +212,8 @@ class Grammar:
         self.eos_anytime[:] = True
         self.budget[:] = int(max_tokens)
         self.in_header[:] = False
+        if self.limits is not None:
+            self.limits.active = None
 
     def force_notes(self, steps, notes, dvs) -> None:
         """Notes the written part must carry, at their steps (from the span start), among the notes it
@@ -229,7 +234,7 @@ class Grammar:
         out.B, out.device = int(batch_size), dev
         out.in_header = np.repeat(self.in_header[:1], batch_size)
         out.T = self.T if dev == self.device else _Tables(self.codec, dev)
-        if self.limits is not None and dev != self.device:
+        if self.limits is not None:
             out.limits = _Limits(*self.limits.arrays, dev)
         for k, v in self.__dict__.items():
             if isinstance(v, torch.Tensor):
@@ -423,16 +428,28 @@ def _lands_free(g: Grammar, lands: torch.Tensor) -> torch.Tensor:
     """(B, n) bool: may a short shift land at these steps? Only where some allowed instrument has a free
     voice (or a given note is due): a short shift must be followed by an event, so landing where every
     instrument still sounds its most notes would leave the row nothing to write."""
-    top = torch.sort(g.ends, dim=2, descending=True).values  # (B, instruments, slots)
-    idx = (g.limits.polyphony - 1).clamp(max=top.shape[2] - 1).view(1, -1, 1).expand(g.B, -1, 1)
+    act = _active(g)
+    top = torch.sort(g.ends[:, act], dim=2, descending=True).values  # (B, active instruments, slots)
+    idx = (g.limits.polyphony[act] - 1).clamp(max=top.shape[2] - 1).view(1, -1, 1).expand(g.B, -1, 1)
     free_at = top.gather(2, idx)[:, :, 0]  # fewer than polyphony notes sound from this step on
-    earliest = torch.where(g.instruments, free_at, NO_LIMIT).min(dim=1).values
-    earliest = torch.where(g.instruments.any(dim=1), earliest, 0)
+    inst = g.instruments[:, act]
+    earliest = torch.where(inst, free_at, NO_LIMIT).min(dim=1).values
+    earliest = torch.where(inst.any(dim=1), earliest, 0)
     ok = lands >= earliest[:, None]
     if g.forcing:
         owed, step, _, _ = g._next_given()
         ok |= owed[:, None] & (lands == step[:, None])
     return ok
+
+
+def _active(g: Grammar) -> torch.Tensor:
+    """Indices of the instruments any row may write: all of them while a header is open, else the
+    fixed set (read from the device once, then kept), so the polyphony rules look at a few rows only."""
+    if g.in_header.any():
+        return g.T.inst_i
+    if g.limits.active is None:
+        g.limits.active = torch.nonzero(g.instruments.any(dim=0)).flatten()
+    return g.limits.active
 
 
 def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
@@ -454,14 +471,15 @@ def _note_rules(g: Grammar, m: torch.Tensor, rows: torch.Tensor) -> None:
     limits, only pitches in the instrument's range, and none while it sounds its most notes at once."""
     c, T = g.codec, g.T
     notes = m[:, c.note_start : c.dv_start].view(g.B, N_INSTRUMENTS, N_PITCHES)
-    later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
     allowed = rows[:, None] & g.instruments
     if g.limits is None:
+        later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
         notes.copy_(allowed[:, :, None] & later)
         return
+    later = g.limits.note_key[None] > g.last_note[:, None, None]  # in range too
     sounding = (g.ends > g.steps[:, None, None]).sum(dim=2)
     allowed &= sounding < g.limits.polyphony[None, :]
-    notes.copy_(allowed[:, :, None] & later & g.limits.pitch_ok[None])
+    notes.copy_(allowed[:, :, None] & later)
 
 
 def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
