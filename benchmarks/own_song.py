@@ -11,6 +11,9 @@ keep the song's tempo?
 * Tempo: continue each song from its middle for ``--seconds`` seconds; tempo events written after the
   continuation point, by default (target 0) and with ``--free-tempo``.
 
+* Cost: ``generate_samples`` of 400 new tokens for 4 rows (piano, bass, cello, flute) with and without the
+  limits, rounds alternating, the fastest of each (the grammar's extra work per step).
+
 ``--random`` keeps the checkpoint's records (its measured ranges) but draws fresh random weights and
 lifts the output restriction: a model that writes anything, the hardest case for the limits.
 Prints one JSON line per measurement and a summary line; nothing is hard-coded.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +77,19 @@ def _tempo_events(codec, model, limits, score, seconds, seed, free_tempo):
     return int(np.sum(ev["tempo_time"] > s.start_steps)), int(np.sum(ev["notes"]["time"] >= s.start_steps))
 
 
+def _cost(model, codec, limits, rounds: int = 3) -> dict:
+    """Seconds for the same sampling with and without the limits, side by side."""
+    best = {"held": float("inf"), "free": float("inf")}
+    for r in range(rounds):
+        for mode in best:
+            t = time.perf_counter()
+            generate_samples(model, codec, num_samples=4, max_new_tokens=400, seed=r, instruments=[0, *ADD],
+                             tempo=100, limits=limits if mode == "held" else None)
+            best[mode] = min(best[mode], time.perf_counter() - t)
+    return {"held_s": round(best["held"], 3), "free_s": round(best["free"], 3),
+            "ratio": round(best["held"] / best["free"], 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True)
@@ -105,6 +122,7 @@ def main() -> None:
             print(json.dumps({"measure": "tempo", "song": k, "mode": key, "tempo_events_after_point": tempos,
                               "new_notes": notes}), flush=True)
         summary[f"{key}_tempo_events"] = sum(t for t, _ in counts)
+    summary["cost_400_tokens_x4"] = _cost(model, codec, limits)
     print(json.dumps({"summary": summary}), flush=True)
 
 
