@@ -325,6 +325,8 @@ def sample_from_cli(a) -> None:
 
     if a.prompt_seconds is not None and a.prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
+    if a.free_tempo and a.prompt is None:
+        raise UsageError("--free-tempo needs --prompt (without one the model chooses its tempo changes anyway)")
     if a.top_p is not None and a.top_p > 1:
         raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
     if a.tempo is not None and not 16 <= a.tempo <= 512:
