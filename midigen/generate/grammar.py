@@ -78,11 +78,11 @@ class _Limits:
     """The note limits as device tables: which (instrument, pitch) NOTEs may be written, and how many
     notes each instrument may sound at once."""
 
-    def __init__(self, low, high, polyphony, device: torch.device):
+    def __init__(self, low, high, polyphony, note_start: int, device: torch.device):
         pitch = np.arange(N_PITCHES)[None, :]
         ok = (pitch >= np.asarray(low)[:, None]) & (pitch <= np.asarray(high)[:, None])
-        self.arrays = (low, high, polyphony)
-        ids = np.arange(N_INSTRUMENTS * N_PITCHES).reshape(N_INSTRUMENTS, N_PITCHES)
+        self.arrays = (low, high, polyphony, note_start)
+        ids = note_start + np.arange(N_INSTRUMENTS * N_PITCHES).reshape(N_INSTRUMENTS, N_PITCHES)
         # a NOTE's id where its pitch is in range, else -1: "later in the step and in range" is one compare
         self.note_key = torch.as_tensor(np.where(ok, ids, -1), device=device)  # (instruments, pitches)
         self.polyphony = torch.as_tensor(np.asarray(polyphony, np.int64), device=device)
@@ -181,7 +181,7 @@ class Grammar:
         """Written notes stay within each instrument's pitch range ``[low[i], high[i]]`` and sound at most
         ``polyphony[i]`` at once (arrays over the 129 instruments; ``midigen.music.ranges.NoteLimits``).
         Call before any note is advanced, so the notes of a prompt count too."""
-        self.limits = _Limits(low, high, polyphony, self.device)
+        self.limits = _Limits(low, high, polyphony, self.codec.note_start, self.device)
         self.ends = torch.zeros((self.B, N_INSTRUMENTS, self.limits.slots), dtype=torch.long, device=self.device)
 
     def sounding(self, instruments, end_steps) -> None:
@@ -429,6 +429,8 @@ def _lands_free(g: Grammar, lands: torch.Tensor) -> torch.Tensor:
     voice (or a given note is due): a short shift must be followed by an event, so landing where every
     instrument still sounds its most notes would leave the row nothing to write."""
     act = _active(g)
+    if not len(act):  # no instrument to write: nothing for polyphony to hold
+        return torch.ones_like(lands, dtype=torch.bool)
     top = torch.sort(g.ends[:, act], dim=2, descending=True).values  # (B, active instruments, slots)
     idx = (g.limits.polyphony[act] - 1).clamp(max=top.shape[2] - 1).view(1, -1, 1).expand(g.B, -1, 1)
     free_at = top.gather(2, idx)[:, :, 0]  # fewer than polyphony notes sound from this step on
