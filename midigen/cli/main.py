@@ -141,6 +141,10 @@ def cmd_arrange(a) -> int:
     return 0
 
 
+_FREE_RANGE_HELP = ("let instruments write outside the pitch range and polyphony they play in the training data "
+                    "(`midigen info --ckpt` lists them); by default a bass stays a bass")
+
+
 def _edit_flags(s: argparse.ArgumentParser) -> None:
     """What infill and arrange share: the checkpoint and the song, the sampling and output flags of
     sample, and the controls (not the meter: the song keeps its own)."""
@@ -159,6 +163,7 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
     _add_control_flags(s, meter=False)
 
 
@@ -303,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+    s.add_argument("--free-tempo", action="store_true",
+                   help="with --prompt: let the model change tempo in what it writes, if its training data had "
+                        "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 

@@ -1,6 +1,7 @@
 """``midigen sample``: check every flag first, then load, generate, write and report."""
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -12,12 +13,15 @@ from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sample import (DEFAULT_SECONDS, continue_song, generate_samples, prompt_plan, sample_score,
                                      summary)
 from midigen.generate.synth import Renderer, wav_beside
-from midigen.model.checkpoint import capabilities, load_checkpoint
+from midigen.music.ranges import learned_tempo_changes
+from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint, recorded_ranges
 
 
 def _check_flags(a) -> None:
     if a.prompt_seconds is not None and a.prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
+    if a.free_tempo and a.prompt is None:
+        raise UsageError("--free-tempo needs --prompt (without one the model chooses its tempo changes anyway)")
     if a.tempo is not None and not 16 <= a.tempo <= 512:
         raise UsageError(f"--tempo must be within 16..512 BPM, got {a.tempo}")
     if a.prompt is not None and not Path(a.prompt).is_file():
@@ -37,13 +41,19 @@ def sample(a) -> None:
     caps = capabilities(config, codec)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
     controls, time_signature = steering_flags(a, caps, codec, instruments)
+    limits = None if a.free_range else checkpoint_limits(config)
+    free_tempo = a.free_tempo and learned_tempo_changes(recorded_ranges(config)) is not False
+    if a.free_tempo and not free_tempo:
+        print("note: --free-tempo: this model's training data never changed tempo within a song; "
+              "the song's tempo is kept", file=sys.stderr, flush=True)
     song, plan = prompt_plan(codec, a.prompt, a.prompt_seconds) if a.prompt else (None, None)
     renderer = Renderer(soundfont) if a.wav or a.play else None  # its child starts while the model samples
     if renderer is not None:
         renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
     kw = dict(num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens, sampling=sampling,
-              instruments=instruments, tempo=a.tempo, device=device, controls=controls, time_signature=time_signature)
+              instruments=instruments, tempo=a.tempo, device=device, controls=controls, time_signature=time_signature,
+              limits=limits, free_tempo=free_tempo)
     if plan is not None:
         results = continue_song(model, codec, song, plan, **kw)
     else:

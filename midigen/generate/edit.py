@@ -32,6 +32,7 @@ from midigen.generate.engine import Decoder, Listener
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, splice
+from midigen.music.ranges import NoteLimits
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
 from midigen.music.timing import first_tick_at, seconds_at_tick
 
@@ -129,6 +130,7 @@ class Plan:
     context: Units
     drop_after: bool = False
     controls: tuple = ()
+    limits: NoteLimits | None = None  # instrument ranges and polyphony the written notes keep to
 
 
 @dataclass
@@ -172,6 +174,9 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
     budget = block - len(prompt)
     g = Grammar(codec, rows, device=dec.device)
     g.for_edit(plan.targets, e - s, budget)
+    if plan.limits is not None:
+        g.hold_notes(plan.limits.low, plan.limits.high, plan.limits.polyphony)
+        _ringing(codec, g, Units.concat([plan.context, written]), plan.targets, s)
     g.force_notes(given.time, given.tok0, given.tok1)
     seq = dec.decode(prompt, g, budget)
     out = []
@@ -185,6 +190,16 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
         else:  # out of tokens: keep the complete onsets, go on from the last one
             out.append(_Chunk(units.select(units.time < s + last), s + last))
     return out
+
+
+def _ringing(codec: Codec, g: Grammar, units: Units, targets, s: int) -> None:
+    """Tell the grammar which notes of the target instruments still sound at the chunk's start ``s``
+    (kept ones, or written by the chunk before), so its polyphony limit counts them."""
+    notes = (units.tok1 >= 0) & np.isin(units.inst, np.array(targets, np.int64)) & (units.time < s)
+    u = units.select(notes)
+    end = u.time + codec.durations[(u.tok1 - codec.dv_start) // codec.params.velocity_levels]
+    ring = end > s
+    g.sounding(u.inst[ring], end[ring] - s)
 
 
 def write_plan(dec: Decoder, codec: Codec, song: Song, plan: Plan, num_samples: int) -> list[Units]:
@@ -285,8 +300,8 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
-                 device=None, listener: Listener | None = None) -> list[Edit]:
-    """``infill`` with what changed, for the command's report."""
+                 device=None, listener: Listener | None = None, limits: NoteLimits | None = None) -> list[Edit]:
+    """``infill`` with what changed, for the command's report (``limits``: see ``arrange_edits``)."""
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -308,7 +323,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     u = song.units
     gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
     plan = Plan(qs, qe, targets, sorted(set(present) | set(targets)), u.select(~gone),
-                controls=tuple(controls or ()))
+                controls=tuple(controls or ()), limits=limits)
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []
@@ -320,8 +335,10 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
 
 def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
                   temperature=1.0, top_k=None, top_p=None, controls=None, device=None,
-                  listener: Listener | None = None) -> list[Edit]:
-    """``arrange`` with what changed, for the command's report."""
+                  listener: Listener | None = None, limits: NoteLimits | None = None) -> list[Edit]:
+    """``arrange`` with what changed, for the command's report. ``limits``
+    (``midigen.music.ranges.note_limits``) hold the written notes to each instrument's range and
+    polyphony; None writes anything."""
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -342,7 +359,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     gone = (u.tok1 >= 0) & ~np.isin(u.inst, keep)
     end = song.end_step()
     plan = Plan(0, end, add, sorted(set(keep) | set(add)), u.select(~gone), drop_after=True,
-                controls=tuple(controls or ()))
+                controls=tuple(controls or ()), limits=limits)
     never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
     span_s = (0.0, float(seconds_at_tick(score, int(song.tick_of(end)))))
     out = []
@@ -354,7 +371,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
 
 def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None, num_samples: int = 1,
            seed=None, temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-           listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+           listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Rewrite ``[start_s, end_s)`` of ``score`` for ``instruments`` (default: all it has).
 
     The notes of those instruments that start in the span (snapped inward to the model's 1/24-beat
@@ -364,14 +381,14 @@ def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instrume
     return [e.score for e in infill_edits(
         model, codec, score, start_s=start_s, end_s=end_s, instruments=instruments, num_samples=num_samples,
         seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, controls=controls, device=device,
-        listener=listener)]
+        listener=listener, limits=limits)]
 
 
 def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
             temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-            listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+            listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Write parts for the instruments ``add`` over the whole song, keeping the parts ``keep`` (default:
     every part it has that is not being added) exactly and dropping the others."""
     return [e.score for e in arrange_edits(
         model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
-        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener)]
+        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener, limits=limits)]

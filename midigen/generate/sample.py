@@ -22,6 +22,7 @@ from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import settle
+from midigen.music.ranges import NoteLimits
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -120,8 +121,13 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
                      instruments=None, tempo: float | None = None, device=None,
                      keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
                      time_signature: tuple[int, int] | None = None,
-                     listener: Listener | None = None) -> list[Sample]:
-    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
+                     listener: Listener | None = None, limits: NoteLimits | None = None,
+                     free_tempo: bool = False) -> list[Sample]:
+    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
+
+    ``limits`` (``midigen.music.ranges.note_limits``) hold every written note to its instrument's range
+    and polyphony; None writes anything. A continuation (``prompt_tokens``) keeps the song's tempo: no
+    tempo change is written unless ``tempo`` asks for one or ``free_tempo`` is set."""
     _check_args(num_samples, seconds, max_new_tokens, tempo, instruments)
     controls = _check_controls(codec, controls)
     ts_id = _ts_id(codec, time_signature)
@@ -133,6 +139,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
 
     prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo, controls, ts_id)
     g = Grammar(codec, 1, max_header_instruments=max(1, min(16, dec.block // 8)))  # read the prompt once
+    if limits is not None:
+        g.hold_notes(limits.low, limits.high, limits.polyphony)
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
     if not np.any((prefix >= codec.tempo_start) & (prefix < codec.ts_start)):
@@ -142,6 +150,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         g.advance([t])
     if header_done:
         g.close_header()
+    if prompt_tokens is not None and not free_tempo:
+        g.keep_tempo()
     if prompt_tokens is not None and tempo is not None:
         g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])

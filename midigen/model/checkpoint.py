@@ -20,6 +20,7 @@ import torch
 
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.ranges import NoteLimits, learned_tempo_changes, note_limits
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json
 from midigen.model.model import GPT, GPTConfig
@@ -238,7 +239,7 @@ def capabilities(config: dict, codec: Codec) -> dict:
     instruments = sorted(i - lo for i in ids if lo <= i < hi)
     meters = [f"{n}/{d}" for k, (n, d) in enumerate(codec.time_signatures) if codec.ts_start + k in ids]
     controls = info.get("controls") or {}
-
+    limits = checkpoint_limits(config)
     return {
         "codec_version": codec.version,
         "can_edit": bool(codec.has_controls and float(train_cfg.get("edit_fraction", 0) or 0) > 0),
@@ -249,7 +250,20 @@ def capabilities(config: dict, codec: Codec) -> dict:
         "keys": list(controls.get("keys", [])),
         "densities": list(controls.get("densities", [])),
         "density_notes_per_second": list(controls.get("density_edges", [])),
+        "note_ranges": {instrument_name(i): limits.of(i) for i in instruments},
+        "learned_tempo_changes": learned_tempo_changes(recorded_ranges(config)),
     }
+
+
+def recorded_ranges(config: dict) -> dict | None:
+    """The instrument ranges training measured (``midigen.music.ranges.measure_ranges``), if it did."""
+    return (config.get("info") or {}).get("note_ranges")
+
+
+def checkpoint_limits(config: dict) -> NoteLimits:
+    """Every instrument's pitch range and polyphony for this checkpoint: what its training data showed,
+    the documented table for instruments it never saw (and for checkpoints that recorded none)."""
+    return note_limits(recorded_ranges(config))
 
 
 def describe(path) -> dict:

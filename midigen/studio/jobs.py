@@ -30,7 +30,7 @@ from midigen.studio.workspace import new_id
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
-from midigen.model.checkpoint import capabilities as from_checkpoint, load_checkpoint
+from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits, load_checkpoint
 from midigen.music.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange")
@@ -90,6 +90,11 @@ class Engine:
         self.device = device
         self.ckpt = str(ckpt)
         self.caps = capabilities(self.config, self.model, self.codec)
+        self.limits = checkpoint_limits(self.config)
+
+    def _limits(self, req: dict):
+        """The checkpoint's instrument ranges and polyphony, unless the request sets ``free_range``."""
+        return None if req.get("free_range") else self.limits
 
     # ----- checks made before a job is queued, so a bad request fails at once --------------------
 
@@ -142,7 +147,7 @@ class Engine:
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
-                             device=self.device)[0]
+                             device=self.device, limits=self._limits(req))[0]
         label = f"generated {req['seconds']:g} s · seed {sampling.seed}"
         return [(sample_score(self.codec, s), label, {**req, "seed": sampling.seed})]
 
@@ -151,7 +156,8 @@ class Engine:
         p = continuation.plan(self.codec, score, req.get("at_seconds"))
         progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
         ((_, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
-                                    tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device)
+                                    tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
+                                    limits=self._limits(req))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed}"
         return [(out, label, {**req, "seed": sampling.seed})]
@@ -161,7 +167,8 @@ class Engine:
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress, **kw)
+                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress,
+                        limits=self._limits(req), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
                 for i, sc in enumerate(scores)]
@@ -173,7 +180,7 @@ class Engine:
         keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         controls=self.steering(req)[0], listener=progress, **kw)
+                         controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
                  {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
