@@ -237,9 +237,9 @@ def overlap(a) -> None:
 
 
 def _seconds(score, song, step) -> float:
-    from midigen.generate.edit import _seconds_at
+    from midigen.music.timing import seconds_at_tick
 
-    return _seconds_at(score, int(song.tick_of(step)))
+    return float(seconds_at_tick(score, int(song.tick_of(step))))
 
 
 def cost(a) -> None:
@@ -263,6 +263,7 @@ def speed(a) -> None:
     from midigen.generate.edit import arrange_edits, infill_edits
     from midigen.model.model import GPT, GPTConfig, padded_vocab
     from midigen.generate.sample import generate_samples
+    from midigen.generate.sampling import Sampling
     from songgen import make_song
 
     torch.set_num_threads(a.threads)
@@ -292,7 +293,8 @@ def speed(a) -> None:
     arrange_edits(model, codec, short, add=[33], seed=0, top_k=50)
     t_arrange = time.perf_counter() - t0
     t0 = time.perf_counter()
-    s = generate_samples(model, codec, num_samples=1, max_new_tokens=200, seed=0, top_k=50, instruments=[0, 33])
+    s = generate_samples(model, codec, num_samples=1, max_new_tokens=200, instruments=[0, 33],
+                         sampling=Sampling(seed=0, top_k=50))
     t_sample = time.perf_counter() - t0
     block = model.cfg.block_size
     x = torch.randint(3, 300, (1, block // 2))

@@ -200,16 +200,18 @@ def worker_sample(args: dict) -> dict:
 
     from midigen.model.checkpoint import load_checkpoint
     from midigen.generate.sample import generate_samples
+    from midigen.generate.sampling import Sampling
 
     device = torch.device(args["device"])
     model, codec, _ = load_checkpoint(args["ckpt"], device=device)
     prompt = _prompt(args["data"], args["context"] - args["new_tokens"])
     out = {"context": args["context"], "prompt_tokens": int(len(prompt)), "new_tokens": args["new_tokens"]}
-    generate_samples(model, codec, num_samples=1, max_new_tokens=8, seed=0, prompt_tokens=prompt, device=device)
+    generate_samples(model, codec, num_samples=1, max_new_tokens=8, prompt_tokens=prompt, device=device,
+                     sampling=Sampling(seed=0))
     for b in args["batches"]:
         t0 = time.perf_counter()
-        samples = generate_samples(model, codec, num_samples=b, max_new_tokens=args["new_tokens"], seed=1,
-                                   prompt_tokens=prompt, device=device)
+        samples = generate_samples(model, codec, num_samples=b, max_new_tokens=args["new_tokens"],
+                                   prompt_tokens=prompt, device=device, sampling=Sampling(seed=1))
         dt = time.perf_counter() - t0
         steps = max(len(s.tokens) - s.start_index for s in samples)  # generated steps, EOS included
         out[f"b{b}"] = {"seconds": round(dt, 3), "steps": steps, "tokens_per_s": round(b * steps / dt, 1)}

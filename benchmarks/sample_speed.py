@@ -43,6 +43,7 @@ from songgen import make_song  # noqa: E402
 from midigen.music.codec import Codec  # noqa: E402
 from midigen.model.model import GPT, GPTConfig, padded_vocab  # noqa: E402
 from midigen.generate.sample import generate_samples, notes_end_seconds  # noqa: E402
+from midigen.generate.sampling import Sampling
 
 
 def demo_config(vocab: int) -> tuple[str, GPTConfig]:
@@ -97,7 +98,7 @@ def uncached_rate(model: GPT, steps: int) -> dict:
 def music_time(model: GPT, codec: Codec, batch: int, seconds: float | None, max_tokens: int | None) -> dict:
     w0, c0 = clocks()
     samples = generate_samples(model, codec, num_samples=batch, seconds=seconds, max_new_tokens=max_tokens,
-                               seed=0, top_k=200, instruments=[0, 33, 128], tempo=120)
+                               instruments=[0, 33, 128], tempo=120, sampling=Sampling(seed=0, top_k=200))
     w1, c1 = clocks()
     new = sum(len(s.tokens) - s.start_index - 1 for s in samples)
     music = [notes_end_seconds(codec.decode(s.tokens)) for s in samples]
@@ -121,10 +122,11 @@ def engine_child(batch: int, tokens: int, threads: int) -> None:
     codec = Codec()
     _, cfg = demo_config(padded_vocab(codec.vocab_size))
     model = GPT(cfg).eval()
-    generate_samples(model, codec, num_samples=batch, max_new_tokens=8, seed=0, instruments=[0, 33, 128], tempo=120)
+    generate_samples(model, codec, num_samples=batch, max_new_tokens=8, instruments=[0, 33, 128], tempo=120,
+                     sampling=Sampling(seed=0))
     w0, c0 = clocks()
-    out = generate_samples(model, codec, num_samples=batch, max_new_tokens=tokens, seed=0, top_k=200,
-                           instruments=[0, 33, 128], tempo=120)
+    out = generate_samples(model, codec, num_samples=batch, max_new_tokens=tokens,
+                           instruments=[0, 33, 128], tempo=120, sampling=Sampling(seed=0, top_k=200))
     w1, c1 = clocks()
     new = sum(len(s.tokens) - s.start_index - 1 for s in out)
     print(json.dumps({"batch": batch, "tokens": new, "wall_s": w1 - w0, "cpu_s": c1 - c0,

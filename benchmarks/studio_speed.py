@@ -150,13 +150,14 @@ def in_process(ckpt: Path, seed: int, out: Path, thread: bool) -> float:
     from midigen.model.checkpoint import load_checkpoint
     from midigen.fsutil import atomic_write_bytes
     from midigen.generate.sample import generate_samples, sample_score
+    from midigen.generate.sampling import Sampling
 
     model, codec, _ = load_checkpoint(ckpt, "cpu")
     took = []
 
     def work():
         t = time.perf_counter()
-        s = generate_samples(model, codec, seed=seed, **ARGS)[0]
+        s = generate_samples(model, codec, **ARGS, sampling=Sampling(seed=seed))[0]
         atomic_write_bytes(out / f"{seed}.mid", bytes(sample_score(codec, s).dumps_midi()))
         took.append(time.perf_counter() - t)
 

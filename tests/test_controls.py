@@ -11,7 +11,10 @@ import pytest
 
 from conftest import PYTHON, REPO
 from midigen.music.codec import Codec, Kind, parse_key
-from midigen.generate.controls import DROP_P, resolve
+from midigen.errors import UsageError
+from midigen.generate.controls import resolve
+from midigen.music.controls import DROP_P
+from midigen.generate.sampling import Sampling
 
 
 def cli(*args, timeout=300) -> subprocess.CompletedProcess:
@@ -163,8 +166,9 @@ def test_sample_with_every_control(styled_run, tmp_path):
     want = [codec.style_token(0), codec.style_token(1), codec.key_token(parse_key("F# minor")), codec.density_token(2)]
     assert ids == want
     for instruments in (None, [0]):
-        samples = generate_samples(model, codec, num_samples=3, seconds=4, seed=5, controls=ids, time_signature=ts,
-                                   instruments=instruments, tempo=100 if instruments else None)
+        samples = generate_samples(model, codec, num_samples=3, seconds=4, controls=ids, time_signature=ts,
+                                   instruments=instruments, tempo=100 if instruments else None,
+                                   sampling=Sampling(seed=5))
         for s in samples:
             h = codec.header_length(s.tokens)
             head = [int(t) for t in s.tokens[:h]]
@@ -175,7 +179,8 @@ def test_sample_with_every_control(styled_run, tmp_path):
     # a prompt's header takes the controls too
     prompt = samples[0].tokens[: codec.header_length(samples[0].tokens) + 12]
     ids2, _ = resolve(caps, codec, key="D")
-    (s,) = generate_samples(model, codec, seconds=2, seed=1, prompt_tokens=prompt, controls=ids2, time_signature=(2, 4))
+    (s,) = generate_samples(model, codec, seconds=2, prompt_tokens=prompt, controls=ids2, time_signature=(2, 4),
+                            sampling=Sampling(seed=1))
     h = codec.header_length(s.tokens)
     assert [int(s.tokens[1]), int(s.tokens[h - 1])] == [codec.key_token(2), codec.ts_token(2, 4)]
     assert codec.kinds(s.tokens[2:3])[0] == Kind.INST
@@ -214,7 +219,7 @@ def test_no_controls_means_the_model_chooses(styled_run):
     from midigen.generate.sample import generate_samples
 
     model, codec, _ = load_checkpoint(styled_run)
-    for s in generate_samples(model, codec, num_samples=4, seconds=3, seed=2):
+    for s in generate_samples(model, codec, num_samples=4, seconds=3, sampling=Sampling(seed=2)):
         kinds = codec.kinds(s.tokens)
         assert not ((kinds >= Kind.STYLE) & (kinds <= Kind.DENSITY)).any()
 
@@ -278,3 +283,30 @@ def test_edit_commands_take_style_key_density(styled_data, music21_dir, tmp_path
     assert not (tmp_path / "none").exists()
     r = cli("arrange", "--ckpt", run, song, "--add", "viola", "--time-signature", "3/4", "--out", tmp_path / "none")
     assert r.returncode == 2  # an edit keeps the song's own meter: no such flag
+
+
+# ----- instruments: one parser, resolved against what the checkpoint knows ----------------------------
+
+
+def test_instrument_names_resolve_among_the_checkpoints_instruments():
+    from midigen.generate.controls import resolve_instruments
+
+    guitars = [24, 25, 26, 27]  # a model that knows four guitars and nothing else
+    assert resolve_instruments("guitar", guitars) == [24]
+    assert resolve_instruments("Acoustic Guitar (steel)", guitars) == [25]
+    assert resolve_instruments("electric", guitars) == [26]  # a part of a name it knows, not of all GM
+    assert resolve_instruments("guitar, 27", guitars) == resolve_instruments(["guitar", 27], guitars) == [24, 27]
+    assert resolve_instruments(["jazz,clean"], guitars) == [26, 27]
+    assert resolve_instruments("piano", []) == [0]  # a checkpoint that records nothing: all of General MIDI
+
+
+@pytest.mark.parametrize("typed", ["strings", "Kazoo of Doom", "drums", "0", "128"])
+def test_an_unknown_instrument_quotes_the_request_and_lists_only_what_the_checkpoint_knows(typed):
+    from midigen.generate.controls import resolve_instruments
+
+    with pytest.raises(UsageError) as e:
+        resolve_instruments(typed, [40, 41, 42, 52])  # violin, viola, cello, choir: no drums, no piano
+    msg = str(e.value)
+    assert f"unknown instrument {typed!r}: this checkpoint knows" in msg and "\n" not in msg
+    assert "Violin (40)" in msg and "Choir Aahs (52)" in msg
+    assert "Drums" not in msg and "Piano" not in msg

@@ -19,7 +19,8 @@ import torch
 
 from midigen.music.codec import DRUMS, Codec
 from midigen.generate.grammar import Grammar
-from midigen.generate.sample import generate, generate_samples, load_prompt, notes_end_seconds, sample_score
+from midigen.generate.sample import generate, generate_samples, notes_end_seconds, prompt_plan, sample_score
+from midigen.generate.sampling import Sampling
 from songgen import make_song, make_song_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +173,8 @@ def test_random_sampling_under_the_mask_decodes_without_skips():
 def test_many_seeds_give_valid_midi(loaded):
     model, codec = loaded
     for seed in range(3):
-        samples = generate_samples(model, codec, num_samples=6, seconds=6, seed=seed, temperature=1.2)
+        samples = generate_samples(model, codec, num_samples=6, seconds=6,
+                                   sampling=Sampling(seed=seed, temperature=1.2))
         for s in samples:
             assert skipped_tokens(codec, s.tokens) == 0
             score = sample_score(codec, s)
@@ -183,7 +185,7 @@ def test_many_seeds_give_valid_midi(loaded):
 @pytest.mark.parametrize("seconds", [20, 60])
 def test_length_matches_seconds_through_the_sliding_window(loaded, seconds):
     model, codec = loaded
-    samples = generate_samples(model, codec, num_samples=3, seconds=seconds, seed=11, top_k=50)
+    samples = generate_samples(model, codec, num_samples=3, seconds=seconds, sampling=Sampling(seed=11, top_k=50))
     assert max(len(s.tokens) for s in samples) > 2 * BLOCK  # the context slid
     for s in samples:
         length = notes_end_seconds(sample_score(codec, s))
@@ -192,7 +194,7 @@ def test_length_matches_seconds_through_the_sliding_window(loaded, seconds):
 
 def test_max_tokens_gives_that_many_new_tokens(loaded):
     model, codec = loaded
-    out = generate(model, codec, num_samples=2, max_new_tokens=300, seed=3, top_p=0.9)
+    out = generate(model, codec, num_samples=2, max_new_tokens=300, sampling=Sampling(seed=3, top_p=0.9))
     for t in out:
         assert t[-1] == codec.EOS
         assert len(t) - 2 == 300  # BOS and EOS around exactly the budget
@@ -201,8 +203,8 @@ def test_max_tokens_gives_that_many_new_tokens(loaded):
 
 def test_instruments_are_masked(loaded):
     model, codec = loaded
-    out = generate(model, codec, num_samples=4, seconds=10, seed=2, instruments=[0, DRUMS], tempo=100,
-                   repetition_penalty=1.3)
+    out = generate(model, codec, num_samples=4, seconds=10, instruments=[0, DRUMS], tempo=100,
+                   sampling=Sampling(seed=2, repetition_penalty=1.3))
     for t in out:
         ev = codec.decode_events(t)
         assert ev["header_instruments"] == [0, DRUMS]
@@ -211,30 +213,34 @@ def test_instruments_are_masked(loaded):
 
 
 def test_prompt_notes_come_back(loaded, tmp_path):
+    from midigen.generate.continuation import continued
+
     model, codec = loaded
     path = tmp_path / "prompt.mid"
     path.write_bytes(make_song_bytes(100, bars=12))
-    prompt = load_prompt(codec, path, seconds=8)
-    samples = generate_samples(model, codec, num_samples=2, seconds=20, seed=4, prompt_tokens=prompt,
-                               instruments=[DRUMS, 40], tempo=90)
+    song, plan = prompt_plan(codec, path, seconds=8)
+    prompt = plan.prompt  # the song's notes before 8 s, then the silence up to 8 s
+    samples = generate_samples(model, codec, num_samples=2, seconds=20, prompt_tokens=prompt,
+                               instruments=[DRUMS, 40], tempo=90, sampling=Sampling(seed=4))
     p_head = codec.header_length(prompt)
-    want = codec.decode(prompt[:-1])
-    want_notes = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration)
-                  for t in want.tracks for n in t.notes}
-    assert want_notes
+    before = song.clip(0, plan.cut, False)
+    want_notes = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration, n.velocity)
+                  for t in before.tracks for n in t.notes}
+    assert want_notes and plan.start_tick >= plan.cut
     for s in samples:
         head = codec.header_length(s.tokens)
-        body = prompt[p_head:-1]
+        body = prompt[p_head:]
         assert np.array_equal(s.tokens[head : head + len(body)], body)  # verbatim
         ev = codec.decode_events(s.tokens)
         assert set(ev["header_instruments"]) >= {DRUMS, 40}
         later = ev["tempo_time"] >= s.start_steps
         assert np.any(np.abs(ev["tempo_bpm"][later] - 90) < 1.0)  # the requested tempo where the new part starts
-        score = check_midi(bytes(sample_score(codec, s).dumps_midi()))
-        got = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration)
+        score = check_midi(bytes(continued(codec, song, plan, s.tokens, s.start_index).dumps_midi()))
+        got = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration, n.velocity)
                for t in score.tracks for n in t.notes}
-        assert want_notes <= got
-        assert notes_end_seconds(score) > s.start_seconds + 0.9 * 20 - 1e-6
+        assert want_notes <= got  # the song's own notes, untouched
+        assert min(n[2] for n in got - want_notes) >= plan.cut  # the new ones from the point on
+        assert notes_end_seconds(score) > plan.start_seconds + 0.8 * 20
 
 
 def test_silence_and_loops_are_reported():
@@ -258,9 +264,16 @@ def test_bad_arguments_are_usage_errors(loaded):
     from midigen.errors import UsageError
 
     model, codec = loaded
-    for kw in (dict(top_p=1.5), dict(temperature=0), dict(top_k=0), dict(tempo=5), dict(instruments=[200])):
+    for kw in (dict(top_p=1.5), dict(top_p=0), dict(temperature=0), dict(top_k=0), dict(repetition_penalty=0)):
         with pytest.raises(UsageError):
-            generate(model, codec, max_new_tokens=5, seed=0, **kw)
+            Sampling(**kw)  # checked once, where the value is made
+    for kw in (dict(tempo=5), dict(instruments=[200])):
+        with pytest.raises(UsageError):
+            generate(model, codec, max_new_tokens=5, **kw, sampling=Sampling(seed=0))
+    drawn = Sampling(top_p=0.9)
+    assert 0 <= drawn.seed < 2**31 and drawn.seed == drawn.seed  # a missing seed is drawn once, then reported
+    a, b = (generate(model, codec, max_new_tokens=20, sampling=drawn)[0] for _ in range(2))
+    assert np.array_equal(a, b)
 
 
 # ----- the command ------------------------------------------------------------------------------
@@ -386,8 +399,8 @@ def test_cli_refuses_bad_input(tiny_ckpt, tmp_path, case):
 
 def test_commands_and_the_studio_share_the_nucleus_default():
     """sample, infill and arrange (and the studio's API) sample with top-p 0.95 unless told; 1 turns it off."""
-    from midigen.cli.main import build_parser
-    from midigen.generate.defaults import TOP_P
+    from midigen.cli import build_parser
+    from midigen.generate.sampling import TOP_P
     from midigen.studio.schemas import Sampling
 
     p = build_parser()

@@ -4,6 +4,8 @@ files, and the Linux-only calls only inside the helpers that fall back from them
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "midigen"
@@ -79,6 +81,31 @@ def test_no_import_cycles():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself works
 
 
+def test_no_import_from_a_later_stage():
+    bad = [f"{m} -> {d}" for m, deps in import_graph().items() if m != "midigen.__main__"
+           for d in deps if stage_of(d) > stage_of(m)]
+    assert not bad, "imports against the data flow: " + "; ".join(sorted(bad))
+    assert stage_of("midigen.cli.main") > stage_of("midigen.music.codec") > stage_of("midigen.errors")
+
+
+def inner_imports(path: Path) -> list[int]:
+    """Line numbers of midigen imports inside functions, less those marked ``# start-up time``."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    out = []
+    for fn in (n for n in ast.walk(ast.parse("\n".join(lines))) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+        for node in ast.walk(fn):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if any(n.startswith("midigen") for n in names) and "start-up time" not in lines[node.lineno - 1]:
+                out.append(node.lineno)
+    return out
+
+
+def test_midigen_imports_sit_at_the_top():
+    found = {str(p.relative_to(PKG)): ln for p in PKG.rglob("*.py") if (ln := inner_imports(p))}
+    assert not found, f"midigen imports inside functions (move them up, or mark '# start-up time'): {found}"
+
+
 def test_linux_only_calls_only_inside_their_fallbacks():
     allowed = {"sched_getaffinity": ("workers.py", "usable_cpus"), "fcntl": ("fsutil.py", "file_lock"),
                "msvcrt": ("fsutil.py", "file_lock"), "prctl": ("workers.py", "_die_with_parent")}
@@ -93,3 +120,12 @@ def test_linux_only_calls_only_inside_their_fallbacks():
                 for name in names & set(allowed):
                     where = (path.name, getattr(fn, "name", "<module>"))
                     assert where == allowed[name], f"{name} used in {where}; keep it in {allowed[name]}"
+
+
+def test_child_process_modules_start_without_torch():
+    """Worker and sandbox children import these modules at start; torch would cost them seconds each
+    (the upload reader's time limit is 3 s), so they must not reach it through a top-level import."""
+    for module in ("midigen.data.prepare", "midigen.data.corpus", "midigen.studio.upload", "midigen.generate.synth"):
+        code = f"import sys, {module}; print('torch' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
+        assert out.stdout.strip() == "False", f"{module} imports torch"

@@ -75,11 +75,13 @@ def test_listener_sees_every_token_and_can_stop_generation(ckpt):
     from midigen.model.checkpoint import load_checkpoint
     from midigen.errors import Cancelled
     from midigen.generate.sample import generate_samples
+    from midigen.generate.sampling import Sampling
 
     model, codec, _ = load_checkpoint(ckpt, "cpu")
     seen = []
-    plain = generate_samples(model, codec, seconds=6, seed=3)[0]
-    heard = generate_samples(model, codec, seconds=6, seed=3, listener=lambda t: seen.append(t.copy()) and False)[0]
+    plain = generate_samples(model, codec, seconds=6, sampling=Sampling(seed=3))[0]
+    heard = generate_samples(model, codec, seconds=6, listener=lambda t: seen.append(t.copy()) and False,
+                             sampling=Sampling(seed=3))[0]
     assert np.array_equal(plain.tokens, heard.tokens)  # listening changes nothing
     assert [s.shape for s in seen] == [(1, n) for n in range(1, len(seen) + 1)]
     body = heard.tokens[heard.start_index :]
@@ -87,8 +89,8 @@ def test_listener_sees_every_token_and_can_stop_generation(ckpt):
 
     calls = []
     with pytest.raises(Cancelled):
-        generate_samples(model, codec, seconds=60, seed=3, num_samples=2, listener=lambda t: calls.append(t.shape) or
-                         len(calls) == 10)
+        generate_samples(model, codec, seconds=60, num_samples=2, listener=lambda t: calls.append(t.shape) or
+                         len(calls) == 10, sampling=Sampling(seed=3))
     assert calls[-1] == (2, 10) and len(calls) == 10  # stopped at the very token that asked
 
 
@@ -113,6 +115,7 @@ def test_info_and_openapi_document_the_api(server):
     assert caps["can_edit"] is False and caps["styles"] == []
     assert 128 in caps["instruments"] and len(info["instruments"]) == 129
     assert info["limits"]["upload_bytes"] == 16 * 1024 * 1024
+    assert info["defaults"] == {"temperature": 1.0, "top_p": 0.95, "top_k": None}  # the page's form starts here
     status, spec = call("GET", server.url + "/openapi.json")
     assert status == 200
     for path in ("/api/pieces/upload", "/api/pieces/{pid}/generate", "/api/pieces/{pid}/continue",
@@ -297,7 +300,7 @@ def test_continue_from_a_point_keeps_what_comes_before_it(server, song):
     assert job["status"] == "done", job
     orig = version_score(server.url, piece["id"], piece["current"])
     out = version_score(server.url, piece["id"], job["versions"][0])
-    from midigen.studio.timing import TempoMap
+    from midigen.music.timing import TempoMap
 
     cut = int(TempoMap(orig).ticks(point))
     step = orig.ticks_per_quarter / 24
@@ -534,7 +537,7 @@ def test_edit_routes_say_the_checkpoint_cannot_edit(server, song):
 
 @pytest.mark.parametrize("path, body, status, words", [
     ("generate", {"instruments": ["kazoo"]}, 400, "unknown instrument"),
-    ("generate", {"instruments": ["Gunshot"]}, 400, "never saw Gunshot"),
+    ("generate", {"instruments": ["Gunshot"]}, 400, "unknown instrument 'Gunshot': this checkpoint knows"),
     ("generate", {"tempo": 1000}, 422, "tempo"),
     ("generate", {"seconds": 0}, 422, "seconds"),
     ("generate", {"seconds": 10, "style": "jazz"}, 400, "unknown style 'jazz'"),

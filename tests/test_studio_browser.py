@@ -155,7 +155,7 @@ def options(page, select: str) -> list[str]:
 
 def note_rows(score, lo: float, hi: float, inside: bool) -> Counter:
     """Notes (track, ticks, pitch, velocity) whose onsets fall inside / outside [lo, hi) seconds."""
-    from midigen.studio.timing import TempoMap
+    from midigen.music.timing import TempoMap
 
     tm, out = TempoMap(score), Counter()
     for t in score.tracks:
@@ -195,6 +195,7 @@ def test_a_fresh_studio_says_where_to_start_and_what_it_cannot_do(page):
     assert page.locator("#empty").is_visible()
     assert "Drop a MIDI file here" in page.locator("#empty").inner_text()
     assert "cannot edit" in page.locator("#model-info").inner_text()
+    assert page.locator("#top-p").input_value() == "0.95" and page.locator("#temperature").input_value() == "1"
     open_tab(page, "infill")
     assert page.locator("#infill").is_disabled()
     assert "cannot edit" in page.locator("[data-tab=infill] .edit-note").inner_text()

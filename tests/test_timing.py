@@ -62,3 +62,41 @@ def test_a_stream_of_songs_and_its_chunks(songs, monkeypatch):
     assert whole == pytest.approx(per_token.sum(), rel=1e-12)
     half = pos[: len(pos) // 2]
     assert timing.positions_seconds(codec, stream, half) == pytest.approx(per_token[half].sum(), rel=1e-12)
+
+
+def _score(tempos, meters):
+    import symusic
+
+    s = symusic.Score(480)
+    for tick, bpm in tempos:
+        s.tempos.append(symusic.Tempo(tick, bpm))
+    for tick, n, d in meters:
+        s.time_signatures.append(symusic.TimeSignature(tick, n, d))
+    return s
+
+
+def test_bars_beats_and_seconds_agree_on_one_tempo_map():
+    # 4/4, then 3/4 starting half-way into bar 2 (a new bar starts there), 120 BPM then 60 from tick 1920
+    s = _score([(0, 120.0), (1920, 60.0)], [(0, 4, 4), (2880, 3, 4)])
+    assert [timing.bar_tick(s, b) for b in (1, 2, 3, 4)] == [0, 1920, 2880, 2880 + 1440]
+    bars, beats = timing.grid(s, 2880 + 2 * 1440)
+    assert bars.tolist()[:4] == [0, 1920, 2880, 4320]  # the grid and --bars draw the same bars
+    assert np.all(np.diff(beats) > 0) and 2880 in beats.tolist()
+    tm = timing.TempoMap(s)
+    assert float(tm.seconds(1920)) == pytest.approx(2.0) and float(tm.seconds(2880)) == pytest.approx(4.0)
+    assert timing.bars_to_seconds(s, 3, 3) == pytest.approx((4.0, 7.0))  # one 3/4 bar at 60 BPM
+    ticks = np.array([0, 100, 1920, 2500, 9000])
+    assert tm.ticks(tm.seconds(ticks)).tolist() == ticks.tolist()
+    assert timing.tick_at_seconds(s, 4.0) == 2880 and tm.bpm_at(2000) == pytest.approx(60.0)
+
+
+def test_notes_end_seconds_reads_notes_only():
+    import symusic
+
+    s = _score([(0, 120.0)], [])
+    assert timing.notes_end_seconds(s) == 0.0
+    t = symusic.Track("piano", 0, False)
+    t.notes.append(symusic.Note(960, 480, 60, 90))  # ends at tick 1440: 1.5 s
+    s.tracks.append(t)
+    s.markers.append(symusic.TextMeta(48000, "far away"))
+    assert timing.notes_end_seconds(s) == pytest.approx(1.5)

@@ -12,6 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from midigen.data.dataset import Dataset
+from midigen.model.checkpoint import capabilities, load_checkpoint
+from midigen.music.codec import CODEC_VERSION, DRUMS
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the same parser, as a package
@@ -55,8 +59,6 @@ def _set_aside_outdated() -> None:
     """A corpus or model made with an older codec is moved aside (never deleted), so this run makes
     current ones: a new codec changes what training sequences look like (v3: controls first, edits
     interleave the kept notes)."""
-    from midigen.music.codec import CODEC_VERSION
-
     for path, record in ((DATA, DATA / "meta.json"), (RUN, RUN / "last" / "codec.json")):
         version = _codec_version(record)
         if version is not None and version < CODEC_VERSION:
@@ -80,9 +82,6 @@ def _harmony_source(path: Path) -> tuple[str, str] | None:
     """Write a test-split piece with several parts to ``path``; (its top part, the others) as flags."""
     import numpy as np
 
-    from midigen.music.codec import DRUMS
-    from midigen.data.dataset import Dataset
-
     sp = Dataset(DATA).split("test")
     codec = sp.codec
     for a, b in zip(sp.starts, sp.ends):
@@ -99,8 +98,6 @@ def _harmony_source(path: Path) -> tuple[str, str] | None:
 
 def _edit_demo(written: list[str], seed: str) -> list[str]:
     """`midigen infill` on the first new piece and `midigen arrange` on a test piece's top part."""
-    from midigen.model.checkpoint import capabilities, load_checkpoint
-
     _, codec, config = load_checkpoint(RUN, "cpu")
     if not capabilities(config, codec)["can_edit"]:
         return [f"editing: skipped ({RUN} was trained without edit_fraction; delete it and rerun to retrain)"]

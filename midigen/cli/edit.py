@@ -1,22 +1,20 @@
-"""Edit a song with a checkpoint: ``midigen infill`` and ``midigen arrange``.
-
-The library functions (``infill``, ``arrange``, ``bars_to_seconds``) live in ``midigen.generate.edit``
-and are re-exported here; this module adds the two commands' handlers: check every flag and the input
-first, then load, write the edits, and report one JSON line per file written.
-"""
+"""``midigen infill`` and ``midigen arrange``: check every flag and the input first, then load, write
+the edits (``midigen.generate.edit``), and report one JSON line per file written."""
 from __future__ import annotations
 
 import json
-import secrets
 from pathlib import Path
 
-from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
+from midigen.device import best_device
 from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import atomic_write_bytes
+from midigen.generate.edit import Edit, arrange_edits, infill_edits
+from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.synth import Renderer, wav_beside
-from midigen.generate.edit import (Edit, arrange, arrange_edits, bars_to_seconds, infill,  # noqa: F401
-                                   infill_edits, instruments_of_score)
-
-__all__ = ["infill", "arrange", "bars_to_seconds", "infill_from_cli", "arrange_from_cli"]
+from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
+from midigen.music.codec import Codec, CodecError, instrument_name, score_instruments
+from midigen.music.timing import bars_to_seconds
 
 
 def parse_bars(text: str) -> tuple[int, int]:
@@ -29,18 +27,6 @@ def parse_bars(text: str) -> tuple[int, int]:
     if a is None or a < 1 or b < a:
         raise UsageError(f"--bars wants FIRST-LAST counted from 1 (like 9-12), got {text!r}")
     return a, b
-
-
-def _instrument_list(text: str | None, flag: str) -> list[int] | None:
-    from midigen.music.codec import parse_instrument
-
-    if text is None:
-        return None
-    parts = [p for p in text.split(",") if p.strip()]
-    try:
-        return sorted({parse_instrument(p) for p in parts})
-    except ValueError as e:
-        raise UsageError(f"{flag}: {e}") from None
 
 
 def _read_song(codec: Codec, path):
@@ -58,45 +44,27 @@ def _read_song(codec: Codec, path):
     return score
 
 
-def _check_flags(a) -> None:
-    if a.top_p is not None and a.top_p > 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
+def _check_out(a) -> None:
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is not a directory")
 
 
-def _load(a, wanted: list[int]):
-    """(model, codec, device, soundfont, controls) once the checkpoint is known to edit and to know
-    ``wanted``; ``controls`` are the ids of ``--style/--key/--density`` (checked against what it learned)."""
-    from midigen.model.checkpoint import capabilities, load_checkpoint
-    from midigen.device import best_device
-
-    soundfont = None
-    if a.wav or a.play:
-        from midigen.generate.render import find_soundfont
-
-        soundfont = find_soundfont(getattr(a, "soundfont", None))
+def _load(a):
+    """(model, codec, device, soundfont, capabilities, limits) of a checkpoint that can edit; ``limits``: its
+    instrument ranges and polyphony (None with ``--free-range``)."""
+    soundfont = find_soundfont(getattr(a, "soundfont", None)) if a.wav or a.play else None
     device = best_device(getattr(a, "device", None))
-    model, codec, config = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     if not caps["can_edit"]:
         raise MidigenError(f"checkpoint {a.ckpt} was trained without the editing objective "
                            "(edit_fraction = 0): it cannot infill or arrange")
-    unknown = [i for i in wanted if i not in caps["instruments"]]
-    if unknown:
-        raise UsageError("the model never saw " + ", ".join(instrument_name(i) for i in unknown)
-                         + " in training: choose among " + ", ".join(instrument_name(i) for i in caps["instruments"]))
-    from midigen.generate.controls import from_cli
-
-    controls, _ = from_cli(a, config, codec)
-    return model, codec, device, soundfont, controls
+    return model, codec, device, soundfont, caps, None if a.free_range else checkpoint_limits(config)
 
 
 def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
     """Each edit's MIDI (+ WAV, PNG) written atomically, one JSON line per file."""
-    from midigen.fsutil import atomic_write_bytes
-
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -117,8 +85,6 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
         if renderer is not None and (wav := wav_beside(renderer, e.score, midi)):
             files.append((wav, "wav"))
         if a.png:
-            from midigen.generate.render import write_piano_roll
-
             title = f"midigen {task} {i} (seed {seed}): " + ", ".join(info["instruments"])
             files.append((write_piano_roll(e.score, base.with_suffix(".png"), title=title,
                                            highlight=(e.span_seconds, e.targets)), "png"))
@@ -127,45 +93,46 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
     if renderer is not None:
         renderer.close()
     if a.play:
-        from midigen.generate.render import play
-
         for i in range(len(edits)):
             if not play(out / f"{stem}-{task}-{seed}-{i}.wav"):
                 break
 
 
-def _sampling(a, seed: int, device) -> dict:
-    return dict(num_samples=a.num_samples, seed=seed, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
+def _sampling(a, s, device) -> dict:
+    """The sampling settings ``s`` as the editing functions take them."""
+    return dict(num_samples=a.num_samples, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
                 device=device)
 
 
-def infill_from_cli(a) -> None:
+def infill(a) -> None:
     """``midigen infill``: rewrite a span of a song (seconds or bars), for all or some instruments."""
-    _check_flags(a)
+    sampling = sampling_flags(a)
+    _check_out(a)
     if a.bars is not None and (a.start is not None or a.end is not None):
         raise UsageError("give the span as --start/--end (seconds) or as --bars, not both")
     if a.bars is None and (a.start is None or a.end is None):
         raise UsageError("infill needs a span: --start S --end E (seconds) or --bars A-B")
     bars = parse_bars(a.bars) if a.bars is not None else None
-    instruments = _instrument_list(a.instruments, "--instruments")
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont, controls = _load(a, instruments or instruments_of_score(score))
+    model, codec, device, soundfont, caps, limits = _load(a)
+    instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
+    controls, _ = steering_flags(a, caps, codec, instruments or score_instruments(score))
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
-    seed = secrets.randbelow(2**31) if a.seed is None else a.seed
+    kw = _sampling(a, sampling, device)
     edits = infill_edits(model, codec, score, start_s=start, end_s=end, instruments=instruments,
-                         controls=controls, **_sampling(a, seed, device))
-    _write(a, edits, "infill", seed, soundfont)
+                         controls=controls, limits=limits, **kw)
+    _write(a, edits, "infill", kw["seed"], soundfont)
 
 
-def arrange_from_cli(a) -> None:
+def arrange(a) -> None:
     """``midigen arrange``: write parts for ``--add`` over the whole song, keeping ``--keep``."""
-    _check_flags(a)
-    add = _instrument_list(a.add, "--add")
-    if not add:
-        raise UsageError("--add needs at least one name or program number")
-    keep = _instrument_list(a.keep, "--keep") if a.keep is not None else None
+    sampling = sampling_flags(a)
+    _check_out(a)
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont, controls = _load(a, add)
-    seed = secrets.randbelow(2**31) if a.seed is None else a.seed
-    edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, **_sampling(a, seed, device))
-    _write(a, edits, "arrange", seed, soundfont)
+    model, codec, device, soundfont, caps, limits = _load(a)
+    add = instruments_flag(a.add, caps["instruments"], "--add")
+    keep = instruments_flag(a.keep, score_instruments(score), "--keep", owner="the song has")
+    controls, _ = steering_flags(a, caps, codec, add)
+    kw = _sampling(a, sampling, device)
+    edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, limits=limits, **kw)
+    _write(a, edits, "arrange", kw["seed"], soundfont)

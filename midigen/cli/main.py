@@ -9,8 +9,10 @@ import json
 import os
 import sys
 
+from midigen import __version__
 from midigen.errors import MidigenError, UsageError
-from midigen.generate.defaults import TOP_P
+from midigen.fsutil import atomic_write_bytes
+from midigen.generate.sampling import TOP_P
 
 
 def _positive_int(text: str) -> int:
@@ -51,8 +53,7 @@ def _print_json(obj) -> None:
 
 
 def cmd_roundtrip(a) -> int:
-    from midigen.music.codec import Codec, fidelity
-    from midigen.fsutil import atomic_write_bytes
+    from midigen.music.codec import Codec, fidelity  # start-up time
 
     codec = Codec()
     try:
@@ -73,7 +74,7 @@ def cmd_roundtrip(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    from midigen.data.prepare import prepare
+    from midigen.data.prepare import prepare  # start-up time
 
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
@@ -86,20 +87,21 @@ def cmd_prepare(a) -> int:
 
 def cmd_info(a) -> int:
     if a.ckpt:
-        from midigen.model.checkpoint import describe
+        from midigen.model.checkpoint import describe  # start-up time
 
         _print_json(describe(a.ckpt))
         return 0
-    from midigen.train.train import model_info
+    from midigen.train.train import model_info  # start-up time
 
     _print_json(model_info(a.config, a.overrides))
     return 0
 
 
 def cmd_train(a) -> int:
-    from midigen.train.train import train_from_cli
+    from midigen.train.config import load_config  # start-up time
+    from midigen.train.train import train  # start-up time
 
-    train_from_cli(a.config, a.overrides, resume=a.resume, use_wandb=a.wandb)
+    train(load_config(a.config, a.overrides), resume=a.resume, use_wandb=a.wandb)
     return 0
 
 
@@ -116,38 +118,42 @@ def cmd_tune(a) -> int:
 
 def cmd_eval(a) -> int:
     if a.samples:
-        from midigen.eval.metrics import compare_samples
+        from midigen.eval.metrics import compare_samples  # start-up time
 
         _print_json(compare_samples(a.samples, a.data, split=a.split))
         return 0
     if not a.ckpt:
         raise UsageError("eval needs --ckpt DIR (model) or --samples DIR (generated MIDI)")
-    from midigen.eval.evaluate import evaluate
+    from midigen.eval.evaluate import evaluate  # start-up time
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
-                         controls=a.controls))
+                         controls=a.controls, precision=a.precision))
     return 0
 
 
 def cmd_sample(a) -> int:
-    from midigen.generate.sample import sample_from_cli
+    from midigen.cli.sample import sample  # start-up time
 
-    sample_from_cli(a)
+    sample(a)
     return 0
 
 
 def cmd_infill(a) -> int:
-    from midigen.cli.edit import infill_from_cli
+    from midigen.cli.edit import infill  # start-up time
 
-    infill_from_cli(a)
+    infill(a)
     return 0
 
 
 def cmd_arrange(a) -> int:
-    from midigen.cli.edit import arrange_from_cli
+    from midigen.cli.edit import arrange  # start-up time
 
-    arrange_from_cli(a)
+    arrange(a)
     return 0
+
+
+_FREE_RANGE_HELP = ("let instruments write outside the pitch range and polyphony they play in the training data "
+                    "(`midigen info --ckpt` lists them); by default a bass stays a bass")
 
 
 def _edit_flags(s: argparse.ArgumentParser) -> None:
@@ -167,6 +173,8 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
     _add_control_flags(s, meter=False)
 
 
@@ -189,10 +197,10 @@ def cmd_chords(a) -> int:
 
 
 def cmd_studio(a) -> int:
-    from midigen.studio.server import run
+    from midigen.studio.server import run  # start-up time
 
     run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device,
-        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host)
+        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host, precision=a.precision)
     return 0
 
 
@@ -207,6 +215,12 @@ def _port(text: str) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+
+
+def _precision_flag(s, default: str = "auto") -> None:
+    s.add_argument("--precision", default=default, choices=["auto", "fp32", "bf16", "int8"],
+                   help=f"weights for inference (default {default}): auto is int8 on a CPU for models big enough to "
+                        "gain (fp32 below that), bf16 on a CUDA GPU; int8 runs on CPUs only")
 
 
 def _add_control_flags(s, meter: bool = True) -> None:
@@ -226,8 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
         prog="midigen",
         description="Train GPT-2 124M on MIDI event tokens and generate music.",
     )
-    from midigen import __version__
-
     p.add_argument("--version", action="version", version=f"midigen {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -300,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
     s.add_argument("--controls", action="store_true",
                    help="also score the events with each song's controls in the header and without (same tokens)")
+    _precision_flag(s, default="fp32")  # a score measures the model as trained unless asked otherwise
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
@@ -317,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue")
     s.add_argument("--prompt-seconds", type=_positive_float, default=None,
                    help="continue from the end of the prompt's first S seconds (default: all of it)")
-    s.add_argument("--instruments", default=None, metavar="LIST",
-                   help="comma-separated General MIDI names or program numbers, and 'drums'")
+    s.add_argument("--instruments", default=None, action="append", metavar="LIST",
+                   help="General MIDI names (or a part of one), program numbers and 'drums', comma-separated "
+                        "or the flag repeated; names match among the instruments the checkpoint knows")
     s.add_argument("--tempo", type=_positive_float, default=None, metavar="BPM")
     s.add_argument("--out", default="out/generate", metavar="DIR")
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
@@ -326,22 +340,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+    s.add_argument("--free-tempo", action="store_true",
+                   help="with --prompt: let the model change tempo in what it writes, if its training data had "
+                        "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
-    s.add_argument("--start", type=float, default=None, metavar="S", help="span start (seconds)")
-    s.add_argument("--end", type=float, default=None, metavar="E", help="span end (seconds)")
+    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",
+                       description="Rewrite the notes that start in [--start, --end) (or in --bars). The span snaps "
+                       "inward to the model's grid (1/24 beat): a note that starts before --start, or at or "
+                       "after --end, is always kept as it is; one within half a grid step inside an edge may "
+                       "be kept too. New notes never cut into kept ones: a new note that would sound over a "
+                       "kept note of its pitch and channel is shortened or left out (docs/editing.md).")
+    s.add_argument("--start", type=float, default=None, metavar="S",
+                   help="span start (seconds); notes starting before it are kept (the span snaps inward)")
+    s.add_argument("--end", type=float, default=None, metavar="E",
+                   help="span end (seconds); notes starting at or after it are kept")
     s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12)")
-    s.add_argument("--instruments", default=None, metavar="LIST",
-                   help="rewrite only these (General MIDI names, program numbers, 'drums'); default: all")
+    s.add_argument("--instruments", default=None, action="append", metavar="LIST",
+                   help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
+                        "repeated); default: all")
     _edit_flags(s)
     s.set_defaults(func=cmd_infill)
 
     s = sub.add_parser("arrange", help="write new parts (e.g. bass, drums) over a whole song with a checkpoint")
-    s.add_argument("--add", required=True, metavar="LIST", help="instruments to write, e.g. bass,drums")
-    s.add_argument("--keep", default=None, metavar="LIST",
-                   help="parts to keep (default: every part the song has that is not in --add); others are dropped")
+    s.add_argument("--add", required=True, action="append", metavar="LIST",
+                   help="instruments to write, e.g. bass,drums (or --add bass --add drums)")
+    s.add_argument("--keep", default=None, action="append", metavar="LIST",
+                   help="parts to keep, comma-separated or repeated (default: every part the song has that is "
+                        "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their MIDI channels)")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
 
@@ -369,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept requests addressed to NAME (e.g. behind a proxy); repeatable. By default only "
                         "the --host address, localhost and (on loopback) 127.0.0.1 and [::1] are accepted")
+    _precision_flag(s)
     s.set_defaults(func=cmd_studio)
     return p
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from midigen.fsutil import atomic_write_bytes, atomic_write_text, cache_dir, file_lock
 from midigen.data.workers import WorkerPool, usable_cpus
+from midigen.data.ensembles import COLLECTIONS, export_piece
+from midigen.errors import MidigenError
 
 DEMO_VERSION = "demo-corpus-v2"
 PIECE_TIMEOUT = 20.0
@@ -25,16 +27,12 @@ def music21_corpus_root() -> Path:
 
     spec = importlib.util.find_spec("music21")
     if spec is None or not spec.origin:
-        from midigen.errors import MidigenError
-
         raise MidigenError("music21 is not installed (pip install music21)")
     return Path(spec.origin).parent / "corpus"
 
 
 def demo_pieces() -> list[str]:
     """The demo pieces as ``<collection>/<corpus-relative path>``, sorted (export order and file names)."""
-    from midigen.data.ensembles import COLLECTIONS
-
     root = music21_corpus_root()
     return sorted(f"{name}/{path}" for name, spec in COLLECTIONS.items() for path in spec.files(root))
 
@@ -45,8 +43,6 @@ def _dest_name(piece: str) -> str:
 
 def demo_style(relpath: str) -> str | None:
     """The collection (style) of a file of the exported corpus, from its path under the corpus folder."""
-    from midigen.data.ensembles import COLLECTIONS
-
     head = Path(relpath).parts[0] if Path(relpath).parts else ""
     return head if head in COLLECTIONS else None
 
@@ -89,7 +85,6 @@ def export_task(payload, failed: dict, state) -> tuple:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from midigen.data.ensembles import export_piece
 
                 collection, path = piece.split("/", 1)
                 data = export_piece(root, collection, path)

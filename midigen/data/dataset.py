@@ -19,6 +19,8 @@ import numpy as np
 
 from midigen.music.codec import Codec, CodecError
 from midigen.errors import MidigenError, UsageError
+from midigen.music.controls import DROP_P, ControlVocab, draw
+from midigen.music.sequences import given_positions, header_with, training_edit_sequence
 
 SPLITS = ("train", "val", "test")
 TRANSPOSE_RANGE = range(-5, 7)  # a fifth down to a tritone up: every key, each shift small
@@ -175,14 +177,13 @@ class Dataset:
         return out
 
     def _control_vocab(self):
-        """The dataset's control vocabulary (``midigen.generate.controls``); None for data prepared without one
+        """The dataset's control vocabulary (``midigen.music.controls``); None for data prepared without one
         (codec v1, or rows without keys and styles): such data trains and samples without controls."""
         if not self.codec.has_controls or self._rows is None:
             return None
         train = self._rows["train"]
         if not any("key" in r or "styles" in r for r in train):
             return None
-        from midigen.generate.controls import ControlVocab
 
         return ControlVocab.from_rows(train)
 
@@ -204,7 +205,7 @@ class WindowSampler:
     controls is learned as often as the music. With
     ``edit_fraction`` > 0, that share of windows are editing sequences built from the song around the
     drawn position (``midigen.music.sequences``), so one model learns to continue, infill and arrange.
-    When the dataset has controls, every header carries the song's (``midigen.generate.controls``), each
+    When the dataset has controls, every header carries the song's (``midigen.music.controls``), each
     dropped with probability ``controls.DROP_P``.
     """
 
@@ -234,8 +235,6 @@ class WindowSampler:
         edits = rng.random(batch_size) < self.edit_fraction
         keep = None
         if self.split.controls is not None:  # drawn only for data with controls: old data keeps its windows
-            from midigen.generate.controls import DROP_P
-
             keep = rng.random((batch_size, 3)) >= DROP_P
         x = np.empty((batch_size, T), dtype=np.int64)
         y = np.empty((batch_size, T), dtype=np.int64)
@@ -256,8 +255,6 @@ class WindowSampler:
         return x, y
 
     def _controls(self, song: int, keep) -> list[int]:
-        from midigen.generate.controls import draw
-
         return draw(self.split.song_controls(song), keep) if keep is not None else []
 
     def _window(self, pos: int, keep=None) -> tuple[np.ndarray, int | np.ndarray]:
@@ -266,8 +263,6 @@ class WindowSampler:
 
         ``keep`` (one bool per control group) says which of the song's controls the header carries.
         """
-        from midigen.music.sequences import header_with
-
         sp = self.split
         T = self.T
         song = int(np.searchsorted(sp.starts, pos, side="right")) - 1
@@ -297,8 +292,6 @@ class WindowSampler:
     def _edit_window(self, pos: int, rng: np.random.Generator, keep=None):
         """An editing sequence from the song around ``pos``, padded to T+1, and which of its tokens are
         not learned; (None, 0) when none fits."""
-        from midigen.music.sequences import given_positions, training_edit_sequence
-
         sp, T = self.split, self.T
         song = int(np.searchsorted(sp.starts, pos, side="right")) - 1
         head = sp.header(song)
@@ -355,8 +348,6 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
             continue
         head = split.header(i)
         if controls is not None:
-            from midigen.music.sequences import header_with
-
             full = header_with(split.codec, head, controls=controls(i))
             song = np.concatenate((full, song[len(head) :]))
             head = full

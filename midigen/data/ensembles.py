@@ -20,6 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from midigen.data.accompany import accompany
+from midigen.data.scoremidi import conductor, part_notes, write_midi
+
 VIOLIN, VIOLA, CELLO = 40, 41, 42
 PIANO, ACOUSTIC_BASS = 0, 32
 CHORALE_PROGRAMS = {"soprano": 73, "alto": 68, "tenor": 71, "bass": 70}
@@ -120,9 +123,6 @@ COLLECTIONS: dict[str, Collection] = {
 def export_piece(root: str | Path, collection: str, path: str) -> bytes:
     """MIDI bytes of one corpus piece scored for its collection's ensemble (SkipPiece if it does not fit)."""
     from music21 import converter, stream
-
-    from midigen.data.accompany import accompany
-    from midigen.data.scoremidi import conductor, part_notes, write_midi
 
     spec = COLLECTIONS[collection]
     score = converter.parse(str(Path(root) / path), forceSource=True)

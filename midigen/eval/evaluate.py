@@ -16,9 +16,12 @@ import time
 import numpy as np
 import torch
 
-from midigen.model.checkpoint import unwrap
-from midigen.data.dataset import eval_rows
+from midigen.model.checkpoint import load_checkpoint, resolve, unwrap
+from midigen.data.dataset import Dataset, eval_positions, eval_rows
 from midigen.errors import MidigenError, UsageError
+from midigen.device import autocast, best_device, compute_dtype
+from midigen.eval.ngram import KneserNey, unigram_log2prob
+from midigen.music.timing import positions_seconds
 
 LN2 = math.log(2.0)
 NGRAM_MAX_TRAIN_TOKENS = 20_000_000  # keeps the baseline to seconds and a few GB on Lakh-size data
@@ -31,8 +34,6 @@ def score_rows(model, x: np.ndarray, y: np.ndarray, batch_size: int, device, dty
     A float for one process; with ``world`` > 1 a float64 tensor on ``device`` for the caller to
     all-reduce. Logits are never built over the whole vocabulary for a whole batch (``GPT.sum_nll``).
     """
-    from midigen.device import autocast
-
     raw = unwrap(model)
     was_training = raw.training
     raw.eval()
@@ -88,18 +89,14 @@ def control_cost(model, sp, T: int, budget: int, device, dtype=torch.float32, pr
 
 
 def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngram_order: int = 5,
-             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False) -> dict:
+             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False,
+             precision: str = "fp32") -> dict:
     """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict;
     ``controls`` adds ``control_cost``."""
-    from midigen.model.checkpoint import load_checkpoint, resolve
-    from midigen.data.dataset import Dataset, eval_positions, eval_rows
-    from midigen.device import best_device, compute_dtype
-    from midigen.music.timing import positions_seconds
-
     ds = Dataset(data)
     path = resolve(ckpt)
     dev = best_device(device)
-    model, codec, _ = load_checkpoint(path, device=dev)
+    model, codec, _ = load_checkpoint(path, device=dev, precision=precision)
     if codec.to_dict() != ds.codec.to_dict():
         raise MidigenError(f"checkpoint {path} was trained with a different codec than the dataset {data}: "
                            "prepare the data with the checkpoint's midigen version")
@@ -114,7 +111,7 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
         raise MidigenError(f"internal error: model scored {tokens} tokens, baseline would score {len(pos)}")
     music_s = positions_seconds(codec, sp.tokens, pos)
     t0 = time.time()
-    amp = compute_dtype(dev, dtype)
+    amp = compute_dtype(dev, dtype) if model.precision == "fp32" else torch.float32  # converted weights: as loaded
     nats = score_rows(model, x, y, max(1, 16384 // T), dev, amp, progress=progress)
     model_s = time.time() - t0
 
@@ -135,8 +132,6 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
 
 def _ngram_baseline(ds, sp, pos: np.ndarray, order: int, notes: int, music_s: float) -> dict:
     """A Kneser-Ney n-gram fit on (the start of) the train split, scored on the tokens at ``pos``."""
-    from midigen.eval.ngram import KneserNey, unigram_log2prob
-
     codec = ds.codec
     train = ds.split("train")
     n_train = min(len(train), NGRAM_MAX_TRAIN_TOKENS)

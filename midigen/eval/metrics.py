@@ -20,6 +20,7 @@ import numpy as np
 from midigen.music.codec import DRUMS, Codec, CodecError
 from midigen.errors import UsageError
 from midigen.music.timing import steps_to_seconds
+from midigen.data.dataset import Dataset
 
 MAJOR_SCALE = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], dtype=bool)
 FEATURES = (
@@ -118,8 +119,6 @@ def _histogram_overlap(a: np.ndarray, b: np.ndarray) -> float:
 
 def real_pieces(data_dir, split: str) -> tuple[Codec, list[np.ndarray]]:
     """The codec and every song of a prepared dataset's split, as token arrays."""
-    from midigen.data.dataset import Dataset
-
     sp = Dataset(data_dir).split(split)
     pieces = [song for song in (sp.song(i) for i in range(len(sp.starts))) if len(song)]
     if not pieces:

@@ -17,23 +17,14 @@ import torch
 
 from midigen.music.codec import Codec
 from midigen.device import autocast, sampling_dtype
-from midigen.errors import Cancelled, UsageError
+from midigen.errors import Cancelled
 from midigen.generate.grammar import Grammar
+from midigen.generate.sampling import Sampling
 
 KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
 REPETITION_WINDOW = 256  # recent tokens whose notes the repetition penalty discourages
 
 Listener = Callable[[np.ndarray], object]
-
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """The sampling controls every task shares; a bad one is a usage error."""
-    if not temperature > 0:
-        raise UsageError(f"temperature must be > 0, got {temperature}")
-    if top_k is not None and int(top_k) < 1:
-        raise UsageError(f"top-k must be >= 1, got {top_k}")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise UsageError(f"top-p must be in (0, 1], got {top_p}")
 
 
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -100,18 +91,17 @@ def window(seq: np.ndarray, length: int, codec: Codec, size: int) -> np.ndarray:
 class Decoder:
     """One call's model, device, sampling settings and generator (shared by a task's chunks)."""
 
-    def __init__(self, model, codec: Codec, *, seed: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, repetition_penalty: float = 1.0, device=None,
-                 listener: Listener | None = None, keep_fraction: float = KEEP_FRACTION):
+    def __init__(self, model, codec: Codec, sampling: Sampling, *, device=None, listener: Listener | None = None,
+                 keep_fraction: float = KEEP_FRACTION):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.codec = codec
         self.block = model.cfg.block_size
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.penalty = repetition_penalty
+        self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
+        self.penalty = sampling.repetition_penalty
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
-        self.gen = make_generator(self.device, seed)
+        self.gen = make_generator(self.device, sampling.seed)
 
     def _forward(self, ids: np.ndarray | torch.Tensor, cache) -> torch.Tensor:
         x = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)

@@ -16,6 +16,7 @@ import numpy as np
 
 from midigen.music.codec import DRUMS, instrument_name
 from midigen.errors import MidigenError, UsageError
+from midigen.fsutil import atomic_write_bytes
 
 PEAK = 0.89  # -1 dBFS: loud enough to hear, never clipping
 
@@ -70,7 +71,6 @@ def render_audio(score, soundfont=None, sample_rate: int = SAMPLE_RATE) -> np.nd
 
 def write_wav(score, path, soundfont=None, sample_rate: int = SAMPLE_RATE) -> Path:
     """Render ``score`` to a 16-bit stereo WAV at ``path`` (atomically); returns the path."""
-    from midigen.fsutil import atomic_write_bytes
     import io
 
     audio = render_audio(score, soundfont, sample_rate)

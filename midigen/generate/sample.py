@@ -1,4 +1,4 @@
-"""Generate music from a checkpoint: continue a song, or write one from nothing (``midigen sample``).
+"""Generate music from a checkpoint: continue a song, or write one from nothing (what ``midigen sample`` runs).
 
 The task part of sampling: what the prompt is (a song's tokens, or a header built from the asked
 instruments, tempo, time signature and controls), the grammar placed after it, and the length control.
@@ -9,20 +9,20 @@ arguments give the same files.
 """
 from __future__ import annotations
 
-import secrets
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from midigen.music.codec import Codec, CodecError, Kind, instrument_name, parse_instrument
-from midigen.device import best_device
+from midigen.music.codec import Codec, CodecError, Kind, instrument_name
 from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
-from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, check_sampling
+from midigen.generate import continuation
+from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
 from midigen.generate.grammar import Grammar
-from midigen.generate.synth import Renderer, wav_beside
+from midigen.generate.sampling import Sampling
+from midigen.generate.splice import settle
+from midigen.music.ranges import NoteLimits
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -102,17 +102,13 @@ def _check_controls(codec: Codec, controls) -> list[int]:
     return ids
 
 
-def _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
-                instruments):
+def _check_args(num_samples, seconds, max_new_tokens, tempo, instruments):
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
     if seconds is not None and not seconds > 0:
         raise UsageError(f"seconds must be > 0, got {seconds}")
     if max_new_tokens is not None and int(max_new_tokens) < 1:
         raise UsageError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    check_sampling(temperature, top_k, top_p)
-    if not repetition_penalty > 0:
-        raise UsageError(f"repetition penalty must be > 0, got {repetition_penalty}")
     if tempo is not None and not 16 <= tempo <= 512:
         raise UsageError(f"tempo must be within 16..512 BPM, got {tempo}")
     for i in instruments or []:
@@ -121,28 +117,30 @@ def _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p,
 
 
 def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
-                     max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-                     top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
-                     prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
+                     max_new_tokens: int | None = None, sampling: Sampling | None = None, prompt_tokens=None,
+                     instruments=None, tempo: float | None = None, device=None,
                      keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
                      time_signature: tuple[int, int] | None = None,
-                     listener: Listener | None = None) -> list[Sample]:
-    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
-    _check_args(num_samples, seconds, max_new_tokens, temperature, top_k, top_p, repetition_penalty, tempo,
-                instruments)
+                     listener: Listener | None = None, limits: NoteLimits | None = None,
+                     free_tempo: bool = False) -> list[Sample]:
+    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
+
+    ``limits`` (``midigen.music.ranges.note_limits``) hold every written note to its instrument's range
+    and polyphony; None writes anything. A continuation (``prompt_tokens``) keeps the song's tempo: no
+    tempo change is written unless ``tempo`` asks for one or ``free_tempo`` is set."""
+    _check_args(num_samples, seconds, max_new_tokens, tempo, instruments)
     controls = _check_controls(codec, controls)
     ts_id = _ts_id(codec, time_signature)
     if seconds is None and max_new_tokens is None:
         seconds = DEFAULT_SECONDS
     B = int(num_samples)
-    seed = secrets.randbelow(2**31) if seed is None else int(seed)
-    dec = Decoder(model, codec, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                  repetition_penalty=repetition_penalty, device=device, listener=listener,
-                  keep_fraction=keep_fraction)
+    dec = Decoder(model, codec, sampling or Sampling(), device=device, listener=listener, keep_fraction=keep_fraction)
     budget = int(max_new_tokens) if max_new_tokens is not None else int(seconds * TOKENS_PER_SECOND_CAP) + 256
 
     prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo, controls, ts_id)
     g = Grammar(codec, 1, max_header_instruments=max(1, min(16, dec.block // 8)))  # read the prompt once
+    if limits is not None:
+        g.hold_notes(limits.low, limits.high, limits.polyphony)
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
     if not np.any((prefix >= codec.tempo_start) & (prefix < codec.ts_start)):
@@ -152,6 +150,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         g.advance([t])
     if header_done:
         g.close_header()
+    if prompt_tokens is not None and not free_tempo:
+        g.keep_tempo()
     if prompt_tokens is not None and tempo is not None:
         g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])
@@ -173,15 +173,15 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
 
 
 def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
-             max_new_tokens: int | None = None, temperature: float = 1.0, top_k: int | None = None,
-             top_p: float | None = None, repetition_penalty: float = 1.0, seed: int | None = None,
-             prompt_tokens=None, instruments=None, tempo: float | None = None, device=None,
+             max_new_tokens: int | None = None, sampling: Sampling | None = None, prompt_tokens=None,
+             instruments=None, tempo: float | None = None, device=None,
              controls: list[int] | None = None, time_signature: tuple[int, int] | None = None,
              listener: Listener | None = None) -> list[np.ndarray]:
     """Sample ``num_samples`` songs as one batch; each comes back as a uint16 token array (BOS ... EOS).
 
     ``seconds`` (default 30 unless ``max_new_tokens`` is given) of new music, or ``max_new_tokens`` new
-    tokens. ``prompt_tokens`` (an encoded song) is continued verbatim; ``instruments`` (0..127, 128 =
+    tokens, drawn as ``sampling`` says (default ``Sampling()``: a fresh seed, nothing cut).
+    ``prompt_tokens`` (an encoded song) is continued verbatim; ``instruments`` (0..127, 128 =
     drums) fixes the header (joined with the prompt's); ``tempo`` sets the start tempo (with a prompt: a
     tempo change where the new part starts); ``time_signature`` (n, d) and ``controls`` (STYLE/KEY/DENSITY
     ids) go into the header (the controls right after BOS; after TEMPO [TS] for a v2 checkpoint).
@@ -190,9 +190,25 @@ def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None
     """
     return [s.tokens for s in generate_samples(
         model, codec, num_samples=num_samples, seconds=seconds, max_new_tokens=max_new_tokens,
-        temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty, seed=seed,
-        prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device, controls=controls,
-        time_signature=time_signature, listener=listener)]
+        sampling=sampling, prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device,
+        controls=controls, time_signature=time_signature, listener=listener)]
+
+
+def continue_song(model, codec: Codec, score, plan: continuation.Plan, *, instruments=None, tempo=None,
+                  time_signature: tuple[int, int] | None = None, **kw) -> list[tuple[Sample, object]]:
+    """Continue the user's ``score`` as ``plan`` (``continuation.plan``) says: [(sample, the score written)]
+    per sample, each the user's notes before the point, untouched, plus the new ones from it on.
+
+    ``instruments`` join the song's; ``tempo`` is a change where the new part starts (or, with nothing
+    before the point, its tempo: the song's there by default). ``kw``: ``generate_samples``' arguments.
+    """
+    insts = sorted(set(plan.instruments) | set(int(i) for i in instruments or ()))
+    if plan.prompt is None:
+        tempo = tempo or plan.tempo
+    samples = generate_samples(model, codec, prompt_tokens=plan.prompt, instruments=insts, tempo=tempo,
+                               time_signature=time_signature, **kw)
+    return [(s, continuation.continued(codec, score, plan, s.tokens, s.start_index, time_signature))
+            for s in samples]
 
 
 # ----- scores, prompts, checks ------------------------------------------------------------------
@@ -218,27 +234,32 @@ def clip_score(score, end_seconds: float):
 
 
 def sample_score(codec: Codec, sample: Sample):
-    """The symusic score of a sample, clipped to its time target."""
+    """The symusic score of a sample, clipped to its time target, with no note-on while the same pitch
+    still sounds on its channel (``midigen.generate.splice.settle``)."""
     score = codec.decode(sample.tokens)
     if sample.end_seconds is not None:
         clip_score(score, sample.end_seconds)
-    return score
+    return settle(score)
 
 
-def load_prompt(codec: Codec, path, seconds: float | None = None) -> np.ndarray:
-    """Encode a MIDI file (its first ``seconds``, or all of it) as a prompt; bad files are usage errors."""
+def read_prompt(codec: Codec, path):
+    """The prompt MIDI file as a score; a file that cannot be read is a usage error."""
     try:
-        data = Path(path).read_bytes()
+        return codec.read_midi(Path(path).read_bytes())
     except OSError as e:
         raise UsageError(f"cannot read prompt {path}: {e.strerror or e}") from None
-    try:
-        score = codec.read_midi(data)
-        if seconds is not None:
-            score = score.clip(0, tick_at_seconds(score, seconds), False)
-        return codec.encode_score(score)
     except CodecError as e:
-        what = f"its first {seconds:g} s have no notes" if seconds is not None and "no notes" in str(e) else str(e)
-        raise UsageError(f"bad prompt {path}: {what}") from None
+        raise UsageError(f"bad prompt {path}: {e}") from None
+
+
+def prompt_plan(codec: Codec, path, seconds: float | None = None) -> tuple[object, continuation.Plan]:
+    """(the prompt's score, the plan continuing it from ``seconds``, or from its end)."""
+    score = read_prompt(codec, path)
+    plan = continuation.plan(codec, score, seconds)
+    if plan.prompt is None:
+        what = f"its first {seconds:g} s have no notes" if seconds is not None else "no notes"
+        raise UsageError(f"bad prompt {path}: {what}")
+    return score, plan
 
 
 def find_problems(codec: Codec, sample: Sample) -> list[str]:
@@ -291,88 +312,3 @@ def summary(codec: Codec, sample: Sample, score) -> str:
     if problems:
         line += "; warning: " + "; ".join(problems)
     return line
-
-
-# ----- the command ------------------------------------------------------------------------------
-
-
-def _parse_instruments(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    parts = [p for p in text.split(",") if p.strip()]
-    if not parts:
-        raise UsageError("--instruments needs at least one name or program number")
-    try:
-        return sorted(set(parse_instrument(p) for p in parts))
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-
-
-def sample_from_cli(a) -> None:
-    """``midigen sample``: check every flag first, then load, generate, write and report."""
-    from midigen.model.checkpoint import load_checkpoint
-    from midigen.fsutil import atomic_write_bytes
-
-    if a.prompt_seconds is not None and a.prompt is None:
-        raise UsageError("--prompt-seconds needs --prompt")
-    if a.top_p is not None and a.top_p > 1:
-        raise UsageError(f"--top-p must be in (0, 1], got {a.top_p}")
-    if a.tempo is not None and not 16 <= a.tempo <= 512:
-        raise UsageError(f"--tempo must be within 16..512 BPM, got {a.tempo}")
-    instruments = _parse_instruments(a.instruments)
-    if a.prompt is not None and not Path(a.prompt).is_file():
-        raise UsageError(f"prompt {a.prompt} does not exist")
-    soundfont = None
-    if a.wav or a.play or a.soundfont:
-        from midigen.generate.render import find_soundfont
-
-        soundfont = find_soundfont(a.soundfont)
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is not a directory")
-    device = best_device(a.device)
-
-    model, codec, config = load_checkpoint(a.ckpt, device)
-    from midigen.generate.controls import from_cli
-
-    controls, time_signature = from_cli(a, config, codec, instruments)
-    prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
-    seed = secrets.randbelow(2**31) if a.seed is None else a.seed
-    renderer = Renderer(soundfont) if a.wav or a.play else None  # its child starts while the model samples
-    if renderer is not None:
-        renderer.start()
-    seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
-    samples = generate_samples(
-        model, codec, num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens,
-        temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, repetition_penalty=a.repetition_penalty,
-        seed=seed, prompt_tokens=prompt, instruments=instruments, tempo=a.tempo, device=device,
-        controls=controls, time_signature=time_signature,
-    )
-
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    for i, s in enumerate(samples):
-        score = sample_score(codec, s)
-        base = out / f"{stamp}-{i}"
-        atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
-        print(base.with_suffix(".mid"), flush=True)
-        if renderer is not None and (wav := wav_beside(renderer, score, base.with_suffix(".mid"))):
-            print(wav, flush=True)
-        if a.png:
-            from midigen.generate.render import write_piano_roll
-
-            write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
-            print(base.with_suffix(".png"), flush=True)
-        print(f"sample {i}: {summary(codec, s, score)}", flush=True)
-    if renderer is not None:
-        renderer.close()
-    print(f"seed {seed} (the same seed and arguments give the same files)", flush=True)
-    if a.play:
-        from midigen.generate.render import play
-
-        for i in range(len(samples)):
-            if not play(out / f"{stamp}-{i}.wav"):
-                break

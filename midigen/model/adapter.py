@@ -115,8 +115,8 @@ def read_manifest(path) -> dict:
             raise ValueError(f"no sha256 of {WEIGHTS}")
         if not isinstance(m.get("new_ids"), list) or not isinstance(m.get("support"), (list, type(None))):
             raise ValueError("new_ids and support must be lists of token ids")
-        if not isinstance(m.get("controls"), (dict, type(None))):
-            raise ValueError("controls must be an object")
+        if not isinstance(m.get("controls"), (dict, type(None))) or not isinstance(m.get("note_ranges"), (dict, type(None))):
+            raise ValueError("controls and note_ranges must be objects")
     except (KeyError, ValueError) as e:
         raise MidigenError(f"{f}: bad adapter manifest ({e})") from None
     return m
@@ -144,6 +144,8 @@ def adapted_config(base_config: dict, manifest: dict, path) -> dict:
     info = dict(config.get("info") or {})
     if manifest.get("controls") is not None:
         info["controls"] = manifest["controls"]
+    if isinstance(manifest.get("note_ranges"), dict):
+        info["note_ranges"] = manifest["note_ranges"]
     config["info"] = info
     config["support"] = manifest["support"]
     config["adapter"] = summary(manifest, path)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 50304  # the codec's vocabulary, padded to a multiple of 64 (see padded_vocab)
+    vocab_size: int = 50304  # GPT-2's padded BPE size, a placeholder: training sets padded_vocab(codec size)
     block_size: int = 1024
     n_layer: int = 12
     n_head: int = 12

@@ -31,6 +31,9 @@ import numpy as np
 import symusic
 
 from midigen.errors import MidigenError
+from midigen.fsutil import atomic_write_text
+from midigen.music.smf import sanitize_smf, unwrap_rmid
+from midigen.music.timing import notes_end_seconds
 
 CODEC_NAME = "midigen-event"
 CODEC_VERSION = 3  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens.
@@ -411,8 +414,6 @@ class Codec:
         return cls.from_dict(json.loads(text))
 
     def save(self, path) -> None:
-        from midigen.fsutil import atomic_write_text
-
         atomic_write_text(path, self.to_json() + "\n")
 
     @classmethod
@@ -423,8 +424,6 @@ class Codec:
     # ----- encoding ---------------------------------------------------------------------------
 
     def read_midi(self, data: bytes) -> symusic.Score:
-        from midigen.music.smf import sanitize_smf, unwrap_rmid
-
         try:
             score = symusic.core.ScoreTick.from_midi(sanitize_smf(unwrap_rmid(bytes(data))), False)
         except Exception as e:  # symusic raises plain RuntimeError/ValueError on bad files
@@ -879,29 +878,36 @@ def parse_key(text: str) -> int:
     return pc + 12 * minor
 
 
+def track_instrument(track) -> int:
+    """A symusic track's instrument id: its GM program, or ``DRUMS`` for a drum track."""
+    return DRUMS if track.is_drum else int(track.program) & 127
+
+
+def score_instruments(score) -> list[int]:
+    """The instruments of a symusic score's tracks that have notes, sorted."""
+    return sorted({track_instrument(t) for t in score.tracks if t.note_num()})
+
+
 def instrument_name(instrument: int) -> str:
     return "Drums" if instrument == DRUMS else GM_PROGRAM_NAMES[instrument]
 
 
-def parse_instrument(text: str) -> int:
-    """'drums', a GM program number 0..127, or a (case-insensitive, partial) GM name -> instrument."""
-    s = text.strip().lower()
-    if s in ("drums", "drum", "percussion", "drumkit", "drum kit"):
-        return DRUMS
-    if s.isdigit():
-        n = int(s)
-        if 0 <= n <= 127:
-            return n
-        raise ValueError(f"program {n} is outside 0..127")
-    norm = lambda x: "".join(ch for ch in x.lower() if ch.isalnum())
-    key = norm(s)
-    exact = [i for i, n in enumerate(GM_PROGRAM_NAMES) if norm(n) == key]
-    if exact:
-        return exact[0]
-    partial = [i for i, n in enumerate(GM_PROGRAM_NAMES) if key and key in norm(n)]
-    if partial:
-        return partial[0]
-    raise ValueError(f"unknown instrument {text!r}: use 'drums', 0..127 or a General MIDI name like 'piano'")
+DRUM_WORDS = ("drums", "drum", "percussion", "drumkit", "drum kit")
+
+
+def match_instrument(text, among=range(DRUMS + 1)) -> int | None:
+    """The instrument ``text`` names among ``among``: 'drums', a number 0..128 (128 = drums), or a
+    General MIDI name, case-insensitive, exact or else a part of one (the first in GM order). None when
+    nothing matches. Which instruments exist to match is the caller's: a checkpoint's, a song's."""
+    s = str(text).strip().lower()
+    if s in DRUM_WORDS or s.isdigit():
+        i = DRUMS if s in DRUM_WORDS else int(s)
+        return i if i in among else None
+    norm = lambda x: "".join(ch for ch in x.lower() if ch.isalnum())  # noqa: E731
+    key, named = norm(s), [(i, norm(instrument_name(i))) for i in sorted(among)]
+    exact = [i for i, n in named if n == key]
+    partial = [i for i, n in named if key and key in n]
+    return (exact or partial or [None])[0]
 
 
 def fidelity(codec: Codec, original: symusic.Score, decoded: symusic.Score) -> dict:
@@ -935,7 +941,6 @@ def fidelity(codec: Codec, original: symusic.Score, decoded: symusic.Score) -> d
         onset_ok[i] = abs(tb[k] - ta[i]) <= 1 / 24 + 1e-9
         dur_ok[i] = abs(db[k] - da[i]) <= max(1 / 12, 0.2 * da[i]) + 1e-9
         vel_ok[i] = abs(int(vb[k]) - int(a["velocity"][i])) <= 8
-    from midigen.music.timing import notes_end_seconds
 
     len_in, len_out = notes_end_seconds(original), notes_end_seconds(decoded)
     return {

@@ -1,12 +1,14 @@
-"""Tempo -> seconds, once for the whole project: on token streams (steps) and on symusic scores (ticks).
+"""Song time, once for the whole project: ticks <-> steps <-> seconds <-> bars.
 
 Tokens: a SHIFT of k steps lasts k * 60 / (bpm * steps_per_quarter) seconds under the tempo in force,
 the last TEMPO token before it in its song. Before a song's first TEMPO token, that first tempo holds
 (as ``Codec.decode`` reads it); a song without one plays at 120 BPM. A BOS starts a new song.
 
 Scores: a MIDI tempo map (ticks, microseconds per quarter); MIDI's default 120 BPM holds until the
-first tempo event. Their bars and beats (``beat_grid``) follow the time signatures, 4/4 before the
-first one.
+first tempo event, and at equal ticks the last tempo event wins. Bars follow the score's time
+signatures: each one starts a new bar where it falls (as notation programs do); 4/4 before the first.
+The piano roll, the playhead, ``--bars`` and "continue from 0:12" all ask these functions; chords are
+labelled on the beats ``beat_grid`` lays out (dotted beats in compound meters).
 """
 from __future__ import annotations
 
@@ -14,7 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from midigen.errors import UsageError
+
 DEFAULT_BPM = 120.0
+DEFAULT_MSPQ = 60e6 / DEFAULT_BPM  # MIDI's tempo until the first tempo event
+MAX_LINES = 20_000  # bar or beat lines ``grid`` returns at most (a hostile meter cannot flood a page)
 _CHUNK = 1 << 24  # tokens per pass over a long split, so memory stays bounded
 
 
@@ -107,43 +113,138 @@ def steps_to_seconds(codec, tempo_time, tempo_bpm, steps) -> np.ndarray:
 # ----- symusic scores (ticks) -------------------------------------------------------------------
 
 
-def _score_tempo_map(score) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(tempo change ticks, microseconds per quarter, seconds at each change, ticks per quarter)."""
-    tpq = score.ticks_per_quarter
-    if len(score.tempos):
-        t = score.tempos.numpy()
-        order = np.argsort(t["time"], kind="stable")
-        times, mspq = t["time"][order].astype(np.float64), t["mspq"][order].astype(np.float64)
-    else:
+class TempoMap:
+    """Piecewise-constant tempo of a symusic ScoreTick; converts whole arrays of ticks and seconds."""
+
+    def __init__(self, score):
+        self.tpq = float(score.ticks_per_quarter)
         times, mspq = np.zeros(0), np.zeros(0)
-    if not len(times) or times[0] > 0:  # MIDI's default tempo holds until the first change
-        times, mspq = np.concatenate(([0.0], times)), np.concatenate(([60e6 / DEFAULT_BPM], mspq))
-    secs = np.concatenate(([0.0], np.cumsum(np.diff(times) * mspq[:-1] / 1e6 / tpq)))
-    return times, mspq, secs, tpq
+        if len(score.tempos):
+            t = score.tempos.numpy()
+            order = np.argsort(t["time"], kind="stable")  # equal times: the last one wins
+            times = t["time"][order].astype(np.float64)
+            mspq = np.maximum(t["mspq"][order].astype(np.float64), 1.0)
+        if not len(times) or times[0] > 0:
+            times, mspq = np.concatenate(([0.0], times)), np.concatenate(([DEFAULT_MSPQ], mspq))
+        self.times, self.mspq = times, mspq
+        self.starts = np.concatenate(([0.0], np.cumsum(np.diff(times) * mspq[:-1] / 1e6 / self.tpq)))
+
+    def seconds(self, ticks) -> np.ndarray:
+        t = np.asarray(ticks, dtype=np.float64)
+        i = np.clip(np.searchsorted(self.times, t, side="right") - 1, 0, None)
+        return self.starts[i] + (t - self.times[i]) * self.mspq[i] / 1e6 / self.tpq
+
+    def ticks(self, seconds) -> np.ndarray:
+        s = np.asarray(seconds, dtype=np.float64)
+        i = np.clip(np.searchsorted(self.starts, s, side="right") - 1, 0, None)
+        return np.round(self.times[i] + (s - self.starts[i]) * 1e6 * self.tpq / self.mspq[i]).astype(np.int64)
+
+    def bpm_at(self, tick: int) -> float:
+        i = max(0, int(np.searchsorted(self.times, tick, side="right")) - 1)
+        return 60e6 / float(self.mspq[i])
 
 
 def seconds_at_tick(score, ticks) -> np.ndarray:
     """Seconds at tick positions ``ticks`` of a symusic score (tick-based), following its tempo map."""
-    times, mspq, secs, tpq = _score_tempo_map(score)
-    ticks = np.asarray(ticks, dtype=np.float64)
-    i = np.clip(np.searchsorted(times, ticks, side="right") - 1, 0, len(times) - 1)
-    return secs[i] + (ticks - times[i]) * mspq[i] / 1e6 / tpq
+    return TempoMap(score).seconds(ticks)
 
 
 def tick_at_seconds(score, seconds: float) -> int:
     """The tick where ``seconds`` of the score's tempo map have passed."""
-    times, mspq, secs, tpq = _score_tempo_map(score)
-    i = int(np.searchsorted(secs, seconds, side="right")) - 1
-    return int(round(times[i] + (seconds - secs[i]) * 1e6 * tpq / mspq[i]))
+    return int(TempoMap(score).ticks(seconds))
+
+
+def first_tick_at(score, seconds: float) -> int:
+    """The first tick that is at or after ``seconds``: every note before it starts before ``seconds``
+    (``tick_at_seconds`` rounds, so a note half a tick earlier could fall on the tick it gives)."""
+    tm = TempoMap(score)
+    at = seconds - 1e-9  # float noise: a tick computed to sit a hair before ``seconds`` is at it
+    tick = max(0, int(tm.ticks(seconds)))
+    while tick > 0 and float(tm.seconds(tick - 1)) >= at:
+        tick -= 1
+    while float(tm.seconds(tick)) < at:
+        tick += 1
+    return tick
 
 
 def notes_end_seconds(score) -> float:
-    """Seconds at which the last note of a (tick-based) score stops sounding; 0 without notes."""
+    """When the last note of a (tick-based) score stops sounding (0 without notes); other events far
+    beyond it do not make a song long."""
     end = notes_end_tick(score)
-    return float(seconds_at_tick(score, end)) if end else 0.0
+    return float(TempoMap(score).seconds(end)) if end else 0.0
 
 
-# ----- bars and beats of a score ----------------------------------------------------------------
+def notes_end_tick(score) -> int:
+    """The tick where the last note of a (tick-based) score stops sounding; 0 without notes."""
+    ends = [int(np.max(a["time"].astype(np.int64) + a["duration"])) for a in
+            (t.notes.numpy() for t in score.tracks if t.note_num())]
+    return max(ends) if ends else 0
+
+
+# ----- bars and beats ---------------------------------------------------------------------------
+
+
+def meters(score) -> list[tuple[int, int, int]]:
+    """(tick, numerator, denominator) of each usable time signature, in order; 4/4 when there is none."""
+    out = []
+    for ts in sorted(score.time_signatures, key=lambda x: x.time):
+        n, d = int(ts.numerator), int(ts.denominator)
+        if n < 1 or d < 1 or d > 64:
+            continue
+        if out and out[-1][0] == int(ts.time):
+            out[-1] = (int(ts.time), n, d)
+        else:
+            out.append((int(ts.time), n, d))
+    if not out or out[0][0] > 0:
+        out.insert(0, (0, 4, 4))
+    return out
+
+
+def grid(score, end_tick: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bar ticks, beat ticks) up to ``end_tick``: each meter restarts the bar count where it begins."""
+    tpq = score.ticks_per_quarter
+    bars, beats = [], []
+    ms = meters(score)
+    for k, (start, n, d) in enumerate(ms):
+        stop = ms[k + 1][0] if k + 1 < len(ms) else end_tick + 1
+        beat = tpq * 4.0 / d
+        if beat <= 0:
+            continue
+        room = MAX_LINES - len(beats)
+        if room <= 0:
+            break
+        nb = min(int(np.ceil((stop - start) / beat)), room)
+        t = start + beat * np.arange(max(nb, 0))
+        beats.append(t)
+        bars.append(t[(np.arange(len(t)) % n) == 0])
+    cat = lambda xs: np.round(np.concatenate(xs)).astype(np.int64) if xs else np.zeros(0, np.int64)  # noqa: E731
+    return cat(bars), cat(beats)
+
+
+def bar_tick(score, bar: int) -> int:
+    """The tick where bar ``bar`` (counted from 1) starts, walking the score's meters."""
+    tpq = score.ticks_per_quarter
+    ms = meters(score)
+    first = 1
+    for k, (at, n, d) in enumerate(ms):
+        length = max(1, n * tpq * 4 // d)
+        here = -(-(ms[k + 1][0] - at) // length) if k + 1 < len(ms) else None  # bars this meter holds
+        if here is None or first + here > bar:
+            return at + (bar - first) * length
+        first += here
+    raise AssertionError("unreachable: the last meter runs forever")
+
+
+def bars_to_seconds(score, first_bar: int, last_bar: int) -> tuple[float, float]:
+    """(start, end) seconds of bars ``first_bar..last_bar`` (counted from 1, inclusive) on the song's
+    own time signatures and tempo map."""
+    if first_bar < 1 or last_bar < first_bar:
+        raise UsageError(f"bars {first_bar}-{last_bar}: count from 1, the first bar not after the last")
+    tm = TempoMap(score)
+    return float(tm.seconds(bar_tick(score, first_bar))), float(tm.seconds(bar_tick(score, last_bar + 1)))
+
+
+# ----- beats, for chord labels ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -171,29 +272,7 @@ def beat_ticks(tpq: int, numerator: int, denominator: int) -> float:
     return unit * 3 if compound else unit
 
 
-def _meter_map(score) -> list[tuple[float, int, int]]:
-    """(tick, numerator, denominator) of each time signature in force, 4/4 before the first one."""
-    sigs = sorted(((float(ts.time), int(ts.numerator), int(ts.denominator)) for ts in score.time_signatures),
-                  key=lambda s: s[0])
-    out: list[tuple[float, int, int]] = []
-    for tick, num, den in sigs:
-        if num < 1 or den < 1:
-            continue
-        if out and out[-1][0] == tick:
-            out.pop()  # two at one time: the later one holds
-        out.append((tick, num, den))
-    if not out or out[0][0] > 0:
-        out.insert(0, (0.0, 4, 4))
-    return out
-
-
-def notes_end_tick(score) -> int:
-    """The tick where the last note of a (tick-based) score stops sounding; 0 without notes."""
-    ends = [int((a["time"] + a["duration"]).max()) for a in (t.notes.numpy() for t in score.tracks) if len(a["time"])]
-    return max(ends) if ends else 0
-
-
-def _beats_in(tpq: int, meter: tuple[float, int, int], next_tick: float, end: int) -> int:
+def _beats_in(tpq: int, meter: tuple[int, int, int], next_tick: float, end: int) -> int:
     """How many beats a time signature lays out from its tick to the next one's (or the song's end)."""
     tick, num, den = meter
     stop = min(float(next_tick), float(end))
@@ -207,14 +286,14 @@ def beat_grid(score, max_beats: int | None = None) -> BeatGrid:
     under a 1/64 meter would otherwise ask for billions of beats).
     """
     end = notes_end_tick(score)
-    meters = _meter_map(score)
-    counts = [_beats_in(score.ticks_per_quarter, m, meters[k + 1][0] if k + 1 < len(meters) else end, end)
-              for k, m in enumerate(meters)]
+    ms = meters(score)
+    counts = [_beats_in(score.ticks_per_quarter, m, ms[k + 1][0] if k + 1 < len(ms) else end, end)
+              for k, m in enumerate(ms)]
     if max_beats is not None and sum(counts) > max_beats:
         raise ValueError(f"{sum(counts)} beats (at most {max_beats} are labelled)")
     starts, bars, beats = [], [], []
     bar = 0
-    for k, (tick, num, den) in enumerate(meters):
+    for k, (tick, num, den) in enumerate(ms):
         step = beat_ticks(score.ticks_per_quarter, num, den)
         per_bar = max(1, round(num * score.ticks_per_quarter * 4.0 / den / step))
         n = counts[k]

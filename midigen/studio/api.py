@@ -16,6 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from midigen import __version__
+from midigen.generate.sampling import DEFAULTS
 from midigen.music.codec import DRUMS, instrument_name
 from midigen.studio import schemas as S
 from midigen.studio.audio import AudioCache
@@ -66,6 +67,7 @@ def info(request: Request):
         "instruments": [{"id": i, "name": instrument_name(i)} for i in range(DRUMS + 1)],
         "limits": {"upload_bytes": MAX_UPLOAD_BYTES, "piece_seconds": MAX_SECONDS, "new_seconds": S.MAX_NEW_SECONDS,
                    "pieces": lim.pieces, "versions_per_piece": lim.versions, "workspace_midi_bytes": lim.midi_bytes},
+        "defaults": {k: v for k, v in DEFAULTS.items() if k in S.DefaultsOut.model_fields},
         "queue": st.queue.load(),
     }
 

@@ -11,7 +11,6 @@ page asks) and answers True once the job is cancelled, which stops the engine at
 """
 from __future__ import annotations
 
-import secrets
 import sys
 import threading
 import time
@@ -21,12 +20,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name, parse_instrument
+from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
-from midigen.studio import splice
-from midigen.studio.roll import instruments_of, stream_notes, written_notes
-from midigen.studio.upload import notes_end_seconds
+from midigen.generate import continuation
+from midigen.generate.edit import arrange, infill
+from midigen.studio.roll import stream_notes, written_notes
+from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
+from midigen.generate.controls import resolve, resolve_instruments
+from midigen.generate.sampling import Sampling
+from midigen.generate.sample import continue_song, generate_samples, sample_score
+from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits, load_checkpoint
+from midigen.music.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange")
 MAX_WAITING = 32  # jobs waiting at once; more are refused (429) rather than queued for hours
@@ -58,27 +63,19 @@ def capabilities(config: dict, model, codec: Codec) -> dict:
     a checkpoint that records nothing: continue and generate with the instruments its output knows."""
     caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
             "keys": [], "densities": []}
-    from midigen.model.checkpoint import capabilities as from_checkpoint
 
     return {**caps, **from_checkpoint(config, codec)}
 
 
-def _sampling(req: dict, device) -> dict:
-    seed = req.get("seed")
-    return {"temperature": float(req.get("temperature") or 1.0), "top_k": req.get("top_k"), "top_p": req.get("top_p"),
-            "seed": secrets.randbelow(2**31) if seed is None else int(seed), "device": device}
+def _sampling(req: dict) -> Sampling:
+    """The request's sampling settings, checked (the schema already bounds them) and seeded."""
+    return Sampling(temperature=float(req.get("temperature") or 1.0), top_k=req.get("top_k"), top_p=req.get("top_p"),
+                    seed=req.get("seed"))
 
 
-def parse_instruments(names) -> list[int]:
-    """General MIDI names, program numbers 0..127, 128 or 'drums' -> sorted instrument numbers."""
-    out = set()
-    for x in names or []:
-        text = str(x).strip()
-        try:
-            out.add(DRUMS if text == str(DRUMS) else parse_instrument(text))
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-    return sorted(out)
+def _as_kwargs(s: Sampling, device) -> dict:
+    """``s`` as the editing functions take it."""
+    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed, "device": device}
 
 
 def _clock(seconds: float) -> str:
@@ -88,31 +85,27 @@ def _clock(seconds: float) -> str:
 class Engine:
     """One loaded checkpoint and the four things the studio asks of it."""
 
-    def __init__(self, ckpt, device):
-        from midigen.model.checkpoint import load_checkpoint
-
-        self.model, self.codec, self.config = load_checkpoint(ckpt, device)
+    def __init__(self, ckpt, device, precision: str = "fp32"):
+        self.model, self.codec, self.config = load_checkpoint(ckpt, device, precision=precision)
         self.device = device
         self.ckpt = str(ckpt)
         self.caps = capabilities(self.config, self.model, self.codec)
+        self.limits = checkpoint_limits(self.config)
+
+    def _limits(self, req: dict):
+        """The checkpoint's instrument ranges and polyphony, unless the request sets ``free_range``."""
+        return None if req.get("free_range") else self.limits
 
     # ----- checks made before a job is queued, so a bad request fails at once --------------------
 
     def instruments(self, names) -> list[int]:
         """Names or numbers -> instruments the model knows (UsageError listing them otherwise)."""
-        out = parse_instruments(names)
-        for i in out:
-            if i not in self.caps["instruments"]:
-                known = ", ".join(instrument_name(k) for k in self.caps["instruments"][:40])
-                raise UsageError(f"this checkpoint never saw {instrument_name(i)}; it knows: {known}")
-        return out
+        return resolve_instruments(names, self.caps["instruments"])
 
     def steering(self, req: dict) -> tuple[list[int], tuple | None]:
         """The request's style / key / density (and meter, for generate) -> (control ids, (n, d) or None),
         resolved as ``sample --style/--key/--density/--time-signature`` are: a name the checkpoint never
         learned is a UsageError listing the ones it did. Edits keep the song's own meter (no such field)."""
-        from midigen.generate.controls import resolve
-
         pick = lambda k: req.get(k) or None  # noqa: E731  ("" from a form means: the model chooses)
         return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
                        time_signature=pick("time_signature"))
@@ -138,7 +131,7 @@ class Engine:
         if kind == "arrange":
             if not self.instruments(req.get("add")):
                 raise UsageError("arrange needs at least one instrument to add")
-            parse_instruments(req.get("keep"))
+            resolve_instruments(req.get("keep"), version.get("instruments") or [], owner="the song has")
 
     # ----- the runs: each returns [(score, label, parameters)] ---------------------------------
 
@@ -146,54 +139,48 @@ class Engine:
         return getattr(self, "_" + kind)(req, score, progress)
 
     def _generate(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.generate.sample import generate_samples, sample_score
-
-        insts, tempo, kw = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req, self.device)
+        insts, tempo, sampling = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req)
         controls, meter = self.steering(req)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
             head.append(self.codec.tempo_token(tempo))
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
-                             controls=controls, time_signature=meter, listener=progress, **kw)[0]
-        label = f"generated {req['seconds']:g} s · seed {kw['seed']}"
-        return [(sample_score(self.codec, s), label, {**req, "seed": kw["seed"]})]
+                             controls=controls, time_signature=meter, listener=progress, sampling=sampling,
+                             device=self.device, limits=self._limits(req))[0]
+        label = f"generated {req['seconds']:g} s · seed {sampling.seed}"
+        return [(sample_score(self.codec, s), label, {**req, "seed": sampling.seed})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.generate.sample import generate_samples
-
-        extra, kw = self.instruments(req.get("instruments")), _sampling(req, self.device)
-        p = splice.plan(self.codec, score, req.get("at_seconds"))
-        insts = sorted(set(p.instruments) | set(extra))
-        progress.begin(splice.stream_head(self.codec, p, extra), p.start_seconds)
-        tempo = req.get("tempo") if p.prompt is not None else (req.get("tempo") or p.tempo)
-        s = generate_samples(self.model, self.codec, seconds=req["seconds"], prompt_tokens=p.prompt,
-                             instruments=insts, tempo=tempo, listener=progress, **kw)[0]
+        extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
+        p = continuation.plan(self.codec, score, req.get("at_seconds"))
+        progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
+        ((_, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
+                                    tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
+                                    limits=self._limits(req))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
-        label = f"continued from {where} · {req['seconds']:g} s · seed {kw['seed']}"
-        return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": kw["seed"]})]
+        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed}"
+        return [(out, label, {**req, "seed": sampling.seed})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.cli.edit import infill  # the editing engine (issue 10)
-
-        kw = _sampling(req, self.device)
+        kw = _as_kwargs(_sampling(req), self.device)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress, **kw)
+                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress,
+                        limits=self._limits(req), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
                 for i, sc in enumerate(scores)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
-        from midigen.cli.edit import arrange  # the editing engine (issue 10)
-
-        kw = _sampling(req, self.device)
+        kw = _as_kwargs(_sampling(req), self.device)
         add = self.instruments(req.get("add"))
-        keep = parse_instruments(req.get("keep")) if req.get("keep") is not None else None
+        keep = req.get("keep")
+        keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         controls=self.steering(req)[0], listener=progress, **kw)
+                         controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
                  {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
@@ -202,7 +189,7 @@ class Engine:
 def facts(score) -> dict:
     """What a version record says about its music."""
     return {"notes": int(score.note_num()), "seconds": round(notes_end_seconds(score), 3),
-            "instruments": instruments_of(score)}
+            "instruments": score_instruments(score)}
 
 
 # ----- streaming and the worker -----------------------------------------------------------------
@@ -239,8 +226,6 @@ class Progress:
 
     def chunk(self, start_step: int, song, targets) -> None:
         """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``)."""
-        from midigen.studio.timing import TempoMap
-
         finished = self._chunk_notes(self.edit, self.tokens)
         tempo = self.edit[3] if self.edit is not None and self.edit[1] is song else TempoMap(song.score)
         with self._lock:

@@ -7,16 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name
-from midigen.studio.timing import TempoMap, grid, meters
-
-
-def track_instrument(track) -> int:
-    return DRUMS if track.is_drum else int(track.program)
-
-
-def instruments_of(score) -> list[int]:
-    return sorted({track_instrument(t) for t in score.tracks if t.note_num()})
+from midigen.music.codec import Codec, instrument_name, track_instrument
+from midigen.music.timing import TempoMap, grid, meters
+from midigen.generate.edit import written_units
 
 
 def _r(x) -> list:
@@ -90,8 +83,6 @@ def written_notes(codec: Codec, tokens: np.ndarray, start_step: int, song, targe
     """Notes of an edit chunk's written part (the tokens after FILL, timed in the song's own steps from
     ``start_step``) for the ``targets`` instruments, as rows like ``stream_notes``'s, in seconds on the
     song's tempo map (``tempo``), in the order they were written."""
-    from midigen.generate.edit import written_units
-
     units, _, _ = written_units(codec, tokens, int(start_step))
     units = units.select(np.isin(units.inst, np.asarray(targets, np.int64)))
     if not len(units):

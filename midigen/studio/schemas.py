@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from midigen.generate.defaults import TOP_P
+from midigen.generate.sampling import DEFAULTS, TOP_P
 from midigen.studio.workspace import ID_PATTERN
 
 MAX_NEW_SECONDS = 300.0  # one job writes at most five minutes of music
@@ -17,12 +17,14 @@ class Sampling(BaseModel):
     """The sampling controls shared by every kind of job."""
 
     model_config = ConfigDict(extra="forbid")
-    temperature: float = Field(1.0, gt=0, le=5, description="higher: more surprising choices")
+    temperature: float = Field(DEFAULTS["temperature"], gt=0, le=5, description="higher: more surprising choices")
     top_p: float | None = Field(TOP_P, gt=0, le=1, description=f"nucleus sampling (default {TOP_P}, as the "
                                                                  "commands); null or 1: off")
     top_k: int | None = Field(None, ge=1, le=65535, description="null: off")
     seed: int | None = Field(None, ge=0, lt=2**31, description="the same seed and request give the same music; "
                                                                 "null: a random seed (reported in the version)")
+    free_range: bool = Field(False, description="let instruments write outside the pitch range and polyphony "
+                                                "they play in the training data (/api/info: note_ranges)")
 
 
 class Steering(BaseModel):
@@ -186,6 +188,14 @@ class LimitsOut(BaseModel):
     workspace_midi_bytes: int
 
 
+class DefaultsOut(BaseModel):
+    """The sampling settings a request gets when it leaves them out (the page's form starts from them)."""
+
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+
+
 class InfoOut(BaseModel):
     version: str
     checkpoint: str
@@ -195,6 +205,7 @@ class InfoOut(BaseModel):
     capabilities: Capabilities
     instruments: list[InstrumentOut] = Field(description="every General MIDI instrument, 128 = drums")
     limits: LimitsOut
+    defaults: DefaultsOut
     queue: dict
 
 

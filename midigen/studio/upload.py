@@ -13,6 +13,8 @@ from midigen.errors import MidigenError
 from midigen.data.prepare import MAX_NOTES
 from midigen.data.sources import MAX_FILE_BYTES
 from midigen.generate.sandbox import Refused, Sandbox, SandboxError, serve
+from midigen.music.codec import Codec, CodecError, score_instruments
+from midigen.music.timing import notes_end_seconds
 
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # the same 16 MiB as prepare
 MAX_SECONDS = 10 * 60.0  # the studio renders the whole piece as audio: 10 minutes is ~106 MB of WAV
@@ -28,22 +30,9 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
 
 
-def notes_end_seconds(score) -> float:
-    """When the last note stops sounding (other events far beyond it do not make a song long)."""
-    import numpy as np
-
-    from midigen.studio.timing import TempoMap
-
-    ends = [int(np.max(a["time"].astype(np.int64) + a["duration"])) for a in
-            (t.notes.numpy() for t in score.tracks if t.note_num())]
-    return float(TempoMap(score).seconds(max(ends))) if ends else 0.0
-
-
 def check_midi(data: bytes) -> tuple[bytes, dict]:
     """-> (the song as symusic writes it, facts); UploadError with a one-line reason otherwise."""
     import symusic
-
-    from midigen.music.codec import Codec, CodecError
 
     if not data:
         raise UploadError("the file is empty")
@@ -67,9 +56,8 @@ def check_midi(data: bytes) -> tuple[bytes, dict]:
     again = symusic.Score.from_midi(out)
     if again.note_num() != notes:
         raise UploadError("the file does not survive a MIDI round trip")
-    from midigen.studio.roll import instruments_of
 
-    return out, {"notes": notes, "seconds": round(seconds, 3), "instruments": instruments_of(score)}
+    return out, {"notes": notes, "seconds": round(seconds, 3), "instruments": score_instruments(score)}
 
 
 def _check(args: dict, data: bytes | None) -> tuple[dict, bytes]:

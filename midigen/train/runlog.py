@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from midigen.fsutil import atomic_write_text
+from midigen.train.plot import read_log
+
 
 def warn(msg: str) -> None:
     print(f"midigen train: warning: {msg}", file=sys.stderr, flush=True)
@@ -17,9 +20,6 @@ class RunLog:
         if keep_upto_step is None:
             self.path.unlink(missing_ok=True)
         else:  # resume: drop rows of steps that will be redone, so the curve has no duplicates
-            from midigen.fsutil import atomic_write_text
-            from midigen.train.plot import read_log
-
             rows = [r for r in read_log(self.path) if r.get("step", 0) <= keep_upto_step]
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self.f = open(self.path, "a", encoding="utf-8")

@@ -29,7 +29,18 @@ import torch
 from midigen.train.config import TrainConfig, load_config
 from midigen.train.distributed import Dist
 from midigen.errors import MidigenError, UsageError
-from midigen.train.runlog import warn as _warn
+from midigen.train.runlog import RunLog, start_wandb, warn as _warn
+from midigen.data.dataset import Dataset, eval_positions, eval_rows, read_meta, token_support, WindowSampler
+from midigen.device import autocast, best_device, compute_dtype, cuda_device, peak_flops
+from midigen.eval.evaluate import score_rows, summarize
+from midigen.model.checkpoint import load_checkpoint, load_train_state, recover, save_checkpoint
+from midigen.model.model import GPT, GPTConfig, padded_vocab
+from midigen.music.codec import Codec
+from midigen.music.timing import positions_seconds
+from midigen.train.loader import Prefetcher
+from midigen.train.plot import plot_losses
+from midigen.train.schedule import resume_schedule, Schedule
+from midigen.music.ranges import measure_ranges
 
 
 # ----- info -------------------------------------------------------------------------------------
@@ -37,11 +48,7 @@ from midigen.train.runlog import warn as _warn
 
 def _vocab_for(data_dir) -> int:
     """The codec vocabulary of the dataset when it exists, else the default codec's."""
-    from midigen.music.codec import Codec
-
     if (Path(data_dir) / "meta.json").exists():
-        from midigen.data.dataset import read_meta
-
         try:
             return Codec.from_dict(read_meta(data_dir)["codec"]).vocab_size
         except (KeyError, TypeError, ValueError) as e:
@@ -50,8 +57,6 @@ def _vocab_for(data_dir) -> int:
 
 
 def model_info(config_path, overrides=None) -> dict:
-    from midigen.model.model import GPT, padded_vocab
-
     cfg = load_config(config_path, overrides)
     gcfg = _gpt_config(cfg, padded_vocab(_vocab_for(cfg.data)))
     with torch.device("meta"):  # shapes only: no memory, no init time
@@ -68,8 +73,6 @@ SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "bias")
 
 
 def _gpt_config(cfg: TrainConfig, vocab_size: int):
-    from midigen.model.model import GPTConfig
-
     return GPTConfig(vocab_size=vocab_size, dropout=cfg.dropout, **{k: getattr(cfg, k) for k in SHAPE_KEYS})
 
 
@@ -78,8 +81,6 @@ def _gpt_config(cfg: TrainConfig, vocab_size: int):
 
 def pick_device(name: str, dist: Dist) -> torch.device:
     """The config's device, with an index on CUDA: under torchrun each process takes its LOCAL_RANK's GPU."""
-    from midigen.device import best_device, cuda_device
-
     try:
         device = best_device(name)
     except UsageError as e:
@@ -126,11 +127,6 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
 # ----- the run ----------------------------------------------------------------------------------
 
 
-def train_from_cli(config, overrides, resume: bool = False, use_wandb: bool = False) -> dict:
-    cfg = load_config(config, overrides)
-    return train(cfg, resume=resume, use_wandb=use_wandb)
-
-
 def train(cfg: TrainConfig, resume: bool = False, use_wandb: bool = False, progress: bool = True) -> dict:
     dist = Dist()
     device = pick_device(cfg.device, dist)
@@ -170,9 +166,6 @@ def _clear_run_dir(out: Path, resume: bool, cfg: TrainConfig) -> None:
 
 def _load_init(cfg: TrainConfig, codec):
     """Weights to fine-tune from: the checkpoint's architecture, this config's dropout."""
-    from midigen.model.checkpoint import load_checkpoint
-    from midigen.model.model import GPT, GPTConfig
-
     model, ck_codec, config = load_checkpoint(cfg.init_from, device="cpu")
     if ck_codec.to_dict() != codec.to_dict():
         raise MidigenError(f"init_from {cfg.init_from}: its codec differs from the dataset's; prepare the data "
@@ -193,8 +186,6 @@ def _load_init(cfg: TrainConfig, codec):
 
 def _load_resume(out: Path, cfg: TrainConfig, codec):
     """The run's last/ model (with this config's dropout) and its training state."""
-    from midigen.model.checkpoint import load_checkpoint, load_train_state
-
     model, ck_codec, _ = load_checkpoint(out / "last", device="cpu")
     if ck_codec.to_dict() != codec.to_dict():
         raise MidigenError(f"--resume: {out}/last was trained on a dataset with another codec than {cfg.data}")
@@ -216,8 +207,6 @@ def _load_resume(out: Path, cfg: TrainConfig, codec):
 def _saved_schedule(state: dict):
     """The schedule a run was following when it saved (older runs: the one its config described)."""
     from types import SimpleNamespace
-
-    from midigen.train.schedule import Schedule
 
     if "schedule" in state:
         return Schedule.from_dict(state["schedule"])
@@ -244,21 +233,14 @@ class Run:
     # ---- setup phases
 
     def _open_data(self) -> None:
-        from midigen.data.dataset import Dataset
-
         self.ds = Dataset(self.cfg.data)
         self.codec = self.ds.codec
 
     def _recover(self) -> None:
-        from midigen.model.checkpoint import recover
-
         for name in ("best", "last"):
             recover(self.out / name)  # finish a swap a kill interrupted, before anyone looks
 
     def _build_model(self) -> None:
-        from midigen.model.model import GPT, padded_vocab
-        from midigen.train.schedule import Schedule
-
         cfg = self.cfg
         state = None
         if self.resume:
@@ -282,8 +264,6 @@ class Run:
 
     def _restore(self, state: dict) -> None:
         """Continue from last/'s training state: optimizer, step, best loss, RNG, and the lr schedule."""
-        from midigen.train.schedule import resume_schedule
-
         self.opt.load_state_dict(state["optimizer"])
         self.start_step = int(state["step"])
         self.best_val = float(state["best_val_loss"])
@@ -298,7 +278,6 @@ class Run:
         if not self.cfg.restrict_vocab:
             model.set_support(None)
             return
-        from midigen.data.dataset import token_support
 
         support = set(token_support(self.ds.split("train"), self.cfg.transpose).tolist())
         support |= set(getattr(model, "init_support", None) or [])  # fine-tuning keeps what it knew
@@ -306,8 +285,6 @@ class Run:
 
     def _build_compute(self) -> None:
         """dtype, compile and DDP: bf16 autocast, torch.compile and flash attention on CUDA by default."""
-        from midigen.device import compute_dtype, peak_flops
-
         cfg, device = self.cfg, self.device
         self.dtype = compute_dtype(device, cfg.dtype)
         if device.type == "cuda":
@@ -329,9 +306,6 @@ class Run:
 
     def _build_data(self) -> None:
         """The training windows and the fixed evaluation rows (with their notes and seconds of music)."""
-        from midigen.data.dataset import WindowSampler, eval_positions, eval_rows
-        from midigen.music.timing import positions_seconds
-
         cfg, val = self.cfg, self.ds.split("val")
         self.sampler = WindowSampler(self.ds.split("train"), cfg.block_size, cfg.seed, transpose=cfg.transpose,
                                      edit_fraction=cfg.edit_fraction)
@@ -340,10 +314,9 @@ class Run:
         self.eval_tokens, self.eval_notes = int(len(targets)), self.codec.count_notes(targets)
         self.eval_seconds = positions_seconds(self.codec, val.tokens, eval_positions(val, cfg.eval_tokens))
         self.eval_bs = cfg.eval_batch_size or cfg.batch_size
+        self.note_ranges = measure_ranges(self.codec, self.ds.split("train").tokens)
 
     def _start_log(self, use_wandb: bool, progress: bool) -> None:
-        from midigen.train.runlog import RunLog, start_wandb
-
         cfg = self.cfg
         wb = start_wandb(cfg, self.out, self.resume) if use_wandb else None
         self.log = RunLog(self.out, self.start_step if self.resume else None, wb)
@@ -366,8 +339,6 @@ class Run:
     # ---- the loop
 
     def loop(self) -> dict:
-        from midigen.train.loader import Prefetcher
-
         cfg, dist = self.cfg, self.dist
         loader = Prefetcher(self.sampler, cfg.batch_size, self.start_step, cfg.steps, cfg.grad_accum, dist.rank,
                             dist.world, self.device)
@@ -398,8 +369,6 @@ class Run:
 
     def _step(self, step: int, loader) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step; returns the all-reduced loss and the gradient norm as device tensors."""
-        from midigen.device import autocast
-
         cfg = self.cfg
         lr = self.schedule.lr_at(step)
         for g in self.opt.param_groups:
@@ -457,8 +426,6 @@ class Run:
     # ---- evaluation and checkpoints
 
     def _evaluate(self) -> dict:
-        from midigen.eval.evaluate import score_rows, summarize
-
         dist = self.dist
         nats = score_rows(self.raw, self.ex, self.ey, self.eval_bs, self.device, self.dtype, dist.rank, dist.world)
         if dist.world > 1:
@@ -478,8 +445,6 @@ class Run:
 
     def _record(self, step: int, ev: dict, is_best: bool) -> None:
         """Rank 0: the eval row, the checkpoints, the plot and one line for the user."""
-        from midigen.train.plot import plot_losses
-
         self.log.write({"step": step, **ev, "elapsed": self.elapsed0 + time.time() - self.t_start})
         self._save(step, ev, is_best)
         plot_losses(self.out / "log.jsonl", self.out / "loss.png", title=self.out.name)
@@ -492,11 +457,10 @@ class Run:
             msg + ("  (best)" if is_best else ""))
 
     def _save(self, step: int, ev: dict, is_best: bool) -> None:
-        from midigen.model.checkpoint import save_checkpoint
-
         cfg = self.cfg
         info = {"step": step, "tokens_seen": step * self.tokens_per_step, "data": str(cfg.data),
                 "train_config": cfg.to_dict(), **ev}
+        info["note_ranges"] = self.note_ranges  # what each instrument played: generation keeps to it
         if self.ds.controls is not None:  # what --style/--key/--density mean for this model
             info["controls"] = self.ds.controls.to_info(cfg.transpose)
         if is_best:

@@ -41,6 +41,7 @@ from midigen.generate.controls import ControlVocab
 from midigen.model import adapter as adapters
 from midigen.model.checkpoint import CONFIG, load_checkpoint, resolve, save_checkpoint
 from midigen.music.codec import N_STYLES, Codec
+from midigen.music.ranges import measure_ranges
 from midigen.music.timing import positions_seconds
 from midigen.train.plot import plot_losses
 from midigen.train.runlog import RunLog
@@ -201,6 +202,23 @@ def _song_controls(info: dict | None, codec: Codec, rows: list[dict], style: str
             for r in rows}
 
 
+def _merged_ranges(base: dict | None, mine: dict) -> dict:
+    """Instrument ranges for the adapted model: the base's, widened to what the user's music plays
+    (generation keeps each instrument inside its range, so new music must not be clipped to the old)."""
+    out = dict(base or {})
+    inst = {k: dict(v) for k, v in (out.get("instruments") or {}).items()}
+    for key, r in mine["instruments"].items():
+        old = inst.get(key)
+        inst[key] = r if old is None else {"low": min(old["low"], r["low"]), "high": max(old["high"], r["high"]),
+                                           "polyphony": max(old["polyphony"], r["polyphony"]),
+                                           "notes": old.get("notes", 0) + r["notes"]}
+    out["instruments"] = inst
+    for k in ("songs", "tempo_change_songs"):
+        out[k] = int(out.get(k) or 0) + mine[k]
+    out.setdefault("rule", mine["rule"])
+    return out
+
+
 # ----- state for resume --------------------------------------------------------------------------
 
 
@@ -316,6 +334,8 @@ class Tune:
             splits[name] = Split(folder, name, codec, np.array([r["offset"] for r in mine]), ctl)
         self.train, self.val = splits["train"], splits["val"]
         self.files = {"train": len(rows) - len(held), "val": len(held)}
+        base_ranges = (self.base_config.get("info") or {}).get("note_ranges")
+        self.note_ranges = _merged_ranges(base_ranges, measure_ranges(codec, self.train.tokens))
         train_cfg = (self.base_config.get("info") or {}).get("train_config") or {}
         self.transpose = bool(train_cfg.get("transpose", False))
         self.edit_fraction = float(train_cfg.get("edit_fraction", 0) or 0) if codec.has_controls else 0.0
@@ -371,11 +391,13 @@ class Tune:
                     "tuned_from": {"path": str(self.base_dir), "sha256": self.base_sha}}
             if self.controls is not None:
                 info["controls"] = self.controls
+            info["note_ranges"] = self.note_ranges
             save_checkpoint(self.out / "best", self.model, self.codec, info)
             return
         manifest = {"base": {"path": str(self.base_dir), "sha256": self.base_sha}, "rank": self.s.rank,
                     "alpha": self.s.alpha, "new_ids": self.new_ids, "support": self.support,
-                    "controls": self.controls, "new_styles": self.new_styles, **facts}
+                    "controls": self.controls, "new_styles": self.new_styles, "note_ranges": self.note_ranges,
+                    **facts}
         adapters.save(self.out, self.params, manifest)
 
     def _save_state(self, elapsed: float, finished: bool) -> None:

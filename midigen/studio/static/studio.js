@@ -86,6 +86,12 @@ function setupSteering() {  // each select offers what the checkpoint learned; o
   }
 }
 
+function fillSamplingDefaults(d) {
+  // the server's defaults (/api/info), so the page and the API never disagree
+  $("temperature").value = d.temperature;
+  $("top-p").value = d.top_p ?? "";
+}
+
 function showModel() {
   const i = state.info;
   const m = (i.parameters / 1e6).toFixed(i.parameters < 1e7 ? 1 : 0);
@@ -287,7 +293,7 @@ audio.addEventListener("error", () => {
 
 function sampling() {
   const num = (id) => ($(id).value === "" ? null : Number($(id).value));
-  return { temperature: num("temperature") ?? 1.0, top_p: num("top-p"), seed: num("seed") };
+  return { temperature: num("temperature") ?? state.info.defaults.temperature, top_p: num("top-p"), seed: num("seed") };
 }
 
 async function ensurePiece() {
@@ -488,6 +494,7 @@ async function init() {
   state.caps = info.capabilities;
   state.names = info.instruments.map((x) => x.name);
   showModel();
+  fillSamplingDefaults(info.defaults);
   fillInstrumentPicker($("gen-instrument-pick"));
   fillInstrumentPicker($("arrange-instrument-pick"));
   setupSteering();
