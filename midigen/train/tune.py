@@ -37,10 +37,10 @@ from midigen.device import best_device
 from midigen.errors import MidigenError, UsageError
 from midigen.eval.evaluate import score_rows, summarize
 from midigen.fsutil import atomic_write_bytes, atomic_write_json, sha256_file
-from midigen.generate.controls import ControlVocab
 from midigen.model import adapter as adapters
 from midigen.model.checkpoint import CONFIG, load_checkpoint, resolve, save_checkpoint
 from midigen.music.codec import N_STYLES, Codec
+from midigen.music.controls import ControlVocab
 from midigen.music.ranges import measure_ranges
 from midigen.music.timing import positions_seconds
 from midigen.train.plot import plot_losses
