@@ -84,6 +84,7 @@ def test_tune_writes_an_adapter_and_never_the_base(tuned):
     assert weights < 0.5 * (tuned["base"] / "model.safetensors").stat().st_size
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert any("val_bits_per_note" in r for r in rows) and any("loss" in r for r in rows)
+    assert "128" in manifest["note_ranges"]["instruments"]  # the band songs' drums: generation may play them
     assert file_hashes(tuned["base"]) == tuned["before"]
 
 
@@ -128,6 +129,9 @@ def test_merged_weights_compute_what_the_tuned_layers_did(tuned):
     assert torch.allclose(want, got, atol=1e-4), (want - got).abs().max()
     assert not torch.allclose(base_logits, got, atol=1e-3)  # the adapter changed something
     assert config["adapter"]["rank"] == manifest["rank"]
+    quantized = load_checkpoint(tuned["out"], precision="int8")[0]  # merged in float32, then converted
+    with torch.no_grad():
+        assert torch.isfinite(quantized(idx)[0]).all()
 
 
 def test_a_changed_or_missing_base_is_refused_naming_its_hash(tuned, tmp_path):
