@@ -735,3 +735,25 @@ def test_an_empty_result_says_so_on_its_version(server, song):
     assert v["warnings"] == [("the model wrote no notes" if not streamed else "the model wrote no Flute")
                              + ": it may not know this music. Try another seed, or teach it your music"]
     assert call("GET", f"{server.url}/api/pieces/{piece['id']}")[1]["versions"][0]["warnings"] == []
+
+
+def test_a_mix_of_some_tracks_is_rendered_and_cached_apart(server, song, tmp_path):
+    piece = uploaded(server.url, song)
+    pid, v1 = piece["id"], piece["current"]
+    url = f"{server.url}/api/pieces/{pid}/versions/{v1}/wav"
+    whole = call("GET", url)[1]
+    status, first = call("GET", url + "?tracks=0")
+    assert status == 200 and first[:4] == b"RIFF" and first != whole
+    assert call("GET", url + "?tracks=0")[1] == first and call("GET", url + "?tracks=0,1")[1] not in (first, whole)
+    for bad in ("..%2F0", "0;1", "x", ""):
+        assert call("GET", f"{url}?tracks={bad}")[0] == 422, bad
+    v2 = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 1})[0]["versions"][0]
+    call("POST", f"{server.url}/api/pieces/{pid}/select", {"version": v2})
+    assert call("DELETE", f"{server.url}/api/pieces/{pid}/versions/{v1}")[0] == 200
+    folder = next(p for p in (server_workspace(server) / "pieces").iterdir() if p.name == pid)
+    assert not list(folder.glob(f"{v1}*")), "the version's mixes go with it"
+
+
+def server_workspace(server) -> Path:
+    cmd = server.proc.args
+    return Path(cmd[cmd.index("--workspace") + 1])

@@ -175,9 +175,12 @@ def midi(request: Request, pid: str = PID, vid: str = VID):
 
 @router.get("/pieces/{pid}/versions/{vid}/wav", summary="the version as audio (rendered once, then cached)",
             response_class=FileResponse, responses={200: {"content": {"audio/wav": {}}}})
-def wav(request: Request, pid: str = PID, vid: str = VID, download: bool = False):
+def wav(request: Request, pid: str = PID, vid: str = VID, download: bool = False,
+        tracks: str | None = Query(None, pattern=r"^\d{1,4}(,\d{1,4}){0,255}$",
+                                   description="only these tracks (the roll's track indices, comma-separated): "
+                                               "mute and solo")):
     st = _st(request)
-    path = st.audio.wav(pid, vid)
+    path = st.audio.wav(pid, vid, None if tracks is None else tuple(int(x) for x in tracks.split(",")))
     name = _download_name(st.workspace, pid, vid, "wav") if download else None
     return FileResponse(path, media_type="audio/wav", filename=name, content_disposition_type="attachment")
 

@@ -5,6 +5,7 @@ Layout (every id is 16 hex digits the server made; nothing from a client becomes
     WORKSPACE/pieces/<piece>/piece.json      name, versions (number, label, kind, parameters, facts), history
     WORKSPACE/pieces/<piece>/<version>.mid   each version, written atomically
     WORKSPACE/pieces/<piece>/<version>.wav   rendered audio, a cache (see audio.py)
+    WORKSPACE/pieces/<piece>/<version>.<mix>.wav   the same with some tracks muted (``mix`` names which)
 
 A piece's history is the undo/redo list: a cursor into version ids. A new version is pushed after the
 cursor (what was ahead of it is no longer reachable by redo, but stays in the version list).
@@ -126,9 +127,13 @@ class Workspace:
         self.version(pid, vid)
         return self._dir(pid) / f"{vid}.mid"
 
-    def wav_path(self, pid: str, vid: str) -> Path:
+    def wav_path(self, pid: str, vid: str, mix: str = "") -> Path:
+        """Where the version's audio goes; ``mix`` (letters and digits, the server's own) names a mix of
+        some of its tracks."""
         self.version(pid, vid)
-        return self._dir(pid) / f"{vid}.wav"
+        if mix and not mix.isalnum():
+            raise NotFound("no such mix")
+        return self._dir(pid) / (f"{vid}.{mix}.wav" if mix else f"{vid}.wav")
 
     def score(self, pid: str, vid: str):
         """The version as a symusic ScoreTick (files the studio wrote itself, never raw uploads)."""
@@ -219,8 +224,8 @@ class Workspace:
                     cursor = len(history) - 1  # still the current version
             piece["history"], piece["cursor"] = history, cursor
             self._save(piece)
-            for ext in (".mid", ".wav"):
-                (self._dir(pid) / f"{vid}{ext}").unlink(missing_ok=True)
+            for path in [self._dir(pid) / f"{vid}.mid", *self._dir(pid).glob(f"{vid}*.wav")]:
+                path.unlink(missing_ok=True)
             return self.get(pid)
 
     def delete_piece(self, pid: str) -> None:
