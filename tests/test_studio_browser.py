@@ -477,8 +477,8 @@ def test_a_musicians_session_keeps_views_numbers_and_says_what_happens(edit_page
     page.click("#versions li:not(.current) .vlabel")
     page.wait_for_function("document.querySelector('#versions li.current .vnum').textContent === 'v1'")
     page.click("#versions li:not(.current) button.del")
-    page.wait_for_function("document.querySelectorAll('#versions li').length === 1")
-    assert page.locator("#piece-select option:checked").inner_text().endswith("· 1 version")
+    page.wait_for_function("document.querySelectorAll('#versions li').length === 1 && document.querySelector("
+                           "'#piece-select option:checked').textContent.endsWith('· 1 version')")
     assert page.locator("#versions-note").inner_text().startswith("1 in all")
     pid = page.locator("#piece-select").input_value()
     job = call("POST", f"{base}/api/pieces/{pid}/continue", {"seconds": 0.05, "seed": 1, "instruments": ["flute"]})[1]
@@ -490,6 +490,23 @@ def test_a_musicians_session_keeps_views_numbers_and_says_what_happens(edit_page
     assert page.locator("#versions li.current .vnum").inner_text() == "v3"  # v2 was deleted: no v2 again
     warning = page.locator("#versions li.current .vwarn").inner_text()
     assert "the model wrote no" in warning and "Try another seed, or teach it your music" in warning
+
+    # "continue and keep what follows" rewrites from the point to a bar line and keeps the rest
+    open_tab(page, "continue")
+    assert page.locator("#continue-keep").is_hidden()  # from the end: nothing follows
+    box = page.locator("#roll").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + 200)
+    page.fill("#cont-seconds", "4")
+    page.click("#continue-keep")
+    wait_for_versions(page, 3)
+    piece = call("GET", f"{base}/api/pieces/{pid}")[1]
+    parent, made = (next(v for v in piece["versions"] if v["id"] == i) for i in (job["versions"][0], piece["current"]))
+    lo, hi = made["params"]["start_s"], made["params"]["end_s"]
+    bars = call("GET", f"{base}/api/pieces/{pid}/versions/{parent['id']}/roll")[1]["bars"]
+    assert made["kind"] == "infill" and hi - lo >= 4 and any(abs(hi - b) < 1e-3 for b in bars), (lo, hi)
+    before, after = (symusic.Score.from_midi(call("GET", f"{base}/api/pieces/{pid}/versions/{v['id']}/midi")[1])
+                     for v in (parent, made))
+    assert note_rows(before, hi, 1e9, True) == note_rows(after, hi, 1e9, True)  # what follows is kept
 
     # an error names the page's own fields and keeps off the versions list
     open_tab(page, "generate")

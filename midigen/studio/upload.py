@@ -105,9 +105,8 @@ class Reader:
             facts, midi = self.box.call({}, bytes(data), "reading the file")
         except Refused as e:
             raise UploadError(str(e)) from None
-        except SandboxError as e:
-            _log(str(e))
-            raise UploadError(UNREADABLE) from None
+        except SandboxError as e:  # "reading the file crashed", "… took longer than 20 s": plain words already
+            raise UploadError(f"{e}: it may be damaged, or not a MIDI file") from None
         return midi, facts
 
     def close(self) -> None:

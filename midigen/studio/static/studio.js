@@ -342,9 +342,10 @@ function continueNote() {  // said before the click: continuing from a point dro
   for (const t of (state.roll ? state.roll.tracks : [])) after += t.start.filter((x) => x >= state.point).length;
   $("cont-note").textContent = fromPoint && after
     ? `Everything from ${clock(state.point)} on is replaced: the ${after} note${after === 1 ? "" : "s"} after the point ` +
-      "will not be in the new version (the old one stays in the list). To rewrite a stretch and keep what follows, " +
-      "use Infill."
+      "will not be in the new version (the old one stays in the list)." +
+      (state.caps && state.caps.can_edit ? " “Continue and keep what follows” writes up to the next bar line instead." : "")
     : "";
+  $("continue-keep").hidden = !fromPoint || !(state.caps && state.caps.can_edit);
 }
 
 function seek(t) {
@@ -413,6 +414,11 @@ function jobBody(kind) {
     const fromPoint = document.querySelector("input[name=cont-from]:checked").value === "point";
     return { ...s, seconds: num("cont-seconds") ?? 20, tempo: num("cont-tempo"), at_seconds: fromPoint ? state.point : null };
   }
+  if (kind === "continue-keep") {  // an infill from the point to the first bar line after the length
+    const want = state.point + (num("cont-seconds") ?? 20);
+    const bar = state.roll ? state.roll.bars.find((t) => t >= want - 1e-6) : undefined;
+    return { ...s, start_s: state.point, end_s: bar ?? want, num_samples: 1 };
+  }
   if (kind === "infill") {
     if (!state.span) throw new Error("choose a span first: drag across the roll");
     const only = ticked("infill-instruments");
@@ -428,7 +434,7 @@ async function startJob(kind) {
   await ensurePiece();
   const body = jobBody(kind);
   if (kind === "generate" && !body.instruments.length) body.instruments = null;
-  const job = await api.submit(state.pieceId, kind, body);
+  const job = await api.submit(state.pieceId, kind === "continue-keep" ? "infill" : kind, body);
   state.job = job;
   state.jobView = state.roll ? roll.view() : null;  // where the user was looking: the result opens there
   state.jobSpan = body.seconds || (body.end_s ? body.end_s - body.start_s : (state.roll ? state.roll.duration : 0));
@@ -561,7 +567,9 @@ function wire() {
   $("zoom-in").onclick = () => roll.zoom(1.5);
   $("zoom-out").onclick = () => roll.zoom(1 / 1.5);
   $("seed-dice").onclick = () => { $("seed").value = String(Math.floor(Math.random() * 1e6)); };
-  for (const kind of ["generate", "continue", "infill", "arrange"]) $(kind).onclick = guard(() => startJob(kind));
+  for (const kind of ["generate", "continue", "continue-keep", "infill", "arrange"]) {
+    $(kind).onclick = guard(() => startJob(kind));
+  }
   $("cancel").onclick = guard(async () => { if (state.job) showJob(await api.cancel(state.job.id)); });
   $("gen-instrument-add").onclick = () => chip($("gen-instruments"), Number($("gen-instrument-pick").value));
   $("arrange-instrument-add").onclick = () => chip($("arrange-add"), Number($("arrange-instrument-pick").value));
