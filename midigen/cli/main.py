@@ -116,7 +116,7 @@ def cmd_eval(a) -> int:
     from midigen.eval.evaluate import evaluate  # start-up time
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
-                         controls=a.controls))
+                         controls=a.controls, precision=a.precision))
     return 0
 
 
@@ -141,6 +141,10 @@ def cmd_arrange(a) -> int:
     return 0
 
 
+_FREE_RANGE_HELP = ("let instruments write outside the pitch range and polyphony they play in the training data "
+                    "(`midigen info --ckpt` lists them); by default a bass stays a bass")
+
+
 def _edit_flags(s: argparse.ArgumentParser) -> None:
     """What infill and arrange share: the checkpoint and the song, the sampling and output flags of
     sample, and the controls (not the meter: the song keeps its own)."""
@@ -158,6 +162,8 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
     _add_control_flags(s, meter=False)
 
 
@@ -183,7 +189,7 @@ def cmd_studio(a) -> int:
     from midigen.studio.server import run  # start-up time
 
     run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device,
-        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host)
+        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host, precision=a.precision)
     return 0
 
 
@@ -198,6 +204,12 @@ def _port(text: str) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+
+
+def _precision_flag(s, default: str = "auto") -> None:
+    s.add_argument("--precision", default=default, choices=["auto", "fp32", "bf16", "int8"],
+                   help=f"weights for inference (default {default}): auto is int8 on a CPU for models big enough to "
+                        "gain (fp32 below that), bf16 on a CUDA GPU; int8 runs on CPUs only")
 
 
 def _add_control_flags(s, meter: bool = True) -> None:
@@ -267,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
     s.add_argument("--controls", action="store_true",
                    help="also score the events with each song's controls in the header and without (same tokens)")
+    _precision_flag(s, default="fp32")  # a score measures the model as trained unless asked otherwise
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
@@ -294,12 +307,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
     s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+    s.add_argument("--free-tempo", action="store_true",
+                   help="with --prompt: let the model change tempo in what it writes, if its training data had "
+                        "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
-    s.add_argument("--start", type=float, default=None, metavar="S", help="span start (seconds)")
-    s.add_argument("--end", type=float, default=None, metavar="E", help="span end (seconds)")
+    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",
+                       description="Rewrite the notes that start in [--start, --end) (or in --bars). The span snaps "
+                       "inward to the model's grid (1/24 beat): a note that starts before --start, or at or "
+                       "after --end, is always kept as it is; one within half a grid step inside an edge may "
+                       "be kept too. New notes never cut into kept ones: a new note that would sound over a "
+                       "kept note of its pitch and channel is shortened or left out (docs/editing.md).")
+    s.add_argument("--start", type=float, default=None, metavar="S",
+                   help="span start (seconds); notes starting before it are kept (the span snaps inward)")
+    s.add_argument("--end", type=float, default=None, metavar="E",
+                   help="span end (seconds); notes starting at or after it are kept")
     s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
@@ -312,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instruments to write, e.g. bass,drums (or --add bass --add drums)")
     s.add_argument("--keep", default=None, action="append", metavar="LIST",
                    help="parts to keep, comma-separated or repeated (default: every part the song has that is "
-                        "not in --add); others are dropped")
+                        "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their MIDI channels)")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
 
@@ -340,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept requests addressed to NAME (e.g. behind a proxy); repeatable. By default only "
                         "the --host address, localhost and (on loopback) 127.0.0.1 and [::1] are accepted")
+    _precision_flag(s)
     s.set_defaults(func=cmd_studio)
     return p
 

@@ -20,9 +20,11 @@ import torch
 
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.ranges import NoteLimits, learned_tempo_changes, note_limits
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json
 from midigen.model.model import GPT, GPTConfig
+from midigen.model.precision import apply_precision, resolve_precision
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -163,8 +165,12 @@ def verify(path) -> dict:
     return config
 
 
-def load_checkpoint(path, device="cpu", check_hashes: bool = True):
-    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files."""
+def load_checkpoint(path, device="cpu", check_hashes: bool = True, precision: str = "fp32"):
+    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files.
+
+    ``precision`` (``model.precision``: auto, fp32, bf16, int8) converts the weights for inference
+    once loaded; a precision the device cannot run is refused before anything is read."""
+    resolve_precision(precision, torch.device(device))  # refuse int8 on a GPU before reading anything
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -203,6 +209,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
         except (TypeError, ValueError) as e:
             raise MidigenError(f"checkpoint {path}: bad output support ({e})") from None
     model.to(device).eval()
+    apply_precision(model, resolve_precision(precision, torch.device(device), model))
     return model, codec, config
 
 
@@ -232,7 +239,7 @@ def capabilities(config: dict, codec: Codec) -> dict:
     instruments = sorted(i - lo for i in ids if lo <= i < hi)
     meters = [f"{n}/{d}" for k, (n, d) in enumerate(codec.time_signatures) if codec.ts_start + k in ids]
     controls = info.get("controls") or {}
-
+    limits = checkpoint_limits(config)
     return {
         "codec_version": codec.version,
         "can_edit": bool(codec.has_controls and float(train_cfg.get("edit_fraction", 0) or 0) > 0),
@@ -243,7 +250,20 @@ def capabilities(config: dict, codec: Codec) -> dict:
         "keys": list(controls.get("keys", [])),
         "densities": list(controls.get("densities", [])),
         "density_notes_per_second": list(controls.get("density_edges", [])),
+        "note_ranges": {instrument_name(i): limits.of(i) for i in instruments},
+        "learned_tempo_changes": learned_tempo_changes(recorded_ranges(config)),
     }
+
+
+def recorded_ranges(config: dict) -> dict | None:
+    """The instrument ranges training measured (``midigen.music.ranges.measure_ranges``), if it did."""
+    return (config.get("info") or {}).get("note_ranges")
+
+
+def checkpoint_limits(config: dict) -> NoteLimits:
+    """Every instrument's pitch range and polyphony for this checkpoint: what its training data showed,
+    the documented table for instruments it never saw (and for checkpoints that recorded none)."""
+    return note_limits(recorded_ranges(config))
 
 
 def describe(path) -> dict:
