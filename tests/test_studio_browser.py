@@ -493,9 +493,11 @@ def test_a_musicians_session_keeps_views_numbers_and_says_what_happens(edit_page
 
     # "continue and keep what follows" rewrites from the point to a bar line and keeps the rest
     open_tab(page, "continue")
-    assert page.locator("#continue-keep").is_hidden()  # from the end: nothing follows
+    page.check("input[name=cont-from][value=end]")
+    assert page.locator("#continue-keep").is_hidden() and page.locator("#cont-note").inner_text() == ""
     box = page.locator("#roll").bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + 200)
+    assert page.locator("#continue-keep").is_visible() and "next bar line" in page.locator("#cont-note").inner_text()
     page.fill("#cont-seconds", "4")
     page.click("#continue-keep")
     wait_for_versions(page, 3)

@@ -31,7 +31,7 @@ function inPageWords(message) {
 let toastTimer = null;
 function toast(message, kind = "error") {
   $("error-text").textContent = inPageWords(message);
-  $("error").className = `toast ${kind === "info" ? "info" : ""}`;
+  $("error").className = `toast ${kind === "error" ? "" : kind}`;  // error, warn or info
   $("error").hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { $("error").hidden = true; }, kind === "info" ? 4000 : 15000);
@@ -485,7 +485,7 @@ async function followJob(job) {
       await openPiece(j.piece, null, state.jobView);
       if (j.versions.length > 1) showVariants(j.versions);
       const made = state.piece.versions.find((v) => v.id === j.versions[0]);
-      if (made && made.warnings && made.warnings.length) toast(made.warnings.join(" · "), "info");
+      if (made && made.warnings && made.warnings.length) toast(made.warnings.join(" · "), "warn");
     } else if (j.status === "failed") {
       toast(j.error || "the job failed");
     } else {
