@@ -620,3 +620,140 @@ def test_command_warns_off_loopback_and_refuses_bad_input(ckpt, tmp_path):
         res = subprocess.run([sys.executable, "-m", "midigen", "studio", *args], cwd=ROOT, env=env,
                              capture_output=True, text=True, timeout=120)
         assert res.returncode == 2 and words in res.stderr, (args, res.stderr)
+
+
+# ----- a musician's session (issue 21): numbers, spans, parts, broken files, empty results ---------
+
+
+def _download_name(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, headers=auth(url)), timeout=60) as res:
+        return res.headers.get("Content-Disposition", "")
+
+
+def test_a_version_keeps_its_number_for_life_and_in_its_file_name(server, song):
+    piece = uploaded(server.url, song)
+    pid, v1 = piece["id"], piece["current"]
+    v2 = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 1})[0]["versions"][0]
+    v3 = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 2, "version": v1})[0]["versions"][0]
+    api = f"{server.url}/api/pieces/{pid}"
+    p = call("DELETE", f"{api}/versions/{v2}")[1]
+    assert [(v["id"], v["number"]) for v in p["versions"]] == [(v1, 1), (v3, 3)]
+    assert _download_name(f"{api}/versions/{v3}/midi").endswith('song-v3.mid"')
+    assert _download_name(f"{api}/versions/{v3}/wav?download=true").endswith('song-v3.wav"')
+    v4 = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 3})[0]["versions"][0]
+    assert [v["number"] for v in call("GET", api)[1]["versions"] if v["id"] == v4] == [4]  # never 3 again
+
+
+def test_a_workspace_without_version_numbers_still_loads_and_numbers_them_in_order(tmp_path):
+    import json
+
+    from midigen.studio.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    pid = ws.create("old")["id"]
+    for label in ("one", "two", "three"):
+        ws.add_version(pid, b"MThd", label=label, kind="upload", facts={"notes": 1, "seconds": 1.0})
+    record = tmp_path / "pieces" / pid / "piece.json"
+    old = json.loads(record.read_text())
+    del old["next_number"]
+    for v in old["versions"]:
+        del v["number"]
+    record.write_text(json.dumps(old))  # as a studio from before numbers wrote it
+    again = Workspace(tmp_path)
+    assert [(v["label"], v["number"]) for v in again.get(pid)["versions"]] == [("one", 1), ("two", 2), ("three", 3)]
+    assert again.add_version(pid, b"MThd", label="four", kind="upload", facts={})["number"] == 4
+
+
+def test_an_infill_span_past_the_end_is_clipped_and_parts_to_keep_are_checked_at_once(edit_server, slow_song):
+    base = edit_server.url
+    piece = uploaded(base, slow_song)
+    pid, length = piece["id"], piece["versions"][0]["seconds"]
+    api = f"{base}/api/pieces/{pid}"
+    job, _, _ = run_job(base, pid, "infill", {"start_s": length - 4, "end_s": 9999, "seed": 1})
+    assert job["status"] == "done", job
+    v = call("GET", api)[1]["versions"][-1]
+    end = f"{int(length // 60)}:{length % 60:04.1f}"
+    assert v["params"]["end_s"] == length and v["label"].split(" · ")[0].endswith(f"–{end}"), v["label"]
+    for keep, words in (([99], "keep: unknown instrument '99': the song has"),
+                        (["flute"], "keep: unknown instrument 'flute': the song has"),
+                        ([38, "trumpet"], "keep and add both name Trumpet")):
+        add = ["trumpet"] if "Trumpet" in words else ["flute"]
+        status, err = call("POST", f"{api}/arrange", {"add": add, "keep": keep})
+        assert status == 422 and words in err["detail"] and "--keep" not in err["detail"], err
+    assert len(call("GET", api)[1]["versions"]) == 2
+
+
+def _tempo_song(mspq: int) -> bytes:
+    import mido
+
+    mid = mido.MidiFile(ticks_per_beat=480)
+    track = mido.MidiTrack([mido.MetaMessage("set_tempo", tempo=mspq, time=0)])
+    for i in range(64):
+        track += [mido.Message("note_on", note=60 + i % 12, velocity=80, time=0 if i == 0 else 240),
+                  mido.Message("note_off", note=60 + i % 12, velocity=0, time=240)]
+    mid.tracks.append(track)
+    out = BytesIO()
+    mid.save(file=out)
+    return out.getvalue()
+
+
+def test_uploads_refused_in_a_musicians_words_with_the_detail_in_the_log(server):
+    for mspq in (1, 0):
+        status, err = upload(server.url, _tempo_song(mspq), "fast.mid")
+        assert status == 400 and f"tempo is broken: {mspq} µs per quarter note" in err["detail"], err
+        assert "64 notes last 0.00 s" in err["detail"]
+    assert upload(server.url, _tempo_song(500_000), "fine.mid")[0] == 201
+    broken = b"MThd\x00\x00\x00\x06\x00\x01\x00\x02\x01\xe0MTrk\xff\xff" + bytes(range(200))
+    status, err = upload(server.url, broken, "broken.mid")
+    assert status == 400 and err["detail"].startswith("not a MIDI file the studio can read: it may be damaged")
+    assert not any(w in err["detail"] for w in ("MiniMidi", "Invaild", "Cursor", "symusic", "unreadable MIDI"))
+    deadline = time.time() + 10
+    while "upload refused: unreadable MIDI" not in "".join(server.stderr) and time.time() < deadline:
+        time.sleep(0.1)
+    assert "upload refused: unreadable MIDI" in "".join(server.stderr)  # the detail, for whoever runs it
+
+
+def test_an_empty_result_says_so_on_its_version(server, song):
+    from midigen.studio.jobs import empty_warnings
+
+    flute = symusic.Score.from_midi(bytes(song.dumps_midi()))
+    t = symusic.Track(name="flute", program=73)
+    t.notes.append(symusic.Note(0, 240, 72, 90))
+    flute.tracks.append(t)
+    assert empty_warnings([73], song, flute) == []
+    (cello,) = empty_warnings([73, 42], song, flute)
+    assert cello == "the model wrote no Cello: it may not know this music. Try another seed, or teach it your music"
+    assert empty_warnings([], song, song) == empty_warnings([73], song, song) != []
+    assert "wrote no notes" in empty_warnings([], song, song)[0]
+    piece = uploaded(server.url, song)
+    body = {"seconds": 0.05, "seed": 1, "instruments": ["flute"]}  # too short to bring a flute in
+    job, streamed, _ = run_job(server.url, piece["id"], "continue", body)
+    assert job["status"] == "done" and 73 not in {n[4] for n in streamed}, job
+    v = call("GET", f"{server.url}/api/pieces/{piece['id']}")[1]["versions"][-1]
+    assert v["warnings"] == [("the model wrote no notes" if not streamed else "the model wrote no Flute")
+                             + ": it may not know this music. Try another seed, or teach it your music"]
+    assert call("GET", f"{server.url}/api/pieces/{piece['id']}")[1]["versions"][0]["warnings"] == []
+
+
+def test_a_mix_of_some_tracks_is_rendered_and_cached_apart(server, song, tmp_path):
+    piece = uploaded(server.url, song)
+    pid, v1 = piece["id"], piece["current"]
+    url = f"{server.url}/api/pieces/{pid}/versions/{v1}/wav"
+    whole = call("GET", url)[1]
+    status, first = call("GET", url + "?tracks=0")
+    assert status == 200 and first[:4] == b"RIFF" and first != whole
+    assert call("GET", url + "?tracks=0")[1] == first and call("GET", url + "?tracks=0,1")[1] not in (first, whole)
+    for bad in ("..%2F0", "0;1", "x", ""):
+        assert call("GET", f"{url}?tracks={bad}")[0] == 422, bad
+    v2 = run_job(server.url, pid, "continue", {"seconds": 3, "seed": 1})[0]["versions"][0]
+    call("POST", f"{server.url}/api/pieces/{pid}/select", {"version": v2})
+    assert call("DELETE", f"{server.url}/api/pieces/{pid}/versions/{v1}")[0] == 200
+    folder = next(p for p in (server_workspace(server) / "pieces").iterdir() if p.name == pid)
+    assert not list(folder.glob(f"{v1}*")), "the version's mixes go with it"
+
+
+def server_workspace(server) -> Path:
+    cmd = server.proc.args
+    return Path(cmd[cmd.index("--workspace") + 1])

@@ -17,7 +17,7 @@ import pytest
 import symusic
 
 from songgen import make_song
-from studio_server import ROOT, Server, call, tiny_checkpoint
+from studio_server import ROOT, Server, call, tiny_checkpoint, wait_job
 
 CHROMIUM = Path("/usr/bin/chromium")
 VIEW = {"width": 1440, "height": 860}
@@ -381,3 +381,151 @@ def test_screenshot_of_a_working_session(edit_page, song_file, tmp_path):
     assert shot.stat().st_size > 20_000
     if os.environ.get("MIDIGEN_DOCS_SCREENSHOT") == "1":
         shutil.copyfile(shot, ROOT / "docs" / "studio.png")
+
+
+# ----- a musician's session (issue 21) -----------------------------------------------------------
+
+
+def _fits(page) -> float:
+    """How much of the scrolled width the song takes: ~1 when the roll shows the whole piece at once."""
+    return page.evaluate("document.getElementById('roll-spacer').getBoundingClientRect().width / "
+                         "document.getElementById('roll').clientWidth")
+
+
+def _doubled_song(path: Path, unknown: int) -> Path:
+    """songgen seed 3 with its bass doubled an octave up on a second track and a part the model never
+    learned (program ``unknown``)."""
+    score = symusic.Score.from_midi(bytes(make_song(3).dumps_midi()))
+    bass = next(t for t in score.tracks if not t.is_drum)
+    twin = bass.copy()
+    twin.name = "octave"
+    for n in twin.notes:
+        n.pitch = min(127, n.pitch + 12)
+    odd = next(t for t in score.tracks if not t.is_drum and t is not bass).copy()
+    odd.program, odd.name = unknown, "odd one"
+    score.tracks.extend([twin, odd])
+    path.write_bytes(bytes(score.dumps_midi()))
+    return path
+
+
+def test_a_musicians_session_keeps_views_numbers_and_says_what_happens(edit_page, edit_server, song_file, tmp_path):
+    page, base = edit_page, edit_server.url
+    caps = call("GET", base + "/api/info")[1]["capabilities"]
+    unknown = next(i for i in range(1, 112) if i not in caps["instruments"])
+    # the drop overlay goes as soon as a first generation draws notes, and comes back if it writes none
+    new_piece(page)
+    assert page.locator("#empty").is_visible()
+    page.fill("#gen-seconds", "300")
+    page.click("#generate")
+    page.wait_for_function("/\\b[1-9][0-9]* notes/.test(document.getElementById('job-status').textContent)")
+    assert page.locator("#empty").is_hidden() and page.locator("#job").is_visible()
+    page.click("#cancel")
+    page.wait_for_function("document.getElementById('job').hidden", timeout=5_000)
+    assert page.locator("#empty").is_visible()
+
+    # a new piece fits the roll whatever the last one's zoom was
+    upload(page, song_file)
+    assert 0.9 < _fits(page) < 1.25
+    for _ in range(3):
+        page.click("#zoom-in")
+    assert _fits(page) > 3
+    before = page.locator("#piece-select").input_value()
+    page.set_input_files("#upload-input", str(_doubled_song(tmp_path / "doubled.mid", unknown)))
+    page.wait_for_function(f"document.getElementById('piece-select').value !== {before!r} && "
+                           "document.querySelectorAll('#legend span').length === 6")
+    assert 0.9 < _fits(page) < 1.25, "the zoom of the last piece carried over"
+
+    # one legend entry per track: the doubled bass is two, and solo shows and plays one alone
+    legend = page.locator("#legend span").all_inner_texts()
+    assert len(legend) == 6 and sum("“octave”" in x for x in legend) == 1, legend
+    everything = coloured_pixels(page)
+    page.click("#legend span:has-text('“octave”') button:text('S')")
+    page.wait_for_function("document.getElementById('audio').src.includes('tracks=')")
+    page.wait_for_timeout(300)
+    assert coloured_pixels(page) < everything * 0.6
+    solo = page.get_attribute("#legend span:has-text('“octave”')", "data-track")
+    assert page.evaluate("document.getElementById('audio').src").endswith(f"tracks={solo}")
+    page.wait_for_function("document.getElementById('audio').duration > 0", timeout=60_000)
+    page.click("#legend span:has-text('“octave”') button:text('S')")
+    page.wait_for_function("!document.getElementById('audio').src.includes('tracks=')")
+
+    # infill offers only what the checkpoint can write, and says why the rest is greyed
+    open_tab(page, "infill")
+    boxes = page.locator("#infill-instruments input")
+    assert boxes.count() == 5 and page.locator("#infill-instruments input:disabled").count() == 1
+    name = call("GET", base + "/api/info")[1]["instruments"][unknown]["name"]
+    assert name in page.locator("#infill-instruments label.cannot").inner_text()
+    assert name in page.locator("#infill-note").inner_text() and "cannot rewrite" in page.locator("#infill-note").inner_text()
+
+    # continuing from a point says first what goes; the job leaves the view where it was
+    open_tab(page, "continue")
+    box = page.locator("#roll").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.45, box["y"] + 200)
+    assert re.search(r"Everything from \d:\d\d\.\d on is replaced: the \d+ notes", page.locator("#cont-note").inner_text())
+    for _ in range(3):
+        page.click("#zoom-in")
+    view = page.evaluate("[document.getElementById('roll-scroll').scrollLeft, " + "document.getElementById('roll-spacer').style.width]")
+    page.fill("#cont-seconds", "30")
+    page.fill("#seed", "4")
+    page.click("#continue")
+    wait_for_versions(page, 2)
+    page.wait_for_timeout(300)
+    assert page.evaluate("document.getElementById('roll-scroll').scrollLeft") == view[0]
+    assert page.locator("#piece-select option:checked").inner_text().endswith("· 2 versions")
+
+    # the selector follows clicks and deletes; numbers stay with their versions
+    page.click("#versions li:not(.current) .vlabel")
+    page.wait_for_function("document.querySelector('#versions li.current .vnum').textContent === 'v1'")
+    page.click("#versions li:not(.current) button.del")
+    page.wait_for_function("document.querySelectorAll('#versions li').length === 1 && document.querySelector("
+                           "'#piece-select option:checked').textContent.endsWith('· 1 version')")
+    assert page.locator("#versions-note").inner_text().startswith("1 in all")
+    pid = page.locator("#piece-select").input_value()
+    job = call("POST", f"{base}/api/pieces/{pid}/continue", {"seconds": 0.05, "seed": 1, "instruments": ["flute"]})[1]
+    job = wait_job(base, job)[0]
+    assert job["status"] == "done", job
+    page.select_option("#piece-select", index=1)
+    page.select_option("#piece-select", pid)
+    page.wait_for_function("document.querySelectorAll('#versions li').length === 2")
+    assert page.locator("#versions li.current .vnum").inner_text() == "v3"  # v2 was deleted: no v2 again
+    warning = page.locator("#versions li.current .vwarn").inner_text()
+    assert "the model wrote no" in warning and "Try another seed, or teach it your music" in warning
+
+    # "continue and keep what follows" rewrites from the point to a bar line and keeps the rest
+    open_tab(page, "continue")
+    page.check("input[name=cont-from][value=end]")
+    assert page.locator("#continue-keep").is_hidden() and page.locator("#cont-note").inner_text() == ""
+    box = page.locator("#roll").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + 200)
+    assert page.locator("#continue-keep").is_visible() and "next bar line" in page.locator("#cont-note").inner_text()
+    page.fill("#cont-seconds", "4")
+    page.click("#continue-keep")
+    wait_for_versions(page, 3)
+    piece = call("GET", f"{base}/api/pieces/{pid}")[1]
+    parent, made = (next(v for v in piece["versions"] if v["id"] == i) for i in (job["versions"][0], piece["current"]))
+    lo, hi = made["params"]["start_s"], made["params"]["end_s"]
+    bars = call("GET", f"{base}/api/pieces/{pid}/versions/{parent['id']}/roll")[1]["bars"]
+    assert made["kind"] == "infill" and hi - lo >= 4 and any(abs(hi - b) < 1e-3 for b in bars), (lo, hi)
+    before, after = (symusic.Score.from_midi(call("GET", f"{base}/api/pieces/{pid}/versions/{v['id']}/midi")[1])
+                     for v in (parent, made))
+    assert note_rows(before, hi, 1e9, True) == note_rows(after, hi, 1e9, True)  # what follows is kept
+
+    # an error names the page's own fields and keeps off the versions list
+    open_tab(page, "generate")
+    page.fill("#top-p", "2")
+    page.click("#generate")
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.locator("#error-text").inner_text()
+    assert text.startswith("Top-p: ") and "top_p" not in text, text
+    toast, listed = page.locator("#error").bounding_box(), page.locator("#versions").bounding_box()
+    assert toast["y"] + toast["height"] < listed["y"] or toast["y"] > listed["y"] + listed["height"]
+
+    # the panel's selects stay inside it, and the top bar keeps one line at 1024 px
+    for width in (1440, 1024):
+        page.set_viewport_size({"width": width, "height": 800})
+        page.wait_for_timeout(200)
+        right = page.evaluate("document.querySelector('.controls').getBoundingClientRect().right")
+        widest = page.evaluate("Math.max(...[...document.querySelectorAll('.controls select')]"
+                               ".filter(s => s.offsetParent).map(s => s.getBoundingClientRect().right))")
+        assert widest <= right - 10, (width, widest, right)
+        assert page.locator("#upload-button").bounding_box()["height"] < 36, width

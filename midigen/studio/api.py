@@ -16,6 +16,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse, Response
 
 from midigen import __version__
+from midigen.errors import UsageError
+from midigen.generate.controls import resolve_instruments
 from midigen.generate.sampling import DEFAULTS
 from midigen.music.codec import DRUMS, instrument_name
 from midigen.studio import schemas as S
@@ -161,9 +163,7 @@ async def roll(request: Request, pid: str = PID, vid: str = VID):
 
 
 def _download_name(ws: Workspace, pid: str, vid: str, ext: str) -> str:
-    piece = ws.get(pid)
-    n = next(i for i, v in enumerate(piece["versions"], 1) if v["id"] == vid)
-    return f"{piece['name']}-v{n}.{ext}"
+    return f"{ws.get(pid)['name']}-v{ws.version(pid, vid)['number']}.{ext}"
 
 
 @router.get("/pieces/{pid}/versions/{vid}/midi", summary="download the version as a MIDI file",
@@ -175,9 +175,12 @@ def midi(request: Request, pid: str = PID, vid: str = VID):
 
 @router.get("/pieces/{pid}/versions/{vid}/wav", summary="the version as audio (rendered once, then cached)",
             response_class=FileResponse, responses={200: {"content": {"audio/wav": {}}}})
-def wav(request: Request, pid: str = PID, vid: str = VID, download: bool = False):
+def wav(request: Request, pid: str = PID, vid: str = VID, download: bool = False,
+        tracks: str | None = Query(None, pattern=r"^\d{1,4}(,\d{1,4}){0,255}$",
+                                   description="only these tracks (the roll's track indices, comma-separated): "
+                                               "mute and solo")):
     st = _st(request)
-    path = st.audio.wav(pid, vid)
+    path = st.audio.wav(pid, vid, None if tracks is None else tuple(int(x) for x in tracks.split(",")))
     name = _download_name(st.workspace, pid, vid, "wav") if download else None
     return FileResponse(path, media_type="audio/wav", filename=name, content_disposition_type="attachment")
 
@@ -201,9 +204,30 @@ def _submit(request: Request, kind: str, pid: str, body) -> dict:
     req = body.model_dump()
     vid = req.pop("version", None) or current_id(piece)
     version = st.workspace.version(pid, vid) if vid else None
+    _fit(st.engine, kind, req, version)
     st.engine.check(kind, req, version)
     base = None if kind == "generate" else vid
     return job_out(st, st.queue.submit(kind, pid, base, req))
+
+
+def _fit(engine: Engine, kind: str, req: dict, version: dict | None) -> None:
+    """What the engine's checks leave to the API: an infill span reaching past the song is clipped to
+    it (the label and the parameters say the span written), and arrange's parts to keep must be parts
+    the song has and not ones it is asked to add (422, in the request's own field names)."""
+    if version is None:
+        return
+    length = float(version.get("seconds") or 0.0)
+    if kind == "infill" and req["start_s"] < length:
+        req["end_s"] = min(req["end_s"], length)
+    if kind == "arrange" and req.get("keep") is not None:
+        try:
+            keep = resolve_instruments(req["keep"], version.get("instruments") or [], owner="the song has")
+        except UsageError as e:
+            raise HTTPException(422, f"keep: {e}") from None
+        both = sorted(set(keep) & set(engine.instruments(req["add"])))
+        if both:
+            names = ", ".join(instrument_name(i) for i in both)
+            raise HTTPException(422, f"keep and add both name {names}: a part is either kept or written anew")
 
 
 JOB_ERRORS = {400: {"model": S.ErrorOut}, 404: {"model": S.ErrorOut}, 409: {"model": S.ErrorOut},

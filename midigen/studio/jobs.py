@@ -15,12 +15,12 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
+from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments, track_instrument
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
 from midigen.generate.edit import arrange, infill
@@ -135,6 +135,10 @@ class Engine:
 
     # ----- the runs: each returns [(score, label, parameters)] ---------------------------------
 
+    def requested(self, kind: str, req: dict) -> list[int]:
+        """The instruments a request asks the model to write (none named: whatever it chooses)."""
+        return self.instruments(req.get("add" if kind == "arrange" else "instruments"))
+
     def run(self, kind: str, req: dict, score, progress: "Progress") -> list[tuple]:
         return getattr(self, "_" + kind)(req, score, progress)
 
@@ -184,6 +188,31 @@ class Engine:
         names = ", ".join(instrument_name(i) for i in add)
         return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
                  {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
+
+
+EMPTY_HINT = "it may not know this music. Try another seed, or teach it your music"
+
+
+def _note_keys(score) -> Counter:
+    """(instrument, onset in ms, pitch) of every note: kept notes come out identical, so a difference is
+    what was written."""
+    out: Counter = Counter()
+    if score is None:
+        return out
+    tm = TempoMap(score)
+    for t in score.tracks:
+        a = t.notes.numpy()
+        on = np.round(tm.seconds(a["time"].astype(np.int64)) * 1000).astype(np.int64)
+        out.update(zip([track_instrument(t)] * len(on), on.tolist(), a["pitch"].tolist()))
+    return out
+
+
+def empty_warnings(requested, before, after) -> list[str]:
+    """What a result lacks, for the version to say: no new notes at all, or none for an instrument asked for."""
+    written = Counter(k[0] for k in (_note_keys(after) - _note_keys(before)).elements())
+    if not written:
+        return [f"the model wrote no notes: {EMPTY_HINT}"]
+    return [f"the model wrote no {instrument_name(i)}: {EMPTY_HINT}" for i in requested if not written[i]]
 
 
 def facts(score) -> dict:
@@ -375,9 +404,11 @@ class JobQueue:
         try:
             score = self.ws.score(job.piece, job.base) if job.base else None
             results = self.engine.run(job.kind, job.request, score, job.progress)
+            asked = self.engine.requested(job.kind, job.request)
             for i, (sc, label, params) in enumerate(results):
+                said = {"warnings": empty_warnings(asked, score, sc)}
                 v = self.ws.add_version(job.piece, bytes(sc.dumps_midi()), label=label, kind=job.kind,
-                                        facts=facts(sc), params=params, parent=job.base, current=i == 0)
+                                        facts={**facts(sc), **said}, params=params, parent=job.base, current=i == 0)
                 job.versions.append(v["id"])
             return "done", None
         except Cancelled:

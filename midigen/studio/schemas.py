@@ -84,6 +84,8 @@ class SelectIn(BaseModel):
 
 class VersionOut(BaseModel):
     id: str
+    number: int = Field(description="the version's number in its piece (v1, v2, ...), kept for life: it names "
+                                    "the downloaded files")
     label: str
     kind: str = Field(description="upload, generate, continue, infill or arrange")
     created: float
@@ -92,6 +94,8 @@ class VersionOut(BaseModel):
     seconds: float
     instruments: list[int]
     params: dict
+    warnings: list[str] = Field([], description="what the result lacks, e.g. an instrument the model wrote no "
+                                               "notes for (empty: nothing to say)")
 
 
 class PieceOut(BaseModel):

@@ -9,6 +9,8 @@ re-written by symusic, which is what the studio stores and later reads in-proces
 """
 from __future__ import annotations
 
+import sys
+
 from midigen.errors import MidigenError
 from midigen.data.prepare import MAX_NOTES
 from midigen.data.sources import MAX_FILE_BYTES
@@ -20,6 +22,8 @@ MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # the same 16 MiB as prepare
 MAX_SECONDS = 10 * 60.0  # the studio renders the whole piece as audio: 10 minutes is ~106 MB of WAV
 MAX_TRACKS = 256
 READ_TIMEOUT = 20.0  # seconds one file may take to read
+MIN_SECONDS = 0.25  # notes squeezed into less than this: the file's tempo is broken, not its music
+UNREADABLE = "not a MIDI file the studio can read: it may be damaged, cut short, or another kind of file"
 
 
 class UploadError(MidigenError):
@@ -28,6 +32,20 @@ class UploadError(MidigenError):
 
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min"
+
+
+def _log(detail: str) -> None:
+    """The technical reason goes to the server's log; the page gets the musician's sentence."""
+    print(f"midigen studio: upload refused: {detail}", file=sys.stderr, flush=True)
+
+
+def _check_tempo(score, notes: int, seconds: float) -> None:
+    """A tempo of a microsecond (or zero) per quarter note squeezes every note into no time at all."""
+    if seconds >= MIN_SECONDS:
+        return
+    fastest = min((int(t.mspq) for t in score.tempos), default=500_000)
+    raise UploadError(f"its tempo is broken: {fastest} µs per quarter note makes its {notes} notes last "
+                      f"{seconds:.2f} s. Set a real tempo in your editor and upload it again")
 
 
 def check_midi(data: bytes) -> tuple[bytes, dict]:
@@ -41,7 +59,8 @@ def check_midi(data: bytes) -> tuple[bytes, dict]:
     try:
         score = Codec().read_midi(data)
     except CodecError as e:
-        raise UploadError(f"not a MIDI file the studio can read ({e})") from None
+        _log(str(e))
+        raise UploadError(UNREADABLE) from None
     notes = score.note_num()
     if notes == 0:
         raise UploadError("the file has no notes")
@@ -50,6 +69,7 @@ def check_midi(data: bytes) -> tuple[bytes, dict]:
     if len(score.tracks) > MAX_TRACKS:
         raise UploadError(f"too many tracks: {len(score.tracks)} > {MAX_TRACKS}")
     seconds = notes_end_seconds(score)
+    _check_tempo(score, notes, seconds)
     if seconds > MAX_SECONDS:
         raise UploadError(f"too long: {_minutes(seconds)} > {_minutes(MAX_SECONDS)} of music")
     out = bytes(score.dumps_midi())
@@ -82,8 +102,10 @@ class Reader:
         """-> (the song as symusic writes it, facts); UploadError for a bad file, a crash or a timeout."""
         try:
             facts, midi = self.box.call({}, bytes(data), "reading the file")
-        except (Refused, SandboxError) as e:
+        except Refused as e:
             raise UploadError(str(e)) from None
+        except SandboxError as e:  # "reading the file crashed", "… took longer than 20 s": plain words already
+            raise UploadError(f"{e}: it may be damaged, or not a MIDI file") from None
         return midi, facts
 
     def close(self) -> None:

@@ -2,13 +2,18 @@
 
 Layout (every id is 16 hex digits the server made; nothing from a client becomes a path):
 
-    WORKSPACE/pieces/<piece>/piece.json      name, versions (label, kind, parameters, facts), history
+    WORKSPACE/pieces/<piece>/piece.json      name, versions (number, label, kind, parameters, facts), history
     WORKSPACE/pieces/<piece>/<version>.mid   each version, written atomically
     WORKSPACE/pieces/<piece>/<version>.wav   rendered audio, a cache (see audio.py)
+    WORKSPACE/pieces/<piece>/<version>.<mix>.wav   the same with some tracks muted (``mix`` names which)
 
 A piece's history is the undo/redo list: a cursor into version ids. A new version is pushed after the
 cursor (what was ahead of it is no longer reachable by redo, but stays in the version list).
 Limits keep one client from filling the disk: pieces, versions per piece and bytes of MIDI in all.
+
+A version's number (v1, v2, ...) is given once and kept for life, deleted neighbours or not: it names
+the downloaded files, so the same number must always mean the same music. A workspace written before
+numbers were stored gets them on loading, in the order its versions were made.
 """
 from __future__ import annotations
 
@@ -89,6 +94,7 @@ class Workspace:
                 continue  # a half-made piece (killed before its first write): not listed
             if isinstance(piece, dict) and piece.get("id") == d.name:
                 piece["versions"] = [v for v in piece.get("versions", []) if (d / f"{v['id']}.mid").exists()]
+                _number_versions(piece)
                 self.pieces[d.name] = piece
             for tmp in d.glob(".*.tmp"):
                 tmp.unlink(missing_ok=True)
@@ -121,9 +127,13 @@ class Workspace:
         self.version(pid, vid)
         return self._dir(pid) / f"{vid}.mid"
 
-    def wav_path(self, pid: str, vid: str) -> Path:
+    def wav_path(self, pid: str, vid: str, mix: str = "") -> Path:
+        """Where the version's audio goes; ``mix`` (letters and digits, the server's own) names a mix of
+        some of its tracks."""
         self.version(pid, vid)
-        return self._dir(pid) / f"{vid}.wav"
+        if mix and not mix.isalnum():
+            raise NotFound("no such mix")
+        return self._dir(pid) / (f"{vid}.{mix}.wav" if mix else f"{vid}.wav")
 
     def score(self, pid: str, vid: str):
         """The version as a symusic ScoreTick (files the studio wrote itself, never raw uploads)."""
@@ -144,7 +154,7 @@ class Workspace:
                 raise Conflict(f"the workspace holds {self.limits.pieces} pieces, its limit: delete some first")
             pid = new_id()
             piece = {"id": pid, "name": clean_name(name), "created": time.time(), "versions": [],
-                     "history": [], "cursor": -1}
+                     "history": [], "cursor": -1, "next_number": 1}
             self._dir(pid).mkdir(parents=True)
             self._save(piece)
             self.pieces[pid] = piece
@@ -164,8 +174,9 @@ class Workspace:
                                "delete old pieces or versions first")
             vid = new_id()
             atomic_write_bytes(self._dir(pid) / f"{vid}.mid", midi)
-            v = {"id": vid, "label": label[:200], "kind": kind, "created": time.time(), "parent": parent,
-                 "params": params or {}, "bytes": len(midi), **facts}
+            v = {"id": vid, "number": piece["next_number"], "label": label[:200], "kind": kind,
+                 "created": time.time(), "parent": parent, "params": params or {}, "bytes": len(midi), **facts}
+            piece["next_number"] += 1
             piece["versions"].append(v)
             if current:
                 self._push(piece, vid)
@@ -213,8 +224,8 @@ class Workspace:
                     cursor = len(history) - 1  # still the current version
             piece["history"], piece["cursor"] = history, cursor
             self._save(piece)
-            for ext in (".mid", ".wav"):
-                (self._dir(pid) / f"{vid}{ext}").unlink(missing_ok=True)
+            for path in [self._dir(pid) / f"{vid}.mid", *self._dir(pid).glob(f"{vid}*.wav")]:
+                path.unlink(missing_ok=True)
             return self.get(pid)
 
     def delete_piece(self, pid: str) -> None:
@@ -222,6 +233,16 @@ class Workspace:
             self.get(pid)
             del self.pieces[pid]
             shutil.rmtree(self._dir(pid), ignore_errors=True)
+
+
+def _number_versions(piece: dict) -> None:
+    """Give numbers to versions stored without one (an older workspace), after any already given."""
+    taken = [v["number"] for v in piece["versions"] if isinstance(v.get("number"), int)]
+    n = max([*taken, int(piece.get("next_number") or 1) - 1, 0]) + 1
+    for v in piece["versions"]:
+        if not isinstance(v.get("number"), int):
+            v["number"], n = n, n + 1
+    piece["next_number"] = n
 
 
 def current_id(piece: dict) -> str | None:

@@ -48,5 +48,8 @@ export const api = {
   job: (jid, since, wait) => call("GET", `/api/jobs/${jid}?since=${since}&wait=${wait}`),
   cancel: (jid) => call("POST", `/api/jobs/${jid}/cancel`),
   midiUrl: (id, vid) => `${piece(id)}/versions/${vid}/midi`,
-  wavUrl: (id, vid, download = false) => `${piece(id)}/versions/${vid}/wav${download ? "?download=true" : ""}`,
+  wavUrl: (id, vid, download = false, tracks = null) => {  // tracks: only these (the roll's indices) sound
+    const q = [download ? "download=true" : "", tracks ? `tracks=${tracks.join(",")}` : ""].filter(Boolean);
+    return `${piece(id)}/versions/${vid}/wav${q.length ? `?${q.join("&")}` : ""}`;
+  },
 };

@@ -34,6 +34,7 @@ export class PianoRoll {
     this.preview = [];          // [start, dur, pitch, velocity, instrument]
     this.playhead = 0;
     this.selection = null;      // [a, b] seconds
+    this.hidden = null;         // track indices muted (drawn faintly), or null
     this.onSeek = () => {};
     this.onSelect = () => {};
     this.pending = false;
@@ -77,6 +78,17 @@ export class PianoRoll {
   }
 
   setSelection(sel) { this.selection = sel; this.draw(); }
+
+  setHidden(indices) { this.hidden = indices; this.draw(); }
+
+  view() { return { pps: this.pps, left: this.scroller.scrollLeft }; }
+
+  setView(v) {  // back to a zoom and scroll saved with view()
+    this.pps = v.pps;
+    this._layout();
+    this.scroller.scrollLeft = v.left;
+    this.draw();
+  }
 
   duration() {
     const d = this.data ? this.data.duration : 0;
@@ -222,14 +234,17 @@ export class PianoRoll {
   }
 
   _drawNotes(c, a, t0, t1) {
-    for (const tr of (this.data ? this.data.tracks : [])) {
+    const muted = (tr) => Boolean(this.hidden && this.hidden.has(tr.index));
+    const tracks = [...(this.data ? this.data.tracks : [])].sort((x, y) => muted(y) - muted(x));  // muted below
+    for (const tr of tracks) {
       const n = tr.start.length;
+      const faint = muted(tr);
       for (let i = 0; i < n; i++) {
         const s = tr.start[i], d = tr.duration[i];
         if (s > t1 || s + d < t0) continue;
         const r = this._noteRect(a, s, d, tr.pitch[i], tr.instrument);
         if (!r) continue;
-        c.fillStyle = instrumentColor(tr.instrument, 0.45 + 0.55 * tr.velocity[i] / 127);
+        c.fillStyle = faint ? "rgba(120, 128, 140, 0.18)" : instrumentColor(tr.instrument, 0.45 + 0.55 * tr.velocity[i] / 127);
         c.fillRect(r[0], r[1], r[2], r[3]);
       }
     }

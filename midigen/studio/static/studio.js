@@ -8,16 +8,30 @@ const POLL_GAP_MS = 120;  // after an answer with notes; the first notes still c
 const state = {
   info: null, caps: null, names: [], pieceId: null, piece: null, version: null, roll: null,
   job: null, point: 0, span: null, variants: null,
+  rollPiece: null,             // the piece the roll's zoom and scroll belong to
+  muted: new Set(), solo: new Set(),  // track indices (the roll's "index"), per piece
 };
 const roll = new PianoRoll($("roll"), $("roll-scroll"), $("roll-spacer"));
 const audio = $("audio");
 
 // ----- messages -----------------------------------------------------------------------------------
 
+// the API names its fields; the page says what its own labels say
+const LABELS = {
+  top_p: "Top-p", top_k: "Top-k", temperature: "Temperature", seed: "Seed", seconds: "Length (s)", tempo: "Tempo",
+  num_samples: "Variants", start_s: "the span's start", end_s: "the span's end", at_seconds: "the point",
+  instruments: "Instruments", add: "Add instruments", keep: "Keep these parts", time_signature: "Meter",
+  style: "Style", key: "Key", density: "Density",
+};
+function inPageWords(message) {
+  return String(message).replace(/(^|; )([a-z_]+)(\.\d+)?: /g,
+    (all, lead, field) => (LABELS[field] ? `${lead}${LABELS[field]}: ` : all));
+}
+
 let toastTimer = null;
 function toast(message, kind = "error") {
-  $("error-text").textContent = message;
-  $("error").className = `toast ${kind === "info" ? "info" : ""}`;
+  $("error-text").textContent = inPageWords(message);
+  $("error").className = `toast ${kind === "error" ? "" : kind}`;  // error, warn or info
   $("error").hidden = false;
   clearTimeout(toastTimer);
   toastTimer = setTimeout(() => { $("error").hidden = true; }, kind === "info" ? 4000 : 15000);
@@ -121,29 +135,33 @@ async function refreshPieceList(known = null) {
   return pieces;
 }
 
-async function openPiece(id, pieces = null) {
+async function openPiece(id, pieces = null, view = null) {
   const piece = await api.piece(id);
   state.pieceId = id;
   history.replaceState(null, "", `#piece=${id}`);
-  await Promise.all([showPiece(piece), refreshPieceList(pieces)]);
+  await showPiece(piece, pieces, view);
 }
 
-async function showPiece(piece) {
+async function showPiece(piece, pieces = null, view = null) {  // pieces: the listing, if the caller has it
   const changed = !state.piece || state.piece.id !== piece.id || state.version !== piece.current;
+  if (!state.piece || state.piece.id !== piece.id) { state.muted.clear(); state.solo.clear(); }
   state.piece = piece;
   renderVersions();
+  const listed = refreshPieceList(pieces);  // its "N versions" and length change with every step
   $("undo").disabled = !piece.can_undo;
   $("redo").disabled = !piece.can_redo;
   $("delete-piece").disabled = false;
-  if (changed) await showVersion(piece.current);
+  if (changed) await showVersion(piece.current, view);
+  await listed;
 }
 
-async function showVersion(vid) {
-  const samePiece = state.roll && state.version && state.piece;
+async function showVersion(vid, view = null) {  // view: the zoom and scroll to keep (after a job)
+  const samePiece = state.roll && state.rollPiece === state.pieceId;
   state.version = vid;
   audio.pause();
   if (!vid) {
     state.roll = null;
+    state.rollPiece = null;
     roll.setData(null);
     audio.removeAttribute("src");
     $("audio-state").textContent = "";
@@ -155,18 +173,14 @@ async function showVersion(vid) {
   const data = await api.roll(state.pieceId, vid);
   if (state.version !== vid) return;  // another version was chosen meanwhile
   state.roll = data;
+  state.rollPiece = state.pieceId;
   $("empty").hidden = true;
-  roll.setData(data, Boolean(samePiece && data.duration >= roll.duration() * 0.5));
+  roll.setData(data, Boolean(view || (samePiece && data.duration >= roll.duration() * 0.5)));
+  if (view) roll.setView(view);
   renderParts();
   setDuration(data.duration);
-  $("audio-state").textContent = "rendering audio…";
-  audio.src = api.wavUrl(state.pieceId, vid);
-  audio.load();
+  loadAudio();
   seek(Math.min(state.point, data.duration));
-}
-
-function versionNumber(vid) {
-  return state.piece.versions.findIndex((v) => v.id === vid) + 1;
 }
 
 function renderVersions() {
@@ -180,7 +194,7 @@ function renderVersions() {
     if (v.id === p.current) li.classList.add("current");
     const num = document.createElement("span");
     num.className = "vnum";
-    num.textContent = `v${versionNumber(v.id)}`;
+    num.textContent = `v${v.number}`;
     const label = document.createElement("span");
     label.className = "vlabel";
     label.textContent = v.label;
@@ -198,6 +212,13 @@ function renderVersions() {
       del.title = "Delete this version";
       del.onclick = guard(async (e) => { e.stopPropagation(); await showPiece(await api.deleteVersion(p.id, v.id)); });
       li.appendChild(del);
+    }
+    if (v.warnings && v.warnings.length) {  // an empty result must not pass as a normal one
+      li.classList.add("warned");
+      const warn = document.createElement("div");
+      warn.className = "vwarn";
+      warn.textContent = `⚠ ${v.warnings.join(" · ")}`;
+      li.appendChild(warn);
     }
     li.onclick = guard(async () => { if (v.id !== state.piece.current) await showPiece(await api.select(p.id, v.id)); });
     list.appendChild(li);
@@ -218,18 +239,8 @@ function renderParts() {
   const tracks = state.roll ? state.roll.tracks : [];
   const counts = new Map();
   for (const t of tracks) counts.set(t.instrument, (counts.get(t.instrument) || 0) + t.pitch.length);
-  const legend = $("legend");
-  legend.innerHTML = "";
-  for (const [inst, n] of counts) {
-    const s = document.createElement("span");
-    const dot = document.createElement("i");
-    dot.style.background = instrumentColor(inst);
-    const count = document.createElement("em");
-    count.textContent = `${n}`;
-    s.append(dot, document.createTextNode(nameOf(inst)), count);
-    legend.appendChild(s);
-  }
-  for (const [id, checked] of [["infill-instruments", false], ["arrange-keep", true]]) {
+  const writable = new Set(state.caps ? state.caps.instruments : []);
+  for (const [id, checked, onlyWritable] of [["infill-instruments", false, true], ["arrange-keep", true, false]]) {
     const box = $(id);
     box.innerHTML = "";
     for (const inst of counts.keys()) {
@@ -238,23 +249,110 @@ function renderParts() {
       c.type = "checkbox";
       c.value = String(inst);
       c.checked = checked;
+      if (onlyWritable && !writable.has(inst)) {
+        c.disabled = true;
+        l.className = "cannot";
+        l.title = `This checkpoint never learned ${nameOf(inst)}, so it cannot write it.`;
+      }
       const dot = document.createElement("i");
       dot.style.background = instrumentColor(inst);
       l.append(c, dot, document.createTextNode(nameOf(inst)));
       box.appendChild(l);
     }
   }
+  const unwritable = [...counts.keys()].filter((i) => !writable.has(i)).map(nameOf);
+  $("infill-note").textContent = unwritable.length
+    ? `Greyed out: ${unwritable.join(", ")}. This checkpoint never learned ${unwritable.length > 1 ? "them" : "it"}, so it cannot rewrite ${unwritable.length > 1 ? "them" : "it"}.`
+    : "";
+  renderTracks(tracks);
 }
+// ----- tracks: one legend entry each, with mute and solo (doubled instruments stay apart) ----------
+
+function audible(tracks) {  // the track indices that sound and show, or null for all of them
+  const all = tracks.map((t) => t.index);
+  const on = state.solo.size ? all.filter((i) => state.solo.has(i)) : all.filter((i) => !state.muted.has(i));
+  return on.length === all.length ? null : on;
+}
+
+function trackName(t, tracks) {
+  const same = tracks.filter((u) => u.instrument === t.instrument);
+  if (same.length < 2) return nameOf(t.instrument);
+  return `${nameOf(t.instrument)} ${t.name ? `“${t.name}”` : `#${same.indexOf(t) + 1}`}`;
+}
+
+function renderTracks(tracks) {
+  const legend = $("legend");
+  legend.innerHTML = "";
+  for (const t of tracks) {
+    const s = document.createElement("span");
+    s.dataset.track = String(t.index);
+    const dot = document.createElement("i");
+    dot.style.background = instrumentColor(t.instrument);
+    const count = document.createElement("em");
+    count.textContent = `${t.pitch.length}`;
+    const toggle = (set, letter, title) => {
+      const b = document.createElement("button");
+      b.className = `ghost tiny ${set.has(t.index) ? "on" : ""}`;
+      b.textContent = letter;
+      b.title = title;
+      b.setAttribute("aria-pressed", String(set.has(t.index)));
+      b.onclick = guard(async () => { if (!set.delete(t.index)) set.add(t.index); await applyMix(); });
+      return b;
+    };
+    s.append(dot, document.createTextNode(trackName(t, tracks)), count,
+      toggle(state.muted, "M", "Mute this track"), toggle(state.solo, "S", "Solo this track"));
+    legend.appendChild(s);
+  }
+  const on = audible(tracks);
+  for (const s of legend.children) s.classList.toggle("silent", on !== null && !on.includes(Number(s.dataset.track)));
+  roll.setHidden(on === null ? null : new Set(tracks.map((t) => t.index).filter((i) => !on.includes(i))));
+}
+
+async function applyMix() {  // the roll and the audio follow mute and solo; playback goes on where it was
+  if (!state.roll) return;
+  renderTracks(state.roll.tracks);
+  const playing = !audio.paused;
+  loadAudio();
+  if (playing && audio.getAttribute("src")) await audio.play();
+}
+
+function loadAudio() {  // the version as it sounds with the tracks muted and soloed
+  const on = audible(state.roll.tracks);
+  audio.pause();
+  if (on && !on.length) {
+    audio.removeAttribute("src");
+    audio.load();
+    $("audio-state").textContent = "every track is muted";
+    return;
+  }
+  $("audio-state").textContent = "rendering audio…";
+  audio.src = api.wavUrl(state.pieceId, state.version, false, on);
+  audio.load();
+}
+
 const ticked = (id) => [...$(id).querySelectorAll("input:checked")].map((c) => Number(c.value));
 
 // ----- transport ----------------------------------------------------------------------------------
 
 function setDuration(d) { $("duration").textContent = clock(d); }
 
+function continueNote() {  // said before the click: continuing from a point drops what follows it
+  const fromPoint = document.querySelector("input[name=cont-from]:checked").value === "point";
+  let after = 0;
+  for (const t of (state.roll ? state.roll.tracks : [])) after += t.start.filter((x) => x >= state.point).length;
+  $("cont-note").textContent = fromPoint && after
+    ? `Everything from ${clock(state.point)} on is replaced: the ${after} note${after === 1 ? "" : "s"} after the point ` +
+      "will not be in the new version (the old one stays in the list)." +
+      (state.caps && state.caps.can_edit ? " “Continue and keep what follows” writes up to the next bar line instead." : "")
+    : "";
+  $("continue-keep").hidden = !fromPoint || !(state.caps && state.caps.can_edit);
+}
+
 function seek(t) {
   state.point = Math.max(0, t);
   $("time").textContent = clock(state.point);
   $("cont-point").textContent = clock(state.point);
+  continueNote();
   if (audio.src && audio.readyState > 0) audio.currentTime = Math.min(state.point, audio.duration || state.point);
   roll.setPlayhead(state.point);
 }
@@ -316,6 +414,11 @@ function jobBody(kind) {
     const fromPoint = document.querySelector("input[name=cont-from]:checked").value === "point";
     return { ...s, seconds: num("cont-seconds") ?? 20, tempo: num("cont-tempo"), at_seconds: fromPoint ? state.point : null };
   }
+  if (kind === "continue-keep") {  // an infill from the point to the first bar line after the length
+    const want = state.point + (num("cont-seconds") ?? 20);
+    const bar = state.roll ? state.roll.bars.find((t) => t >= want - 1e-6) : undefined;
+    return { ...s, start_s: state.point, end_s: bar ?? want, num_samples: 1 };
+  }
   if (kind === "infill") {
     if (!state.span) throw new Error("choose a span first: drag across the roll");
     const only = ticked("infill-instruments");
@@ -331,8 +434,9 @@ async function startJob(kind) {
   await ensurePiece();
   const body = jobBody(kind);
   if (kind === "generate" && !body.instruments.length) body.instruments = null;
-  const job = await api.submit(state.pieceId, kind, body);
+  const job = await api.submit(state.pieceId, kind === "continue-keep" ? "infill" : kind, body);
   state.job = job;
+  state.jobView = state.roll ? roll.view() : null;  // where the user was looking: the result opens there
   state.jobSpan = body.seconds || (body.end_s ? body.end_s - body.start_s : (state.roll ? state.roll.duration : 0));
   state.variants = null;
   $("variants").hidden = true;
@@ -370,14 +474,18 @@ async function followJob(job) {
     while (j.status === "queued" || j.status === "running") {
       j = await api.job(job.id, since, 2);
       roll.addPreview(j.notes);
+      if (j.notes.length) $("empty").hidden = true;  // the first notes of a new piece: nothing to drop here now
       since += j.notes.length;
       showJob(j);
       if (j.notes.length) await new Promise((ok) => setTimeout(ok, POLL_GAP_MS));  // gather a few notes per answer
     }
     roll.clearPreview();
+    if (!state.version) $("empty").hidden = false;
     if (j.status === "done") {
-      await openPiece(j.piece);
+      await openPiece(j.piece, null, state.jobView);
       if (j.versions.length > 1) showVariants(j.versions);
+      const made = state.piece.versions.find((v) => v.id === j.versions[0]);
+      if (made && made.warnings && made.warnings.length) toast(made.warnings.join(" · "), "warn");
     } else if (j.status === "failed") {
       toast(j.error || "the job failed");
     } else {
@@ -459,7 +567,9 @@ function wire() {
   $("zoom-in").onclick = () => roll.zoom(1.5);
   $("zoom-out").onclick = () => roll.zoom(1 / 1.5);
   $("seed-dice").onclick = () => { $("seed").value = String(Math.floor(Math.random() * 1e6)); };
-  for (const kind of ["generate", "continue", "infill", "arrange"]) $(kind).onclick = guard(() => startJob(kind));
+  for (const kind of ["generate", "continue", "continue-keep", "infill", "arrange"]) {
+    $(kind).onclick = guard(() => startJob(kind));
+  }
   $("cancel").onclick = guard(async () => { if (state.job) showJob(await api.cancel(state.job.id)); });
   $("gen-instrument-add").onclick = () => chip($("gen-instruments"), Number($("gen-instrument-pick").value));
   $("arrange-instrument-add").onclick = () => chip($("arrange-add"), Number($("arrange-instrument-pick").value));
@@ -469,7 +579,8 @@ function wire() {
       for (const b of document.querySelectorAll(".tab-body")) b.hidden = b.dataset.tab !== tab.dataset.tab;
     };
   }
-  roll.onSeek = (t) => { seek(t); document.querySelector("input[name=cont-from][value=point]").checked = true; };
+  roll.onSeek = (t) => { document.querySelector("input[name=cont-from][value=point]").checked = true; seek(t); };
+  for (const r of document.querySelectorAll("input[name=cont-from]")) r.onchange = continueNote;
   roll.onSelect = (sel) => {
     state.span = sel;
     $("infill-span").textContent = `${clock(sel[0])} – ${clock(sel[1])}`;
