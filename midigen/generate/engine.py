@@ -1,12 +1,33 @@
 """The decoding loop every task shares: batched, KV-cached, sampled under the grammar's mask on the device.
 
 A task hands ``decode`` a prompt (one token array shared by every row), a ``Grammar`` already placed
-after it, and a token budget. Each step runs the model on the new token only (the KV cache holds the
-rest), masks the logits, applies the repetition penalty, temperature, top-k and top-p, and draws one id
-per row by inverse CDF from a seeded generator on the model's device. Everything stays on the device;
-the only transfer per step is the row of sampled ids coming back (for the output, the listener and the
-stopping test). When the cache fills, the context slides: it is rebuilt in one pass from the header plus
-the most recent tokens (``window``), and decoding goes on incrementally.
+after it, and a token budget. Each step masks the logits, applies the repetition penalty, temperature,
+top-k and top-p, and draws one id per row by inverse CDF from a seeded generator on the model's device.
+Everything stays on the device; the only transfer per step is one small tensor coming back: the ids
+just drawn (for the output, the listener and the stopping test) and how many ids each row may write
+next (which tells the next step whether it is forced and how wide its draw is). When the cache fills,
+the context slides: it is rebuilt in one pass from the header plus the most recent tokens
+(``window``), and decoding goes on incrementally.
+
+**Forced runs in one pass.** A token the grammar forces (its mask allows one id: header tokens asked
+for, an edit's kept notes and their durations, EOS of a finished row) needs no logits, so the model does
+not run for it. Decided tokens wait in the sequence (``pending``) and the next step that must *sample*
+feeds all of them in one multi-token forward, exactly like a prefill of the KV cache. The batch case:
+rows stay in lockstep, one decided token per row per step; the model runs only at steps where some row
+samples, and then feeds every row's pending tokens together (the same count for every row). A row that
+is forced while another samples rides along in that batched forward at the cost of one more column of a
+matmul; a step where every row is forced runs no model at all. Letting forced rows run ahead (per-row
+cache lengths and positions) would save forwards only in batches whose rows are forced at different
+times, while costing a ragged cache, per-row positions and masks in every layer; the case that matters
+(one row: ``sample`` b=1, every chunk of ``arrange``/``infill`` after the first, ``harmonize``) gets the
+whole saving from the lockstep design.
+
+**Same seed, same music.** Every step takes its row of uniforms from the generator whether or not it
+samples, so skipping the model for forced tokens moves no later draw: on a CPU the tokens are the ones
+the step-by-step path (``Decoder(one_pass=False)``) writes, up to the rounding of a multi-token forward
+against single-token ones (which could only flip a draw that lands within a rounding error of a CDF
+boundary). The draw works on the allowed ids only (``draw``'s ``width``), in id order, so it picks the
+same id the draw over the whole vocabulary picked.
 """
 from __future__ import annotations
 
@@ -32,6 +53,11 @@ def make_generator(device: torch.device, seed: int) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """The dtype of the draw's CDF and uniforms: float64 where the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 # ----- one step's draw ------------------------------------------------------------------------------
 
 
@@ -49,27 +75,39 @@ def penalize(logits: torch.Tensor, recent: torch.Tensor, codec: Codec, penalty: 
 
 
 def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-         gen: torch.Generator) -> torch.Tensor:
-    """One id per row from float32 logits restricted to ``mask`` (all on one device, no host sync)."""
-    x = logits.masked_fill(~mask, float("-inf")) / temperature
-    if top_k is not None and top_k < x.size(1):
-        kth = torch.topk(x, top_k, dim=1).values[:, -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
+         u: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """One id per row from float32 logits restricted to ``mask``, with the uniforms ``u`` (B, 1).
+
+    ``width`` (at least the most ids any row's mask allows; None: the whole vocabulary) bounds the
+    candidates: the ``width`` highest masked logits hold every allowed id, so top-k, top-p and the CDF
+    work on that many values, not on the 18k-wide vocabulary. The CDF runs over the candidates in id
+    order, as it would over the whole vocabulary (the other ids add exact zeros), so the same uniform
+    picks the same id. All on one device, no host sync.
+    """
+    x = logits.masked_fill(~mask, float("-inf"))
+    k = x.size(1) if width is None else max(1, min(int(width), x.size(1)))
+    vals, ids = torch.topk(x, k, dim=1)  # descending
+    vals = vals / temperature
+    if top_k is not None and top_k < k:  # ties with the k-th value stay, as a cut over the vocabulary keeps them
+        vals = vals.masked_fill(vals < vals[:, top_k - 1 : top_k], float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=1, descending=True)
-        probs = torch.softmax(sorted_x, dim=1)
+        probs = torch.softmax(vals, dim=1)
         before = torch.cumsum(probs, dim=1) - probs  # mass of the strictly more likely ids
         drop = before > top_p
         drop[:, 0] = False
-        sorted_x = sorted_x.masked_fill(drop, float("-inf"))
-        x = torch.full_like(x, float("-inf")).scatter(1, order, sorted_x)
-    # inverse-CDF draw: one uniform per row; much cheaper than multinomial over a wide vocabulary
-    wide = torch.float32 if x.device.type == "mps" else torch.float64
-    cdf = torch.cumsum(torch.softmax(x.to(wide), dim=1), dim=1)
-    u = torch.rand((x.size(0), 1), generator=gen, dtype=wide, device=x.device) * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=x.size(1) - 1)
-    ok = mask.gather(1, tok[:, None])[:, 0]  # only rounding at the very top of the CDF can miss
-    return torch.where(ok, tok, x.argmax(dim=1))
+        vals = vals.masked_fill(drop, float("-inf"))
+    ids, order = torch.sort(ids, dim=1)  # id order: the CDF the whole-vocabulary draw builds
+    vals = vals.gather(1, order)
+    cdf = torch.cumsum(torch.softmax(vals.to(u.dtype), dim=1), dim=1)
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
+    tok = ids.gather(1, pick)[:, 0]
+    ok = torch.isfinite(vals.gather(1, pick)[:, 0])  # only rounding at the very top of the CDF can miss
+    return torch.where(ok, tok, ids.gather(1, vals.argmax(dim=1, keepdim=True))[:, 0])
+
+
+def forced_ids(mask: torch.Tensor) -> torch.Tensor:
+    """The one id each row's mask allows (rows that are forced)."""
+    return mask.view(torch.uint8).argmax(dim=1)
 
 
 # ----- the loop -------------------------------------------------------------------------------------
@@ -89,10 +127,14 @@ def window(seq: np.ndarray, length: int, codec: Codec, size: int) -> np.ndarray:
 
 
 class Decoder:
-    """One call's model, device, sampling settings and generator (shared by a task's chunks)."""
+    """One call's model, device, sampling settings and generator (shared by a task's chunks).
+
+    ``one_pass=False`` runs the model at every token, forced or not: the reference path the tests
+    compare forced runs against.
+    """
 
     def __init__(self, model, codec: Codec, sampling: Sampling, *, device=None, listener: Listener | None = None,
-                 keep_fraction: float = KEEP_FRACTION):
+                 keep_fraction: float = KEEP_FRACTION, one_pass: bool = True):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.codec = codec
@@ -102,12 +144,28 @@ class Decoder:
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
+        self.one_pass = one_pass
+        self.forwards = 0  # model calls so far (the benchmark and tests read it)
 
     def _forward(self, ids: np.ndarray | torch.Tensor, cache) -> torch.Tensor:
         x = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
+        self.forwards += 1
         with autocast(self.device, sampling_dtype(self.device)):
             logits, _ = self.model(x, cache=cache, last_only=True)
         return logits[:, -1, : self.codec.vocab_size].float()
+
+    def _feed(self, seq: np.ndarray, dev_seq: torch.Tensor, start: int, end: int, cache) -> torch.Tensor:
+        """Logits after tokens ``[start, end)`` (decided, not yet in the cache), fed in one forward.
+
+        Where they do not fit, the context slides where the token-by-token path slid (at the first
+        token that found the cache full), so the logits are the ones it would have computed."""
+        while cache.length + (end - start) > self.block:
+            start += self.block - cache.length + 1  # the tokens that still fit, then the one that slides
+            cache.reset()
+            logits = self._forward(window(seq, start, self.codec, self.keep), cache)
+            if start == end:
+                return logits
+        return self._forward(dev_seq[:, start:end], cache)
 
     @torch.inference_mode()
     def decode(self, prefix: np.ndarray, grammar: Grammar, budget: int) -> np.ndarray:
@@ -118,20 +176,32 @@ class Decoder:
         L = len(prefix)
         seq = np.zeros((B, L + budget), dtype=np.int64)
         seq[:, :L] = prefix
-        dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window reads it on the device
+        dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window and the forced runs read it
         dtype = sampling_dtype(self.device)
         cache = self.model.new_cache(B, dtype=None if dtype == torch.float32 else dtype)
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
+        fed = L  # tokens before this index are in the cache (or behind the window)
+        mask = grammar.mask()
+        width = mask.sum(dim=1).cpu().numpy()
         done = np.zeros(B, bool)
+        wide = wide_float(self.device)
         for new in range(budget):
-            if self.penalty != 1.0:
-                recent = dev_seq[:, max(0, L - REPETITION_WINDOW) : L]
-                logits = penalize(logits, recent, codec, self.penalty)
-            tok = draw(logits, grammar.mask(), self.temperature, self.top_k, self.top_p, self.gen)
+            u = torch.rand((B, 1), generator=self.gen, dtype=wide, device=self.device)  # forced or not
+            if self.one_pass and (width == 1).all():
+                tok = forced_ids(mask)
+            else:
+                if fed < L:
+                    logits = self._feed(seq, dev_seq, fed, L, cache)
+                    fed = L
+                if self.penalty != 1.0:
+                    logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
+                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
             grammar.advance(tok)
             dev_seq[:, L] = tok
-            host = tok.cpu().numpy()  # the one transfer per step
+            mask = grammar.mask()
+            back = torch.stack((tok, mask.sum(dim=1))).cpu().numpy()  # the one transfer per step
+            host, width = back[0], back[1]
             grammar.observe(host)
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1
@@ -140,9 +210,7 @@ class Decoder:
                 raise Cancelled("cancelled")
             if done.all() or new + 1 >= budget:
                 break
-            if cache.length >= self.block:
-                cache.reset()
-                logits = self._forward(window(seq, L, codec, self.keep), cache)
-            else:
-                logits = self._forward(tok[:, None], cache)
+            if not self.one_pass:
+                logits = self._feed(seq, dev_seq, fed, L, cache)
+                fed = L
         return seq[:, :L]
