@@ -74,35 +74,54 @@ def penalize(logits: torch.Tensor, recent: torch.Tensor, codec: Codec, penalty: 
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+def candidates(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, width) allowed ids of each row in increasing order, and which of those slots are real.
+
+    ``width`` is at least the most ids any row allows. A running count of the mask gives each allowed id
+    its slot; rows with fewer ids are padded (with id 0, marked not real). Three passes over the
+    vocabulary, against a sort of it."""
+    B, V = mask.shape
+    count = torch.cumsum(mask, dim=1)
+    slot = torch.where(mask, count - 1, width)  # everything not allowed lands in a spill column
+    ids = torch.zeros((B, width + 1), dtype=torch.long, device=mask.device)
+    ids.scatter_(1, slot, torch.arange(V, device=mask.device).expand(B, V))
+    real = torch.arange(width, device=mask.device)[None, :] < count[:, -1:]
+    return ids[:, :width], real
+
+
 def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
          u: torch.Tensor, width: int | None = None) -> torch.Tensor:
     """One id per row from float32 logits restricted to ``mask``, with the uniforms ``u`` (B, 1).
 
     ``width`` (at least the most ids any row's mask allows; None: the whole vocabulary) bounds the
-    candidates: the ``width`` highest masked logits hold every allowed id, so top-k, top-p and the CDF
-    work on that many values, not on the 18k-wide vocabulary. The CDF runs over the candidates in id
-    order, as it would over the whole vocabulary (the other ids add exact zeros), so the same uniform
-    picks the same id. All on one device, no host sync.
+    work: top-k, top-p and the CDF run over each row's allowed ids (``candidates``), not over the
+    18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
+    other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
     """
-    x = logits.masked_fill(~mask, float("-inf"))
-    k = x.size(1) if width is None else max(1, min(int(width), x.size(1)))
-    vals, ids = torch.topk(x, k, dim=1)  # descending
-    vals = vals / temperature
-    if top_k is not None and top_k < k:  # ties with the k-th value stay, as a cut over the vocabulary keeps them
-        vals = vals.masked_fill(vals < vals[:, top_k - 1 : top_k], float("-inf"))
+    V = logits.size(1)
+    k = V if width is None else max(1, min(int(width), V))
+    ids, real = candidates(mask, k)
+    x = logits.gather(1, ids).masked_fill(~real, float("-inf")) / temperature
+    if top_k is not None and top_k < k:
+        kth = torch.topk(x, top_k, dim=1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        probs = torch.softmax(vals, dim=1)
+        sorted_x, order = torch.sort(x, dim=1, descending=True)
+        probs = torch.softmax(sorted_x, dim=1)
         before = torch.cumsum(probs, dim=1) - probs  # mass of the strictly more likely ids
         drop = before > top_p
         drop[:, 0] = False
-        vals = vals.masked_fill(drop, float("-inf"))
-    ids, order = torch.sort(ids, dim=1)  # id order: the CDF the whole-vocabulary draw builds
-    vals = vals.gather(1, order)
-    cdf = torch.cumsum(torch.softmax(vals.to(u.dtype), dim=1), dim=1)
+        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+    cdf = torch.cumsum(torch.softmax(x.to(u.dtype), dim=1), dim=1)
     pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
-    tok = ids.gather(1, pick)[:, 0]
-    ok = torch.isfinite(vals.gather(1, pick)[:, 0])  # only rounding at the very top of the CDF can miss
-    return torch.where(ok, tok, ids.gather(1, vals.argmax(dim=1, keepdim=True))[:, 0])
+    ok = torch.isfinite(x.gather(1, pick))[:, 0]  # only rounding at the very top of the CDF can miss
+    return torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, x.argmax(dim=1, keepdim=True))[:, 0])
+
+
+def allowed_counts(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: how many ids each row may write (1: the row is forced). Summed as bytes: a bool sum
+    over 18k ids costs several times more on a CPU."""
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
 def forced_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -183,7 +202,7 @@ class Decoder:
         logits = self._forward(ctx, cache)
         fed = L  # tokens before this index are in the cache (or behind the window)
         mask = grammar.mask()
-        width = mask.sum(dim=1).cpu().numpy()
+        width = allowed_counts(mask).cpu().numpy()
         done = np.zeros(B, bool)
         wide = wide_float(self.device)
         for new in range(budget):
@@ -200,7 +219,7 @@ class Decoder:
             grammar.advance(tok)
             dev_seq[:, L] = tok
             mask = grammar.mask()
-            back = torch.stack((tok, mask.sum(dim=1))).cpu().numpy()  # the one transfer per step
+            back = torch.stack((tok, allowed_counts(mask))).cpu().numpy()  # the one transfer per step
             host, width = back[0], back[1]
             grammar.observe(host)
             seq[:, L] = np.where(done, codec.EOS, host)

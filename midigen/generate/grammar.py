@@ -55,6 +55,8 @@ class _Tables:
         c, p = codec, codec.params
         t = lambda a, dt=torch.long: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
         self.kind = t(c.kinds(np.arange(c.vocab_size)).astype(np.int64))
+        last = {Kind.SHIFT: _K_SHIFT, Kind.TEMPO: _K_TEMPO, Kind.NOTE: _K_NOTE, Kind.DV: _K_DV}
+        self.last_kind = t([last.get(k, _K_OTHER) for k in Kind])  # a kind -> its code for the one-back rules
         self.steps = t(c.shift_steps())
         self.shift_k = torch.arange(1, p.max_shift + 1, device=device)
         self.n_tempo = c.ts_start - c.tempo_start
@@ -214,9 +216,7 @@ class Grammar:
             self._advance_given(t, kind, live)
         self._advance_notes(t, kind, live)
         self.phase = torch.where(live & (t == self.codec.EOS), DONE, self.phase)
-        self.last_kind = torch.where(kind == Kind.SHIFT, _K_SHIFT, torch.where(
-            kind == Kind.TEMPO, _K_TEMPO, torch.where(kind == Kind.NOTE, _K_NOTE, torch.where(
-                kind == Kind.DV, _K_DV, _K_OTHER))))
+        self.last_kind = self.T.last_kind[kind]
 
     def _advance_tempo(self, t, kind, live, head=None) -> None:
         """A tempo change among the events (or, with ``head``, the header's tempo)."""
@@ -308,7 +308,8 @@ class Grammar:
         _end_rules(self, m, events, room, m[:, c.shift_start : c.tempo_start], ev_tempo)  # the shifts left
         if owed is not None:
             m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
-        dead = ~m.any(dim=1)  # a row left with nothing (should not happen) may end rather than sample garbage
+        dead = m.view(torch.uint8).amax(dim=1) == 0  # a row left with nothing (should not happen) may end
+        # rather than sample garbage (amax over bytes: ~20x cheaper than any() over 18k bools on a CPU)
         m[:, c.EOS] |= dead
         return m
 
