@@ -48,6 +48,12 @@ REPETITION_WINDOW = 256  # recent tokens whose notes the repetition penalty disc
 Listener = Callable[[np.ndarray], object]
 
 
+def realtime(music_seconds: float, compute_seconds: float) -> float:
+    """Seconds of music written per second of compute (> 1: faster than it plays). Every piece's
+    summary reports it; pieces written together in one call share that call's time."""
+    return float(music_seconds) / max(float(compute_seconds), 1e-9)
+
+
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
     """The seeded generator every draw of a call comes from, on the model's device."""
     return torch.Generator(device=device).manual_seed(int(seed))

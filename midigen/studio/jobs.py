@@ -26,7 +26,8 @@ from midigen.studio import splice
 from midigen.studio.roll import instruments_of, stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
-from midigen.generate.edit import arrange, infill
+from midigen.generate.edit import arrange_edits, infill_edits
+from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
 from midigen.generate.sample import generate_samples, sample_score
@@ -143,8 +144,9 @@ class Engine:
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
                              device=self.device)[0]
-        label = f"generated {req['seconds']:g} s · seed {sampling.seed}"
-        return [(sample_score(self.codec, s), label, {**req, "seed": sampling.seed})]
+        out = sample_score(self.codec, s)
+        label = f"generated {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, out)}"
+        return [(out, label, {**req, "seed": sampling.seed})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
@@ -156,18 +158,19 @@ class Engine:
                              instruments=insts, tempo=tempo, listener=progress, sampling=sampling,
                              device=self.device)[0]
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
-        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed}"
+        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, sample_score(self.codec, s))}"
         return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": sampling.seed})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
-        scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress, **kw)
+        edits = infill_edits(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"],
+                             instruments=insts, num_samples=req["num_samples"], controls=self.steering(req)[0],
+                             listener=progress, **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
-        return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
-                for i, sc in enumerate(scores)]
+        return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · {e.realtime:.1f}× real time",
+                 {**req, "seed": kw["seed"]}) for i, e in enumerate(edits)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
@@ -175,11 +178,16 @@ class Engine:
         keep = req.get("keep")
         keep = None if keep is None else resolve_instruments(keep, instruments_of(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
-        scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         controls=self.steering(req)[0], listener=progress, **kw)
+        edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
+                              controls=self.steering(req)[0], listener=progress, **kw)
         names = ", ".join(instrument_name(i) for i in add)
-        return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
-                 {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
+        return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}) for i, e in enumerate(edits)]
+
+
+def _pace(sample, score) -> str:
+    """How much faster than real time a sample's new music was written, for its version's label."""
+    return f"{realtime(notes_end_seconds(score) - sample.start_seconds, sample.compute_seconds):.1f}× real time"
 
 
 def facts(score) -> dict:
