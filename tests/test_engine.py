@@ -9,10 +9,12 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import types
 from functools import partial
 from pathlib import Path
 
@@ -182,3 +184,61 @@ def tiny_ckpt_song(tmp_path):
     song = tmp_path / "band.mid"
     song.write_bytes(bytes(make_song(4, bars=6, tpq=480).dumps_midi()))
     return song, tmp_path
+
+
+# ----- the static step (CUDA graphs) ------------------------------------------------------------------
+
+
+def test_static_decode_step_gives_the_cached_forwards_logits(tiny):
+    model, codec = tiny
+    ids = torch.randint(3, 400, (2, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref_cache, cache = model.new_cache(2), model.new_cache(2)
+        model(ids[:, :30], cache=ref_cache)
+        model(ids[:, :30], cache=cache)
+        for i in range(30, 40):
+            want, _ = model(ids[:, i : i + 1], cache=ref_cache)
+            got = model.decode_step(ids[:, i : i + 1], torch.tensor([i]), cache)
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(cache.k[:, :, :, :40], ref_cache.k[:, :, :, :40])
+
+
+def test_decoder_with_the_static_step_writes_the_same_tokens(tiny):
+    model, codec = tiny
+    sampling = Sampling(seed=4, top_p=0.95)
+    dec = engine.Decoder(model, codec, sampling, static_step=True)
+    prefix = np.array([codec.BOS, codec.inst_token(0), codec.inst_token(33), codec.tempo_token(100)], np.int64)
+    got = [dec.decode(prefix, _edit_grammar(codec, 2, 150), 150) for _ in range(2)]  # the second reuses the cache
+    assert list(dec._steps) == [2] and dec._steps[2].graph is None  # CPU: the step runs eagerly
+    ref = engine.Decoder(model, codec, sampling, static_step=False)
+    want = [ref.decode(prefix, _edit_grammar(codec, 2, 150), 150) for _ in range(2)]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_static_step_capture_warms_up_off_the_live_cache_and_replays(tiny, monkeypatch):
+    """CUDA's stream and graph calls faked on the CPU: the warm-up writes only the cache's last slot (no
+    step reads it before writing it), the capture records once, and each step replays it."""
+    model, codec = tiny
+    calls = []
+
+    class FakeGraph:
+        def replay(self):
+            calls.append("replay")
+
+    @contextlib.contextmanager
+    def fake_graph(g):
+        calls.append("capture")
+        yield
+
+    fake = types.SimpleNamespace(Stream=lambda dev: types.SimpleNamespace(wait_stream=lambda s: None),
+                                 current_stream=lambda dev=None: types.SimpleNamespace(wait_stream=lambda s: None),
+                                 stream=lambda s: contextlib.nullcontext(), CUDAGraph=FakeGraph, graph=fake_graph)
+    monkeypatch.setattr(torch, "cuda", fake)
+    dec = engine.Decoder(model, codec, Sampling(seed=0), static_step=True)
+    with torch.inference_mode():
+        cache = model.new_cache(1)
+        step = engine.StaticStep(dec, cache, 1, capture=True)
+        assert calls == ["capture"] and cache.k[:, :, :, :-1].abs().sum() == 0 and cache.k[:, :, :, -1].abs().sum() > 0
+        out = step(torch.tensor([5]))
+        assert calls == ["capture", "replay"] and out is step.out and cache.length == 1

@@ -135,6 +135,55 @@ def forced_ids(mask: torch.Tensor) -> torch.Tensor:
     return mask.view(torch.uint8).argmax(dim=1)
 
 
+# ----- the step as a CUDA graph ---------------------------------------------------------------------
+
+CUDA_GRAPHS = False  # replay the one-token step from a CUDA graph (benchmarks/gpu_check.sh measures both)
+
+
+class StaticStep:
+    """The one-token step with static shapes (``GPT.decode_step``), replayed from a CUDA graph.
+
+    The token and position sit in fixed device buffers and the KV cache is the whole preallocated one,
+    so every step runs the same kernels on the same memory: on CUDA that is recorded once per batch
+    size (``capture``) and replayed, which removes the per-kernel launch cost that dominates a small
+    model's step. Without ``capture`` the same code runs eagerly (how the CPU tests exercise it).
+    Warm-up and capture write at the cache's last position, which no step reads before writing it.
+    """
+
+    def __init__(self, decoder: "Decoder", cache, batch: int, capture: bool):
+        self.decoder, self.cache = decoder, cache
+        dev = decoder.device
+        self.tok = torch.zeros((batch, 1), dtype=torch.long, device=dev)
+        self.pos = torch.full((1,), cache.max_len - 1, dtype=torch.long, device=dev)
+        self.graph = None
+        if capture:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # kernels chosen and memory pooled before recording
+                    self._run()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._run()
+
+    def _run(self) -> torch.Tensor:
+        d = self.decoder
+        with autocast(d.device, sampling_dtype(d.device)):
+            logits = d.model.decode_step(self.tok, self.pos, self.cache)
+        return logits[:, -1, : d.codec.vocab_size].float()
+
+    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+        """Logits after ``tok`` (B,), fed at the cache's length (which advances by one)."""
+        self.tok.copy_(tok.view(-1, 1))
+        self.pos.fill_(self.cache.length)
+        self.cache.length += 1
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        return self.out
+
+
 # ----- the loop -------------------------------------------------------------------------------------
 
 
@@ -155,11 +204,13 @@ class Decoder:
     """One call's model, device, sampling settings and generator (shared by a task's chunks).
 
     ``one_pass=False`` runs the model at every token, forced or not: the reference path the tests
-    compare forced runs against.
+    compare forced runs against. ``static_step`` feeds single tokens through ``StaticStep`` (default:
+    ``CUDA_GRAPHS`` on a CUDA device), recorded as a CUDA graph there and run eagerly elsewhere; its KV
+    cache and graph are kept per batch size for the decoder's next calls.
     """
 
     def __init__(self, model, codec: Codec, sampling: Sampling, *, device=None, listener: Listener | None = None,
-                 keep_fraction: float = KEEP_FRACTION, one_pass: bool = True):
+                 keep_fraction: float = KEEP_FRACTION, one_pass: bool = True, static_step: bool | None = None):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.codec = codec
@@ -171,6 +222,22 @@ class Decoder:
         self.gen = make_generator(self.device, sampling.seed)
         self.one_pass = one_pass
         self.forwards = 0  # model calls so far (the benchmark and tests read it)
+        cuda = self.device.type == "cuda"
+        self.static_step = (CUDA_GRAPHS and cuda) if static_step is None else bool(static_step)
+        self._steps: dict[int, StaticStep] = {}  # batch size -> its static step (and cache)
+
+    def _new_cache(self, batch: int):
+        """A KV cache for ``batch`` rows (the static step's, reused, when there is one) and its step."""
+        dtype = sampling_dtype(self.device)
+        dtype = None if dtype == torch.float32 else dtype
+        if not self.static_step:
+            return self.model.new_cache(batch, dtype=dtype), None
+        step = self._steps.get(batch)
+        if step is None:
+            cache = self.model.new_cache(batch, dtype=dtype)
+            step = self._steps[batch] = StaticStep(self, cache, batch, capture=self.device.type == "cuda")
+        step.cache.reset()
+        return step.cache, step
 
     def _forward(self, ids: np.ndarray | torch.Tensor, cache) -> torch.Tensor:
         x = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
@@ -179,7 +246,7 @@ class Decoder:
             logits, _ = self.model(x, cache=cache, last_only=True)
         return logits[:, -1, : self.codec.vocab_size].float()
 
-    def _feed(self, seq: np.ndarray, dev_seq: torch.Tensor, start: int, end: int, cache) -> torch.Tensor:
+    def _feed(self, seq: np.ndarray, dev_seq: torch.Tensor, start: int, end: int, cache, step=None) -> torch.Tensor:
         """Logits after tokens ``[start, end)`` (decided, not yet in the cache), fed in one forward.
 
         Where they do not fit, the context slides where the token-by-token path slid (at the first
@@ -190,6 +257,9 @@ class Decoder:
             logits = self._forward(window(seq, start, self.codec, self.keep), cache)
             if start == end:
                 return logits
+        if step is not None and end - start == 1:
+            self.forwards += 1
+            return step(dev_seq[:, start])
         return self._forward(dev_seq[:, start:end], cache)
 
     @torch.inference_mode()
@@ -202,8 +272,7 @@ class Decoder:
         seq = np.zeros((B, L + budget), dtype=np.int64)
         seq[:, :L] = prefix
         dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window and the forced runs read it
-        dtype = sampling_dtype(self.device)
-        cache = self.model.new_cache(B, dtype=None if dtype == torch.float32 else dtype)
+        cache, step = self._new_cache(B)
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
         fed = L  # tokens before this index are in the cache (or behind the window)
@@ -217,7 +286,7 @@ class Decoder:
                 tok = forced_ids(mask)
             else:
                 if fed < L:
-                    logits = self._feed(seq, dev_seq, fed, L, cache)
+                    logits = self._feed(seq, dev_seq, fed, L, cache, step)
                     fed = L
                 if self.penalty != 1.0:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
@@ -236,6 +305,6 @@ class Decoder:
             if done.all() or new + 1 >= budget:
                 break
             if not self.one_pass:
-                logits = self._feed(seq, dev_seq, fed, L, cache)
+                logits = self._feed(seq, dev_seq, fed, L, cache, step)
                 fed = L
         return seq[:, :L]
