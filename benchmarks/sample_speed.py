@@ -210,7 +210,8 @@ def _child(tree: Path, what: str, batch: int, tokens: int, threads: int, seconds
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: float, batches=(1, 16)) -> dict:
+def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: float, batches=(1, 16),
+                    arrange: bool = True) -> dict:
     """Old (git ``ref``) vs this tree, each run in its own child process, old and new alternating.
 
     Per tree, the medians of ``rounds`` runs of: the engine's tokens/s at each batch size (top-k 200)
@@ -222,9 +223,9 @@ def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: f
     import statistics
 
     trees = {"old": _old_tree(ref), "new": ROOT}
-    jobs = [(f"engine_b{b}", "engine", b) for b in batches] + [("engine_p_b1", "engine_p", 1), ("bare", "bare", 1),
-                                                               ("arrange", "arrange", 1), ("sample", "sample", 1),
-                                                               ("sample_dense", "sample_dense", 1)]
+    jobs = [(f"engine_b{b}", "engine", b) for b in batches] + [("engine_p_b1", "engine_p", 1), ("bare", "bare", 1)]
+    if arrange:
+        jobs += [("arrange", "arrange", 1), ("sample", "sample", 1), ("sample_dense", "sample_dense", 1)]
     runs = {t: {name: [] for name, _, _ in jobs} for t in trees}
     walls = {t: {name: [] for name, _, _ in jobs} for t in trees}
     for _ in range(rounds):
@@ -242,11 +243,13 @@ def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: f
         out["trees"][t] = {
             **{f"{k} tokens/s": round(m[k], 1) for k in m if k.startswith("engine") or k == "bare"},
             "engine_b1 / bare": round(m["engine_b1"] / m["bare"], 3),
-            "engine_p_b1 / bare": round(m["engine_p_b1"] / m["bare"], 3),
-            "arrange s": round(m["arrange"], 2), "sample s": round(m["sample"], 2),
-            "sample_dense s": round(m["sample_dense"], 2),
-            "arrange / sample": round(m["arrange"] / m["sample"], 3),
-            "arrange / sample_dense": round(m["arrange"] / m["sample_dense"], 3)}
+            "engine_p_b1 / bare": round(m["engine_p_b1"] / m["bare"], 3)}
+        if arrange:
+            out["trees"][t].update({
+                "arrange s": round(m["arrange"], 2), "sample s": round(m["sample"], 2),
+                "sample_dense s": round(m["sample_dense"], 2),
+                "arrange / sample": round(m["arrange"] / m["sample"], 3),
+                "arrange / sample_dense": round(m["arrange"] / m["sample_dense"], 3)})
     o, n = out["trees"]["old"], out["trees"]["new"]
     out["new_over_old"] = {k: round(n[k] / o[k], 3) for k in o if o[k]}
     width = max(len(k) for k in o)
@@ -264,6 +267,7 @@ def main() -> None:
     ap.add_argument("--engine-child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--what", default="engine", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0, help="--compare: seconds of song to arrange and sample")
+    ap.add_argument("--no-arrange", action="store_true", help="--compare: the engine and bare forward only")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cached-steps", type=int, default=32)
     ap.add_argument("--uncached-steps", type=int, default=3)
@@ -274,7 +278,7 @@ def main() -> None:
     if a.engine_child is not None:
         return engine_child(a.engine_child, a.tokens, a.threads, a.what, a.seconds)
     if a.compare is not None:
-        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads, a.seconds)
+        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads, a.seconds, arrange=not a.no_arrange)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
         return None

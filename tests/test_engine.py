@@ -122,6 +122,18 @@ def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, to
         assert mask.gather(1, got[:, None]).all()
 
 
+def test_both_ways_of_finding_candidates_agree():
+    gen = torch.Generator().manual_seed(2)
+    for rows, share in ((1, 0.01), (5, 0.1), (16, 0.001)):
+        mask = torch.rand((rows, 4000), generator=gen) < share
+        mask[-1] = False
+        mask[-1, 3999] = True  # a forced row
+        width = int(engine.allowed_counts(mask).max())
+        a, b = engine._candidates_by_count(mask, width), engine._candidates_by_nonzero(mask, width)
+        assert torch.equal(a[1], b[1]) and torch.equal(a[0][a[1]], b[0][b[1]])
+        assert torch.equal(a[0][a[1]], mask.nonzero()[:, 1])  # every allowed id once, rows in order
+
+
 def test_forced_ids_and_counts():
     mask = torch.zeros((3, 50), dtype=torch.bool)
     mask[0, 7] = mask[1, 3] = mask[1, 40] = True

@@ -83,9 +83,17 @@ def penalize(logits: torch.Tensor, recent: torch.Tensor, codec: Codec, penalty: 
 def candidates(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, width) allowed ids of each row in increasing order, and which of those slots are real.
 
-    ``width`` is at least the most ids any row allows. A running count of the mask gives each allowed id
-    its slot; rows with fewer ids are padded (with id 0, marked not real). Three passes over the
-    vocabulary, against a sort of it."""
+    ``width`` is at least the most ids any row allows; rows with fewer ids are padded (with id 0,
+    marked not real). On a CPU the ids come from ``nonzero`` (2-4x cheaper than the running count, and
+    a CPU has no device to sync with); elsewhere from a running count of the mask, which stays on the
+    device."""
+    if mask.device.type == "cpu":
+        return _candidates_by_nonzero(mask, width)
+    return _candidates_by_count(mask, width)
+
+
+def _candidates_by_count(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A running count of the mask gives each allowed id its slot (three passes over the vocabulary)."""
     B, V = mask.shape
     count = torch.cumsum(mask, dim=1)
     slot = torch.where(mask, count - 1, width)  # everything not allowed lands in a spill column
@@ -93,6 +101,17 @@ def candidates(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tens
     ids.scatter_(1, slot, torch.arange(V, device=mask.device).expand(B, V))
     real = torch.arange(width, device=mask.device)[None, :] < count[:, -1:]
     return ids[:, :width], real
+
+
+def _candidates_by_nonzero(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The allowed (row, id) pairs in row-major order, each placed after its row's earlier ones."""
+    B = mask.size(0)
+    row, col = mask.nonzero(as_tuple=True)
+    counts = torch.bincount(row, minlength=B)
+    slot = torch.arange(row.numel(), device=mask.device) - (torch.cumsum(counts, 0) - counts)[row]
+    ids = torch.zeros((B, width), dtype=torch.long, device=mask.device)
+    ids[row, slot] = col
+    return ids, torch.arange(width, device=mask.device)[None, :] < counts[:, None]
 
 
 def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,

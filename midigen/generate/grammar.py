@@ -143,6 +143,8 @@ class Grammar:
     def observe(self, host_tokens: np.ndarray) -> None:
         """The sampled ids as the host sees them (the engine's one transfer): a row that wrote a SHIFT or
         a NOTE is past its header, so the header rules can be skipped once every row is."""
+        if not self.in_header.any():
+            return
         k = self.codec.kinds(host_tokens)
         self.in_header &= ~((k == Kind.SHIFT) | (k == Kind.NOTE))
 
