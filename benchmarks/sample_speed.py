@@ -21,6 +21,7 @@ present, else a 6-layer 384-wide stand-in). For each:
 
     .venv/bin/python benchmarks/sample_speed.py [--threads 2] [--skip-124m] [--json FILE]
     .venv/bin/python benchmarks/sample_speed.py --compare 071453a --threads 1 [--rounds 3] [--tokens 300] [--seconds 60]
+    .venv/bin/python benchmarks/sample_speed.py --profile --threads 1 --tokens 600   # PYTHONPATH=OLD_TREE for another
 """
 from __future__ import annotations
 
@@ -186,6 +187,39 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
     print(json.dumps(out))
 
 
+def profile_step(tokens: int, threads: int) -> dict:
+    """Where a step's CPU time goes: cProfile of ``generate_samples`` (demo shape, b = 1, top-p 0.95),
+    shares of ``Decoder.decode`` by part. Works on any tree (``PYTHONPATH`` picks it)."""
+    import cProfile
+    import pstats
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    codec = Codec()
+    _, cfg = demo_config(padded_vocab(codec.vocab_size))
+    model = GPT(cfg).eval()
+
+    def run():
+        generate_samples(model, codec, num_samples=1, max_new_tokens=tokens, instruments=[0, 33, 128], tempo=120,
+                         sampling=Sampling(seed=0, top_p=0.95))
+
+    run()
+    prof = cProfile.Profile(timer=time.process_time)
+    prof.runcall(run)
+    stats = pstats.Stats(prof).stats
+
+    def cum(name: str, file: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[2] == name and k[0].endswith(file))
+
+    whole = cum("decode", "engine.py")
+    parts = {"model forward": cum("_forward", "engine.py"), "draw": cum("draw", "engine.py"),
+             "grammar mask": cum("mask", "grammar.py"), "grammar advance": cum("advance", "grammar.py"),
+             "grammar observe": cum("observe", "grammar.py"), "allowed counts": cum("allowed_counts", "engine.py")}
+    parts["loop, transfer, bookkeeping"] = whole - sum(parts.values())
+    return {"tokens": tokens, "decode_cpu_s": round(whole, 3),
+            "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}
+
+
 def _old_tree(ref: str) -> Path:
     """``midigen`` at git revision ``ref``, unpacked into a temporary folder."""
     import io
@@ -268,6 +302,7 @@ def main() -> None:
     ap.add_argument("--what", default="engine", help=argparse.SUPPRESS)
     ap.add_argument("--seconds", type=float, default=60.0, help="--compare: seconds of song to arrange and sample")
     ap.add_argument("--no-arrange", action="store_true", help="--compare: the engine and bare forward only")
+    ap.add_argument("--profile", action="store_true", help="where the engine's step goes (cProfile, b = 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cached-steps", type=int, default=32)
     ap.add_argument("--uncached-steps", type=int, default=3)
@@ -275,6 +310,8 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the runs at real-song token density")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
+    if a.profile:
+        return print(json.dumps(profile_step(a.tokens, a.threads), indent=1))
     if a.engine_child is not None:
         return engine_child(a.engine_child, a.tokens, a.threads, a.what, a.seconds)
     if a.compare is not None:
