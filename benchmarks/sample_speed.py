@@ -11,13 +11,17 @@ present, else a 6-layer 384-wide stand-in). For each:
   trained one, so the run is repeated with a token budget at the density of real multi-track songs
   (the ``tests/songgen.py`` songs, measured here) to show what a trained model would cost.
 
-* with ``--compare REF``: the decoding engine of this tree against the one at git revision REF (e.g.
-  the last commit with the numpy grammar mask, 542de8f), side by side: each is timed in its own child
-  process (same model weights, seed, thread count and token budget), alternating old/new for
-  ``--rounds`` rounds, at batch 1 and 16; the figure is tokens/s and the new/old ratio per batch size.
+* with ``--compare REF``: this tree against git revision REF (e.g. the commit an engine change started
+  from), side by side in one run: every figure is timed in its own child process (same random-init
+  demo-shaped model, seed and thread count), old and new alternating for ``--rounds`` rounds, and the
+  medians are printed in one table: the engine's tokens/s (b = 1 and 16, top-k 200; b = 1, top-p 0.95),
+  the bare forward's (no grammar, no draw) and their ratio; the wall time of arranging a bass under the
+  first ``--seconds`` of a dense band song against sampling that long from nothing (with a time target,
+  and with a token budget at the song's density) and their ratio; and new / old for each.
 
     .venv/bin/python benchmarks/sample_speed.py [--threads 2] [--skip-124m] [--json FILE]
-    .venv/bin/python benchmarks/sample_speed.py --compare 542de8f [--rounds 3] [--tokens 200]
+    .venv/bin/python benchmarks/sample_speed.py --compare 071453a --threads 1 [--rounds 3] [--tokens 300] [--seconds 60]
+    .venv/bin/python benchmarks/sample_speed.py --profile --threads 1 --tokens 600   # PYTHONPATH=OLD_TREE for another
 """
 from __future__ import annotations
 
@@ -115,51 +119,177 @@ def song_density(codec: Codec, n: int = 10) -> float:
     return float(np.mean(rates))
 
 
-def engine_child(batch: int, tokens: int, threads: int) -> None:
-    """Time ``generate_samples`` of whatever ``midigen`` is on the path; print one JSON line."""
+def bare_forward(model: GPT, tokens: int) -> float:
+    """The bare forward (returns ``tokens``, for timing): one token at a time through the KV cache from a 4-token prompt,
+    argmax fed back, the cache restarted when full; no grammar, no draw."""
+    block = model.cfg.block_size
+    with torch.inference_mode():
+        cache = model.new_cache(1)
+        tok = torch.tensor([[1, 3, 4, 5]])
+        for _ in range(tokens):
+            if cache.length + tok.shape[1] > block:
+                cache.reset()
+            logits, _ = model(tok, cache=cache, last_only=True)
+            tok = logits[:, -1].argmax(-1, keepdim=True)
+        return tokens
+
+
+def arrange_song(seconds: float):
+    """The dense song arrange runs under: songgen's band song 7 (150 bars), its first ``seconds``."""
+    from midigen.music.timing import tick_at_seconds
+
+    song = make_song(7, bars=150, tpq=480)
+    return song.clip(0, tick_at_seconds(song, seconds), False)
+
+
+def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: float) -> None:
+    """Time ``what`` with whatever ``midigen`` is on the path; print one JSON line.
+
+    ``engine``: ``generate_samples`` of ``tokens`` new tokens (b = ``batch``, top-k 200); ``engine_p``:
+    the same at b = 1 with the commands' default nucleus (top-p 0.95); ``bare``: the bare forward
+    (``bare_forward``); ``arrange``: a bass part under the first ``seconds`` of the dense song (top-p
+    0.95); ``sample``: ``seconds`` of music from nothing with the song's instruments and the bass
+    (top-p 0.95); ``sample_dense``: the same with a token budget at the song's density instead of a
+    time target (what a trained model, which writes that densely, would cost)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     codec = Codec()
     _, cfg = demo_config(padded_vocab(codec.vocab_size))
     model = GPT(cfg).eval()
-    generate_samples(model, codec, num_samples=batch, max_new_tokens=8, instruments=[0, 33, 128], tempo=120,
+    insts = [0, 33, 128]
+    generate_samples(model, codec, num_samples=batch, max_new_tokens=8, instruments=insts, tempo=120,
                      sampling=Sampling(seed=0))
+    out = {"what": what, "batch": batch}
     w0, c0 = clocks()
-    out = generate_samples(model, codec, num_samples=batch, max_new_tokens=tokens,
-                           instruments=[0, 33, 128], tempo=120, sampling=Sampling(seed=0, top_k=200))
-    w1, c1 = clocks()
-    new = sum(len(s.tokens) - s.start_index - 1 for s in out)
-    print(json.dumps({"batch": batch, "tokens": new, "wall_s": w1 - w0, "cpu_s": c1 - c0,
-                      "tokens_per_s": new / (w1 - w0)}))
+    if what == "bare":
+        out["tokens"] = bare_forward(model, tokens)
+    elif what in ("engine", "engine_p"):
+        samp = Sampling(seed=0, top_k=200) if what == "engine" else Sampling(seed=0, top_p=0.95)
+        res = generate_samples(model, codec, num_samples=batch, max_new_tokens=tokens, instruments=insts,
+                               tempo=120, sampling=samp)
+        out["tokens"] = sum(len(s.tokens) - s.start_index - 1 for s in res)
+    elif what == "arrange":
+        from midigen.generate.edit import arrange_edits
+
+        (e,) = arrange_edits(model, codec, arrange_song(seconds), add=[33], seed=0, top_p=0.95)
+        out["written_notes"] = e.written
+    elif what in ("sample", "sample_dense"):
+        song = arrange_song(seconds)
+        song_insts = sorted({128 if t.is_drum else int(t.program) for t in song.tracks if t.note_num()} | {33})
+        dense = what == "sample_dense"
+        budget = int(len(codec.encode_score(song)) * 1.1) if dense else None
+        res = generate_samples(model, codec, seconds=None if dense else seconds, max_new_tokens=budget,
+                               instruments=song_insts, tempo=120, sampling=Sampling(seed=0, top_p=0.95))
+        out["tokens"] = len(res[0].tokens) - res[0].start_index - 1
+    out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
+    if what in ("bare", "engine", "engine_p"):
+        out["tokens_per_s"], out["tokens_per_cpu_s"] = out["tokens"] / out["wall_s"], out["tokens"] / out["cpu_s"]
+    print(json.dumps(out))
 
 
-def compare_engines(ref: str, rounds: int, tokens: int, threads: int) -> dict:
-    """Old (git ``ref``) vs this tree's engine, each in a child process, alternating."""
+def profile_step(tokens: int, threads: int) -> dict:
+    """Where a step's CPU time goes: cProfile of ``generate_samples`` (demo shape, b = 1, top-p 0.95),
+    shares of ``Decoder.decode`` by part. Works on any tree (``PYTHONPATH`` picks it)."""
+    import cProfile
+    import pstats
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    codec = Codec()
+    _, cfg = demo_config(padded_vocab(codec.vocab_size))
+    model = GPT(cfg).eval()
+
+    def run():
+        generate_samples(model, codec, num_samples=1, max_new_tokens=tokens, instruments=[0, 33, 128], tempo=120,
+                         sampling=Sampling(seed=0, top_p=0.95))
+
+    run()
+    prof = cProfile.Profile(timer=time.process_time)
+    prof.runcall(run)
+    stats = pstats.Stats(prof).stats
+
+    def cum(name: str, file: str) -> float:
+        return sum(v[3] for k, v in stats.items() if k[2] == name and k[0].endswith(file))
+
+    whole = cum("decode", "engine.py")
+    parts = {"model forward": cum("_forward", "engine.py"), "draw": cum("draw", "engine.py"),
+             "grammar mask": cum("mask", "grammar.py"), "grammar advance": cum("advance", "grammar.py"),
+             "grammar observe": cum("observe", "grammar.py"), "allowed counts": cum("allowed_counts", "engine.py")}
+    parts["loop, transfer, bookkeeping"] = whole - sum(parts.values())
+    return {"tokens": tokens, "decode_cpu_s": round(whole, 3),
+            "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}
+
+
+def _old_tree(ref: str) -> Path:
+    """``midigen`` at git revision ``ref``, unpacked into a temporary folder."""
+    import io
     import subprocess
     import tarfile
     import tempfile
 
     tmp = Path(tempfile.mkdtemp(prefix="midigen-old-"))
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "midigen"], check=True, capture_output=True)
-    import io
-
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tf:
         tf.extractall(tmp, filter="data")
-    trees = {"old": tmp, "new": ROOT}
-    out = {"ref": ref, "threads": threads, "tokens": tokens, "rounds": rounds, "batches": {}}
-    for batch in (1, 16):
-        runs = {"old": [], "new": []}
-        for _ in range(rounds):
-            for name, tree in trees.items():
-                env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads))
-                r = subprocess.run([sys.executable, __file__, "--engine-child", str(batch), "--tokens", str(tokens),
-                                    "--threads", str(threads)], env=env, capture_output=True, text=True, check=True)
-                runs[name].append(json.loads(r.stdout.strip().splitlines()[-1])["tokens_per_s"])
-        best = {k: max(v) for k, v in runs.items()}
-        out["batches"][batch] = {"old_tokens_per_s": [round(x, 1) for x in runs["old"]],
-                                 "new_tokens_per_s": [round(x, 1) for x in runs["new"]],
-                                 "new_over_old_best": round(best["new"] / best["old"], 3)}
-        print(json.dumps({"batch": batch, **out["batches"][batch]}), flush=True)
+    return tmp
+
+
+def _child(tree: Path, what: str, batch: int, tokens: int, threads: int, seconds: float) -> dict:
+    import subprocess
+
+    env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads))
+    r = subprocess.run([sys.executable, __file__, "--engine-child", str(batch), "--what", what, "--tokens", str(tokens),
+                        "--threads", str(threads), "--seconds", str(seconds)], env=env, capture_output=True,
+                       text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: float, batches=(1, 16),
+                    arrange: bool = True) -> dict:
+    """Old (git ``ref``) vs this tree, each run in its own child process, old and new alternating.
+
+    Per tree, the medians of ``rounds`` runs of: the engine's tokens/s at each batch size (top-k 200)
+    and at b = 1 with top-p 0.95, the bare forward's tokens/s, and the wall time of arranging a bass
+    under ``seconds`` of the dense song against sampling that long from nothing (with a time target,
+    and with a token budget at the song's density). Printed side by side: engine / bare, arrange /
+    sample, and new / old. The figures are per CPU second of the child (the wall-clock ones are kept in
+    ``runs_wall``): on a machine shared with other jobs, CPU time is what stays put."""
+    import statistics
+
+    trees = {"old": _old_tree(ref), "new": ROOT}
+    jobs = [(f"engine_b{b}", "engine", b) for b in batches] + [("engine_p_b1", "engine_p", 1), ("bare", "bare", 1)]
+    if arrange:
+        jobs += [("arrange", "arrange", 1), ("sample", "sample", 1), ("sample_dense", "sample_dense", 1)]
+    runs = {t: {name: [] for name, _, _ in jobs} for t in trees}
+    walls = {t: {name: [] for name, _, _ in jobs} for t in trees}
+    for _ in range(rounds):
+        for name, what, b in jobs:
+            for t, tree in trees.items():
+                r = _child(tree, what, b, tokens, threads, seconds)
+                runs[t][name].append(r["tokens_per_cpu_s"] if "tokens_per_s" in r else r["cpu_s"])
+                walls[t][name].append(r["tokens_per_s"] if "tokens_per_s" in r else r["wall_s"])
+                print(json.dumps({"tree": t, "job": name, **r}), flush=True)
+    med = {t: {k: statistics.median(v) for k, v in r.items()} for t, r in runs.items()}
+    out = {"ref": ref, "threads": threads, "tokens": tokens, "rounds": rounds, "arrange_seconds": seconds,
+           "load_avg": os.getloadavg()[0], "runs": runs, "runs_wall": walls, "median": med, "trees": {}}
+    for t in trees:
+        m = med[t]
+        out["trees"][t] = {
+            **{f"{k} tokens/s": round(m[k], 1) for k in m if k.startswith("engine") or k == "bare"},
+            "engine_b1 / bare": round(m["engine_b1"] / m["bare"], 3),
+            "engine_p_b1 / bare": round(m["engine_p_b1"] / m["bare"], 3)}
+        if arrange:
+            out["trees"][t].update({
+                "arrange s": round(m["arrange"], 2), "sample s": round(m["sample"], 2),
+                "sample_dense s": round(m["sample_dense"], 2),
+                "arrange / sample": round(m["arrange"] / m["sample"], 3),
+                "arrange / sample_dense": round(m["arrange"] / m["sample_dense"], 3)})
+    o, n = out["trees"]["old"], out["trees"]["new"]
+    out["new_over_old"] = {k: round(n[k] / o[k], 3) for k in o if o[k]}
+    width = max(len(k) for k in o)
+    print(f"{'':{width}}  {'old ' + ref:>14}  {'new':>10}  {'new/old':>8}")
+    for k in o:
+        print(f"{k:{width}}  {o[k]:>14}  {n[k]:>10}  {out['new_over_old'].get(k, ''):>8}")
     return out
 
 
@@ -169,6 +299,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=200)
     ap.add_argument("--engine-child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--what", default="engine", help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, default=60.0, help="--compare: seconds of song to arrange and sample")
+    ap.add_argument("--no-arrange", action="store_true", help="--compare: the engine and bare forward only")
+    ap.add_argument("--profile", action="store_true", help="where the engine's step goes (cProfile, b = 1)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cached-steps", type=int, default=32)
     ap.add_argument("--uncached-steps", type=int, default=3)
@@ -176,10 +310,12 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the runs at real-song token density")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
+    if a.profile:
+        return print(json.dumps(profile_step(a.tokens, a.threads), indent=1))
     if a.engine_child is not None:
-        return engine_child(a.engine_child, a.tokens, a.threads)
+        return engine_child(a.engine_child, a.tokens, a.threads, a.what, a.seconds)
     if a.compare is not None:
-        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads)
+        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads, a.seconds, arrange=not a.no_arrange)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
         return None

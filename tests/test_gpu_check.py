@@ -34,3 +34,7 @@ def test_gpu_check_cpu_smoke_reports_every_step(repo_root, python_exe, tmp_path)
     assert r["steps"]["eval"]["bits_per_second"] > 0 and r["steps"]["eval"]["ngram_bits_per_second"] > 0
     assert s["sample_b1_tokens_per_s"] > 0 and s["sample_b4_tokens_per_s"] > 0
     assert r["steps"]["sample"]["context"] == 128 and r["steps"]["sample"]["prompt_tokens"] == 112
+    for shape in ("124m", "demo"):  # the CUDA-graph figures exist; on a CPU nothing is recorded
+        g = r["steps"]["sample"]["graphs"][shape]
+        assert g["captured"] is False and g["eager_tokens_per_s"] > 0 and g["graphs_tokens_per_s"] > 0
+        assert g["same_tokens"] and s[f"graphs_over_eager_{shape}"] > 0

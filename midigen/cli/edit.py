@@ -77,7 +77,7 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
         info = {"sample": i, "seed": seed, "task": task,
                 "span_seconds": [round(x, 3) for x in e.span_seconds],
                 "instruments": [instrument_name(t) for t in e.targets],
-                "notes_written": e.written, "notes_removed": e.removed}
+                "notes_written": e.written, "notes_removed": e.removed, "realtime": round(e.realtime, 2)}
         midi = base.with_suffix(".mid")
         atomic_write_bytes(midi, bytes(e.score.dumps_midi()))
         print(json.dumps({"file": str(midi), "kind": "midi", **info}), flush=True)  # before a render can fail

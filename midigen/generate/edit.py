@@ -21,6 +21,7 @@ would shorten are shortened only when a chunk's prompt is built, around the hole
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,7 +29,7 @@ import symusic
 
 from midigen.music.codec import Codec, CodecError, Kind, instrument_name, score_instruments, track_instrument
 from midigen.errors import UsageError
-from midigen.generate.engine import Decoder, Listener
+from midigen.generate.engine import Decoder, Listener, realtime
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, splice
@@ -230,6 +231,12 @@ class Edit:
     span_seconds: tuple[float, float]
     targets: tuple[int, ...]
     new_tracks: list = field(default_factory=list)
+    compute_seconds: float = 0.0  # the call that wrote it (shared by the samples of one call)
+
+    @property
+    def realtime(self) -> float:
+        """Seconds of the span per second of compute."""
+        return realtime(self.span_seconds[1] - self.span_seconds[0], self.compute_seconds)
 
 
 def _notes_from_units(codec: Codec, song: Song, units: Units) -> dict:
@@ -327,9 +334,12 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []
-    for units in write_plan(dec, codec, song, plan, int(num_samples)):
+    t0 = time.perf_counter()
+    written_units = write_plan(dec, codec, song, plan, int(num_samples))
+    took = time.perf_counter() - t0
+    for units in written_units:
         s, written, removed, new_tracks = _edited(codec, song, units, remove)
-        out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks))
+        out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took))
     return out
 
 
@@ -363,9 +373,12 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
     span_s = (0.0, float(seconds_at_tick(score, int(song.tick_of(end)))))
     out = []
-    for units in write_plan(dec, codec, song, plan, int(num_samples)):
+    t0 = time.perf_counter()
+    written_units = write_plan(dec, codec, song, plan, int(num_samples))
+    took = time.perf_counter() - t0
+    for units in written_units:
         s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped)
-        out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks))
+        out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks, took))
     return out
 
 

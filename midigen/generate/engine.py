@@ -1,12 +1,33 @@
 """The decoding loop every task shares: batched, KV-cached, sampled under the grammar's mask on the device.
 
 A task hands ``decode`` a prompt (one token array shared by every row), a ``Grammar`` already placed
-after it, and a token budget. Each step runs the model on the new token only (the KV cache holds the
-rest), masks the logits, applies the repetition penalty, temperature, top-k and top-p, and draws one id
-per row by inverse CDF from a seeded generator on the model's device. Everything stays on the device;
-the only transfer per step is the row of sampled ids coming back (for the output, the listener and the
-stopping test). When the cache fills, the context slides: it is rebuilt in one pass from the header plus
-the most recent tokens (``window``), and decoding goes on incrementally.
+after it, and a token budget. Each step masks the logits, applies the repetition penalty, temperature,
+top-k and top-p, and draws one id per row by inverse CDF from a seeded generator on the model's device.
+Everything stays on the device; the only transfer per step is one small tensor coming back: the ids
+just drawn (for the output, the listener and the stopping test) and how many ids each row may write
+next (which tells the next step whether it is forced and how wide its draw is). When the cache fills,
+the context slides: it is rebuilt in one pass from the header plus the most recent tokens
+(``window``), and decoding goes on incrementally.
+
+**Forced runs in one pass.** A token the grammar forces (its mask allows one id: header tokens asked
+for, an edit's kept notes and their durations, EOS of a finished row) needs no logits, so the model does
+not run for it. Decided tokens wait in the sequence (``pending``) and the next step that must *sample*
+feeds all of them in one multi-token forward, exactly like a prefill of the KV cache. The batch case:
+rows stay in lockstep, one decided token per row per step; the model runs only at steps where some row
+samples, and then feeds every row's pending tokens together (the same count for every row). A row that
+is forced while another samples rides along in that batched forward at the cost of one more column of a
+matmul; a step where every row is forced runs no model at all. Letting forced rows run ahead (per-row
+cache lengths and positions) would save forwards only in batches whose rows are forced at different
+times, while costing a ragged cache, per-row positions and masks in every layer; the case that matters
+(one row: ``sample`` b=1, every chunk of ``arrange``/``infill`` after the first, ``harmonize``) gets the
+whole saving from the lockstep design.
+
+**Same seed, same music.** Every step takes its row of uniforms from the generator whether or not it
+samples, so skipping the model for forced tokens moves no later draw: on a CPU the tokens are the ones
+the step-by-step path (``Decoder(one_pass=False)``) writes, up to the rounding of a multi-token forward
+against single-token ones (which could only flip a draw that lands within a rounding error of a CDF
+boundary). The draw works on the allowed ids only (``draw``'s ``width``), in id order, so it picks the
+same id the draw over the whole vocabulary picked.
 """
 from __future__ import annotations
 
@@ -27,9 +48,20 @@ REPETITION_WINDOW = 256  # recent tokens whose notes the repetition penalty disc
 Listener = Callable[[np.ndarray], object]
 
 
+def realtime(music_seconds: float, compute_seconds: float) -> float:
+    """Seconds of music written per second of compute (> 1: faster than it plays). Every piece's
+    summary reports it; pieces written together in one call share that call's time."""
+    return float(music_seconds) / max(float(compute_seconds), 1e-9)
+
+
 def make_generator(device: torch.device, seed: int) -> torch.Generator:
     """The seeded generator every draw of a call comes from, on the model's device."""
     return torch.Generator(device=device).manual_seed(int(seed))
+
+
+def wide_float(device: torch.device) -> torch.dtype:
+    """The dtype of the draw's CDF and uniforms: float64 where the device has it."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 # ----- one step's draw ------------------------------------------------------------------------------
@@ -48,11 +80,54 @@ def penalize(logits: torch.Tensor, recent: torch.Tensor, codec: Codec, penalty: 
     return torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
 
 
+def candidates(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, width) allowed ids of each row in increasing order, and which of those slots are real.
+
+    ``width`` is at least the most ids any row allows; rows with fewer ids are padded (with id 0,
+    marked not real). On a CPU the ids come from ``nonzero`` (2-4x cheaper than the running count, and
+    a CPU has no device to sync with); elsewhere from a running count of the mask, which stays on the
+    device."""
+    if mask.device.type == "cpu":
+        return _candidates_by_nonzero(mask, width)
+    return _candidates_by_count(mask, width)
+
+
+def _candidates_by_count(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A running count of the mask gives each allowed id its slot (three passes over the vocabulary)."""
+    B, V = mask.shape
+    count = torch.cumsum(mask, dim=1)
+    slot = torch.where(mask, count - 1, width)  # everything not allowed lands in a spill column
+    ids = torch.zeros((B, width + 1), dtype=torch.long, device=mask.device)
+    ids.scatter_(1, slot, torch.arange(V, device=mask.device).expand(B, V))
+    real = torch.arange(width, device=mask.device)[None, :] < count[:, -1:]
+    return ids[:, :width], real
+
+
+def _candidates_by_nonzero(mask: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The allowed (row, id) pairs in row-major order, each placed after its row's earlier ones."""
+    B = mask.size(0)
+    row, col = mask.nonzero(as_tuple=True)
+    counts = torch.bincount(row, minlength=B)
+    slot = torch.arange(row.numel(), device=mask.device) - (torch.cumsum(counts, 0) - counts)[row]
+    ids = torch.zeros((B, width), dtype=torch.long, device=mask.device)
+    ids[row, slot] = col
+    return ids, torch.arange(width, device=mask.device)[None, :] < counts[:, None]
+
+
 def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-         gen: torch.Generator) -> torch.Tensor:
-    """One id per row from float32 logits restricted to ``mask`` (all on one device, no host sync)."""
-    x = logits.masked_fill(~mask, float("-inf")) / temperature
-    if top_k is not None and top_k < x.size(1):
+         u: torch.Tensor, width: int | None = None) -> torch.Tensor:
+    """One id per row from float32 logits restricted to ``mask``, with the uniforms ``u`` (B, 1).
+
+    ``width`` (at least the most ids any row's mask allows; None: the whole vocabulary) bounds the
+    work: top-k, top-p and the CDF run over each row's allowed ids (``candidates``), not over the
+    18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
+    other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
+    """
+    V = logits.size(1)
+    k = V if width is None else max(1, min(int(width), V))
+    ids, real = candidates(mask, k)
+    x = logits.gather(1, ids).masked_fill(~real, float("-inf")) / temperature
+    if top_k is not None and top_k < k:
         kth = torch.topk(x, top_k, dim=1).values[:, -1:]
         x = x.masked_fill(x < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
@@ -61,15 +136,71 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
         before = torch.cumsum(probs, dim=1) - probs  # mass of the strictly more likely ids
         drop = before > top_p
         drop[:, 0] = False
-        sorted_x = sorted_x.masked_fill(drop, float("-inf"))
-        x = torch.full_like(x, float("-inf")).scatter(1, order, sorted_x)
-    # inverse-CDF draw: one uniform per row; much cheaper than multinomial over a wide vocabulary
-    wide = torch.float32 if x.device.type == "mps" else torch.float64
-    cdf = torch.cumsum(torch.softmax(x.to(wide), dim=1), dim=1)
-    u = torch.rand((x.size(0), 1), generator=gen, dtype=wide, device=x.device) * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=x.size(1) - 1)
-    ok = mask.gather(1, tok[:, None])[:, 0]  # only rounding at the very top of the CDF can miss
-    return torch.where(ok, tok, x.argmax(dim=1))
+        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+    cdf = torch.cumsum(torch.softmax(x.to(u.dtype), dim=1), dim=1)
+    pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
+    ok = torch.isfinite(x.gather(1, pick))[:, 0]  # only rounding at the very top of the CDF can miss
+    return torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, x.argmax(dim=1, keepdim=True))[:, 0])
+
+
+def allowed_counts(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: how many ids each row may write (1: the row is forced). Summed as bytes: a bool sum
+    over 18k ids costs several times more on a CPU."""
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+
+
+def forced_ids(mask: torch.Tensor) -> torch.Tensor:
+    """The one id each row's mask allows (rows that are forced)."""
+    return mask.view(torch.uint8).argmax(dim=1)
+
+
+# ----- the step as a CUDA graph ---------------------------------------------------------------------
+
+CUDA_GRAPHS = False  # replay the one-token step from a CUDA graph (benchmarks/gpu_check.sh measures both)
+
+
+class StaticStep:
+    """The one-token step with static shapes (``GPT.decode_step``), replayed from a CUDA graph.
+
+    The token and position sit in fixed device buffers and the KV cache is the whole preallocated one,
+    so every step runs the same kernels on the same memory: on CUDA that is recorded once per batch
+    size (``capture``) and replayed, which removes the per-kernel launch cost that dominates a small
+    model's step. Without ``capture`` the same code runs eagerly (how the CPU tests exercise it).
+    Warm-up and capture write at the cache's last position, which no step reads before writing it.
+    """
+
+    def __init__(self, decoder: "Decoder", cache, batch: int, capture: bool):
+        self.decoder, self.cache = decoder, cache
+        dev = decoder.device
+        self.tok = torch.zeros((batch, 1), dtype=torch.long, device=dev)
+        self.pos = torch.full((1,), cache.max_len - 1, dtype=torch.long, device=dev)
+        self.graph = None
+        if capture:
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(2):  # kernels chosen and memory pooled before recording
+                    self._run()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.out = self._run()
+
+    def _run(self) -> torch.Tensor:
+        d = self.decoder
+        with autocast(d.device, sampling_dtype(d.device)):
+            logits = d.model.decode_step(self.tok, self.pos, self.cache)
+        return logits[:, -1, : d.codec.vocab_size].float()
+
+    def __call__(self, tok: torch.Tensor) -> torch.Tensor:
+        """Logits after ``tok`` (B,), fed at the cache's length (which advances by one)."""
+        self.tok.copy_(tok.view(-1, 1))
+        self.pos.fill_(self.cache.length)
+        self.cache.length += 1
+        if self.graph is None:
+            return self._run()
+        self.graph.replay()
+        return self.out
 
 
 # ----- the loop -------------------------------------------------------------------------------------
@@ -89,10 +220,16 @@ def window(seq: np.ndarray, length: int, codec: Codec, size: int) -> np.ndarray:
 
 
 class Decoder:
-    """One call's model, device, sampling settings and generator (shared by a task's chunks)."""
+    """One call's model, device, sampling settings and generator (shared by a task's chunks).
+
+    ``one_pass=False`` runs the model at every token, forced or not: the reference path the tests
+    compare forced runs against. ``static_step`` feeds single tokens through ``StaticStep`` (default:
+    ``CUDA_GRAPHS`` on a CUDA device), recorded as a CUDA graph there and run eagerly elsewhere; its KV
+    cache and graph are kept per batch size for the decoder's next calls.
+    """
 
     def __init__(self, model, codec: Codec, sampling: Sampling, *, device=None, listener: Listener | None = None,
-                 keep_fraction: float = KEEP_FRACTION):
+                 keep_fraction: float = KEEP_FRACTION, one_pass: bool = True, static_step: bool | None = None):
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device).eval()
         self.codec = codec
@@ -102,12 +239,47 @@ class Decoder:
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
+        self.one_pass = one_pass
+        self.forwards = 0  # model calls so far (the benchmark and tests read it)
+        cuda = self.device.type == "cuda"
+        self.static_step = (CUDA_GRAPHS and cuda) if static_step is None else bool(static_step)
+        self._steps: dict[int, StaticStep] = {}  # batch size -> its static step (and cache)
+
+    def _new_cache(self, batch: int):
+        """A KV cache for ``batch`` rows (the static step's, reused, when there is one) and its step."""
+        dtype = sampling_dtype(self.device)
+        dtype = None if dtype == torch.float32 else dtype
+        if not self.static_step:
+            return self.model.new_cache(batch, dtype=dtype), None
+        step = self._steps.get(batch)
+        if step is None:
+            cache = self.model.new_cache(batch, dtype=dtype)
+            step = self._steps[batch] = StaticStep(self, cache, batch, capture=self.device.type == "cuda")
+        step.cache.reset()
+        return step.cache, step
 
     def _forward(self, ids: np.ndarray | torch.Tensor, cache) -> torch.Tensor:
         x = ids if isinstance(ids, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(ids)).to(self.device)
+        self.forwards += 1
         with autocast(self.device, sampling_dtype(self.device)):
             logits, _ = self.model(x, cache=cache, last_only=True)
         return logits[:, -1, : self.codec.vocab_size].float()
+
+    def _feed(self, seq: np.ndarray, dev_seq: torch.Tensor, start: int, end: int, cache, step=None) -> torch.Tensor:
+        """Logits after tokens ``[start, end)`` (decided, not yet in the cache), fed in one forward.
+
+        Where they do not fit, the context slides where the token-by-token path slid (at the first
+        token that found the cache full), so the logits are the ones it would have computed."""
+        while cache.length + (end - start) > self.block:
+            start += self.block - cache.length + 1  # the tokens that still fit, then the one that slides
+            cache.reset()
+            logits = self._forward(window(seq, start, self.codec, self.keep), cache)
+            if start == end:
+                return logits
+        if step is not None and end - start == 1:
+            self.forwards += 1
+            return step(dev_seq[:, start])
+        return self._forward(dev_seq[:, start:end], cache)
 
     @torch.inference_mode()
     def decode(self, prefix: np.ndarray, grammar: Grammar, budget: int) -> np.ndarray:
@@ -118,20 +290,31 @@ class Decoder:
         L = len(prefix)
         seq = np.zeros((B, L + budget), dtype=np.int64)
         seq[:, :L] = prefix
-        dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window reads it on the device
-        dtype = sampling_dtype(self.device)
-        cache = self.model.new_cache(B, dtype=None if dtype == torch.float32 else dtype)
+        dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window and the forced runs read it
+        cache, step = self._new_cache(B)
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
+        fed = L  # tokens before this index are in the cache (or behind the window)
+        mask = grammar.mask()
+        width = allowed_counts(mask).cpu().numpy()
         done = np.zeros(B, bool)
+        wide = wide_float(self.device)
         for new in range(budget):
-            if self.penalty != 1.0:
-                recent = dev_seq[:, max(0, L - REPETITION_WINDOW) : L]
-                logits = penalize(logits, recent, codec, self.penalty)
-            tok = draw(logits, grammar.mask(), self.temperature, self.top_k, self.top_p, self.gen)
+            u = torch.rand((B, 1), generator=self.gen, dtype=wide, device=self.device)  # forced or not
+            if self.one_pass and (width == 1).all():
+                tok = forced_ids(mask)
+            else:
+                if fed < L:
+                    logits = self._feed(seq, dev_seq, fed, L, cache, step)
+                    fed = L
+                if self.penalty != 1.0:
+                    logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
+                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
             grammar.advance(tok)
             dev_seq[:, L] = tok
-            host = tok.cpu().numpy()  # the one transfer per step
+            mask = grammar.mask()
+            back = torch.stack((tok, allowed_counts(mask))).cpu().numpy()  # the one transfer per step
+            host, width = back[0], back[1]
             grammar.observe(host)
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1
@@ -140,9 +323,7 @@ class Decoder:
                 raise Cancelled("cancelled")
             if done.all() or new + 1 >= budget:
                 break
-            if cache.length >= self.block:
-                cache.reset()
-                logits = self._forward(window(seq, L, codec, self.keep), cache)
-            else:
-                logits = self._forward(tok[:, None], cache)
+            if not self.one_pass:
+                logits = self._feed(seq, dev_seq, fed, L, cache, step)
+                fed = L
         return seq[:, :L]

@@ -62,6 +62,8 @@ class _Tables:
         c, p = codec, codec.params
         t = lambda a, dt=torch.long: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
         self.kind = t(c.kinds(np.arange(c.vocab_size)).astype(np.int64))
+        last = {Kind.SHIFT: _K_SHIFT, Kind.TEMPO: _K_TEMPO, Kind.NOTE: _K_NOTE, Kind.DV: _K_DV}
+        self.last_kind = t([last.get(k, _K_OTHER) for k in Kind])  # a kind -> its code for the one-back rules
         self.steps = t(c.shift_steps())
         self.shift_k = torch.arange(1, p.max_shift + 1, device=device)
         self.n_tempo = c.ts_start - c.tempo_start
@@ -166,6 +168,8 @@ class Grammar:
     def observe(self, host_tokens: np.ndarray) -> None:
         """The sampled ids as the host sees them (the engine's one transfer): a row that wrote a SHIFT or
         a NOTE is past its header, so the header rules can be skipped once every row is."""
+        if not self.in_header.any():
+            return
         k = self.codec.kinds(host_tokens)
         self.in_header &= ~((k == Kind.SHIFT) | (k == Kind.NOTE))
 
@@ -265,9 +269,7 @@ class Grammar:
             self._advance_given(t, kind, live)
         self._advance_notes(t, kind, live)
         self.phase = torch.where(live & (t == self.codec.EOS), DONE, self.phase)
-        self.last_kind = torch.where(kind == Kind.SHIFT, _K_SHIFT, torch.where(
-            kind == Kind.TEMPO, _K_TEMPO, torch.where(kind == Kind.NOTE, _K_NOTE, torch.where(
-                kind == Kind.DV, _K_DV, _K_OTHER))))
+        self.last_kind = self.T.last_kind[kind]
 
     def _advance_tempo(self, t, kind, live, head=None) -> None:
         """A tempo change among the events (or, with ``head``, the header's tempo)."""
@@ -369,7 +371,8 @@ class Grammar:
         _end_rules(self, m, events, room, m[:, c.shift_start : c.tempo_start], ev_tempo)  # the shifts left
         if owed is not None:
             m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
-        dead = ~m.any(dim=1)  # a row left with nothing (should not happen) may end rather than sample garbage
+        dead = m.view(torch.uint8).amax(dim=1) == 0  # a row left with nothing (should not happen) may end
+        # rather than sample garbage (amax over bytes: ~20x cheaper than any() over 18k bools on a CPU)
         m[:, c.EOS] |= dead
         return m
 
@@ -380,6 +383,12 @@ class Grammar:
 
 
 # ----- the rules, one per kind of token -----------------------------------------------------------
+
+
+def _only_rows(block: torch.Tensor, rows: torch.Tensor) -> None:
+    """``block &= rows[:, None]`` in place, as bytes: a broadcast ``&`` of bool tensors costs several
+    times more (20x at 16 rows over the vocabulary) on a CPU."""
+    block.view(torch.uint8).__iand__(rows.view(torch.uint8)[:, None])
 
 
 def _header_rules(g: Grammar, m: torch.Tensor, room: torch.Tensor) -> None:
@@ -498,7 +507,7 @@ def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
     m[:, c.note_start : c.dv_start] &= ~due[:, None] | lower
     m[g.rows, note] |= due & (g.budget >= 2)
     dv_due = g.given_dv_due & (g.phase == NEED_DV)
-    m[:, c.dv_start : c.dv_end] &= ~dv_due[:, None]
+    _only_rows(m[:, c.dv_start : c.dv_end], ~dv_due)
     m[g.rows, dv.clamp(min=c.dv_start)] |= dv_due
     return (g.given_pos < g.given_time.shape[1]) & (g.phase != DONE)
 
@@ -533,4 +542,4 @@ def _end_rules(g: Grammar, m: torch.Tensor, events, room, shift_ok, ev_tempo) ->
         m[g.rows, c.tempo_start + g.pending_tempo.clamp(min=0)] |= pend
     done = g.phase == DONE
     m[:, c.EOS] = eos | done
-    m[:, c.EOS + 1 :] &= ~done[:, None]
+    _only_rows(m[:, c.EOS + 1 :], ~done)

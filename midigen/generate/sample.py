@@ -9,6 +9,7 @@ arguments give the same files.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from midigen.music.codec import Codec, CodecError, Kind, instrument_name
 from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
 from midigen.generate import continuation
-from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
+from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, realtime
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import settle
@@ -42,6 +43,7 @@ class Sample:
     end_seconds: float | None  # the time target (seconds), when there is one
     budget_spent: bool = False  # stopped by the token budget rather than by EOS
     warnings: list = field(default_factory=list)
+    compute_seconds: float = 0.0  # the decoding that wrote it (shared by the samples of one call)
 
 
 # ----- generation -------------------------------------------------------------------------------
@@ -159,7 +161,9 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     g = g.replicate(B, dec.device)
     target = float(g.target[0])
 
+    t0 = time.perf_counter()
     seq = dec.decode(prefix, g, budget)
+    took = time.perf_counter() - t0
     samples = []
     for b in range(B):
         body = seq[b, len(prefix) :]
@@ -168,7 +172,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         body = body[: eos[0]] if len(eos) else body
         tokens = np.concatenate((prefix, body, [codec.EOS])).astype(np.uint16)
         end = target if np.isfinite(target) else None
-        samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None))
+        samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None,
+                              compute_seconds=took))
     return samples
 
 
@@ -299,15 +304,19 @@ def find_problems(codec: Codec, sample: Sample) -> list[str]:
 
 
 def summary(codec: Codec, sample: Sample, score) -> str:
-    """One line: length, notes, instruments by name, and any warning."""
+    """One line: length, notes, instruments by name, how much faster than real time the new music was
+    written (seconds of music per second of compute), and any warning."""
     secs = notes_end_seconds(score)
     notes = sum(t.note_num() for t in score.tracks)
     head = codec.decode_events(sample.tokens)["header_instruments"]
     names = ", ".join(instrument_name(i) for i in head) or "none"
+    new = max(0.0, secs - sample.start_seconds)
     line = f"{secs:.1f} s"
     if sample.start_index > 1 and sample.start_seconds > 0:
-        line += f" ({max(0.0, secs - sample.start_seconds):.1f} s new)"
+        line += f" ({new:.1f} s new)"
     line += f", {notes} notes, instruments: {names}"
+    if sample.compute_seconds > 0:
+        line += f", realtime: {realtime(new, sample.compute_seconds):.1f}x"
     problems = find_problems(codec, sample)
     if problems:
         line += "; warning: " + "; ".join(problems)

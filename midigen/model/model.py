@@ -65,7 +65,8 @@ class SelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
+                pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
@@ -73,6 +74,11 @@ class SelfAttention(nn.Module):
         p = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
+        elif pos is not None:  # static shapes (``GPT.decode_step``): write at ``pos``, attend over the whole cache
+            cache.k[layer].index_copy_(2, pos, k)
+            cache.v[layer].index_copy_(2, pos, v)
+            seen = (torch.arange(cache.max_len, device=x.device) <= pos).view(1, cache.max_len)
+            y = F.scaled_dot_product_attention(q, cache.k[layer], cache.v[layer], attn_mask=seen)
         else:
             start = cache.length
             end = start + T
@@ -108,8 +114,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cache=None, layer=0):
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x, cache=None, layer=0, pos=None):
+        x = x + self.attn(self.ln1(x), cache, layer, pos)
         return x + self.mlp(self.ln2(x))
 
 
@@ -206,6 +212,19 @@ class GPT(nn.Module):
         if cache is not None:
             cache.length += T
         return self.ln_f(x)
+
+    def decode_step(self, idx: torch.Tensor, pos: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Logits (B, 1, vocab) for one token per row at position ``pos`` (a (1,) tensor on the device).
+
+        The same numbers as ``forward`` with a cache of ``pos`` tokens, in static shapes: the position
+        is read from a tensor, keys and values are written at it in place, and attention runs over the
+        whole cache with the later positions masked, so every call runs the same kernels on the same
+        memory (what a CUDA graph records). It leaves ``cache.length`` to the caller.
+        """
+        x = self.wte(idx) + self.wpe(pos)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i, pos)
+        return self._full_logits(self.ln_f(x))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None,
                 last_only: bool = False):

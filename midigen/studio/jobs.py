@@ -23,10 +23,11 @@ import numpy as np
 from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments, track_instrument
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
-from midigen.generate.edit import arrange, infill
+from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
+from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
@@ -152,30 +153,32 @@ class Engine:
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
                              device=self.device, limits=self._limits(req))[0]
-        label = f"generated {req['seconds']:g} s · seed {sampling.seed}"
-        return [(sample_score(self.codec, s), label, {**req, "seed": sampling.seed})]
+        out = sample_score(self.codec, s)
+        label = f"generated {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, out)}"
+        return [(out, label, {**req, "seed": sampling.seed})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
         p = continuation.plan(self.codec, score, req.get("at_seconds"))
         progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
-        ((_, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
+        ((s, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
                                     tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
                                     limits=self._limits(req))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
-        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed}"
+        pace = realtime(notes_end_seconds(out) - p.start_seconds, s.compute_seconds)
+        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {pace:.1f}× real time"
         return [(out, label, {**req, "seed": sampling.seed})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
-        scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress,
-                        limits=self._limits(req), **kw)
+        edits = infill_edits(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"],
+                             instruments=insts, num_samples=req["num_samples"], controls=self.steering(req)[0],
+                             listener=progress, limits=self._limits(req), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
-        return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
-                for i, sc in enumerate(scores)]
+        return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}) for i, e in enumerate(edits)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
@@ -183,11 +186,16 @@ class Engine:
         keep = req.get("keep")
         keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
-        scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
+        edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
+                              controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
         names = ", ".join(instrument_name(i) for i in add)
-        return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
-                 {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
+        return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}) for i, e in enumerate(edits)]
+
+
+def _pace(sample, score) -> str:
+    """How much faster than real time a sample's new music was written, for its version's label."""
+    return f"{realtime(notes_end_seconds(score) - sample.start_seconds, sample.compute_seconds):.1f}× real time"
 
 
 EMPTY_HINT = "it may not know this music. Try another seed, or teach it your music"
