@@ -12,7 +12,7 @@ import sys
 from midigen import __version__
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.sampling import TOP_P
+from midigen.generate.sampling import RETRIES, TOP_P
 
 
 def _positive_int(text: str) -> int:
@@ -32,6 +32,16 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
     if not 0.0 <= v < 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {v}")
+    return v
+
+
+def _whole(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
     return v
 
 
@@ -141,22 +151,40 @@ def cmd_arrange(a) -> int:
     return 0
 
 
+def _sampling_flags(s: argparse.ArgumentParser, penalty: bool = False) -> None:
+    """How many results and how each draws its notes, in sample, infill and arrange."""
+    s.add_argument("--num-samples", type=_positive_int, default=1, metavar="N", help="results to write (default 1)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="the same seed and flags give the same music (default: a new one, printed)")
+    s.add_argument("--retry", type=_whole, default=RETRIES, metavar="N",
+                   help=f"draw an empty result (a requested instrument with no notes, a near-silent continuation "
+                        f"or span) again with the next seeds, up to N times (default {RETRIES}; 0 = never)")
+    s.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="boldness: below 1 safer, above 1 more surprising choices (default 1)")
+    s.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+                   help="choose only among the K likeliest next events (default: no limit)")
+    s.add_argument("--top-p", type=_positive_float, default=TOP_P, metavar="P",
+                   help=f"nucleus: keep only the likeliest choices, together this likely (default {TOP_P}: cuts "
+                        "the tail of rare, mostly out-of-key notes; 1 = off)")
+    if penalty:
+        s.add_argument("--repetition-penalty", type=_positive_float, default=1.0, metavar="X",
+                       help="above 1: fewer repeats of recently played notes (default 1 = off)")
+
+
 def _edit_flags(s: argparse.ArgumentParser) -> None:
     """What infill and arrange share: the checkpoint and the song, the sampling and output flags of
     sample, and the controls (not the meter: the song keeps its own)."""
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("song", metavar="SONG.mid")
-    s.add_argument("--out", default="out/edit", metavar="DIR")
-    s.add_argument("--num-samples", type=_positive_int, default=1)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--temperature", type=_positive_float, default=1.0)
-    s.add_argument("--top-k", type=_positive_int, default=None)
-    s.add_argument("--top-p", type=_positive_float, default=TOP_P,
-                   help=f"nucleus sampling (default {TOP_P}: cuts the tail of rare, mostly out-of-key notes; 1 = off)")
+    s.add_argument("song", metavar="SONG.mid", help="the song to edit (never changed; results are new files)")
+    s.add_argument("--out", default="out/edit", metavar="DIR",
+                   help="folder for the results (default out/edit); names are SONG-infill-START-ENDms-SEED-I.mid (the span in milliseconds) "
+                        "or SONG-arrange-SEED-I.mid, with -2, -3... added rather than overwrite a file")
+    _sampling_flags(s)
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll with the written part marked")
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
-    s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
+    s.add_argument("--soundfont", default=None, metavar="FILE",
+                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _add_control_flags(s, meter=False)
 
@@ -221,8 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("roundtrip", help="encode a MIDI file to tokens and decode it back")
-    s.add_argument("input", metavar="IN.mid")
-    s.add_argument("output", metavar="OUT.mid")
+    s.add_argument("input", metavar="IN.mid", help="the MIDI file to encode")
+    s.add_argument("output", metavar="OUT.mid",
+                   help="where to write the decoded file; a JSON line compares the two (README: roundtrip)")
     s.set_defaults(func=cmd_roundtrip)
 
     s = sub.add_parser("prepare", help="turn MIDI folders/archives/Lakh/demo into token files")
@@ -271,36 +300,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("--num-samples", type=_positive_int, default=1)
+    _sampling_flags(s, penalty=True)
     g = s.add_mutually_exclusive_group()
     g.add_argument("--seconds", type=_positive_float, default=None, help="seconds of new music (default 30)")
-    g.add_argument("--max-tokens", type=_positive_int, default=None, help="new tokens to generate")
-    s.add_argument("--temperature", type=_positive_float, default=1.0)
-    s.add_argument("--top-k", type=_positive_int, default=None)
-    s.add_argument("--top-p", type=_positive_float, default=TOP_P,
-                   help=f"nucleus sampling (default {TOP_P}: cuts the tail of rare, mostly out-of-key notes; 1 = off)")
-    s.add_argument("--repetition-penalty", type=_positive_float, default=1.0)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue")
+    g.add_argument("--max-tokens", type=_positive_int, default=None,
+                   help="new events to generate instead of --seconds (default: none)")
+    s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue (default: none)")
     s.add_argument("--prompt-seconds", type=_positive_float, default=None,
                    help="continue from the end of the prompt's first S seconds (default: all of it)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="General MIDI names (or a part of one), program numbers and 'drums', comma-separated "
-                        "or the flag repeated; names match among the instruments the checkpoint knows")
-    s.add_argument("--tempo", type=_positive_float, default=None, metavar="BPM")
-    s.add_argument("--out", default="out/generate", metavar="DIR")
+                        "or the flag repeated; names match among the instruments the checkpoint knows "
+                        "(default: the model chooses)")
+    s.add_argument("--tempo", type=_positive_float, default=None, metavar="BPM",
+                   help="the tempo, 16..512 (default: the model's choice, or the prompt's)")
+    s.add_argument("--out", default="out/generate", metavar="DIR",
+                   help="folder for the results, named by date and time (default out/generate)")
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll")
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
-    s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
+    s.add_argument("--soundfont", default=None, metavar="FILE",
+                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
-    s.add_argument("--start", type=float, default=None, metavar="S", help="span start (seconds)")
-    s.add_argument("--end", type=float, default=None, metavar="E", help="span end (seconds)")
-    s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12)")
+    s.add_argument("--start", type=float, default=None, metavar="S", help="span start in seconds (no default: give --start/--end or --bars)")
+    s.add_argument("--end", type=float, default=None, metavar="E", help="span end in seconds (no default)")
+    s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12; no default)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
                         "repeated); default: all")
@@ -309,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("arrange", help="write new parts (e.g. bass, drums) over a whole song with a checkpoint")
     s.add_argument("--add", required=True, action="append", metavar="LIST",
-                   help="instruments to write, e.g. bass,drums (or --add bass --add drums)")
+                   help="instruments to write, e.g. bass,drums (or --add bass --add drums); required")
     s.add_argument("--keep", default=None, action="append", metavar="LIST",
                    help="parts to keep, comma-separated or repeated (default: every part the song has that is "
                         "not in --add); others are dropped")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
+from midigen.generate.checks import redraw, sample_warnings
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sample import DEFAULT_SECONDS, generate_samples, load_prompt, sample_score, summary
 from midigen.generate.synth import Renderer, wav_beside
@@ -41,10 +43,18 @@ def sample(a) -> None:
     if renderer is not None:
         renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
-    samples = generate_samples(
-        model, codec, num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens, sampling=sampling,
-        prompt_tokens=prompt, instruments=instruments, tempo=a.tempo, device=device, controls=controls,
-        time_signature=time_signature)
+
+    def draw(seed: int, n: int) -> list:
+        return [(s, sample_score(codec, s)) for s in generate_samples(
+            model, codec, num_samples=n, seconds=seconds, max_new_tokens=a.max_tokens,
+            sampling=replace(sampling, seed=seed), prompt_tokens=prompt, instruments=instruments, tempo=a.tempo,
+            device=device, controls=controls, time_signature=time_signature)]
+
+    def warnings_of(result) -> list[str]:
+        s, score = result
+        return sample_warnings(score, s.start_seconds if prompt is not None else 0.0, s.end_seconds, instruments)
+
+    samples = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
     try:
         _write(a, codec, samples, sampling.seed, renderer)
     finally:
@@ -52,16 +62,16 @@ def sample(a) -> None:
             renderer.close()
 
 
-def _write(a, codec, samples, seed: int, renderer: Renderer | None) -> None:
-    """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed."""
+def _write(a, codec, samples: list, first_seed: int, renderer: Renderer | None) -> None:
+    """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed (with the
+    seed that gives it again, and its warnings)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    for i, s in enumerate(samples):
-        score = sample_score(codec, s)
+    for i, ((s, score), seed, row, warnings) in enumerate(samples):
         base = out / f"{stamp}-{i}"
         atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
         print(base.with_suffix(".mid"), flush=True)
@@ -70,8 +80,9 @@ def _write(a, codec, samples, seed: int, renderer: Renderer | None) -> None:
         if a.png:
             write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
             print(base.with_suffix(".png"), flush=True)
-        print(f"sample {i}: {summary(codec, s, score)}", flush=True)
-    print(f"seed {seed} (the same seed and arguments give the same files)", flush=True)
+        again = "" if seed == first_seed else f" (redrawn: seed {seed} with --num-samples 1 gives it)"
+        print(f"sample {i}: {summary(codec, s, score, warnings)}{again}", flush=True)
+    print(f"seed {first_seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
         for i in range(len(samples)):
             if not play(out / f"{stamp}-{i}.wav"):

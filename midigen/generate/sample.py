@@ -264,8 +264,9 @@ def find_problems(codec: Codec, sample: Sample) -> list[str]:
     return out
 
 
-def summary(codec: Codec, sample: Sample, score) -> str:
-    """One line: length, notes, instruments by name, and any warning."""
+def summary(codec: Codec, sample: Sample, score, warnings=()) -> str:
+    """One line: length, notes, instruments by name, and any warning (``find_problems``' and the
+    ``warnings`` given, ``midigen.generate.checks``)."""
     secs = notes_end_seconds(score)
     notes = sum(t.note_num() for t in score.tracks)
     head = codec.decode_events(sample.tokens)["header_instruments"]
@@ -274,7 +275,8 @@ def summary(codec: Codec, sample: Sample, score) -> str:
     if sample.start_index > 1 and sample.start_seconds > 0:
         line += f" ({max(0.0, secs - sample.start_seconds):.1f} s new)"
     line += f", {notes} notes, instruments: {names}"
-    problems = find_problems(codec, sample)
+    problems = list(warnings) + [p for p in find_problems(codec, sample)
+                                 if not (p == "no new notes" and any(w.startswith(p) for w in warnings))]
     if problems:
         line += "; warning: " + "; ".join(problems)
     return line
