@@ -8,7 +8,7 @@ from pathlib import Path
 
 from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
-from midigen.errors import MidigenError, UsageError
+from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import edit_warnings, redraw
 from midigen.generate.edit import arrange_edits, infill_edits, instruments_of_score
@@ -59,7 +59,7 @@ def _load(a):
     model, codec, config = load_checkpoint(a.ckpt, device)
     caps = capabilities(config, codec)
     if not caps["can_edit"]:
-        raise MidigenError(f"checkpoint {a.ckpt} was trained without the editing objective "
+        raise UsageError(f"checkpoint {a.ckpt} was trained without the editing objective "
                            "(edit_fraction = 0): it cannot infill or arrange")
     return model, codec, device, soundfont, caps
 

@@ -63,15 +63,18 @@ def _print_json(obj) -> None:
 
 
 def cmd_roundtrip(a) -> int:
-    from midigen.music.codec import Codec, fidelity  # start-up time
+    from midigen.music.codec import Codec, CodecError, fidelity  # start-up time
 
     codec = Codec()
     try:
         with open(a.input, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise MidigenError(f"cannot read {a.input}: {e.strerror}") from None
-    score = codec.read_midi(data)
+        raise UsageError(f"cannot read {a.input}: {e.strerror}") from None
+    try:
+        score = codec.read_midi(data)
+    except CodecError as e:
+        raise UsageError(f"bad MIDI file {a.input}: {e}") from None
     tokens = codec.encode_score(score)
     decoded = codec.decode(tokens)
     atomic_write_bytes(a.output, bytes(decoded.dumps_midi()))
@@ -116,6 +119,9 @@ def cmd_train(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    if a.samples and a.ckpt:
+        raise UsageError("give --ckpt DIR (score a model) or --samples DIR (compare generated MIDI), not both: "
+                         "--samples scores files, not a model")
     if a.samples:
         from midigen.eval.metrics import compare_samples  # start-up time
 
@@ -289,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="score a checkpoint (bits per note) or compare generated pieces with real ones")
     s.add_argument("--ckpt", metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("--samples", metavar="DIR", help="folder of generated .mid files to compare with --data")
+    s.add_argument("--samples", metavar="DIR", help="folder of generated .mid files to compare with --data (its own files only, not its "
+                        "subfolders; not with --ckpt)")
     s.add_argument("--data", required=True, metavar="DIR", help="dataset dir written by prepare")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens")

@@ -39,12 +39,13 @@ import numpy as np
 from midigen.data import sources as S
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
-from midigen.data.splits import SPLITS, SplitRule
+from midigen.data.splits import SPLITS, SplitRule, ensure_each_split
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
 from midigen.data.keys import song_key
 from midigen.data.styles import make_tagger, split_source, StyleTagger
 from midigen.music import codec_jit
 from midigen.music.codec import Codec, CodecError
+from midigen.music.smf import truncation, unwrap_rmid
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -53,8 +54,8 @@ MAX_NOTES = 200_000
 MAX_SECONDS = 2 * 3600.0
 FILTER_RULE = (
     f"skip a file that is empty, larger than {S.MAX_FILE_BYTES // (1024 * 1024)} MiB, not readable as "
-    f"Standard MIDI (format 0/1/2, ticks per quarter; SMPTE time is refused), has fewer than {MIN_NOTES} "
-    f"or more than {MAX_NOTES} notes, or lasts over {MAX_SECONDS / 3600:g} hours once silences longer "
+    f"Standard MIDI (format 0/1/2, ticks per quarter; SMPTE time is refused), is cut short (truncated), "
+    f"has fewer than {MIN_NOTES} or more than {MAX_NOTES} notes, or lasts over {MAX_SECONDS / 3600:g} hours once silences longer "
     "than 4 bars are shortened; an exact duplicate of an earlier file is kept once; a file that crashes "
     "a worker or takes longer than the per-file time limit is skipped"
 )
@@ -114,6 +115,8 @@ class _Encoder:
             return None, "empty file"
         if S.too_big(len(data)):
             return None, S.too_big(len(data))
+        if cut := truncation(unwrap_rmid(data)):
+            return None, cut
         try:
             score = self.codec.read_midi(data)
             n = score.note_num()
@@ -460,7 +463,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     if counts.files == 0:
         merge.close()
         shutil.rmtree(work, ignore_errors=True)
-        raise MidigenError("no MIDI files (.mid, .midi, .kar) found in " + ", ".join(sources))
+        raise UsageError("no MIDI files (.mid, .midi, .kar, .rmi) found in " + ", ".join(sources))
     try:
         summary = merge.finish(out, sources)
     finally:
@@ -584,6 +587,8 @@ class _Merge:
             f.flush()
             os.fsync(f.fileno())
         self.close()
+        for line in ensure_each_split(self.work, self.split_stats, self.rule):  # small corpora: one file each
+            print(f"midigen prepare: note: {line}", file=sys.stderr)
         with open(self.work / "meta.json.tmp", "w", encoding="utf-8") as f:
             f.write(json.dumps(self._meta(sources), indent=1, sort_keys=True) + "\n")
             f.flush()

@@ -20,7 +20,7 @@ import torch
 
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
-from midigen.errors import MidigenError, UsageError
+from midigen.errors import UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json
 from midigen.model.model import GPT, GPTConfig
 
@@ -141,9 +141,9 @@ def read_config(path) -> dict:
     try:
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise MidigenError(f"{path / CONFIG} is unreadable: {e}") from None
+        raise UsageError(f"{path / CONFIG} is unreadable: {e}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise MidigenError(f"{path} is not a midigen checkpoint (format {config.get('format')!r})")
+        raise UsageError(f"{path} is not a midigen checkpoint (format {config.get('format')!r})")
     return config
 
 
@@ -153,13 +153,13 @@ def verify(path) -> dict:
     config = read_config(path)
     hashes = config.get("sha256")
     if not isinstance(hashes, dict) or WEIGHTS not in hashes or CODEC not in hashes:
-        raise MidigenError(f"{path} has no file hashes: not a midigen checkpoint")
+        raise UsageError(f"{path} has no file hashes: not a midigen checkpoint")
     for name, digest in hashes.items():
         f = path / name
         if not f.exists():
-            raise MidigenError(f"checkpoint {path} is missing {name}")
+            raise UsageError(f"checkpoint {path} is missing {name}")
         if _sha256(f) != digest:
-            raise MidigenError(f"checkpoint {path}: {name} does not match its recorded hash (tampered or corrupt)")
+            raise UsageError(f"checkpoint {path}: {name} does not match its recorded hash (tampered or corrupt)")
     return config
 
 
@@ -173,17 +173,17 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
     try:
         codec = Codec.load(path / CODEC)
     except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
-        raise MidigenError(f"checkpoint {path}: bad codec.json ({e})") from None
+        raise UsageError(f"checkpoint {path}: bad codec.json ({e})") from None
     try:
         cfg = GPTConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as e:
-        raise MidigenError(f"checkpoint {path}: bad model config ({e})") from None
+        raise UsageError(f"checkpoint {path}: bad model config ({e})") from None
     if cfg.vocab_size < codec.vocab_size:
-        raise MidigenError(f"checkpoint {path}: model vocabulary {cfg.vocab_size} < codec's {codec.vocab_size}")
+        raise UsageError(f"checkpoint {path}: model vocabulary {cfg.vocab_size} < codec's {codec.vocab_size}")
     try:
         state = load_file(str(path / WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise MidigenError(f"checkpoint {path}: unreadable weights ({e})") from None
+        raise UsageError(f"checkpoint {path}: unreadable weights ({e})") from None
     model = GPT(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "head.weight"}
     got = {k: v.shape for k, v in state.items()}
@@ -191,7 +191,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
         missing = sorted(set(expected) - set(got))[:3]
         extra = sorted(set(got) - set(expected))[:3]
         bad = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
-        raise MidigenError(
+        raise UsageError(
             f"checkpoint {path}: weights do not fit the model config (missing {missing}, unexpected {extra}, "
             f"wrong shape {bad})"
         )
@@ -201,7 +201,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
         try:
             model.set_support(support, float(config.get("support_epsilon", 1e-4)))
         except (TypeError, ValueError) as e:
-            raise MidigenError(f"checkpoint {path}: bad output support ({e})") from None
+            raise UsageError(f"checkpoint {path}: bad output support ({e})") from None
     model.to(device).eval()
     return model, codec, config
 
@@ -214,7 +214,7 @@ def load_train_state(path) -> dict:
     except FileNotFoundError:
         raise UsageError(f"no training state at {f}: nothing to resume") from None
     except Exception as e:  # weights_only refuses anything but tensors and plain types
-        raise MidigenError(f"cannot load {f}: {e}") from None
+        raise UsageError(f"cannot load {f}: {e}") from None
 
 
 def capabilities(config: dict, codec: Codec) -> dict:
@@ -249,11 +249,11 @@ def capabilities(config: dict, codec: Codec) -> dict:
 def describe(path) -> dict:
     """``midigen info --ckpt``: where the checkpoint is, how far it trained, and its ``capabilities``."""
     path = resolve(path)
-    config = read_config(path)
+    config = verify(path)  # as sample does: a truncated or changed file is refused, not described
     try:
         codec = Codec.load(path / CODEC)
     except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
-        raise MidigenError(f"checkpoint {path}: bad codec.json ({e})") from None
+        raise UsageError(f"checkpoint {path}: bad codec.json ({e})") from None
     info = config.get("info") or {}
     return {"ckpt": str(path), "step": info.get("step"), "data": info.get("data"),
             **capabilities(config, codec)}
