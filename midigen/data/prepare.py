@@ -42,7 +42,7 @@ from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
 from midigen.data.splits import SPLITS, SplitRule, ensure_each_split
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
 from midigen.data.keys import song_key
-from midigen.data.styles import make_tagger, split_source, StyleTagger
+from midigen.data.styles import add_duplicate_styles, make_tagger, split_source, StyleTagger
 from midigen.music import codec_jit
 from midigen.music.codec import Codec, CodecError
 from midigen.music.smf import truncation, unwrap_rmid
@@ -404,7 +404,10 @@ class _Progress:
         self.kept += kept
         self.notes += notes
         self.bar.update(files)
-        self.bar.set_postfix(kept=self.kept, skipped=self.files - self.kept, refresh=False)
+
+    def merged(self, merge: "_Merge") -> None:
+        """The bar's kept/skipped are the merge's (duplicates are found there), so they end as the JSON's."""
+        self.bar.set_postfix(kept=merge.kept, skipped=merge.seen - merge.kept, refresh=False)
 
 
 def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None, timeout=60.0,
@@ -443,6 +446,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
                 counts.reused += len(rows)
                 counts.add(len(rows), len(kept), sum(r["notes"] for r in kept))
                 merge.ready(cid)
+                counts.merged(merge)
                 continue
             items = _task_items(entries)
             yield cid, (str(p), cid, key, items, tagger.needs_md5), len(items)
@@ -450,6 +454,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     def done(cid, result):
         counts.add(*result)
         merge.ready(cid)
+        counts.merged(merge)
 
     pool = WorkerPool(workers, WORKER_TASK, timeout)
     try:
@@ -506,6 +511,7 @@ class _Merge:
         self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)
         self.counts = {"styles": Counter(), "keys": Counter(), "key_sources": Counter(), "time_signatures": Counter()}
         self.first_of: dict[str, str] = {}
+        self.dup_styles: dict[str, set] = {}  # first file's name -> the styles its duplicates came with
         self.split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
         self.reasons: Counter = Counter()
         self.seen = self.kept = self.dups = 0
@@ -537,6 +543,8 @@ class _Merge:
                 start, pos = pos, pos + r["tokens"]
                 self._keep(r, blob[start:pos], out)
             out.update(self._song_facts(r, tag, out["split"]))
+            if out["split"] is None and r["hash"] in self.first_of and "tokens" in r:  # a duplicate: its styles count
+                self.dup_styles.setdefault(self.first_of[r["hash"]], set()).update(tag)
             if out["skipped"] is not None:
                 self.reasons[reason_key(out["skipped"])] += 1
             lines.append(json.dumps(out, ensure_ascii=False))
@@ -587,6 +595,7 @@ class _Merge:
             f.flush()
             os.fsync(f.fileno())
         self.close()
+        add_duplicate_styles(self.work / "files.jsonl.tmp", self.dup_styles, self.counts["styles"])
         for line in ensure_each_split(self.work, self.split_stats, self.rule):  # small corpora: one file each
             print(f"midigen prepare: note: {line}", file=sys.stderr)
         with open(self.work / "meta.json.tmp", "w", encoding="utf-8") as f:
