@@ -238,12 +238,13 @@ def _add_control_flags(s, meter: bool = True) -> None:
     """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices).
     Edits keep the song's own meter, so they get no --time-signature (``meter=False``)."""
     g = s.add_argument_group("steering (none given: the model chooses)")
-    g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned")
+    g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned (default: the model chooses)")
     if meter:
-        g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4")
-    g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm")
+        g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4; after --prompt it starts where the new music does "
+                            "(default: the model chooses, or the prompt's)")
+    g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm (default: the model chooses)")
     g.add_argument("--density", default=None, choices=["low", "medium", "high"],
-                   help="notes per second, in the training corpus's terciles")
+                   help="notes per second, in the training corpus's terciles (default: the model chooses)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,6 +39,7 @@ class Sample:
     end_seconds: float | None  # the time target (seconds), when there is one
     budget_spent: bool = False  # stopped by the token budget rather than by EOS
     warnings: list = field(default_factory=list)
+    meters: tuple = ()  # ((step, n, d), ...): the file's meters when a continuation asked for its own
 
 
 # ----- generation -------------------------------------------------------------------------------
@@ -147,6 +148,7 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     g = g.replicate(B, dec.device)
     target = float(g.target[0])
 
+    meters = _continuation_meters(codec, prompt_tokens, time_signature, start_steps)
     seq = dec.decode(prefix, g, budget)
     samples = []
     for b in range(B):
@@ -156,8 +158,21 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         body = body[: eos[0]] if len(eos) else body
         tokens = np.concatenate((prefix, body, [codec.EOS])).astype(np.uint16)
         end = target if np.isfinite(target) else None
-        samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None))
+        samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None,
+                              meters=meters))
     return samples
+
+
+def _continuation_meters(codec: Codec, prompt_tokens, time_signature, start_steps: int) -> tuple:
+    """A continuation asked for a meter (``--time-signature``): the prompt keeps its own up to where the
+    new music starts, and the asked one applies from there. (The header's TS, the only meter token,
+    steers the model; this is what the written file says.) Empty when nothing is to change."""
+    if prompt_tokens is None or time_signature is None:
+        return ()
+    own = codec.decode_events(np.asarray(prompt_tokens))["time_signature"] or (4, 4)
+    if tuple(own) == tuple(time_signature) or start_steps <= 0:
+        return ()
+    return ((0, *own), (int(start_steps), *time_signature))
 
 
 def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
@@ -205,8 +220,13 @@ def clip_score(score, end_seconds: float):
 
 
 def sample_score(codec: Codec, sample: Sample):
-    """The symusic score of a sample, clipped to its time target."""
+    """The symusic score of a sample, clipped to its time target, with its meters (``Sample.meters``)."""
+    import symusic
+
     score = codec.decode(sample.tokens)
+    if sample.meters:
+        scale = score.ticks_per_quarter // codec.params.steps_per_quarter
+        score.time_signatures = [symusic.TimeSignature(step * scale, n, d) for step, n, d in sample.meters]
     if sample.end_seconds is not None:
         clip_score(score, sample.end_seconds)
     return score
