@@ -381,6 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # OpenMP threads that spin while they wait fight other processes for a busy machine's cores (an
+    # arrange went from 4.8 s to 84 s); passive waiting costs little when idle (benchmarks/busy_machine.py).
+    # Set before any handler imports torch; a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
