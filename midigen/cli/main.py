@@ -183,8 +183,8 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
     s.add_argument("song", metavar="SONG.mid", help="the song to edit (never changed; results are new files)")
     s.add_argument("--out", default="out/edit", metavar="DIR",
-                   help="folder for the results (default out/edit); names are SONG-infill-START-ENDms-SEED-I.mid (the span in milliseconds) "
-                        "or SONG-arrange-SEED-I.mid, with -2, -3... added rather than overwrite a file")
+                   help="folder for the results (default out/edit); names are SONG-infill-START-ENDms-SEED-I.mid "
+                        "(the span in milliseconds) or SONG-arrange-SEED-I.mid, with -2, -3... added rather than overwrite a file")
     _sampling_flags(s)
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll with the written part marked")
@@ -238,9 +238,11 @@ def _add_control_flags(s, meter: bool = True) -> None:
     """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices).
     Edits keep the song's own meter, so they get no --time-signature (``meter=False``)."""
     g = s.add_argument_group("steering (none given: the model chooses)")
-    g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned (default: the model chooses)")
+    g.add_argument("--style", default=None, metavar="NAME[,NAME]",
+                   help="style(s) the model learned (default: the model chooses)")
     if meter:
-        g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4; after --prompt it starts where the new music does "
+        g.add_argument("--time-signature", default=None, metavar="N/D",
+                       help="a meter the model saw, e.g. 3/4; after --prompt it starts where the new music does "
                             "(default: the model chooses, or the prompt's)")
     g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm (default: the model chooses)")
     g.add_argument("--density", default=None, choices=["low", "medium", "high"],
@@ -296,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="score a checkpoint (bits per note) or compare generated pieces with real ones")
     s.add_argument("--ckpt", metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("--samples", metavar="DIR", help="folder of generated .mid files to compare with --data (its own files only, not its "
+    s.add_argument("--samples", metavar="DIR",
+                   help="folder of generated .mid files to compare with --data (its own files only, not its "
                         "subfolders; not with --ckpt)")
     s.add_argument("--data", required=True, metavar="DIR", help="dataset dir written by prepare")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -334,9 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
-    s.add_argument("--start", type=float, default=None, metavar="S", help="span start in seconds (no default: give --start/--end or --bars)")
+    s.add_argument("--start", type=float, default=None, metavar="S",
+                   help="span start in seconds (no default: give --start/--end or --bars)")
     s.add_argument("--end", type=float, default=None, metavar="E", help="span end in seconds (no default)")
-    s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12; no default)")
+    s.add_argument("--bars", default=None, metavar="A-B",
+                   help="the span as bars, counted from 1 (e.g. 9-12; no default)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
                         "repeated); default: all")

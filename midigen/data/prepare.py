@@ -55,8 +55,8 @@ MAX_SECONDS = 2 * 3600.0
 FILTER_RULE = (
     f"skip a file that is empty, larger than {S.MAX_FILE_BYTES // (1024 * 1024)} MiB, not readable as "
     f"Standard MIDI (format 0/1/2, ticks per quarter; SMPTE time is refused), is cut short (truncated), "
-    f"has fewer than {MIN_NOTES} or more than {MAX_NOTES} notes, or lasts over {MAX_SECONDS / 3600:g} hours once silences longer "
-    "than 4 bars are shortened; an exact duplicate of an earlier file is kept once; a file that crashes "
+    f"has fewer than {MIN_NOTES} or more than {MAX_NOTES} notes, or lasts over {MAX_SECONDS / 3600:g} hours once "
+    "silences longer than 4 bars are shortened; an exact duplicate of an earlier file is kept once; a file that crashes "
     "a worker or takes longer than the per-file time limit is skipped"
 )
 

@@ -126,7 +126,8 @@ def empty_split_notes(stats: dict, rule: SplitRule, kept: int) -> list[str]:
         if stats[split]["files"]:
             continue
         if rule.method == "amt":
-            why = "--split amt takes it from the file names (none starts with " + ("'e'" if split == "val" else "'f'") + ")"
+            first = "'e'" if split == "val" else "'f'"
+            why = f"--split amt takes it from the file names (none starts with {first})"
         elif kept < MIN_FILES:
             why = f"{kept} kept files are too few (with {MIN_FILES} or more each split gets one)"
         else:
