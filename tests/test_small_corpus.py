@@ -63,6 +63,11 @@ def test_explicit_zero_fraction_and_too_few_files_are_said_naming_the_flag(twelv
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["splits"]["val"]["files"] == 0
     assert "the val split is empty: --val-frac is 0" in r.stderr
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    t = subprocess.run([sys.executable, "-m", "midigen", "train", str(REPO / "configs" / "test.toml"), "--data",
+                        str(tmp_path / "a"), "--out", str(tmp_path / "run"), "--steps", "2", "--eval-interval", "2"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert t.returncode == 2 and "--val-frac" in t.stderr and t.stderr.count("\n") == 1, t.stderr
     two = tmp_path / "two"
     two.mkdir()
     for f in sorted(twelve.iterdir())[:2]:
