@@ -12,20 +12,33 @@ too. Each round times mido and both prepare runs back to back, and the median ro
 
     .venv/bin/pip install -e '.[bench]'
     .venv/bin/python benchmarks/prepare_speed.py [--songs 12000] [--bars 48] [--repeat 5] [--folder DIR]
+
+With ``--compare REV`` it instead times whole ``python -m midigen prepare`` processes (one worker) of
+this tree against git revision REV (``git archive`` into a temp dir) on the same files, alternating
+old/new for ``--pairs`` pairs, and prints each median and the median of the per-pair ratios (wall
+time, and CPU time of the process and its worker, which a busy machine disturbs less), then
+the rounds above (``--repeat 0`` skips them):
+
+    .venv/bin/python benchmarks/prepare_speed.py --compare c3c769f --songs 4000 --pairs 7
 """
 from __future__ import annotations
 
 import argparse
 import io
 import json
+import os
 import resource
 import shutil
+import statistics
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
 from songgen import write_songs  # noqa: E402
 
 from midigen.data.prepare import prepare  # noqa: E402
@@ -73,10 +86,80 @@ def stages(files) -> dict:
         scores = [codec.read_midi(d) for d in datas[:200]]
         states = [np.frombuffer(s.__getstate__(), dtype=np.uint8) for s in scores]
         buf = np.empty(max(len(b) for b in states) + 140, dtype=np.uint16)
+        facts = np.zeros(13)
         out["score.__getstate__"] = best(lambda s: s.__getstate__(), scores)
-        out["compiled encode"] = best(lambda b: codec_jit.encode_state(b, buf, 0, fast._consts, *fast._tables),
+        out["compiled encode"] = best(lambda b: codec_jit.encode_state(b, buf, 0, fast._consts, *fast._tables, facts),
                                       states)
     return out
+
+
+def build_corpus(tmp: Path, songs: int, bars: int, folder: str | None) -> tuple[Path, Path]:
+    """The files both runs read, in two parts (a quarter, the rest): generated songs or ``folder``'s."""
+    quarter = tmp / "songs" / "a"
+    rest = tmp / "songs" / "b"
+    if folder:  # your files, copied into the two parts
+        own = sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in (".mid", ".midi", ".kar"))
+        if not own:
+            raise SystemExit(f"no MIDI files in {folder}")
+        n_quarter = max(1, len(own) // 4)
+        for i, p in enumerate(own):
+            dest = (quarter if i < n_quarter else rest) / f"{i:07d}{p.suffix.lower()}"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+    else:  # generated in parallel: ~10 ms a song
+        from concurrent.futures import ProcessPoolExecutor
+
+        n_quarter, step = max(1, songs // 4), 500
+        jobs = [(quarter, i, min(step, n_quarter - i)) for i in range(0, n_quarter, step)]
+        jobs += [(rest, i, min(step, songs - i)) for i in range(n_quarter, songs, step)]
+        with ProcessPoolExecutor() as ex:
+            list(ex.map(write_part, *zip(*jobs), [bars] * len(jobs)))
+    return quarter, rest
+
+
+def compare_trees(ref: str, songs: Path, pairs: int) -> dict:
+    """Whole-process ``python -m midigen prepare SONGS --workers 1`` of git revision ``ref`` against
+    this tree, on the same files, alternating old/new for ``pairs`` pairs after one untimed run of
+    each (numba compiles and caches its kernels there). Each tree runs with PYTHONPATH at itself
+    and its own folder as the working directory, so ``-m midigen`` finds that tree's package (the
+    old flat layout runs the same way). -> the wall times, their medians and the median ratio."""
+    old = songs.parent / "old-tree"
+    old.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "midigen"], check=True, capture_output=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tf:
+        tf.extractall(old, filter="data")
+    trees = {"old": old, "new": ROOT}
+
+    def run(name: str) -> tuple[float, float]:
+        out = songs.parent / f"out-{name}"
+        shutil.rmtree(out, ignore_errors=True)
+        env = dict(os.environ, PYTHONPATH=str(trees[name]))
+        t, c = time.perf_counter(), cpu_seconds()
+        subprocess.run([sys.executable, "-m", "midigen", "prepare", str(songs), "--out", str(out), "--workers", "1"],
+                       env=env, cwd=trees[name], check=True, capture_output=True)
+        return time.perf_counter() - t, cpu_seconds() - c
+
+    run("old"), run("new")
+    times = {"old": [], "new": []}
+    cpu = {"old": [], "new": []}
+    for i in range(pairs):
+        for name in (("old", "new") if i % 2 == 0 else ("new", "old")):
+            wall, used = run(name)
+            times[name].append(wall)
+            cpu[name].append(used)
+    tokens = {name: sum((songs.parent / f"out-{name}" / f"{s}.bin").stat().st_size // 2 for s in ("train", "val", "test"))
+              for name in trees}  # not compared token for token: the codec's vocabulary may differ between trees
+    ratios = [n / o for n, o in zip(times["new"], times["old"])]
+    cpu_ratios = [n / o for n, o in zip(cpu["new"], cpu["old"])]
+    return {"ref": ref, "pairs": pairs, "files": sum(1 for p in songs.rglob("*") if p.is_file()),
+            "old_seconds": [round(x, 3) for x in times["old"]], "new_seconds": [round(x, 3) for x in times["new"]],
+            "old_median_s": round(statistics.median(times["old"]), 3),
+            "new_median_s": round(statistics.median(times["new"]), 3),
+            "ratio_each_pair": [round(r, 3) for r in ratios], "median_ratio_new_over_old": round(statistics.median(ratios), 3),
+            "old_cpu_seconds": [round(x, 3) for x in cpu["old"]], "new_cpu_seconds": [round(x, 3) for x in cpu["new"]],
+            "cpu_ratio_each_pair": [round(r, 3) for r in cpu_ratios],
+            "median_cpu_ratio_new_over_old": round(statistics.median(cpu_ratios), 3),
+            "old_tokens": tokens["old"], "new_tokens": tokens["new"], "load_avg": os.getloadavg()[0]}
 
 
 def main() -> None:
@@ -84,32 +167,23 @@ def main() -> None:
     ap.add_argument("--songs", type=int, default=12000, help="generated multi-track GM songs")
     ap.add_argument("--bars", type=int, default=48)
     ap.add_argument("--folder", default=None, help="your own MIDI files instead of generated songs (copied, split in two)")
-    ap.add_argument("--repeat", type=int, default=5, help="rounds (mido, then both prepare runs); the median counts")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="rounds (mido, then both prepare runs); the median counts; 0 with --compare: only that")
     ap.add_argument("--mido-files", type=int, default=100, help="files mido reads (it is slow; rate is per file)")
+    ap.add_argument("--compare", default=None, metavar="REV",
+                    help="instead: whole-process prepare of this tree against git revision REV, alternating")
+    ap.add_argument("--pairs", type=int, default=5, help="--compare: timed old/new pairs; the medians count")
     a = ap.parse_args()
     import mido
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        quarter = tmp / "songs" / "a"
-        rest = tmp / "songs" / "b"
-        if a.folder:  # your files, copied into the two parts
-            own = sorted(p for p in Path(a.folder).rglob("*") if p.is_file() and p.suffix.lower() in (".mid", ".midi", ".kar"))
-            if not own:
-                raise SystemExit(f"no MIDI files in {a.folder}")
-            n_quarter = max(1, len(own) // 4)
-            for i, p in enumerate(own):
-                dest = (quarter if i < n_quarter else rest) / f"{i:07d}{p.suffix.lower()}"
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(p, dest)
-        else:  # generated in parallel: ~10 ms a song
-            from concurrent.futures import ProcessPoolExecutor
-
-            n_quarter, step = max(1, a.songs // 4), 500
-            jobs = [(quarter, i, min(step, n_quarter - i)) for i in range(0, n_quarter, step)]
-            jobs += [(rest, i, min(step, a.songs - i)) for i in range(n_quarter, a.songs, step)]
-            with ProcessPoolExecutor() as ex:
-                list(ex.map(write_part, *zip(*jobs), [a.bars] * len(jobs)))
+        quarter, rest = build_corpus(tmp, a.songs, a.bars, a.folder)
+        compared = compare_trees(a.compare, tmp / "songs", a.pairs) if a.compare else None
+        if compared:
+            print(json.dumps(compared, indent=1), flush=True)
+            if a.repeat < 1:
+                return print_compared(compared)
         files = sorted(p for p in (tmp / "songs").rglob("*") if p.is_file())
 
         sample = files[:: max(1, len(files) // a.mido_files)][: a.mido_files]
@@ -178,6 +252,15 @@ def main() -> None:
           f"vs mido read {1 / med['mido_wall']:.1f} files/s: {res['ratio_steady_wall']}x steady, "
           f"{res['ratio_whole_run_wall']}x whole run; per CPU second {res['ratio_steady_cpu']}x steady "
           f"(target >= 100x)", file=sys.stderr)
+    if compared:
+        print_compared(compared)
+
+
+def print_compared(res: dict) -> None:
+    print(f"prepare, whole process, {res['files']} files, 1 worker: {res['new_median_s']} s here vs "
+          f"{res['old_median_s']} s at {res['ref']} (medians of {res['pairs']} alternating pairs); median ratio "
+          f"{res['median_ratio_new_over_old']}x (target <= 1.05x); CPU seconds (parent + workers) median ratio "
+          f"{res['median_cpu_ratio_new_over_old']}x", file=sys.stderr)
 
 
 if __name__ == "__main__":

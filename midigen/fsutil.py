@@ -109,3 +109,14 @@ def file_lock(path):
         finally:
             f.seek(0)
             msvcrt.locking(f.fileno(), msvcrt.LK_UNLCK, 1)
+
+
+def sha256_file(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB pieces (checkpoint and adapter hashes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

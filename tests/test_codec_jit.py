@@ -11,6 +11,7 @@ import pytest
 import symusic
 
 from hostile import write_hostile
+from midigen.data.keys import pitch_class_histogram
 from midigen.music import codec_jit
 from midigen.music.codec import Codec, CodecError
 
@@ -25,14 +26,24 @@ def fast():
 
 def assert_same(fast, score, label=""):
     want = CODEC.encode_scores([score])[0]
-    got, notes, secs = fast.encode_one(score)
+    got, notes, secs, facts = fast.encode_one(score)
     if isinstance(want, CodecError):
         assert isinstance(got, CodecError) and str(got) == str(want), label
         return None
     assert isinstance(got, np.ndarray) and got.dtype == np.uint16, label
     np.testing.assert_array_equal(got, want, err_msg=label)
     assert notes == CODEC.count_notes(want), label
+    assert_same_facts(facts, want, label)
     return secs
+
+
+def assert_same_facts(facts, tokens, label):
+    """The song facts the compiled encoder gathers equal what prepare would read off the tokens."""
+    histogram, ts_token = facts
+    np.testing.assert_array_equal(histogram, pitch_class_histogram(CODEC, tokens), err_msg=label)
+    head = tokens[: CODEC.header_length(tokens)]
+    ts = [int(t) for t in head if CODEC.ts_start <= t < CODEC.inst_start]
+    assert ts_token == (ts[0] if ts else -1), label
 
 
 def test_real_and_generated_files_encode_identically(fast, songs_dir, music21_dir):
@@ -138,8 +149,8 @@ def test_garbage_states_are_refused_not_crashed(fast):
         cases.append(b)
     for buf in cases:
         out = np.zeros(len(buf) + 140, dtype=np.uint16)
-        status, n, notes, secs = codec_jit.encode_state(buf, out, 0, fast._consts, *fast._tables)
+        status, n, notes, secs = codec_jit.encode_state(buf, out, 0, fast._consts, *fast._tables, np.zeros(13))
         assert status in (codec_jit.OK, codec_jit.NO_NOTES, codec_jit.ABSURD, codec_jit.LAYOUT)
         assert 0 <= n <= len(out)
     assert codec_jit.encode_state(good[:-1], np.zeros(300, np.uint16), 0, fast._consts,
-                                  *fast._tables)[0] == codec_jit.LAYOUT
+                                  *fast._tables, np.zeros(13))[0] == codec_jit.LAYOUT

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import symusic
 
-from midigen.music.codec import DRUMS, Codec, Kind
+from midigen.music.codec import DRUMS, Codec, Kind, track_instrument
 from midigen.errors import Cancelled, UsageError
-from midigen.generate.edit import arrange_edits, infill_edits, instrument_of, read_song
+from midigen.generate.edit import arrange_edits, infill_edits, read_song
 from midigen.music.timing import bars_to_seconds
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
@@ -105,11 +105,11 @@ def check_kept(original, e, removed, allowed_new):
         assert not kept - got, "a kept note changed or vanished"
         extra = got - kept
         for (time, *_rest) in extra.elements():
-            assert allowed_new(instrument_of(t), time)
+            assert allowed_new(track_instrument(t), time)
         written += sum(extra.values())
     for o in out.tracks[len(original.tracks):]:
         for (time, *_rest) in rows(o).elements():
-            assert allowed_new(instrument_of(o), time)
+            assert allowed_new(track_instrument(o), time)
         written += o.note_num()
     return written
 
@@ -120,7 +120,7 @@ def _span_rule(song, e):
 
     def removed(i, track):
         a = track.notes.numpy()
-        if instrument_of(track) not in e.targets:
+        if track_instrument(track) not in e.targets:
             return Counter()
         inside = (song.step_of(a["time"]) >= qs) & (song.step_of(a["time"]) < qe)
         return Counter(zip(*(a[k][inside].tolist() for k in ("time", "duration", "pitch", "velocity"))))
@@ -163,16 +163,23 @@ def test_arrange_keeps_the_kept_parts_and_writes_the_new_ones(loaded):
     model, codec, _ = loaded
     score = band_song()
     song = read_song(codec, score)
-    bass = next(instrument_of(t) for t in score.tracks if t.name == "Bass")
+    bass = next(track_instrument(t) for t in score.tracks if t.name == "Bass")
     (e,) = arrange_edits(model, codec, score, add=[DRUMS, 73], keep=[bass], seed=2, top_k=30)
     out = e.score
-    kept = [t for t in score.tracks if instrument_of(t) == bass]
-    assert [rows(t) for t in out.tracks[: len(kept)]] == [rows(t) for t in kept]
+    for i, t in enumerate(score.tracks):  # every track stays where it was (its MIDI channel): kept or emptied
+        o = out.tracks[i]
+        assert (o.name, o.program, o.is_drum) == (t.name, t.program, t.is_drum)
+        if track_instrument(t) == bass:
+            assert rows(o) == rows(t)
+        elif track_instrument(t) != DRUMS:
+            assert o.note_num() == 0
     assert events(out.tempos) == events(score.tempos) and out.end() == score.end()
     assert events(out.time_signatures) == events(score.time_signatures)
-    new = out.tracks[len(kept):]
+    drums = [t for t in out.tracks if t.is_drum]  # the song's drum track, emptied, takes the new drums
+    new = drums + list(out.tracks[len(score.tracks):])
     assert {(t.program, t.is_drum) for t in new} <= {(0, True), (73, False)}
-    assert e.new_tracks and set(e.new_tracks) <= {DRUMS, 73}
+    assert e.new_tracks == [73]
+    assert sum(t.note_num() for t in new) == e.written
     onsets = np.concatenate([t.notes.numpy()["time"] for t in new])
     assert len(onsets) == e.written > 0
     end = int(song.tick_of(song.end_step()))
@@ -341,7 +348,7 @@ def test_cli_arrange(edit_run, loaded, tmp_path):
     (line,) = _json_lines(r.stdout)
     assert line["task"] == "arrange" and Path(line["file"]).is_file()
     out = symusic.Score.from_midi(Path(line["file"]).read_bytes())
-    assert {instrument_of(t) for t in out.tracks if t.note_num()} - {add} == set(keep)  # both --keep parts kept
+    assert {track_instrument(t) for t in out.tracks if t.note_num()} - {add} == set(keep)  # both --keep parts kept
 
 
 @pytest.mark.parametrize("case", ["no-span", "both-spans", "bad-bars", "outside", "empty", "unknown-name",

@@ -19,7 +19,7 @@ import torch
 
 from midigen.music.codec import DRUMS, Codec
 from midigen.generate.grammar import Grammar
-from midigen.generate.sample import generate, generate_samples, load_prompt, notes_end_seconds, sample_score
+from midigen.generate.sample import generate, generate_samples, notes_end_seconds, prompt_plan, sample_score
 from midigen.generate.sampling import Sampling
 from songgen import make_song, make_song_bytes
 
@@ -213,30 +213,34 @@ def test_instruments_are_masked(loaded):
 
 
 def test_prompt_notes_come_back(loaded, tmp_path):
+    from midigen.generate.continuation import continued
+
     model, codec = loaded
     path = tmp_path / "prompt.mid"
     path.write_bytes(make_song_bytes(100, bars=12))
-    prompt = load_prompt(codec, path, seconds=8)
+    song, plan = prompt_plan(codec, path, seconds=8)
+    prompt = plan.prompt  # the song's notes before 8 s, then the silence up to 8 s
     samples = generate_samples(model, codec, num_samples=2, seconds=20, prompt_tokens=prompt,
                                instruments=[DRUMS, 40], tempo=90, sampling=Sampling(seed=4))
     p_head = codec.header_length(prompt)
-    want = codec.decode(prompt[:-1])
-    want_notes = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration)
-                  for t in want.tracks for n in t.notes}
-    assert want_notes
+    before = song.clip(0, plan.cut, False)
+    want_notes = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration, n.velocity)
+                  for t in before.tracks for n in t.notes}
+    assert want_notes and plan.start_tick >= plan.cut
     for s in samples:
         head = codec.header_length(s.tokens)
-        body = prompt[p_head:-1]
+        body = prompt[p_head:]
         assert np.array_equal(s.tokens[head : head + len(body)], body)  # verbatim
         ev = codec.decode_events(s.tokens)
         assert set(ev["header_instruments"]) >= {DRUMS, 40}
         later = ev["tempo_time"] >= s.start_steps
         assert np.any(np.abs(ev["tempo_bpm"][later] - 90) < 1.0)  # the requested tempo where the new part starts
-        score = check_midi(bytes(sample_score(codec, s).dumps_midi()))
-        got = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration)
+        score = check_midi(bytes(continued(codec, song, plan, s.tokens, s.start_index).dumps_midi()))
+        got = {(t.program if not t.is_drum else DRUMS, n.pitch, n.time, n.duration, n.velocity)
                for t in score.tracks for n in t.notes}
-        assert want_notes <= got
-        assert notes_end_seconds(score) > s.start_seconds + 0.9 * 20 - 1e-6
+        assert want_notes <= got  # the song's own notes, untouched
+        assert min(n[2] for n in got - want_notes) >= plan.cut  # the new ones from the point on
+        assert notes_end_seconds(score) > plan.start_seconds + 0.8 * 20
 
 
 def test_silence_and_loops_are_reported():

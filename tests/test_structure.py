@@ -4,6 +4,8 @@ files, and the Linux-only calls only inside the helpers that fall back from them
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "midigen"
@@ -118,3 +120,12 @@ def test_linux_only_calls_only_inside_their_fallbacks():
                 for name in names & set(allowed):
                     where = (path.name, getattr(fn, "name", "<module>"))
                     assert where == allowed[name], f"{name} used in {where}; keep it in {allowed[name]}"
+
+
+def test_child_process_modules_start_without_torch():
+    """Worker and sandbox children import these modules at start; torch would cost them seconds each
+    (the upload reader's time limit is 3 s), so they must not reach it through a top-level import."""
+    for module in ("midigen.data.prepare", "midigen.data.corpus", "midigen.studio.upload", "midigen.generate.synth"):
+        code = f"import sys, {module}; print('torch' in sys.modules)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PKG.parent, check=True)
+        assert out.stdout.strip() == "False", f"{module} imports torch"

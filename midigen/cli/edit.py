@@ -11,11 +11,11 @@ from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import edit_warnings, redraw
-from midigen.generate.edit import arrange_edits, infill_edits, instruments_of_score
+from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.synth import Renderer, wav_beside
-from midigen.model.checkpoint import capabilities, load_checkpoint
-from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
+from midigen.music.codec import Codec, CodecError, instrument_name, score_instruments
 from midigen.music.timing import bars_to_seconds
 
 
@@ -53,15 +53,16 @@ def _check_out(a) -> None:
 
 
 def _load(a):
-    """(model, codec, device, soundfont, capabilities) of a checkpoint that can edit."""
+    """(model, codec, device, soundfont, capabilities, limits) of a checkpoint that can edit; ``limits``: its
+    instrument ranges and polyphony (None with ``--free-range``)."""
     soundfont = find_soundfont(getattr(a, "soundfont", None)) if a.wav or a.play else None
     device = best_device(getattr(a, "device", None))
-    model, codec, config = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     if not caps["can_edit"]:
         raise UsageError(f"checkpoint {a.ckpt} was trained without the editing objective "
                            "(edit_fraction = 0): it cannot infill or arrange")
-    return model, codec, device, soundfont, caps
+    return model, codec, device, soundfont, caps, None if a.free_range else checkpoint_limits(config)
 
 
 def free_base(out: Path, name: str) -> Path:
@@ -134,13 +135,13 @@ def infill(a) -> None:
         raise UsageError("infill needs a span: --start S --end E (seconds) or --bars A-B")
     bars = parse_bars(a.bars) if a.bars is not None else None
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont, caps = _load(a)
+    model, codec, device, soundfont, caps, limits = _load(a)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
-    controls, _ = steering_flags(a, caps, codec, instruments or instruments_of_score(score))
+    controls, _ = steering_flags(a, caps, codec, instruments or score_instruments(score))
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
     edits = _redrawn(a, score, "infill", lambda **kw: infill_edits(
-        model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, **kw),
-        sampling, device)
+        model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, limits=limits,
+        **kw), sampling, device)
     _write(a, edits, "infill", soundfont)
 
 
@@ -149,10 +150,10 @@ def arrange(a) -> None:
     sampling = sampling_flags(a)
     _check_out(a)
     score = _read_song(Codec(), a.song)
-    model, codec, device, soundfont, caps = _load(a)
+    model, codec, device, soundfont, caps, limits = _load(a)
     add = instruments_flag(a.add, caps["instruments"], "--add")
-    keep = instruments_flag(a.keep, instruments_of_score(score), "--keep", owner="the song has")
+    keep = instruments_flag(a.keep, score_instruments(score), "--keep", owner="the song has")
     controls, _ = steering_flags(a, caps, codec, add)
     edits = _redrawn(a, score, "arrange", lambda **kw: arrange_edits(
-        model, codec, score, add=add, keep=keep, controls=controls, **kw), sampling, device)
+        model, codec, score, add=add, keep=keep, controls=controls, limits=limits, **kw), sampling, device)
     _write(a, edits, "arrange", soundfont)

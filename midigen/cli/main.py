@@ -118,6 +118,17 @@ def cmd_train(a) -> int:
     return 0
 
 
+def cmd_tune(a) -> int:
+    from midigen.train.tune import TuneSettings, tune  # start-up time
+
+    settings = TuneSettings(base=a.ckpt, sources=a.sources, out=a.out, style=a.style, steps=a.steps,
+                            minutes=a.minutes, rank=a.rank, lr=a.lr, device=a.device, full=a.full,
+                            eval_every=a.eval_every, batch_size=a.batch_size, patience=a.patience,
+                            workers=a.workers)
+    _print_json(tune(settings, progress=not a.no_progress))
+    return 0
+
+
 def cmd_eval(a) -> int:
     if a.samples and a.ckpt:
         raise UsageError("give --ckpt DIR (score a model) or --samples DIR (compare generated MIDI), not both: "
@@ -132,7 +143,7 @@ def cmd_eval(a) -> int:
     from midigen.eval.evaluate import evaluate  # start-up time
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
-                         controls=a.controls))
+                         controls=a.controls, precision=a.precision))
     return 0
 
 
@@ -177,6 +188,10 @@ def _sampling_flags(s: argparse.ArgumentParser, penalty: bool = False) -> None:
                        help="above 1: fewer repeats of recently played notes (default 1 = off)")
 
 
+_FREE_RANGE_HELP = ("let instruments write outside the pitch range and polyphony they play in the training data "
+                    "(`midigen info --ckpt` lists them); by default a bass stays a bass")
+
+
 def _edit_flags(s: argparse.ArgumentParser) -> None:
     """What infill and arrange share: the checkpoint and the song, the sampling and output flags of
     sample, and the controls (not the meter: the song keeps its own)."""
@@ -192,6 +207,8 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("--soundfont", default=None, metavar="FILE",
                    help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
     _add_control_flags(s, meter=False)
 
 
@@ -217,7 +234,7 @@ def cmd_studio(a) -> int:
     from midigen.studio.server import run  # start-up time
 
     run(a.ckpt, host=a.host, port=a.port, workspace=a.workspace, open_browser=a.open, device=a.device,
-        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host)
+        token=a.token, no_token=a.no_token, allow_hosts=a.allow_host, precision=a.precision)
     return 0
 
 
@@ -232,6 +249,12 @@ def _port(text: str) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+
+
+def _precision_flag(s, default: str = "auto") -> None:
+    s.add_argument("--precision", default=default, choices=["auto", "fp32", "bf16", "int8"],
+                   help=f"weights for inference (default {default}): auto is int8 on a CPU for models big enough to "
+                        "gain (fp32 below that), bf16 on a CUDA GPU; int8 runs on CPUs only")
 
 
 def _add_control_flags(s, meter: bool = True) -> None:
@@ -296,6 +319,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wandb", action="store_true", help="also log to Weights & Biases (if installed)")
     s.set_defaults(func=cmd_train)
 
+    s = sub.add_parser("tune", help="teach a checkpoint your own MIDI: a small adapter (or a full fine-tune)",
+                       description="Tune --ckpt BASE on SOURCE... (what prepare takes) into --out DIR: "
+                                   "DIR/adapter.safetensors + adapter.json, usable as --ckpt DIR anywhere. "
+                                   "Running the same command again resumes.")
+    s.add_argument("sources", nargs="+", metavar="SOURCE", help="folder, .mid file, archive; STYLE=SOURCE tags it")
+    s.add_argument("--ckpt", required=True, metavar="BASE", help="the base run dir or checkpoint dir (never written)")
+    s.add_argument("--out", required=True, metavar="DIR", help="the adapter dir to write")
+    s.add_argument("--style", default=None, metavar="NAME", help="tag the music with a new style NAME for --style")
+    s.add_argument("--steps", type=_positive_int, default=1000, help="at most this many steps (default 1000)")
+    s.add_argument("--minutes", type=_positive_float, default=None, help="stop within M minutes")
+    s.add_argument("--rank", type=_positive_int, default=8, help="rank of the low-rank updates (default 8)")
+    s.add_argument("--lr", type=_positive_float, default=None, help="learning rate (default 2e-3; --full 3e-4)")
+    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    s.add_argument("--full", action="store_true", help="fine-tune every weight (writes a checkpoint, DIR/best)")
+    s.add_argument("--eval-every", type=_positive_int, default=50, help="steps between validations (default 50)")
+    s.add_argument("--batch-size", type=_positive_int, default=8, help="windows per step (default 8)")
+    s.add_argument("--patience", type=_positive_int, default=4,
+                   help="stop after this many validations without a better loss (default 4)")
+    s.add_argument("--workers", type=_positive_int, default=None, help="prepare's worker processes")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_tune)
+
     s = sub.add_parser("eval", help="score a checkpoint (bits per note) or compare generated pieces with real ones")
     s.add_argument("--ckpt", metavar="DIR", help="run dir (uses best/) or checkpoint dir")
     s.add_argument("--samples", metavar="DIR",
@@ -307,6 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
     s.add_argument("--controls", action="store_true",
                    help="also score the events with each song's controls in the header and without (same tokens)")
+    _precision_flag(s, default="fp32")  # a score measures the model as trained unless asked otherwise
     s.set_defaults(func=cmd_eval)
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
@@ -333,13 +379,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--soundfont", default=None, metavar="FILE",
                    help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+    s.add_argument("--free-tempo", action="store_true",
+                   help="with --prompt: let the model change tempo in what it writes, if its training data had "
+                        "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
     s.set_defaults(func=cmd_sample)
 
-    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint")
+    s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",
+                       description="Rewrite the notes that start in [--start, --end) (or in --bars). The span snaps "
+                       "inward to the model's grid (1/24 beat): a note that starts before --start, or at or "
+                       "after --end, is always kept as it is; one within half a grid step inside an edge may "
+                       "be kept too. New notes never cut into kept ones: a new note that would sound over a "
+                       "kept note of its pitch and channel is shortened or left out (docs/editing.md).")
     s.add_argument("--start", type=float, default=None, metavar="S",
-                   help="span start in seconds (no default: give --start/--end or --bars)")
-    s.add_argument("--end", type=float, default=None, metavar="E", help="span end in seconds (no default)")
+                   help="span start (seconds; no default: give --start/--end or --bars); notes starting before "
+                        "it are kept (the span snaps inward)")
+    s.add_argument("--end", type=float, default=None, metavar="E",
+                   help="span end (seconds; no default); notes starting at or after it are kept")
     s.add_argument("--bars", default=None, metavar="A-B",
                    help="the span as bars, counted from 1 (e.g. 9-12; no default)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
@@ -353,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instruments to write, e.g. bass,drums (or --add bass --add drums); required")
     s.add_argument("--keep", default=None, action="append", metavar="LIST",
                    help="parts to keep, comma-separated or repeated (default: every part the song has that is "
-                        "not in --add); others are dropped")
+                        "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their MIDI channels)")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
 
@@ -381,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-host", action="append", default=[], metavar="NAME",
                    help="also accept requests addressed to NAME (e.g. behind a proxy); repeatable. By default only "
                         "the --host address, localhost and (on loopback) 127.0.0.1 and [::1] are accepted")
+    _precision_flag(s)
     s.set_defaults(func=cmd_studio)
     return p
 

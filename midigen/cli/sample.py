@@ -1,6 +1,7 @@
 """``midigen sample``: check every flag first, then load, generate, write and report."""
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,14 +12,18 @@ from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import redraw, sample_warnings
 from midigen.generate.render import find_soundfont, play, write_piano_roll
-from midigen.generate.sample import DEFAULT_SECONDS, generate_samples, load_prompt, sample_score, summary
+from midigen.generate.sample import (DEFAULT_SECONDS, continue_song, generate_samples, prompt_plan, sample_score,
+                                     summary)
 from midigen.generate.synth import Renderer, wav_beside
-from midigen.model.checkpoint import capabilities, load_checkpoint
+from midigen.music.ranges import learned_tempo_changes
+from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint, recorded_ranges
 
 
 def _check_flags(a) -> None:
     if a.prompt_seconds is not None and a.prompt is None:
         raise UsageError("--prompt-seconds needs --prompt")
+    if a.free_tempo and a.prompt is None:
+        raise UsageError("--free-tempo needs --prompt (without one the model chooses its tempo changes anyway)")
     if a.tempo is not None and not 16 <= a.tempo <= 512:
         raise UsageError(f"--tempo must be within 16..512 BPM, got {a.tempo}")
     if a.prompt is not None and not Path(a.prompt).is_file():
@@ -34,35 +39,42 @@ def sample(a) -> None:
     _check_flags(a)
     soundfont = find_soundfont(a.soundfont) if a.wav or a.play or a.soundfont else None
     device = best_device(a.device)
-    model, codec, config = load_checkpoint(a.ckpt, device)
+    model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
     controls, time_signature = steering_flags(a, caps, codec, instruments)
-    prompt = load_prompt(codec, a.prompt, a.prompt_seconds) if a.prompt else None
+    limits = None if a.free_range else checkpoint_limits(config)
+    free_tempo = a.free_tempo and learned_tempo_changes(recorded_ranges(config)) is not False
+    if a.free_tempo and not free_tempo:
+        print("note: --free-tempo: this model's training data never changed tempo within a song; "
+              "the song's tempo is kept", file=sys.stderr, flush=True)
+    song, plan = prompt_plan(codec, a.prompt, a.prompt_seconds) if a.prompt else (None, None)
     renderer = Renderer(soundfont) if a.wav or a.play else None  # its child starts while the model samples
     if renderer is not None:
         renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
+    kw = dict(seconds=seconds, max_new_tokens=a.max_tokens, instruments=instruments, tempo=a.tempo, device=device,
+              controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo)
 
     def draw(seed: int, n: int) -> list:
-        return [(s, sample_score(codec, s)) for s in generate_samples(
-            model, codec, num_samples=n, seconds=seconds, max_new_tokens=a.max_tokens,
-            sampling=replace(sampling, seed=seed), prompt_tokens=prompt, instruments=instruments, tempo=a.tempo,
-            device=device, controls=controls, time_signature=time_signature)]
+        s = replace(sampling, seed=seed)
+        if plan is not None:
+            return continue_song(model, codec, song, plan, num_samples=n, sampling=s, **kw)
+        return [(x, sample_score(codec, x)) for x in generate_samples(model, codec, num_samples=n, sampling=s, **kw)]
 
     def warnings_of(result) -> list[str]:
         s, score = result
-        return sample_warnings(score, s.start_seconds if prompt is not None else 0.0, s.end_seconds, instruments)
+        return sample_warnings(score, s.start_seconds if plan is not None else 0.0, s.end_seconds, instruments)
 
-    samples = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
+    results = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
     try:
-        _write(a, codec, samples, sampling.seed, renderer)
+        _write(a, codec, results, sampling.seed, renderer)
     finally:
         if renderer is not None:
             renderer.close()
 
 
-def _write(a, codec, samples: list, first_seed: int, renderer: Renderer | None) -> None:
+def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None) -> None:
     """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed (with the
     seed that gives it again, and its warnings)."""
     out = Path(a.out)
@@ -71,7 +83,7 @@ def _write(a, codec, samples: list, first_seed: int, renderer: Renderer | None) 
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    for i, ((s, score), seed, row, warnings) in enumerate(samples):
+    for i, ((s, score), seed, row, warnings) in enumerate(results):
         base = out / f"{stamp}-{i}"
         atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
         print(base.with_suffix(".mid"), flush=True)
@@ -84,6 +96,6 @@ def _write(a, codec, samples: list, first_seed: int, renderer: Renderer | None) 
         print(f"sample {i}: {summary(codec, s, score, warnings)}{again}", flush=True)
     print(f"seed {first_seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
-        for i in range(len(samples)):
+        for i in range(len(results)):
             if not play(out / f"{stamp}-{i}.wav"):
                 break

@@ -66,6 +66,7 @@ SHARD_MAGIC = b"MGSHARD1"
 JOB_VERSION = 1
 WORKER_TASK = "midigen.data.prepare:encode_chunk"  # what the workers run, by name (they are spawned)
 OUTPUTS = ("train.bin", "val.bin", "test.bin", "files.jsonl", "meta.json")  # meta.json last: the commit
+_ROW_JSON = json.JSONEncoder(ensure_ascii=False)  # files.jsonl rows: json.dumps(row, ensure_ascii=False), built once
 
 
 def reason_key(reason: str) -> str:
@@ -132,20 +133,20 @@ class _Encoder:
         """Scores -> [(tokens or exception, None, None)] through the numpy encoder, batched if it can."""
         if len(scores) > 1:
             try:
-                return [(out, None, None) for out in self.codec.encode_scores(scores)]
+                return [(out, None, None, None) for out in self.codec.encode_scores(scores)]
             except Exception:
                 pass  # fall back to one at a time, so only the bad score fails
         out = []
         for sc in scores:
             try:
-                out.append((self.codec.encode_score(sc), None, None))
+                out.append((self.codec.encode_score(sc), None, None, None))
             except Exception as e:
-                out.append((e, None, None))
+                out.append((e, None, None, None))
         return out
 
     def check(self, result) -> tuple[np.ndarray | None, int, float, str | None]:
         """Encoder output -> (tokens, notes, seconds, None) or (None, 0, 0, reason): the filter rule on tokens."""
-        tokens, notes, secs = result
+        tokens, notes, secs, _ = result
         if isinstance(tokens, self.CodecError):
             return None, 0, 0.0, str(tokens)
         if isinstance(tokens, BaseException):
@@ -160,14 +161,22 @@ class _Encoder:
             return None, 0, 0.0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
         return tokens, notes, float(secs), None
 
-    def song_fields(self, score, tokens, secs: float) -> dict:
-        """The facts a kept file's row records for the controls: key (and where from), meter, length."""
-        key, source = song_key(self.codec, score, tokens)
-        head = tokens[: self.codec.header_length(tokens[:200])]
-        ts = [self.codec.time_signatures[int(t) - self.codec.ts_start] for t in head
-              if self.codec.ts_start <= t < self.codec.inst_start]
-        return {"key": key, "key_source": source, "time_signature": f"{ts[0][0]}/{ts[0][1]}" if ts else None,
+    def song_fields(self, score, tokens, secs: float, facts=None) -> dict:
+        """The facts a kept file's row records for the controls: key (and where from), meter, length.
+
+        ``facts`` is what the compiled encoder gathered while writing the tokens (pitch-class
+        histogram, TS token), so the tokens are not read again; without it both come from the tokens."""
+        c = self.codec
+        histogram, ts_token = facts if facts is not None else (None, self._first_ts_token(tokens))
+        key, source = song_key(c, score, tokens, histogram)
+        ts = c.time_signatures[ts_token - c.ts_start] if ts_token >= 0 else None
+        return {"key": key, "key_source": source, "time_signature": f"{ts[0]}/{ts[1]}" if ts else None,
                 "seconds": round(secs, 3)}
+
+    def _first_ts_token(self, tokens) -> int:
+        c = self.codec
+        head = tokens[: c.header_length(tokens[:200])]
+        return next((int(t) for t in head if c.ts_start <= t < c.inst_start), -1)
 
 
 def _describe(prefix: str, e: BaseException) -> str:
@@ -251,9 +260,10 @@ def _encode_file(enc: _Encoder, item, failed_reason, written: int, want_md5: boo
     if reason is None:
         score, reason = enc.read(data)
         if reason is None and enc.fast is not None:
-            tokens, notes, secs, reason = enc.check(enc.fast.encode_one(score, written))
+            result = enc.fast.encode_one(score, written)
+            tokens, notes, secs, reason = enc.check(result)
             if reason is None:
-                row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
+                row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs, result[3]))
             score = None
     if reason is not None:
         row["reason"] = reason
@@ -547,7 +557,7 @@ class _Merge:
                 self.dup_styles.setdefault(self.first_of[r["hash"]], set()).update(tag)
             if out["skipped"] is not None:
                 self.reasons[reason_key(out["skipped"])] += 1
-            lines.append(json.dumps(out, ensure_ascii=False))
+            lines.append(_ROW_JSON.encode(out))
         lines.append("")
         self.rows_out.write("\n".join(lines))
 
@@ -572,11 +582,13 @@ class _Merge:
         """A row's styles, key, meter and length (kept files), counted for meta.json."""
         if split is None:
             return {"styles": [], "key": None, "key_source": None, "time_signature": None, "seconds": None}
-        styles = sorted(set(tag) | set(self.tagger.by_md5(r.get("md5"))))
+        by_md5 = self.tagger.by_md5(r.get("md5"))
+        styles = sorted(set(tag).union(by_md5)) if tag or by_md5 else []
         facts = {"styles": styles, "key": r.get("key"), "key_source": r.get("key_source"),
                  "time_signature": r.get("time_signature"), "seconds": r.get("seconds")}
         c = self.counts
-        c["styles"].update(styles)
+        if styles:
+            c["styles"].update(styles)
         for name, value in (("keys", facts["key"]), ("key_sources", facts["key_source"]),
                             ("time_signatures", facts["time_signature"] or "none")):
             if value is not None:

@@ -106,6 +106,8 @@ class StyleTagger:
         named = self.source_styles[src_index]
         if named:
             out.append(named)
+        if not (self.folder_sources[src_index] or self.table):
+            return out  # nothing more to learn from the name: skip parsing it (prepare asks for every file)
         rel = relative_name(label, kind, entry_name)
         parts = PurePosixPath(rel.replace("\\", "/")).parts
         if self.folder_sources[src_index] and len(parts) > 1:

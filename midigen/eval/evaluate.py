@@ -89,13 +89,14 @@ def control_cost(model, sp, T: int, budget: int, device, dtype=torch.float32, pr
 
 
 def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngram_order: int = 5,
-             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False) -> dict:
+             device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False,
+             precision: str = "fp32") -> dict:
     """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict;
     ``controls`` adds ``control_cost``."""
     ds = Dataset(data)
     path = resolve(ckpt)
     dev = best_device(device)
-    model, codec, _ = load_checkpoint(path, device=dev)
+    model, codec, _ = load_checkpoint(path, device=dev, precision=precision)
     if codec.to_dict() != ds.codec.to_dict():
         raise UsageError(f"checkpoint {path} was trained with a different codec than the dataset {data}: "
                            "prepare the data with the checkpoint's midigen version")
@@ -110,7 +111,7 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
         raise MidigenError(f"internal error: model scored {tokens} tokens, baseline would score {len(pos)}")
     music_s = positions_seconds(codec, sp.tokens, pos)
     t0 = time.time()
-    amp = compute_dtype(dev, dtype)
+    amp = compute_dtype(dev, dtype) if model.precision == "fp32" else torch.float32  # converted weights: as loaded
     nats = score_rows(model, x, y, max(1, 16384 // T), dev, amp, progress=progress)
     model_s = time.time() - t0
 

@@ -17,9 +17,9 @@ from typing import Callable
 
 import numpy as np
 
-from midigen.generate.edit import Edit, instrument_of
+from midigen.generate.edit import Edit
 from midigen.generate.sampling import RETRIES
-from midigen.music.codec import instrument_name
+from midigen.music.codec import instrument_name, track_instrument
 from midigen.music.timing import seconds_at_tick, tick_at_seconds
 
 SPARSE_SHARE = 0.1  # a continuation with under this share of the song's notes per second is "nearly empty"
@@ -35,7 +35,7 @@ def no_notes(instrument: int) -> str:
 def _onsets(score, instrument: int | None = None) -> np.ndarray:
     """Onset ticks of every note of ``score`` (of one instrument when given), sorted."""
     parts = [t.notes.numpy()["time"].astype(np.int64) for t in score.tracks
-             if t.note_num() and (instrument is None or instrument_of(t) == instrument)]
+             if t.note_num() and (instrument is None or track_instrument(t) == instrument)]
     return np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
@@ -82,7 +82,7 @@ def edit_warnings(original, edit: Edit, task: str) -> list[str]:
     span left silent where the song had notes."""
     a, b = (tick_at_seconds(edit.score, s) for s in edit.span_seconds)
     had = {i: _count(_onsets(original, i), a, b) for i in edit.targets}
-    present = {instrument_of(t) for t in original.tracks if t.note_num()}
+    present = {track_instrument(t) for t in original.tracks if t.note_num()}
     got = {i: _count(_onsets(edit.score, i), a, b) for i in edit.targets}
     if task == "infill" and edit.written == 0 and sum(had.values()):
         s0, s1 = edit.span_seconds

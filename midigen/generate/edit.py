@@ -12,7 +12,8 @@ contexts differ, so each goes on alone.
 
 Kept music never passes through tokens: the result is the user's own score (same ticks per quarter,
 tracks, tempo map, time and key signatures, markers, every kept note, same length) with the decoded
-notes spliced in, converted from steps back to the file's ticks.
+notes converted from steps back to the file's ticks and spliced in by ``midigen.generate.splice`` (the
+one splice of every task: a written note never sounds over a kept one of its pitch and channel).
 
 Time: the model's steps are 1/24 quarter note. The song is encoded with no gap limit, so unit times
 are the file's own steps (``round(tick * 24 / tpq)``, as the encoder rounds); the gaps the encoder
@@ -25,13 +26,15 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import symusic
 
-from midigen.music.codec import DRUMS, Codec, CodecError, Kind, instrument_name
+from midigen.music.codec import Codec, CodecError, Kind, instrument_name, score_instruments, track_instrument
 from midigen.errors import UsageError
 from midigen.generate.engine import Decoder, Listener
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
+from midigen.generate.splice import FIELDS, splice
+from midigen.music.ranges import NoteLimits
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
-from midigen.music.timing import seconds_at_tick, tick_at_seconds
+from midigen.music.timing import first_tick_at, seconds_at_tick
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -63,23 +66,19 @@ class Song:
         s = np.asarray(steps, dtype=np.int64)
         return (s * 2 * self.tpq + self.spq) // (2 * self.spq)
 
+    def first_tick_of(self, step: int) -> int:
+        """The first tick that ``step_of`` puts at ``step`` or later."""
+        return max(0, -(-(2 * int(step) - 1) * self.tpq // (2 * self.spq)))
+
     @property
     def instruments(self) -> list[int]:
-        return instruments_of_score(self.score)
+        return score_instruments(self.score)
 
     def end_step(self) -> int:
         """The step where the last note ends (at least 1)."""
         ends = [int(np.max(self.step_of(a["time"].astype(np.int64) + a["duration"]))) for a in
                 (t.notes.numpy() for t in self.score.tracks if t.note_num())]
         return max([1, *ends])
-
-
-def instrument_of(track) -> int:
-    return DRUMS if track.is_drum else int(track.program) & 127
-
-
-def instruments_of_score(score) -> list[int]:
-    return sorted({instrument_of(t) for t in score.tracks if t.note_num()})
 
 
 def read_song(codec: Codec, score) -> Song:
@@ -131,6 +130,7 @@ class Plan:
     context: Units
     drop_after: bool = False
     controls: tuple = ()
+    limits: NoteLimits | None = None  # instrument ranges and polyphony the written notes keep to
 
 
 @dataclass
@@ -174,6 +174,9 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
     budget = block - len(prompt)
     g = Grammar(codec, rows, device=dec.device)
     g.for_edit(plan.targets, e - s, budget)
+    if plan.limits is not None:
+        g.hold_notes(plan.limits.low, plan.limits.high, plan.limits.polyphony)
+        _ringing(codec, g, Units.concat([plan.context, written]), plan.targets, s)
     g.force_notes(given.time, given.tok0, given.tok1)
     seq = dec.decode(prompt, g, budget)
     out = []
@@ -187,6 +190,16 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
         else:  # out of tokens: keep the complete onsets, go on from the last one
             out.append(_Chunk(units.select(units.time < s + last), s + last))
     return out
+
+
+def _ringing(codec: Codec, g: Grammar, units: Units, targets, s: int) -> None:
+    """Tell the grammar which notes of the target instruments still sound at the chunk's start ``s``
+    (kept ones, or written by the chunk before), so its polyphony limit counts them."""
+    notes = (units.tok1 >= 0) & np.isin(units.inst, np.array(targets, np.int64)) & (units.time < s)
+    u = units.select(notes)
+    end = u.time + codec.durations[(u.tok1 - codec.dv_start) // codec.params.velocity_levels]
+    ring = end > s
+    g.sounding(u.inst[ring], end[ring] - s)
 
 
 def write_plan(dec: Decoder, codec: Codec, song: Song, plan: Plan, num_samples: int) -> list[Units]:
@@ -234,60 +247,29 @@ def _notes_from_units(codec: Codec, song: Song, units: Units) -> dict:
     }
 
 
-def _set_notes(track, time, duration, pitch, velocity) -> None:
-    o = np.argsort(time, kind="stable")
-    track.notes = symusic.core.NoteTickList.from_numpy(
-        np.asarray(time)[o].astype(np.int32), np.asarray(duration)[o].astype(np.int32),
-        np.asarray(pitch)[o].astype(np.int8), np.asarray(velocity)[o].astype(np.int8))
-
-
-def _pick_track(centres: list[float], pitch: np.ndarray) -> np.ndarray:
-    """For each new note, the index of the track of its instrument whose median pitch (before the
-    edit) is nearest: several tracks of one program (a piano's two hands, two guitars) keep their roles."""
-    return np.argmin(np.abs(pitch[:, None] - np.asarray(centres)[None, :]), axis=1)
-
-
-def splice(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) -> tuple[symusic.core.ScoreTick, int, list]:
-    """The user's score with the notes ``remove(instrument, onset_steps) -> bool mask`` and the tracks of
-    ``drop_instruments`` taken out and ``units`` added. Returns (score, notes removed, new tracks)."""
+def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) -> tuple:
+    """The user's score less the notes ``remove(instrument, onset_steps) -> bool mask`` picks and the
+    notes of ``drop_instruments``, plus ``units`` (``midigen.generate.splice``: each to its track, under
+    the overlap rule). A dropped part's track stays, empty, so every kept track keeps its MIDI channel.
+    Returns (score, notes written, notes removed, instruments that got a new track)."""
     out = song.score.copy()
     original_end = song.score.end()
     removed = 0
-    keep_tracks = [t for t in out.tracks if instrument_of(t) not in set(drop_instruments)]
-    removed += sum(t.note_num() for t in out.tracks if instrument_of(t) in set(drop_instruments))
-    out.tracks = keep_tracks
-    by_inst = {}  # instrument -> [(track, median pitch before the edit)]
     for t in out.tracks:
         if not t.note_num():
             continue
         a = t.notes.numpy()
-        by_inst.setdefault(instrument_of(t), []).append((t, float(np.median(a["pitch"]))))
-        gone = remove(instrument_of(t), song.step_of(a["time"]))
+        gone = (np.ones(len(a["time"]), bool) if track_instrument(t) in set(drop_instruments)
+                else remove(track_instrument(t), song.step_of(a["time"])))
         if gone.any():
             removed += int(gone.sum())
-            keep = ~gone
-            _set_notes(t, a["time"][keep], a["duration"][keep], a["pitch"][keep], a["velocity"][keep])
+            t.notes = symusic.core.NoteTickList.from_numpy(*(a[f][~gone] for f in FIELDS))
     new = _notes_from_units(codec, song, units)
     new["duration"] = np.maximum(1, np.minimum(new["duration"], original_end - new["time"]))  # no ringing past the end
-    new_tracks = []
-    for inst in np.unique(new["instrument"]).tolist():
-        sel = new["instrument"] == inst
-        tracks = by_inst.get(inst) or [(t, 60.0) for t in out.tracks if instrument_of(t) == inst]
-        if not tracks:
-            out.tracks.append(symusic.Track(instrument_name(inst), 0 if inst == DRUMS else inst, inst == DRUMS))
-            tracks = [(out.tracks[len(out.tracks) - 1], 60.0)]
-            new_tracks.append(inst)
-        which = _pick_track([c for _, c in tracks], new["pitch"][sel])
-        for k, (track, _) in enumerate(tracks):
-            mine = np.flatnonzero(sel)[which == k]
-            if not len(mine):
-                continue
-            a = track.notes.numpy()
-            _set_notes(track, *(np.concatenate((a[f].astype(np.int64), new[f][mine])) for f in
-                                ("time", "duration", "pitch", "velocity")))
+    out, written, new_tracks = splice(out, new)
     if out.end() < original_end:  # the song keeps its length where the end fell silent
         out.markers.append(symusic.core.TextMetaTick(original_end, "end"))
-    return out, removed, new_tracks
+    return out, written, removed, new_tracks
 
 
 # ----- the two tasks --------------------------------------------------------------------------------
@@ -307,10 +289,19 @@ def _song(codec: Codec, score) -> Song:
         raise UsageError(f"cannot edit this song: {e}") from None
 
 
+def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
+    """``[start_s, end_s)`` on the song's step grid, snapped inward: a note is rewritten only if it starts
+    at or after ``start_s`` and before ``end_s``. The notes of a step are those whose onset rounds to it,
+    so the span starts at the first step that no earlier note rounds to, and ends at the step that the
+    first tick at ``end_s`` rounds to; a note within half a step inside either edge is kept."""
+    first, last = (first_tick_at(song.score, x) for x in (start_s, end_s))
+    return (0 if first == 0 else int(song.step_of(first - 1)) + 1), int(song.step_of(last))
+
+
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
-                 device=None, listener: Listener | None = None) -> list[Edit]:
-    """``infill`` with what changed, for the command's report."""
+                 device=None, listener: Listener | None = None, limits: NoteLimits | None = None) -> list[Edit]:
+    """``infill`` with what changed, for the command's report (``limits``: see ``arrange_edits``)."""
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -318,7 +309,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     if not (start_s >= 0 and end_s > start_s):
         raise UsageError(f"the span {start_s:g}-{end_s:g} s is empty or negative")
     end_step = song.end_step()
-    qs, qe = (int(song.step_of(tick_at_seconds(score, x))) for x in (start_s, end_s))
+    qs, qe = span_steps(song, start_s, end_s)
     qe = min(qe, end_step)
     if qs >= end_step:
         raise UsageError(f"the span starts at {start_s:g} s, after the song's end "
@@ -332,20 +323,22 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     u = song.units
     gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
     plan = Plan(qs, qe, targets, sorted(set(present) | set(targets)), u.select(~gone),
-                controls=tuple(controls or ()))
+                controls=tuple(controls or ()), limits=limits)
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
-    span_s = tuple(float(seconds_at_tick(score, int(song.tick_of(q)))) for q in (qs, qe))
+    span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []
     for units in write_plan(dec, codec, song, plan, int(num_samples)):
-        s, removed, new_tracks = splice(codec, song, units, remove)
-        out.append(Edit(s, len(units), removed, (qs, qe), span_s, targets, new_tracks))
+        s, written, removed, new_tracks = _edited(codec, song, units, remove)
+        out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks))
     return out
 
 
 def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
                   temperature=1.0, top_k=None, top_p=None, controls=None, device=None,
-                  listener: Listener | None = None) -> list[Edit]:
-    """``arrange`` with what changed, for the command's report."""
+                  listener: Listener | None = None, limits: NoteLimits | None = None) -> list[Edit]:
+    """``arrange`` with what changed, for the command's report. ``limits``
+    (``midigen.music.ranges.note_limits``) hold the written notes to each instrument's range and
+    polyphony; None writes anything."""
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -366,36 +359,36 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     gone = (u.tok1 >= 0) & ~np.isin(u.inst, keep)
     end = song.end_step()
     plan = Plan(0, end, add, sorted(set(keep) | set(add)), u.select(~gone), drop_after=True,
-                controls=tuple(controls or ()))
+                controls=tuple(controls or ()), limits=limits)
     never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
     span_s = (0.0, float(seconds_at_tick(score, int(song.tick_of(end)))))
     out = []
     for units in write_plan(dec, codec, song, plan, int(num_samples)):
-        s, removed, new_tracks = splice(codec, song, units, never, drop_instruments=dropped)
-        out.append(Edit(s, len(units), removed, (0, end), span_s, add, new_tracks))
+        s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped)
+        out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks))
     return out
 
 
 def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None, num_samples: int = 1,
            seed=None, temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-           listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+           listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Rewrite ``[start_s, end_s)`` of ``score`` for ``instruments`` (default: all it has).
 
-    The notes of those instruments whose onsets fall in the span (on the model's 1/24-beat grid) are
-    replaced by new ones written from the music on both sides; everything else is the user's score,
-    untouched. One score per sample; the same seed gives the same scores.
+    The notes of those instruments that start in the span (snapped inward to the model's 1/24-beat
+    grid: ``span_steps``) are replaced by new ones written from the music on both sides; everything
+    else is the user's score, untouched. One score per sample; the same seed gives the same scores.
     """
     return [e.score for e in infill_edits(
         model, codec, score, start_s=start_s, end_s=end_s, instruments=instruments, num_samples=num_samples,
         seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, controls=controls, device=device,
-        listener=listener)]
+        listener=listener, limits=limits)]
 
 
 def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
             temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-            listener: Listener | None = None) -> list[symusic.core.ScoreTick]:
+            listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Write parts for the instruments ``add`` over the whole song, keeping the parts ``keep`` (default:
     every part it has that is not being added) exactly and dropping the others."""
     return [e.score for e in arrange_edits(
         model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
-        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener)]
+        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener, limits=limits)]

@@ -15,6 +15,13 @@ so decoding needs no host round trip per step. The rules mirror ``Codec.encode_s
   between events never exceeds ``max_gap`` steps;
 * ``EOS`` follows a DV, and only when length control allows it.
 
+Instruments play their range (``hold_notes``, from ``midigen.music.ranges``): a NOTE outside its
+instrument's pitch range is masked, and so is a NOTE of an instrument that already sounds its most notes
+at once at this step. The state is a small table of end steps per instrument (``ends``: one slot per note
+it may sound), filled by each DV; the mask is two table lookups, no loop over the vocabulary. Notes the
+grammar forces (``force_notes``) are never blocked. A continuation keeps the song's tempo
+(``keep_tempo``): no tempo change, except one the caller requested.
+
 The written part of an edit (after ``FILL``) is the same event grammar with other limits
 (``for_edit``): notes only of the target instruments, no tempo changes, onsets before the span's end,
 no gap limit (other instruments' notes sit in the gaps), and EOS after any DV or right after FILL.
@@ -65,6 +72,22 @@ class _Tables:
         self.fdtype = torch.float32 if device.type == "mps" else torch.float64
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
         self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
+
+
+class _Limits:
+    """The note limits as device tables: which (instrument, pitch) NOTEs may be written, and how many
+    notes each instrument may sound at once."""
+
+    def __init__(self, low, high, polyphony, note_start: int, device: torch.device):
+        pitch = np.arange(N_PITCHES)[None, :]
+        ok = (pitch >= np.asarray(low)[:, None]) & (pitch <= np.asarray(high)[:, None])
+        self.arrays = (low, high, polyphony, note_start)
+        ids = note_start + np.arange(N_INSTRUMENTS * N_PITCHES).reshape(N_INSTRUMENTS, N_PITCHES)
+        # a NOTE's id where its pitch is in range, else -1: "later in the step and in range" is one compare
+        self.note_key = torch.as_tensor(np.where(ok, ids, -1), device=device)  # (instruments, pitches)
+        self.polyphony = torch.as_tensor(np.asarray(polyphony, np.int64), device=device)
+        self.slots = int(max(1, int(np.max(polyphony))))
+        self.active = None  # the instruments any row may write, once the header is closed (host fact)
 
 
 class Grammar:
@@ -119,6 +142,8 @@ class Grammar:
         self.timed = False  # some row has a time target
         self.pending = False  # a tempo change was requested
         self.in_header = np.ones(B, bool)  # the row may still write header tokens (until its first event)
+        self.limits: _Limits | None = None  # note ranges and polyphony (``hold_notes``); None: anything
+        self.ends = torch.zeros((B, N_INSTRUMENTS, 0), dtype=torch.long, device=dev)  # sounding notes' end steps
 
     # ----- setup ------------------------------------------------------------------------------
 
@@ -152,6 +177,28 @@ class Grammar:
         if time_signature_id is not None:
             self.forced_ts[:] = int(time_signature_id)
 
+    def hold_notes(self, low, high, polyphony) -> None:
+        """Written notes stay within each instrument's pitch range ``[low[i], high[i]]`` and sound at most
+        ``polyphony[i]`` at once (arrays over the 129 instruments; ``midigen.music.ranges.NoteLimits``).
+        Call before any note is advanced, so the notes of a prompt count too."""
+        self.limits = _Limits(low, high, polyphony, self.codec.note_start, self.device)
+        self.ends = torch.zeros((self.B, N_INSTRUMENTS, self.limits.slots), dtype=torch.long, device=self.device)
+
+    def sounding(self, instruments, end_steps) -> None:
+        """Notes already sounding (instrument, steps from now until they end), given before the written
+        part starts (an edit chunk's notes ringing in from before it), so polyphony counts them."""
+        if self.limits is None:
+            return
+        for i, e in zip(np.asarray(instruments).tolist(), np.asarray(end_steps).tolist()):
+            slots = self.ends[:, int(i)]
+            slot = slots.argmin(dim=1)
+            slots[self.rows, slot] = torch.maximum(slots[self.rows, slot], self.steps + int(e))
+
+    def keep_tempo(self) -> None:
+        """No tempo change from here on, except one asked for with ``request_tempo`` (a continuation keeps
+        the song's tempo map)."""
+        self.tempo_ok[:] = False
+
     def for_edit(self, targets, span_steps: int, max_tokens: int) -> None:
         """Start the written part of an edit (right after FILL): notes of ``targets`` with onsets in
         ``[0, span_steps)``, no tempo changes, no gap limit, EOS after any DV."""
@@ -165,6 +212,8 @@ class Grammar:
         self.eos_anytime[:] = True
         self.budget[:] = int(max_tokens)
         self.in_header[:] = False
+        if self.limits is not None:
+            self.limits.active = None
 
     def force_notes(self, steps, notes, dvs) -> None:
         """Notes the written part must carry, at their steps (from the span start), among the notes it
@@ -185,6 +234,8 @@ class Grammar:
         out.B, out.device = int(batch_size), dev
         out.in_header = np.repeat(self.in_header[:1], batch_size)
         out.T = self.T if dev == self.device else _Tables(self.codec, dev)
+        if self.limits is not None:
+            out.limits = _Limits(*self.limits.arrays, dev)
         for k, v in self.__dict__.items():
             if isinstance(v, torch.Tensor):
                 setattr(out, k, v[:1].to(dev).expand(batch_size, *v.shape[1:]).clone())
@@ -282,7 +333,17 @@ class Grammar:
         is_dv = live & (kind == Kind.DV) & (self.phase == NEED_DV)
         ends = self.steps + self.T.dv_steps[(t - c.dv_start).clamp(0, len(self.T.dv_steps) - 1)]
         self.sounding_until = torch.where(is_dv, torch.maximum(self.sounding_until, ends), self.sounding_until)
+        if self.limits is not None:
+            self._sound(is_dv, ends)
         self.phase = torch.where(is_note, NEED_DV, torch.where(is_dv, EVENTS, self.phase))
+
+    def _sound(self, is_dv, ends) -> None:
+        """The note a DV completes takes its instrument's slot that ended first."""
+        inst = ((self.last_note - self.codec.note_start).clamp(min=0) // N_PITCHES).clamp(max=N_INSTRUMENTS - 1)
+        slots = self.ends[self.rows, inst]
+        slot = slots.argmin(dim=1)
+        old = slots.gather(1, slot[:, None])[:, 0]
+        self.ends[self.rows, inst, slot] = torch.where(is_dv, ends, old)
 
     @property
     def done(self) -> torch.Tensor:
@@ -358,15 +419,48 @@ def _shift_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> None:
     fits = (g.gap[:, None] + k <= g.gap_limit[:, None]) & (g.steps[:, None] + k < g.span[:, None])
     if g.timed:
         fits &= g.seconds[:, None] + k * g._sec_per_step(g.tempo)[:, None] <= g.target[:, None] + 1e-9
+    if g.limits is not None:
+        fits &= _lands_free(g, g.steps[:, None] + k) | (k == g.max_shift)
     m[:, c.shift_start : c.tempo_start] = may[:, None] & fits
+
+
+def _lands_free(g: Grammar, lands: torch.Tensor) -> torch.Tensor:
+    """(B, n) bool: may a short shift land at these steps? Only where some allowed instrument has a free
+    voice (or a given note is due): a short shift must be followed by an event, so landing where every
+    instrument still sounds its most notes would leave the row nothing to write."""
+    act = _active(g)
+    if not len(act):  # no instrument to write: nothing for polyphony to hold
+        return torch.ones_like(lands, dtype=torch.bool)
+    top = torch.sort(g.ends[:, act], dim=2, descending=True).values  # (B, active instruments, slots)
+    idx = (g.limits.polyphony[act] - 1).clamp(max=top.shape[2] - 1).view(1, -1, 1).expand(g.B, -1, 1)
+    free_at = top.gather(2, idx)[:, :, 0]  # fewer than polyphony notes sound from this step on
+    inst = g.instruments[:, act]
+    earliest = torch.where(inst, free_at, NO_LIMIT).min(dim=1).values
+    earliest = torch.where(inst.any(dim=1), earliest, 0)
+    ok = lands >= earliest[:, None]
+    if g.forcing:
+        owed, step, _, _ = g._next_given()
+        ok |= owed[:, None] & (lands == step[:, None])
+    return ok
+
+
+def _active(g: Grammar) -> torch.Tensor:
+    """Indices of the instruments any row may write: all of them while a header is open, else the
+    fixed set (read from the device once, then kept), so the polyphony rules look at a few rows only."""
+    if g.in_header.any():
+        return g.T.inst_i
+    if g.limits.active is None:
+        g.limits.active = torch.nonzero(g.instruments.any(dim=0)).flatten()
+    return g.limits.active
 
 
 def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
     """Tempo changes: after a shift, before the step's notes, not the tempo in force, and not so slow
-    that the notes still sounding would ring past the time target. Returns the rows where one may sit."""
+    that the notes still sounding would ring past the time target; none where tempo is kept (a requested
+    one still may sit there). Returns the rows where one may sit."""
     c, T = g.codec, g.T
-    ev_tempo = events & g.tempo_ok & (g.steps > 0) & ~g.step_busy & (g.last_kind == _K_SHIFT)
-    ok = ev_tempo[:, None] & (T.tempo_j[None, :] != g.tempo[:, None])
+    ev_tempo = events & (g.steps > 0) & ~g.step_busy & (g.last_kind == _K_SHIFT)
+    ok = (ev_tempo & g.tempo_ok)[:, None] & (T.tempo_j[None, :] != g.tempo[:, None])
     if g.timed:
         ring = (g.sounding_until - g.steps).clamp(min=0)[:, None] * (60.0 / g.spq)
         ok &= ring / T.tempo_bpm[None, :] <= (g.target - g.seconds)[:, None] + 1e-9
@@ -375,11 +469,19 @@ def _tempo_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
 
 
 def _note_rules(g: Grammar, m: torch.Tensor, rows: torch.Tensor) -> None:
-    """Allowed instruments only, increasing ids within a step (and room for the DV after)."""
+    """Allowed instruments only, increasing ids within a step (and room for the DV after); with note
+    limits, only pitches in the instrument's range, and none while it sounds its most notes at once."""
     c, T = g.codec, g.T
     notes = m[:, c.note_start : c.dv_start].view(g.B, N_INSTRUMENTS, N_PITCHES)
-    later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
-    notes.copy_((rows[:, None] & g.instruments)[:, :, None] & later)
+    allowed = rows[:, None] & g.instruments
+    if g.limits is None:
+        later = T.note_ids.view(N_INSTRUMENTS, N_PITCHES)[None] > g.last_note[:, None, None]
+        notes.copy_(allowed[:, :, None] & later)
+        return
+    later = g.limits.note_key[None] > g.last_note[:, None, None]  # in range too
+    sounding = (g.ends > g.steps[:, None, None]).sum(dim=2)
+    allowed &= sounding < g.limits.polyphony[None, :]
+    notes.copy_(allowed[:, :, None] & later)
 
 
 def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,12 @@ import numpy as np
 from midigen.music.codec import Codec, CodecError, Kind, instrument_name
 from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
+from midigen.generate import continuation
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
+from midigen.generate.splice import settle
+from midigen.music.ranges import NoteLimits
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -39,7 +42,6 @@ class Sample:
     end_seconds: float | None  # the time target (seconds), when there is one
     budget_spent: bool = False  # stopped by the token budget rather than by EOS
     warnings: list = field(default_factory=list)
-    meters: tuple = ()  # ((step, n, d), ...): the file's meters when a continuation asked for its own
 
 
 # ----- generation -------------------------------------------------------------------------------
@@ -119,8 +121,13 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
                      instruments=None, tempo: float | None = None, device=None,
                      keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
                      time_signature: tuple[int, int] | None = None,
-                     listener: Listener | None = None) -> list[Sample]:
-    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target)."""
+                     listener: Listener | None = None, limits: NoteLimits | None = None,
+                     free_tempo: bool = False) -> list[Sample]:
+    """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
+
+    ``limits`` (``midigen.music.ranges.note_limits``) hold every written note to its instrument's range
+    and polyphony; None writes anything. A continuation (``prompt_tokens``) keeps the song's tempo: no
+    tempo change is written unless ``tempo`` asks for one or ``free_tempo`` is set."""
     _check_args(num_samples, seconds, max_new_tokens, tempo, instruments)
     controls = _check_controls(codec, controls)
     ts_id = _ts_id(codec, time_signature)
@@ -132,6 +139,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
 
     prefix, header_done = _prefix(codec, prompt_tokens, instruments, tempo, controls, ts_id)
     g = Grammar(codec, 1, max_header_instruments=max(1, min(16, dec.block // 8)))  # read the prompt once
+    if limits is not None:
+        g.hold_notes(limits.low, limits.high, limits.polyphony)
     if tempo is not None and not header_done:
         g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
     if not np.any((prefix >= codec.tempo_start) & (prefix < codec.ts_start)):
@@ -141,6 +150,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         g.advance([t])
     if header_done:
         g.close_header()
+    if prompt_tokens is not None and not free_tempo:
+        g.keep_tempo()
     if prompt_tokens is not None and tempo is not None:
         g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])
@@ -148,7 +159,6 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     g = g.replicate(B, dec.device)
     target = float(g.target[0])
 
-    meters = _continuation_meters(codec, prompt_tokens, time_signature, start_steps)
     seq = dec.decode(prefix, g, budget)
     samples = []
     for b in range(B):
@@ -158,21 +168,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         body = body[: eos[0]] if len(eos) else body
         tokens = np.concatenate((prefix, body, [codec.EOS])).astype(np.uint16)
         end = target if np.isfinite(target) else None
-        samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None,
-                              meters=meters))
+        samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None))
     return samples
-
-
-def _continuation_meters(codec: Codec, prompt_tokens, time_signature, start_steps: int) -> tuple:
-    """A continuation asked for a meter (``--time-signature``): the prompt keeps its own up to where the
-    new music starts, and the asked one applies from there. (The header's TS, the only meter token,
-    steers the model; this is what the written file says.) Empty when nothing is to change."""
-    if prompt_tokens is None or time_signature is None:
-        return ()
-    own = codec.decode_events(np.asarray(prompt_tokens))["time_signature"] or (4, 4)
-    if tuple(own) == tuple(time_signature) or start_steps <= 0:
-        return ()
-    return ((0, *own), (int(start_steps), *time_signature))
 
 
 def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,
@@ -195,6 +192,23 @@ def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None
         model, codec, num_samples=num_samples, seconds=seconds, max_new_tokens=max_new_tokens,
         sampling=sampling, prompt_tokens=prompt_tokens, instruments=instruments, tempo=tempo, device=device,
         controls=controls, time_signature=time_signature, listener=listener)]
+
+
+def continue_song(model, codec: Codec, score, plan: continuation.Plan, *, instruments=None, tempo=None,
+                  time_signature: tuple[int, int] | None = None, **kw) -> list[tuple[Sample, object]]:
+    """Continue the user's ``score`` as ``plan`` (``continuation.plan``) says: [(sample, the score written)]
+    per sample, each the user's notes before the point, untouched, plus the new ones from it on.
+
+    ``instruments`` join the song's; ``tempo`` is a change where the new part starts (or, with nothing
+    before the point, its tempo: the song's there by default). ``kw``: ``generate_samples``' arguments.
+    """
+    insts = sorted(set(plan.instruments) | set(int(i) for i in instruments or ()))
+    if plan.prompt is None:
+        tempo = tempo or plan.tempo
+    samples = generate_samples(model, codec, prompt_tokens=plan.prompt, instruments=insts, tempo=tempo,
+                               time_signature=time_signature, **kw)
+    return [(s, continuation.continued(codec, score, plan, s.tokens, s.start_index, time_signature))
+            for s in samples]
 
 
 # ----- scores, prompts, checks ------------------------------------------------------------------
@@ -220,32 +234,32 @@ def clip_score(score, end_seconds: float):
 
 
 def sample_score(codec: Codec, sample: Sample):
-    """The symusic score of a sample, clipped to its time target, with its meters (``Sample.meters``)."""
-    import symusic
-
+    """The symusic score of a sample, clipped to its time target, with no note-on while the same pitch
+    still sounds on its channel (``midigen.generate.splice.settle``)."""
     score = codec.decode(sample.tokens)
-    if sample.meters:
-        scale = score.ticks_per_quarter // codec.params.steps_per_quarter
-        score.time_signatures = [symusic.TimeSignature(step * scale, n, d) for step, n, d in sample.meters]
     if sample.end_seconds is not None:
         clip_score(score, sample.end_seconds)
-    return score
+    return settle(score)
 
 
-def load_prompt(codec: Codec, path, seconds: float | None = None) -> np.ndarray:
-    """Encode a MIDI file (its first ``seconds``, or all of it) as a prompt; bad files are usage errors."""
+def read_prompt(codec: Codec, path):
+    """The prompt MIDI file as a score; a file that cannot be read is a usage error."""
     try:
-        data = Path(path).read_bytes()
+        return codec.read_midi(Path(path).read_bytes())
     except OSError as e:
         raise UsageError(f"cannot read prompt {path}: {e.strerror or e}") from None
-    try:
-        score = codec.read_midi(data)
-        if seconds is not None:
-            score = score.clip(0, tick_at_seconds(score, seconds), False)
-        return codec.encode_score(score)
     except CodecError as e:
-        what = f"its first {seconds:g} s have no notes" if seconds is not None and "no notes" in str(e) else str(e)
-        raise UsageError(f"bad prompt {path}: {what}") from None
+        raise UsageError(f"bad prompt {path}: {e}") from None
+
+
+def prompt_plan(codec: Codec, path, seconds: float | None = None) -> tuple[object, continuation.Plan]:
+    """(the prompt's score, the plan continuing it from ``seconds``, or from its end)."""
+    score = read_prompt(codec, path)
+    plan = continuation.plan(codec, score, seconds)
+    if plan.prompt is None:
+        what = f"its first {seconds:g} s have no notes" if seconds is not None else "no notes"
+        raise UsageError(f"bad prompt {path}: {what}")
+    return score, plan
 
 
 def find_problems(codec: Codec, sample: Sample) -> list[str]:

@@ -10,7 +10,6 @@ a swap that was interrupted between its two renames; readers read the old copy w
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -20,9 +19,12 @@ import torch
 
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.ranges import NoteLimits, learned_tempo_changes, note_limits
 from midigen.errors import UsageError
-from midigen.fsutil import _fsync_dir, atomic_write_json
-from midigen.model.model import GPT, GPTConfig
+from midigen.fsutil import _fsync_dir, atomic_write_json, sha256_file
+from midigen.model import adapter as adapters
+from midigen.model.model import GPT, GPTConfig, param_shapes
+from midigen.model.precision import apply_precision, resolve_precision
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -32,11 +34,7 @@ FORMAT = "midigen-checkpoint-v1"
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def unwrap(model) -> GPT:
@@ -122,8 +120,11 @@ def resolve(path) -> Path:
     """A run dir means its ``best/`` (or ``last/`` when no best exists); a checkpoint dir means itself.
 
     Never writes: a ``best``/``last`` caught between a save's two renames is read from ``best.old``.
+    An adapter dir (``midigen.model.adapter``) means itself.
     """
     path = Path(path)
+    if adapters.is_adapter_dir(path):
+        return path
     found = _readable(path)
     if found is not None:
         return found
@@ -138,6 +139,9 @@ def resolve(path) -> Path:
 
 def read_config(path) -> dict:
     path = resolve(path)
+    if adapters.is_adapter_dir(path):
+        manifest, _, base_config = _adapter_base(path)
+        return adapters.adapted_config(base_config, manifest, path)
     try:
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -150,6 +154,8 @@ def read_config(path) -> dict:
 def verify(path) -> dict:
     """Check every file against the hashes in config.json; a tampered checkpoint is refused."""
     path = resolve(path)
+    if adapters.is_adapter_dir(path):
+        return _verify_adapter(path)
     config = read_config(path)
     hashes = config.get("sha256")
     if not isinstance(hashes, dict) or WEIGHTS not in hashes or CODEC not in hashes:
@@ -163,21 +169,24 @@ def verify(path) -> dict:
     return config
 
 
-def load_checkpoint(path, device="cpu", check_hashes: bool = True):
-    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files."""
+def load_checkpoint(path, device="cpu", check_hashes: bool = True, precision: str = "fp32"):
+    """-> (model in eval mode, codec, config dict). Refuses tampered, foreign or mismatched files.
+
+    ``precision`` (``model.precision``: auto, fp32, bf16, int8) converts the weights for inference
+    once loaded; a precision the device cannot run is refused before anything is read."""
+    resolve_precision(precision, torch.device(device))  # refuse int8 on a GPU before reading anything
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = resolve(path)
+    if adapters.is_adapter_dir(path):
+        return _load_adapted(path, device, check_hashes, precision)
     config = verify(path) if check_hashes else read_config(path)
     try:
         codec = Codec.load(path / CODEC)
     except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
         raise UsageError(f"checkpoint {path}: bad codec.json ({e})") from None
-    try:
-        cfg = GPTConfig.from_dict(config["model"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"checkpoint {path}: bad model config ({e})") from None
+    cfg = check_shapes(path, config)
     if cfg.vocab_size < codec.vocab_size:
         raise UsageError(f"checkpoint {path}: model vocabulary {cfg.vocab_size} < codec's {codec.vocab_size}")
     try:
@@ -203,6 +212,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True):
         except (TypeError, ValueError) as e:
             raise UsageError(f"checkpoint {path}: bad output support ({e})") from None
     model.to(device).eval()
+    apply_precision(model, resolve_precision(precision, torch.device(device), model))
     return model, codec, config
 
 
@@ -232,7 +242,7 @@ def capabilities(config: dict, codec: Codec) -> dict:
     instruments = sorted(i - lo for i in ids if lo <= i < hi)
     meters = [f"{n}/{d}" for k, (n, d) in enumerate(codec.time_signatures) if codec.ts_start + k in ids]
     controls = info.get("controls") or {}
-
+    limits = checkpoint_limits(config)
     return {
         "codec_version": codec.version,
         "can_edit": bool(codec.has_controls and float(train_cfg.get("edit_fraction", 0) or 0) > 0),
@@ -243,17 +253,124 @@ def capabilities(config: dict, codec: Codec) -> dict:
         "keys": list(controls.get("keys", [])),
         "densities": list(controls.get("densities", [])),
         "density_notes_per_second": list(controls.get("density_edges", [])),
+        "note_ranges": {instrument_name(i): limits.of(i) for i in instruments},
+        "learned_tempo_changes": learned_tempo_changes(recorded_ranges(config)),
     }
+
+
+def recorded_ranges(config: dict) -> dict | None:
+    """The instrument ranges training measured (``midigen.music.ranges.measure_ranges``), if it did."""
+    return (config.get("info") or {}).get("note_ranges")
+
+
+def checkpoint_limits(config: dict) -> NoteLimits:
+    """Every instrument's pitch range and polyphony for this checkpoint: what its training data showed,
+    the documented table for instruments it never saw (and for checkpoints that recorded none)."""
+    return note_limits(recorded_ranges(config))
 
 
 def describe(path) -> dict:
     """``midigen info --ckpt``: where the checkpoint is, how far it trained, and its ``capabilities``."""
     path = resolve(path)
     config = verify(path)  # as sample does: a truncated or changed file is refused, not described
+    base = Path(config["adapter"]["base"]) if "adapter" in config else path
     try:
-        codec = Codec.load(path / CODEC)
+        codec = Codec.load(resolve(base) / CODEC)
     except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
         raise UsageError(f"checkpoint {path}: bad codec.json ({e})") from None
+    check_shapes(resolve(base), read_config(base))
     info = config.get("info") or {}
-    return {"ckpt": str(path), "step": info.get("step"), "data": info.get("data"),
-            **capabilities(config, codec)}
+    out = {"ckpt": str(path), "step": info.get("step"), "data": info.get("data"), **capabilities(config, codec)}
+    if "adapter" in config:
+        out["adapter"] = config["adapter"]
+    return out
+
+
+# ----- untrusted configs: shapes against the weights' header -------------------------------------
+
+
+def model_config(path, config: dict) -> GPTConfig:
+    """config.json's model shape, each number checked for type and range (no model is built)."""
+    try:
+        cfg = GPTConfig.from_dict(config["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise UsageError(f"checkpoint {path}: bad model config ({e})") from None
+    for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise UsageError(f"checkpoint {path}: config.json model {name} must be a whole number >= 1, got {v!r}")
+    if cfg.n_embd % cfg.n_head:
+        raise UsageError(f"checkpoint {path}: config.json n_embd {cfg.n_embd} is not a multiple of n_head {cfg.n_head}")
+    if not isinstance(cfg.bias, bool) or not isinstance(cfg.dropout, (int, float)) or not 0 <= cfg.dropout < 1:
+        raise UsageError(f"checkpoint {path}: config.json bias must be true/false and dropout in [0, 1)")
+    return cfg
+
+
+def check_shapes(path, config: dict) -> GPTConfig:
+    """The model config.json describes is exactly the one its weights hold (read from the safetensors
+    header, not loaded): the hashes cover the weights, not the config, so a shared checkpoint whose
+    config asks for a huge model is refused here, before anything is allocated."""
+    cfg = model_config(path, config)
+    got = adapters.header_shapes(Path(path) / WEIGHTS)
+    if cfg.n_layer > len(got):  # a layer holds several tensors: too many layers to be in this file
+        raise UsageError(f"checkpoint {path}: config.json asks for {cfg.n_layer} layers, but the weights hold "
+                         f"{len(got)} tensors in all")
+    expected = param_shapes(cfg)
+    if expected != got:
+        raise UsageError(f"checkpoint {path}: config.json ({cfg.n_layer} layers x {cfg.n_embd} wide, vocabulary "
+                         f"{cfg.vocab_size}) does not match its weights: tensors "
+                         f"{adapters.describe_mismatch(expected, got)}")
+    return cfg
+
+
+# ----- adapters: a base checkpoint plus an adapter dir --------------------------------------------
+
+
+def _adapter_base(path) -> tuple[dict, Path, dict]:
+    """(manifest, base dir, base config), the base found where the manifest says and of the hash it records."""
+    manifest = adapters.read_manifest(path)
+    want = manifest["base"]["sha256"]
+    try:
+        base = resolve(manifest["base"]["path"])
+    except UsageError:
+        base = None
+    if base is None or adapters.is_adapter_dir(base) or not (base / CONFIG).is_file():
+        raise UsageError(f"adapter {path}: its base checkpoint {manifest['base']['path']} is missing "
+                         f"(expected config.json sha256 {want})")
+    if _sha256(base / CONFIG) != want:
+        raise UsageError(f"adapter {path}: the base checkpoint {base} has changed (expected config.json sha256 "
+                         f"{want})")
+    return manifest, base, read_config(base)
+
+
+def _verify_adapter(path) -> dict:
+    """Base hashes, base shapes, adapter hash and adapter shapes, in that order, before any tensor is read."""
+    manifest, base, _ = _adapter_base(path)
+    base_config = verify(base)
+    cfg = check_shapes(base, base_config)
+    weights = path / adapters.WEIGHTS
+    if not weights.is_file() or _sha256(weights) != manifest["sha256"]:
+        raise UsageError(f"adapter {path}: {adapters.WEIGHTS} is missing or does not match its recorded hash "
+                           "(tampered or corrupt)")
+    adapters.check_against_base(path, manifest, cfg)
+    return adapters.adapted_config(base_config, manifest, path)
+
+
+def _load_adapted(path, device, check_hashes: bool, precision: str):
+    """The base with the adapter merged into its weights, and the adapted config."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    config = _verify_adapter(path) if check_hashes else read_config(path)
+    manifest, base, _ = _adapter_base(path)
+    if not check_hashes:
+        adapters.check_against_base(path, manifest, check_shapes(base, read_config(base)))
+    model, codec, _ = load_checkpoint(base, "cpu", check_hashes=False)  # hashes were checked above
+    try:
+        tensors = load_file(str(path / adapters.WEIGHTS), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"adapter {path}: unreadable weights ({e})") from None
+    adapters.merge(model, tensors, manifest)  # in float32, before any conversion
+    model.to(device).eval()
+    apply_precision(model, resolve_precision(precision, torch.device(device), model))
+    return model, codec, config

@@ -278,3 +278,29 @@ class GPT(nn.Module):
         outputs = c.vocab_size if self.support is None else len(self.support)
         n = self.num_params(non_embedding=True) + outputs * c.n_embd
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+
+
+def block_linears(n_embd: int) -> dict[str, tuple[int, int]]:
+    """(out, in) of every Linear inside a block, by its path in the block."""
+    d = n_embd
+    return {"attn.qkv": (3 * d, d), "attn.proj": (d, d), "mlp.fc": (4 * d, d), "mlp.proj": (d, 4 * d)}
+
+
+def param_shapes(cfg: GPTConfig) -> dict[str, tuple[int, ...]]:
+    """The saved tensors of a ``GPT(cfg)`` (no tied head) and their shapes, without building it.
+
+    A checkpoint's config is compared with its weights' header before any model is allocated, so a
+    config asking for a model larger than the weights present is refused at no cost.
+    """
+    d, ln = cfg.n_embd, ("weight", "bias") if cfg.bias else ("weight",)
+    linears = block_linears(d)
+    out: dict[str, tuple[int, ...]] = {"wte.weight": (cfg.vocab_size, d), "wpe.weight": (cfg.block_size, d)}
+    for i in range(cfg.n_layer):
+        for norm in ("ln1", "ln2"):
+            out.update({f"blocks.{i}.{norm}.{p}": (d,) for p in ln})
+        for name, (o, n_in) in linears.items():
+            out[f"blocks.{i}.{name}.weight"] = (o, n_in)
+            if cfg.bias:
+                out[f"blocks.{i}.{name}.bias"] = (o,)
+    out.update({f"ln_f.{p}": (d,) for p in ln})
+    return out

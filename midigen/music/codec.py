@@ -878,6 +878,16 @@ def parse_key(text: str) -> int:
     return pc + 12 * minor
 
 
+def track_instrument(track) -> int:
+    """A symusic track's instrument id: its GM program, or ``DRUMS`` for a drum track."""
+    return DRUMS if track.is_drum else int(track.program) & 127
+
+
+def score_instruments(score) -> list[int]:
+    """The instruments of a symusic score's tracks that have notes, sorted."""
+    return sorted({track_instrument(t) for t in score.tracks if t.note_num()})
+
+
 def instrument_name(instrument: int) -> str:
     return "Drums" if instrument == DRUMS else GM_PROGRAM_NAMES[instrument]
 

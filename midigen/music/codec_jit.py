@@ -289,9 +289,12 @@ def _write_header(out, w, present, head_bin, ts_tok, bos, inst_start, tempo_star
 
 
 @_jit
-def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts):
+def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts, dv_steps, facts):
     """Per distinct time: its shifts, an optional tempo change, then NOTE/DV pairs (exact duplicates,
-    same onset, instrument and pitch, keep the first). -> (new ``w``, notes written, seconds)."""
+    same onset, instrument and pitch, keep the first). -> (new ``w``, notes written, seconds).
+
+    Each pitched note written adds its duration in steps (``dv_steps`` of its DV token) to its pitch
+    class in ``facts[:12]``: the histogram the key estimate needs, without a second pass over tokens."""
     max_shift, max_gap, shift_start, tempo_start, note_start = consts[1], consts[2], consts[6], consts[7], consts[9]
     rate = sec_per_step[head_bin]
     secs = 0.0
@@ -326,7 +329,10 @@ def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step
             if (v >> 16) == last_key:
                 continue
             last_key = v >> 16
-            _put(out, w, note_start + ((v >> 16) & 0x7FFF))
+            note = (v >> 16) & 0x7FFF
+            if note // N_PITCHES != DRUMS:
+                facts[(note % N_PITCHES) % 12] += dv_steps[v & 0xFFFF]
+            _put(out, w, note_start + note)
             _put(out, w + 1, v & 0xFFFF)
             w += 2
             m += 1
@@ -335,8 +341,12 @@ def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step
 
 
 @_jit
-def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut):
+def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut, dv_steps, facts):
     """One serialized score (``buf``) -> its tokens in ``out[w0:]``; -> (status, tokens, notes, seconds).
+
+    On OK, ``facts`` (13 float64) holds what ``prepare`` records about the song besides its tokens:
+    ``[:12]`` the duration-weighted pitch-class histogram of the pitched notes (``keys.pitch_class_histogram``
+    of the tokens) and ``[12]`` the header's TS token, or -1.
 
     ``out`` must have room for ``len(buf) + 140`` tokens past ``w0``: a note is 12 serialized bytes
     and costs at most 6 tokens (4 shifts, NOTE, DV), a tempo 8 bytes and at most 5, the header and
@@ -370,7 +380,10 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
     vals = _sort_notes(vals[:n], lo, hi)  # (onset, instrument, pitch) order
     head_bin, ch_time, ch_bin, n_ch = _tempo_map(buf, tempo_at, n_tempo, tpq, spq2, tempo_edges, consts[10], hi)
     w = _write_header(out, w0, present, head_bin, ts_tok, bos, inst_start, tempo_start)
-    w, m, secs = _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts)
+    facts[:] = 0.0
+    facts[12] = ts_tok
+    w, m, secs = _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts,
+                               dv_steps, facts)
     out[w] = eos
     return OK, w + 1 - w0, m, secs
 
@@ -398,11 +411,21 @@ class CompiledEncoder:
                 ts_lut[num * _TS_SIDE + den] = -1 if tok is None else tok
         self._tables = (np.ascontiguousarray(codec._tempo_edges), 60.0 / (codec.tempo_bpm * spq),
                         np.ascontiguousarray(codec._dv_lut).reshape(-1),  # [duration * 128 + velocity]
-                        ts_lut)
+                        ts_lut, self._dv_steps(codec))
+        self._facts = np.zeros(13)  # encode_state's song facts, rewritten by each call
         self._out = np.empty(1 << 18, dtype=np.uint16)
 
+    @staticmethod
+    def _dv_steps(codec) -> np.ndarray:
+        """Duration in steps of each DV token, indexed by token id (0 for every other token)."""
+        steps = np.zeros(codec.vocab_size)
+        dv = np.arange(codec.dv_start, codec.dv_end)
+        steps[dv] = codec.durations[(dv - codec.dv_start) // codec.params.velocity_levels]
+        return steps
+
     def encode_one(self, score, at: int = 0) -> tuple:
-        """One score -> (tokens or CodecError, notes, seconds); notes/seconds are None after a fallback.
+        """One score -> (tokens or CodecError, notes, seconds, facts); all but tokens are None after a
+        fallback. ``facts`` is (duration-weighted pitch-class histogram, header TS token or -1).
 
         Tokens are written at position ``at`` of one buffer reused from call to call (fresh memory
         for every file costs page faults), so a caller keeping files back to back passes the running
@@ -412,24 +435,24 @@ class CompiledEncoder:
         state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
         self._reserve(at, len(state) + 140)
         try:
-            st, n, notes, secs = encode_state(state, self._out, at, self._consts, *self._tables)
+            st, n, notes, secs = encode_state(state, self._out, at, self._consts, *self._tables, self._facts)
         except Exception:  # never expected; the numpy encoder then decides
             st, n, notes, secs = LAYOUT, 0, 0, 0.0
         if st == OK:
-            return self._out[at : at + n], notes, secs
+            return self._out[at : at + n], notes, secs, (self._facts[:12].copy(), int(self._facts[12]))
         if st == NO_NOTES:
-            return CodecError("no notes"), None, None
+            return CodecError("no notes"), None, None, None
         if st == ABSURD:
-            return CodecError("absurd length (notes after 2^32 steps)"), None, None
+            return CodecError("absurd length (notes after 2^32 steps)"), None, None, None
         try:
             tokens = self.codec.encode_scores([score])[0]
         except Exception as e:
-            return e, None, None
+            return e, None, None, None
         if isinstance(tokens, np.ndarray):
             self._reserve(at, len(tokens))
             self._out[at : at + len(tokens)] = tokens
             tokens = self._out[at : at + len(tokens)]
-        return tokens, None, None
+        return tokens, None, None, None
 
     def written(self, total: int) -> np.ndarray:
         """The first ``total`` tokens of the buffer (see ``encode_one``)."""

@@ -154,6 +154,19 @@ def tick_at_seconds(score, seconds: float) -> int:
     return int(TempoMap(score).ticks(seconds))
 
 
+def first_tick_at(score, seconds: float) -> int:
+    """The first tick that is at or after ``seconds``: every note before it starts before ``seconds``
+    (``tick_at_seconds`` rounds, so a note half a tick earlier could fall on the tick it gives)."""
+    tm = TempoMap(score)
+    at = seconds - 1e-9  # float noise: a tick computed to sit a hair before ``seconds`` is at it
+    tick = max(0, int(tm.ticks(seconds)))
+    while tick > 0 and float(tm.seconds(tick - 1)) >= at:
+        tick -= 1
+    while float(tm.seconds(tick)) < at:
+        tick += 1
+    return tick
+
+
 def notes_end_seconds(score) -> float:
     """When the last note of a (tick-based) score stops sounding (0 without notes); other events far
     beyond it do not make a song long."""

@@ -7,7 +7,6 @@ The parts, each in its own module:
 * ``workspace``  pieces and their versions on disk (atomic writes, ids the server makes, limits).
 * ``upload``     client MIDI bytes, read in a child process with ``prepare``'s limits.
 * ``jobs``       the engine adapter (every call into the generators) and the single worker + queue.
-* ``splice``     continuation: the prompt up to a point, and the result spliced at the score level.
 * ``roll``       a score as piano-roll JSON for the page; streamed tokens as notes.
 * ``audio``      WAV rendering (the `--wav` soundfont), cached per version.
 * ``static/``    the page: HTML, CSS and JS, no build step, nothing fetched from elsewhere.

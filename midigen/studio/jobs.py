@@ -20,17 +20,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name
+from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
-from midigen.studio import splice
-from midigen.studio.roll import instruments_of, stream_notes, written_notes
+from midigen.generate import continuation
+from midigen.generate.edit import arrange, infill
+from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
-from midigen.generate.edit import arrange, infill
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
-from midigen.generate.sample import generate_samples, sample_score
-from midigen.model.checkpoint import capabilities as from_checkpoint, load_checkpoint
+from midigen.generate.sample import continue_song, generate_samples, sample_score
+from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits, load_checkpoint
 from midigen.music.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange")
@@ -85,11 +85,16 @@ def _clock(seconds: float) -> str:
 class Engine:
     """One loaded checkpoint and the four things the studio asks of it."""
 
-    def __init__(self, ckpt, device):
-        self.model, self.codec, self.config = load_checkpoint(ckpt, device)
+    def __init__(self, ckpt, device, precision: str = "fp32"):
+        self.model, self.codec, self.config = load_checkpoint(ckpt, device, precision=precision)
         self.device = device
         self.ckpt = str(ckpt)
         self.caps = capabilities(self.config, self.model, self.codec)
+        self.limits = checkpoint_limits(self.config)
+
+    def _limits(self, req: dict):
+        """The checkpoint's instrument ranges and polyphony, unless the request sets ``free_range``."""
+        return None if req.get("free_range") else self.limits
 
     # ----- checks made before a job is queued, so a bad request fails at once --------------------
 
@@ -142,29 +147,28 @@ class Engine:
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
-                             device=self.device)[0]
+                             device=self.device, limits=self._limits(req))[0]
         label = f"generated {req['seconds']:g} s · seed {sampling.seed}"
         return [(sample_score(self.codec, s), label, {**req, "seed": sampling.seed})]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
-        p = splice.plan(self.codec, score, req.get("at_seconds"))
-        insts = sorted(set(p.instruments) | set(extra))
-        progress.begin(splice.stream_head(self.codec, p, extra), p.start_seconds)
-        tempo = req.get("tempo") if p.prompt is not None else (req.get("tempo") or p.tempo)
-        s = generate_samples(self.model, self.codec, seconds=req["seconds"], prompt_tokens=p.prompt,
-                             instruments=insts, tempo=tempo, listener=progress, sampling=sampling,
-                             device=self.device)[0]
+        p = continuation.plan(self.codec, score, req.get("at_seconds"))
+        progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
+        ((_, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
+                                    tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
+                                    limits=self._limits(req))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed}"
-        return [(splice.splice(self.codec, score, p, s.tokens, s.start_index), label, {**req, "seed": sampling.seed})]
+        return [(out, label, {**req, "seed": sampling.seed})]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = infill(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"], instruments=insts,
-                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress, **kw)
+                        num_samples=req["num_samples"], controls=self.steering(req)[0], listener=progress,
+                        limits=self._limits(req), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(sc, f"infill {span} · variant {i + 1}/{len(scores)} · seed {kw['seed']}", {**req, "seed": kw["seed"]})
                 for i, sc in enumerate(scores)]
@@ -173,10 +177,10 @@ class Engine:
         kw = _as_kwargs(_sampling(req), self.device)
         add = self.instruments(req.get("add"))
         keep = req.get("keep")
-        keep = None if keep is None else resolve_instruments(keep, instruments_of(score), owner="the song has")
+        keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         scores = arrange(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                         controls=self.steering(req)[0], listener=progress, **kw)
+                         controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(sc, f"arranged + {names} · variant {i + 1}/{len(scores)} · seed {kw['seed']}",
                  {**req, "seed": kw["seed"]}) for i, sc in enumerate(scores)]
@@ -185,7 +189,7 @@ class Engine:
 def facts(score) -> dict:
     """What a version record says about its music."""
     return {"notes": int(score.note_num()), "seconds": round(notes_end_seconds(score), 3),
-            "instruments": instruments_of(score)}
+            "instruments": score_instruments(score)}
 
 
 # ----- streaming and the worker -----------------------------------------------------------------

@@ -7,17 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name
+from midigen.music.codec import Codec, instrument_name, track_instrument
 from midigen.music.timing import TempoMap, grid, meters
 from midigen.generate.edit import written_units
-
-
-def track_instrument(track) -> int:
-    return DRUMS if track.is_drum else int(track.program)
-
-
-def instruments_of(score) -> list[int]:
-    return sorted({track_instrument(t) for t in score.tracks if t.note_num()})
 
 
 def _r(x) -> list:

@@ -23,6 +23,8 @@ class Sampling(BaseModel):
     top_k: int | None = Field(None, ge=1, le=65535, description="null: off")
     seed: int | None = Field(None, ge=0, lt=2**31, description="the same seed and request give the same music; "
                                                                 "null: a random seed (reported in the version)")
+    free_range: bool = Field(False, description="let instruments write outside the pitch range and polyphony "
+                                                "they play in the training data (/api/info: note_ranges)")
 
 
 class Steering(BaseModel):

@@ -142,15 +142,16 @@ def access_flags(host: str, token: str | None, no_token: bool, allow_hosts=()) -
 
 def run(ckpt, host: str = "127.0.0.1", port: int = 8765, workspace="out/studio", open_browser: bool = False,
         device=None, limits: Limits = Limits(), token: str | None = None, no_token: bool = False,
-        allow_hosts=()) -> None:
-    """Check the flags, load the checkpoint once, print the address (with the token), serve until Ctrl+C."""
+        allow_hosts=(), precision: str = "auto") -> None:
+    """Check the flags, load the checkpoint once (weights at ``precision``), print the address (with the
+    token), serve until Ctrl+C."""
     import uvicorn  # start-up time
 
     token, names = access_flags(host, token, no_token, allow_hosts)
     dev = best_device(device)
     soundfont = find_soundfont()
     sock = _bind(host, port)
-    engine = Engine(ckpt, dev)
+    engine = Engine(ckpt, dev, precision)
     try:
         ws = Workspace(workspace, limits)
     except OSError as e:

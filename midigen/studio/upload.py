@@ -13,8 +13,7 @@ from midigen.errors import MidigenError
 from midigen.data.prepare import MAX_NOTES
 from midigen.data.sources import MAX_FILE_BYTES
 from midigen.generate.sandbox import Refused, Sandbox, SandboxError, serve
-from midigen.music.codec import Codec, CodecError
-from midigen.studio.roll import instruments_of
+from midigen.music.codec import Codec, CodecError, score_instruments
 from midigen.music.timing import notes_end_seconds
 
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # the same 16 MiB as prepare
@@ -58,7 +57,7 @@ def check_midi(data: bytes) -> tuple[bytes, dict]:
     if again.note_num() != notes:
         raise UploadError("the file does not survive a MIDI round trip")
 
-    return out, {"notes": notes, "seconds": round(seconds, 3), "instruments": instruments_of(score)}
+    return out, {"notes": notes, "seconds": round(seconds, 3), "instruments": score_instruments(score)}
 
 
 def _check(args: dict, data: bytes | None) -> tuple[dict, bytes]:

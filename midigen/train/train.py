@@ -40,6 +40,7 @@ from midigen.music.timing import positions_seconds
 from midigen.train.loader import Prefetcher
 from midigen.train.plot import plot_losses
 from midigen.train.schedule import resume_schedule, Schedule
+from midigen.music.ranges import measure_ranges
 
 
 # ----- info -------------------------------------------------------------------------------------
@@ -313,6 +314,7 @@ class Run:
         self.eval_tokens, self.eval_notes = int(len(targets)), self.codec.count_notes(targets)
         self.eval_seconds = positions_seconds(self.codec, val.tokens, eval_positions(val, cfg.eval_tokens))
         self.eval_bs = cfg.eval_batch_size or cfg.batch_size
+        self.note_ranges = measure_ranges(self.codec, self.ds.split("train").tokens)
 
     def _start_log(self, use_wandb: bool, progress: bool) -> None:
         cfg = self.cfg
@@ -458,6 +460,7 @@ class Run:
         cfg = self.cfg
         info = {"step": step, "tokens_seen": step * self.tokens_per_step, "data": str(cfg.data),
                 "train_config": cfg.to_dict(), **ev}
+        info["note_ranges"] = self.note_ranges  # what each instrument played: generation keeps to it
         if self.ds.controls is not None:  # what --style/--key/--density mean for this model
             info["controls"] = self.ds.controls.to_info(cfg.transpose)
         if is_best:

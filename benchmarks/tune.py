@@ -1,0 +1,129 @@
+"""`midigen tune` cost: adapter size against the base's weights file, and step time and peak memory of
+an adapter tune against ``--full``, on the demo shape (configs/demo.toml) and the 124M shape
+(configs/gpt2-124m-lakh.toml). Weights are random (speed and memory do not depend on them).
+
+Each (shape, mode) runs in its own process, so its peak resident memory (ru_maxrss) is its own. The
+base has an output support (``restrict_vocab``): ``--support`` ids, of which ``--new`` are ids the base
+never trained, as a user's drums would be for the demo model; the adapter trains their rows.
+
+    python benchmarks/tune.py                       # both shapes, 5 timed steps each
+    python benchmarks/tune.py --shapes demo --steps 20
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from midigen.model import adapter as adapters
+from midigen.model.checkpoint import save_checkpoint
+from midigen.model.model import GPT, GPTConfig, padded_vocab
+from midigen.music.codec import Codec
+from midigen.train.config import load_config
+from midigen.train.tune import make_optimizer, train_step
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES = {"demo": REPO / "configs" / "demo.toml", "124m": REPO / "configs" / "gpt2-124m-lakh.toml"}
+# CPU-sized batches: the demo config's own batch; one 1,024-token window for 124M (its 16 x 4 would be minutes a step)
+BATCH = {"demo": None, "124m": 1}
+SUPPORT = {"demo": 640, "124m": 4000}
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def build(shape: str, new: int):
+    cfg = load_config(SHAPES[shape])
+    codec = Codec()
+    gcfg = GPTConfig(vocab_size=padded_vocab(codec.vocab_size), block_size=cfg.block_size, n_layer=cfg.n_layer,
+                     n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias)
+    torch.manual_seed(0)
+    model = GPT(gcfg)
+    ids = torch.randperm(codec.vocab_size)[: SUPPORT[shape]].sort().values.tolist()
+    base_support, new_ids = ids[new:], ids[:new]
+    batch = BATCH[shape] or cfg.batch_size
+    return model, codec, base_support, new_ids, batch, cfg.block_size
+
+
+def child(shape: str, mode: str, steps: int, new: int) -> dict:
+    model, codec, base_support, new_ids, batch, T = build(shape, new)
+    out = {"shape": shape, "mode": mode, "batch": batch, "block": T}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.set_support(base_support)
+        base_bytes = save_checkpoint(Path(tmp) / "base", model, codec).joinpath("model.safetensors").stat().st_size
+        model.set_support(sorted(base_support + new_ids))
+        if mode == "adapter":
+            adapters.attach(model, 8, 16.0, new_ids, seed=0)
+            params = adapters.trainable(model)
+            save_file({k: v.detach().contiguous() for k, v in params.items()}, str(Path(tmp) / "a.safetensors"))
+            out["adapter_share_of_base"] = (Path(tmp) / "a.safetensors").stat().st_size / base_bytes
+        else:
+            params = dict(model.named_parameters())
+        out["base_weights_mb"] = base_bytes / 1e6
+    out["trainable_params"] = sum(p.numel() for p in params.values())
+    model.train()
+    opt = make_optimizer(params, 1e-4)
+    g = torch.Generator().manual_seed(1)
+    support = torch.tensor(sorted(base_support + new_ids))
+    x, y = (support[torch.randint(len(support), (batch, T), generator=g)] for _ in range(2))
+    out["rss_before_mb"] = rss_mb()
+    train_step(model, params, opt, x, y, 1e-4)  # warm-up: allocates the optimizer state
+    t0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(steps):
+        train_step(model, params, opt, x, y, 1e-4)
+    out["step_s"] = (time.perf_counter() - t0) / steps
+    out["step_cpu_s"] = (time.process_time() - c0) / steps
+    out["peak_rss_mb"] = rss_mb()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", default="demo,124m")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--new", type=int, default=128, help="ids the base never trained (default 128)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (default: torch's choice)")
+    ap.add_argument("--child", nargs=2, metavar=("SHAPE", "MODE"), help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.child:
+        print(json.dumps(child(*a.child, a.steps, a.new)))
+        return
+    print(f"torch {torch.__version__}, {a.threads or torch.get_num_threads()} threads, "
+          f"{a.steps} timed steps after 1 warm-up")
+    for shape in a.shapes.split(","):
+        report(shape, *(run_child(shape, mode, a) for mode in ("adapter", "full")))
+
+
+def run_child(shape: str, mode: str, a) -> dict:
+    cmd = [sys.executable, __file__, "--child", shape, mode, "--steps", str(a.steps), "--new", str(a.new),
+           "--threads", str(a.threads)]
+    r = subprocess.run(cmd, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def report(shape: str, ad: dict, full: dict) -> None:
+    print(f"\n{shape}: {ad['batch']} x {ad['block']} tokens a step, base weights {ad['base_weights_mb']:.1f} MB")
+    print(f"  adapter size: {100 * ad['adapter_share_of_base']:.2f}% of the base's weights file (target <= 5%)")
+    for m in (ad, full):
+        print(f"  {m['mode']:8s} trainable {m['trainable_params'] / 1e6:8.2f} M   step {m['step_s']:7.3f} s "
+              f"({m['step_cpu_s']:.3f} CPU s)   peak RSS {m['peak_rss_mb']:7.0f} MB "
+              f"(model built: {m['rss_before_mb']:.0f} MB)")
+    above = (ad["peak_rss_mb"] - ad["rss_before_mb"]) / max(1.0, full["peak_rss_mb"] - full["rss_before_mb"])
+    print(f"  adapter / full: step time {ad['step_s'] / full['step_s']:.2f}x (CPU time "
+          f"{ad['step_cpu_s'] / full['step_cpu_s']:.2f}x), peak memory {ad['peak_rss_mb'] / full['peak_rss_mb']:.2f}x, "
+          f"memory above the built model {above:.2f}x")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Weight precision for inference: chosen when a checkpoint loads; the decoding engine does not know.
+
+* ``fp32``: the weights as trained.
+* ``bf16``: each Linear layer of the transformer blocks keeps its weight in bfloat16 (half the bytes
+  read per token) and casts its input down and its output back, so the residual stream, layer norms,
+  KV cache, embeddings and output head stay float32.
+* ``int8``: the blocks' Linear layers go through PyTorch's dynamic quantization (int8 weights, one
+  scale per output channel; activations quantized per call by the kernel). CPU only: PyTorch has
+  no CUDA or MPS kernels for it. torchao's int8 schemes were measured against it on torch 2.13 CPU
+  and lost (weight-only and dynamic both ran slower than fp32 here), so this is the maintained path
+  that is fast on CPUs today (see README, dependency notes).
+
+The output head is tied to the token embedding and is never converted: restricted-support logits
+(``GPT.set_support``) are computed from the float32 embedding rows, so what the grammar masks and
+the sampler draws from differs from fp32 only through the blocks' hidden state.
+
+``auto`` is a rule, not a timing taken at load, so a seed gives the same music on every run: bf16 on
+a CUDA GPU that does it natively; on a CPU with a quantized engine, int8 when the blocks hold at
+least ``INT8_MIN_WEIGHTS`` Linear weights (below that a step is dominated by per-op overhead, not by
+reading weights, and int8 measured no faster: benchmarks/precision.py); fp32 otherwise.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from midigen.device import compute_dtype
+from midigen.errors import UsageError
+
+PRECISIONS = ("auto", "fp32", "bf16", "int8")
+INT8_MIN_WEIGHTS = 4_000_000  # Linear weights in the blocks: the demo model has 1.8M, the 124M shape 85M
+
+
+class Bf16Linear(nn.Module):
+    """A Linear layer whose weight lives in bfloat16; it takes and returns the caller's dtype."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.weight = nn.Parameter(linear.weight.detach().to(torch.bfloat16), requires_grad=False)
+        b = linear.bias
+        self.bias = None if b is None else nn.Parameter(b.detach().to(torch.bfloat16), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+
+def int8_available() -> bool:
+    """Whether this torch build has a CPU kernel for int8 dynamic quantization."""
+    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "qnnpack"))
+
+
+def block_linear_weights(model) -> int:
+    """Weights in the Linear layers of the blocks: what a step reads per token besides the head."""
+    return sum(m.weight.numel() for m in model.blocks.modules() if isinstance(m, nn.Linear))
+
+
+def resolve_precision(name: str, device: torch.device, model=None) -> str:
+    """``name`` checked against ``device``; ``auto`` becomes fp32, bf16 or int8 (the module's rule).
+    ``model`` (its size) decides auto on a CPU; without it auto means int8 there."""
+    if name not in PRECISIONS:
+        raise UsageError(f"unknown precision {name!r}: use {', '.join(PRECISIONS)}")
+    device = torch.device(device)
+    if name == "int8":
+        if device.type != "cpu":
+            raise UsageError(f"--precision int8 runs on CPUs only (PyTorch has no int8 kernels for {device.type}): "
+                             "use bf16 or fp32 there")
+        if not int8_available():
+            raise UsageError("--precision int8: this torch build has no quantized CPU engine")
+        return name
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if compute_dtype(device) == torch.bfloat16 else "fp32"
+    if device.type == "cpu" and int8_available() and (model is None or block_linear_weights(model) >= INT8_MIN_WEIGHTS):
+        return "int8"
+    return "fp32"
+
+
+def apply_precision(model, precision: str):
+    """Convert ``model`` (already on its device, in eval mode) to a resolved precision, in place."""
+    if precision == "bf16":
+        _swap_linears(model.blocks, Bf16Linear)
+    elif precision == "int8":
+        model.blocks.to("cpu")
+        with warnings.catch_warnings():  # quantize_dynamic warns that it is deprecated in favour of torchao
+            warnings.simplefilter("ignore")
+            torch.ao.quantization.quantize_dynamic(
+                model.blocks, {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+                dtype=torch.qint8, inplace=True)
+    elif precision != "fp32":
+        raise ValueError(f"unresolved precision {precision!r}")
+    model.precision = precision
+    return model
+
+
+def _swap_linears(root: nn.Module, make) -> None:
+    for name, child in list(root.named_children()):
+        if isinstance(child, nn.Linear):
+            setattr(root, name, make(child))
+        else:
+            _swap_linears(child, make)
