@@ -8,8 +8,8 @@ product code carries no test hooks:
 - ``HOOK_SYNTH_HANG=S``: the `--wav` synthesizer hangs on every render, and a render may take S seconds.
 - ``HOOK_NOTELESS_SEEDS=5,6``: draws seeded with one of these all but never choose a note of the
   instruments ``HOOK_NOTELESS_INSTRUMENTS`` lists (default: every instrument; their note logits are
-  pushed far down; an edit's written part comes back empty, since its grammar can force notes), so a
-  test gets an empty result for exactly those seeds.
+  pushed far down; an edit's written part and a continuation's new notes are dropped, since their
+  grammars can force notes), so a test gets an empty result for exactly those seeds.
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def _silence_seeds(seeds: set, instruments: list) -> None:
 
     engine.Decoder.__init__, engine.Decoder._forward = hooked_init, hooked_forward
     from midigen.generate import edit
+    from midigen.music.codec import track_instrument
     from midigen.music.sequences import Units
 
     write_plan = edit.write_plan
@@ -82,6 +83,28 @@ def _silence_seeds(seeds: set, instruments: list) -> None:
         return [u.select(~np.isin(u.inst, instruments)) for u in written]
 
     edit.write_plan = hooked_write_plan
+    from midigen.generate import continuation
+
+    continued = continuation.continued
+    last = {"noteless": False}
+    init2 = engine.Decoder.__init__
+
+    def remembering_init(self, *a, **kw):
+        init2(self, *a, **kw)
+        last["noteless"] = self.noteless
+
+    def hooked_continued(codec, score, p, *a, **kw):
+        out = continued(codec, score, p, *a, **kw)
+        if last["noteless"]:  # the continuation grammar wants a note after every shift: drop the new ones
+            for t in out.tracks:
+                notes = t.notes.numpy()
+                keep = (notes["time"] < p.start_tick) | ~np.isin(track_instrument(t), instruments)
+                t.notes = type(t.notes).from_numpy(*(notes[k][keep] for k in ("time", "duration", "pitch",
+                                                                                "velocity")))
+        return out
+
+    engine.Decoder.__init__ = remembering_init
+    continuation.continued = hooked_continued
 
 
 if __name__ == "__main__":
