@@ -120,8 +120,11 @@ def top_up(hashes: list[str], splits: list[str], rule: SplitRule) -> dict[int, s
 
 
 def empty_split_notes(stats: dict, rule: SplitRule, kept: int) -> list[str]:
-    """One line per split still empty, naming the flag (or the file count) that left it so."""
+    """One line per split still empty, naming the flag (or the file count) that left it so; nothing when
+    no file was kept (prepare says that on its own)."""
     out = []
+    if kept == 0:
+        return out
     for split, flag in (("val", "--val-frac"), ("test", "--test-frac")):
         if stats[split]["files"]:
             continue
