@@ -164,6 +164,6 @@ def test_roundtrip_cli(tmp_path):
     bad.write_bytes(b"not midi at all")
     r = subprocess.run([PYTHON, "-m", "midigen", "roundtrip", str(bad), str(tmp_path / "o2.mid")], cwd=REPO,
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stdout == ""
+    assert r.returncode == 2 and r.stdout == ""  # a bad file the user pointed at
     assert len(r.stderr.strip().splitlines()) == 1 and "error" in r.stderr
     assert not (tmp_path / "o2.mid").exists()

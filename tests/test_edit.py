@@ -382,7 +382,7 @@ def test_cli_refuses_bad_input(edit_run, plain_run, loaded, tmp_path, case):
     elif case == "missing-song":
         song = tmp_path / "absent.mid"
     elif case == "cannot-edit":
-        ckpt, want = plain_run, 1
+        ckpt, want = plain_run, 2  # a checkpoint that cannot do what was asked: the user can fix it
     elif case == "arrange-no-add":
         task, args = "arrange", ["--add", ","]
     r = midigen(task, "--ckpt", ckpt, song, *args, "--out", tmp_path / "o")

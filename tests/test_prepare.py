@@ -300,10 +300,10 @@ def test_usage_errors_exit_2(tmp_path, songs_dir, args, message):
     assert not out.is_dir()
 
 
-def test_no_midi_found_exits_1(tmp_path):
+def test_no_midi_found_exits_2(tmp_path):
     (tmp_path / "empty").mkdir()
     r = run_cli(tmp_path / "empty", "--out", tmp_path / "out", "--no-progress")
-    assert r.returncode == 1 and "no MIDI files" in r.stderr
+    assert r.returncode == 2 and "no MIDI files" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 

@@ -213,7 +213,7 @@ def test_sigkill_then_resume_equals_uninterrupted(repo_root, python_exe, tiny_da
     (other / "meta.json").write_text(json.dumps(meta))
     bad = run(repo_root, python_exe, "train", TEST_TOML, "--data", other, "--steps", "2", "--out",
               tmp_path / "ft2", "--init-from", out)
-    assert bad.returncode == 1 and "codec" in bad.stderr, bad.stderr[-2000:]
+    assert bad.returncode == 2 and "codec" in bad.stderr, bad.stderr[-2000:]
 
 
 def test_resume_without_checkpoint_exits_2(repo_root, python_exe, tiny_dataset, tmp_path):

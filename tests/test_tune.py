@@ -207,7 +207,8 @@ def test_corrupt_or_lying_adapters_are_refused(tuned, tmp_path):
     data = bytearray((corrupt / "adapter.safetensors").read_bytes())
     data[-100] ^= 0xFF
     (corrupt / "adapter.safetensors").write_bytes(bytes(data))
-    one_line_error(midigen("sample", "--ckpt", corrupt, "--max-tokens", "8", "--out", tmp_path), 1, "hash")
+    # a tampered file the user pointed at: exit 2 (README, "Exit codes")
+    one_line_error(midigen("sample", "--ckpt", corrupt, "--max-tokens", "8", "--out", tmp_path), 2, "hash")
     lying = tmp_path / "lying"
     shutil.copytree(tuned["out"], lying, ignore=shutil.ignore_patterns("data", ".tune"))
     manifest = json.loads((lying / "adapter.json").read_text())

@@ -3,13 +3,15 @@ the edits (``midigen.generate.edit``), and report one JSON line per file written
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
-from midigen.errors import MidigenError, UsageError
+from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.edit import Edit, arrange_edits, infill_edits
+from midigen.generate.checks import edit_warnings, redraw
+from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
@@ -58,13 +60,25 @@ def _load(a):
     model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     if not caps["can_edit"]:
-        raise MidigenError(f"checkpoint {a.ckpt} was trained without the editing objective "
+        raise UsageError(f"checkpoint {a.ckpt} was trained without the editing objective "
                            "(edit_fraction = 0): it cannot infill or arrange")
     return model, codec, device, soundfont, caps, None if a.free_range else checkpoint_limits(config)
 
 
-def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
-    """Each edit's MIDI (+ WAV, PNG) written atomically, one JSON line per file."""
+def free_base(out: Path, name: str) -> Path:
+    """``out/name``, or ``out/name-2``, ``-3``, ... : the first base no .mid, .wav or .png uses yet, so an
+    edit never overwrites an earlier one."""
+    base, n = out / name, 1
+    while any(Path(f"{base}{x}").exists() for x in (".mid", ".wav", ".png")):
+        n += 1
+        base = out / f"{name}-{n}"
+    return base
+
+
+def _write(a, edits: list, task: str, soundfont) -> None:
+    """Each edit's MIDI (+ WAV, PNG) written atomically under a name no earlier file has, one JSON line
+    per file: ``SONG-infill-STARTMS-ENDMSms-SEED-I`` or ``SONG-arrange-SEED-I`` (SEED: the seed that gives that
+    result again; ``-2``, ``-3``... added when the name is taken)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -72,36 +86,44 @@ def _write(a, edits: list[Edit], task: str, seed: int, soundfont) -> None:
         raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
     stem = Path(a.song).stem
     renderer = Renderer(soundfont) if a.wav or a.play else None
-    for i, e in enumerate(edits):
-        base = out / f"{stem}-{task}-{seed}-{i}"
-        info = {"sample": i, "seed": seed, "task": task,
+    wavs = []
+    for i, (e, seed, row, warnings) in enumerate(edits):
+        span = "-".join(str(round(x * 1000)) for x in e.span_seconds) + "ms-" if task == "infill" else ""
+        base = free_base(out, f"{stem}-{task}-{span}{seed}-{i}")
+        info = {"sample": i, "seed": seed, "row": row, "task": task,
                 "span_seconds": [round(x, 3) for x in e.span_seconds],
                 "instruments": [instrument_name(t) for t in e.targets],
-                "notes_written": e.written, "notes_removed": e.removed, "realtime": round(e.realtime, 2)}
-        midi = base.with_suffix(".mid")
+                "notes_written": e.written, "notes_removed": e.removed, "realtime": round(e.realtime, 2),
+                "warnings": warnings}
+        midi = Path(f"{base}.mid")
         atomic_write_bytes(midi, bytes(e.score.dumps_midi()))
         print(json.dumps({"file": str(midi), "kind": "midi", **info}), flush=True)  # before a render can fail
         files = []
         if renderer is not None and (wav := wav_beside(renderer, e.score, midi)):
             files.append((wav, "wav"))
+            wavs.append(wav)
         if a.png:
             title = f"midigen {task} {i} (seed {seed}): " + ", ".join(info["instruments"])
-            files.append((write_piano_roll(e.score, base.with_suffix(".png"), title=title,
+            files.append((write_piano_roll(e.score, Path(f"{base}.png"), title=title,
                                            highlight=(e.span_seconds, e.targets)), "png"))
         for path, kind in files:
             print(json.dumps({"file": str(path), "kind": kind, **info}), flush=True)
     if renderer is not None:
         renderer.close()
     if a.play:
-        for i in range(len(edits)):
-            if not play(out / f"{stem}-{task}-{seed}-{i}.wav"):
+        for wav in wavs:
+            if not play(wav):
                 break
 
 
-def _sampling(a, s, device) -> dict:
-    """The sampling settings ``s`` as the editing functions take them."""
-    return dict(num_samples=a.num_samples, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                device=device)
+def _redrawn(a, score, task: str, edit_with, sampling, device) -> list:
+    """``edit_with(**sampling keywords)`` for ``--num-samples``, each empty result drawn again (``--retry``)."""
+    def draw(seed: int, n: int) -> list:
+        s = replace(sampling, seed=seed)
+        return edit_with(num_samples=n, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                         device=device)
+
+    return redraw(draw, lambda e: edit_warnings(score, e, task), sampling.seed, a.num_samples, a.retry)
 
 
 def infill(a) -> None:
@@ -118,10 +140,10 @@ def infill(a) -> None:
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
     controls, _ = steering_flags(a, caps, codec, instruments or score_instruments(score))
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
-    kw = _sampling(a, sampling, device)
-    edits = infill_edits(model, codec, score, start_s=start, end_s=end, instruments=instruments,
-                         controls=controls, limits=limits, **kw)
-    _write(a, edits, "infill", kw["seed"], soundfont)
+    edits = _redrawn(a, score, "infill", lambda **kw: infill_edits(
+        model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, limits=limits,
+        **kw), sampling, device)
+    _write(a, edits, "infill", soundfont)
 
 
 def arrange(a) -> None:
@@ -133,6 +155,6 @@ def arrange(a) -> None:
     add = instruments_flag(a.add, caps["instruments"], "--add")
     keep = instruments_flag(a.keep, score_instruments(score), "--keep", owner="the song has")
     controls, _ = steering_flags(a, caps, codec, add)
-    kw = _sampling(a, sampling, device)
-    edits = arrange_edits(model, codec, score, add=add, keep=keep, controls=controls, limits=limits, **kw)
-    _write(a, edits, "arrange", kw["seed"], soundfont)
+    edits = _redrawn(a, score, "arrange", lambda **kw: arrange_edits(
+        model, codec, score, add=add, keep=keep, controls=controls, limits=limits, **kw), sampling, device)
+    _write(a, edits, "arrange", soundfont)

@@ -12,7 +12,7 @@ import sys
 from midigen import __version__
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.sampling import TOP_P
+from midigen.generate.sampling import RETRIES, TOP_P
 
 
 def _positive_int(text: str) -> int:
@@ -35,6 +35,16 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _whole(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -53,15 +63,18 @@ def _print_json(obj) -> None:
 
 
 def cmd_roundtrip(a) -> int:
-    from midigen.music.codec import Codec, fidelity  # start-up time
+    from midigen.music.codec import Codec, CodecError, fidelity  # start-up time
 
     codec = Codec()
     try:
         with open(a.input, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise MidigenError(f"cannot read {a.input}: {e.strerror}") from None
-    score = codec.read_midi(data)
+        raise UsageError(f"cannot read {a.input}: {e.strerror}") from None
+    try:
+        score = codec.read_midi(data)
+    except CodecError as e:
+        raise UsageError(f"bad MIDI file {a.input}: {e}") from None
     tokens = codec.encode_score(score)
     decoded = codec.decode(tokens)
     atomic_write_bytes(a.output, bytes(decoded.dumps_midi()))
@@ -117,6 +130,9 @@ def cmd_tune(a) -> int:
 
 
 def cmd_eval(a) -> int:
+    if a.samples and a.ckpt:
+        raise UsageError("give --ckpt DIR (score a model) or --samples DIR (compare generated MIDI), not both: "
+                         "--samples scores files, not a model")
     if a.samples:
         from midigen.eval.metrics import compare_samples  # start-up time
 
@@ -152,6 +168,26 @@ def cmd_arrange(a) -> int:
     return 0
 
 
+def _sampling_flags(s: argparse.ArgumentParser, penalty: bool = False) -> None:
+    """How many results and how each draws its notes, in sample, infill and arrange."""
+    s.add_argument("--num-samples", type=_positive_int, default=1, metavar="N", help="results to write (default 1)")
+    s.add_argument("--seed", type=int, default=None,
+                   help="the same seed and flags give the same music (default: a new one, printed)")
+    s.add_argument("--retry", type=_whole, default=RETRIES, metavar="N",
+                   help=f"draw an empty result (a requested instrument with no notes, a near-silent continuation "
+                        f"or span) again with the next seeds, up to N times (default {RETRIES}; 0 = never)")
+    s.add_argument("--temperature", type=_positive_float, default=1.0,
+                   help="boldness: below 1 safer, above 1 more surprising choices (default 1)")
+    s.add_argument("--top-k", type=_positive_int, default=None, metavar="K",
+                   help="choose only among the K likeliest next events (default: no limit)")
+    s.add_argument("--top-p", type=_positive_float, default=TOP_P, metavar="P",
+                   help=f"nucleus: keep only the likeliest choices, together this likely (default {TOP_P}: cuts "
+                        "the tail of rare, mostly out-of-key notes; 1 = off)")
+    if penalty:
+        s.add_argument("--repetition-penalty", type=_positive_float, default=1.0, metavar="X",
+                       help="above 1: fewer repeats of recently played notes (default 1 = off)")
+
+
 _FREE_RANGE_HELP = ("let instruments write outside the pitch range and polyphony they play in the training data "
                     "(`midigen info --ckpt` lists them); by default a bass stays a bass")
 
@@ -160,18 +196,16 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     """What infill and arrange share: the checkpoint and the song, the sampling and output flags of
     sample, and the controls (not the meter: the song keeps its own)."""
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("song", metavar="SONG.mid")
-    s.add_argument("--out", default="out/edit", metavar="DIR")
-    s.add_argument("--num-samples", type=_positive_int, default=1)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--temperature", type=_positive_float, default=1.0)
-    s.add_argument("--top-k", type=_positive_int, default=None)
-    s.add_argument("--top-p", type=_positive_float, default=TOP_P,
-                   help=f"nucleus sampling (default {TOP_P}: cuts the tail of rare, mostly out-of-key notes; 1 = off)")
+    s.add_argument("song", metavar="SONG.mid", help="the song to edit (never changed; results are new files)")
+    s.add_argument("--out", default="out/edit", metavar="DIR",
+                   help="folder for the results (default out/edit); names are SONG-infill-START-ENDms-SEED-I.mid "
+                        "(the span in milliseconds) or SONG-arrange-SEED-I.mid, with -2, -3... added rather than overwrite a file")
+    _sampling_flags(s)
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll with the written part marked")
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
-    s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
+    s.add_argument("--soundfont", default=None, metavar="FILE",
+                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _precision_flag(s)
     s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
@@ -227,12 +261,15 @@ def _add_control_flags(s, meter: bool = True) -> None:
     """--style/--time-signature/--key/--density: what to write (`midigen info --ckpt` lists the choices).
     Edits keep the song's own meter, so they get no --time-signature (``meter=False``)."""
     g = s.add_argument_group("steering (none given: the model chooses)")
-    g.add_argument("--style", default=None, metavar="NAME[,NAME]", help="style(s) the model learned")
+    g.add_argument("--style", default=None, metavar="NAME[,NAME]",
+                   help="style(s) the model learned (default: the model chooses)")
     if meter:
-        g.add_argument("--time-signature", default=None, metavar="N/D", help="a meter the model saw, e.g. 3/4")
-    g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm")
+        g.add_argument("--time-signature", default=None, metavar="N/D",
+                       help="a meter the model saw, e.g. 3/4; after --prompt it starts where the new music does "
+                            "(default: the model chooses, or the prompt's)")
+    g.add_argument("--key", default=None, metavar="KEY", help="e.g. D, 'F# minor', Bbm (default: the model chooses)")
     g.add_argument("--density", default=None, choices=["low", "medium", "high"],
-                   help="notes per second, in the training corpus's terciles")
+                   help="notes per second, in the training corpus's terciles (default: the model chooses)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,8 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     s = sub.add_parser("roundtrip", help="encode a MIDI file to tokens and decode it back")
-    s.add_argument("input", metavar="IN.mid")
-    s.add_argument("output", metavar="OUT.mid")
+    s.add_argument("input", metavar="IN.mid", help="the MIDI file to encode")
+    s.add_argument("output", metavar="OUT.mid",
+                   help="where to write the decoded file; a JSON line compares the two (README: roundtrip)")
     s.set_defaults(func=cmd_roundtrip)
 
     s = sub.add_parser("prepare", help="turn MIDI folders/archives/Lakh/demo into token files")
@@ -305,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("eval", help="score a checkpoint (bits per note) or compare generated pieces with real ones")
     s.add_argument("--ckpt", metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("--samples", metavar="DIR", help="folder of generated .mid files to compare with --data")
+    s.add_argument("--samples", metavar="DIR",
+                   help="folder of generated .mid files to compare with --data (its own files only, not its "
+                        "subfolders; not with --ckpt)")
     s.add_argument("--data", required=True, metavar="DIR", help="dataset dir written by prepare")
     s.add_argument("--split", default="test", choices=["train", "val", "test"])
     s.add_argument("--max-tokens", type=_positive_int, default=None, help="score at most this many tokens")
@@ -317,28 +357,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate MIDI (and WAV, piano-roll PNG, playback) from a checkpoint")
     s.add_argument("--ckpt", required=True, metavar="DIR", help="run dir (uses best/) or checkpoint dir")
-    s.add_argument("--num-samples", type=_positive_int, default=1)
+    _sampling_flags(s, penalty=True)
     g = s.add_mutually_exclusive_group()
     g.add_argument("--seconds", type=_positive_float, default=None, help="seconds of new music (default 30)")
-    g.add_argument("--max-tokens", type=_positive_int, default=None, help="new tokens to generate")
-    s.add_argument("--temperature", type=_positive_float, default=1.0)
-    s.add_argument("--top-k", type=_positive_int, default=None)
-    s.add_argument("--top-p", type=_positive_float, default=TOP_P,
-                   help=f"nucleus sampling (default {TOP_P}: cuts the tail of rare, mostly out-of-key notes; 1 = off)")
-    s.add_argument("--repetition-penalty", type=_positive_float, default=1.0)
-    s.add_argument("--seed", type=int, default=None)
-    s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue")
+    g.add_argument("--max-tokens", type=_positive_int, default=None,
+                   help="new events to generate instead of --seconds (default: none)")
+    s.add_argument("--prompt", metavar="FILE.mid", default=None, help="MIDI file to continue (default: none)")
     s.add_argument("--prompt-seconds", type=_positive_float, default=None,
                    help="continue from the end of the prompt's first S seconds (default: all of it)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="General MIDI names (or a part of one), program numbers and 'drums', comma-separated "
-                        "or the flag repeated; names match among the instruments the checkpoint knows")
-    s.add_argument("--tempo", type=_positive_float, default=None, metavar="BPM")
-    s.add_argument("--out", default="out/generate", metavar="DIR")
+                        "or the flag repeated; names match among the instruments the checkpoint knows "
+                        "(default: the model chooses)")
+    s.add_argument("--tempo", type=_positive_float, default=None, metavar="BPM",
+                   help="the tempo, 16..512 (default: the model's choice, or the prompt's)")
+    s.add_argument("--out", default="out/generate", metavar="DIR",
+                   help="folder for the results, named by date and time (default out/generate)")
     s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
     s.add_argument("--png", action="store_true", help="also draw a piano roll")
     s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
-    s.add_argument("--soundfont", default=None, metavar="FILE", help="an .sf2/.sf3 soundfont for --wav/--play")
+    s.add_argument("--soundfont", default=None, metavar="FILE",
+                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _precision_flag(s)
     s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
@@ -355,10 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "be kept too. New notes never cut into kept ones: a new note that would sound over a "
                        "kept note of its pitch and channel is shortened or left out (docs/editing.md).")
     s.add_argument("--start", type=float, default=None, metavar="S",
-                   help="span start (seconds); notes starting before it are kept (the span snaps inward)")
+                   help="span start (seconds; no default: give --start/--end or --bars); notes starting before "
+                        "it are kept (the span snaps inward)")
     s.add_argument("--end", type=float, default=None, metavar="E",
-                   help="span end (seconds); notes starting at or after it are kept")
-    s.add_argument("--bars", default=None, metavar="A-B", help="the span as bars, counted from 1 (e.g. 9-12)")
+                   help="span end (seconds; no default); notes starting at or after it are kept")
+    s.add_argument("--bars", default=None, metavar="A-B",
+                   help="the span as bars, counted from 1 (e.g. 9-12; no default)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
                         "repeated); default: all")
@@ -367,7 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("arrange", help="write new parts (e.g. bass, drums) over a whole song with a checkpoint")
     s.add_argument("--add", required=True, action="append", metavar="LIST",
-                   help="instruments to write, e.g. bass,drums (or --add bass --add drums)")
+                   help="instruments to write, e.g. bass,drums (or --add bass --add drums); required")
     s.add_argument("--keep", default=None, action="append", metavar="LIST",
                    help="parts to keep, comma-separated or repeated (default: every part the song has that is "
                         "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their MIDI channels)")
@@ -404,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    # OpenMP threads that spin while they wait fight other processes for a busy machine's cores (an
+    # arrange went from 4.8 s to 84 s); passive waiting costs little when idle (benchmarks/busy_machine.py).
+    # Set before any handler imports torch; a value the user set wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

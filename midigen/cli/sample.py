@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
+from midigen.generate.checks import redraw, sample_warnings
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sample import (DEFAULT_SECONDS, continue_song, generate_samples, prompt_plan, sample_score,
                                      summary)
@@ -51,13 +53,20 @@ def sample(a) -> None:
     if renderer is not None:
         renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
-    kw = dict(num_samples=a.num_samples, seconds=seconds, max_new_tokens=a.max_tokens, sampling=sampling,
-              instruments=instruments, tempo=a.tempo, device=device, controls=controls, time_signature=time_signature,
-              limits=limits, free_tempo=free_tempo)
-    if plan is not None:
-        results = continue_song(model, codec, song, plan, **kw)
-    else:
-        results = [(s, sample_score(codec, s)) for s in generate_samples(model, codec, **kw)]
+    kw = dict(seconds=seconds, max_new_tokens=a.max_tokens, instruments=instruments, tempo=a.tempo, device=device,
+              controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo)
+
+    def draw(seed: int, n: int) -> list:
+        s = replace(sampling, seed=seed)
+        if plan is not None:
+            return continue_song(model, codec, song, plan, num_samples=n, sampling=s, **kw)
+        return [(x, sample_score(codec, x)) for x in generate_samples(model, codec, num_samples=n, sampling=s, **kw)]
+
+    def warnings_of(result) -> list[str]:
+        s, score = result
+        return sample_warnings(score, s.start_seconds if plan is not None else 0.0, s.end_seconds, instruments)
+
+    results = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
     try:
         _write(a, codec, results, sampling.seed, renderer)
     finally:
@@ -65,15 +74,16 @@ def sample(a) -> None:
             renderer.close()
 
 
-def _write(a, codec, results, seed: int, renderer: Renderer | None) -> None:
-    """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed."""
+def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None) -> None:
+    """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed (with the
+    seed that gives it again, and its warnings)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    for i, (s, score) in enumerate(results):
+    for i, ((s, score), seed, row, warnings) in enumerate(results):
         base = out / f"{stamp}-{i}"
         atomic_write_bytes(base.with_suffix(".mid"), bytes(score.dumps_midi()))
         print(base.with_suffix(".mid"), flush=True)
@@ -82,8 +92,9 @@ def _write(a, codec, results, seed: int, renderer: Renderer | None) -> None:
         if a.png:
             write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
             print(base.with_suffix(".png"), flush=True)
-        print(f"sample {i}: {summary(codec, s, score)}", flush=True)
-    print(f"seed {seed} (the same seed and arguments give the same files)", flush=True)
+        again = "" if seed == first_seed else f" (redrawn: seed {seed} with --num-samples 1 gives it)"
+        print(f"sample {i}: {summary(codec, s, score, warnings)}{again}", flush=True)
+    print(f"seed {first_seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
         for i in range(len(results)):
             if not play(out / f"{stamp}-{i}.wav"):

@@ -36,9 +36,9 @@ def read_meta(data_dir) -> dict:
             f"{data_dir} is not a prepared dataset (no meta.json); create it with "
             f"`midigen prepare SOURCE --out {data_dir}`") from None
     except (OSError, ValueError) as e:
-        raise MidigenError(f"{path} is unreadable: {e}") from None
+        raise UsageError(f"{path} is unreadable: {e}") from None
     if not isinstance(meta, dict) or "codec" not in meta:
-        raise MidigenError(f"{path} has no codec: not written by `midigen prepare`")
+        raise UsageError(f"{path} has no codec: not written by `midigen prepare`")
     return meta
 
 
@@ -382,7 +382,9 @@ def eval_rows(split: Split, block_size: int, max_tokens: int, overlap: int | Non
             ys.append(y)
             a += L - n_ctx
     if not xs:
-        raise UsageError(f"the {split.name} split has no tokens to evaluate")
+        hint = (f": prepare the data again with a larger --{split.name}-frac (a corpus of 3 files or more gets "
+                "at least one file in each split)") if split.name in ("val", "test") else ""
+        raise UsageError(f"the {split.name} split has no tokens to evaluate{hint}")
     return np.stack(xs), np.stack(ys)
 
 

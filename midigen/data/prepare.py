@@ -39,12 +39,13 @@ import numpy as np
 from midigen.data import sources as S
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
-from midigen.data.splits import SPLITS, SplitRule
+from midigen.data.splits import SPLITS, SplitRule, ensure_each_split
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
 from midigen.data.keys import song_key
-from midigen.data.styles import make_tagger, split_source, StyleTagger
+from midigen.data.styles import add_duplicate_styles, make_tagger, split_source, StyleTagger
 from midigen.music import codec_jit
 from midigen.music.codec import Codec, CodecError
+from midigen.music.smf import truncation, unwrap_rmid
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -53,9 +54,9 @@ MAX_NOTES = 200_000
 MAX_SECONDS = 2 * 3600.0
 FILTER_RULE = (
     f"skip a file that is empty, larger than {S.MAX_FILE_BYTES // (1024 * 1024)} MiB, not readable as "
-    f"Standard MIDI (format 0/1/2, ticks per quarter; SMPTE time is refused), has fewer than {MIN_NOTES} "
-    f"or more than {MAX_NOTES} notes, or lasts over {MAX_SECONDS / 3600:g} hours once silences longer "
-    "than 4 bars are shortened; an exact duplicate of an earlier file is kept once; a file that crashes "
+    f"Standard MIDI (format 0/1/2, ticks per quarter; SMPTE time is refused), is cut short (truncated), "
+    f"has fewer than {MIN_NOTES} or more than {MAX_NOTES} notes, or lasts over {MAX_SECONDS / 3600:g} hours once "
+    "silences longer than 4 bars are shortened; an exact duplicate of an earlier file is kept once; a file that crashes "
     "a worker or takes longer than the per-file time limit is skipped"
 )
 
@@ -115,6 +116,8 @@ class _Encoder:
             return None, "empty file"
         if S.too_big(len(data)):
             return None, S.too_big(len(data))
+        if cut := truncation(unwrap_rmid(data)):
+            return None, cut
         try:
             score = self.codec.read_midi(data)
             n = score.note_num()
@@ -411,7 +414,10 @@ class _Progress:
         self.kept += kept
         self.notes += notes
         self.bar.update(files)
-        self.bar.set_postfix(kept=self.kept, skipped=self.files - self.kept, refresh=False)
+
+    def merged(self, merge: "_Merge") -> None:
+        """The bar's kept/skipped are the merge's (duplicates are found there), so they end as the JSON's."""
+        self.bar.set_postfix(kept=merge.kept, skipped=merge.seen - merge.kept, refresh=False)
 
 
 def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None, timeout=60.0,
@@ -450,6 +456,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
                 counts.reused += len(rows)
                 counts.add(len(rows), len(kept), sum(r["notes"] for r in kept))
                 merge.ready(cid)
+                counts.merged(merge)
                 continue
             items = _task_items(entries)
             yield cid, (str(p), cid, key, items, tagger.needs_md5), len(items)
@@ -457,6 +464,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     def done(cid, result):
         counts.add(*result)
         merge.ready(cid)
+        counts.merged(merge)
 
     pool = WorkerPool(workers, WORKER_TASK, timeout)
     try:
@@ -470,7 +478,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     if counts.files == 0:
         merge.close()
         shutil.rmtree(work, ignore_errors=True)
-        raise MidigenError("no MIDI files (.mid, .midi, .kar) found in " + ", ".join(sources))
+        raise UsageError("no MIDI files (.mid, .midi, .kar, .rmi) found in " + ", ".join(sources))
     try:
         summary = merge.finish(out, sources)
     finally:
@@ -513,6 +521,7 @@ class _Merge:
         self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)
         self.counts = {"styles": Counter(), "keys": Counter(), "key_sources": Counter(), "time_signatures": Counter()}
         self.first_of: dict[str, str] = {}
+        self.dup_styles: dict[str, set] = {}  # first file's name -> the styles its duplicates came with
         self.split_stats = {s: {"files": 0, "notes": 0, "tokens": 0} for s in SPLITS}
         self.reasons: Counter = Counter()
         self.seen = self.kept = self.dups = 0
@@ -544,6 +553,8 @@ class _Merge:
                 start, pos = pos, pos + r["tokens"]
                 self._keep(r, blob[start:pos], out)
             out.update(self._song_facts(r, tag, out["split"]))
+            if out["split"] is None and r["hash"] in self.first_of and "tokens" in r:  # a duplicate: its styles count
+                self.dup_styles.setdefault(self.first_of[r["hash"]], set()).update(tag)
             if out["skipped"] is not None:
                 self.reasons[reason_key(out["skipped"])] += 1
             lines.append(_ROW_JSON.encode(out))
@@ -596,6 +607,9 @@ class _Merge:
             f.flush()
             os.fsync(f.fileno())
         self.close()
+        add_duplicate_styles(self.work / "files.jsonl.tmp", self.dup_styles, self.counts["styles"])
+        for line in ensure_each_split(self.work, self.split_stats, self.rule):  # small corpora: one file each
+            print(f"midigen prepare: note: {line}", file=sys.stderr)
         with open(self.work / "meta.json.tmp", "w", encoding="utf-8") as f:
             f.write(json.dumps(self._meta(sources), indent=1, sort_keys=True) + "\n")
             f.flush()

@@ -19,7 +19,7 @@ from midigen.data import corpus
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import cache_dir
 
-MIDI_SUFFIXES = (".mid", ".midi", ".kar")
+MIDI_SUFFIXES = (".mid", ".midi", ".kar", ".rmi")  # .rmi: RIFF-wrapped, unwrapped when read
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".zip")
 MAX_FILE_BYTES = 16 * 1024 * 1024
 

@@ -9,7 +9,9 @@ A file gets the union of:
   corpus is always tagged this way, so its collections become its styles;
 * the rows of a ``--styles FILE.csv`` naming it: rows of (key, style, [more styles]), where the key is
   the file's name, its stem, its path relative to its source, its full entry name, or the md5 of its
-  content (the form in which Lakh genre lists circulate). Tab-separated files work too.
+  content (the form in which Lakh genre lists circulate). Tab-separated files work too;
+* the styles of its duplicates: the same content met again (under another ``NAME=SOURCE``, say) is
+  kept once, with every style it came with (``add_duplicate_styles``).
 
 Everything except the md5 is known from names before any file is read, so tags are attached in the
 parent while the chunks are enumerated; the md5 is computed by the workers, and only when a styles
@@ -18,6 +20,7 @@ file is given (prepare hashes with blake2b otherwise).
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 from pathlib import Path, PurePosixPath
@@ -139,3 +142,21 @@ def make_tagger(sources_with_styles, style_from: str | None, styles_csv) -> Styl
     table = load_styles_csv(styles_csv) if styles_csv is not None else None
     folder = [style_from == "folder" or text == "demo" for text, _ in sources_with_styles]
     return StyleTagger([s for _, s in sources_with_styles], folder, table)
+
+
+def add_duplicate_styles(rows_path: Path, extra: dict[str, set], counts) -> None:
+    """Give each kept row of prepare's ``files.jsonl`` named in ``extra`` the styles its duplicates came
+    with, counting the new ones in ``counts`` (a Counter); the file is rewritten only when one changes."""
+    rows = [json.loads(line) for line in Path(rows_path).read_text(encoding="utf-8").splitlines() if line]
+    changed = False
+    for r in rows:
+        new = extra.get(r["name"], set()) - set(r["styles"]) if r["split"] is not None else set()
+        if new:
+            r["styles"] = sorted(set(r["styles"]) | new)
+            counts.update(new)
+            changed = True
+    if changed:
+        with open(rows_path, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            f.flush()
+            os.fsync(f.fileno())

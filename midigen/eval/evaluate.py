@@ -98,7 +98,7 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
     dev = best_device(device)
     model, codec, _ = load_checkpoint(path, device=dev, precision=precision)
     if codec.to_dict() != ds.codec.to_dict():
-        raise MidigenError(f"checkpoint {path} was trained with a different codec than the dataset {data}: "
+        raise UsageError(f"checkpoint {path} was trained with a different codec than the dataset {data}: "
                            "prepare the data with the checkpoint's midigen version")
     sp = ds.split(split)
     budget = int(max_tokens) if max_tokens else len(sp)

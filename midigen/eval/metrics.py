@@ -127,12 +127,16 @@ def real_pieces(data_dir, split: str) -> tuple[Codec, list[np.ndarray]]:
 
 
 def compare_samples(samples_dir, data_dir, split: str = "test") -> dict:
-    """One JSON-able dict: per feature, the overlap of generated vs real distributions, and the means."""
+    """One JSON-able dict: per feature, the overlap of generated vs real distributions, and the means.
+
+    The generated pieces are the folder's own .mid/.midi files, not its subfolders': `make demo`'s
+    out/demo keeps songs it edits (real chorales among them) in edit/ and styles/, and those are not
+    the model's music to score."""
     samples_dir = Path(samples_dir)
     if not samples_dir.is_dir():
         raise UsageError(f"--samples {samples_dir} is not a folder")
     codec, real = real_pieces(data_dir, split)
-    files = sorted(p for p in samples_dir.rglob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
+    files = sorted(p for p in samples_dir.glob("*") if p.suffix.lower() in (".mid", ".midi") and p.is_file())
     gen = []
     for p in files:
         try:
@@ -142,7 +146,7 @@ def compare_samples(samples_dir, data_dir, split: str = "test") -> dict:
         if f is not None:
             gen.append(f)
     if not gen:
-        raise UsageError(f"no readable MIDI files with notes in {samples_dir}")
+        raise UsageError(f"no readable MIDI files with notes in {samples_dir} (its subfolders are not read)")
     cut = float(np.median([g["seconds"] for g in gen]))
     ref = [f for f in (piece_features(codec, t, max_seconds=cut) for t in real) if f is not None]
     result = {"samples": len(gen), "real": len(ref), "split": split, "real_cut_seconds": round(cut, 2)}

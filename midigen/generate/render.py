@@ -87,10 +87,24 @@ def write_wav(score, path, soundfont=None, sample_rate: int = SAMPLE_RATE) -> Pa
 
 
 def write_piano_roll(score, path, title: str | None = None, highlight=None) -> Path:
-    """A piano roll PNG: one colour per instrument, drums as grey crosses, seconds on x, pitch on y.
+    """A piano roll PNG (``piano_roll_figure``), written atomically."""
+    fig = piano_roll_figure(score, title, highlight)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def piano_roll_figure(score, title: str | None = None, highlight=None):
+    """A piano roll: one colour per instrument (every track of it alike), drums as grey crosses, seconds
+    on x, pitch on y, the legend beside the notes (never over them). Each bar has a thin white edge, so
+    repeated notes of one pitch show as separate bars.
 
     ``highlight`` = ((start, end) seconds, instruments) marks what an edit wrote: the span is shaded,
-    and the notes of those instruments inside it are outlined in black (legend: "new").
+    and the notes of those instruments inside it are outlined in black (one legend entry, "new notes");
+    kept notes keep their instrument's colour whichever track they are on.
     """
     import matplotlib
 
@@ -100,11 +114,12 @@ def write_piano_roll(score, path, title: str | None = None, highlight=None) -> P
     from matplotlib.patches import Patch
 
     s = score.to("second")
-    fig = Figure(figsize=(12, 5), dpi=100)
+    fig = Figure(figsize=(13, 5), dpi=100)
     ax = fig.add_subplot(1, 1, 1)
     colours = matplotlib.colormaps["tab10"]
-    handles, lo, hi, end = [], 127, 0, 0.0
-    pitched = 0
+    handles, lo, hi, end = {}, 127, 0, 0.0
+    colour_of: dict[int, tuple] = {}
+    any_new = False
     for track in s.tracks:
         if not track.note_num():
             continue
@@ -114,18 +129,22 @@ def write_piano_roll(score, path, title: str | None = None, highlight=None) -> P
         end = max(end, float(np.max(t + d)))
         inst = DRUMS if track.is_drum else int(track.program)
         new = _written(highlight, inst, t)
-        label = instrument_name(inst) + (" (new)" if new.any() else "")
+        any_new |= bool(new.any())
+        label = instrument_name(inst)
         if track.is_drum:
             ax.scatter(t[~new], p[~new], marker="x", s=14, color="0.35", linewidths=0.8, zorder=3)
             ax.scatter(t[new], p[new], marker="x", s=22, color="black", linewidths=1.4, zorder=4)
-            handles.append(Line2D([], [], marker="x", color="0.35", linestyle="none", label=label))
+            handles.setdefault(label, Line2D([], [], marker="x", color="0.35", linestyle="none", label=label))
         else:
-            c = colours(pitched % 10)
-            pitched += 1
-            ax.barh(p[~new], d[~new], left=t[~new], height=0.85, color=c, alpha=0.8, linewidth=0)
+            c = colour_of.setdefault(inst, colours(len(colour_of) % 10))
+            ax.barh(p[~new], d[~new], left=t[~new], height=0.85, color=c, alpha=0.8, edgecolor="white",
+                    linewidth=0.5)
             ax.barh(p[new], d[new], left=t[new], height=0.85, color=c, alpha=0.95, edgecolor="black",
                     linewidth=0.9)
-            handles.append(Patch(facecolor=c, edgecolor="black" if new.any() else c, label=label))
+            handles.setdefault(label, Patch(facecolor=c, edgecolor=c, label=label))
+    handles = list(handles.values())
+    if any_new:
+        handles.append(Patch(facecolor="white", edgecolor="black", label="new notes"))
     if highlight is not None:
         (s0, s1), _ = highlight
         ax.axvspan(s0, s1, color="gold", alpha=0.18, zorder=0)
@@ -145,15 +164,11 @@ def write_piano_roll(score, path, title: str | None = None, highlight=None) -> P
     ax.set_yticks(ticks, [f"{names[t % 12]}{t // 12 - 1}" for t in ticks])
     ax.set_title(title or "midigen")
     ax.grid(True, axis="x", alpha=0.3)
-    if handles:
-        ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.8)
+    if handles:  # beside the axes, so it never hides a note
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.8,
+                  borderaxespad=0.0)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return fig
 
 
 def _written(highlight, instrument: int, onsets: np.ndarray) -> np.ndarray:

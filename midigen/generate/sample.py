@@ -303,9 +303,10 @@ def find_problems(codec: Codec, sample: Sample) -> list[str]:
     return out
 
 
-def summary(codec: Codec, sample: Sample, score) -> str:
+def summary(codec: Codec, sample: Sample, score, warnings=()) -> str:
     """One line: length, notes, instruments by name, how much faster than real time the new music was
-    written (seconds of music per second of compute), and any warning."""
+    written (seconds of music per second of compute), and any warning (``find_problems``' and the
+    ``warnings`` given, ``midigen.generate.checks``)."""
     secs = notes_end_seconds(score)
     notes = sum(t.note_num() for t in score.tracks)
     head = codec.decode_events(sample.tokens)["header_instruments"]
@@ -317,7 +318,8 @@ def summary(codec: Codec, sample: Sample, score) -> str:
     line += f", {notes} notes, instruments: {names}"
     if sample.compute_seconds > 0:
         line += f", realtime: {realtime(new, sample.compute_seconds):.1f}x"
-    problems = find_problems(codec, sample)
+    problems = list(warnings) + [p for p in find_problems(codec, sample)
+                                 if not (p == "no new notes" and any(w.startswith(p) for w in warnings))]
     if problems:
         line += "; warning: " + "; ".join(problems)
     return line

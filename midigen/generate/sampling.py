@@ -19,6 +19,7 @@ from midigen.errors import UsageError
 TOP_P = 0.95
 DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penalty": 1.0}  # commands and page
 SEED_RANGE = 2**31  # drawn seeds are below this
+RETRIES = 2  # redraws of an empty result, with the next seeds, before giving up (midigen.generate.checks)
 
 
 @dataclass(frozen=True)

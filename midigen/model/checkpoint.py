@@ -20,7 +20,7 @@ import torch
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
 from midigen.music.ranges import NoteLimits, learned_tempo_changes, note_limits
-from midigen.errors import MidigenError, UsageError
+from midigen.errors import UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json, sha256_file
 from midigen.model import adapter as adapters
 from midigen.model.model import GPT, GPTConfig, param_shapes
@@ -145,9 +145,9 @@ def read_config(path) -> dict:
     try:
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise MidigenError(f"{path / CONFIG} is unreadable: {e}") from None
+        raise UsageError(f"{path / CONFIG} is unreadable: {e}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise MidigenError(f"{path} is not a midigen checkpoint (format {config.get('format')!r})")
+        raise UsageError(f"{path} is not a midigen checkpoint (format {config.get('format')!r})")
     return config
 
 
@@ -159,13 +159,13 @@ def verify(path) -> dict:
     config = read_config(path)
     hashes = config.get("sha256")
     if not isinstance(hashes, dict) or WEIGHTS not in hashes or CODEC not in hashes:
-        raise MidigenError(f"{path} has no file hashes: not a midigen checkpoint")
+        raise UsageError(f"{path} has no file hashes: not a midigen checkpoint")
     for name, digest in hashes.items():
         f = path / name
         if not f.exists():
-            raise MidigenError(f"checkpoint {path} is missing {name}")
+            raise UsageError(f"checkpoint {path} is missing {name}")
         if _sha256(f) != digest:
-            raise MidigenError(f"checkpoint {path}: {name} does not match its recorded hash (tampered or corrupt)")
+            raise UsageError(f"checkpoint {path}: {name} does not match its recorded hash (tampered or corrupt)")
     return config
 
 
@@ -185,14 +185,14 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True, precision: st
     try:
         codec = Codec.load(path / CODEC)
     except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
-        raise MidigenError(f"checkpoint {path}: bad codec.json ({e})") from None
+        raise UsageError(f"checkpoint {path}: bad codec.json ({e})") from None
     cfg = check_shapes(path, config)
     if cfg.vocab_size < codec.vocab_size:
-        raise MidigenError(f"checkpoint {path}: model vocabulary {cfg.vocab_size} < codec's {codec.vocab_size}")
+        raise UsageError(f"checkpoint {path}: model vocabulary {cfg.vocab_size} < codec's {codec.vocab_size}")
     try:
         state = load_file(str(path / WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise MidigenError(f"checkpoint {path}: unreadable weights ({e})") from None
+        raise UsageError(f"checkpoint {path}: unreadable weights ({e})") from None
     model = GPT(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "head.weight"}
     got = {k: v.shape for k, v in state.items()}
@@ -200,7 +200,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True, precision: st
         missing = sorted(set(expected) - set(got))[:3]
         extra = sorted(set(got) - set(expected))[:3]
         bad = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])[:3]
-        raise MidigenError(
+        raise UsageError(
             f"checkpoint {path}: weights do not fit the model config (missing {missing}, unexpected {extra}, "
             f"wrong shape {bad})"
         )
@@ -210,7 +210,7 @@ def load_checkpoint(path, device="cpu", check_hashes: bool = True, precision: st
         try:
             model.set_support(support, float(config.get("support_epsilon", 1e-4)))
         except (TypeError, ValueError) as e:
-            raise MidigenError(f"checkpoint {path}: bad output support ({e})") from None
+            raise UsageError(f"checkpoint {path}: bad output support ({e})") from None
     model.to(device).eval()
     apply_precision(model, resolve_precision(precision, torch.device(device), model))
     return model, codec, config
@@ -224,7 +224,7 @@ def load_train_state(path) -> dict:
     except FileNotFoundError:
         raise UsageError(f"no training state at {f}: nothing to resume") from None
     except Exception as e:  # weights_only refuses anything but tensors and plain types
-        raise MidigenError(f"cannot load {f}: {e}") from None
+        raise UsageError(f"cannot load {f}: {e}") from None
 
 
 def capabilities(config: dict, codec: Codec) -> dict:
@@ -272,12 +272,12 @@ def checkpoint_limits(config: dict) -> NoteLimits:
 def describe(path) -> dict:
     """``midigen info --ckpt``: where the checkpoint is, how far it trained, and its ``capabilities``."""
     path = resolve(path)
-    config = verify(path) if adapters.is_adapter_dir(path) else read_config(path)
+    config = verify(path)  # as sample does: a truncated or changed file is refused, not described
     base = Path(config["adapter"]["base"]) if "adapter" in config else path
     try:
         codec = Codec.load(resolve(base) / CODEC)
     except (OSError, ValueError, KeyError, TypeError, CodecError) as e:
-        raise MidigenError(f"checkpoint {path}: bad codec.json ({e})") from None
+        raise UsageError(f"checkpoint {path}: bad codec.json ({e})") from None
     check_shapes(resolve(base), read_config(base))
     info = config.get("info") or {}
     out = {"ckpt": str(path), "step": info.get("step"), "data": info.get("data"), **capabilities(config, codec)}
@@ -294,7 +294,7 @@ def model_config(path, config: dict) -> GPTConfig:
     try:
         cfg = GPTConfig.from_dict(config["model"])
     except (KeyError, TypeError, ValueError) as e:
-        raise MidigenError(f"checkpoint {path}: bad model config ({e})") from None
+        raise UsageError(f"checkpoint {path}: bad model config ({e})") from None
     for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -350,7 +350,7 @@ def _verify_adapter(path) -> dict:
     cfg = check_shapes(base, base_config)
     weights = path / adapters.WEIGHTS
     if not weights.is_file() or _sha256(weights) != manifest["sha256"]:
-        raise MidigenError(f"adapter {path}: {adapters.WEIGHTS} is missing or does not match its recorded hash "
+        raise UsageError(f"adapter {path}: {adapters.WEIGHTS} is missing or does not match its recorded hash "
                            "(tampered or corrupt)")
     adapters.check_against_base(path, manifest, cfg)
     return adapters.adapted_config(base_config, manifest, path)
@@ -369,7 +369,7 @@ def _load_adapted(path, device, check_hashes: bool, precision: str):
     try:
         tensors = load_file(str(path / adapters.WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
-        raise MidigenError(f"adapter {path}: unreadable weights ({e})") from None
+        raise UsageError(f"adapter {path}: unreadable weights ({e})") from None
     adapters.merge(model, tensors, manifest)  # in float32, before any conversion
     model.to(device).eval()
     apply_precision(model, resolve_precision(precision, torch.device(device), model))

@@ -43,6 +43,26 @@ def sanitize_smf(data: bytes) -> bytes:
     return bytes(out) if changed else data
 
 
+def truncation(data: bytes) -> str | None:
+    """Why a Standard MIDI File is cut short (a chunk declaring more bytes than follow it, or fewer
+    tracks than its header declares), or None. ``sanitize_smf`` would read what is there; prepare
+    skips such a file with this reason rather than keep half a song silently."""
+    n = len(data)
+    if n < 14 or data[:4] != b"MThd":
+        return None
+    (hlen,) = struct.unpack(">I", data[4:8])
+    pos, tracks = 8 + hlen, 0
+    while pos + 8 <= n:
+        (clen,) = struct.unpack(">I", data[pos + 4 : pos + 8])
+        if pos + 8 + clen > n:
+            return f"truncated: a {data[pos:pos + 4].decode('latin-1')!r} chunk declares {clen} bytes, " \
+                   f"{n - pos - 8} follow"
+        tracks += data[pos : pos + 4] == b"MTrk"
+        pos += 8 + clen
+    (declared,) = struct.unpack(">H", data[10:12]) if 8 + hlen <= n else (tracks,)
+    return f"truncated: {declared} tracks declared, {tracks} present" if tracks < declared else None
+
+
 def unwrap_rmid(data: bytes) -> bytes:
     """RIFF-wrapped MIDI (.rmi, 'RIFF....RMID data....') -> the Standard MIDI File inside it."""
     if len(data) < 20 or data[:4] != b"RIFF" or data[8:12] != b"RMID":

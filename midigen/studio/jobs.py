@@ -15,18 +15,19 @@ import sys
 import threading
 import time
 import traceback
-from collections import Counter, OrderedDict, deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments, track_instrument
+from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
 from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
+from midigen.generate.checks import edit_warnings, sample_warnings
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
@@ -136,11 +137,9 @@ class Engine:
 
     # ----- the runs: each returns [(score, label, parameters)] ---------------------------------
 
-    def requested(self, kind: str, req: dict) -> list[int]:
-        """The instruments a request asks the model to write (none named: whatever it chooses)."""
-        return self.instruments(req.get("add" if kind == "arrange" else "instruments"))
-
     def run(self, kind: str, req: dict, score, progress: "Progress") -> list[tuple]:
+        """[(score, label, parameters, warnings)]: the warnings (``midigen.generate.checks``) say when a
+        result is empty or nearly so, as the CLI's summaries do."""
         return getattr(self, "_" + kind)(req, score, progress)
 
     def _generate(self, req: dict, score, progress) -> list[tuple]:
@@ -155,7 +154,7 @@ class Engine:
                              device=self.device, limits=self._limits(req))[0]
         out = sample_score(self.codec, s)
         label = f"generated {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, out)}"
-        return [(out, label, {**req, "seed": sampling.seed})]
+        return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
@@ -167,7 +166,8 @@ class Engine:
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         pace = realtime(notes_end_seconds(out) - p.start_seconds, s.compute_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {pace:.1f}× real time"
-        return [(out, label, {**req, "seed": sampling.seed})]
+        said = sample_warnings(out, p.start_seconds, None, extra)
+        return [(out, label, {**req, "seed": sampling.seed}, said)]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
@@ -178,7 +178,8 @@ class Engine:
                              listener=progress, limits=self._limits(req), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}) for i, e in enumerate(edits)]
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "infill"))
+                for i, e in enumerate(edits)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
         kw = _as_kwargs(_sampling(req), self.device)
@@ -190,37 +191,13 @@ class Engine:
                               controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}) for i, e in enumerate(edits)]
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "arrange"))
+                for i, e in enumerate(edits)]
 
 
 def _pace(sample, score) -> str:
     """How much faster than real time a sample's new music was written, for its version's label."""
     return f"{realtime(notes_end_seconds(score) - sample.start_seconds, sample.compute_seconds):.1f}× real time"
-
-
-EMPTY_HINT = "it may not know this music. Try another seed, or teach it your music"
-
-
-def _note_keys(score) -> Counter:
-    """(instrument, onset in ms, pitch) of every note: kept notes come out identical, so a difference is
-    what was written."""
-    out: Counter = Counter()
-    if score is None:
-        return out
-    tm = TempoMap(score)
-    for t in score.tracks:
-        a = t.notes.numpy()
-        on = np.round(tm.seconds(a["time"].astype(np.int64)) * 1000).astype(np.int64)
-        out.update(zip([track_instrument(t)] * len(on), on.tolist(), a["pitch"].tolist()))
-    return out
-
-
-def empty_warnings(requested, before, after) -> list[str]:
-    """What a result lacks, for the version to say: no new notes at all, or none for an instrument asked for."""
-    written = Counter(k[0] for k in (_note_keys(after) - _note_keys(before)).elements())
-    if not written:
-        return [f"the model wrote no notes: {EMPTY_HINT}"]
-    return [f"the model wrote no {instrument_name(i)}: {EMPTY_HINT}" for i in requested if not written[i]]
 
 
 def facts(score) -> dict:
@@ -412,11 +389,10 @@ class JobQueue:
         try:
             score = self.ws.score(job.piece, job.base) if job.base else None
             results = self.engine.run(job.kind, job.request, score, job.progress)
-            asked = self.engine.requested(job.kind, job.request)
-            for i, (sc, label, params) in enumerate(results):
-                said = {"warnings": empty_warnings(asked, score, sc)}
+            for i, (sc, label, params, warnings) in enumerate(results):
                 v = self.ws.add_version(job.piece, bytes(sc.dumps_midi()), label=label, kind=job.kind,
-                                        facts={**facts(sc), **said}, params=params, parent=job.base, current=i == 0)
+                                        facts={**facts(sc), "warnings": warnings}, params=params, parent=job.base,
+                                        current=i == 0)
                 job.versions.append(v["id"])
             return "done", None
         except Cancelled:

@@ -52,7 +52,7 @@ def _vocab_for(data_dir) -> int:
         try:
             return Codec.from_dict(read_meta(data_dir)["codec"]).vocab_size
         except (KeyError, TypeError, ValueError) as e:
-            raise MidigenError(f"{data_dir}/meta.json: unusable codec ({e})") from None
+            raise UsageError(f"{data_dir}/meta.json: unusable codec ({e})") from None
     return Codec().vocab_size
 
 
@@ -168,7 +168,7 @@ def _load_init(cfg: TrainConfig, codec):
     """Weights to fine-tune from: the checkpoint's architecture, this config's dropout."""
     model, ck_codec, config = load_checkpoint(cfg.init_from, device="cpu")
     if ck_codec.to_dict() != codec.to_dict():
-        raise MidigenError(f"init_from {cfg.init_from}: its codec differs from the dataset's; prepare the data "
+        raise UsageError(f"init_from {cfg.init_from}: its codec differs from the dataset's; prepare the data "
                            "with the same codec as the checkpoint")
     shape = model.cfg.to_dict()
     mine = {k: getattr(cfg, k) for k in SHAPE_KEYS}
@@ -188,7 +188,7 @@ def _load_resume(out: Path, cfg: TrainConfig, codec):
     """The run's last/ model (with this config's dropout) and its training state."""
     model, ck_codec, _ = load_checkpoint(out / "last", device="cpu")
     if ck_codec.to_dict() != codec.to_dict():
-        raise MidigenError(f"--resume: {out}/last was trained on a dataset with another codec than {cfg.data}")
+        raise UsageError(f"--resume: {out}/last was trained on a dataset with another codec than {cfg.data}")
     shape = model.cfg.to_dict()
     for k in SHAPE_KEYS:
         if shape[k] != getattr(cfg, k):
