@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from midigen.music.codec import Codec
+from midigen.music.codec import Codec, track_instrument
 from midigen.generate import edit as edit_module
 from midigen.generate import engine
-from midigen.generate.edit import arrange_edits, instrument_of
+from midigen.generate.edit import arrange_edits
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.model.model import GPT, GPTConfig, padded_vocab
@@ -168,7 +168,7 @@ def test_arrange_keeps_notes_exactly_and_matches_the_step_by_step_path(loaded, m
     for e in (fast, slow):
         kept = [t for t in score.tracks if t.note_num()]
         for t in kept:  # every part of the song is kept, note for note, as MIDI readers read it back
-            back = [o for o in e.score.tracks if o.name == t.name and instrument_of(o) == instrument_of(t)]
+            back = [o for o in e.score.tracks if o.name == t.name and track_instrument(o) == track_instrument(t)]
             assert back and _rows(back[0]) == _rows(t)
         assert e.written > 0 and e.realtime > 0
     assert bytes(fast.score.dumps_midi()) == bytes(slow.score.dumps_midi())
