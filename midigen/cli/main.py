@@ -15,44 +15,24 @@ from midigen.fsutil import atomic_write_bytes
 from midigen.generate.sampling import RETRIES, TOP_P
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {v}")
-    return v
+def _checked(convert, what: str, ok, bound: str):
+    """An argparse type: ``convert`` the text (else "expected ``what``"), then require ``ok(value)``
+    (else "expected ``bound``"), so every number flag says what it takes in one line."""
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {bound}, got {v}")
+        return v
+    return parse
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction, got {text!r}") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {v}")
-    return v
-
-
-def _whole(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
-    return v
+_positive_int = _checked(int, "a whole number", lambda v: v >= 1, "a number >= 1")
+_whole = _checked(int, "a whole number", lambda v: v >= 0, "a number >= 0")
+_fraction = _checked(float, "a fraction", lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
+_positive_float = _checked(float, "a number", lambda v: v > 0, "a number > 0")
 
 
 def _print_json(obj) -> None:
