@@ -12,6 +12,7 @@ from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import edit_warnings, redraw
 from midigen.generate.edit import arrange_edits, infill_edits
+from midigen.generate.hearing import heard_as, hearing_note
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
@@ -77,7 +78,8 @@ def free_base(out: Path, name: str) -> Path:
 
 def _write(a, edits: list, task: str, soundfont) -> None:
     """Each edit's MIDI (+ WAV, PNG) written atomically under a name no earlier file has, one JSON line
-    per file: ``SONG-infill-STARTMS-ENDMSms-SEED-I`` or ``SONG-arrange-SEED-I`` (SEED: the seed that gives that
+    per file (``heard_as``: the song's instruments the model heard as another, or not at all: null;
+``heard``: the same in words): ``SONG-infill-STARTMS-ENDMSms-SEED-I`` or ``SONG-arrange-SEED-I`` (SEED: the seed that gives that
     result again; ``-2``, ``-3``... added when the name is taken)."""
     out = Path(a.out)
     try:
@@ -94,7 +96,7 @@ def _write(a, edits: list, task: str, soundfont) -> None:
                 "span_seconds": [round(x, 3) for x in e.span_seconds],
                 "instruments": [instrument_name(t) for t in e.targets],
                 "notes_written": e.written, "notes_removed": e.removed, "realtime": round(e.realtime, 2),
-                "warnings": warnings}
+                "warnings": warnings, "heard_as": heard_as(e.hearing), "heard": hearing_note(e.hearing)}
         midi = Path(f"{base}.mid")
         atomic_write_bytes(midi, bytes(e.score.dumps_midi()))
         print(json.dumps({"file": str(midi), "kind": "midi", **info}), flush=True)  # before a render can fail
@@ -142,7 +144,7 @@ def infill(a) -> None:
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
     edits = _redrawn(a, score, "infill", lambda **kw: infill_edits(
         model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, limits=limits,
-        **kw), sampling, device)
+        known_instruments=caps["instruments"], **kw), sampling, device)
     _write(a, edits, "infill", soundfont)
 
 
@@ -156,5 +158,6 @@ def arrange(a) -> None:
     keep = instruments_flag(a.keep, score_instruments(score), "--keep", owner="the song has")
     controls, _ = steering_flags(a, caps, codec, add)
     edits = _redrawn(a, score, "arrange", lambda **kw: arrange_edits(
-        model, codec, score, add=add, keep=keep, controls=controls, limits=limits, **kw), sampling, device)
+        model, codec, score, add=add, keep=keep, controls=controls, limits=limits,
+        known_instruments=caps["instruments"], **kw), sampling, device)
     _write(a, edits, "arrange", soundfont)

@@ -11,6 +11,7 @@ from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import redraw, sample_warnings
+from midigen.generate.hearing import hearing_note
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sample import (DEFAULT_SECONDS, continue_song, generate_samples, prompt_plan, sample_score,
                                      summary)
@@ -48,7 +49,10 @@ def sample(a) -> None:
     if a.free_tempo and not free_tempo:
         print("note: --free-tempo: this model's training data never changed tempo within a song; "
               "the song's tempo is kept", file=sys.stderr, flush=True)
-    song, plan = prompt_plan(codec, a.prompt, a.prompt_seconds) if a.prompt else (None, None)
+    song, plan = (prompt_plan(codec, a.prompt, a.prompt_seconds, caps["instruments"], checkpoint_limits(config))
+                  if a.prompt else (None, None))
+    if plan is not None and (note := hearing_note(plan.hearing)):
+        print(f"heard: {note}", flush=True)
     renderer = Renderer(soundfont) if a.wav or a.play else None  # its child starts while the model samples
     if renderer is not None:
         renderer.start()

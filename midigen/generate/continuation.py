@@ -10,15 +10,20 @@ starting at or after it is dropped), or, without one, the end of the song's last
 hears the silence up to the point (as far as the codec's longest gap allows), and the first new onset
 comes at or after the point: token time is placed on the song from the step where the prompt ends,
 which is the point's tick (or later, while the prompt's own notes are still to come).
+
+The prompt is the song as the model hears it (``midigen.generate.hearing``: an instrument it never
+learned as the nearest one it knows, drums left out if it never learned them); new notes of an
+instrument that stands for one of the song's are written onto that instrument's tracks.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import symusic
 
 from midigen.errors import UsageError
+from midigen.generate.hearing import heard, heard_instruments, written_as
 from midigen.generate.splice import splice
 from midigen.music.codec import Codec, CodecError, score_instruments
 from midigen.music.timing import TempoMap, first_tick_at, seconds_at_tick
@@ -30,11 +35,12 @@ class Plan:
 
     cut: int | None  # tick where the kept part ends (None: the whole song is kept)
     prompt: np.ndarray | None  # tokens to continue (None: nothing before the point; start a new header)
-    instruments: list[int]  # the song's instruments
+    instruments: list[int]  # the song's instruments, as the model hears them
     tempo: float  # BPM in force where the new part starts
     start_tick: int  # where the new part starts: token time ``start_steps`` is this tick of the song
     start_steps: int
     start_seconds: float
+    hearing: dict = field(default_factory=dict)  # song instrument -> heard as (``hearing.hearing_map``)
 
 
 def _shifts(codec: Codec, steps: int) -> list[int]:
@@ -50,14 +56,17 @@ def _last_onset(kept) -> int:
     return max(int(np.max(t.notes.numpy()["time"])) for t in kept.tracks if t.note_num())
 
 
-def plan(codec: Codec, score, at_seconds: float | None) -> Plan:
-    """The prompt for continuing ``score`` from ``at_seconds`` (None: from its end)."""
+def plan(codec: Codec, score, at_seconds: float | None, hearing: dict | None = None) -> Plan:
+    """The prompt for continuing ``score`` from ``at_seconds`` (None: from its end), as the model hears
+    it under ``hearing`` (``midigen.generate.hearing.hearing_map``; None: every instrument as itself)."""
+    hearing = dict(hearing or {})
     cut = None if at_seconds is None else first_tick_at(score, max(0.0, float(at_seconds)))
-    kept = score if cut is None else score.clip(0, cut, False)
-    insts = score_instruments(score)
+    kept = heard(score if cut is None else score.clip(0, cut, False), hearing)
+    insts = heard_instruments(score_instruments(score), hearing)
     if kept.note_num() == 0:
         tick = cut or 0
-        return Plan(cut, None, insts, TempoMap(score).bpm_at(tick), tick, 0, float(seconds_at_tick(score, tick)))
+        return Plan(cut, None, insts, TempoMap(score).bpm_at(tick), tick, 0, float(seconds_at_tick(score, tick)),
+                    hearing)
     try:
         prompt = codec.encode_score(kept).astype(np.int64)
     except CodecError as e:
@@ -66,16 +75,17 @@ def plan(codec: Codec, score, at_seconds: float | None) -> Plan:
     last_steps, end_steps = int(np.max(ev["notes"]["time"])), int(ev["end_step"])
     last_tick = _last_onset(kept)
     scale = codec.params.steps_per_quarter / score.ticks_per_quarter
-    if cut is not None:  # move the prompt's "now" to the point, as a silence the model hears
-        want = int(round((cut - last_tick) * scale)) - (end_steps - last_steps)
+    point = cut if cut is not None else _last_onset(score)  # (a part left out may sound after what is heard)
+    if point > last_tick:  # move the prompt's "now" to the point, as a silence the model hears
+        want = int(round((point - last_tick) * scale)) - (end_steps - last_steps)
         gap = max(0, min(want, codec.params.max_gap - (end_steps - last_steps)))
         if gap:
             body = prompt[:-1] if prompt[-1] == codec.EOS else prompt
             prompt = np.concatenate((body, _shifts(codec, gap)))
             end_steps += gap
-    start_tick = max(cut or 0, last_tick + int(round((end_steps - last_steps) / scale)))
+    start_tick = max(point, last_tick + int(round((end_steps - last_steps) / scale)))
     tempo = float(ev["tempo_bpm"][-1]) if len(ev["tempo_bpm"]) else TempoMap(score).bpm_at(start_tick)
-    return Plan(cut, prompt, insts, tempo, start_tick, end_steps, float(seconds_at_tick(score, start_tick)))
+    return Plan(cut, prompt, insts, tempo, start_tick, end_steps, float(seconds_at_tick(score, start_tick)), hearing)
 
 
 def continued(codec: Codec, score, p: Plan, tokens, start_index: int, time_signature: tuple[int, int] | None = None):
@@ -99,6 +109,8 @@ def continued(codec: Codec, score, p: Plan, tokens, start_index: int, time_signa
     notes = {k: v[n_old:] for k, v in ev["notes"].items()}
     notes["time"] = to_tick(notes["time"])
     notes["duration"] = np.maximum(1, np.round(notes["duration"] * scale)).astype(np.int64)
+    back = written_as(p.hearing, score_instruments(score))
+    notes["instrument"] = np.array([back.get(int(i), int(i)) for i in notes["instrument"]], np.int64)
     return splice(out, notes)[0]
 
 

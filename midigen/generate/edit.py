@@ -10,6 +10,10 @@ already written; a chunk whose written part runs out of tokens ends at its last 
 next chunk starts there. The first chunk decodes every sample as one batch; after it the samples'
 contexts differ, so each goes on alone.
 
+The model reads the song as it hears it (``midigen.generate.hearing``: an instrument it never learned
+as the nearest one it knows, drums left out if it never learned them); the instruments being written
+are never mapped, and nothing is mapped onto them.
+
 Kept music never passes through tokens: the result is the user's own score (same ticks per quarter,
 tracks, tempo map, time and key signatures, markers, every kept note, same length) with the decoded
 notes converted from steps back to the file's ticks and spliced in by ``midigen.generate.splice`` (the
@@ -31,9 +35,10 @@ from midigen.music.codec import Codec, CodecError, Kind, instrument_name, score_
 from midigen.errors import UsageError
 from midigen.generate.engine import Decoder, Listener, realtime
 from midigen.generate.grammar import Grammar
+from midigen.generate.hearing import heard, heard_instruments, hearing_map
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, splice
-from midigen.music.ranges import NoteLimits
+from midigen.music.ranges import NoteLimits, note_limits
 from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
 from midigen.music.timing import first_tick_at, seconds_at_tick
 
@@ -82,10 +87,12 @@ class Song:
         return max([1, *ends])
 
 
-def read_song(codec: Codec, score) -> Song:
-    """Encode ``score`` for editing; CodecError when it has no notes."""
+def read_song(codec: Codec, score, hearing: dict | None = None) -> Song:
+    """Encode ``score`` for editing, as the model hears it under ``hearing``
+    (``midigen.generate.hearing.hearing_map``; the Song's score stays the user's own); CodecError when
+    it has no notes."""
     free = Codec(replace(codec.params, max_gap=_NO_GAP_LIMIT), version=codec.version)
-    tokens = free.encode_score(score)
+    tokens = free.encode_score(heard(score, hearing or {}))
     head, units = song_units(free, tokens)
     return Song(score, head, units, codec.params.steps_per_quarter)
 
@@ -232,6 +239,7 @@ class Edit:
     targets: tuple[int, ...]
     new_tracks: list = field(default_factory=list)
     compute_seconds: float = 0.0  # the call that wrote it (shared by the samples of one call)
+    hearing: dict = field(default_factory=dict)  # song instrument -> heard as (``hearing.hearing_map``)
 
     @property
     def realtime(self) -> float:
@@ -296,6 +304,22 @@ def _song(codec: Codec, score) -> Song:
         raise UsageError(f"cannot edit this song: {e}") from None
 
 
+def _heard_song(codec: Codec, song: Song, known_instruments, limits: NoteLimits | None, targets,
+                left_out=()) -> tuple[Song, dict]:
+    """(``song`` as the model hears it, the mapping of its instruments other than ``targets`` and
+    ``left_out``) where the checkpoint's ``known_instruments`` are given; ``left_out`` parts are not
+    heard at all. The song itself where nothing changes or nothing would be left."""
+    if known_instruments is None:
+        return song, {}
+    mapping = hearing_map(song.score, known_instruments, limits or note_limits(None), exclude=(*targets, *left_out))
+    if all(m == i for i, m in mapping.items()) and not left_out:
+        return song, mapping
+    try:
+        return read_song(codec, song.score, {**mapping, **{int(i): None for i in left_out}}), mapping
+    except CodecError:  # nothing heard around the hole: the model reads the parts as they are
+        return song, {}
+
+
 def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
     """``[start_s, end_s)`` on the song's step grid, snapped inward: a note is rewritten only if it starts
     at or after ``start_s`` and before ``end_s``. The notes of a step are those whose onset rounds to it,
@@ -307,8 +331,10 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
-                 device=None, listener: Listener | None = None, limits: NoteLimits | None = None) -> list[Edit]:
-    """``infill`` with what changed, for the command's report (``limits``: see ``arrange_edits``)."""
+                 device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
+                 known_instruments=None) -> list[Edit]:
+    """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``: see
+    ``arrange_edits``)."""
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -327,9 +353,10 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     targets = tuple(present if instruments is None else sorted({int(i) for i in instruments}))
     if not targets:
         raise UsageError("infill needs at least one instrument")
+    song, hearing = _heard_song(codec, song, known_instruments, limits, targets)
     u = song.units
     gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
-    plan = Plan(qs, qe, targets, sorted(set(present) | set(targets)), u.select(~gone),
+    plan = Plan(qs, qe, targets, sorted(set(heard_instruments(present, hearing)) | set(targets)), u.select(~gone),
                 controls=tuple(controls or ()), limits=limits)
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
@@ -339,16 +366,19 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     took = time.perf_counter() - t0
     for units in written_units:
         s, written, removed, new_tracks = _edited(codec, song, units, remove)
-        out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took))
+        out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took, hearing))
     return out
 
 
 def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
                   temperature=1.0, top_k=None, top_p=None, controls=None, device=None,
-                  listener: Listener | None = None, limits: NoteLimits | None = None) -> list[Edit]:
+                  listener: Listener | None = None, limits: NoteLimits | None = None,
+                  known_instruments=None) -> list[Edit]:
     """``arrange`` with what changed, for the command's report. ``limits``
     (``midigen.music.ranges.note_limits``) hold the written notes to each instrument's range and
-    polyphony; None writes anything."""
+    polyphony; None writes anything. ``known_instruments`` (the checkpoint's): the song's other
+    instruments are heard as the nearest of them (``midigen.generate.hearing``); None hears them as
+    they are."""
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -365,10 +395,12 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     if missing:
         raise UsageError("--keep names parts the song does not have: " + ", ".join(map(instrument_name, missing)))
     dropped = [i for i in present if i not in keep]
+    song, hearing = _heard_song(codec, song, known_instruments, limits, add, left_out=dropped)
+    heard_keep = heard_instruments(keep, hearing)
     u = song.units
-    gone = (u.tok1 >= 0) & ~np.isin(u.inst, keep)
+    gone = (u.tok1 >= 0) & ~np.isin(u.inst, heard_keep)
     end = song.end_step()
-    plan = Plan(0, end, add, sorted(set(keep) | set(add)), u.select(~gone), drop_after=True,
+    plan = Plan(0, end, add, sorted(set(heard_keep) | set(add)), u.select(~gone), drop_after=True,
                 controls=tuple(controls or ()), limits=limits)
     never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
     span_s = (0.0, float(seconds_at_tick(score, int(song.tick_of(end)))))
@@ -378,7 +410,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     took = time.perf_counter() - t0
     for units in written_units:
         s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped)
-        out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks, took))
+        out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks, took, hearing))
     return out
 
 

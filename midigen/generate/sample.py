@@ -19,11 +19,12 @@ from midigen.music.codec import Codec, CodecError, Kind, instrument_name
 from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
 from midigen.generate import continuation
+from midigen.generate.hearing import hearing_map
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, realtime
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import settle
-from midigen.music.ranges import NoteLimits
+from midigen.music.ranges import NoteLimits, note_limits
 
 DEFAULT_SECONDS = 30.0
 TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time target is given
@@ -257,10 +258,14 @@ def read_prompt(codec: Codec, path):
         raise UsageError(f"bad prompt {path}: {e}") from None
 
 
-def prompt_plan(codec: Codec, path, seconds: float | None = None) -> tuple[object, continuation.Plan]:
-    """(the prompt's score, the plan continuing it from ``seconds``, or from its end)."""
+def prompt_plan(codec: Codec, path, seconds: float | None = None, known_instruments=None,
+                limits: NoteLimits | None = None) -> tuple[object, continuation.Plan]:
+    """(the prompt's score, the plan continuing it from ``seconds``, or from its end). With the
+    instruments the checkpoint knows and its ``limits``, the prompt is the song as the model hears it
+    (``midigen.generate.hearing``); the plan's ``hearing`` says how."""
     score = read_prompt(codec, path)
-    plan = continuation.plan(codec, score, seconds)
+    hearing = None if known_instruments is None else hearing_map(score, known_instruments, limits or note_limits(None))
+    plan = continuation.plan(codec, score, seconds, hearing)
     if plan.prompt is None:
         what = f"its first {seconds:g} s have no notes" if seconds is not None else "no notes"
         raise UsageError(f"bad prompt {path}: {what}")
