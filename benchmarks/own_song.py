@@ -2,6 +2,7 @@
 keep the song's tempo?
 
     python benchmarks/own_song.py --ckpt RUN [--random] [--songs 4] [--seconds 15]
+    python benchmarks/own_song.py --ckpt RUN --hearing [--songs 4] [--seconds 15]
 
 * Range: arrange Acoustic Bass, Cello and Flute under ``--songs`` band songs made by tests/songgen.py
   (drums, bass, chords, melody; seeds the test and demo corpora do not use), once with the checkpoint's
@@ -13,6 +14,11 @@ keep the song's tempo?
 
 * Cost: ``generate_samples`` of 400 new tokens for 4 rows (piano, bass, cello, flute) with and without the
   limits, rounds alternating, the fastest of each (the grammar's extra work per step).
+
+* Hearing (``--hearing``, measured alone): continue each song from 30 s (or its middle, if shorter) for
+  ``--seconds`` seconds, with the song's instruments heard as the checkpoint's nearest ones
+  (``midigen.generate.hearing``) and as they are; new notes per second of the continuation as a share of
+  the song's own over the 20 s before the point (target >= 0.3), same seed for both.
 
 ``--random`` keeps the checkpoint's records (its measured ranges) but draws fresh random weights and
 lifts the output restriction: a model that writes anything, the hardest case for the limits.
@@ -34,8 +40,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from midigen.generate.sampling import TOP_P, Sampling  # noqa: E402
 from midigen.generate.edit import arrange_edits  # noqa: E402
-from midigen.generate.sample import generate_samples  # noqa: E402
-from midigen.model.checkpoint import checkpoint_limits, load_checkpoint  # noqa: E402
+from midigen.generate import continuation  # noqa: E402
+from midigen.generate.hearing import hearing_map, hearing_note  # noqa: E402
+from midigen.generate.sample import continue_song, generate_samples  # noqa: E402
+from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint  # noqa: E402
 from midigen.model.model import GPT  # noqa: E402
 from midigen.music.codec import instrument_name  # noqa: E402
 from midigen.music.ranges import how_played  # noqa: E402
@@ -90,6 +98,37 @@ def _cost(model, codec, limits, rounds: int = 3) -> dict:
             "ratio": round(best["held"] / best["free"], 3)}
 
 
+def _onsets_seconds(score) -> np.ndarray:
+    arrays = [t.notes.numpy()["time"] for t in score.to("second").tracks if t.note_num()]
+    return np.concatenate(arrays) if arrays else np.zeros(0)
+
+
+def _hearing(model, codec, config, limits, songs, seconds, seed):
+    """Per song and mode (mapped / as is): new notes per second after the point over the song's own in
+    the 20 s before it."""
+    known = capabilities(config, codec)["instruments"]
+    for k, score in enumerate(songs):
+        onsets = _onsets_seconds(score)
+        point = min(30.0, float(onsets.max()) / 2)
+        before = max(0.0, point - 20.0)
+        own = np.sum((onsets >= before) & (onsets < point)) / (point - before)
+        mapping = hearing_map(score, known, limits)
+        for mode in ("mapped", "as_is"):
+            plan = continuation.plan(codec, score, point, mapping if mode == "mapped" else None)
+            ((s, out),) = continue_song(model, codec, score, plan, seconds=seconds, limits=limits,
+                                        sampling=Sampling(seed=seed + k, top_p=TOP_P))
+            new = int(np.sum(_onsets_seconds(out) >= plan.start_seconds))
+            yield {"measure": "hearing", "song": k, "mode": mode, "point_s": round(point, 2),
+                   "own_notes_per_s": round(float(own), 3), "new_notes": new,
+                   "share": round(new / seconds / max(own, 1e-9), 3),
+                   "heard": hearing_note(mapping) if mode == "mapped" else "as is"}
+
+
+def _hearing_summary(rows) -> dict:
+    return {f"{mode}_share_mean": round(float(np.mean([r["share"] for r in rows if r["mode"] == mode])), 3)
+            for mode in ("mapped", "as_is")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ckpt", required=True)
@@ -97,11 +136,18 @@ def main() -> None:
     p.add_argument("--songs", type=int, default=4)
     p.add_argument("--seconds", type=float, default=15.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--hearing", action="store_true", help="only the hearing figure (mapping on vs off)")
     a = p.parse_args()
     torch.set_num_threads(1)
     model, codec, config = _model(a.ckpt, a.random)
     limits = checkpoint_limits(config)
     songs = [make_song(SONG_SEED0 + k) for k in range(a.songs)]
+    if a.hearing:
+        rows = list(_hearing(model, codec, config, limits, songs, a.seconds, a.seed))
+        for r in rows:
+            print(json.dumps(r), flush=True)
+        print(json.dumps({"summary": {"model": a.ckpt, "seconds": a.seconds, **_hearing_summary(rows)}}), flush=True)
+        return
     rows = list(_ranges(model, codec, limits, songs, a.seed))
     for r in rows:
         print(json.dumps(r), flush=True)
