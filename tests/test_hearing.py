@@ -163,3 +163,31 @@ def test_cli_continuation_writes_onto_the_songs_own_instrument_and_says_how_it_h
     assert programs[unknown] >= 8  # the song's notes before the point, under their own program
     tracks = [track_instrument(t) for t in symusic.Score.from_midi(mid.read_bytes()).tracks if t.note_num()]
     assert unknown in tracks and not set(tracks) & (set(family) - {unknown})
+
+
+def test_studio_versions_say_how_the_model_heard_the_song(edit_run, unheard_song, tmp_path):
+    from studio_server import Server, call, wait_job
+
+    path, other, unknown, family = unheard_song
+    server = Server(edit_run, tmp_path / "ws")
+    try:
+        status, piece = call("POST", f"{server.url}/api/pieces/upload?name=own.mid", raw=path.read_bytes())
+        assert status == 201, piece
+        said = []
+        for kind, body in (("continue", {"seconds": 3, "seed": 1, "at_seconds": 8}),
+                           ("infill", {"start_s": 4, "end_s": 6, "seed": 1, "instruments": [instrument_name(other)]})):
+            status, job = call("POST", f"{server.url}/api/pieces/{piece['id']}/{kind}", body)
+            assert status == 202, job
+            assert wait_job(server.url, job)[0]["status"] == "done"
+            v = call("GET", f"{server.url}/api/pieces/{piece['id']}")[1]["versions"][-1]
+            said += [w for w in v["warnings"] if w.startswith("heard: ")]
+            data = call("GET", f"{server.url}/api/pieces/{piece['id']}/versions/{v['id']}/midi")[1]
+            assert unknown in _programs_of(data)  # the song's own instrument, in the file
+        assert len(said) == 2
+        assert all(w.startswith(f"heard: {instrument_name(unknown)} heard as ") for w in said), said
+    finally:
+        assert server.stop() == 0, "".join(server.stderr)[-2000:]
+
+
+def _programs_of(data: bytes) -> set[int]:
+    return {program for (program, *_) in mido_notes(data)[0]}

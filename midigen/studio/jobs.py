@@ -28,6 +28,7 @@ from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import notes_end_seconds
 from midigen.studio.workspace import new_id
 from midigen.generate.checks import edit_warnings, sample_warnings
+from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
@@ -158,7 +159,8 @@ class Engine:
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
-        p = continuation.plan(self.codec, score, req.get("at_seconds"))
+        p = continuation.plan(self.codec, score, req.get("at_seconds"),
+                              hearing_map(score, self.caps["instruments"], self.limits))
         progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
         ((s, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
                                     tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
@@ -166,7 +168,7 @@ class Engine:
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         pace = realtime(notes_end_seconds(out) - p.start_seconds, s.compute_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {pace:.1f}× real time"
-        said = sample_warnings(out, p.start_seconds, None, extra)
+        said = sample_warnings(out, p.start_seconds, None, extra) + _heard(p.hearing)
         return [(out, label, {**req, "seed": sampling.seed}, said)]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
@@ -175,10 +177,11 @@ class Engine:
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         edits = infill_edits(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"],
                              instruments=insts, num_samples=req["num_samples"], controls=self.steering(req)[0],
-                             listener=progress, limits=self._limits(req), **kw)
+                             listener=progress, limits=self._limits(req), known_instruments=self.caps["instruments"],
+                             **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "infill"))
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "infill") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
@@ -188,11 +191,19 @@ class Engine:
         keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
-                              controls=self.steering(req)[0], listener=progress, limits=self._limits(req), **kw)
+                              controls=self.steering(req)[0], listener=progress, limits=self._limits(req),
+                              known_instruments=self.caps["instruments"], **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "arrange"))
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "arrange") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
+
+
+def _heard(hearing: dict) -> list[str]:
+    """The version's note on how the model heard the song (``midigen.generate.hearing``), if it heard an
+    instrument as another or left one out."""
+    note = hearing_note(hearing)
+    return [] if note is None else [f"heard: {note}"]
 
 
 def _pace(sample, score) -> str:
