@@ -191,3 +191,21 @@ def test_studio_versions_say_how_the_model_heard_the_song(edit_run, unheard_song
 
 def _programs_of(data: bytes) -> set[int]:
     return {program for (program, *_) in mido_notes(data)[0]}
+
+
+@pytest.mark.parametrize("keep_unknown", [True, False])
+def test_cli_arrange_hears_only_the_kept_parts(edit_run, unheard_song, tmp_path, keep_unknown):
+    path, other, unknown, family = unheard_song
+    _, codec, config = load_checkpoint(edit_run, "cpu")
+    add = next(k for k in capabilities(config, codec)["instruments"] if k not in (DRUMS, other, *family))
+    keep = ["--keep", other] + (["--keep", unknown] if keep_unknown else [])
+    r = midigen("arrange", "--ckpt", edit_run, path, "--add", add, *keep, "--seed", 1, "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    (line,) = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+    if keep_unknown:
+        assert list(line["heard_as"]) == [instrument_name(unknown)]
+        assert line["heard_as"][instrument_name(unknown)] in {instrument_name(k) for k in family}
+        before, after = mido_notes(path.read_bytes())[0], mido_notes(Path(line["file"]).read_bytes())[0]
+        assert {k: n for k, n in after.items() if k[0] == unknown} == {k: n for k, n in before.items() if k[0] == unknown}
+    else:  # the dropped part is not heard at all, so nothing to say
+        assert line["heard_as"] == {} and line["heard"] is None
