@@ -79,8 +79,8 @@ def free_base(out: Path, name: str) -> Path:
 def _write(a, edits: list, task: str, soundfont) -> None:
     """Each edit's MIDI (+ WAV, PNG) written atomically under a name no earlier file has, one JSON line
     per file (``heard_as``: the song's instruments the model heard as another, or not at all: null;
-``heard``: the same in words): ``SONG-infill-STARTMS-ENDMSms-SEED-I`` or ``SONG-arrange-SEED-I`` (SEED: the seed that gives that
-    result again; ``-2``, ``-3``... added when the name is taken)."""
+    ``heard``: the same in words): ``SONG-infill-STARTMS-ENDMSms-SEED-I`` or ``SONG-arrange-SEED-I``
+    (SEED: the seed that gives that result again; ``-2``, ``-3``... added when the name is taken)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,8 @@ class Engine:
                              **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "infill") + _heard(e.hearing))
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
+                 edit_warnings(score, e, "infill") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
@@ -195,7 +196,8 @@ class Engine:
                               known_instruments=self.caps["instruments"], **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]}, edit_warnings(score, e, "arrange") + _heard(e.hearing))
+                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
+                 edit_warnings(score, e, "arrange") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
 
 
