@@ -51,8 +51,6 @@ def sample(a) -> None:
               "the song's tempo is kept", file=sys.stderr, flush=True)
     song, plan = (prompt_plan(codec, a.prompt, a.prompt_seconds, caps["instruments"], checkpoint_limits(config))
                   if a.prompt else (None, None))
-    if plan is not None and (note := hearing_note(plan.hearing)):
-        print(f"heard: {note}", flush=True)
     renderer = Renderer(soundfont) if a.wav or a.play else None  # its child starts while the model samples
     if renderer is not None:
         renderer.start()
@@ -72,15 +70,16 @@ def sample(a) -> None:
 
     results = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
     try:
-        _write(a, codec, results, sampling.seed, renderer)
+        _write(a, codec, results, sampling.seed, renderer, hearing_note(plan.hearing) if plan is not None else None)
     finally:
         if renderer is not None:
             renderer.close()
 
 
-def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None) -> None:
+def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, heard: str | None = None) -> None:
     """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed (with the
-    seed that gives it again, and its warnings)."""
+    seed that gives it again, and its warnings), then how the model heard the prompt (``heard``, if it
+    heard an instrument as another or left one out)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -98,6 +97,8 @@ def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None) 
             print(base.with_suffix(".png"), flush=True)
         again = "" if seed == first_seed else f" (redrawn: seed {seed} with --num-samples 1 gives it)"
         print(f"sample {i}: {summary(codec, s, score, warnings)}{again}", flush=True)
+    if heard:
+        print(f"heard: {heard}", flush=True)
     print(f"seed {first_seed} (the same seed and arguments give the same files)", flush=True)
     if a.play:
         for i in range(len(results)):
