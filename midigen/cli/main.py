@@ -74,6 +74,8 @@ def cmd_prepare(a) -> int:
         url=a.url, timeout=a.timeout, progress=not a.no_progress, split=a.split,
         style_from=a.style_from, styles=a.styles,
     )
+    for line in summary["split_notes"]:
+        print(f"midigen prepare: note: {line}", file=sys.stderr)
     _print_json(summary)
     return 0
 
