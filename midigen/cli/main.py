@@ -181,16 +181,10 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     s.add_argument("song", metavar="SONG.mid", help="the song to edit (never changed; results are new files)")
     s.add_argument("--out", default="out/edit", metavar="DIR",
                    help="folder for the results (default out/edit); names are SONG-infill-START-ENDms-SEED-I.mid "
-                        "(the span in milliseconds) or SONG-arrange-SEED-I.mid, with -2, -3... added rather than overwrite a file")
+                        "(the span in milliseconds) or SONG-arrange-SEED-I.mid, with -2, -3... added rather than "
+                        "overwrite a file")
     _sampling_flags(s)
-    s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
-    s.add_argument("--png", action="store_true", help="also draw a piano roll with the written part marked")
-    s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
-    s.add_argument("--soundfont", default=None, metavar="FILE",
-                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
-    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    _precision_flag(s)
-    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+    _output_flags(s, png_help="also draw a piano roll with the written part marked")
     _add_control_flags(s, meter=False)
 
 
@@ -231,6 +225,19 @@ def _port(text: str) -> int:
 
 
 # ----- parser -----------------------------------------------------------------------------------
+
+
+def _output_flags(s, png_help: str) -> None:
+    """What sample, infill and arrange share after their own flags: the files beside the MIDI, playback,
+    the device, the weights' precision and the instrument ranges."""
+    s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
+    s.add_argument("--png", action="store_true", help=png_help)
+    s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
+    s.add_argument("--soundfont", default=None, metavar="FILE",
+                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
+    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    _precision_flag(s)
+    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
 
 
 def _precision_flag(s, default: str = "auto") -> None:
@@ -355,14 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the tempo, 16..512 (default: the model's choice, or the prompt's)")
     s.add_argument("--out", default="out/generate", metavar="DIR",
                    help="folder for the results, named by date and time (default out/generate)")
-    s.add_argument("--wav", action="store_true", help="also render WAV through a General MIDI soundfont")
-    s.add_argument("--png", action="store_true", help="also draw a piano roll")
-    s.add_argument("--play", action="store_true", help="play the result (needs an audio device)")
-    s.add_argument("--soundfont", default=None, metavar="FILE",
-                   help="an .sf2/.sf3 soundfont for --wav/--play (default: the first one found)")
-    s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
-    _precision_flag(s)
-    s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+    _output_flags(s, png_help="also draw a piano roll")
     s.add_argument("--free-tempo", action="store_true",
                    help="with --prompt: let the model change tempo in what it writes, if its training data had "
                         "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
@@ -393,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instruments to write, e.g. bass,drums (or --add bass --add drums); required")
     s.add_argument("--keep", default=None, action="append", metavar="LIST",
                    help="parts to keep, comma-separated or repeated (default: every part the song has that is "
-                        "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their MIDI channels)")
+                        "not in --add); others are dropped (their tracks stay, empty, so the kept ones keep their "
+                        "MIDI channels)")
     _edit_flags(s)
     s.set_defaults(func=cmd_arrange)
 
