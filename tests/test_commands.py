@@ -3,11 +3,8 @@ names, a continuation's own meter, and `--help`. Real subprocesses on real files
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +12,9 @@ import symusic
 
 from midigen.cli.main import build_parser
 from songgen import make_song
+from clirun import midigen
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def midigen(*args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "midigen", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,6 @@ key signature, a marker, a meter change) and real music21 exports.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,18 +23,13 @@ from midigen.music.timing import bars_to_seconds
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from songgen import make_song
+from clirun import midigen
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_TOML = ROOT / "configs" / "test.toml"
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def midigen(*args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "midigen", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,6 @@ instrument's program and notes (read back with mido), and the report says how it
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +19,7 @@ from midigen.music.codec import DRUMS, Codec, instrument_name, track_instrument
 from midigen.music.ranges import note_limits
 from midigen.model.checkpoint import capabilities, load_checkpoint
 from midiread import mido_notes
+from clirun import midigen
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = note_limits(None)
@@ -98,12 +96,6 @@ def test_a_continuation_hears_no_drums_yet_starts_after_them():
 
 
 # ----- the commands, on the tiny edit checkpoint ------------------------------------------------------
-
-
-def midigen(*args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "midigen", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,6 @@ with ``--free-range``; no tempo change in a continuation unless ``--free-tempo``
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,17 +22,12 @@ from midigen.model.model import GPT, GPTConfig
 from midigen.music.codec import DRUMS, Codec, Kind
 from midigen.music.ranges import FAMILY_LIMITS, how_played, measure_ranges, note_limits, table_limits
 from songgen import make_song
+from clirun import midigen as cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BASS, CELLO, FLUTE, TIMPANI = 32, 42, 73, 47
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cli(*args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "midigen", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
