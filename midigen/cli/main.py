@@ -72,7 +72,7 @@ def cmd_prepare(a) -> int:
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
         url=a.url, timeout=a.timeout, progress=not a.no_progress, split=a.split,
-        style_from=a.style_from, styles=a.styles,
+        style_from=a.style_from, styles=a.styles, chords=not a.no_chords,
     )
     for line in summary["split_notes"]:
         print(f"midigen prepare: note: {line}", file=sys.stderr)
@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: tag each file with the first folder under its source as its style")
     s.add_argument("--styles", metavar="FILE.csv", default=None,
                    help="rows of (file name, relative path or content md5; style) tagging files with styles")
+    s.add_argument("--no-chords", action="store_true",
+                   help="write codec v3: no CHORD tokens (skips labelling each song's chords)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("info", help="print a config's model shape, or what a checkpoint can be asked for")
