@@ -209,3 +209,16 @@ def test_chart_changes_repeat_and_start_at_the_bar(codec):
     steps, ids = chart_changes(chart, grid, 100, 300)  # from inside bar 2: the chart starts at its bar
     assert steps.tolist() == [100, 120, 144, 216, 264, 288]  # (72), whose C holds from 100
     assert ids[0] == chord_id(0, "maj") and [chord_name(i) for i in ids[1:3]] == ["G", "Am"]
+
+
+@pytest.mark.skipif(not codec_jit.available(Codec()), reason="numba unavailable here")
+def test_compiled_viterbi_labels_as_numpy_does(music21_dir, songs_dir):
+    """prepare labels with the compiled Viterbi (``codec_jit``): the same labels as the numpy one on
+    real songs, ties and all."""
+    from midigen.music.chords import beat_profiles, chord_scores, smooth
+    from midigen.music.timing import beat_grid
+
+    for path in _files(music21_dir)[:10] + _files(songs_dir)[:5]:
+        score = Codec().read_midi(path.read_bytes())
+        scores = chord_scores(*beat_profiles(score, beat_grid(score)))
+        assert np.array_equal(codec_jit.compiled_smooth(scores, 0.3), smooth(scores, 0.3, compiled=False))
