@@ -190,8 +190,11 @@ def chords_cost(songs: Path, pairs: int) -> dict:
             wall, summary[chords] = run(chords)
             times[chords].append(wall)
     ratios = [a / b for a, b in zip(times[True], times[False])]
+    from midigen.music import codec_jit
+
     files = sorted(p for p in songs.rglob("*") if p.is_file())[:300]
     codec = Codec()
+    codec_jit.available(codec)  # as prepare's workers do: the compiled Viterbi, when it passes its check
     base = [codec.encode_base([codec.read_midi(p.read_bytes())])[0] for p in files]
     t = time.perf_counter()
     for tokens in base:

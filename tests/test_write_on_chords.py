@@ -87,6 +87,23 @@ def test_library_forces_chords_for_every_row(edit_run):
         assert np.array_equal(ev["chord_time"] % 96, np.zeros(len(bars))) and np.array_equal(bars, np.arange(len(bars)))
 
 
+def test_continuation_on_a_chart_keeps_the_prompt(edit_run, songs_dir, tmp_path):
+    """`sample --prompt --chords`: the new part is written on the chart from the bar it starts in (the
+    chord of that bar held from the point), every prompt note before the point stays, and the chord
+    symbols stand only in the new part."""
+    src = sorted(Path(songs_dir).glob("*.mid"))[2]
+    song = symusic.Score(str(src))
+    r = midigen("sample", "--ckpt", edit_run, "--prompt", src, "--prompt-seconds", "4", "--chords", "Dm | G7",
+                "--seconds", "8", "--seed", "6", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = symusic.Score(str(_written(r)[0]))
+    marks = _markers(_written(r)[0])
+    assert [t for _, t in marks][:4] in (["Dm", "G7", "Dm", "G7"], ["G7", "Dm", "G7", "Dm"])
+    start = marks[0][0]
+    kept = lambda s: sorted((n.time, n.pitch) for t in s.tracks for n in t.notes if n.time < start - 1)  # noqa: E731
+    assert kept(out) and set(kept(out)) <= set(kept(song))
+
+
 def test_bad_chords_are_one_line_usage_errors(edit_run, tmp_path):
     r = midigen("sample", "--ckpt", edit_run, "--chords", "C G Hm7 F", "--out", tmp_path)
     assert r.returncode == 2 and "'Hm7'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
