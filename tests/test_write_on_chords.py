@@ -4,7 +4,6 @@ checkpoint (no chords) that still prepare, train, sample and edit in their own l
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import mido
@@ -225,7 +224,3 @@ def test_v3_checkpoint_samples_and_edits_without_chords(v3_run, songs_dir, tmp_p
     assert r.returncode == 2 and "no chords" in r.stderr
     info = json.loads(midigen("info", "--ckpt", v3_run).stdout)
     assert info["chords"] is False and info["chord_vocabulary"] == []
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run with pytest")

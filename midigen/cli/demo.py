@@ -197,7 +197,7 @@ def main() -> int:
     print("  listen:       " + (wavs[0] if wavs else f"{OUT}/*.wav") + "  (any audio player), or")
     print(f"                midigen sample --ckpt {RUN} --seconds 30 --play")
     print("  more music:   midigen sample --ckpt out/demo/model --num-samples 4 --style quartet --wav")
-    print(f"  your chords:  midigen sample --ckpt out/demo/model --chords 'Dm7 G7 | Cmaj7 | Am7 D7 | G' --png")
+    print("  your chords:  midigen sample --ckpt out/demo/model --chords 'Dm7 G7 | Cmaj7 | Am7 D7 | G' --png")
     print("  studio:       midigen studio --ckpt out/demo/model --open   (hear, see, generate, continue in a browser)")
     print("=" * 72)
     return 0
