@@ -222,3 +222,27 @@ def test_compiled_viterbi_labels_as_numpy_does(music21_dir, songs_dir):
         score = Codec().read_midi(path.read_bytes())
         scores = chord_scores(*beat_profiles(score, beat_grid(score)))
         assert np.array_equal(codec_jit.compiled_smooth(scores, 0.3), smooth(scores, 0.3, compiled=False))
+
+
+def test_a_forced_chord_comes_before_a_given_note_of_its_step(codec):
+    """In an edit's written part, chords and the kept notes are both forced: where they share a step
+    the chord comes first (the encoder's order), whatever the draw would pick."""
+    dv = codec.dv_token(24, 80)
+    for pick in (0.0, 0.5, 0.99):
+        g = Grammar(codec, 1)
+        g.for_edit([33], 200, 300)
+        g.force_notes([0, 48], [codec.note_token(0, 60), codec.note_token(0, 64)], [dv, dv])
+        g.force_chords([0, 48], [chord_id(0, "maj"), chord_id(7, "7")])
+        out = []
+        for _ in range(300):
+            ids = np.flatnonzero(g.mask()[0].numpy())
+            t = int(ids[min(len(ids) - 1, int(pick * len(ids)))])
+            g.advance([t])
+            out.append(t)
+            if t == codec.EOS:
+                break
+        toks = np.array([codec.FILL, *out], np.int64)
+        ev = codec.decode_events(np.concatenate(([codec.BOS, codec.inst_token(0), codec.tempo_token(120)], out)))
+        assert ev["chord_time"].tolist()[:2] == [0, 48], [codec.token_name(t) for t in toks[:20]]
+        names = [codec.token_name(t) for t in out]
+        assert names.index("CHORD_G7") < names.index("NOTE_0_64") and names[0] == "CHORD_C"

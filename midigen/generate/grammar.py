@@ -416,8 +416,8 @@ class Grammar:
         ev_tempo = _tempo_rules(self, m, events & room)
         _note_rules(self, m, events & (self.budget >= 2))
         _duration_rules(self, m)
-        chord_due = _chord_rules(self, m, events & room) if c.has_chords else None
         owed = _given_rules(self, m, events & room) if self.forcing else None
+        chord_due = _chord_rules(self, m, events & room) if c.has_chords else None  # after: a due chord goes first
         _end_rules(self, m, events, room, m[:, c.shift_start : c.tempo_start], ev_tempo)  # the shifts left
         if owed is not None:
             m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
