@@ -376,20 +376,25 @@ class Codec:
         at = np.searchsorted(key, 2 * steps + 1, side="left")
         ev_ids = np.insert(ev_ids, at, self.chord_start + ids)
         ev_time = np.insert(ev_time, at, steps)
-        return np.concatenate((t[:h], self.timed_stream(ev_ids, ev_time), tail)).astype(t.dtype)
+        return np.concatenate((t[:h], self.timed_stream(ev_ids, ev_time)[0], tail)).astype(t.dtype)
 
-    def timed_stream(self, ids: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Event ids at their steps (in order, from step 0) -> the stream with the SHIFT runs the encoder
-        writes between them (``max_shift`` steps at a time, then the rest)."""
+    def timed_stream(self, ids, times, seconds=None) -> tuple[np.ndarray, np.ndarray]:
+        """Events at their steps (in order, from step 0) -> (the stream with the SHIFT runs the encoder
+        writes between them, ``max_shift`` steps at a time then the rest; the event each token belongs to).
+        An event is ``ids[i]``, followed by ``seconds[i]`` where that is >= 0 (a note's DV)."""
+        ids, times = np.asarray(ids, np.int64), np.asarray(times, np.int64)
         mx = self.params.max_shift
-        gaps = np.maximum(np.diff(np.asarray(times, np.int64), prepend=0), 0)
+        gaps = np.maximum(np.diff(times, prepend=0), 0)
         n_full, rem = np.divmod(gaps, mx)
         n_shift = n_full + (rem > 0)
-        count = n_shift + 1
+        second = np.full(len(ids), -1, np.int64) if seconds is None else np.asarray(seconds, np.int64)
+        count = n_shift + 1 + (second >= 0)
         group = np.repeat(np.arange(len(ids)), count)
         pos = np.arange(len(group)) - np.repeat(np.cumsum(count) - count, count)
-        return np.where(pos < n_full[group], self.shift_start + mx - 1,
-                        np.where(pos < n_shift[group], self.shift_start + rem[group] - 1, np.asarray(ids)[group]))
+        own = pos - n_shift[group]
+        out = np.where(own == 0, ids[group], second[group])
+        out = np.where(pos < n_shift[group], self.shift_start + rem[group] - 1, out)
+        return np.where(pos < n_full[group], self.shift_start + mx - 1, out), group
 
     def transpose_table(self, semitones: int) -> np.ndarray:
         """id -> id after shifting every pitched note by ``semitones``; -1 where a pitch leaves 0..127.
