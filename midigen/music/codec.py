@@ -9,12 +9,19 @@ Layout (ids in this order; exact ranges live on the ``Codec`` instance):
     INST_i         i = 0..128         an instrument present in the song (128 = drums)
     NOTE_i,p       129 x 128          a note of instrument i at pitch p ...
     DV_d,v         durations x 16     ... always followed by its duration and velocity
+    STYLE KEY DENSITY EDIT HOLE HOLE_END FILL     v2+: controls and the editing task's markers
+    CHORD_c        c = 0..108         v4: the harmony from here on (``midigen.music.chords`` ids, 108 = N.C.)
 
 A song is ``BOS INST_a INST_b ... TEMPO [TS] events... EOS``. Events are sorted by onset, then
 instrument, then pitch, so all tracks sound together in the stream. Time is beat-relative (steps of
 the file's ticks per quarter), so rhythm survives any tempo; tempo changes are events, so real time
 does not drift. Gaps longer than ``max_gap`` steps are shortened to it, so a note after 2^27 ticks of
 silence costs a few SHIFT tokens.
+
+Chords (v4): the encoder labels the song's own pitched notes beat by beat (``chord_changes``, the
+labeller of ``midigen.music.chords`` on the token stream's notes, so every encoding path labels alike)
+and writes a CHORD at each change, after that step's shifts and tempo, before its notes (``add_chords``);
+they decode to chord-name markers.
 
 Decoding is total: any id sequence gives a valid score. Ids out of place (a DV with no NOTE before it,
 a NOTE with no DV after it, header tokens among events, unknown ids) are skipped.
