@@ -135,9 +135,10 @@ class CodecParams:
 class Codec:
     """Token vocabulary plus encode/decode. Construct from params; save/restore with JSON.
 
-    ``version`` 2 (the default) adds, after the v1 ids, the control tokens a song header may carry
-    (STYLE, KEY, DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); version 1 is kept so
-    datasets and checkpoints made before it still load.
+    ``version`` 2 adds, after the v1 ids, the control tokens a song header may carry (STYLE, KEY,
+    DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); 3 moves the controls first; 4 (the
+    default) adds the CHORD ids after those (``has_chords``). Versions 1-3 are kept so datasets and
+    checkpoints made before them still load, sample and edit in their own layout.
     """
 
     params: CodecParams = field(default_factory=CodecParams)
