@@ -193,3 +193,17 @@ def test_teach_is_guarded_like_every_change(server, teach_files):
                         headers={"Content-Type": "text/plain"})
     assert status == 415, body
     assert call("POST", f"{base}/api/teach", {"set": "x" * 8, "style": "a"}, token=False)[0] == 401
+
+
+def test_a_studio_started_on_an_adapter_offers_it_beside_its_base(adapter, tmp_path):
+    s = Server(adapter, tmp_path / "ws")
+    try:
+        models = call("GET", s.url + "/api/models")[1]
+        assert models["current"] == "checkpoint" and [m["id"] for m in models["models"]] == ["base", "checkpoint"]
+        assert "mine" in call("GET", s.url + "/api/info")[1]["capabilities"]["styles"]
+        assert call("POST", s.url + "/api/models/select", {"model": "base"})[1]["current"] == "base"
+        assert "mine" not in call("GET", s.url + "/api/info")[1]["capabilities"]["styles"]
+        models = call("POST", s.url + "/api/models/select", {"model": "checkpoint"})[1]
+        assert models["current"] == "checkpoint" and models["base_loads"] == 1
+    finally:
+        assert s.stop() == 0
