@@ -143,7 +143,7 @@ class Teacher:
             if reason is not None:
                 refused.append({"name": member, "reason": reason})
                 continue
-            atomic_write_bytes(d / f"{len(list(d.glob('*.mid'))):04d}.mid", midi)
+            atomic_write_bytes(d / f"{new_id()}.mid", midi)  # unique even when two uploads race
             added.append(member)
         if not added:  # nothing to add is the upload's failure, said in the reader's words
             if sid is None:
