@@ -141,6 +141,7 @@ def test_a_changed_or_missing_base_is_refused_naming_its_hash(tuned, tmp_path):
     shutil.copytree(tuned["out"], ad, ignore=shutil.ignore_patterns("data", ".tune"))
     manifest = json.loads((ad / "adapter.json").read_text())
     manifest["base"]["path"] = str(base)
+    del manifest["base"]["relative"]  # as adapters written before it was recorded: only the absolute path
     (ad / "adapter.json").write_text(json.dumps(manifest))
     assert midigen("info", "--ckpt", ad).returncode == 0  # the same content elsewhere is the same base
     config = json.loads((base / "config.json").read_text())
@@ -151,6 +152,24 @@ def test_a_changed_or_missing_base_is_refused_naming_its_hash(tuned, tmp_path):
     one_line_error(midigen("info", "--ckpt", ad), 2, want)
     shutil.rmtree(base)
     one_line_error(midigen("sample", "--ckpt", ad, "--max-tokens", "8", "--out", tmp_path), 2, want, "missing")
+
+
+def test_a_project_folder_moved_whole_keeps_its_adapter_working(tuned, tmp_path):
+    """The manifest also records the base relative to the adapter, so moving or sharing a folder that
+    holds both does not make the base 'missing'."""
+    recorded = json.loads((tuned["out"] / "adapter.json").read_text())["base"]
+    assert (tuned["out"] / recorded["relative"]).resolve() == tuned["base"].resolve()
+    project = tmp_path / "moved"
+    shutil.copytree(tuned["base"], project / "models" / "base")
+    ad = project / "mine"
+    shutil.copytree(tuned["out"], ad, ignore=shutil.ignore_patterns("data", ".tune"))
+    manifest = json.loads((ad / "adapter.json").read_text())
+    manifest["base"].update(path=str(tmp_path / "gone" / "base"), relative="../models/base")
+    (ad / "adapter.json").write_text(json.dumps(manifest))
+    r = midigen("info", "--ckpt", ad)
+    assert r.returncode == 0, r.stderr
+    shutil.rmtree(project / "models")
+    one_line_error(midigen("info", "--ckpt", ad), 2, manifest["base"]["sha256"], "missing")
 
 
 def test_kill_and_rerun_resumes_to_the_same_adapter(tuned, edit_run, music, tmp_path):

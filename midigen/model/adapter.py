@@ -138,8 +138,10 @@ def check_against_base(path, manifest: dict, cfg: GPTConfig) -> None:
                          f"{manifest['rank']}): tensors {describe_mismatch(expected, got)}")
 
 
-def adapted_config(base_config: dict, manifest: dict, path) -> dict:
-    """The base's config as the adapted model answers for it: widened support, the adapter's controls."""
+def adapted_config(base_config: dict, manifest: dict, path, base) -> dict:
+    """The base's config as the adapted model answers for it: widened support, the adapter's controls.
+
+    ``base`` is where the base was found, which is not always where the manifest recorded it."""
     config = dict(base_config)
     info = dict(config.get("info") or {})
     if manifest.get("controls") is not None:
@@ -148,14 +150,14 @@ def adapted_config(base_config: dict, manifest: dict, path) -> dict:
         info["note_ranges"] = manifest["note_ranges"]
     config["info"] = info
     config["support"] = manifest["support"]
-    config["adapter"] = summary(manifest, path)
+    config["adapter"] = summary(manifest, path, base)
     return config
 
 
-def summary(manifest: dict, path) -> dict:
+def summary(manifest: dict, path, base) -> dict:
     """What ``midigen info`` shows of an adapter."""
     controls = manifest.get("controls") or {}
-    return {"dir": str(path), "base": manifest["base"]["path"], "base_sha256": manifest["base"]["sha256"],
+    return {"dir": str(path), "base": str(base), "base_sha256": manifest["base"]["sha256"],
             "rank": manifest["rank"], "new_ids": len(manifest["new_ids"]),
             "new_styles": list(manifest.get("new_styles") or []), "styles": list(controls.get("styles", [])),
             "step": manifest.get("step"), "val_bits_per_note": manifest.get("val_bits_per_note")}

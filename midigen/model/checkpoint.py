@@ -140,8 +140,8 @@ def resolve(path) -> Path:
 def read_config(path) -> dict:
     path = resolve(path)
     if adapters.is_adapter_dir(path):
-        manifest, _, base_config = _adapter_base(path)
-        return adapters.adapted_config(base_config, manifest, path)
+        manifest, base, base_config = _adapter_base(path)
+        return adapters.adapted_config(base_config, manifest, path, base)
     try:
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -330,10 +330,7 @@ def _adapter_base(path) -> tuple[dict, Path, dict]:
     """(manifest, base dir, base config), the base found where the manifest says and of the hash it records."""
     manifest = adapters.read_manifest(path)
     want = manifest["base"]["sha256"]
-    try:
-        base = resolve(manifest["base"]["path"])
-    except UsageError:
-        base = None
+    base = _find_base(Path(path), manifest["base"])
     if base is None or adapters.is_adapter_dir(base) or not (base / CONFIG).is_file():
         raise UsageError(f"adapter {path}: its base checkpoint {manifest['base']['path']} is missing "
                          f"(expected config.json sha256 {want})")
@@ -343,13 +340,29 @@ def _adapter_base(path) -> tuple[dict, Path, dict]:
     return manifest, base, read_config(base)
 
 
+def _find_base(adapter_dir: Path, recorded: dict) -> Path | None:
+    """The base where the manifest recorded it, else at the same place relative to the adapter dir, so a
+    project folder holding both can be moved or shared; the hash check that follows decides."""
+    where = [recorded["path"]]
+    if isinstance(recorded.get("relative"), str):
+        where.append(str(adapter_dir / recorded["relative"]))
+    for candidate in where:
+        try:
+            found = resolve(candidate)
+        except UsageError:
+            continue
+        if (found / CONFIG).is_file():
+            return found
+    return None
+
+
 def _verify_adapter(path) -> dict:
     """Base hashes, base shapes, adapter hash and adapter shapes, in that order, before any tensor is read."""
     manifest, base, _ = _adapter_base(path)
     base_config = verify(base)
     cfg = check_shapes(base, base_config)
     _check_adapter_weights(path, manifest, cfg)
-    return adapters.adapted_config(base_config, manifest, path)
+    return adapters.adapted_config(base_config, manifest, path, base)
 
 
 def _check_adapter_weights(path: Path, manifest: dict, cfg) -> None:
@@ -385,7 +398,7 @@ def load_adapter(path, base_sha256: str) -> tuple[dict, dict, dict]:
         tensors = load_file(str(path / adapters.WEIGHTS), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
         raise UsageError(f"adapter {path}: unreadable weights ({e})") from None
-    return manifest, tensors, adapters.adapted_config(base_config, manifest, path)
+    return manifest, tensors, adapters.adapted_config(base_config, manifest, path, base)
 
 
 def _load_adapted(path, device, check_hashes: bool, precision: str):

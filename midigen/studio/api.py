@@ -66,7 +66,7 @@ def info(request: Request):
     e, lim = st.engine, st.workspace.limits
     return {
         "version": __version__, "checkpoint": e.ckpt, "device": str(e.device),
-        "parameters": sum(p.numel() for p in e.model.parameters()), "block_size": e.model.cfg.block_size,
+        "parameters": e.model.num_params(), "block_size": e.model.cfg.block_size,
         "capabilities": e.caps,
         "instruments": [{"id": i, "name": instrument_name(i)} for i in range(DRUMS + 1)],
         "limits": {"upload_bytes": MAX_UPLOAD_BYTES, "piece_seconds": MAX_SECONDS, "new_seconds": S.MAX_NEW_SECONDS,
