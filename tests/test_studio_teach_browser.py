@@ -7,7 +7,6 @@ taught style becomes selectable); the tunes take a few steps.
 from __future__ import annotations
 
 import base64
-import io
 import zipfile
 
 import pytest
