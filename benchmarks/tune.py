@@ -121,12 +121,15 @@ def instruments_of(path: Path) -> dict[int, int]:
     return out
 
 
-def features(codec, tokens_list, cut: float | None = None) -> np.ndarray:
-    from midigen.eval.metrics import FEATURES, piece_features
+FEATURE_NAMES = ("pitch_class_entropy", "polyphony", "notes_per_second", "pitch_range", "in_scale_rate",
+                 "drum_density")  # eval.metrics.FEATURES' scalar ones (not the IOI histogram)
 
-    names = [f for f in FEATURES if f != "ioi_histogram"]
+
+def features(codec, tokens_list, cut: float | None = None) -> np.ndarray:
+    from midigen.eval.metrics import piece_features
+
     rows = [piece_features(codec, t, max_seconds=cut) for t in tokens_list]
-    return np.array([[r[n] for n in names] for r in rows if r is not None], dtype=float)
+    return np.array([[r[n] for n in FEATURE_NAMES] for r in rows if r is not None], dtype=float)
 
 
 def sample_set(ckpt: Path, out: Path, n: int, seconds: float) -> list[Path]:
@@ -170,6 +173,11 @@ def quality(a) -> None:
     cc, cd = ((ref_c - mu) / sd).mean(0), ((ref_d - mu) / sd).mean(0)
     print(f"\n{a.samples} samples of {a.sample_seconds:g} s, no controls, seed 1; references: the collection "
           f"({len(ref_c)}) and the demo corpus's test split ({len(ref_d)}), cut to {cut:g} s")
+    means = {"collection": ref_c.mean(0), "demo corpus": ref_d.mean(0),
+             **{name: features(codec, gen[name]).mean(0) for name in sets}}
+    print("  feature means: " + ", ".join(f for f in FEATURE_NAMES))
+    for name, m in means.items():
+        print(f"    {name:11s} " + "  ".join(f"{v:7.3f}" for v in m))
     for name, paths in sets.items():
         counts: dict[int, int] = {}
         for p in paths:
