@@ -87,7 +87,9 @@ def _child(conn, settings: dict, cancel, threads: int) -> None:
     def point(p) -> None:
         if p.done:  # the closing report repeats the last step
             return
-        send(kind="point", step=p.step, loss=p.loss, val=p.val_bits_per_note, left=p.seconds_left)
+        measured = p.step % settings["eval_every"] == 0 or p.step == p.steps  # else the value is an old one
+        send(kind="point", step=p.step, loss=p.loss, val=p.val_bits_per_note if measured else None,
+             left=p.seconds_left)
 
     try:
         result = tune(TuneSettings(**settings, threads=threads), on_progress=point, cancel=cancel, progress=False)
