@@ -372,12 +372,44 @@ def _verify_adapter(path) -> dict:
     manifest, base, _ = _adapter_base(path)
     base_config = verify(base)
     cfg = check_shapes(base, base_config)
+    _check_adapter_weights(path, manifest, cfg)
+    return adapters.adapted_config(base_config, manifest, path, base)
+
+
+def _check_adapter_weights(path: Path, manifest: dict, cfg) -> None:
+    """The adapter's weights file has its recorded hash and the shapes its base needs (header only)."""
     weights = path / adapters.WEIGHTS
     if not weights.is_file() or _sha256(weights) != manifest["sha256"]:
         raise UsageError(f"adapter {path}: {adapters.WEIGHTS} is missing or does not match its recorded hash "
                            "(tampered or corrupt)")
     adapters.check_against_base(path, manifest, cfg)
-    return adapters.adapted_config(base_config, manifest, path, base)
+
+
+def adapter_base(path) -> Path:
+    """The base checkpoint dir an adapter dir was tuned from (checked against its recorded hash)."""
+    return _adapter_base(resolve(path))[1]
+
+
+def load_adapter(path, base_sha256: str) -> tuple[dict, dict, dict]:
+    """-> (manifest, tensors, adapted config) of an adapter for a base that is already loaded, the one
+    whose config.json has ``base_sha256``: the studio puts adapters on and off its one copy of the base
+    (``adapter.apply_live``), so the base's weights are neither read nor hashed again here."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolve(path)
+    if not adapters.is_adapter_dir(path):
+        raise UsageError(f"{path} is not an adapter dir (no {adapters.MANIFEST})")
+    manifest, base, base_config = _adapter_base(path)
+    if manifest["base"]["sha256"] != base_sha256:
+        raise UsageError(f"adapter {path} was tuned from another base ({base}, config.json sha256 "
+                         f"{manifest['base']['sha256']})")
+    _check_adapter_weights(path, manifest, check_shapes(base, base_config))
+    try:
+        tensors = load_file(str(path / adapters.WEIGHTS), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"adapter {path}: unreadable weights ({e})") from None
+    return manifest, tensors, adapters.adapted_config(base_config, manifest, path, base)
 
 
 def _load_adapted(path, device, check_hashes: bool, precision: str):

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -33,7 +34,11 @@ from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
-from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits, load_checkpoint
+from midigen.fsutil import sha256_file
+from midigen.model.adapter import apply_live, is_adapter_dir
+from midigen.model.checkpoint import CONFIG, adapter_base, load_adapter, load_checkpoint
+from midigen.model.checkpoint import resolve as resolve_checkpoint
+from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits
 from midigen.music.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange")
@@ -86,14 +91,44 @@ def _clock(seconds: float) -> str:
 
 
 class Engine:
-    """One loaded checkpoint and the four things the studio asks of it."""
+    """One loaded checkpoint and the four things the studio asks of it.
+
+    The base weights are loaded once (``base_loads`` counts it); an adapter (``use``) is put on beside
+    them and taken off again, so switching between the base and any adapter reads no base weight.
+    ``lock`` is held by every run and every switch: a job never sees the model change under it.
+    """
 
     def __init__(self, ckpt, device, precision: str = "fp32"):
-        self.model, self.codec, self.config = load_checkpoint(ckpt, device, precision=precision)
+        start = resolve_checkpoint(ckpt)
+        self.base_dir = adapter_base(start) if is_adapter_dir(start) else start
+        self.model, self.codec, self.base_config = load_checkpoint(self.base_dir, device, precision=precision)
+        self.base_loads = 1
+        self.base_sha = sha256_file(self.base_dir / CONFIG)
         self.device = device
-        self.ckpt = str(ckpt)
-        self.caps = capabilities(self.config, self.model, self.codec)
-        self.limits = checkpoint_limits(self.config)
+        self.lock = threading.RLock()
+        self._remove = None
+        self.adapter = None  # the adapter dir in use, or None for the base
+        self.start_adapter = Path(start) if is_adapter_dir(start) else None  # the one --ckpt named
+        self.use(self.start_adapter)
+
+    def use(self, adapter) -> None:
+        """Switch to the adapter dir ``adapter`` (None: the base), checked before the current one comes off."""
+        with self.lock:
+            if adapter is not None and self.adapter is not None and Path(adapter) == self.adapter:
+                return
+            loaded = None if adapter is None else load_adapter(adapter, self.base_sha)
+            if self._remove is not None:
+                self._remove()
+                self._remove = None
+            if loaded is None:
+                self.config, self.adapter = self.base_config, None
+            else:
+                manifest, tensors, self.config = loaded
+                self._remove = apply_live(self.model, tensors, manifest)
+                self.adapter = Path(adapter)
+            self.ckpt = str(self.adapter or self.base_dir)
+            self.caps = capabilities(self.config, self.model, self.codec)
+            self.limits = checkpoint_limits(self.config)
 
     def _limits(self, req: dict):
         """The checkpoint's instrument ranges and polyphony, unless the request sets ``free_range``."""
@@ -401,7 +436,8 @@ class JobQueue:
         """-> (status, error): the job's versions are written before it counts as done."""
         try:
             score = self.ws.score(job.piece, job.base) if job.base else None
-            results = self.engine.run(job.kind, job.request, score, job.progress)
+            with self.engine.lock:
+                results = self.engine.run(job.kind, job.request, score, job.progress)
             for i, (sc, label, params, warnings) in enumerate(results):
                 v = self.ws.add_version(job.piece, bytes(sc.dumps_midi()), label=label, kind=job.kind,
                                         facts={**facts(sc), "warnings": warnings}, params=params, parent=job.base,

@@ -211,7 +211,64 @@ class InfoOut(BaseModel):
     limits: LimitsOut
     defaults: DefaultsOut
     queue: dict
+    model: str = Field("base", description="the model in use: 'base' or an id from /api/models")
 
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# ----- teaching and models ------------------------------------------------------------------------
+
+
+class TeachIn(BaseModel):
+    """Tune the base on a teaching set's files into a new model (one tune at a time: 409 otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: str = Field(..., pattern=ID_PATTERN, description="the set the files went to (/api/teach/files)")
+    style: str = Field(..., min_length=1, max_length=60, description="the style's name: it names the model and, "
+                                                                     "when the base knows styles, the new style")
+    steps: int = Field(300, ge=1, le=5000, description="at most this many steps (it stops earlier at the best "
+                                                        "validation loss)")
+    minutes: float = Field(10.0, gt=0, le=120, description="stop within this many minutes")
+
+
+class TeachFilesOut(BaseModel):
+    set: str
+    files: int = Field(description="MIDI files the set holds now")
+    added: list[str]
+    refused: list[dict] = Field(description="[{name, reason}] for each file that could not be read")
+
+
+class TeachOut(BaseModel):
+    id: str
+    set: str
+    style: str
+    status: Literal["queued", "preparing", "training", "done", "failed", "cancelled"]
+    steps: int
+    files: int
+    points: list[list[float | None]] = Field(description="[step, loss, val bits/note or null] after `since`")
+    points_total: int
+    model: str | None = Field(description="the new model's id, once done")
+    error: str | None
+    result: dict
+    elapsed: float
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    styles: list[str] = []
+    val_bits_per_note: float | None = None
+    base_val_bits_per_note: float | None = None
+
+
+class ModelsOut(BaseModel):
+    current: str = Field(description="the model generation uses now: 'base' or an adapter's id")
+    models: list[ModelOut]
+    base_loads: int = Field(description="times the base weights were read (switching models reads none)")
+
+
+class SelectModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., max_length=48, description="'base' or a model id from /api/models")

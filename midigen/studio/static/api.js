@@ -1,7 +1,7 @@
 // The studio's JSON API, as the page uses it. Every error becomes an Error whose message is the
 // server's one-line "detail".
 
-async function call(method, path, body, headers = {}) {
+export async function call(method, path, body, headers = {}) {
   const init = { method, headers: { ...headers } };
   if (body instanceof Blob || body instanceof ArrayBuffer) {
     init.body = body;

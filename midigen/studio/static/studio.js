@@ -2,6 +2,7 @@
 // Everything goes through the JSON API (api.js); the piano roll draws (roll.js).
 import { api } from "./api.js";
 import { PianoRoll, clock, instrumentColor } from "./roll.js";
+import { setupTeach } from "./teach.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_GAP_MS = 120;  // after an answer with notes; the first notes still come as soon as they exist
@@ -619,8 +620,19 @@ async function init() {
     await refreshPieceList(pieces);
     await showVersion(null);
   }
+  await setupTeach({ toast, guard, onModel: refreshModel });
   window.studioReady = true;
   document.body.dataset.ready = "true";
+}
+
+async function refreshModel() {  // another model was chosen: its instruments and controls replace these
+  const info = await api.info();
+  state.info = info;
+  state.caps = info.capabilities;
+  showModel();
+  fillInstrumentPicker($("gen-instrument-pick"));
+  fillInstrumentPicker($("arrange-instrument-pick"));
+  setupSteering();
 }
 
 init().catch(fail);
