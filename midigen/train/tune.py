@@ -436,11 +436,10 @@ class Tune:
                     log.write({"step": self.step, "loss": loss_v, "elapsed": elapsed})
                 if self.step % s.eval_every == 0 or self.step == s.steps:
                     val_bits = self._validate(log, elapsed)
-                    if self.bad >= s.patience:
-                        stopped = "best"
-                        break
-                left = self._seconds_left(t0, deadline)
-                self._report(bar, on_progress, loss_v, val_bits, left)
+                self._report(bar, on_progress, loss_v, val_bits, self._seconds_left(t0, deadline))
+                if self.bad >= s.patience:  # after the report, so the step that ends the tune is shown too
+                    stopped = "best"
+                    break
         finally:
             log.close()
             if bar is not None:
