@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from midigen.music.chordtext import parse_chords
 from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
@@ -63,9 +64,10 @@ def _seen(model, codec: Codec) -> list[int]:
 
 def capabilities(config: dict, model, codec: Codec) -> dict:
     """What the checkpoint can be asked for (``midigen.model.checkpoint.capabilities``), over the defaults of
-    a checkpoint that records nothing: continue and generate with the instruments its output knows."""
+    a checkpoint that records nothing: continue and generate with the instruments its output knows, and
+    chord charts when its codec has chord tokens."""
     caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
-            "keys": [], "densities": []}
+            "keys": [], "densities": [], "chords": bool(getattr(codec, "has_chords", False))}
 
     return {**caps, **from_checkpoint(config, codec)}
 
@@ -113,9 +115,30 @@ class Engine:
         return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
                        time_signature=pick("time_signature"))
 
+    def chords(self, req: dict, kind: str) -> dict:
+        """The request's chord chart as the library's keywords: ``chords`` = ``parse_chords``'s bars (a
+        UsageError names a bad chord), and for an edit ``free_chords``; nothing when neither is asked,
+        so the library's default holds (an edit follows the song's own chords, new music its own).
+        A chart for a checkpoint trained without chords is a UsageError that says so; ``free_chords`` is
+        what such a checkpoint does anyway."""
+        text = (req.get("chords") or "").strip()
+        chart = parse_chords(text) if text else None
+        if not getattr(self.codec, "has_chords", False):  # its music has no chords to follow or free
+            if chart is not None:
+                raise UsageError("this checkpoint has no chords (it was trained without chord tokens): "
+                                 "leave the chords empty")
+            return {}
+        out = {} if chart is None else {"chords": chart}
+        if kind in ("infill", "arrange") and req.get("free_chords"):
+            if chart is not None:
+                raise UsageError("chords and free chords contradict each other: give a chart or free the chords")
+            out["free_chords"] = True
+        return out
+
     def check(self, kind: str, req: dict, version: dict | None) -> None:
-        """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad spans."""
+        """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad chords, bad spans."""
         self.steering(req)
+        self.chords(req, kind)
         self.instruments(req.get("instruments"))
         if kind == "generate":
             return
@@ -152,7 +175,7 @@ class Engine:
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
-                             device=self.device, limits=self._limits(req))[0]
+                             device=self.device, limits=self._limits(req), **self.chords(req, "generate"))[0]
         out = sample_score(self.codec, s)
         label = f"generated {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, out)}"
         return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
@@ -164,7 +187,7 @@ class Engine:
         progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
         ((s, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
                                     tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
-                                    limits=self._limits(req))
+                                    limits=self._limits(req), **self.chords(req, "continue"))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         pace = realtime(notes_end_seconds(out) - p.start_seconds, s.compute_seconds)
         label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {pace:.1f}× real time"
@@ -178,7 +201,7 @@ class Engine:
         edits = infill_edits(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"],
                              instruments=insts, num_samples=req["num_samples"], controls=self.steering(req)[0],
                              listener=progress, limits=self._limits(req), known_instruments=self.caps["instruments"],
-                             **kw)
+                             **self.chords(req, "infill"), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
         return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
                           f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
@@ -193,7 +216,7 @@ class Engine:
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
                               controls=self.steering(req)[0], listener=progress, limits=self._limits(req),
-                              known_instruments=self.caps["instruments"], **kw)
+                              known_instruments=self.caps["instruments"], **self.chords(req, "arrange"), **kw)
         names = ", ".join(instrument_name(i) for i in add)
         return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
                           f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
