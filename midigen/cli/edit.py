@@ -6,7 +6,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
+from midigen.cli.common import chord_flags, instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
@@ -137,6 +137,7 @@ def infill(a) -> None:
     if a.bars is None and (a.start is None or a.end is None):
         raise UsageError("infill needs a span: --start S --end E (seconds) or --bars A-B")
     bars = parse_bars(a.bars) if a.bars is not None else None
+    chart, _ = chord_flags(a)
     score = _read_song(Codec(), a.song)
     model, codec, device, soundfont, caps, limits = _load(a)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
@@ -144,7 +145,7 @@ def infill(a) -> None:
     start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
     edits = _redrawn(a, score, "infill", lambda **kw: infill_edits(
         model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, limits=limits,
-        known_instruments=caps["instruments"], **kw), sampling, device)
+        known_instruments=caps["instruments"], chords=chart, free_chords=a.free_chords, **kw), sampling, device)
     _write(a, edits, "infill", soundfont)
 
 
@@ -152,6 +153,7 @@ def arrange(a) -> None:
     """``midigen arrange``: write parts for ``--add`` over the whole song, keeping ``--keep``."""
     sampling = sampling_flags(a)
     _check_out(a)
+    chart, _ = chord_flags(a)
     score = _read_song(Codec(), a.song)
     model, codec, device, soundfont, caps, limits = _load(a)
     add = instruments_flag(a.add, caps["instruments"], "--add")
@@ -159,5 +161,5 @@ def arrange(a) -> None:
     controls, _ = steering_flags(a, caps, codec, add)
     edits = _redrawn(a, score, "arrange", lambda **kw: arrange_edits(
         model, codec, score, add=add, keep=keep, controls=controls, limits=limits,
-        known_instruments=caps["instruments"], **kw), sampling, device)
+        known_instruments=caps["instruments"], chords=chart, free_chords=a.free_chords, **kw), sampling, device)
     _write(a, edits, "arrange", soundfont)

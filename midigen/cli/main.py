@@ -72,7 +72,7 @@ def cmd_prepare(a) -> int:
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
         url=a.url, timeout=a.timeout, progress=not a.no_progress, split=a.split,
-        style_from=a.style_from, styles=a.styles,
+        style_from=a.style_from, styles=a.styles, chords=not a.no_chords,
     )
     for line in summary["split_notes"]:
         print(f"midigen prepare: note: {line}", file=sys.stderr)
@@ -186,6 +186,7 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     _sampling_flags(s)
     _output_flags(s, png_help="also draw a piano roll with the written part marked")
     _add_control_flags(s, meter=False)
+    _chord_flags(s, edit=True)
 
 
 def cmd_chords(a) -> int:
@@ -238,6 +239,22 @@ def _output_flags(s, png_help: str) -> None:
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _precision_flag(s)
     s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+
+
+def _chord_flags(s, edit: bool) -> None:
+    """--chords/--chords-from (and, for edits, --free-chords): the harmony to write on (codec v4 models)."""
+    g = s.add_argument_group("chords (a model trained with chords, codec v4)")
+    where = "over the span, from the bar it starts in" if edit else "bar by bar from where the new music starts"
+    g.add_argument("--chords", default=None, metavar="CHART",
+                   help=f"a chord chart forced {where}, repeating to the end: 'C G Am F' (a bar each) or "
+                        "'C G | Am F | Dm7 G7 | C' (bars of several), or @chart.txt (default: "
+                        + ("the song's own chords" if edit else "the model chooses") + ")")
+    g.add_argument("--chords-from", default=None, metavar="SONG.mid",
+                   help="the chords midigen detects in another song, beat by beat on its bars"
+                        + ("" if edit else " and meter"))
+    if edit:
+        g.add_argument("--free-chords", action="store_true",
+                       help="let the model choose the span's chords (default: the song's own are forced)")
 
 
 def _precision_flag(s, default: str = "auto") -> None:
@@ -293,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: tag each file with the first folder under its source as its style")
     s.add_argument("--styles", metavar="FILE.csv", default=None,
                    help="rows of (file name, relative path or content md5; style) tagging files with styles")
+    s.add_argument("--no-chords", action="store_true",
+                   help="write codec v3: no CHORD tokens (skips labelling each song's chords)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("info", help="print a config's model shape, or what a checkpoint can be asked for")
@@ -367,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --prompt: let the model change tempo in what it writes, if its training data had "
                         "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
+    _chord_flags(s, edit=False)
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",

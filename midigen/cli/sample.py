@@ -6,11 +6,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
+from midigen.cli.common import chord_flags, instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import redraw, sample_warnings
+from midigen.generate.harmony import need_chords
 from midigen.generate.hearing import hearing_note
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sample import (DEFAULT_SECONDS, continue_song, generate_samples, prompt_plan, sample_score,
@@ -38,12 +39,16 @@ def sample(a) -> None:
     """``midigen sample``."""
     sampling = sampling_flags(a)
     _check_flags(a)
+    chart, chart_meter = chord_flags(a)
     soundfont = find_soundfont(a.soundfont) if a.wav or a.play or a.soundfont else None
     device = best_device(a.device)
     model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
     controls, time_signature = steering_flags(a, caps, codec, instruments)
+    need_chords(codec, chart)
+    if chart_meter is not None and time_signature is None and a.prompt is None:
+        time_signature = chart_meter  # --chords-from: its bars, in its meter
     limits = None if a.free_range else checkpoint_limits(config)
     free_tempo = a.free_tempo and learned_tempo_changes(recorded_ranges(config)) is not False
     if a.free_tempo and not free_tempo:
@@ -56,7 +61,7 @@ def sample(a) -> None:
         renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
     kw = dict(seconds=seconds, max_new_tokens=a.max_tokens, instruments=instruments, tempo=a.tempo, device=device,
-              controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo)
+              controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo, chords=chart)
 
     def draw(seed: int, n: int) -> list:
         s = replace(sampling, seed=seed)

@@ -19,6 +19,7 @@ import torch
 
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.chords import chord_name
 from midigen.music.ranges import NoteLimits, learned_tempo_changes, note_limits
 from midigen.errors import UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json, sha256_file
@@ -255,7 +256,17 @@ def capabilities(config: dict, codec: Codec) -> dict:
         "density_notes_per_second": list(controls.get("density_edges", [])),
         "note_ranges": {instrument_name(i): limits.of(i) for i in instruments},
         "learned_tempo_changes": learned_tempo_changes(recorded_ranges(config)),
+        "chords": codec.has_chords,  # --chords works (codec v4)
+        "chord_vocabulary": _chord_names(codec, ids),
     }
+
+
+def _chord_names(codec: Codec, ids: set) -> list[str]:
+    """The chords (``midigen.music.chords`` names) whose CHORD token the model learned to write: its
+    training data had them. Any chord of the vocabulary can still be forced with --chords."""
+    if not codec.has_chords:
+        return []
+    return [chord_name(i - codec.chord_start) for i in sorted(ids) if codec.chord_start <= i < codec.vocab_size]
 
 
 def recorded_ranges(config: dict) -> dict | None:

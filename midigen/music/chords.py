@@ -136,13 +136,19 @@ def _sounding(cuts: np.ndarray, start: np.ndarray, end: np.ndarray, pitch: np.nd
 
 
 def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
-    """(pitch-class time, bass pitch-class time), each beats x 12, in ticks of sounding per beat.
+    """(pitch-class time, bass pitch-class time), each beats x 12, in ticks of sounding per beat."""
+    return note_profiles(*_pitched_notes(score), grid)
+
+
+def note_profiles(start: np.ndarray, end: np.ndarray, pitch: np.ndarray, grid: BeatGrid):
+    """``beat_profiles`` of pitched notes given as (start, end, pitch) arrays on ``grid``'s time unit.
 
     The song is cut at every note start and end and every beat start and middle into pieces where
     nothing changes; each piece's sounding notes and lowest note are counted for its length (times
     LATE_HALF_WEIGHT in a beat's second half), then the pieces are summed beat by beat.
     """
-    start, end, pitch = _pitched_notes(score)
+    start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    pitch = np.asarray(pitch, np.int64)
     if len(grid) == 0:
         return np.zeros((0, 12)), np.zeros((0, 12))
     lo, hi = grid.starts[0], grid.ends[-1]
@@ -222,6 +228,14 @@ class SongChords:
         return np.flatnonzero(np.concatenate(([True], self.labels[1:] != self.labels[:-1])))
 
 
+def label_notes(start: np.ndarray, end: np.ndarray, pitch: np.ndarray, grid: BeatGrid) -> np.ndarray:
+    """The chord id of every beat of ``grid`` from pitched notes as arrays (start, end, pitch) in the
+    grid's time unit: what ``label_chords`` does after reading a score, and what the codec does on a
+    token stream's own notes (``Codec.add_chords``), so both label alike. ChordError: too dense."""
+    chroma, bass = note_profiles(start, end, pitch, grid)
+    return smooth(chord_scores(chroma, bass))
+
+
 def label_chords(score) -> SongChords:
     """The chord of every beat of a symusic score (any time unit; read in ticks). ChordError for a file
     too long or too dense to be music."""
@@ -232,6 +246,5 @@ def label_chords(score) -> SongChords:
         grid = beat_grid(score, max_beats=MAX_BEATS)
     except ValueError as e:
         raise ChordError(f"too long to label: {e}") from None
-    chroma, bass = beat_profiles(score, grid)
-    labels = smooth(chord_scores(chroma, bass))
+    labels = label_notes(*_pitched_notes(score), grid)
     return SongChords(grid, labels, np.asarray(seconds_at_tick(score, grid.starts), dtype=np.float64))

@@ -1,4 +1,5 @@
-"""The codec's encoder compiled with numba: prepare's hot path, byte-identical to ``Codec.encode_scores``.
+"""The codec's encoder compiled with numba: prepare's hot path, byte-identical to ``Codec.encode_scores``
+(v4's chord tokens are added after it, by the codec's own ``add_chords``).
 
 Why it exists: on a typical song the numpy encoder spends more time pulling note arrays out of
 symusic (about 10 us per track) and running ~40 vector passes than symusic spends parsing the file.
@@ -439,7 +440,10 @@ class CompiledEncoder:
         except Exception:  # never expected; the numpy encoder then decides
             st, n, notes, secs = LAYOUT, 0, 0, 0.0
         if st == OK:
-            return self._out[at : at + n], notes, secs, (self._facts[:12].copy(), int(self._facts[12]))
+            facts = (self._facts[:12].copy(), int(self._facts[12]))
+            if self.codec.has_chords:  # v4: the labeller's chords go in after (``Codec.add_chords``)
+                return self._keep(at, self.codec.add_chords(self._out[at : at + n])), notes, secs, facts
+            return self._out[at : at + n], notes, secs, facts
         if st == NO_NOTES:
             return CodecError("no notes"), None, None, None
         if st == ABSURD:
@@ -449,10 +453,14 @@ class CompiledEncoder:
         except Exception as e:
             return e, None, None, None
         if isinstance(tokens, np.ndarray):
-            self._reserve(at, len(tokens))
-            self._out[at : at + len(tokens)] = tokens
-            tokens = self._out[at : at + len(tokens)]
+            tokens = self._keep(at, tokens)
         return tokens, None, None, None
+
+    def _keep(self, at: int, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` copied into the buffer at ``at``; the view of them there."""
+        self._reserve(at, len(tokens))
+        self._out[at : at + len(tokens)] = tokens
+        return self._out[at : at + len(tokens)]
 
     def written(self, total: int) -> np.ndarray:
         """The first ``total`` tokens of the buffer (see ``encode_one``)."""
@@ -512,5 +520,5 @@ def _self_check(codec) -> bool:
         got = CompiledEncoder(codec).encode_one(s)
     except Exception:
         return False
-    want = codec.encode_scores([s])[0]
+    want = codec.encode_scores([s])[0]  # with chords in v4, as encode_one adds them
     return got[1] is not None and np.array_equal(got[0], want)
