@@ -1,7 +1,11 @@
-"""Chords in the studio, on a real `midigen studio` process: each version's chords by bar in its roll
+"""Chords in the studio, on real `midigen studio` processes: each version's chords by bar in its roll
 JSON (the labeller's, from the library), chord charts read by the API (400 naming a bad chord) and
-checked before a job is queued, and on the page (headless Chromium): the chord lane above the roll,
-bars selected on the lane filling the chord fields, and the fields of a checkpoint without chords.
+checked before a job is queued, jobs that write on a chart end to end (the chords the file carries),
+and on the page (headless Chromium): the chord lane above the roll, bars selected on the lane filling
+the chord fields, a chart checked as it is typed, and the fields of a checkpoint without chords.
+
+Two servers: conftest's ``edit_run`` (trained on the codec v4 tiny dataset: it has chords and can
+edit) and a random-weight codec v3 checkpoint (no chords; nothing it writes is looked at).
 """
 from __future__ import annotations
 
@@ -11,7 +15,11 @@ import pytest
 import symusic
 
 from midigen.generate.render import bar_spans, detected_bar_chords
-from studio_server import Server, call
+from midigen.model.checkpoint import save_checkpoint
+from midigen.model.model import GPT, GPTConfig, padded_vocab
+from midigen.music.codec import Codec
+from midigen.music.timing import tick_at_seconds
+from studio_server import Server, call, wait_job
 from test_studio_browser import _need_browser, _open_page, new_piece, open_tab, upload
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -21,6 +29,20 @@ JOB_ROUTES = ("generate", "continue", "infill", "arrange")
 @pytest.fixture(scope="module")
 def server(edit_run, tmp_path_factory):
     s = Server(edit_run, tmp_path_factory.mktemp("studio-chords-ws"))
+    yield s
+    assert s.stop() == 0, "".join(s.stderr)[-2000:]
+
+
+@pytest.fixture(scope="module")
+def v3_server(tmp_path_factory):
+    """A studio over a checkpoint of codec v3 (no chord tokens): random weights, a tiny shape."""
+    import torch
+
+    codec = Codec(version=3)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=padded_vocab(codec.vocab_size), n_layer=1, n_head=2, n_embd=32, block_size=64))
+    ckpt = save_checkpoint(tmp_path_factory.mktemp("v3-run") / "best", model, codec, {"step": 0})
+    s = Server(ckpt, tmp_path_factory.mktemp("studio-v3-ws"))
     yield s
     assert s.stop() == 0, "".join(s.stderr)[-2000:]
 
@@ -83,10 +105,83 @@ def test_every_job_route_names_a_bad_chord_before_queueing(server, piece, kind):
 
 
 @pytest.mark.parametrize("kind", JOB_ROUTES)
-def test_a_chart_for_a_checkpoint_without_chords_is_refused_and_says_so(server, piece, kind):
-    assert call("GET", f"{server.url}/api/info")[1]["capabilities"]["chords"] is False
-    status, out = call("POST", f"{server.url}/api/pieces/{piece['id']}/{kind}", job_body(kind, chords="C Am F G"))
+def test_a_chart_for_a_checkpoint_without_chords_is_refused_and_says_so(v3_server, tune, kind):
+    info = call("GET", f"{v3_server.url}/api/info")[1]
+    assert info["capabilities"]["chords"] is False and info["capabilities"]["chord_vocabulary"] == []
+    status, piece = call("POST", f"{v3_server.url}/api/pieces/upload?name=tune.mid", raw=tune.read_bytes())
+    assert status == 201
+    status, out = call("POST", f"{v3_server.url}/api/pieces/{piece['id']}/{kind}", job_body(kind, chords="C Am F G"))
     assert status == 400 and "has no chords" in out["detail"], out
+
+
+def test_a_chart_and_free_chords_contradict_each_other(server, piece):
+    for kind in ("infill", "arrange"):
+        status, out = call("POST", f"{server.url}/api/pieces/{piece['id']}/{kind}",
+                           job_body(kind, chords="C G", free_chords=True))
+        assert status == 400 and "contradict" in out["detail"], out
+
+
+# ----- jobs written on a chart, end to end ------------------------------------------------------
+
+
+def _run(server, pid: str, kind: str, body: dict) -> dict:
+    status, job = call("POST", f"{server.url}/api/pieces/{pid}/{kind}", body)
+    assert status == 202, job
+    job, _, _ = wait_job(server.url, job)
+    assert job["status"] == "done", job
+    return call("GET", f"{server.url}/api/pieces/{pid}")[1]
+
+
+def _version_score(server, pid: str, vid: str) -> symusic.Score:
+    return symusic.Score.from_midi(call("GET", f"{server.url}/api/pieces/{pid}/versions/{vid}/midi")[1])
+
+
+def _chord_marks(score, lo: int = 0, hi: int = 1 << 62) -> list[tuple[int, str]]:
+    return [(int(m.time), m.text) for m in score.markers if lo <= m.time < hi and m.text != "end"]
+
+
+def test_generate_on_a_chart_writes_its_chords_on_the_bars(server):
+    """Four bars of C Am F G, then the chart again: the file's chord symbols are the chart, bar by bar."""
+    assert call("GET", f"{server.url}/api/info")[1]["capabilities"]["chords"] is True
+    pid = call("POST", f"{server.url}/api/pieces", {"name": "on a chart"})[1]["id"]
+    piece = _run(server, pid, "generate", {"seconds": 12, "seed": 3, "tempo": 120, "instruments": ["piano"],
+                                           "chords": "C Am F G"})
+    (v,) = piece["versions"]
+    assert v["params"]["chords"] == "C Am F G"
+    score = _version_score(server, pid, v["id"])
+    bar = 4 * score.ticks_per_quarter
+    marks = _chord_marks(score)
+    assert len(marks) >= 5
+    assert marks == [(k * bar, "C Am F G".split()[k % 4]) for k in range(len(marks))]
+
+
+def test_infill_on_a_chart_rewrites_the_spans_harmony_and_continue_follows_one(server, tune):
+    status, piece = call("POST", f"{server.url}/api/pieces/upload?name=tune.mid", raw=tune.read_bytes())
+    pid, first = piece["id"], piece["current"]
+    bars = call("GET", f"{server.url}/api/pieces/{pid}/versions/{first}/roll")[1]["chords"]
+    start, end = bars[2]["start"], bars[4]["end"]  # bars 3 to 5
+    piece = _run(server, pid, "infill", {"start_s": start, "end_s": end, "seed": 1, "chords": "Dm | Bb"})
+    score = _version_score(server, pid, piece["current"])
+    lo, hi = (tick_at_seconds(score, t) for t in (start, end))
+    inside = [name for _, name in _chord_marks(score, lo, hi)]
+    assert inside and set(inside) <= {"Dm", "Bb"} and inside[0] == "Dm"
+
+    point = bars[-6]["start"]  # from a bar line near the end (from the end itself the tiny model just stops)
+    piece = _run(server, pid, "continue", {"seconds": 6, "seed": 0, "at_seconds": point, "chords": "E7 Am"})
+    score = _version_score(server, pid, piece["current"])
+    after = [name for _, name in _chord_marks(score, tick_at_seconds(score, point))]
+    assert after[:4] == ["E7", "Am", "E7", "Am"]
+
+
+def test_arrange_follows_the_songs_chords_or_its_own(server, piece):
+    base = call("GET", f"{server.url}/api/pieces/{piece['id']}/versions/{piece['current']}/roll")[1]["chords"]
+    heard = {c for b in base for c in b["chords"].split()}
+    done = _run(server, piece["id"], "arrange", {"add": ["Flute"], "seed": 4, "version": piece["current"]})
+    marks = {name for _, name in _chord_marks(_version_score(server, piece["id"], done["current"]))}
+    assert marks and marks <= heard  # written on the song's own chords
+    done = _run(server, piece["id"], "arrange", {"add": ["Flute"], "seed": 4, "free_chords": True,
+                                                 "version": piece["current"]})
+    assert done["versions"][-1]["params"]["free_chords"] is True
 
 
 # ----- the page ---------------------------------------------------------------------------------
@@ -107,7 +202,7 @@ def page(browser, server):
 
 
 def _roll_chords(server, page) -> list[dict]:
-    pid = page.locator("#piece-select").input_value()
+    pid = page.evaluate("() => location.hash").partition("piece=")[2]  # set before the piece is drawn
     p = call("GET", f"{server.url}/api/pieces/{pid}")[1]
     return call("GET", f"{server.url}/api/pieces/{pid}/versions/{p['current']}/roll")[1]["chords"]
 
@@ -157,9 +252,46 @@ def _clock(t: float) -> str:
     return f"{int(t // 60)}:{t % 60:04.1f}"
 
 
-def test_a_checkpoint_without_chords_says_so_in_every_chord_field(page):
+def test_a_chart_is_checked_as_it_is_typed_and_a_bad_one_never_queued(page, server):
+    new_piece(page)
+    note = page.locator("#gen-chords-note")
+    page.fill("#gen-chords", "C G | Am Hx7")
+    page.wait_for_function("document.getElementById('gen-chords-note').textContent.includes('Hx7')")
+    assert "bad" in note.get_attribute("class") and page.locator("#gen-chords").get_attribute("aria-invalid")
+    page.click("#generate")
+    page.wait_for_function("!document.getElementById('error').hidden")
+    assert "'Hx7'" in page.locator("#error-text").inner_text()
+    assert page.locator("#job").is_hidden()
+    page.fill("#gen-chords", "C G | Am F")
+    page.wait_for_function("document.getElementById('gen-chords-note').textContent.startsWith('2 bars')")
+    assert note.text_content() == "2 bars: | C G | Am F |"
+    assert page.locator("#gen-chords").get_attribute("aria-invalid") is None
+    page.fill("#gen-seconds", "4")
+    page.click("#generate")
+    page.wait_for_function("document.querySelectorAll('#versions li').length === 1 && "
+                           "document.getElementById('job').hidden", timeout=120_000)
+    pid = page.locator("#piece-select").input_value()
+    (version,) = call("GET", f"{server.url}/api/pieces/{pid}")[1]["versions"]
+    assert version["params"]["chords"] == "C G | Am F"
+
+
+def test_free_chords_sets_the_chart_aside(page):
+    open_tab(page, "arrange")
+    page.fill("#arrange-chords", "C G")
+    page.check("#arrange-free-chords")
+    assert page.locator("#arrange-chords").is_disabled()
+    page.uncheck("#arrange-free-chords")
+    assert page.locator("#arrange-chords").is_enabled()
+
+
+@pytest.fixture
+def v3_page(browser, v3_server):
+    yield from _open_page(browser, v3_server.page_url)
+
+
+def test_a_checkpoint_without_chords_says_so_in_every_chord_field(v3_page):
     for prefix in ("gen", "cont", "infill", "arrange"):
-        assert page.locator(f"#{prefix}-chords").is_disabled()
-        assert "no chords" in page.locator(f"#{prefix}-chords-note").text_content()
+        assert v3_page.locator(f"#{prefix}-chords").is_disabled()
+        assert "no chords" in v3_page.locator(f"#{prefix}-chords-note").text_content()
     for prefix in ("infill", "arrange"):
-        assert page.locator(f"#{prefix}-free-chords").is_disabled()
+        assert v3_page.locator(f"#{prefix}-free-chords").is_disabled()

@@ -32,6 +32,7 @@ from midigen.generate.checks import edit_warnings, sample_warnings
 from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
+from midigen.generate.harmony import need_chords
 from midigen.generate.sampling import Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
 from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits, load_checkpoint
@@ -64,10 +65,9 @@ def _seen(model, codec: Codec) -> list[int]:
 
 def capabilities(config: dict, model, codec: Codec) -> dict:
     """What the checkpoint can be asked for (``midigen.model.checkpoint.capabilities``), over the defaults of
-    a checkpoint that records nothing: continue and generate with the instruments its output knows, and
-    chord charts when its codec has chord tokens."""
+    a checkpoint that records nothing: continue and generate with the instruments its output knows."""
     caps = {"can_edit": False, "styles": [], "instruments": _seen(model, codec), "time_signatures": [],
-            "keys": [], "densities": [], "chords": bool(getattr(codec, "has_chords", False))}
+            "keys": [], "densities": []}
 
     return {**caps, **from_checkpoint(config, codec)}
 
@@ -117,19 +117,14 @@ class Engine:
 
     def chords(self, req: dict, kind: str) -> dict:
         """The request's chord chart as the library's keywords: ``chords`` = ``parse_chords``'s bars (a
-        UsageError names a bad chord), and for an edit ``free_chords``; nothing when neither is asked,
-        so the library's default holds (an edit follows the song's own chords, new music its own).
-        A chart for a checkpoint trained without chords is a UsageError that says so; ``free_chords`` is
-        what such a checkpoint does anyway."""
+        UsageError names a bad chord, or says the checkpoint has none), and for an edit ``free_chords``;
+        nothing when neither is asked, so the library's default holds (an edit follows the song's own
+        chords, new music the model's own). A checkpoint without chords frees them anyway."""
         text = (req.get("chords") or "").strip()
         chart = parse_chords(text) if text else None
-        if not getattr(self.codec, "has_chords", False):  # its music has no chords to follow or free
-            if chart is not None:
-                raise UsageError("this checkpoint has no chords (it was trained without chord tokens): "
-                                 "leave the chords empty")
-            return {}
+        need_chords(self.codec, chart)
         out = {} if chart is None else {"chords": chart}
-        if kind in ("infill", "arrange") and req.get("free_chords"):
+        if kind in ("infill", "arrange") and req.get("free_chords") and self.codec.has_chords:
             if chart is not None:
                 raise UsageError("chords and free chords contradict each other: give a chart or free the chords")
             out["free_chords"] = True

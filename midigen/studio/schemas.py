@@ -211,7 +211,9 @@ class Capabilities(BaseModel):
     time_signatures: list[Any]
     keys: list[Any]
     densities: list[Any]
-    chords: bool = Field(False, description="whether jobs can follow a chord chart (`chords`)")
+    chords: bool = Field(False, description="whether jobs can follow a chord chart (`chords`): codec v4")
+    chord_vocabulary: list[str] = Field([], description="the chords the model learned to write (any chord of "
+                                                        "the vocabulary can be asked for)")
 
 
 class InstrumentOut(BaseModel):
