@@ -11,8 +11,8 @@ the note-time pooled over its pieces (a long piece counts for its length), measu
   below (major and minor keys, one and two chords a bar), scored against the progression asked for;
 - floor: as many samples written without chords, each scored against the progression its
   counterpart was given;
-- labeller agreement: of the beats the chords-given samples ask a chord for, the share where the
-  labeller hears the same root and triad (sevenths as their triads) in what was written;
+- labeller agreement: of the beats the chords-given samples ask a chord for and sound in, the share
+  where the labeller hears the same root and triad (sevenths as their triads) in what was written;
 - arrange: a part added to --edits test pieces (their first --seconds) under the song's own chords
   (the library's default for an edit), scored on the new part's notes against those chords;
 - infill: bars 3-6 of the same pieces written again, scored on the written notes likewise.
@@ -115,13 +115,14 @@ def triad(cid: np.ndarray) -> np.ndarray:
 
 
 def labeller_agreement(score, chart) -> tuple[int, int]:
-    """(beats the labeller hears as asked, beats asked for a chord) of a sample."""
+    """(beats the labeller hears as asked, beats asked for a chord where it hears one) of a sample: a
+    silent beat (N.C. to the labeller) is left out, as adherence leaves out what does not sound."""
     heard = own_chords(score)
     if heard is None:
         return 0, 0
     grid, labels = heard
     asked = chart_beats(chart, grid)
-    use = asked != NO_CHORD
+    use = (asked != NO_CHORD) & (labels != NO_CHORD)
     return int((triad(labels) == triad(asked))[use].sum()), int(use.sum())
 
 
