@@ -181,7 +181,7 @@ def test_arrange_follows_the_songs_chords_or_its_own(server, piece):
     assert marks and marks <= heard  # written on the song's own chords
     done = _run(server, piece["id"], "arrange", {"add": ["Flute"], "seed": 4, "free_chords": True,
                                                  "version": piece["current"]})
-    assert done["versions"][-1]["params"]["free_chords"] is True
+    assert done["versions"][-1]["params"]["free_chords"] is True and "free chords" in done["versions"][-1]["label"]
 
 
 # ----- the page ---------------------------------------------------------------------------------
@@ -273,6 +273,7 @@ def test_a_chart_is_checked_as_it_is_typed_and_a_bad_one_never_queued(page, serv
     pid = page.locator("#piece-select").input_value()
     (version,) = call("GET", f"{server.url}/api/pieces/{pid}")[1]["versions"]
     assert version["params"]["chords"] == "C G | Am F"
+    assert "on C G | Am F" in page.locator("#versions li.current .vlabel").inner_text()
 
 
 def test_free_chords_sets_the_chart_aside(page):

@@ -172,7 +172,7 @@ class Engine:
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
                              device=self.device, limits=self._limits(req), **self.chords(req, "generate"))[0]
         out = sample_score(self.codec, s)
-        label = f"generated {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, out)}"
+        label = f"generated {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · {_pace(s, out)}"
         return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
@@ -185,7 +185,8 @@ class Engine:
                                     limits=self._limits(req), **self.chords(req, "continue"))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         pace = realtime(notes_end_seconds(out) - p.start_seconds, s.compute_seconds)
-        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {pace:.1f}× real time"
+        label = (f"continued from {where} · {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · "
+                 f"{pace:.1f}× real time")
         said = sample_warnings(out, p.start_seconds, None, extra) + _heard(p.hearing)
         return [(out, label, {**req, "seed": sampling.seed}, said)]
 
@@ -198,7 +199,7 @@ class Engine:
                              listener=progress, limits=self._limits(req), known_instruments=self.caps["instruments"],
                              **self.chords(req, "infill"), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
-        return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
+        return [(e.score, f"infill {span}{_on_chords(req)} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
                           f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
                  edit_warnings(score, e, "infill") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
@@ -212,11 +213,19 @@ class Engine:
         edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
                               controls=self.steering(req)[0], listener=progress, limits=self._limits(req),
                               known_instruments=self.caps["instruments"], **self.chords(req, "arrange"), **kw)
-        names = ", ".join(instrument_name(i) for i in add)
+        names = ", ".join(instrument_name(i) for i in add) + _on_chords(req)
         return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
                           f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
                  edit_warnings(score, e, "arrange") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
+
+
+def _on_chords(req: dict) -> str:
+    """What a version's label says of its chords: the chart it was written on, or that they were free."""
+    text = " ".join((req.get("chords") or "").split())
+    if text:
+        return f" · on {text if len(text) <= 40 else text[:39] + '…'}"
+    return " · free chords" if req.get("free_chords") else ""
 
 
 def _heard(hearing: dict) -> list[str]:
