@@ -131,3 +131,19 @@ def test_written_png_has_the_lane_and_a_song_without_notes_an_empty_one(fiddle_t
     assert write_piano_roll(fiddle_tune, tmp_path / "tune.png", chords=["C"]).read_bytes()[:4] == b"\x89PNG"
     fig = piano_roll_figure(symusic.Score(480), "empty")
     assert len(fig.axes) == 2 and _lane_texts(fig) == []
+
+
+def test_sample_with_chords_draws_the_chart_it_was_asked_for(edit_run, tmp_path):
+    """`sample --chords ... --png` (a checkpoint with chords): the PNG is the chart's lane over the
+    written notes, the very picture `write_piano_roll` draws for that file and chart, not the labeller's."""
+    from clirun import midigen
+
+    r = midigen("sample", "--ckpt", edit_run, "--chords", "C Am | F G", "--seconds", 8, "--seed", 5, "--png",
+                "--instruments", "piano", "--out", tmp_path)
+    assert r.returncode == 0, r.stderr
+    (png,) = tmp_path.glob("*.png")
+    score = symusic.Score.from_file(str(png.with_suffix(".mid")))
+    again = write_piano_roll(score, tmp_path / "again.png", title="midigen sample 0 (seed 5)",
+                             chords=parse_chords("C Am | F G"))
+    heard = write_piano_roll(score, tmp_path / "heard.png", title="midigen sample 0 (seed 5)")
+    assert png.read_bytes() == again.read_bytes() != heard.read_bytes()
