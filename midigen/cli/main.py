@@ -125,7 +125,7 @@ def cmd_eval(a) -> int:
     from midigen.eval.evaluate import evaluate  # start-up time
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
-                         controls=a.controls, precision=a.precision))
+                         controls=a.controls, precision=a.precision, by_kind=a.by_kind))
     return 0
 
 
@@ -360,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
     s.add_argument("--controls", action="store_true",
                    help="also score the events with each song's controls in the header and without (same tokens)")
+    s.add_argument("--by-kind", action="store_true",
+                   help="also split the bits by token kind: note and duration tokens, chord tokens (codec v4), the "
+                        "rest; and tokens per note with and without chords")
     _precision_flag(s, default="fp32")  # a score measures the model as trained unless asked otherwise
     s.set_defaults(func=cmd_eval)
 

@@ -416,12 +416,13 @@ class Grammar:
         ev_tempo = _tempo_rules(self, m, events & room)
         _note_rules(self, m, events & (self.budget >= 2))
         _duration_rules(self, m)
-        if c.has_chords:
-            _chord_rules(self, m, events & room)
         owed = _given_rules(self, m, events & room) if self.forcing else None
+        chord_due = _chord_rules(self, m, events & room) if c.has_chords else None  # after: a due chord goes first
         _end_rules(self, m, events, room, m[:, c.shift_start : c.tempo_start], ev_tempo)  # the shifts left
         if owed is not None:
             m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
+        if chord_due is not None:
+            m[:, c.EOS] &= ~chord_due  # a chord due at this step comes before anything else
         dead = m.view(torch.uint8).amax(dim=1) == 0  # a row left with nothing (should not happen) may end
         # rather than sample garbage (amax over bytes: ~20x cheaper than any() over 18k bools on a CPU)
         m[:, c.EOS] |= dead
@@ -566,16 +567,17 @@ def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
     return (g.given_pos < g.given_time.shape[1]) & (g.phase != DONE)
 
 
-def _chord_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> None:
+def _chord_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor | None:
     """A CHORD after the step's shifts and tempo, before its notes, once per step, not the chord in force;
-    with forced chords only those: time never passes the next one, and at its step it is all there is."""
+    with forced chords only those: time never passes the next one, and at its step it is all there is.
+    Returns the rows where a forced chord is due (None without forced chords)."""
     c, T = g.codec, g.T
     lo, hi = c.chord_start, c.chord_start + (c.vocab_size - c.chord_start)
     if not g.chords_forced:
         free = events & (g.last_note < 0) & ~g.chord_here & (g.phase != NEED_DV)
         m[:, lo:hi] = free[:, None]
         m[g.rows, g.chord.clamp(min=lo)] &= g.chord < 0
-        return
+        return None
     m[:, lo:hi] = False
     owed, step, cid = g._next_chord()
     owed = owed & events & (g.phase != NEED_DV)
@@ -584,6 +586,7 @@ def _chord_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> None:
     due = owed & (g.steps == step)
     m.masked_fill_(due[:, None], False)
     m[g.rows, cid.clamp(min=lo)] |= due
+    return due
 
 
 def _duration_rules(g: Grammar, m: torch.Tensor) -> None:

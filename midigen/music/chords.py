@@ -188,12 +188,25 @@ def chord_scores(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
     return out
 
 
-def smooth(scores: np.ndarray, switch_penalty: float | None = None) -> np.ndarray:
-    """The label sequence with the best total score less ``switch_penalty`` per change (Viterbi)."""
+_COMPILED_SMOOTH = None  # the same Viterbi compiled (``codec_jit``), once it has given this one's labels
+
+
+def use_compiled_smooth(fn) -> None:
+    """Let ``smooth`` run ``fn(scores, switch_penalty) -> labels``: ``codec_jit`` registers its compiled
+    Viterbi here after checking it labels as this one does (prepare labels every song: its hot path)."""
+    global _COMPILED_SMOOTH
+    _COMPILED_SMOOTH = fn
+
+
+def smooth(scores: np.ndarray, switch_penalty: float | None = None, compiled: bool = True) -> np.ndarray:
+    """The label sequence with the best total score less ``switch_penalty`` per change (Viterbi).
+    ``compiled``: through the registered compiled copy, when there is one (False: this numpy one)."""
     switch_penalty = SWITCH_PENALTY if switch_penalty is None else switch_penalty
     n, k = scores.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if compiled and _COMPILED_SMOOTH is not None:
+        return _COMPILED_SMOOTH(scores, switch_penalty)
     back = np.zeros((n, k), dtype=np.int16)
     best = scores[0].copy()
     states = np.arange(k)
