@@ -212,15 +212,18 @@ def test_chart_changes_repeat_and_start_at_the_bar(codec):
 
 
 @pytest.mark.skipif(not codec_jit.available(Codec()), reason="numba unavailable here")
-def test_compiled_viterbi_labels_as_numpy_does(music21_dir, songs_dir):
-    """prepare labels with the compiled Viterbi (``codec_jit``): the same labels as the numpy one on
-    real songs, ties and all."""
-    from midigen.music.chords import beat_profiles, chord_scores, smooth
+def test_compiled_labeller_labels_as_numpy_does(music21_dir, songs_dir):
+    """prepare labels with the compiled profile sums and Viterbi (``codec_jit``): the same profiles to
+    the bit and the same labels as the numpy ones on real songs, ties and all."""
+    from midigen.music.chords import _pitched_notes, chord_scores, note_profiles, pieces, piece_sums, smooth
     from midigen.music.timing import beat_grid
 
     for path in _files(music21_dir)[:10] + _files(songs_dir)[:5]:
         score = Codec().read_midi(path.read_bytes())
-        scores = chord_scores(*beat_profiles(score, beat_grid(score)))
+        grid = beat_grid(score)
+        args = pieces(*_pitched_notes(score), grid)
+        assert np.array_equal(codec_jit.compiled_piece_sums(*args), piece_sums(*args))
+        scores = chord_scores(*note_profiles(*_pitched_notes(score), grid, compiled=False))
         assert np.array_equal(codec_jit.compiled_smooth(scores, 0.3), smooth(scores, 0.3, compiled=False))
 
 

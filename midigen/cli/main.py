@@ -251,7 +251,7 @@ def _chord_flags(s, edit: bool) -> None:
                         + ("the song's own chords" if edit else "the model chooses") + ")")
     g.add_argument("--chords-from", default=None, metavar="SONG.mid",
                    help="the chords midigen detects in another song, beat by beat on its bars"
-                        + ("" if edit else " and meter"))
+                        + ("" if edit else " and meter") + " (default: none)")
     if edit:
         g.add_argument("--free-chords", action="store_true",
                        help="let the model choose the span's chords (default: the song's own are forced)")

@@ -9,12 +9,19 @@ Layout (ids in this order; exact ranges live on the ``Codec`` instance):
     INST_i         i = 0..128         an instrument present in the song (128 = drums)
     NOTE_i,p       129 x 128          a note of instrument i at pitch p ...
     DV_d,v         durations x 16     ... always followed by its duration and velocity
+    STYLE KEY DENSITY EDIT HOLE HOLE_END FILL     v2+: controls and the editing task's markers
+    CHORD_c        c = 0..108         v4: the harmony from here on (``midigen.music.chords`` ids, 108 = N.C.)
 
 A song is ``BOS INST_a INST_b ... TEMPO [TS] events... EOS``. Events are sorted by onset, then
 instrument, then pitch, so all tracks sound together in the stream. Time is beat-relative (steps of
 the file's ticks per quarter), so rhythm survives any tempo; tempo changes are events, so real time
 does not drift. Gaps longer than ``max_gap`` steps are shortened to it, so a note after 2^27 ticks of
 silence costs a few SHIFT tokens.
+
+Chords (v4): the encoder labels the song's own pitched notes beat by beat (``chord_changes``, the
+labeller of ``midigen.music.chords`` on the token stream's notes, so every encoding path labels alike)
+and writes a CHORD at each change, after that step's shifts and tempo, before its notes (``add_chords``);
+they decode to chord-name markers.
 
 Decoding is total: any id sequence gives a valid score. Ids out of place (a DV with no NOTE before it,
 a NOTE with no DV after it, header tokens among events, unknown ids) are skipped.
@@ -128,9 +135,10 @@ class CodecParams:
 class Codec:
     """Token vocabulary plus encode/decode. Construct from params; save/restore with JSON.
 
-    ``version`` 2 (the default) adds, after the v1 ids, the control tokens a song header may carry
-    (STYLE, KEY, DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); version 1 is kept so
-    datasets and checkpoints made before it still load.
+    ``version`` 2 adds, after the v1 ids, the control tokens a song header may carry (STYLE, KEY,
+    DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); 3 moves the controls first; 4 (the
+    default) adds the CHORD ids after those (``has_chords``). Versions 1-3 are kept so datasets and
+    checkpoints made before them still load, sample and edit in their own layout.
     """
 
     params: CodecParams = field(default_factory=CodecParams)
@@ -376,20 +384,25 @@ class Codec:
         at = np.searchsorted(key, 2 * steps + 1, side="left")
         ev_ids = np.insert(ev_ids, at, self.chord_start + ids)
         ev_time = np.insert(ev_time, at, steps)
-        return np.concatenate((t[:h], self.timed_stream(ev_ids, ev_time), tail)).astype(t.dtype)
+        return np.concatenate((t[:h], self.timed_stream(ev_ids, ev_time)[0], tail)).astype(t.dtype)
 
-    def timed_stream(self, ids: np.ndarray, times: np.ndarray) -> np.ndarray:
-        """Event ids at their steps (in order, from step 0) -> the stream with the SHIFT runs the encoder
-        writes between them (``max_shift`` steps at a time, then the rest)."""
+    def timed_stream(self, ids, times, seconds=None) -> tuple[np.ndarray, np.ndarray]:
+        """Events at their steps (in order, from step 0) -> (the stream with the SHIFT runs the encoder
+        writes between them, ``max_shift`` steps at a time then the rest; the event each token belongs to).
+        An event is ``ids[i]``, followed by ``seconds[i]`` where that is >= 0 (a note's DV)."""
+        ids, times = np.asarray(ids, np.int64), np.asarray(times, np.int64)
         mx = self.params.max_shift
-        gaps = np.maximum(np.diff(np.asarray(times, np.int64), prepend=0), 0)
+        gaps = np.maximum(np.diff(times, prepend=0), 0)
         n_full, rem = np.divmod(gaps, mx)
         n_shift = n_full + (rem > 0)
-        count = n_shift + 1
+        second = np.full(len(ids), -1, np.int64) if seconds is None else np.asarray(seconds, np.int64)
+        count = n_shift + 1 + (second >= 0)
         group = np.repeat(np.arange(len(ids)), count)
         pos = np.arange(len(group)) - np.repeat(np.cumsum(count) - count, count)
-        return np.where(pos < n_full[group], self.shift_start + mx - 1,
-                        np.where(pos < n_shift[group], self.shift_start + rem[group] - 1, np.asarray(ids)[group]))
+        own = pos - n_shift[group]
+        out = np.where(own == 0, ids[group], second[group])
+        out = np.where(pos < n_shift[group], self.shift_start + rem[group] - 1, out)
+        return np.where(pos < n_full[group], self.shift_start + mx - 1, out), group
 
     def transpose_table(self, semitones: int) -> np.ndarray:
         """id -> id after shifting every pitched note by ``semitones``; -1 where a pitch leaves 0..127.

@@ -27,6 +27,7 @@ import numpy as np
 
 from midigen.music import chords
 from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, CodecError
+from midigen.music.timing import meter_beat_grid
 
 try:
     import numba
@@ -510,12 +511,60 @@ def compiled_smooth(scores: np.ndarray, switch_penalty: float) -> np.ndarray:
     return path
 
 
+@_jit
+def _piece_sums(first, last, pitch, length, beat_first, out):
+    """``chords.piece_sums`` compiled: the same products, summed in the same order (``out`` is written)."""
+    n = len(length)
+    cnt = np.zeros((n, 12), dtype=np.int64)
+    lowest = np.full(n, 128, dtype=np.int64)
+    for k in range(len(first)):
+        pc = pitch[k] % 12
+        for i in range(first[k], last[k]):
+            cnt[i, pc] += 1
+            if pitch[k] < lowest[i]:
+                lowest[i] = pitch[k]
+    n_beats = len(beat_first)
+    for b in range(n_beats):
+        lo = beat_first[b]
+        hi = beat_first[b + 1] if b + 1 < n_beats else n
+        if hi <= lo:  # np.add.reduceat's rule: an empty range gives its first row
+            hi = lo + 1
+        for i in range(lo, hi):
+            w = length[i]
+            for c in range(12):
+                v = cnt[i, c] * w
+                out[b, c] = v if i == lo else out[b, c] + v
+                bv = w if lowest[i] < 128 and lowest[i] % 12 == c else 0.0 * w
+                out[b, 12 + c] = bv if i == lo else out[b, 12 + c] + bv
+
+
+def compiled_piece_sums(first, last, pitch, length, beat_first) -> np.ndarray:
+    out = np.zeros((len(beat_first), 24))
+    if len(beat_first):
+        _piece_sums(np.asarray(first, np.int64), np.asarray(last, np.int64), np.asarray(pitch, np.int64),
+                    np.asarray(length, np.float64), np.asarray(beat_first, np.int64), out)
+    return out
+
+
 def _smooth_check() -> bool:
     """The compiled Viterbi gives ``chords.smooth``'s labels on scores with many ties (rounded)."""
     rng = np.random.default_rng(11)
     for n in (1, 2, 40, 300):
         scores = np.round(rng.normal(size=(n, chords.VOCAB_SIZE)), 1)
         if not np.array_equal(compiled_smooth(scores, 0.3), chords.smooth(scores, 0.3, compiled=False)):
+            return False
+    return _profiles_check(rng)
+
+
+def _profiles_check(rng) -> bool:
+    """The compiled ``piece_sums`` gives the numpy sums exactly, on random notes (chords, overlaps,
+    unisons, notes past the grid) over an odd meter's grid."""
+    for n in (1, 60, 400):
+        start = rng.integers(0, 2000, n).astype(np.float64)
+        end = start + rng.integers(1, 300, n)
+        grid = meter_beat_grid(24, [(0, 5, 8)], int(end.max()) - 50)
+        args = chords.pieces(start, end, rng.integers(20, 100, n), grid)
+        if not np.array_equal(compiled_piece_sums(*args), chords.piece_sums(*args)):
             return False
     return True
 
@@ -535,7 +584,7 @@ def available(codec) -> bool:
     if k not in _CHECKED:
         _CHECKED[k] = _self_check(codec)
         if _CHECKED[k] and codec.has_chords and _smooth_check():  # v4 labels every song: compile that too
-            chords.use_compiled_smooth(compiled_smooth)
+            chords.use_compiled(compiled_smooth, compiled_piece_sums)
     return _CHECKED[k]
 
 

@@ -133,29 +133,11 @@ def emit(codec: Codec, units: Units, start_time: int | None = None) -> tuple[np.
     Time starts at ``start_time`` (default: the first unit's time, so a context cut from the middle of
     a song begins with its first event, as training windows do).
     """
-    n = len(units)
-    if n == 0:
+    if len(units) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     t0 = units.time[0] if start_time is None else start_time
-    gaps = np.diff(np.concatenate(([t0], units.time)))
-    gaps = np.maximum(gaps, 0)
-    mx = codec.params.max_shift
-    n_full, rem = np.divmod(gaps, mx)
-    n_shift = n_full + (rem > 0)
-    n_own = 1 + (units.tok1 >= 0)
-    count = n_shift + n_own
-    group = np.repeat(np.arange(n), count)
-    pos = np.arange(len(group)) - np.repeat(np.cumsum(count) - count, count)
-    out = np.empty(len(group), np.int64)
-    in_shift = pos < n_shift[group]
-    full = pos < n_full[group]
-    out[in_shift & full] = codec.shift_token(mx)
-    part = in_shift & ~full
-    out[part] = codec.shift_start + rem[group[part]] - 1
-    own = pos - n_shift[group]
-    out[own == 0] = units.tok0[group[own == 0]]
-    out[own == 1] = units.tok1[group[own == 1]]
-    return out, group
+    at = np.cumsum(np.maximum(np.diff(np.concatenate(([t0], units.time))), 0))  # a step back is no gap
+    return codec.timed_stream(units.tok0, at, units.tok1)
 
 
 def instruments_of(codec: Codec, head: np.ndarray) -> list[int]:
