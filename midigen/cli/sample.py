@@ -75,16 +75,19 @@ def sample(a) -> None:
 
     results = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
     try:
-        _write(a, codec, results, sampling.seed, renderer, hearing_note(plan.hearing) if plan is not None else None)
+        _write(a, codec, results, sampling.seed, renderer, hearing_note(plan.hearing) if plan is not None else None,
+               chart if plan is None else None)
     finally:
         if renderer is not None:
             renderer.close()
 
 
-def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, heard: str | None = None) -> None:
+def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, heard: str | None = None,
+           chart=None) -> None:
     """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed (with the
     seed that gives it again, and its warnings), then how the model heard the prompt (``heard``, if it
-    heard an instrument as another or left one out)."""
+    heard an instrument as another or left one out). ``chart``: the chords asked for from bar 1, drawn
+    in the PNG's chord lane (else the lane shows what the labeller hears)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, 
         if renderer is not None and (wav := wav_beside(renderer, score, base.with_suffix(".mid"))):
             print(wav, flush=True)
         if a.png:
-            write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
+            write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})", chords=chart)
             print(base.with_suffix(".png"), flush=True)
         again = "" if seed == first_seed else f" (redrawn: seed {seed} with --num-samples 1 gives it)"
         print(f"sample {i}: {summary(codec, s, score, warnings)}{again}", flush=True)

@@ -19,6 +19,7 @@ from midigen import __version__
 from midigen.errors import UsageError
 from midigen.generate.controls import resolve_instruments
 from midigen.generate.sampling import DEFAULTS
+from midigen.music.chordtext import parse_chords
 from midigen.music.codec import DRUMS, instrument_name
 from midigen.studio import schemas as S
 from midigen.studio.audio import AudioCache
@@ -74,6 +75,14 @@ def info(request: Request):
         "defaults": {k: v for k, v in DEFAULTS.items() if k in S.DefaultsOut.model_fields},
         "queue": st.queue.load(), "model": _current_model(st),
     }
+
+
+@router.post("/chords", response_model=S.ChordsOut, responses={400: {"model": S.ErrorOut}},
+             summary="read a chord chart as a job would (400 names a bad chord)",
+             description="The page checks its chord field here, so the chart is read in one place.")
+def chords(body: S.ChordsIn):
+    bars = [[str(c) for c in bar] for bar in parse_chords(body.chords)]
+    return {"bars": bars, "text": "| " + " | ".join(" ".join(bar) for bar in bars) + " |"}
 
 
 # ----- pieces and versions ----------------------------------------------------------------------

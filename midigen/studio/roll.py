@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 
 from midigen.music.codec import Codec, instrument_name, track_instrument
-from midigen.music.timing import TempoMap, grid, meters
+from midigen.music.timing import MAX_LINES, TempoMap, grid, meters
 from midigen.generate.edit import written_units
+from midigen.generate.render import bar_spans, detected_bar_chords
 
 
 def _r(x) -> list:
@@ -17,7 +18,8 @@ def _r(x) -> list:
 
 
 def score_roll(score) -> dict:
-    """Every track with notes, the song's length, bar and beat lines, tempos and meters (seconds)."""
+    """Every track with notes, the song's length, bar and beat lines, tempos and meters (seconds), and the
+    chords of each bar (``bar_chords``)."""
     tm = TempoMap(score)
     tracks, end_tick = [], 0
     for i, track in enumerate(score.tracks):
@@ -44,7 +46,16 @@ def score_roll(score) -> dict:
         "tempos": [{"time": round(float(tm.seconds(t)), 4), "bpm": round(b, 2)} for t, b in tempos[:2000]],
         "time_signatures": [{"time": round(float(tm.seconds(t)), 4), "numerator": n, "denominator": d}
                             for t, n, d in meters(score)[:2000]],
+        "chords": bar_chords(score),
     }
+
+
+def bar_chords(score) -> list[dict]:
+    """Each bar's start and end (seconds) and its chords as the labeller hears them, as the PNG's chord
+    lane draws them (``midigen.generate.render``), at most ``MAX_LINES`` bars."""
+    spans, names = bar_spans(score), detected_bar_chords(score)
+    return [{"start": round(a, 4), "end": round(b, 4), "chords": n}
+            for (a, b), n in zip(spans[:MAX_LINES], names)]
 
 
 def step_seconds(codec: Codec, ev: dict, steps: np.ndarray) -> np.ndarray:

@@ -36,12 +36,46 @@ class Steering(BaseModel):
     density: str | None = Field(None, max_length=40, examples=["low", "medium", "high"])
 
 
+MAX_CHORD_TEXT = 4000  # characters of a chord chart (a few hundred bars)
+
+
+class Chords(BaseModel):
+    """A chord chart for the new music, as `--chords` takes it (a 400 names a bad chord)."""
+
+    chords: str | None = Field(None, max_length=MAX_CHORD_TEXT, examples=["C G Am F", "C G | Am F | Dm7 G7 | C"],
+                               description="one chord per bar, or bars separated by |; it repeats to the end. "
+                                           "null or \"\": none asked for (an edit follows the song's own chords)")
+
+
+class EditChords(Chords):
+    free_chords: bool = Field(False, description="let the model choose the harmony of what it writes, instead of "
+                                                 "following the song's own chords (or the chart given)")
+
+
+class ChordsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chords: str = Field(..., max_length=MAX_CHORD_TEXT, examples=["C G | Am F"])
+
+
+class ChordsOut(BaseModel):
+    """A chart as the server reads it: its bars, each a list of chord names, and the chart written back."""
+
+    bars: list[list[str]]
+    text: str
+
+
+class ChordBar(BaseModel):
+    start: float = Field(description="seconds")
+    end: float
+    chords: str = Field(description="the bar's chords as the labeller hears them, space-separated (\"Am F\")")
+
+
 class Meter(BaseModel):
     time_signature: str | None = Field(None, max_length=40, examples=["3/4"],
                                        description="for new music only: an edit keeps the song's own")
 
 
-class GenerateIn(Sampling, Steering, Meter):
+class GenerateIn(Sampling, Steering, Meter, Chords):
     """New music from nothing; the result replaces what the piece shows (undo brings it back)."""
 
     instruments: list[Instrument] | None = Field(None, description="null: the model chooses")
@@ -49,7 +83,7 @@ class GenerateIn(Sampling, Steering, Meter):
     seconds: float = Field(30.0, gt=0, le=MAX_NEW_SECONDS, description="length of the new music")
 
 
-class ContinueIn(Sampling):
+class ContinueIn(Sampling, Chords):
     """More music after a version's notes, from its end or from a point (what was after the point goes)."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="the version to continue; null: the current one")
@@ -59,7 +93,7 @@ class ContinueIn(Sampling):
     tempo: float | None = Field(None, ge=16, le=512, description="a tempo change where the new music starts")
 
 
-class InfillIn(Sampling, Steering):
+class InfillIn(Sampling, Steering, EditChords):
     """Rewrite a time span (optionally only some instruments); N variants to audition."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
@@ -69,7 +103,7 @@ class InfillIn(Sampling, Steering):
     num_samples: int = Field(1, ge=1, le=8, description="variants to write")
 
 
-class ArrangeIn(Sampling, Steering):
+class ArrangeIn(Sampling, Steering, EditChords):
     """New parts over the whole song, keeping some of its parts."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
@@ -152,6 +186,7 @@ class RollOut(BaseModel):
     beats: list[float]
     tempos: list[TempoOut]
     time_signatures: list[MeterOut]
+    chords: list[ChordBar] = Field(description="each bar's chords as the labeller hears the notes")
 
 
 class JobOut(BaseModel):
@@ -176,6 +211,9 @@ class Capabilities(BaseModel):
     time_signatures: list[Any]
     keys: list[Any]
     densities: list[Any]
+    chords: bool = Field(False, description="whether jobs can follow a chord chart (`chords`): codec v4")
+    chord_vocabulary: list[str] = Field([], description="the chords the model learned to write (any chord of "
+                                                        "the vocabulary can be asked for)")
 
 
 class InstrumentOut(BaseModel):

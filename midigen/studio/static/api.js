@@ -33,6 +33,7 @@ const piece = (id) => `/api/pieces/${id}`;
 
 export const api = {
   info: () => call("GET", "/api/info"),
+  chords: (text) => call("POST", "/api/chords", { chords: text }),  // a chart as the server reads it
   pieces: () => call("GET", "/api/pieces"),
   piece: (id) => call("GET", piece(id)),
   createPiece: (name) => call("POST", "/api/pieces", { name }),
