@@ -77,7 +77,8 @@ function statusLine(t) {
   if (t.status === "done") {
     const r = t.result || {};
     const by = r.val != null && r.base_val != null ? ` (held-out ${r.val.toFixed(2)} bits/note; base ${r.base_val.toFixed(2)})` : "";
-    return `Done: “${t.model}” is in the model list${by}.`;
+    const early = r.stopped === "best" ? ", stopped where the held-out score stopped improving" : "";
+    return `Done after ${r.step} steps${early}: “${t.model}” is in the model list${by}.`;
   }
   if (t.status === "cancelled") return "Cancelled: no model was kept.";
   if (t.status === "failed") return `Failed: ${t.error}`;
