@@ -23,7 +23,8 @@ the rounds above (``--repeat 0`` skips them):
 
 With ``--chords-cost`` it times prepare (in this process, one worker) with chords (codec v4: every song
 labelled, its CHORD tokens written) and without (``chords=False``, codec v3) on the same files,
-alternating for ``--pairs`` pairs, and prints the median ratio and where the extra time goes per file:
+alternating for ``--pairs`` pairs, and prints the median ratio and the CPU time a file's chords take
+(the compiled pass prepare runs, ``chords_jit``, and the numpy reference, ``Codec.add_chords``):
 
     .venv/bin/python benchmarks/prepare_speed.py --chords-cost --songs 2000 --pairs 5
 """
@@ -175,39 +176,55 @@ def chords_cost(songs: Path, pairs: int) -> dict:
 
     from midigen.music.codec import Codec
 
-    def run(chords: bool) -> tuple[float, dict]:
+    def run(chords: bool) -> tuple[float, float, dict]:
         out = songs.parent / f"out-chords-{chords}"
         shutil.rmtree(out, ignore_errors=True)
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_seconds()
         s = prepare([str(songs)], out, workers=1, progress=False, chords=chords)
-        return time.perf_counter() - t, s
+        return time.perf_counter() - t, cpu_seconds() - c, s
 
     run(True), run(False)
     times: dict = {True: [], False: []}
+    cpu: dict = {True: [], False: []}
     summary = {}
     for i in range(pairs):
         for chords in ((True, False) if i % 2 == 0 else (False, True)):
-            wall, summary[chords] = run(chords)
+            wall, used, summary[chords] = run(chords)
             times[chords].append(wall)
+            cpu[chords].append(used)
     ratios = [a / b for a, b in zip(times[True], times[False])]
-    from midigen.music import codec_jit
+    cpu_ratios = [a / b for a, b in zip(cpu[True], cpu[False])]
+    from midigen.music import chords_jit, codec_jit
 
     files = sorted(p for p in songs.rglob("*") if p.is_file())[:300]
     codec = Codec()
-    codec_jit.available(codec)  # as prepare's workers do: the compiled Viterbi, when it passes its check
+    codec_jit.available(codec)  # as prepare's workers do: the compiled parts, once they pass their checks
     base = [codec.encode_base([codec.read_midi(p.read_bytes())])[0] for p in files]
-    t = time.perf_counter()
-    for tokens in base:
-        codec.add_chords(tokens)
-    per_file = (time.perf_counter() - t) / len(base)
+
+    def per_file(add) -> float:
+        """CPU seconds a file of ``add`` (best of 3 passes over the files)."""
+        add(base[0])
+        best = float("inf")
+        for _ in range(3):
+            t = time.process_time()
+            for tokens in base:
+                add(tokens)
+            best = min(best, (time.process_time() - t) / len(base))
+        return best
+
+    compiled = per_file(chords_jit.CompiledChords(codec).add)  # what prepare runs
+    reference = per_file(codec.add_chords)  # numpy (with the compiled profile sums and Viterbi)
     return {"files": summary[True]["files_seen"], "pairs": pairs,
             "with_chords_s": [round(x, 3) for x in times[True]], "without_chords_s": [round(x, 3) for x in times[False]],
             "median_with_s": round(statistics.median(times[True]), 3),
             "median_without_s": round(statistics.median(times[False]), 3),
             "ratio_each_pair": [round(r, 3) for r in ratios], "median_ratio_with_over_without": round(statistics.median(ratios), 3),
+            "cpu_ratio_each_pair": [round(r, 3) for r in cpu_ratios],
+            "median_cpu_ratio_with_over_without": round(statistics.median(cpu_ratios), 3),
             "tokens_with": summary[True]["tokens"], "tokens_without": summary[False]["tokens"],
             "token_ratio": round(summary[True]["tokens"] / summary[False]["tokens"], 4),
-            "label_and_insert_us_per_file": round(per_file * 1e6, 1),
+            "label_and_insert_us_per_file": round(compiled * 1e6, 1),
+            "numpy_reference_us_per_file": round(reference * 1e6, 1),
             "notes_per_file": round(float(np.mean([codec.count_notes(b) for b in base]))),
             "load_avg": os.getloadavg()[0]}
 
@@ -236,8 +253,9 @@ def main() -> None:
             print(json.dumps(res, indent=1))
             print(f"prepare, 1 worker, {res['files']} files: {res['median_with_s']} s with chords vs "
                   f"{res['median_without_s']} s without (medians of {res['pairs']} alternating pairs); median ratio "
-                  f"{res['median_ratio_with_over_without']}x; labelling and inserting chords "
-                  f"{res['label_and_insert_us_per_file']} us per file; tokens x{res['token_ratio']}", file=sys.stderr)
+                  f"{res['median_ratio_with_over_without']}x (CPU time {res['median_cpu_ratio_with_over_without']}x); labelling and inserting chords "
+                  f"{res['label_and_insert_us_per_file']} us CPU per file compiled "
+                  f"({res['numpy_reference_us_per_file']} us in numpy); tokens x{res['token_ratio']}", file=sys.stderr)
             return
         compared = compare_trees(a.compare, tmp / "songs", a.pairs) if a.compare else None
         if compared:

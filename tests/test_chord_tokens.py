@@ -2,6 +2,8 @@
 transposition, that editing sequences carry them, and that the grammar forces a chart where it falls."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
@@ -249,3 +251,70 @@ def test_a_forced_chord_comes_before_a_given_note_of_its_step(codec):
         assert ev["chord_time"].tolist()[:2] == [0, 48], [codec.token_name(t) for t in toks[:20]]
         names = [codec.token_name(t) for t in out]
         assert names.index("CHORD_G7") < names.index("NOTE_0_64") and names[0] == "CHORD_C"
+
+
+@pytest.fixture()
+def numpy_labeller():
+    """The labeller as its numpy reference (``chords.py`` alone), with no compiled parts registered."""
+    from midigen.music import chords
+
+    kept = chords._COMPILED_SMOOTH, chords._COMPILED_PIECE_SUMS
+    chords.use_compiled(None, None)
+    yield
+    chords.use_compiled(*kept)
+
+
+def _meter_score(tpq, num, den, notes, drums=()):
+    import symusic
+
+    s = symusic.Score(tpq)
+    s.time_signatures.append(symusic.TimeSignature(0, num, den))
+    for drum, group in ((False, notes), (True, drums)):
+        tr = symusic.Track("t", 0, drum)
+        for t, d, p in group:
+            tr.notes.append(symusic.Note(int(t), int(d), int(p), 90))
+        s.tracks.append(tr)
+    return s
+
+
+def _odd_scores():
+    """Scores for the corners: every meter kind (compound, /16, /2, none), notes off the beat grid,
+    long silences (capped gaps), drums only, a single note, and a song too long to label (more than
+    MAX_BEATS beats: no chords)."""
+    rng = np.random.default_rng(20)
+    out = []
+    for num, den in ((6, 8), (5, 16), (3, 2), (7, 8), (12, 16), (4, 4)):
+        onsets = np.sort(rng.integers(0, 3000, 200))
+        out.append(_meter_score(int(rng.choice([7, 24, 96, 480])), num, den,
+                                [(t, rng.integers(1, 700), rng.integers(30, 90)) for t in onsets]))
+    out.append(_meter_score(24, 4, 4, [(0, 10, 60), (24 * 4000, 30, 64), (24 * 4001, 48, 67)]))
+    out.append(_meter_score(24, 4, 4, [], drums=[(i * 12, 6, 36) for i in range(50)]))
+    out.append(_meter_score(24, 3, 4, [(5, 1, 60)]))
+    out.append(_meter_score(24, 1, 16, [(i * 400, 24, 60 + i % 5) for i in range(900)]))  # 57,600 beats
+    return out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed here")
+def test_compiled_chord_pass_writes_the_numpy_tokens(codec, music21_dir, songs_dir, numpy_labeller):
+    """prepare's compiled chord pass (``chords_jit``: labelling and CHORD insertion in one call) writes
+    ``Codec.add_chords``' tokens exactly, against the labeller's numpy reference, on real music21
+    pieces, made songs and odd corners; and the compiled encoder writes them as prepare stores them."""
+    from midigen.music.chords_jit import CompiledChords
+
+    assert codec_jit.available(codec), "the compiled encoder failed its self-check"
+
+    fast, encoder = CompiledChords(codec), codec_jit.CompiledEncoder(codec)
+    scores = [codec.read_midi(p.read_bytes()) for p in _files(music21_dir) + _files(songs_dir)] + _odd_scores()
+    changed = 0
+    for k, score in enumerate(scores):
+        base = codec.encode_base([score])[0]
+        if isinstance(base, Exception):
+            continue
+        want = codec.add_chords(base)
+        got = fast.add(base)
+        assert got.dtype == base.dtype and np.array_equal(got, want), k
+        assert np.array_equal(encoder.encode_one(score)[0], want), k
+        changed += len(want) > len(base)
+    assert len(scores) >= 90 and changed >= len(scores) - 4
+    too_long = codec.encode_base([scores[-1]])[0]
+    assert np.array_equal(fast.add(too_long), too_long)  # beyond MAX_BEATS: no chords, as numpy

@@ -1,5 +1,5 @@
 """The codec's encoder compiled with numba: prepare's hot path, byte-identical to ``Codec.encode_scores``
-(v4's chord tokens are added after it, by the codec's own ``add_chords``).
+(v4's chord tokens are added after it, by ``chords_jit``: ``Codec.add_chords`` compiled, token for token).
 
 Why it exists: on a typical song the numpy encoder spends more time pulling note arrays out of
 symusic (about 10 us per track) and running ~40 vector passes than symusic spends parsing the file.
@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from midigen.music import chords
+from midigen.music import chords, chords_jit
 from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, CodecError
 from midigen.music.timing import meter_beat_grid
 
@@ -416,6 +416,7 @@ class CompiledEncoder:
                         np.ascontiguousarray(codec._dv_lut).reshape(-1),  # [duration * 128 + velocity]
                         ts_lut, self._dv_steps(codec))
         self._facts = np.zeros(13)  # encode_state's song facts, rewritten by each call
+        self._chords = chords_jit.CompiledChords(codec) if codec.has_chords else None
         self._out = np.empty(1 << 18, dtype=np.uint16)
 
     @staticmethod
@@ -443,8 +444,8 @@ class CompiledEncoder:
             st, n, notes, secs = LAYOUT, 0, 0, 0.0
         if st == OK:
             facts = (self._facts[:12].copy(), int(self._facts[12]))
-            if self.codec.has_chords:  # v4: the labeller's chords go in after (``Codec.add_chords``)
-                return self._keep(at, self.codec.add_chords(self._out[at : at + n])), notes, secs, facts
+            if self._chords is not None:  # v4: the labeller's chords go in after (``Codec.add_chords``'s)
+                return self._keep(at, self._chords.add(self._out[at : at + n])), notes, secs, facts
             return self._out[at : at + n], notes, secs, facts
         if st == NO_NOTES:
             return CodecError("no notes"), None, None, None
@@ -475,75 +476,18 @@ class CompiledEncoder:
             self._out = grown
 
 
-@_jit
-def _viterbi(scores, penalty, back, path):
-    """``chords.smooth`` compiled, the same float operations in the same order (``path`` is written)."""
-    n, k = scores.shape
-    best = scores[0].copy()
-    for t in range(1, n):
-        leader, top = 0, best[0]
-        for j in range(1, k):
-            if best[j] > top:
-                leader, top = j, best[j]
-        switch = top - penalty
-        for j in range(k):
-            if best[j] >= switch:
-                back[t, j] = j
-                best[j] = best[j] + scores[t, j]
-            else:
-                back[t, j] = leader
-                best[j] = switch + scores[t, j]
-    last, top = 0, best[0]
-    for j in range(1, k):
-        if best[j] > top:
-            last, top = j, best[j]
-    path[n - 1] = last
-    for t in range(n - 1, 0, -1):
-        path[t - 1] = back[t, path[t]]
-
-
 def compiled_smooth(scores: np.ndarray, switch_penalty: float) -> np.ndarray:
-    n, k = scores.shape
-    path = np.zeros(n, dtype=np.int64)
-    if n:
-        _viterbi(np.ascontiguousarray(scores, dtype=np.float64), float(switch_penalty),
-                 np.zeros((n, k), dtype=np.int64), path)
-    return path
-
-
-@_jit
-def _piece_sums(first, last, pitch, length, beat_first, out):
-    """``chords.piece_sums`` compiled: the same products, summed in the same order (``out`` is written)."""
-    n = len(length)
-    cnt = np.zeros((n, 12), dtype=np.int64)
-    lowest = np.full(n, 128, dtype=np.int64)
-    for k in range(len(first)):
-        pc = pitch[k] % 12
-        for i in range(first[k], last[k]):
-            cnt[i, pc] += 1
-            if pitch[k] < lowest[i]:
-                lowest[i] = pitch[k]
-    n_beats = len(beat_first)
-    for b in range(n_beats):
-        lo = beat_first[b]
-        hi = beat_first[b + 1] if b + 1 < n_beats else n
-        if hi <= lo:  # np.add.reduceat's rule: an empty range gives its first row
-            hi = lo + 1
-        for i in range(lo, hi):
-            w = length[i]
-            for c in range(12):
-                v = cnt[i, c] * w
-                out[b, c] = v if i == lo else out[b, c] + v
-                bv = w if lowest[i] < 128 and lowest[i] % 12 == c else 0.0 * w
-                out[b, 12 + c] = bv if i == lo else out[b, 12 + c] + bv
+    """``chords.smooth`` through the compiled Viterbi (``chords_jit``)."""
+    if not len(scores):
+        return np.zeros(0, dtype=np.int64)
+    return chords_jit.viterbi(np.ascontiguousarray(scores, dtype=np.float64), float(switch_penalty))
 
 
 def compiled_piece_sums(first, last, pitch, length, beat_first) -> np.ndarray:
-    out = np.zeros((len(beat_first), 24))
-    if len(beat_first):
-        _piece_sums(np.asarray(first, np.int64), np.asarray(last, np.int64), np.asarray(pitch, np.int64),
-                    np.asarray(length, np.float64), np.asarray(beat_first, np.int64), out)
-    return out
+    """``chords.piece_sums`` compiled (``chords_jit``)."""
+    return chords_jit.piece_sums(np.asarray(first, np.int64), np.asarray(last, np.int64),
+                                 np.asarray(pitch, np.int64), np.asarray(length, np.float64),
+                                 np.asarray(beat_first, np.int64))
 
 
 def _smooth_check() -> bool:
