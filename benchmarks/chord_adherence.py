@@ -35,7 +35,7 @@ from midigen.errors import MidigenError
 from midigen.eval.metrics import chord_note_time
 from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.generate.sample import generate_samples, sample_score
-from midigen.generate.sampling import TOP_P, Sampling
+from midigen.generate.sampling import DEFAULTS, TOP_P, Sampling
 from midigen.model.checkpoint import load_checkpoint
 from midigen.music.chords import NO_CHORD, QUALITIES, TRIAD_OF, ChordError, label_chords
 from midigen.music.chordtext import chart_beats, parse_chords
@@ -144,9 +144,28 @@ def samples(model, codec, n: int, seconds: float, a, chart=None) -> list:
     for k in range(0, n, a.batch):
         kw = {} if chart is None else {"chords": chart}
         got = generate_samples(model, codec, num_samples=min(a.batch, n - k), seconds=seconds, device=a.device,
-                               sampling=Sampling(top_p=a.top_p, seed=a.seed + k), **kw)
+                               sampling=Sampling(top_p=a.top_p, seed=a.seed + k, chord_weight=a.chord_weight), **kw)
         out += [sample_score(codec, s) for s in got]
     return out
+
+
+def with_chords(model, codec, charts, per: int, a) -> Pool:
+    """Adherence of ``per`` samples on each chart, pooled."""
+    given = Pool()
+    for chart in charts.values():
+        for score in samples(model, codec, per, a.seconds, a, chart):
+            given.add(under_chart(score, chart))
+    return given
+
+
+def sweep(model, codec, charts, per: int, a) -> None:
+    """The 'with chords' figure at each of --sweep's chord weights, the same seeds each time."""
+    for w in (float(x) for x in a.sweep.split(",")):
+        a.chord_weight = w
+        t0 = time.perf_counter()
+        got = with_chords(model, codec, charts, per, a)
+        emit(figure="with chords", chord_weight=w, adherence=got.share, samples=got.pieces,
+             seconds=round(time.perf_counter() - t0, 1))
 
 
 def main() -> None:
@@ -161,12 +180,17 @@ def main() -> None:
     p.add_argument("--top-p", type=float, default=TOP_P)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--chord-weight", type=float, default=DEFAULTS["chord_weight"],
+                   help="nats added to chord tones while a chart is given (the commands' default)")
+    p.add_argument("--sweep", help="comma-separated chord weights: measure only 'with chords' at each, then stop")
     a = p.parse_args()
     t0 = time.perf_counter()
     model, codec, _ = load_checkpoint(a.ckpt, a.device)
     charts = {name: parse_chords(text) for name, text in PROGRESSIONS.items()}
     per = max(1, a.samples // len(charts))
 
+    if a.sweep:
+        return sweep(model, codec, charts, per, a)
     ceiling = Pool()
     songs = test_songs(codec, a.data, max(a.pieces, a.edits), a.seconds)
     for score in songs[: a.pieces]:

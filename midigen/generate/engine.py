@@ -236,6 +236,7 @@ class Decoder:
         self.block = model.cfg.block_size
         self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
         self.penalty = sampling.repetition_penalty
+        self.chord_weight = sampling.chord_weight
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
@@ -309,6 +310,9 @@ class Decoder:
                     fed = L
                 if self.penalty != 1.0:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
+                tones = grammar.chord_tones() if self.chord_weight else None
+                if tones is not None:
+                    logits = logits + self.chord_weight * tones
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
             grammar.advance(tok)
             dev_seq[:, L] = tok

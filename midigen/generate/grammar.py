@@ -43,7 +43,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from midigen.music.codec import N_INSTRUMENTS, N_PITCHES, Codec, Kind
+from midigen.music.chords import NO_CHORD, chord_pitch_classes
+from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, Codec, Kind
 from midigen.music.timing import seconds_per_step
 
 # phases
@@ -80,6 +81,20 @@ class _Tables:
         self.fdtype = torch.float32 if device.type == "mps" else torch.float64
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
         self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
+        if c.has_chords:
+            self.note_pc, self.chord_tone = (t(a) for a in chord_tone_tables(c))
+
+
+def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch class of each id: 0..11 for a pitched NOTE, 12 for every other id;
+    for each CHORD id and one more row for "no chord yet", which of those 13 classes are its tones)."""
+    pc = np.full(codec.vocab_size, 12, dtype=np.int64)
+    pitched = np.arange(DRUMS * N_PITCHES)
+    pc[codec.note_start + pitched] = pitched % N_PITCHES % 12
+    tones = np.zeros((NO_CHORD + 2, 13), dtype=bool)
+    for cid in range(NO_CHORD):
+        tones[cid, list(chord_pitch_classes(cid))] = True
+    return pc, tones
 
 
 class _Limits:
@@ -395,6 +410,14 @@ class Grammar:
         slot = slots.argmin(dim=1)
         old = slots.gather(1, slot[:, None])[:, 0]
         self.ends[self.rows, inst, slot] = torch.where(is_dv, ends, old)
+
+    def chord_tones(self) -> torch.Tensor | None:
+        """(B, V) 1.0 where an id is a pitched NOTE whose pitch class belongs to the given chord in
+        force, else 0.0; None when no chart was given (the model's own chords are its business)."""
+        if not self.chords_forced:
+            return None
+        row = torch.where(self.chord >= 0, self.chord - self.codec.chord_start, NO_CHORD + 1)
+        return self.T.chord_tone[row][:, self.T.note_pc].float()
 
     @property
     def done(self) -> torch.Tensor:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from midigen.errors import UsageError
 
 TOP_P = 0.95
-DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penalty": 1.0}  # commands and page
+CHORD_WEIGHT = 1.0  # nats toward chord tones under a given chart: adherence 0.76 -> 0.84 on the demo model (docs/benchmarks.md)
+DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penalty": 1.0, "chord_weight": CHORD_WEIGHT}  # commands and page
 SEED_RANGE = 2**31  # drawn seeds are below this
+MAX_CHORD_WEIGHT = 8.0
 RETRIES = 2  # redraws of an empty result, with the next seeds, before giving up (midigen.generate.checks)
 
 
@@ -31,6 +33,7 @@ class Sampling:
     top_p: float | None = None
     repetition_penalty: float = 1.0
     seed: int | None = None  # None: one is drawn now
+    chord_weight: float = 0.0  # nats added to chord tones while a given chart is in force (``Grammar.chord_tones``)
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -41,6 +44,8 @@ class Sampling:
             raise UsageError(f"top-p must be in (0, 1], got {self.top_p}")
         if not self.repetition_penalty > 0:
             raise UsageError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+        if not 0 <= self.chord_weight <= MAX_CHORD_WEIGHT:
+            raise UsageError(f"chord weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.chord_weight}")
         seed = secrets.randbelow(SEED_RANGE) if self.seed is None else int(self.seed)
         object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "top_k", None if self.top_k is None else int(self.top_k))
