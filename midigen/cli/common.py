@@ -19,7 +19,7 @@ from midigen.music.timing import meters
 def sampling_flags(a) -> Sampling:
     """--temperature/--top-k/--top-p/--repetition-penalty/--seed (a seed is drawn when none is given)."""
     return Sampling(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p,
-                    repetition_penalty=getattr(a, "repetition_penalty", 1.0), seed=a.seed)
+                    repetition_penalty=getattr(a, "repetition_penalty", 1.0), seed=a.seed, chord_weight=a.chord_weight)
 
 
 def steering_flags(a, caps: dict, codec, instruments=None) -> tuple[list[int], tuple | None]:

@@ -12,7 +12,7 @@ import sys
 from midigen import __version__
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.sampling import RETRIES, TOP_P
+from midigen.generate.sampling import CHORD_WEIGHT, MAX_CHORD_WEIGHT, RETRIES, TOP_P
 
 
 def _checked(convert, what: str, ok, bound: str):
@@ -33,6 +33,7 @@ _positive_int = _checked(int, "a whole number", lambda v: v >= 1, "a number >= 1
 _whole = _checked(int, "a whole number", lambda v: v >= 0, "a number >= 0")
 _fraction = _checked(float, "a fraction", lambda v: 0.0 <= v < 1.0, "a fraction in [0, 1)")
 _positive_float = _checked(float, "a number", lambda v: v > 0, "a number > 0")
+_chord_weight = _checked(float, "a number", lambda v: 0 <= v <= MAX_CHORD_WEIGHT, f"a number in [0, {MAX_CHORD_WEIGHT}]")
 
 
 def _print_json(obj) -> None:
@@ -165,6 +166,9 @@ def _sampling_flags(s: argparse.ArgumentParser, penalty: bool = False) -> None:
     s.add_argument("--top-p", type=_positive_float, default=TOP_P, metavar="P",
                    help=f"nucleus: keep only the likeliest choices, together this likely (default {TOP_P}: cuts "
                         "the tail of rare, mostly out-of-key notes; 1 = off)")
+    s.add_argument("--chord-weight", type=_chord_weight, default=CHORD_WEIGHT, metavar="W",
+                   help=f"under --chords (or a song's own chords in an edit): W nats more for the chord's tones "
+                        f"(default {CHORD_WEIGHT}; 0 = the model's own choice of passing notes)")
     if penalty:
         s.add_argument("--repetition-penalty", type=_positive_float, default=1.0, metavar="X",
                        help="above 1: fewer repeats of recently played notes (default 1 = off)")

@@ -34,7 +34,7 @@ from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.harmony import need_chords
-from midigen.generate.sampling import Sampling
+from midigen.generate.sampling import DEFAULTS, Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
 from midigen.fsutil import sha256_file
 from midigen.model.adapter import apply_live, is_adapter_dir
@@ -80,7 +80,7 @@ def capabilities(config: dict, model, codec: Codec) -> dict:
 def _sampling(req: dict) -> Sampling:
     """The request's sampling settings, checked (the schema already bounds them) and seeded."""
     return Sampling(temperature=float(req.get("temperature") or 1.0), top_k=req.get("top_k"), top_p=req.get("top_p"),
-                    seed=req.get("seed"))
+                    seed=req.get("seed"), chord_weight=float(req.get("chord_weight", DEFAULTS["chord_weight"])))
 
 
 def _as_kwargs(s: Sampling, device) -> dict:

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from midigen.generate.sampling import DEFAULTS, TOP_P
+from midigen.generate.sampling import DEFAULTS, MAX_CHORD_WEIGHT, TOP_P
 from midigen.studio.workspace import ID_PATTERN
 
 MAX_NEW_SECONDS = 300.0  # one job writes at most five minutes of music
@@ -21,6 +21,8 @@ class Sampling(BaseModel):
     top_p: float | None = Field(TOP_P, gt=0, le=1, description=f"nucleus sampling (default {TOP_P}, as the "
                                                                  "commands); null or 1: off")
     top_k: int | None = Field(None, ge=1, le=65535, description="null: off")
+    chord_weight: float = Field(DEFAULTS["chord_weight"], ge=0, le=MAX_CHORD_WEIGHT,
+                                description="nats more for the tones of the chord asked for (0: none)")
     seed: int | None = Field(None, ge=0, lt=2**31, description="the same seed and request give the same music; "
                                                                 "null: a random seed (reported in the version)")
     free_range: bool = Field(False, description="let instruments write outside the pitch range and polyphony "
