@@ -483,28 +483,34 @@ def named_section(score, name: str) -> tuple[int, int]:
 
 
 def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: tuple[int, int],
-               vary: float = VARY_SHARE, instruments=None, seed=None, temperature=1.0, top_k=None, top_p=None,
-               controls=None, device=None, limits: NoteLimits | None = None) -> list[Edit]:
+               vary: float = VARY_SHARE, instruments=None, num_samples: int = 1, seed=None, temperature=1.0,
+               top_k=None, top_p=None, controls=None, device=None, limits: NoteLimits | None = None) -> list[Edit]:
     """``target`` (ticks) rewritten as a variation of ``source``: the source's notes copied over it
     (the one splice; the rest of the song kept as it is), then a block of about ``vary`` of its bars
-    rewritten by infill, both sides known. One Edit, reporting the whole target span."""
+    rewritten by infill, both sides known. One Edit per sample (row i: seed + i), reporting the whole
+    target span."""
     (lo, hi), (tlo, thi) = source, target
     if hi - lo != thi - tlo:
         raise UsageError(f"the two spans differ in length ({hi - lo} and {thi - tlo} ticks): a variation keeps the length")
     if not 0 < vary <= 1:
         raise UsageError(f"--vary must be in (0, 1], got {vary}")
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    t0 = time.perf_counter()
+    if int(num_samples) < 1:
+        raise UsageError("num_samples must be >= 1")
+    first = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).seed
     targets = score_instruments(score) if instruments is None else sorted(int(i) for i in instruments)
-    copied, written, removed = copy_span(score.copy(), source, tlo, targets)
-    a, b = _block_ticks(copied, target, vary, sampling.seed)
-    start, end = (float(x) for x in seconds_at_tick(copied, [a, b]))
-    (edit,) = infill_edits(model, codec, copied, start_s=start, end_s=end, instruments=targets,
-                           seed=sampling.seed, temperature=temperature, top_k=top_k, top_p=top_p,
-                           controls=controls, device=device, limits=limits)
     span = tuple(float(x) for x in seconds_at_tick(score, [tlo, thi]))
-    return [Edit(edit.score, written + edit.written - edit.removed, removed, edit.span_steps, span,
-                 tuple(targets), edit.new_tracks, time.perf_counter() - t0, edit.hearing)]
+    out = []
+    for row in range(int(num_samples)):
+        t0 = time.perf_counter()
+        copied, written, removed = copy_span(score.copy(), source, tlo, targets)
+        a, b = _block_ticks(copied, target, vary, first + row)
+        start, end = (float(x) for x in seconds_at_tick(copied, [a, b]))
+        (edit,) = infill_edits(model, codec, copied, start_s=start, end_s=end, instruments=targets,
+                               seed=first + row, temperature=temperature, top_k=top_k, top_p=top_p,
+                               controls=controls, device=device, limits=limits)
+        out.append(Edit(edit.score, written + edit.written - edit.removed, removed, edit.span_steps, span,
+                        tuple(targets), edit.new_tracks, time.perf_counter() - t0, edit.hearing))
+    return out
 
 
 def _block_ticks(score, target: tuple[int, int], vary: float, seed: int) -> tuple[int, int]:
