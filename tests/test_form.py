@@ -225,3 +225,57 @@ def test_infill_like_refuses_bad_spans(edit_run, marked_song, tmp_path, args, sa
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and says in err[0], r.stderr
+
+
+# ----- the studio's API: a form, its sections over the roll, and "make this like that" ------------------
+
+
+@pytest.fixture(scope="module")
+def form_server(edit_run, tmp_path_factory):
+    from studio_server import Server
+
+    s = Server(edit_run, tmp_path_factory.mktemp("studio-form-ws"))
+    yield s
+    assert s.stop() == 0, "".join(s.stderr)[-2000:]
+
+
+def test_studio_writes_a_form_shows_its_sections_and_varies_one_with_undo(form_server):
+    from studio_server import call, wait_job
+
+    base = form_server.url
+    status, piece = call("POST", f"{base}/api/pieces", {"name": "form"})
+    assert status == 201, piece
+    pid = piece["id"]
+    status, job = call("POST", f"{base}/api/pieces/{pid}/generate", {"form": "A:2 B:2 A:2", "seed": 5, "tempo": 100})
+    assert status == 202, job
+    job, _, _ = wait_job(base, job)
+    assert job["status"] == "done", job
+    v1 = job["versions"][0]
+    status, roll = call("GET", f"{base}/api/pieces/{pid}/versions/{v1}/roll")
+    assert status == 200
+    labels = [s["label"] for s in roll["sections"]]
+    assert labels == ["A", "B", "A"]
+    a1, b, a2 = roll["sections"]
+    assert a1["start"] == 0 and a1["end"] == b["start"] and b["end"] == a2["start"] > 0
+    # make the second A like B (same length): a new version, B's onsets there but for the bar written anew
+    status, job = call("POST", f"{base}/api/pieces/{pid}/like",
+                       {"start_s": a2["start"], "end_s": a2["end"], "like_start_s": b["start"], "like_end_s": b["end"],
+                        "seed": 1, "vary": 0.5})
+    assert status == 202, job
+    job, _, _ = wait_job(base, job)
+    assert job["status"] == "done", job
+    v2 = job["versions"][0]
+    piece = call("GET", f"{base}/api/pieces/{pid}")[1]
+    assert piece["current"] == v2 and piece["can_undo"]
+    assert "like" in next(v for v in piece["versions"] if v["id"] == v2)["label"]
+    status, roll2 = call("GET", f"{base}/api/pieces/{pid}/versions/{v2}/roll")
+    before = Counter((n, p) for t in roll["tracks"] for n, p in zip(t["start"], t["pitch"]) if n < a2["start"])
+    after = Counter((n, p) for t in roll2["tracks"] for n, p in zip(t["start"], t["pitch"]) if n < a2["start"])
+    assert before == after and sum(before.values()) > 0  # everything before the span is kept
+    assert call("POST", f"{base}/api/pieces/{pid}/undo")[1]["current"] == v1
+    # a bad form and a span past the end are one-line 4xx
+    status, err = call("POST", f"{base}/api/pieces/{pid}/generate", {"form": "A:0"})
+    assert status == 400 and "0 bars" in err["detail"]
+    status, err = call("POST", f"{base}/api/pieces/{pid}/like",
+                       {"start_s": 0, "end_s": 999, "like_start_s": 0, "like_end_s": 999})
+    assert status == 400 and "past the end" in err["detail"]

@@ -249,6 +249,8 @@ def copy_span(score, source: tuple[int, int], target_start: int, instruments=Non
     ``target_start`` through the one splice, after the notes of ``instruments`` (or all) starting in the
     target were removed; each copied note ends by the target's end. Returns (score, copied, removed)."""
     lo, hi = source
+    if lo == target_start:  # a span copied onto itself is itself
+        return score, 0, 0
     end = target_start + (hi - lo)
     removed = drop_notes(score, target_start, end, instruments)
     notes = _notes_in(score, lo, hi, target_start - lo, end)
