@@ -94,7 +94,8 @@ def returning_share(f, bars: int, length: int = 8) -> float:
     for s in range(length, bars - length + 1):
         n += 1
         i = np.arange(s, s + length)
-        hits += any(similarity(f, i, np.arange(e, e + length)).mean() >= RETURN_SIMILARITY for e in range(0, s - length + 1))
+        earlier = (similarity(f, i, np.arange(e, e + length)).mean() for e in range(0, s - length + 1))
+        hits += any(x >= RETURN_SIMILARITY for x in earlier)
     return hits / max(1, n)
 
 
@@ -165,7 +166,8 @@ def exact_repeats(song) -> tuple[int, int]:
         last = r["bars"][1] - (r["seam_bar"] is not None)
         n = last - r["bars"][0]
         src = r["of_bars"][0]
-        good += all(_bar_counter(back, r["bars"][0], last, m) == _bar_counter(back, src, src + n, m) for m in (None, data))
+        good += all(_bar_counter(back, r["bars"][0], last, m) == _bar_counter(back, src, src + n, m)
+                    for m in (None, data))
     return good, total
 
 

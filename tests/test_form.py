@@ -206,7 +206,8 @@ def test_infill_like_keeps_the_rest_and_copies_most_bars(edit_run, marked_song, 
     # user's own notes of one pitch overlapped (the overlap rule); a kept note ringing in from bar 4 may
     # keep a copied one out of bar 5, so bars 6-8 are compared: one of them is rewritten
     onsets = lambda c: Counter({k[:2] + k[3:]: v for k, v in c.items()})  # noqa: E731
-    same = [b for b in range(6, 9) if onsets(_bar_notes(after, at, b, b)) == onsets(_bar_notes(before, at, b - 4, b - 4))]
+    same = [b for b in range(6, 9)
+            if onsets(_bar_notes(after, at, b, b)) == onsets(_bar_notes(before, at, b - 4, b - 4))]
     assert len(same) == 2, same
     # the song itself overlaps notes of one pitch here and there; nothing written adds to them
     assert mido_notes(Path(line["file"]).read_bytes())[1] <= mido_notes(marked_song.read_bytes())[1]

@@ -11,7 +11,8 @@ from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.controls import resolve
-from midigen.generate.form import VARY_SHARE, form_summary, parse_form, parse_section_controls, section_bands, write_form
+from midigen.generate.form import (VARY_SHARE, form_summary, parse_form, parse_section_controls, section_bands,
+                                   write_form)
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sampling import Sampling
 from midigen.generate.synth import Renderer, wav_beside

@@ -102,12 +102,14 @@ def _check_labels(sections: list[Section]) -> None:
     size = {}
     for s in sections:
         if size.setdefault(s.label, s.bars) != s.bars:
-            raise UsageError(f"section {s.label} has {size[s.label]} bars and also {s.bars}: a repeat is the same length")
+            raise UsageError(f"section {s.label} has {size[s.label]} bars and also {s.bars}: "
+                             "a repeat is the same length")
     for s in sections:
         if s.parent is not None and s.parent not in size:
             raise UsageError(f"{s.label} varies {s.parent}, which the form does not have")
         if s.parent is not None and size[s.parent] != s.bars:
-            raise UsageError(f"{s.label} has {s.bars} bars but {s.parent} has {size[s.parent]}: a variation keeps the length")
+            raise UsageError(f"{s.label} has {s.bars} bars but {s.parent} has {size[s.parent]}: "
+                             "a variation keeps the length")
 
 
 def parse_section_controls(text: str) -> tuple[str, dict[str, str]]:
@@ -493,7 +495,8 @@ def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: t
     target span."""
     (lo, hi), (tlo, thi) = source, target
     if hi - lo != thi - tlo:
-        raise UsageError(f"the two spans differ in length ({hi - lo} and {thi - tlo} ticks): a variation keeps the length")
+        raise UsageError(f"the two spans differ in length ({hi - lo} and {thi - tlo} ticks): "
+                         "a variation keeps the length")
     if not 0 < vary <= 1:
         raise UsageError(f"--vary must be in (0, 1], got {vary}")
     if int(num_samples) < 1:
