@@ -393,9 +393,7 @@ def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampli
             song.rewritten[step.label] = (step.first_bar, step.last_bar)
         else:
             w.rewrite(k, step.label, step.first_bar, step.last_bar)
-        if step.kind in ("anchor", "first"):
-            w.place(sections, step.label, _family(sections, step.label))
-        elif step.kind == "vary":
+        if step.kind != "seam":  # a finished section goes wherever its label (or a variation of it) stands
             w.place(sections, step.label, _family(sections, step.label))
         kind = {"anchor": "first", "first": "infill", "vary": "infill"}.get(step.kind, "seams")
         song.seconds_by_kind[kind] = song.seconds_by_kind.get(kind, 0.0) + time.perf_counter() - t0
