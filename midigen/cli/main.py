@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --form: the share of a variation's bars rewritten (default 1/3)")
     g.add_argument("--section", default=None, action="append", metavar="LABEL:NAME=VALUE,...",
                    help="with --form: controls for one section, e.g. 'B:density=high,key=E minor' (repeatable; "
-                        "the song's --style/--key/--density hold elsewhere)")
+                        "default: the song's --style/--key/--density everywhere)")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",
@@ -395,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the span as the section a marker of the song names (to the next marker; no default)")
     s.add_argument("--like", default=None, metavar="BARS|NAME",
                    help="rewrite the span as a variation of these bars (e.g. 1-8) or of the section a marker names "
-                        "(e.g. 'Chorus 1'): a copy of it with about --vary of its bars written anew")
+                        "(e.g. 'Chorus 1'): a copy of it with about --vary of its bars written anew "
+                        "(default: none, a plain infill)")
     s.add_argument("--vary", type=_positive_float, default=None, metavar="F",
                    help="with --like: the share of bars written anew (default 1/3)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
