@@ -20,6 +20,12 @@ time, and CPU time of the process and its worker, which a busy machine disturbs 
 the rounds above (``--repeat 0`` skips them):
 
     .venv/bin/python benchmarks/prepare_speed.py --compare c3c769f --songs 4000 --pairs 7
+
+With ``--chords-cost`` it times prepare (in this process, one worker) with chords (codec v4: every song
+labelled, its CHORD tokens written) and without (``chords=False``, codec v3) on the same files,
+alternating for ``--pairs`` pairs, and prints the median ratio and where the extra time goes per file:
+
+    .venv/bin/python benchmarks/prepare_speed.py --chords-cost --songs 2000 --pairs 5
 """
 from __future__ import annotations
 
@@ -162,6 +168,50 @@ def compare_trees(ref: str, songs: Path, pairs: int) -> dict:
             "old_tokens": tokens["old"], "new_tokens": tokens["new"], "load_avg": os.getloadavg()[0]}
 
 
+def chords_cost(songs: Path, pairs: int) -> dict:
+    """prepare with chords against prepare without, same files, one worker, alternating (after one
+    untimed run of each); plus the per-file cost of labelling and inserting chords, timed alone."""
+    import numpy as np
+
+    from midigen.music.codec import Codec
+
+    def run(chords: bool) -> tuple[float, dict]:
+        out = songs.parent / f"out-chords-{chords}"
+        shutil.rmtree(out, ignore_errors=True)
+        t = time.perf_counter()
+        s = prepare([str(songs)], out, workers=1, progress=False, chords=chords)
+        return time.perf_counter() - t, s
+
+    run(True), run(False)
+    times: dict = {True: [], False: []}
+    summary = {}
+    for i in range(pairs):
+        for chords in ((True, False) if i % 2 == 0 else (False, True)):
+            wall, summary[chords] = run(chords)
+            times[chords].append(wall)
+    ratios = [a / b for a, b in zip(times[True], times[False])]
+    from midigen.music import codec_jit
+
+    files = sorted(p for p in songs.rglob("*") if p.is_file())[:300]
+    codec = Codec()
+    codec_jit.available(codec)  # as prepare's workers do: the compiled Viterbi, when it passes its check
+    base = [codec.encode_base([codec.read_midi(p.read_bytes())])[0] for p in files]
+    t = time.perf_counter()
+    for tokens in base:
+        codec.add_chords(tokens)
+    per_file = (time.perf_counter() - t) / len(base)
+    return {"files": summary[True]["files_seen"], "pairs": pairs,
+            "with_chords_s": [round(x, 3) for x in times[True]], "without_chords_s": [round(x, 3) for x in times[False]],
+            "median_with_s": round(statistics.median(times[True]), 3),
+            "median_without_s": round(statistics.median(times[False]), 3),
+            "ratio_each_pair": [round(r, 3) for r in ratios], "median_ratio_with_over_without": round(statistics.median(ratios), 3),
+            "tokens_with": summary[True]["tokens"], "tokens_without": summary[False]["tokens"],
+            "token_ratio": round(summary[True]["tokens"] / summary[False]["tokens"], 4),
+            "label_and_insert_us_per_file": round(per_file * 1e6, 1),
+            "notes_per_file": round(float(np.mean([codec.count_notes(b) for b in base]))),
+            "load_avg": os.getloadavg()[0]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--songs", type=int, default=12000, help="generated multi-track GM songs")
@@ -173,12 +223,22 @@ def main() -> None:
     ap.add_argument("--compare", default=None, metavar="REV",
                     help="instead: whole-process prepare of this tree against git revision REV, alternating")
     ap.add_argument("--pairs", type=int, default=5, help="--compare: timed old/new pairs; the medians count")
+    ap.add_argument("--chords-cost", action="store_true",
+                    help="instead: prepare with chords (codec v4) against without (v3), alternating --pairs pairs")
     a = ap.parse_args()
     import mido
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         quarter, rest = build_corpus(tmp, a.songs, a.bars, a.folder)
+        if a.chords_cost:
+            res = chords_cost(tmp / "songs", a.pairs)
+            print(json.dumps(res, indent=1))
+            print(f"prepare, 1 worker, {res['files']} files: {res['median_with_s']} s with chords vs "
+                  f"{res['median_without_s']} s without (medians of {res['pairs']} alternating pairs); median ratio "
+                  f"{res['median_ratio_with_over_without']}x; labelling and inserting chords "
+                  f"{res['label_and_insert_us_per_file']} us per file; tokens x{res['token_ratio']}", file=sys.stderr)
+            return
         compared = compare_trees(a.compare, tmp / "songs", a.pairs) if a.compare else None
         if compared:
             print(json.dumps(compared, indent=1), flush=True)

@@ -8,6 +8,17 @@ never trained, as a user's drums would be for the demo model; the adapter trains
 
     python benchmarks/tune.py                       # both shapes, 5 timed steps each
     python benchmarks/tune.py --shapes demo --steps 20
+
+``--quality BASE`` measures what tuning changes in the music instead (the demo model as base): a
+collection is tuned into an adapter (``--music DIR``, else 60 made band songs from tests/songgen.py,
+none in the demo corpus; ``--adapter DIR`` reuses a finished tune), then 16 samples with no controls
+from the base and from the adapter (``midigen sample``, same seeds) are measured: the share of their
+notes on instruments the collection uses, whether drums appear (the collection has drums), and a
+nearest-centroid classifier on the music features `midigen eval --samples` computes
+(``eval.metrics.piece_features``, z-scored over both references): the share of samples nearer the
+collection's centroid than the demo corpus's (its test split, ``--demo-data``).
+
+    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --minutes 8
 """
 from __future__ import annotations
 
@@ -21,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -87,8 +99,109 @@ def child(shape: str, mode: str, steps: int, new: int) -> dict:
     return out
 
 
+# ----- quality: what the tuned model writes --------------------------------------------------------
+
+
+def midigen(*args) -> str:
+    r = subprocess.run([sys.executable, "-m", "midigen", *map(str, args)], cwd=REPO, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if r.returncode:
+        sys.exit(f"midigen {args[0]} failed: {r.stderr[-2000:]}")
+    return r.stdout
+
+
+def instruments_of(path: Path) -> dict[int, int]:
+    """Notes per instrument (GM program, 128 = drums) in a MIDI file."""
+    import symusic
+
+    out: dict[int, int] = {}
+    for t in symusic.Score(str(path)).tracks:
+        key = 128 if t.is_drum else int(t.program)
+        out[key] = out.get(key, 0) + t.note_num()
+    return out
+
+
+FEATURE_NAMES = ("pitch_class_entropy", "polyphony", "notes_per_second", "pitch_range", "in_scale_rate",
+                 "drum_density")  # eval.metrics.FEATURES' scalar ones (not the IOI histogram)
+
+
+def features(codec, tokens_list, cut: float | None = None) -> np.ndarray:
+    from midigen.eval.metrics import piece_features
+
+    rows = [piece_features(codec, t, max_seconds=cut) for t in tokens_list]
+    return np.array([[r[n] for n in FEATURE_NAMES] for r in rows if r is not None], dtype=float)
+
+
+def sample_set(ckpt: Path, out: Path, n: int, seconds: float) -> list[Path]:
+    midigen("sample", "--ckpt", ckpt, "--num-samples", n, "--seconds", seconds, "--seed", 1, "--out", out,
+            "--device", "cpu")
+    return sorted(out.glob("*.mid"))
+
+
+def quality(a) -> None:
+    from midigen.eval.metrics import real_pieces
+
+    work = Path(tempfile.mkdtemp(prefix="tune-quality-"))
+    music = Path(a.music) if a.music else None
+    if music is None:
+        sys.path.insert(0, str(REPO / "tests"))
+        from songgen import write_songs
+
+        music = work / "band"
+        write_songs(music, 60)
+    adapter = Path(a.adapter) if a.adapter else work / "adapter"
+    if not a.adapter:
+        t0 = time.perf_counter()
+        res = json.loads(midigen("tune", "--ckpt", a.quality, music, "--out", adapter, "--style", "band",
+                                 "--minutes", a.minutes, "--no-progress", "--device", "cpu"))
+        print(f"tune: {(time.perf_counter() - t0) / 60:.1f} min, stopped {res['stopped']} at step {res['step']}, "
+              f"held-out bits/note {res['base_val_bits_per_note']:.2f} -> {res['val_bits_per_note']:.2f}")
+    files = sorted(p for p in music.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
+    used: set[int] = set()
+    for p in files:
+        used |= set(instruments_of(p))
+    print(f"collection: {len(files)} files, instruments {sorted(used)}; drums: {128 in used}")
+    codec, demo = real_pieces(a.demo_data, "test")
+    sets = {name: sample_set(ckpt, work / name, a.samples, a.sample_seconds)
+            for name, ckpt in (("base", Path(a.quality)), ("tuned", adapter))}
+    gen = {name: [codec.encode(p.read_bytes()) for p in paths] for name, paths in sets.items()}
+    cut = a.sample_seconds  # the references cut to the samples' length, as `eval --samples` does
+    ref_c = features(codec, [codec.encode(p.read_bytes()) for p in files], cut)
+    ref_d = features(codec, demo, cut)
+    both = np.vstack([ref_c, ref_d])
+    mu, sd = both.mean(0), both.std(0) + 1e-9
+    cc, cd = ((ref_c - mu) / sd).mean(0), ((ref_d - mu) / sd).mean(0)
+    print(f"\n{a.samples} samples of {a.sample_seconds:g} s, no controls, seed 1; references: the collection "
+          f"({len(ref_c)}) and the demo corpus's test split ({len(ref_d)}), cut to {cut:g} s")
+    means = {"collection": ref_c.mean(0), "demo corpus": ref_d.mean(0),
+             **{name: features(codec, gen[name]).mean(0) for name in sets}}
+    print("  feature means: " + ", ".join(f for f in FEATURE_NAMES))
+    for name, m in means.items():
+        print(f"    {name:11s} " + "  ".join(f"{v:7.3f}" for v in m))
+    for name, paths in sets.items():
+        counts: dict[int, int] = {}
+        for p in paths:
+            for k, v in instruments_of(p).items():
+                counts[k] = counts.get(k, 0) + v
+        total = sum(counts.values()) or 1
+        share = sum(v for k, v in counts.items() if k in used) / total
+        with_drums = sum(128 in instruments_of(p) for p in paths)
+        x = (features(codec, gen[name]) - mu) / sd
+        nearer = float(np.mean(np.linalg.norm(x - cc, axis=1) < np.linalg.norm(x - cd, axis=1)))
+        print(f"  {name:5s}: notes on the collection's instruments {100 * share:5.1f}% ({total} notes); "
+              f"samples with drums {with_drums}/{len(paths)}; nearer the collection than the demo corpus "
+              f"{100 * nearer:.0f}% ({len(x)} with notes)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quality", metavar="BASE", help="measure the music instead: tune BASE (the demo model)")
+    ap.add_argument("--music", help="with --quality: the collection (default: 60 made band songs)")
+    ap.add_argument("--adapter", help="with --quality: a finished tune of --music to reuse")
+    ap.add_argument("--demo-data", default=str(REPO / "data" / "demo"), help="the base's prepared corpus")
+    ap.add_argument("--minutes", type=float, default=8.0, help="with --quality: the tune's time limit")
+    ap.add_argument("--samples", type=int, default=16)
+    ap.add_argument("--sample-seconds", type=float, default=20.0)
     ap.add_argument("--shapes", default="demo,124m")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--new", type=int, default=128, help="ids the base never trained (default 128)")
@@ -99,6 +212,9 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     if a.child:
         print(json.dumps(child(*a.child, a.steps, a.new)))
+        return
+    if a.quality:
+        quality(a)
         return
     print(f"torch {torch.__version__}, {a.threads or torch.get_num_threads()} threads, "
           f"{a.steps} timed steps after 1 warm-up")

@@ -60,7 +60,7 @@ def test_unknown_version_and_inconsistent_tpq_are_refused(codec):
 
 
 def test_control_and_marker_ranges(codec):
-    assert codec.version == CODEC_VERSION == 3 and codec.controls_first
+    assert codec.version == CODEC_VERSION == 4 and codec.controls_first and codec.has_chords
     kinds = codec.kinds(np.arange(codec.vocab_size))
     assert (kinds == Kind.STYLE).sum() == N_STYLES
     assert (kinds == Kind.KEY).sum() == N_KEYS

@@ -96,3 +96,74 @@ def test_compare_samples_bad_input(tmp_path, tiny_dataset):
         capture_output=True, text=True, timeout=120,
     )
     assert res.returncode == 2 and "no readable MIDI" in res.stderr
+
+
+# ----- chord adherence: the share of note-time inside the requested chord ---------------------------
+
+
+def _score(notes, drums=()) -> "symusic.Score":
+    """A 4/4 score at 480 ticks per quarter: (start beat, beats, pitch) piano notes, and drum hits."""
+    import symusic
+
+    s = symusic.Score(480)
+    s.time_signatures.append(symusic.TimeSignature(0, 4, 4))
+    piano = symusic.Track("piano", 0, False)
+    for beat, length, pitch in notes:
+        piano.notes.append(symusic.Note(int(beat * 480), int(length * 480), pitch, 80))
+    s.tracks.append(piano)
+    if drums:
+        kit = symusic.Track("drums", 0, True)
+        for beat in drums:
+            kit.notes.append(symusic.Note(int(beat * 480), 120, 42, 90))
+        s.tracks.append(kit)
+    return s
+
+
+def _adherence(score, chart: str):
+    from midigen.music.chordtext import chart_beats, parse_chords
+    from midigen.music.timing import beat_grid
+
+    grid = beat_grid(score)
+    return metrics.chord_adherence(score, grid, chart_beats(parse_chords(chart), grid)), grid
+
+
+def test_adherence_of_a_triad_under_itself_and_under_another_chord():
+    c_major = _score([(0, 4, 60), (0, 4, 64), (0, 4, 67)])
+    assert _adherence(c_major, "C")[0] == 1.0
+    assert _adherence(c_major, "Am")[0] == pytest.approx(2 / 3)  # C and E are A minor's, G is not
+    assert _adherence(c_major, "F#")[0] == 0.0
+    assert _adherence(c_major, "C7")[0] == 1.0  # a seventh chord holds its triad
+
+
+def test_adherence_weighs_notes_by_the_time_they_sound_under_each_chord():
+    """C held two bars under | C | G |, then a beat of D under G: (4 + 1) of 9 beats are chord tones.
+    Drums are not pitched music and count for nothing."""
+    held = [(0, 8, 48), (4, 1, 62)]
+    assert _adherence(_score(held), "C G")[0] == pytest.approx(5 / 9)
+    assert _adherence(_score(held, drums=range(8)), "C G")[0] == pytest.approx(5 / 9)
+    # two chords a bar, each two beats: C's first half under C, its second under G
+    assert _adherence(_score([(0, 4, 60)]), "C G | C G")[0] == pytest.approx(0.5)
+
+
+def test_no_chord_asks_for_nothing_and_a_silent_request_has_no_share():
+    score = _score([(0, 4, 60), (4, 4, 61)])  # C in bar 1, C# in bar 2
+    assert _adherence(score, "C N.C.")[0] == 1.0  # bar 2 asks for no chord: its C# is not counted
+    grid = _adherence(score, "C")[1]
+    assert metrics.chord_note_time(score, grid, np.full(len(grid), 108)) == (0.0, 0.0)
+    assert metrics.chord_adherence(score, grid, np.full(len(grid), 108)) is None
+
+
+def test_a_real_piece_under_its_own_labels_sits_high(music21_dir):
+    """A Bach chorale under the labeller's own chords: most of its note-time is chord tones, passing
+    notes are not (the ceiling the benchmark compares generated music with)."""
+    import symusic
+
+    from midigen.music.chords import label_chords
+
+    path = sorted((music21_dir / "chorale").rglob("*.mid"))[0]
+    score = symusic.Score(str(path))
+    song = label_chords(score)
+    share = metrics.chord_adherence(score, song.grid, song.labels)
+    assert 0.7 < share < 1.0
+    shifted = np.where(song.labels < 108, (song.labels + 9 * 6) % 108, 108)  # every root a tritone away
+    assert metrics.chord_adherence(score, song.grid, shifted) < share - 0.3

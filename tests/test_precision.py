@@ -70,6 +70,8 @@ def test_conversion_touches_the_blocks_only(edit_run, precision):
     assert want in kinds
     if precision != "fp32":
         assert torch.nn.Linear not in kinds
+    fp32, _, _ = load_checkpoint(edit_run, "cpu", precision="fp32")
+    assert model.num_params() == fp32.num_params() == sum(p.numel() for p in fp32.parameters())
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)

@@ -5,9 +5,15 @@ The flags themselves are defined in ``midigen.cli.main``; here they become the l
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from midigen.errors import UsageError
 from midigen.generate.controls import check_instruments, instrument_words, resolve, resolve_instruments
 from midigen.generate.sampling import Sampling
+from midigen.music.chords import ChordError, label_chords
+from midigen.music.chordtext import ChordSymbol, read_chord_text
+from midigen.music.codec import Codec, CodecError
+from midigen.music.timing import meters
 
 
 def sampling_flags(a) -> Sampling:
@@ -32,3 +38,33 @@ def instruments_flag(value, known, flag: str, owner: str = "this checkpoint know
     if not instrument_words(value):
         raise UsageError(f"{flag} needs at least one name or program number")
     return resolve_instruments(value, known, owner=owner)
+
+
+def chord_flags(a) -> tuple[list | None, tuple[int, int] | None]:
+    """--chords/--chords-from (/--free-chords) -> (the chart or None, the meter of a --chords-from song).
+
+    A song's chart is its labelled chords beat by beat (each bar a list of its beats' chords, so the
+    chart's equal shares are its beats) on its own bars; its first meter comes with it."""
+    given = [f for f in ("chords", "chords_from") if getattr(a, f, None) is not None]
+    if len(given) > 1:
+        raise UsageError("give --chords or --chords-from, not both")
+    if given and getattr(a, "free_chords", False):
+        raise UsageError("--free-chords lets the model choose the chords: it takes no --chords or --chords-from")
+    if getattr(a, "chords", None) is not None:
+        return read_chord_text(a.chords), None
+    if getattr(a, "chords_from", None) is None:
+        return None, None
+    path = Path(a.chords_from)
+    try:
+        score = Codec().read_midi(path.read_bytes())
+        song = label_chords(score)
+    except OSError as e:
+        raise UsageError(f"cannot read --chords-from {path}: {e.strerror or e}") from None
+    except (CodecError, ChordError) as e:
+        raise UsageError(f"bad --chords-from {path}: {e}") from None
+    if not len(song.labels):
+        raise UsageError(f"--chords-from {path} has no notes to read chords from")
+    bars = [[] for _ in range(int(song.grid.bars[-1]) + 1)]
+    for bar, label in zip(song.grid.bars, song.labels):
+        bars[bar].append(ChordSymbol(int(label)))
+    return [b for b in bars if b], tuple(meters(score)[0][1:])

@@ -142,6 +142,18 @@ def _one_per_style(seed: str) -> None:
         print(out, end="")
 
 
+DEMO_CHORDS = "C Am F G"
+
+
+def _on_chords(seed: str) -> list[str]:
+    """One piece written on ``DEMO_CHORDS`` (the grammar forces the chart bar by bar; the model writes the
+    notes), its piano roll drawn; the files written."""
+    out = _midigen("sample", "--ckpt", str(RUN), "--chords", DEMO_CHORDS, "--seconds", "30", "--seed", seed,
+                   "--out", str(OUT / "chords"), "--wav", "--png", capture=True, fatal=False)
+    print(out, end="")
+    return [line.split()[-1] for line in out.splitlines() if line.strip().endswith((".mid", ".wav", ".png"))]
+
+
 def main() -> int:
     t0 = time.time()
     if not CONFIG.exists():
@@ -166,8 +178,10 @@ def main() -> int:
                    "--out", str(OUT), "--wav", "--png", capture=True)
     print(out, end="")
     written = [line.split()[-1] for line in out.splitlines() if line.strip().endswith((".mid", ".wav", ".png"))]
-    print("[3/5] ... and one piece per style")
+    print("[3/5] ... one piece per style")
     _one_per_style(seed)
+    print(f"[3/5] ... and one piece on the chords {DEMO_CHORDS}")
+    on_chords = _on_chords(seed)
 
     print("[4/5] editing: one infilled piece, one song with a form (A B A B A) and one harmonized melody")
     edited = _edit_demo(written, seed)
@@ -186,12 +200,14 @@ def main() -> int:
     print(f"  test bits/note: model {ev.get('bits_per_note', float('nan')):.3f}, "
           f"{ev.get('ngram_order', 5)}-gram baseline {ev.get('ngram_bits_per_note', float('nan')):.3f} "
           f"(ratio {ratio:.2f}; lower is better)")
+    print(f"  on chords     {DEMO_CHORDS}: " + (", ".join(on_chords) or "(failed; see above)"))
     for line in edited:
         print(f"  {line}")
     wavs = [w for w in written if w.endswith(".wav")]
     print("  listen:       " + (wavs[0] if wavs else f"{OUT}/*.wav") + "  (any audio player), or")
     print(f"                midigen sample --ckpt {RUN} --seconds 30 --play")
     print("  more music:   midigen sample --ckpt out/demo/model --num-samples 4 --style quartet --wav")
+    print("  your chords:  midigen sample --ckpt out/demo/model --chords 'Dm7 G7 | Cmaj7 | Am7 D7 | G' --png")
     print("  studio:       midigen studio --ckpt out/demo/model --open   (hear, see, generate, continue in a browser)")
     print("=" * 72)
     return 0

@@ -7,7 +7,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
+from midigen.cli.common import chord_flags, instruments_flag, sampling_flags, steering_flags
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
@@ -159,6 +159,9 @@ def infill(a) -> None:
     sampling = sampling_flags(a)
     _check_out(a)
     _check_span_flags(a)
+    chart, _ = chord_flags(a)
+    if chart is not None and a.like is not None:
+        raise UsageError("--chords does not go with --like yet: a variation keeps its section's own harmony")
     score = _read_song(Codec(), a.song)
     target = _span_ticks(score, a.section, a.bars) if a.bars is not None or a.section is not None else None
     source = None
@@ -176,7 +179,7 @@ def infill(a) -> None:
     start, end = (a.start, a.end) if target is None else (float(x) for x in seconds_at_tick(score, list(target)))
     edits = _redrawn(a, score, "infill", lambda **kw: infill_edits(
         model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, limits=limits,
-        known_instruments=caps["instruments"], **kw), sampling, device)
+        known_instruments=caps["instruments"], chords=chart, free_chords=a.free_chords, **kw), sampling, device)
     _write(a, edits, "infill", soundfont)
 
 
@@ -184,6 +187,7 @@ def arrange(a) -> None:
     """``midigen arrange``: write parts for ``--add`` over the whole song, keeping ``--keep``."""
     sampling = sampling_flags(a)
     _check_out(a)
+    chart, _ = chord_flags(a)
     score = _read_song(Codec(), a.song)
     model, codec, device, soundfont, caps, limits = _load(a)
     add = instruments_flag(a.add, caps["instruments"], "--add")
@@ -191,5 +195,5 @@ def arrange(a) -> None:
     controls, _ = steering_flags(a, caps, codec, add)
     edits = _redrawn(a, score, "arrange", lambda **kw: arrange_edits(
         model, codec, score, add=add, keep=keep, controls=controls, limits=limits,
-        known_instruments=caps["instruments"], **kw), sampling, device)
+        known_instruments=caps["instruments"], chords=chart, free_chords=a.free_chords, **kw), sampling, device)
     _write(a, edits, "arrange", soundfont)

@@ -29,6 +29,9 @@ def check_form_flags(a) -> list:
                         ("--free-tempo", a.free_tempo or None)):
         if value is not None:
             raise UsageError(f"--form sets the song's length and writes it from nothing: it takes no {flag}")
+    for flag in ("chords", "chords_from", "free_chords"):
+        if getattr(a, flag, None):
+            raise UsageError(f"--form takes no --{flag.replace('_', '-')} yet (per-section chords are still to come)")
     if a.vary is not None and not 0 < a.vary <= 1:
         raise UsageError(f"--vary must be in (0, 1], got {a.vary}")
     return parse_form(a.form)

@@ -72,7 +72,7 @@ def cmd_prepare(a) -> int:
     summary = prepare(
         sources=a.sources, out=a.out, workers=a.workers, val_frac=a.val_frac, test_frac=a.test_frac,
         url=a.url, timeout=a.timeout, progress=not a.no_progress, split=a.split,
-        style_from=a.style_from, styles=a.styles,
+        style_from=a.style_from, styles=a.styles, chords=not a.no_chords,
     )
     for line in summary["split_notes"]:
         print(f"midigen prepare: note: {line}", file=sys.stderr)
@@ -125,7 +125,7 @@ def cmd_eval(a) -> int:
     from midigen.eval.evaluate import evaluate  # start-up time
 
     _print_json(evaluate(a.ckpt, a.data, split=a.split, max_tokens=a.max_tokens, ngram_order=a.ngram_order,
-                         controls=a.controls, precision=a.precision))
+                         controls=a.controls, precision=a.precision, by_kind=a.by_kind))
     return 0
 
 
@@ -186,6 +186,7 @@ def _edit_flags(s: argparse.ArgumentParser) -> None:
     _sampling_flags(s)
     _output_flags(s, png_help="also draw a piano roll with the written part marked")
     _add_control_flags(s, meter=False)
+    _chord_flags(s, edit=True)
 
 
 def cmd_chords(a) -> int:
@@ -238,6 +239,22 @@ def _output_flags(s, png_help: str) -> None:
     s.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
     _precision_flag(s)
     s.add_argument("--free-range", action="store_true", help=_FREE_RANGE_HELP)
+
+
+def _chord_flags(s, edit: bool) -> None:
+    """--chords/--chords-from (and, for edits, --free-chords): the harmony to write on (codec v4 models)."""
+    g = s.add_argument_group("chords (a model trained with chords, codec v4)")
+    where = "over the span, from the bar it starts in" if edit else "bar by bar from where the new music starts"
+    g.add_argument("--chords", default=None, metavar="CHART",
+                   help=f"a chord chart forced {where}, repeating to the end: 'C G Am F' (a bar each) or "
+                        "'C G | Am F | Dm7 G7 | C' (bars of several), or @chart.txt (default: "
+                        + ("the song's own chords" if edit else "the model chooses") + ")")
+    g.add_argument("--chords-from", default=None, metavar="SONG.mid",
+                   help="the chords midigen detects in another song, beat by beat on its bars"
+                        + ("" if edit else " and meter") + " (default: none)")
+    if edit:
+        g.add_argument("--free-chords", action="store_true",
+                       help="let the model choose the span's chords (default: the song's own are forced)")
 
 
 def _precision_flag(s, default: str = "auto") -> None:
@@ -293,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder: tag each file with the first folder under its source as its style")
     s.add_argument("--styles", metavar="FILE.csv", default=None,
                    help="rows of (file name, relative path or content md5; style) tagging files with styles")
+    s.add_argument("--no-chords", action="store_true",
+                   help="write codec v3: no CHORD tokens (skips labelling each song's chords)")
     s.set_defaults(func=cmd_prepare)
 
     s = sub.add_parser("info", help="print a config's model shape, or what a checkpoint can be asked for")
@@ -341,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ngram-order", type=_positive_int, default=5, help="order of the n-gram baseline (default 5)")
     s.add_argument("--controls", action="store_true",
                    help="also score the events with each song's controls in the header and without (same tokens)")
+    s.add_argument("--by-kind", action="store_true",
+                   help="also split the bits by token kind: note and duration tokens, chord tokens (codec v4), the "
+                        "rest; and tokens per note with and without chords")
     _precision_flag(s, default="fp32")  # a score measures the model as trained unless asked otherwise
     s.set_defaults(func=cmd_eval)
 
@@ -367,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --prompt: let the model change tempo in what it writes, if its training data had "
                         "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
+    _chord_flags(s, edit=False)
     g = s.add_argument_group("a song with a form (docs/form.md)")
     g.add_argument("--form", default=None, metavar="TEXT",
                    help="sections as LABEL:BARS, e.g. 'intro:4 A:8 B:8 A:8 B:8 C:8 A:8 outro:4': a repeated label "

@@ -6,12 +6,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
+from midigen.cli.common import chord_flags, instruments_flag, sampling_flags, steering_flags
 from midigen.cli.form import sample_form
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import redraw, sample_warnings
+from midigen.generate.harmony import need_chords
 from midigen.generate.hearing import hearing_note
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.sample import (DEFAULT_SECONDS, continue_song, generate_samples, prompt_plan, sample_score,
@@ -42,12 +43,16 @@ def sample(a) -> None:
         return
     sampling = sampling_flags(a)
     _check_flags(a)
+    chart, chart_meter = chord_flags(a)
     soundfont = find_soundfont(a.soundfont) if a.wav or a.play or a.soundfont else None
     device = best_device(a.device)
     model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
     controls, time_signature = steering_flags(a, caps, codec, instruments)
+    need_chords(codec, chart)
+    if chart_meter is not None and time_signature is None and a.prompt is None:
+        time_signature = chart_meter  # --chords-from: its bars, in its meter
     limits = None if a.free_range else checkpoint_limits(config)
     free_tempo = a.free_tempo and learned_tempo_changes(recorded_ranges(config)) is not False
     if a.free_tempo and not free_tempo:
@@ -60,7 +65,7 @@ def sample(a) -> None:
         renderer.start()
     seconds = a.seconds if a.seconds is not None or a.max_tokens is not None else DEFAULT_SECONDS
     kw = dict(seconds=seconds, max_new_tokens=a.max_tokens, instruments=instruments, tempo=a.tempo, device=device,
-              controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo)
+              controls=controls, time_signature=time_signature, limits=limits, free_tempo=free_tempo, chords=chart)
 
     def draw(seed: int, n: int) -> list:
         s = replace(sampling, seed=seed)
@@ -74,16 +79,19 @@ def sample(a) -> None:
 
     results = redraw(draw, warnings_of, sampling.seed, a.num_samples, a.retry)
     try:
-        _write(a, codec, results, sampling.seed, renderer, hearing_note(plan.hearing) if plan is not None else None)
+        _write(a, codec, results, sampling.seed, renderer, hearing_note(plan.hearing) if plan is not None else None,
+               chart if plan is None else None)
     finally:
         if renderer is not None:
             renderer.close()
 
 
-def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, heard: str | None = None) -> None:
+def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, heard: str | None = None,
+           chart=None) -> None:
     """Each sample's MIDI (+ WAV, PNG) written atomically, its path and a summary printed (with the
     seed that gives it again, and its warnings), then how the model heard the prompt (``heard``, if it
-    heard an instrument as another or left one out)."""
+    heard an instrument as another or left one out). ``chart``: the chords asked for from bar 1, drawn
+    in the PNG's chord lane (else the lane shows what the labeller hears)."""
     out = Path(a.out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,7 @@ def _write(a, codec, results: list, first_seed: int, renderer: Renderer | None, 
         if renderer is not None and (wav := wav_beside(renderer, score, base.with_suffix(".mid"))):
             print(wav, flush=True)
         if a.png:
-            write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})")
+            write_piano_roll(score, base.with_suffix(".png"), title=f"midigen sample {i} (seed {seed})", chords=chart)
             print(base.with_suffix(".png"), flush=True)
         again = "" if seed == first_seed else f" (redrawn: seed {seed} with --num-samples 1 gives it)"
         print(f"sample {i}: {summary(codec, s, score, warnings)}{again}", flush=True)

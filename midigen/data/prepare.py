@@ -44,7 +44,7 @@ from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cp
 from midigen.data.keys import song_key
 from midigen.data.styles import add_duplicate_styles, make_tagger, split_source, StyleTagger
 from midigen.music import codec_jit
-from midigen.music.codec import Codec, CodecError
+from midigen.music.codec import CODEC_VERSION, Codec, CodecError
 from midigen.music.smf import truncation, unwrap_rmid
 
 # ----- the filter rule --------------------------------------------------------------------------
@@ -82,9 +82,9 @@ def reason_key(reason: str) -> str:
 class _Encoder:
     """Per-process codec: the compiled encoder (``codec_jit``) when it passes its check, else numpy."""
 
-    def __init__(self):
+    def __init__(self, version: int = CODEC_VERSION):
         self.CodecError = CodecError
-        self.codec = Codec()
+        self.codec = Codec(version=version)
         c = self.codec
         self.fast = None
         if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
@@ -184,7 +184,7 @@ def _describe(prefix: str, e: BaseException) -> str:
     return f"{prefix}: {type(e).__name__} {msg}".strip()
 
 
-_ENCODER = None
+_ENCODERS: dict = {}  # codec version -> this process's encoder
 
 
 def _write_shard(path: Path, header: dict, blobs: list) -> None:
@@ -211,12 +211,12 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     instead parses file by file and encodes the chunk in one batched call; if that batch crashed
     or hung, the retry encodes file by file.
     """
-    global _ENCODER
-    if _ENCODER is None:
-        _ENCODER = _Encoder()
-    enc = _ENCODER
     shard_path, chunk_id, key, items, *options = payload
     want_md5 = bool(options and options[0])  # --styles keyed by content md5
+    version = options[1] if len(options) > 1 else CODEC_VERSION
+    if version not in _ENCODERS:
+        _ENCODERS[version] = _Encoder(version)
+    enc = _ENCODERS[version]
     rows: list[dict] = []
     parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
     written = 0  # compiled path: kept tokens so far, back to back in the encoder's buffer
@@ -338,13 +338,13 @@ def _chunks(srcs):
         yield close()
 
 
-def _start_work(out: Path, needs_md5: bool = False) -> Path:
+def _start_work(out: Path, needs_md5: bool = False, version: int = CODEC_VERSION) -> Path:
     """``out/.work``, kept from an interrupted run when that run had the same settings, else fresh.
 
     ``needs_md5`` is a setting too: shards written without md5s cannot serve a run that needs them.
     """
     work = out / ".work"
-    job = {"version": JOB_VERSION, "codec": _codec_dict(), "filter": FILTER_RULE, "chunk_files": CHUNK_FILES,
+    job = {"version": JOB_VERSION, "codec": _codec_dict(version), "filter": FILTER_RULE, "chunk_files": CHUNK_FILES,
            "chunk_bytes": CHUNK_BYTES, "md5": needs_md5}
     job_path = work / "job.json"
     try:
@@ -421,13 +421,16 @@ class _Progress:
 
 
 def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None, timeout=60.0,
-            progress=True, split="hash", style_from=None, styles=None) -> dict:
+            progress=True, split="hash", style_from=None, styles=None, chords: bool = True) -> dict:
     """Prepare a dataset folder from MIDI sources; returns the run summary (see module docstring).
 
     ``split`` is a ``midigen.data.splits`` method: "hash" (``val_frac``/``test_frac`` of the files, by
     content hash; 0.01 each by default) or "amt" (by file name, AMT's Lakh split).
     ``STYLE=PATH`` sources, ``style_from`` and ``styles`` (a csv) tag files with styles (``midigen.data.styles``).
+    ``chords``: codec v4, a CHORD token at each change of every song's labelled harmony; False writes
+    codec v3 (no chords, and no labelling cost).
     """
+    version = CODEC_VERSION if chords else 3
     t0 = time.monotonic()
     sources = [sources] if isinstance(sources, (str, os.PathLike)) else sources
     named = [split_source(str(s)) for s in sources]
@@ -439,10 +442,11 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
     _check_out(out)
     srcs = _resolve_sources(sources, url, progress)
     workers = workers or usable_cpus()
-    work = _start_work(out, tagger.needs_md5)
+    work = _start_work(out, tagger.needs_md5, version)
     chunk_list: list[tuple[int, str]] = []
     counts = _Progress(progress)
     merge = _Merge(work, chunk_list, rule, tagger)
+    merge.codec_version = version
 
     def tasks():
         for cid, key, entries in _chunks(srcs):
@@ -459,7 +463,7 @@ def prepare(sources, out, workers=None, val_frac=None, test_frac=None, url=None,
                 counts.merged(merge)
                 continue
             items = _task_items(entries)
-            yield cid, (str(p), cid, key, items, tagger.needs_md5), len(items)
+            yield cid, (str(p), cid, key, items, tagger.needs_md5, version), len(items)
 
     def done(cid, result):
         counts.add(*result)
@@ -502,8 +506,8 @@ def _resolve_sources(sources: list[str], url, progress: bool) -> list:
     return [S.resolve(s, url=url, progress=progress) for s in sources]
 
 
-def _codec_dict() -> dict:
-    return Codec().to_dict()
+def _codec_dict(version: int = CODEC_VERSION) -> dict:
+    return Codec(version=version).to_dict()
 
 
 class _Merge:
@@ -517,6 +521,7 @@ class _Merge:
 
     def __init__(self, work: Path, chunk_list: list, rule: SplitRule, tagger=None):
         self.work, self.chunk_list, self.rule = work, chunk_list, rule
+        self.codec_version = CODEC_VERSION
         self.tagger = tagger or StyleTagger([], [])
         self.tags: dict[int, list] = {}  # chunk -> styles known from names, per entry (set as chunks are listed)
         self.counts = {"styles": Counter(), "keys": Counter(), "key_sources": Counter(), "time_signatures": Counter()}
@@ -631,7 +636,7 @@ class _Merge:
         }
 
     def _meta(self, sources) -> dict:
-        codec = _codec_dict()
+        codec = _codec_dict(self.codec_version)
         split = self.rule.describe()
         return {
             "codec": codec,

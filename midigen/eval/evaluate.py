@@ -21,6 +21,7 @@ from midigen.data.dataset import Dataset, eval_positions, eval_rows
 from midigen.errors import MidigenError, UsageError
 from midigen.device import autocast, best_device, compute_dtype
 from midigen.eval.ngram import KneserNey, unigram_log2prob
+from midigen.music.codec import Kind
 from midigen.music.timing import positions_seconds
 
 LN2 = math.log(2.0)
@@ -88,11 +89,51 @@ def control_cost(model, sp, T: int, budget: int, device, dtype=torch.float32, pr
     return out
 
 
+def kind_bits(model, codec, x: np.ndarray, y: np.ndarray, total_nats: float, device, dtype=torch.float32,
+              progress: bool = False) -> dict:
+    """Bits (and token counts) of the scored targets ``y`` split by what they are: ``notes`` = NOTE and DV
+    tokens (what bits per note is about), ``chords`` = CHORD tokens, ``rest`` = everything else (shifts,
+    tempo, header, EOS). The same rows scored with the other targets masked (``total_nats``: all of
+    them, already scored), so the parts add up."""
+    T = x.shape[1]
+    kinds = codec.kinds(np.where(y >= 0, y, 0))
+    groups = {"notes": (kinds == Kind.NOTE) | (kinds == Kind.DV), "chords": kinds == Kind.CHORD}
+    scored = y >= 0
+    out, left = {}, total_nats
+    for name, sel in groups.items():
+        sel &= scored
+        nats = score_rows(model, x, np.where(sel, y, -1), max(1, 16384 // T), device, dtype,
+                          progress=progress) if sel.any() else 0.0
+        out[f"{name}_bits"], out[f"{name}_tokens"] = nats / LN2, int(sel.sum())
+        left -= nats
+    out["rest_bits"], out["rest_tokens"] = left / LN2, int(scored.sum()) - out["notes_tokens"] - out["chords_tokens"]
+    return out
+
+
+def chord_cost(model, codec, x, y, total_nats: float, device, dtype=torch.float32, progress: bool = False) -> dict:
+    """What chord tokens cost a v4 model, per note: tokens per note with and without them, and bits per
+    note over the note and duration tokens only, over the chords alone, and over the rest."""
+    k = kind_bits(model, codec, x, y, total_nats, device, dtype, progress)
+    notes = codec.count_notes(y[y >= 0])
+    if not notes:
+        return {}
+    total = k["notes_tokens"] + k["chords_tokens"] + k["rest_tokens"]
+    return {
+        "tokens_per_note": total / notes,
+        "tokens_per_note_without_chords": (total - k["chords_tokens"]) / notes,
+        "chord_tokens": k["chords_tokens"],
+        "bits_per_note_note_tokens": k["notes_bits"] / notes,  # NOTE + DV only: comparable with a v3 model's
+        "bits_per_note_chord_tokens": k["chords_bits"] / notes,
+        "bits_per_note_other_tokens": k["rest_bits"] / notes,
+        "bits_per_chord": k["chords_bits"] / k["chords_tokens"] if k["chords_tokens"] else None,
+    }
+
+
 def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngram_order: int = 5,
              device: str | None = None, progress: bool = True, dtype: str = "auto", controls: bool = False,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", by_kind: bool = False) -> dict:
     """The checkpoint and an n-gram baseline on the same tokens of ``split``: one JSON-able dict;
-    ``controls`` adds ``control_cost``."""
+    ``controls`` adds ``control_cost``; ``by_kind`` adds ``chord_cost`` (two more scoring passes)."""
     ds = Dataset(data)
     path = resolve(ckpt)
     dev = best_device(device)
@@ -123,6 +164,9 @@ def evaluate(ckpt, data, split: str = "test", max_tokens: int | None = None, ngr
     if out["bits_per_note"] and out["ngram_bits_per_note"]:
         out["ratio_to_ngram"] = out["bits_per_note"] / out["ngram_bits_per_note"]
     out["seconds"] = {"model": round(model_s, 2), "ngram": round(time.time() - t0, 2)}
+    if by_kind:  # the note and duration tokens' own bits apart from the chords' (v4) and the rest: a v3
+        # model's same figure is comparable (benchmarks/chord_cost.py)
+        out["by_kind"] = chord_cost(model, codec, x, y, nats, dev, amp, progress=progress)
     if controls:
         if sp.controls is None:
             raise UsageError(f"--controls: the dataset {data} has no controls (prepared before them, or codec v1)")

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from midigen.music.chords import NO_CHORD, _pitched_notes, chord_pitch_classes
 from midigen.music.codec import DRUMS, Codec, CodecError
 from midigen.errors import UsageError
-from midigen.music.timing import steps_to_seconds
+from midigen.music.timing import BeatGrid, steps_to_seconds
 from midigen.data.dataset import Dataset
 
+CHORD_TONES = np.array([[pc in chord_pitch_classes(c) for pc in range(12)] for c in range(NO_CHORD + 1)])
 MAJOR_SCALE = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], dtype=bool)
 FEATURES = (
     "pitch_class_entropy",
@@ -165,3 +167,39 @@ def compare_samples(samples_dir, data_dir, split: str = "test") -> dict:
     result["overlap"] = {k: round(v, 4) for k, v in overlaps.items()}
     result["min_overlap"] = round(min(overlaps.values()), 4)
     return result
+
+
+# ----- chord adherence --------------------------------------------------------------------------
+
+
+def chord_note_time(score, grid: BeatGrid, labels: np.ndarray) -> tuple[float, float]:
+    """(note-time inside the chords, note-time under a chord), in ticks, over a tick-based score.
+
+    ``labels``: a chord id for every beat of ``grid`` (``label_chords``' labels, or a chart's with
+    ``chart_beats``). Each pitched note (drums left out) counts for the time it sounds in each beat,
+    inside when its pitch class is a tone of that beat's chord. Beats labelled N.C. ask for no chord
+    and count on neither side, nor does what sounds outside the grid. Two sums rather than a share, so
+    pieces pool by their note-time (``chord_adherence`` is the share).
+    """
+    start, end, pitch = _pitched_notes(score)
+    labels = np.asarray(labels, dtype=np.int64)
+    if len(grid) == 0 or len(start) == 0:
+        return 0.0, 0.0
+    first = np.clip(np.searchsorted(grid.starts, start, side="right") - 1, 0, None)
+    last = np.searchsorted(grid.starts, end, side="left") - 1
+    count = np.maximum(last - first + 1, 0)
+    beat = np.repeat(first, count) + (np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count))
+    note = np.repeat(np.arange(len(start)), count)
+    sounding = np.minimum(end[note], grid.ends[beat]) - np.maximum(start[note], grid.starts[beat])
+    chord = labels[beat]
+    asked = (sounding > 0) & (chord != NO_CHORD)
+    inside = asked & CHORD_TONES[chord, pitch[note] % 12]
+    return float(sounding[inside].sum()), float(sounding[asked].sum())
+
+
+def chord_adherence(score, grid: BeatGrid, labels: np.ndarray) -> float | None:
+    """The share of sounding pitched note-time, duration weighted, whose pitch class belongs to the
+    chord ``labels`` ask for at that moment (see ``chord_note_time``); None when no note sounds under
+    a chord."""
+    inside, total = chord_note_time(score, grid, labels)
+    return inside / total if total > 0 else None

@@ -25,7 +25,8 @@ import symusic
 from midigen.errors import UsageError
 from midigen.generate.hearing import heard, heard_instruments, written_as
 from midigen.generate.splice import splice
-from midigen.music.codec import Codec, CodecError, score_instruments
+from midigen.music.chordtext import add_chord_markers
+from midigen.music.codec import Codec, CodecError, Kind, score_instruments
 from midigen.music.timing import TempoMap, first_tick_at, seconds_at_tick
 
 
@@ -111,6 +112,8 @@ def continued(codec: Codec, score, p: Plan, tokens, start_index: int, time_signa
     notes["duration"] = np.maximum(1, np.round(notes["duration"] * scale)).astype(np.int64)
     back = written_as(p.hearing, score_instruments(score))
     notes["instrument"] = np.array([back.get(int(i), int(i)) for i in notes["instrument"]], np.int64)
+    n_old_chords = int(np.count_nonzero(codec.kinds(head) == Kind.CHORD))  # the new part's chord symbols
+    add_chord_markers(out, to_tick(ev["chord_time"][n_old_chords:]), ev["chord_id"][n_old_chords:])
     return splice(out, notes)[0]
 
 

@@ -39,8 +39,11 @@ from midigen.generate.hearing import heard, heard_instruments, hearing_map
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, splice
 from midigen.music.ranges import NoteLimits, note_limits
-from midigen.music.sequences import EditTask, Units, edit_prompt, song_units
-from midigen.music.timing import first_tick_at, seconds_at_tick
+from midigen.generate.harmony import chart_changes, need_chords
+from midigen.music.chordtext import add_chord_markers
+from midigen.music.sequences import (CHORD_ORDER, NOTE_ORDER, EditTask, Units, chord_units, chords_at, edit_prompt,
+                                     song_units, span_chords)
+from midigen.music.timing import BeatGrid, beat_grid, first_tick_at, seconds_at_tick
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -107,6 +110,17 @@ def shortened(units: Units, marks, max_gap: int) -> tuple[Units, list[int]]:
     return out, [int(at(m)) for m in marks]
 
 
+def written_chords(codec: Codec, tokens: np.ndarray, start: int) -> Units:
+    """The chord units of a written part (tokens after FILL, times from ``start``): what the model chose."""
+    t = np.asarray(tokens, dtype=np.int64)
+    eos = np.flatnonzero(t == codec.EOS)
+    t = t[: eos[0]] if len(eos) else t
+    kind = codec.kinds(t)
+    time = np.cumsum(codec.shift_steps()[np.where(kind == Kind.SHIFT, t, 0)])
+    i = np.flatnonzero(kind == Kind.CHORD)
+    return chords_at(start + time[i], t[i])
+
+
 def written_units(codec: Codec, tokens: np.ndarray, start: int) -> tuple[Units, int, bool]:
     """Units of a written part (tokens after FILL, times from ``start``), the step of its last onset
     (relative), and whether it ended with EOS."""
@@ -120,7 +134,7 @@ def written_units(codec: Codec, tokens: np.ndarray, start: int) -> tuple[Units, 
     pair[:-1] = (kind[:-1] == Kind.NOTE) & (kind[1:] == Kind.DV)
     i = np.flatnonzero(pair)
     n = len(i)
-    units = Units(start + time[i], t[i], t[i + 1], (t[i] - codec.note_start) // 128, np.full(n, 2, np.int64))
+    units = Units(start + time[i], t[i], t[i + 1], (t[i] - codec.note_start) // 128, np.full(n, NOTE_ORDER, np.int64))
     return units, int(time[i[-1]]) if n else 0, ended
 
 
@@ -139,6 +153,7 @@ class Plan:
     drop_after: bool = False
     controls: tuple = ()
     limits: NoteLimits | None = None  # instrument ranges and polyphony the written notes keep to
+    force_chords: bool = False  # the context's chords over the span are forced into the written part (v4)
 
 
 @dataclass
@@ -158,9 +173,11 @@ def _chunk_prompt(codec: Codec, song: Song, plan: Plan, written: Units, s: int, 
                             instruments=plan.instruments)
         if built is not None:
             prompt, _, given = built
-            return prompt, Units(given.time - cs, given.tok0, given.tok1, given.inst, given.order), e
+            chords = span_chords(capped, cs, ce) if plan.force_chords else chords_at([], [])
+            return prompt, Units(given.time - cs, given.tok0, given.tok1, given.inst, given.order), e, (
+                chords.time - cs, chords.tok0 - codec.chord_start)
         if e - s <= 1:
-            return None, None, e
+            return None, None, e, None
         e = s + (e - s) // 2
 
 
@@ -176,7 +193,7 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
     block = dec.block
     chunk = min(CHUNK_QUARTERS * song.spq, codec.params.max_gap)
     room = block - max(2, int(block * WRITTEN_SHARE))
-    prompt, given, e = _chunk_prompt(codec, song, plan, written, s, min(s + chunk, plan.end), room)
+    prompt, given, e, chords = _chunk_prompt(codec, song, plan, written, s, min(s + chunk, plan.end), room)
     if prompt is None:  # even one step's kept notes do not fit the context: leave that step
         return [_Chunk(Units.markers([], []), e) for _ in range(rows)]
     budget = block - len(prompt)
@@ -186,6 +203,8 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
         g.hold_notes(plan.limits.low, plan.limits.high, plan.limits.polyphony)
         _ringing(codec, g, Units.concat([plan.context, written]), plan.targets, s)
     g.force_notes(given.time, given.tok0, given.tok1)
+    if plan.force_chords:
+        g.force_chords(*chords)
     seq = dec.decode(prompt, g, budget)
     out = []
     for b in range(rows):
@@ -193,6 +212,9 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
         mine = np.isin(units.inst, np.array(plan.targets, np.int64))
         complete = ended and int((~mine).sum()) == len(given)  # every given note went in before EOS
         units = units.select(mine)
+        if codec.has_chords and not plan.force_chords:  # the model's own chords: context for the next chunk
+            chosen = written_chords(codec, seq[b, len(prompt):], s)
+            units = Units.concat([units, chosen.select(chosen.time < (e if complete else s + last))])
         if complete or last == 0:
             out.append(_Chunk(units, e))
         else:  # out of tokens: keep the complete onsets, go on from the last one
@@ -262,7 +284,30 @@ def _notes_from_units(codec: Codec, song: Song, units: Units) -> dict:
     }
 
 
-def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=()) -> tuple:
+def song_beats(song: Song) -> BeatGrid:
+    """The user's score's beats (its own meters), in the song's steps."""
+    g = beat_grid(song.score)
+    steps = lambda ticks: song.step_of(np.round(ticks).astype(np.int64))  # noqa: E731
+    return BeatGrid(steps(g.starts), steps(g.ends), g.bars, g.beats)
+
+
+def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, chart=None,
+               free: bool = False) -> Units:
+    """``context`` with the chords over ``[start, end)`` as asked: the song's own (unchanged), ``chart``
+    laid out from the bar holding ``start`` (``midigen.generate.harmony``), or none (``free``: the model
+    chooses). The song's own chord resumes at ``end``."""
+    if not codec.has_chords or (chart is None and not free):
+        return context
+    is_chord = context.order == CHORD_ORDER
+    resume = span_chords(context, end, end + 1)
+    out = [context.select(~(is_chord & (context.time >= start) & (context.time <= end))), resume]
+    if chart is not None:
+        steps, ids = chart_changes(chart, song_beats(song), start, end)
+        out.append(chords_at(steps, codec.chord_start + ids))
+    return Units.concat(out)
+
+
+def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(), chords: Units | None = None) -> tuple:
     """The user's score less the notes ``remove(instrument, onset_steps) -> bool mask`` picks and the
     notes of ``drop_instruments``, plus ``units`` (``midigen.generate.splice``: each to its track, under
     the overlap rule). A dropped part's track stays, empty, so every kept track keeps its MIDI channel.
@@ -279,9 +324,11 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=())
         if gone.any():
             removed += int(gone.sum())
             t.notes = symusic.core.NoteTickList.from_numpy(*(a[f][~gone] for f in FIELDS))
-    new = _notes_from_units(codec, song, units)
+    new = _notes_from_units(codec, song, units.select(units.tok1 >= 0))
     new["duration"] = np.maximum(1, np.minimum(new["duration"], original_end - new["time"]))  # no ringing past the end
     out, written, new_tracks = splice(out, new)
+    if chords is not None and len(chords):  # the chord symbols the new notes were written on
+        add_chord_markers(out, song.tick_of(chords.time), chords.tok0 - codec.chord_start)
     if out.end() < original_end:  # the song keeps its length where the end fell silent
         out.markers.append(symusic.core.TextMetaTick(original_end, "end"))
     return out, written, removed, new_tracks
@@ -315,9 +362,20 @@ def _heard_song(codec: Codec, song: Song, known_instruments, limits: NoteLimits 
     if all(m == i for i, m in mapping.items()) and not left_out:
         return song, mapping
     try:
-        return read_song(codec, song.score, {**mapping, **{int(i): None for i in left_out}}), mapping
+        heard_song = read_song(codec, song.score, {**mapping, **{int(i): None for i in left_out}})
     except CodecError:  # nothing heard around the hole: the model reads the parts as they are
         return song, {}
+    u = heard_song.units  # the harmony stays the whole song's, as labelled with every part
+    heard_song.units = Units.concat([u.select(u.order != CHORD_ORDER), chord_units(song.units)])
+    return heard_song, mapping
+
+
+def _span_marks(codec: Codec, plan: Plan, units: Units) -> Units | None:
+    """The chords an edit was written on, for its file's chord symbols: the forced ones over the span,
+    or the ones the model chose (``units``' chords)."""
+    if not codec.has_chords:
+        return None
+    return span_chords(plan.context, plan.start, plan.end) if plan.force_chords else chord_units(units)
 
 
 def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
@@ -332,10 +390,13 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
                  device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
-                 known_instruments=None, open_end: bool = False) -> list[Edit]:
-    """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``: see
-    ``arrange_edits``). ``open_end``: the span may reach past the last note, up to the score's last
-    event (a song with a form writes its sections there: ``midigen.generate.form``)."""
+                 known_instruments=None, chords=None, free_chords: bool = False,
+                 open_end: bool = False) -> list[Edit]:
+    """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
+    ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
+    note, up to the score's last event (a song with a form writes its sections there:
+    ``midigen.generate.form``)."""
+    need_chords(codec, chords)
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -357,8 +418,9 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     song, hearing = _heard_song(codec, song, known_instruments, limits, targets)
     u = song.units
     gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
-    plan = Plan(qs, qe, targets, sorted(set(heard_instruments(present, hearing)) | set(targets)), u.select(~gone),
-                controls=tuple(controls or ()), limits=limits)
+    context = harmonized(codec, song, u.select(~gone), qs, qe, chords, free_chords)
+    plan = Plan(qs, qe, targets, sorted(set(heard_instruments(present, hearing)) | set(targets)), context,
+                controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords)
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []
@@ -366,7 +428,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     written_units = write_plan(dec, codec, song, plan, int(num_samples))
     took = time.perf_counter() - t0
     for units in written_units:
-        s, written, removed, new_tracks = _edited(codec, song, units, remove)
+        s, written, removed, new_tracks = _edited(codec, song, units, remove, chords=_span_marks(codec, plan, units))
         out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took, hearing))
     return out
 
@@ -374,12 +436,16 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
 def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
                   temperature=1.0, top_k=None, top_p=None, controls=None, device=None,
                   listener: Listener | None = None, limits: NoteLimits | None = None,
-                  known_instruments=None) -> list[Edit]:
+                  known_instruments=None, chords=None, free_chords: bool = False) -> list[Edit]:
     """``arrange`` with what changed, for the command's report. ``limits``
     (``midigen.music.ranges.note_limits``) hold the written notes to each instrument's range and
     polyphony; None writes anything. ``known_instruments`` (the checkpoint's): the song's other
     instruments are heard as the nearest of them (``midigen.generate.hearing``); None hears them as
-    they are."""
+    they are. Chords (codec v4): the new parts follow the song's own chords over the span (labelled
+    from the whole song, every part) unless ``chords`` (a chart, ``midigen.music.chordtext``)
+    re-harmonizes it or ``free_chords`` lets the model choose; UsageError for a chart given to a model
+    without chords."""
+    need_chords(codec, chords)
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
@@ -401,8 +467,9 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     u = song.units
     gone = (u.tok1 >= 0) & ~np.isin(u.inst, heard_keep)
     end = song.end_step()
-    plan = Plan(0, end, add, sorted(set(heard_keep) | set(add)), u.select(~gone), drop_after=True,
-                controls=tuple(controls or ()), limits=limits)
+    context = harmonized(codec, song, u.select(~gone), 0, end, chords, free_chords)
+    plan = Plan(0, end, add, sorted(set(heard_keep) | set(add)), context, drop_after=True,
+                controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords)
     never = lambda inst, steps: np.zeros(len(steps), bool)  # noqa: E731
     span_s = (0.0, float(seconds_at_tick(score, int(song.tick_of(end)))))
     out = []
@@ -410,7 +477,8 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     written_units = write_plan(dec, codec, song, plan, int(num_samples))
     took = time.perf_counter() - t0
     for units in written_units:
-        s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped)
+        s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped,
+                                                  chords=_span_marks(codec, plan, units))
         out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks, took, hearing))
     return out
 

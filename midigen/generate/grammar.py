@@ -22,6 +22,12 @@ it may sound), filled by each DV; the mask is two table lookups, no loop over th
 grammar forces (``force_notes``) are never blocked. A continuation keeps the song's tempo
 (``keep_tempo``): no tempo change, except one the caller requested.
 
+Chords (codec v4): a CHORD token may sit at a step after its shifts and tempo, before its notes, at most
+one per step and never repeating the chord in force. Chords the caller gives (``force_chords``: a chart
+laid out on bars) are forced where they fall: time never passes the next one, and at its step it is the
+only id allowed, so the engine feeds it in its forced run; while chords are forced the model writes no
+others.
+
 The written part of an edit (after ``FILL``) is the same event grammar with other limits
 (``for_edit``): notes only of the target instruments, no tempo changes, onsets before the span's end,
 no gap limit (other instruments' notes sit in the gaps), and EOS after any DV or right after FILL.
@@ -49,7 +55,7 @@ DONE = 4  # EOS written
 CONTROLS = 5  # forced control tokens still to write
 
 # kinds of the last token, for the rules that look one token back
-_K_OTHER, _K_SHIFT, _K_TEMPO, _K_NOTE, _K_DV = 0, 1, 2, 3, 4
+_K_OTHER, _K_SHIFT, _K_TEMPO, _K_NOTE, _K_DV, _K_CHORD = 0, 1, 2, 3, 4, 5
 
 EOS_FRACTION = 0.9  # EOS is allowed once this fraction of the time target has passed
 NO_LIMIT = 1 << 60  # "no span end" / "no gap limit" in integer state
@@ -62,7 +68,7 @@ class _Tables:
         c, p = codec, codec.params
         t = lambda a, dt=torch.long: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
         self.kind = t(c.kinds(np.arange(c.vocab_size)).astype(np.int64))
-        last = {Kind.SHIFT: _K_SHIFT, Kind.TEMPO: _K_TEMPO, Kind.NOTE: _K_NOTE, Kind.DV: _K_DV}
+        last = {Kind.SHIFT: _K_SHIFT, Kind.TEMPO: _K_TEMPO, Kind.NOTE: _K_NOTE, Kind.DV: _K_DV, Kind.CHORD: _K_CHORD}
         self.last_kind = t([last.get(k, _K_OTHER) for k in Kind])  # a kind -> its code for the one-back rules
         self.steps = t(c.shift_steps())
         self.shift_k = torch.arange(1, p.max_shift + 1, device=device)
@@ -140,6 +146,13 @@ class Grammar:
         self.given_pos = long(0)  # the next given note to write
         self.given_dv_due = flag(False)  # a given NOTE was just written: its DV comes next
         self.forcing = False  # host fact: some row has given notes
+        # chords (v4): the chord in force, whether one sits at this step, and the chords to force
+        self.chord = long(-1)
+        self.chord_here = flag(False)
+        self.chord_time = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.chord_id = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.chord_pos = long(0)
+        self.chords_forced = False  # host fact: a chord list was given (the model writes no others)
         # Host-side facts that let the mask skip whole rules without reading device state:
         self.timed = False  # some row has a time target
         self.pending = False  # a tempo change was requested
@@ -230,6 +243,21 @@ class Grammar:
         self.given_dv_due[:] = False
         self.forcing = len(steps) > 0
 
+    def force_chords(self, steps, ids) -> None:
+        """Chords the stream must carry at their steps (song steps, increasing; chord ids of
+        ``midigen.music.chords``): each CHORD is forced where it falls, and no other is written. Steps
+        already passed are dropped; a chord falling in the current step is forced at once."""
+        c = self.codec
+        if not c.has_chords:
+            raise ValueError(f"codec v{c.version} has no chord tokens")
+        steps, ids = np.asarray(steps, np.int64), np.asarray(ids, np.int64)
+        now = int(self.steps[0])
+        keep = steps >= now
+        rows = lambda a: torch.as_tensor(a, device=self.device).view(1, -1).expand(self.B, -1).clone()  # noqa: E731
+        self.chord_time, self.chord_id = rows(steps[keep]), rows(c.chord_start + ids[keep])
+        self.chord_pos[:] = 0
+        self.chords_forced = True
+
     def replicate(self, batch_size: int, device=None) -> "Grammar":
         """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
         out = Grammar.__new__(Grammar)
@@ -268,6 +296,8 @@ class Grammar:
         if self.forcing:
             self._advance_given(t, kind, live)
         self._advance_notes(t, kind, live)
+        if self.codec.has_chords:
+            self._advance_chord(t, kind, live)
         self.phase = torch.where(live & (t == self.codec.EOS), DONE, self.phase)
         self.last_kind = self.T.last_kind[kind]
 
@@ -325,6 +355,25 @@ class Grammar:
         self.given_pos += wrote_dv.long()
         self.given_dv_due = (self.given_dv_due & ~wrote_dv) | (live & owed & (self.steps == step) & (t == note))
 
+    def _advance_chord(self, t, kind, live) -> None:
+        is_chord = live & (kind == Kind.CHORD)
+        self.chord = torch.where(is_chord, t, self.chord)
+        self.chord_here = (self.chord_here & (kind != Kind.SHIFT)) | is_chord
+        self.gap = torch.where(is_chord, 0, self.gap)
+        self.phase = torch.where(is_chord & (self.phase == AFTER_TEMPO), EVENTS, self.phase)
+        if self.chords_forced:
+            n = self.chord_time.shape[1]
+            due = self.chord_id.gather(1, self.chord_pos.clamp(max=max(n - 1, 0))[:, None])[:, 0] if n else t
+            self.chord_pos += (is_chord & (self.chord_pos < n) & (t == due)).long()
+
+    def _next_chord(self):
+        """(is one still owed, its step, its CHORD id) per row."""
+        n = self.chord_time.shape[1]
+        i = self.chord_pos.clamp(max=max(n - 1, 0))[:, None]
+        if n == 0:
+            return torch.zeros_like(self.chord_here), self.steps, self.chord
+        return self.chord_pos < n, self.chord_time.gather(1, i)[:, 0], self.chord_id.gather(1, i)[:, 0]
+
     def _advance_notes(self, t, kind, live) -> None:
         c = self.codec
         is_note = live & (kind == Kind.NOTE)
@@ -368,9 +417,12 @@ class Grammar:
         _note_rules(self, m, events & (self.budget >= 2))
         _duration_rules(self, m)
         owed = _given_rules(self, m, events & room) if self.forcing else None
+        chord_due = _chord_rules(self, m, events & room) if c.has_chords else None  # after: a due chord goes first
         _end_rules(self, m, events, room, m[:, c.shift_start : c.tempo_start], ev_tempo)  # the shifts left
         if owed is not None:
             m[:, c.EOS] &= ~owed  # the written part ends only once every given note is in
+        if chord_due is not None:
+            m[:, c.EOS] &= ~chord_due  # a chord due at this step comes before anything else
         dead = m.view(torch.uint8).amax(dim=1) == 0  # a row left with nothing (should not happen) may end
         # rather than sample garbage (amax over bytes: ~20x cheaper than any() over 18k bools on a CPU)
         m[:, c.EOS] |= dead
@@ -450,6 +502,9 @@ def _lands_free(g: Grammar, lands: torch.Tensor) -> torch.Tensor:
     if g.forcing:
         owed, step, _, _ = g._next_given()
         ok |= owed[:, None] & (lands == step[:, None])
+    if g.chords_forced:
+        owed, step, _ = g._next_chord()
+        ok |= owed[:, None] & (lands == step[:, None])
     return ok
 
 
@@ -510,6 +565,28 @@ def _given_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
     _only_rows(m[:, c.dv_start : c.dv_end], ~dv_due)
     m[g.rows, dv.clamp(min=c.dv_start)] |= dv_due
     return (g.given_pos < g.given_time.shape[1]) & (g.phase != DONE)
+
+
+def _chord_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Tensor | None:
+    """A CHORD after the step's shifts and tempo, before its notes, once per step, not the chord in force;
+    with forced chords only those: time never passes the next one, and at its step it is all there is.
+    Returns the rows where a forced chord is due (None without forced chords)."""
+    c, T = g.codec, g.T
+    lo, hi = c.chord_start, c.chord_start + (c.vocab_size - c.chord_start)
+    if not g.chords_forced:
+        free = events & (g.last_note < 0) & ~g.chord_here & (g.phase != NEED_DV)
+        m[:, lo:hi] = free[:, None]
+        m[g.rows, g.chord.clamp(min=lo)] &= g.chord < 0
+        return None
+    m[:, lo:hi] = False
+    owed, step, cid = g._next_chord()
+    owed = owed & events & (g.phase != NEED_DV)
+    fits = g.steps[:, None] + T.shift_k[None, :] <= step[:, None]
+    m[:, c.shift_start : c.tempo_start] &= ~owed[:, None] | fits
+    due = owed & (g.steps == step)
+    m.masked_fill_(due[:, None], False)
+    m[g.rows, cid.clamp(min=lo)] |= due
+    return due
 
 
 def _duration_rules(g: Grammar, m: torch.Tensor) -> None:

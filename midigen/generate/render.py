@@ -14,11 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from midigen.music.chords import MAX_BEATS, ChordError, chord_name, label_chords
+from midigen.music.chordtext import bar_chords
 from midigen.music.codec import DRUMS, instrument_name
+from midigen.music.timing import TempoMap, beat_grid
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
 
 PEAK = 0.89  # -1 dBFS: loud enough to hear, never clipping
+LANE_CHAR_PX = 6.0  # the width of a character of the chord lane's 8-point names, at the figure's 100 dpi
 
 
 def default_soundfont() -> Path:
@@ -86,10 +90,10 @@ def write_wav(score, path, soundfont=None, sample_rate: int = SAMPLE_RATE) -> Pa
     return path
 
 
-def write_piano_roll(score, path, title: str | None = None, highlight=None, sections=None) -> Path:
+def write_piano_roll(score, path, title: str | None = None, highlight=None, chords=None, sections=None) -> Path:
     """A piano roll PNG (``piano_roll_figure``), written atomically; ``sections`` shade a song's form
     (``section_bands``)."""
-    fig = piano_roll_figure(score, title, highlight)
+    fig = piano_roll_figure(score, title, highlight, chords)
     if sections:
         section_bands(fig.axes[0], sections)
     path = Path(path)
@@ -100,10 +104,12 @@ def write_piano_roll(score, path, title: str | None = None, highlight=None, sect
     return path
 
 
-def piano_roll_figure(score, title: str | None = None, highlight=None):
+def piano_roll_figure(score, title: str | None = None, highlight=None, chords=None):
     """A piano roll: one colour per instrument (every track of it alike), drums as grey crosses, seconds
     on x, pitch on y, the legend beside the notes (never over them). Each bar has a thin white edge, so
-    repeated notes of one pitch show as separate bars.
+    repeated notes of one pitch show as separate bars. Above the roll, a chord lane names the chords
+    of each bar of the song (``draw_chord_lane``): ``chords`` (one name per bar, several chords of a
+    bar space-separated, repeating to the end as a chart does), or else the labeller's, from the notes.
 
     ``highlight`` = ((start, end) seconds, instruments) marks what an edit wrote: the span is shaded,
     and the notes of those instruments inside it are outlined in black (one legend entry, "new notes");
@@ -117,8 +123,10 @@ def piano_roll_figure(score, title: str | None = None, highlight=None):
     from matplotlib.patches import Patch
 
     s = score.to("second")
-    fig = Figure(figsize=(13, 5), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
+    fig = Figure(figsize=(13, 5.4), dpi=100)
+    rows = fig.add_gridspec(2, 1, height_ratios=(1, 11))
+    ax = fig.add_subplot(rows[1])  # the roll is the figure's first axes, the lane its second
+    lane = fig.add_subplot(rows[0], sharex=ax)
     colours = matplotlib.colormaps["tab10"]
     handles, lo, hi, end = {}, 127, 0, 0.0
     colour_of: dict[int, tuple] = {}
@@ -165,12 +173,14 @@ def piano_roll_figure(score, title: str | None = None, highlight=None):
     ticks = [t for t in span if t % 12 in marks]
     names = ["C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B"]
     ax.set_yticks(ticks, [f"{names[t % 12]}{t // 12 - 1}" for t in ticks])
-    ax.set_title(title or "midigen")
+    lane.set_title(title or "midigen")
+    spans = bar_spans(score)
+    draw_chord_lane(lane, spans, _repeat(chords, len(spans)) if chords is not None else detected_bar_chords(score))
     ax.grid(True, axis="x", alpha=0.3)
     if handles:  # beside the axes, so it never hides a note
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.8,
                   borderaxespad=0.0)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=0.2)
     return fig
 
 
@@ -183,6 +193,68 @@ def section_bands(ax, sections) -> None:
         ax.axvspan(start, end, color=shade, alpha=0.12, zorder=0, linewidth=0)
         ax.axvline(start, color="0.3", linewidth=0.6, zorder=1)
         ax.text(start, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="bottom", ha="left", fontsize=8)
+
+
+def bar_spans(score) -> list[tuple[float, float]]:
+    """(start, end) seconds of each bar of a symusic score, on the beat grid the chord labeller uses,
+    up to the end of its last note; [] for a song too long to lay out."""
+    score = score if str(score.ttype).lower().endswith("tick") else score.to("tick")
+    try:
+        grid = beat_grid(score, max_beats=MAX_BEATS)
+    except ValueError:
+        return []
+    if len(grid) == 0:
+        return []
+    first = np.flatnonzero(np.concatenate(([True], grid.bars[1:] != grid.bars[:-1])))
+    last = np.append(first[1:], len(grid)) - 1
+    tempo = TempoMap(score)
+    return list(zip(tempo.seconds(grid.starts[first]).tolist(), tempo.seconds(grid.ends[last]).tolist()))
+
+
+def detected_bar_chords(score) -> list[str]:
+    """The labeller's chords of each bar of a symusic score (``bar_spans``'s bars), a bar's chords
+    space-separated (``Am F``), as a lead sheet writes them; [] for a song the labeller will not read."""
+    score = score if str(score.ttype).lower().endswith("tick") else score.to("tick")
+    try:
+        song = label_chords(score)
+    except ChordError:
+        return []
+    return [" ".join(chord_name(c) for c in bar) for bar in bar_chords(song)]
+
+
+def _repeat(names, n: int) -> list[str]:
+    """A chart's bars (names, or ``parse_chords``'s lists of chords) as names, repeated (or cut) to
+    ``n`` bars, as a chart plays to the end of a song."""
+    names = [" ".join(map(str, x)) if isinstance(x, (list, tuple)) else str(x) for x in names]
+    return [names[k % len(names)] for k in range(n)] if names else []
+
+
+def draw_chord_lane(ax, spans, names) -> None:
+    """A lane of bar cells, each bar's chord names spread evenly across it (``"Am F"``: Am over its
+    first half, F its second), bars shaded in turn. A name is written where the chord changes, and
+    only where the name before it has room to end first (short bars in a long song would overprint).
+
+    ``spans``: (start, end) seconds of each bar; ``names``: one string per bar (extra ones are
+    ignored). It draws on its own axes (x shared with the roll, its limits already set), so other
+    lanes can stand beside it.
+    """
+    ax.set_yticks([])
+    ax.set_ylim(0, 1)
+    ax.tick_params(axis="x", labelbottom=False, length=0)
+    ax.set_ylabel("chords", rotation=0, ha="right", va="center", fontsize=8)
+    lo, hi = ax.get_xlim()
+    seconds_per_char = LANE_CHAR_PX * (hi - lo) / max(1.0, ax.bbox.width)
+    previous, free_from = None, -np.inf
+    for k, ((a, b), bar) in enumerate(zip(spans, names)):
+        ax.axvspan(a, b, color="0.93" if k % 2 else "0.85", zorder=0, linewidth=0)
+        chords = bar.split()
+        width = (b - a) / max(1, len(chords))
+        for i, chord in enumerate(chords):
+            x = a + i * width
+            if chord != previous and x >= free_from:
+                ax.text(x + 0.1 * width, 0.5, chord, ha="left", va="center", fontsize=8, clip_on=True)
+                free_from = x + 0.1 * width + (len(chord) + 1) * seconds_per_char
+            previous = chord
 
 
 def _written(highlight, instrument: int, onsets: np.ndarray) -> np.ndarray:

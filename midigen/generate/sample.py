@@ -22,6 +22,7 @@ from midigen.generate import continuation
 from midigen.generate.hearing import hearing_map
 from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, realtime
 from midigen.generate.grammar import Grammar
+from midigen.generate.harmony import chart_changes, meter_grid, need_chords
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import settle
 from midigen.music.ranges import NoteLimits, note_limits
@@ -125,14 +126,19 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
                      keep_fraction: float = KEEP_FRACTION, controls: list[int] | None = None,
                      time_signature: tuple[int, int] | None = None,
                      listener: Listener | None = None, limits: NoteLimits | None = None,
-                     free_tempo: bool = False) -> list[Sample]:
+                     free_tempo: bool = False, chords=None) -> list[Sample]:
     """``generate`` with the bookkeeping the CLI reports (where the new part starts, the target).
 
     ``limits`` (``midigen.music.ranges.note_limits``) hold every written note to its instrument's range
     and polyphony; None writes anything. A continuation (``prompt_tokens``) keeps the song's tempo: no
-    tempo change is written unless ``tempo`` asks for one or ``free_tempo`` is set."""
+    tempo change is written unless ``tempo`` asks for one or ``free_tempo`` is set. ``chords`` (a chart,
+    ``midigen.music.chordtext.parse_chords``) is forced bar by bar from the bar where the new part
+    starts, repeating to the end (``_force_chart``); a checkpoint without chords refuses it."""
     _check_args(num_samples, seconds, max_new_tokens, tempo, instruments)
     controls = _check_controls(codec, controls)
+    need_chords(codec, chords)
+    if chords is not None and time_signature is None and prompt_tokens is None:
+        time_signature = (4, 4)  # the chart's bars need a meter the header states
     ts_id = _ts_id(codec, time_signature)
     if seconds is None and max_new_tokens is None:
         seconds = DEFAULT_SECONDS
@@ -158,6 +164,8 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
     if prompt_tokens is not None and tempo is not None:
         g.request_tempo(codec.tempo_token(tempo) - codec.tempo_start)
     start_steps, start_seconds = int(g.steps[0]), float(g.seconds[0])
+    if chords is not None:
+        _force_chart(codec, g, chords, time_signature or codec.decode_events(prefix)["time_signature"], seconds, budget)
     g.set_target(seconds, budget)
     g = g.replicate(B, dec.device)
     target = float(g.target[0])
@@ -176,6 +184,15 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None,
                               compute_seconds=took))
     return samples
+
+
+def _force_chart(codec: Codec, g: Grammar, chart, time_signature, seconds, budget: int) -> None:
+    """Force ``chart`` from the bar holding the grammar's current step, on the stream's meter, as far
+    as the music can reach: the time target at the fastest tempo, or the token budget's longest shifts."""
+    start = int(g.steps[0])
+    reach = seconds * codec.tempo_bpm[-1] / 60 * codec.params.steps_per_quarter if seconds else budget * codec.params.max_shift
+    end = start + int(min(reach, 1 << 20)) + 1
+    g.force_chords(*chart_changes(chart, meter_grid(codec, time_signature, end), start, end))
 
 
 def generate(model, codec: Codec, *, num_samples: int = 1, seconds: float | None = None,

@@ -138,8 +138,10 @@ def check_against_base(path, manifest: dict, cfg: GPTConfig) -> None:
                          f"{manifest['rank']}): tensors {describe_mismatch(expected, got)}")
 
 
-def adapted_config(base_config: dict, manifest: dict, path) -> dict:
-    """The base's config as the adapted model answers for it: widened support, the adapter's controls."""
+def adapted_config(base_config: dict, manifest: dict, path, base) -> dict:
+    """The base's config as the adapted model answers for it: widened support, the adapter's controls.
+
+    ``base`` is where the base was found, which is not always where the manifest recorded it."""
     config = dict(base_config)
     info = dict(config.get("info") or {})
     if manifest.get("controls") is not None:
@@ -148,14 +150,14 @@ def adapted_config(base_config: dict, manifest: dict, path) -> dict:
         info["note_ranges"] = manifest["note_ranges"]
     config["info"] = info
     config["support"] = manifest["support"]
-    config["adapter"] = summary(manifest, path)
+    config["adapter"] = summary(manifest, path, base)
     return config
 
 
-def summary(manifest: dict, path) -> dict:
+def summary(manifest: dict, path, base) -> dict:
     """What ``midigen info`` shows of an adapter."""
     controls = manifest.get("controls") or {}
-    return {"dir": str(path), "base": manifest["base"]["path"], "base_sha256": manifest["base"]["sha256"],
+    return {"dir": str(path), "base": str(base), "base_sha256": manifest["base"]["sha256"],
             "rank": manifest["rank"], "new_ids": len(manifest["new_ids"]),
             "new_styles": list(manifest.get("new_styles") or []), "styles": list(controls.get("styles", [])),
             "step": manifest.get("step"), "val_bits_per_note": manifest.get("val_bits_per_note")}
@@ -257,3 +259,55 @@ def save(path, tensors: dict[str, torch.Tensor], manifest: dict) -> None:
     (path / MANIFEST).unlink(missing_ok=True)  # never a manifest beside weights it does not describe
     tmp.replace(path / WEIGHTS)
     atomic_write_json(path / MANIFEST, manifest)
+
+
+# ----- switching: applied beside the base, removable ----------------------------------------------
+
+
+class LiveAdapter(nn.Module):
+    """A base layer of any kind (fp32, bf16 or int8 Linear) plus a fixed low-rank update added to its
+    output. The base layer is kept as it is, so removing the adapter gives back the very same tensors:
+    the studio switches between a base and its adapters without reading the base weights again."""
+
+    def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, scale: float):
+        super().__init__()
+        self.base = base
+        self.register_buffer("a", a.float())
+        self.register_buffer("b", b.float() * scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        return y + F.linear(F.linear(x.float(), self.a), self.b).to(y.dtype)
+
+
+@torch.no_grad()
+def apply_live(model: GPT, tensors: dict[str, torch.Tensor], manifest: dict):
+    """Put the adapter on ``model`` beside its base weights (shapes checked by ``check_against_base``);
+    returns the function that takes it off again, leaving every base tensor exactly as it was."""
+    scale, dev = float(manifest["alpha"]) / manifest["rank"], model.wte.weight.device
+    swapped = []
+    for i, block in enumerate(model.blocks):
+        for name in TARGETS:
+            owner, attr = name.split(".")
+            parent = getattr(block, owner)
+            base = getattr(parent, attr)
+            a, b = (tensors[f"blocks.{i}.{name}.lora_{x}"].to(dev) for x in "AB")
+            setattr(parent, attr, LiveAdapter(base, a, b, scale))
+            swapped.append((parent, attr, base))
+    ids = torch.tensor(manifest["new_ids"], dtype=torch.long, device=dev)
+    old_rows = model.wte.weight[ids].clone()  # rows the base never trained, but restored bit for bit
+    if len(ids):
+        model.wte.weight[ids] = tensors[ROWS].to(dev, model.wte.weight.dtype)
+    old_support = None if model.support is None else model.support.tolist()
+    old_epsilon = model.support_epsilon
+    model.set_support(manifest["support"], old_epsilon or 1e-4)
+
+    @torch.no_grad()
+    def remove() -> None:
+        for parent, attr, base in swapped:
+            setattr(parent, attr, base)
+        if len(ids):
+            model.wte.weight[ids] = old_rows
+        model.set_support(old_support, old_epsilon)
+
+    return remove

@@ -19,6 +19,7 @@ import torch
 
 from midigen import __version__
 from midigen.music.codec import Codec, CodecError, instrument_name
+from midigen.music.chords import chord_name
 from midigen.music.ranges import NoteLimits, learned_tempo_changes, note_limits
 from midigen.errors import UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_json, sha256_file
@@ -140,8 +141,8 @@ def resolve(path) -> Path:
 def read_config(path) -> dict:
     path = resolve(path)
     if adapters.is_adapter_dir(path):
-        manifest, _, base_config = _adapter_base(path)
-        return adapters.adapted_config(base_config, manifest, path)
+        manifest, base, base_config = _adapter_base(path)
+        return adapters.adapted_config(base_config, manifest, path, base)
     try:
         config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -255,7 +256,17 @@ def capabilities(config: dict, codec: Codec) -> dict:
         "density_notes_per_second": list(controls.get("density_edges", [])),
         "note_ranges": {instrument_name(i): limits.of(i) for i in instruments},
         "learned_tempo_changes": learned_tempo_changes(recorded_ranges(config)),
+        "chords": codec.has_chords,  # --chords works (codec v4)
+        "chord_vocabulary": _chord_names(codec, ids),
     }
+
+
+def _chord_names(codec: Codec, ids: set) -> list[str]:
+    """The chords (``midigen.music.chords`` names) whose CHORD token the model learned to write: its
+    training data had them. Any chord of the vocabulary can still be forced with --chords."""
+    if not codec.has_chords:
+        return []
+    return [chord_name(i - codec.chord_start) for i in sorted(ids) if codec.chord_start <= i < codec.vocab_size]
 
 
 def recorded_ranges(config: dict) -> dict | None:
@@ -330,10 +341,7 @@ def _adapter_base(path) -> tuple[dict, Path, dict]:
     """(manifest, base dir, base config), the base found where the manifest says and of the hash it records."""
     manifest = adapters.read_manifest(path)
     want = manifest["base"]["sha256"]
-    try:
-        base = resolve(manifest["base"]["path"])
-    except UsageError:
-        base = None
+    base = _find_base(Path(path), manifest["base"])
     if base is None or adapters.is_adapter_dir(base) or not (base / CONFIG).is_file():
         raise UsageError(f"adapter {path}: its base checkpoint {manifest['base']['path']} is missing "
                          f"(expected config.json sha256 {want})")
@@ -343,17 +351,65 @@ def _adapter_base(path) -> tuple[dict, Path, dict]:
     return manifest, base, read_config(base)
 
 
+def _find_base(adapter_dir: Path, recorded: dict) -> Path | None:
+    """The base where the manifest recorded it, else at the same place relative to the adapter dir, so a
+    project folder holding both can be moved or shared; the hash check that follows decides."""
+    where = [recorded["path"]]
+    if isinstance(recorded.get("relative"), str):
+        where.append(str(adapter_dir / recorded["relative"]))
+    for candidate in where:
+        try:
+            found = resolve(candidate)
+        except UsageError:
+            continue
+        if (found / CONFIG).is_file():
+            return found
+    return None
+
+
 def _verify_adapter(path) -> dict:
     """Base hashes, base shapes, adapter hash and adapter shapes, in that order, before any tensor is read."""
     manifest, base, _ = _adapter_base(path)
     base_config = verify(base)
     cfg = check_shapes(base, base_config)
+    _check_adapter_weights(path, manifest, cfg)
+    return adapters.adapted_config(base_config, manifest, path, base)
+
+
+def _check_adapter_weights(path: Path, manifest: dict, cfg) -> None:
+    """The adapter's weights file has its recorded hash and the shapes its base needs (header only)."""
     weights = path / adapters.WEIGHTS
     if not weights.is_file() or _sha256(weights) != manifest["sha256"]:
         raise UsageError(f"adapter {path}: {adapters.WEIGHTS} is missing or does not match its recorded hash "
                            "(tampered or corrupt)")
     adapters.check_against_base(path, manifest, cfg)
-    return adapters.adapted_config(base_config, manifest, path)
+
+
+def adapter_base(path) -> Path:
+    """The base checkpoint dir an adapter dir was tuned from (checked against its recorded hash)."""
+    return _adapter_base(resolve(path))[1]
+
+
+def load_adapter(path, base_sha256: str) -> tuple[dict, dict, dict]:
+    """-> (manifest, tensors, adapted config) of an adapter for a base that is already loaded, the one
+    whose config.json has ``base_sha256``: the studio puts adapters on and off its one copy of the base
+    (``adapter.apply_live``), so the base's weights are neither read nor hashed again here."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = resolve(path)
+    if not adapters.is_adapter_dir(path):
+        raise UsageError(f"{path} is not an adapter dir (no {adapters.MANIFEST})")
+    manifest, base, base_config = _adapter_base(path)
+    if manifest["base"]["sha256"] != base_sha256:
+        raise UsageError(f"adapter {path} was tuned from another base ({base}, config.json sha256 "
+                         f"{manifest['base']['sha256']})")
+    _check_adapter_weights(path, manifest, check_shapes(base, base_config))
+    try:
+        tensors = load_file(str(path / adapters.WEIGHTS), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UsageError(f"adapter {path}: unreadable weights ({e})") from None
+    return manifest, tensors, adapters.adapted_config(base_config, manifest, path, base)
 
 
 def _load_adapted(path, device, check_hashes: bool, precision: str):

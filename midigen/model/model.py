@@ -190,7 +190,7 @@ class GPT(nn.Module):
 
         Non-embedding excludes token and position embeddings, the GPT-2 convention for model size.
         """
-        n = sum(p.numel() for p in self.parameters())
+        n = sum(math.prod(shape) for shape in param_shapes(self.cfg).values())  # int8 weights hold no Parameters
         if non_embedding:
             n -= self.wte.weight.numel() + self.wpe.weight.numel()
         return n

@@ -124,34 +124,15 @@ def _pitched_notes(score) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return start, end, pitch
 
 
-def _sounding(cuts: np.ndarray, start: np.ndarray, end: np.ndarray, pitch: np.ndarray):
-    """(piece, pitch): one row per note and each piece between ``cuts`` that it sounds through."""
-    first = np.searchsorted(cuts, start)
-    count = np.maximum(np.searchsorted(cuts, end) - first, 0)
+def piece_sums(first: np.ndarray, last: np.ndarray, pitch: np.ndarray, length: np.ndarray,
+               beat_first: np.ndarray) -> np.ndarray:
+    """beats x 24: per beat, each pitch class's sounding time, then the bass's (the lowest note of each
+    piece), from notes that sound through pieces ``first..last-1`` of lengths ``length``; beat b holds
+    the pieces from ``beat_first[b]`` on. (``codec_jit`` has it compiled, checked to give the same sums.)"""
+    count = last - first
     total = int(count.sum())
-    if total > MAX_SOUNDING:
-        raise ChordError(f"too dense to label: notes sound over {total} stretches (at most {MAX_SOUNDING})")
     offsets = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
-    return np.repeat(first, count) + offsets, np.repeat(pitch, count)
-
-
-def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
-    """(pitch-class time, bass pitch-class time), each beats x 12, in ticks of sounding per beat.
-
-    The song is cut at every note start and end and every beat start and middle into pieces where
-    nothing changes; each piece's sounding notes and lowest note are counted for its length (times
-    LATE_HALF_WEIGHT in a beat's second half), then the pieces are summed beat by beat.
-    """
-    start, end, pitch = _pitched_notes(score)
-    if len(grid) == 0:
-        return np.zeros((0, 12)), np.zeros((0, 12))
-    lo, hi = grid.starts[0], grid.ends[-1]
-    start, end = np.clip(start, lo, hi), np.clip(end, lo, hi)
-    middles = (grid.starts + grid.ends) / 2
-    cuts = np.unique(np.concatenate((start, end, grid.starts, middles, [hi])))
-    beat_of = np.searchsorted(grid.starts, cuts[:-1], side="right") - 1
-    length = np.diff(cuts) * np.where(cuts[:-1] >= middles[beat_of], LATE_HALF_WEIGHT, 1.0)
-    piece, pitch_at = _sounding(cuts, start, end, pitch)
+    piece, pitch_at = np.repeat(first, count) + offsets, np.repeat(pitch, count)
     n = len(length)
     chroma = np.bincount(piece * 12 + pitch_at % 12, minlength=n * 12).reshape(n, 12)
     lowest = np.full(n, 128)
@@ -160,8 +141,49 @@ def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
     has = lowest < 128
     bass[np.flatnonzero(has), lowest[has] % 12] = 1.0
     weighted = np.concatenate((chroma, bass), axis=1) * length[:, None]
-    per_beat = np.add.reduceat(weighted, np.searchsorted(cuts, grid.starts), axis=0)
+    return np.add.reduceat(weighted, beat_first, axis=0)
+
+
+_COMPILED_PIECE_SUMS = None  # ``piece_sums`` compiled (``codec_jit``), once it has given the same sums
+
+
+def beat_profiles(score, grid: BeatGrid) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch-class time, bass pitch-class time), each beats x 12, in ticks of sounding per beat."""
+    return note_profiles(*_pitched_notes(score), grid)
+
+
+def note_profiles(start: np.ndarray, end: np.ndarray, pitch: np.ndarray, grid: BeatGrid, compiled: bool = True):
+    """``beat_profiles`` of pitched notes given as (start, end, pitch) arrays on ``grid``'s time unit.
+
+    The song is cut at every note start and end and every beat start and middle into pieces where
+    nothing changes; each piece's sounding notes and lowest note are counted for its length (times
+    LATE_HALF_WEIGHT in a beat's second half), then the pieces are summed beat by beat (``piece_sums``,
+    compiled when ``codec_jit`` has registered it and ``compiled``).
+    """
+    if len(grid) == 0:
+        return np.zeros((0, 12)), np.zeros((0, 12))
+    sums = _COMPILED_PIECE_SUMS if compiled and _COMPILED_PIECE_SUMS is not None else piece_sums
+    per_beat = sums(*pieces(start, end, pitch, grid))
     return per_beat[:, :12], per_beat[:, 12:]
+
+
+def pieces(start, end, pitch, grid: BeatGrid) -> tuple:
+    """``piece_sums``' arguments: the stretches of a (non-empty) grid where nothing changes, which of
+    them each note sounds through, and where each beat's begin. ChordError when notes would sound
+    over more than MAX_SOUNDING of them (a hostile file)."""
+    start, end = np.asarray(start, np.float64), np.asarray(end, np.float64)
+    lo, hi = grid.starts[0], grid.ends[-1]
+    start, end = np.clip(start, lo, hi), np.clip(end, lo, hi)
+    middles = (grid.starts + grid.ends) / 2
+    cuts = np.unique(np.concatenate((start, end, grid.starts, middles, [hi])))
+    beat_of = np.searchsorted(grid.starts, cuts[:-1], side="right") - 1
+    length = np.diff(cuts) * np.where(cuts[:-1] >= middles[beat_of], LATE_HALF_WEIGHT, 1.0)
+    first = np.searchsorted(cuts, start)
+    last = np.maximum(np.searchsorted(cuts, end), first)
+    total = int((last - first).sum())
+    if total > MAX_SOUNDING:
+        raise ChordError(f"too dense to label: notes sound over {total} stretches (at most {MAX_SOUNDING})")
+    return first, last, np.asarray(pitch, np.int64), length, np.searchsorted(cuts, grid.starts)
 
 
 def chord_scores(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
@@ -182,12 +204,26 @@ def chord_scores(chroma: np.ndarray, bass: np.ndarray) -> np.ndarray:
     return out
 
 
-def smooth(scores: np.ndarray, switch_penalty: float | None = None) -> np.ndarray:
-    """The label sequence with the best total score less ``switch_penalty`` per change (Viterbi)."""
+_COMPILED_SMOOTH = None  # the same Viterbi compiled (``codec_jit``), once it has given this one's labels
+
+
+def use_compiled(smooth_fn, piece_sums_fn) -> None:
+    """Let ``smooth`` and ``note_profiles`` run compiled copies (``smooth_fn(scores, switch_penalty)``,
+    ``piece_sums_fn`` as ``piece_sums``): ``codec_jit`` registers them after checking they give what these
+    do (prepare labels every song: its hot path)."""
+    global _COMPILED_SMOOTH, _COMPILED_PIECE_SUMS
+    _COMPILED_SMOOTH, _COMPILED_PIECE_SUMS = smooth_fn, piece_sums_fn
+
+
+def smooth(scores: np.ndarray, switch_penalty: float | None = None, compiled: bool = True) -> np.ndarray:
+    """The label sequence with the best total score less ``switch_penalty`` per change (Viterbi).
+    ``compiled``: through the registered compiled copy, when there is one (False: this numpy one)."""
     switch_penalty = SWITCH_PENALTY if switch_penalty is None else switch_penalty
     n, k = scores.shape
     if n == 0:
         return np.zeros(0, dtype=np.int64)
+    if compiled and _COMPILED_SMOOTH is not None:
+        return _COMPILED_SMOOTH(scores, switch_penalty)
     back = np.zeros((n, k), dtype=np.int16)
     best = scores[0].copy()
     states = np.arange(k)
@@ -222,6 +258,14 @@ class SongChords:
         return np.flatnonzero(np.concatenate(([True], self.labels[1:] != self.labels[:-1])))
 
 
+def label_notes(start: np.ndarray, end: np.ndarray, pitch: np.ndarray, grid: BeatGrid) -> np.ndarray:
+    """The chord id of every beat of ``grid`` from pitched notes as arrays (start, end, pitch) in the
+    grid's time unit: what ``label_chords`` does after reading a score, and what the codec does on a
+    token stream's own notes (``Codec.add_chords``), so both label alike. ChordError: too dense."""
+    chroma, bass = note_profiles(start, end, pitch, grid)
+    return smooth(chord_scores(chroma, bass))
+
+
 def label_chords(score) -> SongChords:
     """The chord of every beat of a symusic score (any time unit; read in ticks). ChordError for a file
     too long or too dense to be music."""
@@ -232,6 +276,5 @@ def label_chords(score) -> SongChords:
         grid = beat_grid(score, max_beats=MAX_BEATS)
     except ValueError as e:
         raise ChordError(f"too long to label: {e}") from None
-    chroma, bass = beat_profiles(score, grid)
-    labels = smooth(chord_scores(chroma, bass))
+    labels = label_notes(*_pitched_notes(score), grid)
     return SongChords(grid, labels, np.asarray(seconds_at_tick(score, grid.starts), dtype=np.float64))

@@ -147,10 +147,17 @@ def with_chord_symbols(score: symusic.Score, song: SongChords) -> symusic.Score:
     reader sees where the harmony stops. ``song`` must be labelled from this score (same ticks).
     """
     out = score.copy() if str(score.ttype).lower().endswith("tick") else score.to("tick")
-    for i in song.changes():
-        out.markers.append(symusic.TextMeta(int(round(song.grid.starts[i])), chord_name(int(song.labels[i]))))
-    out.markers.sort(key=lambda m: m.time)
+    changes = song.changes()
+    add_chord_markers(out, np.round(song.grid.starts[changes]), song.labels[changes])
     return out
+
+
+def add_chord_markers(score: symusic.Score, ticks, ids) -> None:
+    """Chord names as score markers at ``ticks`` (a tick-based score, changed in place; kept sorted):
+    the one way chord symbols go into a written file (``with_chord_symbols``, decoded CHORD tokens)."""
+    for tick, cid in zip(np.asarray(ticks).tolist(), np.asarray(ids).tolist()):
+        score.markers.append(symusic.TextMeta(int(tick), chord_name(int(cid))))
+    score.markers.sort(key=lambda m: m.time)
 
 
 assert set(SUFFIX_QUALITY.values()) == set(QUALITIES) and chord_name(NO_CHORD) == NO_CHORD_NAME

@@ -9,12 +9,19 @@ Layout (ids in this order; exact ranges live on the ``Codec`` instance):
     INST_i         i = 0..128         an instrument present in the song (128 = drums)
     NOTE_i,p       129 x 128          a note of instrument i at pitch p ...
     DV_d,v         durations x 16     ... always followed by its duration and velocity
+    STYLE KEY DENSITY EDIT HOLE HOLE_END FILL     v2+: controls and the editing task's markers
+    CHORD_c        c = 0..108         v4: the harmony from here on (``midigen.music.chords`` ids, 108 = N.C.)
 
 A song is ``BOS INST_a INST_b ... TEMPO [TS] events... EOS``. Events are sorted by onset, then
 instrument, then pitch, so all tracks sound together in the stream. Time is beat-relative (steps of
 the file's ticks per quarter), so rhythm survives any tempo; tempo changes are events, so real time
 does not drift. Gaps longer than ``max_gap`` steps are shortened to it, so a note after 2^27 ticks of
 silence costs a few SHIFT tokens.
+
+Chords (v4): the encoder labels the song's own pitched notes beat by beat (``chord_changes``, the
+labeller of ``midigen.music.chords`` on the token stream's notes, so every encoding path labels alike)
+and writes a CHORD at each change, after that step's shifts and tempo, before its notes (``add_chords``);
+they decode to chord-name markers.
 
 Decoding is total: any id sequence gives a valid score. Ids out of place (a DV with no NOTE before it,
 a NOTE with no DV after it, header tokens among events, unknown ids) are skipped.
@@ -32,15 +39,20 @@ import symusic
 
 from midigen.errors import MidigenError
 from midigen.fsutil import atomic_write_text
+from midigen.music.chords import MAX_BEATS, NO_CHORD, QUALITIES, ChordError, chord_name, label_notes
+from midigen.music.chords import VOCAB_SIZE as CHORD_VOCAB
+from midigen.music.chordtext import add_chord_markers
 from midigen.music.smf import sanitize_smf, unwrap_rmid
-from midigen.music.timing import notes_end_seconds
+from midigen.music.timing import meter_beat_grid, notes_end_seconds
 
 CODEC_NAME = "midigen-event"
-CODEC_VERSION = 3  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens.
+CODEC_VERSION = 4  # v2: tempo bins hold every integer BPM 40..250; control and editing tokens.
 # v3: the same ids, with the controls right after BOS, so a song's instruments, tempo and meter are
 # written knowing the style, key and density asked for (v2 put them after TEMPO [TS]); and an edit's
 # written part interleaves the kept notes inside the span, so the parts it writes line up with them.
-SUPPORTED_VERSIONS = (1, 2, 3)  # older datasets and checkpoints still load and sample in their own layout
+# v4: v3's ids plus a CHORD token per chord of `midigen.music.chords` (108 chords and N.C.), written
+# at each change of the song's labelled harmony, after that step's shifts and tempo, before its notes.
+SUPPORTED_VERSIONS = (1, 2, 3, 4)  # older datasets and checkpoints still load and sample in their own layout
 
 DRUMS = 128  # the instrument number used for every drum track
 N_INSTRUMENTS = 129
@@ -68,6 +80,7 @@ class Kind(IntEnum):
     KEY = 8
     DENSITY = 9
     MARKER = 10
+    CHORD = 11
 
 
 class CodecError(MidigenError):
@@ -122,9 +135,10 @@ class CodecParams:
 class Codec:
     """Token vocabulary plus encode/decode. Construct from params; save/restore with JSON.
 
-    ``version`` 2 (the default) adds, after the v1 ids, the control tokens a song header may carry
-    (STYLE, KEY, DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); version 1 is kept so
-    datasets and checkpoints made before it still load.
+    ``version`` 2 adds, after the v1 ids, the control tokens a song header may carry (STYLE, KEY,
+    DENSITY) and the editing markers (EDIT, HOLE, HOLE_END, FILL); 3 moves the controls first; 4 (the
+    default) adds the CHORD ids after those (``has_chords``). Versions 1-3 are kept so datasets and
+    checkpoints made before them still load, sample and edit in their own layout.
     """
 
     params: CodecParams = field(default_factory=CodecParams)
@@ -175,6 +189,8 @@ class Codec:
         if self.version >= 2:
             sizes += [("style", N_STYLES), ("key", N_KEYS), ("density", len(DENSITY_LEVELS)),
                       ("marker", len(MARKERS))]
+        if self.version >= 4:
+            sizes += [("chord", CHORD_VOCAB)]
         self.PAD, self.BOS, self.EOS = 0, 1, 2
         self.n_durations = len(self.durations)
         start, self.ranges = 3, {}
@@ -188,6 +204,8 @@ class Codec:
         self.has_controls = self.version >= 2
         self.controls_first = self.version >= 3  # where a header's controls sit (see ``header_length``)
         self.interleaves_edits = self.version >= 3  # an edit's written part carries the kept notes (``sequences``)
+        self.has_chords = self.version >= 4  # CHORD tokens at each change of harmony (``add_chords``)
+        self.chord_start = self.ranges["chord"][0] if self.has_chords else -1
         if self.has_controls:
             self.style_start, self.key_start, self.density_start, marker = (
                 self.ranges[k][0] for k in ("style", "key", "density", "marker"))
@@ -280,6 +298,8 @@ class Codec:
             return f"KEY_{key_name(t - self.key_start).replace(' ', '_')}"
         if k == Kind.DENSITY:
             return f"DENSITY_{DENSITY_LEVELS[t - self.density_start]}"
+        if k == Kind.CHORD:
+            return f"CHORD_{chord_name(t - self.chord_start)}"
         return MARKERS[t - self.EDIT]
 
     # ----- control tokens (v2) ----------------------------------------------------------------
@@ -305,6 +325,85 @@ class Codec:
         self._need_controls()
         return self.density_start + int(level)
 
+    # ----- chord tokens (v4) ------------------------------------------------------------------
+
+    def chord_token(self, cid: int) -> int:
+        """The CHORD id of a chord id of ``midigen.music.chords`` (0..107, or NO_CHORD)."""
+        if not self.has_chords:
+            raise CodecError(f"codec v{self.version} has no chord tokens")
+        if not 0 <= int(cid) < CHORD_VOCAB:
+            raise ValueError(f"not a chord id: {cid}")
+        return self.chord_start + int(cid)
+
+    def chord_changes(self, tokens) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, chord ids) where the harmony of a song's tokens changes, as the labeller reads its
+        own pitched notes beat by beat on its header's meter (time in token steps, so long silences
+        are already shortened); the harmony starts as N.C., and nothing after the last event counts.
+        A stream too long or dense to label has no changes (it still encodes)."""
+        ev = self.decode_events(tokens)
+        n = ev["notes"]
+        pitched = n["instrument"] != DRUMS
+        start, pitch = n["time"][pitched], n["pitch"][pitched]
+        end = start + n["duration"][pitched]
+        num, den = ev["time_signature"] or (4, 4)
+        none = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if not len(start):
+            return none
+        try:
+            grid = meter_beat_grid(self.params.steps_per_quarter, [(0, num, den)], int(end.max()), MAX_BEATS)
+            labels = label_notes(start, end, pitch, grid)
+        except (ValueError, ChordError):
+            return none
+        change = labels != np.concatenate(([NO_CHORD], labels[:-1]))
+        steps = np.round(grid.starts[change]).astype(np.int64)
+        keep = steps <= ev["end_step"]
+        return steps[keep], labels[change][keep].astype(np.int64)
+
+    def add_chords(self, tokens, changes=None) -> np.ndarray:
+        """A song's tokens (``BOS`` header, events, ``EOS``) with a CHORD token at each change of harmony:
+        ``changes`` = (steps, chord ids), by default the labeller's (``chord_changes``). Each goes after
+        the shifts and tempo of its step and before its notes; a change between events splits the
+        shifts there. CHORD tokens already in the stream are replaced. Changes after the last event are
+        left out."""
+        t = np.asarray(tokens)
+        steps, ids = self.chord_changes(t) if changes is None else changes
+        h = self.header_length(t)
+        body = t[h:].astype(np.int64)
+        stop = np.flatnonzero((body == self.EOS) | (body == self.BOS))
+        tail = body[stop[0]:] if len(stop) else body[:0]
+        body = body[: stop[0]] if len(stop) else body
+        kind = self.kinds(body)
+        is_shift = kind == Kind.SHIFT
+        time = np.cumsum(self.shift_steps()[np.where(is_shift, body, 0)])
+        ev = ~is_shift & (kind != Kind.CHORD)
+        ev_ids, ev_time, ev_kind = body[ev], time[ev], kind[ev]
+        steps, ids = np.asarray(steps, np.int64), np.asarray(ids, np.int64)
+        last = int(ev_time[-1]) if len(ev_time) else 0
+        steps, ids = steps[steps <= last], ids[steps <= last]
+        key = 2 * ev_time + (ev_kind != Kind.TEMPO)  # a step's tempo, then its chord, then its notes
+        at = np.searchsorted(key, 2 * steps + 1, side="left")
+        ev_ids = np.insert(ev_ids, at, self.chord_start + ids)
+        ev_time = np.insert(ev_time, at, steps)
+        return np.concatenate((t[:h], self.timed_stream(ev_ids, ev_time)[0], tail)).astype(t.dtype)
+
+    def timed_stream(self, ids, times, seconds=None) -> tuple[np.ndarray, np.ndarray]:
+        """Events at their steps (in order, from step 0) -> (the stream with the SHIFT runs the encoder
+        writes between them, ``max_shift`` steps at a time then the rest; the event each token belongs to).
+        An event is ``ids[i]``, followed by ``seconds[i]`` where that is >= 0 (a note's DV)."""
+        ids, times = np.asarray(ids, np.int64), np.asarray(times, np.int64)
+        mx = self.params.max_shift
+        gaps = np.maximum(np.diff(times, prepend=0), 0)
+        n_full, rem = np.divmod(gaps, mx)
+        n_shift = n_full + (rem > 0)
+        second = np.full(len(ids), -1, np.int64) if seconds is None else np.asarray(seconds, np.int64)
+        count = n_shift + 1 + (second >= 0)
+        group = np.repeat(np.arange(len(ids)), count)
+        pos = np.arange(len(group)) - np.repeat(np.cumsum(count) - count, count)
+        own = pos - n_shift[group]
+        out = np.where(own == 0, ids[group], second[group])
+        out = np.where(pos < n_shift[group], self.shift_start + rem[group] - 1, out)
+        return np.where(pos < n_full[group], self.shift_start + mx - 1, out), group
+
     def transpose_table(self, semitones: int) -> np.ndarray:
         """id -> id after shifting every pitched note by ``semitones``; -1 where a pitch leaves 0..127.
 
@@ -322,6 +421,10 @@ class Codec:
         if self.has_controls:  # the key moves with the notes
             k = np.arange(N_KEYS)
             table[self.key_start + k] = self.key_start + (k % 12 + semitones) % 12 + 12 * (k // 12)
+        if self.has_chords:  # and so do the chords' roots (N.C. stays)
+            cid = np.arange(NO_CHORD)
+            root, quality = np.divmod(cid, len(QUALITIES))
+            table[self.chord_start + cid] = self.chord_start + ((root + semitones) % 12) * len(QUALITIES) + quality
         return table
 
     def count_notes(self, tokens: np.ndarray) -> int:
@@ -508,7 +611,15 @@ class Codec:
 
     def encode_scores(self, scores) -> list:
         """Scores -> list of token arrays (or CodecError per score), computed in one vectorized pass
-        (``_encode_batch`` below: the reference encoder that ``codec_jit`` must match token for token)."""
+        (``encode_base``), with their chords added in v4 (``add_chords``)."""
+        out = self.encode_base(scores)
+        if not self.has_chords:
+            return out
+        return [o if isinstance(o, BaseException) else self.add_chords(o) for o in out]
+
+    def encode_base(self, scores) -> list:
+        """``encode_scores`` without chord tokens (``_encode_batch`` below: the reference encoder that
+        ``codec_jit`` must match token for token)."""
         return _encode_batch(self, scores)
 
     # ----- decoding ---------------------------------------------------------------------------
@@ -552,6 +663,8 @@ class Codec:
         tempo_idx = np.flatnonzero(is_tempo)
         tempo_time = time[tempo_idx]
         tempo_bpm = self.tempo_bpm[t[tempo_idx] - self.tempo_start]
+        chord_idx = np.flatnonzero(kind == Kind.CHORD)
+        chord_idx = chord_idx[chord_idx >= head_len - 1]
         ts = None
         head_t, head_k = t[: max(0, head_len - 1)], kind[: max(0, head_len - 1)]
         for tok, k in zip(head_t, head_k):
@@ -566,6 +679,8 @@ class Codec:
             "time_signature": ts,
             "header_instruments": instruments,
             "end_step": int(time[-1]) if len(time) else 0,
+            "chord_time": time[chord_idx],
+            "chord_id": t[chord_idx] - self.chord_start if self.has_chords else np.zeros(0, np.int64),
         }
 
     def decode(self, tokens) -> symusic.Score:
@@ -586,6 +701,8 @@ class Codec:
         score.tempos = self._tempo_list(ev, scale)
         n, d = ev["time_signature"] or (4, 4)
         score.time_signatures.append(symusic.TimeSignature(0, n, d))
+        chords = ev["chord_time"] * scale <= _INT32_MAX  # CHORD tokens: chord symbols, as written files carry them
+        add_chord_markers(score, ev["chord_time"][chords] * scale, ev["chord_id"][chords])
         fits = ends * scale <= _INT32_MAX
         for inst in np.unique(notes["instrument"]):
             sel = (notes["instrument"] == inst) & fits

@@ -1,4 +1,5 @@
-"""The codec's encoder compiled with numba: prepare's hot path, byte-identical to ``Codec.encode_scores``.
+"""The codec's encoder compiled with numba: prepare's hot path, byte-identical to ``Codec.encode_scores``
+(v4's chord tokens are added after it, by the codec's own ``add_chords``).
 
 Why it exists: on a typical song the numpy encoder spends more time pulling note arrays out of
 symusic (about 10 us per track) and running ~40 vector passes than symusic spends parsing the file.
@@ -24,7 +25,9 @@ import math
 
 import numpy as np
 
+from midigen.music import chords
 from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, CodecError
+from midigen.music.timing import meter_beat_grid
 
 try:
     import numba
@@ -439,7 +442,10 @@ class CompiledEncoder:
         except Exception:  # never expected; the numpy encoder then decides
             st, n, notes, secs = LAYOUT, 0, 0, 0.0
         if st == OK:
-            return self._out[at : at + n], notes, secs, (self._facts[:12].copy(), int(self._facts[12]))
+            facts = (self._facts[:12].copy(), int(self._facts[12]))
+            if self.codec.has_chords:  # v4: the labeller's chords go in after (``Codec.add_chords``)
+                return self._keep(at, self.codec.add_chords(self._out[at : at + n])), notes, secs, facts
+            return self._out[at : at + n], notes, secs, facts
         if st == NO_NOTES:
             return CodecError("no notes"), None, None, None
         if st == ABSURD:
@@ -449,10 +455,14 @@ class CompiledEncoder:
         except Exception as e:
             return e, None, None, None
         if isinstance(tokens, np.ndarray):
-            self._reserve(at, len(tokens))
-            self._out[at : at + len(tokens)] = tokens
-            tokens = self._out[at : at + len(tokens)]
+            tokens = self._keep(at, tokens)
         return tokens, None, None, None
+
+    def _keep(self, at: int, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` copied into the buffer at ``at``; the view of them there."""
+        self._reserve(at, len(tokens))
+        self._out[at : at + len(tokens)] = tokens
+        return self._out[at : at + len(tokens)]
 
     def written(self, total: int) -> np.ndarray:
         """The first ``total`` tokens of the buffer (see ``encode_one``)."""
@@ -463,6 +473,100 @@ class CompiledEncoder:
             grown = np.empty(max(at + n, 2 * len(self._out)), dtype=np.uint16)
             grown[:at] = self._out[:at]
             self._out = grown
+
+
+@_jit
+def _viterbi(scores, penalty, back, path):
+    """``chords.smooth`` compiled, the same float operations in the same order (``path`` is written)."""
+    n, k = scores.shape
+    best = scores[0].copy()
+    for t in range(1, n):
+        leader, top = 0, best[0]
+        for j in range(1, k):
+            if best[j] > top:
+                leader, top = j, best[j]
+        switch = top - penalty
+        for j in range(k):
+            if best[j] >= switch:
+                back[t, j] = j
+                best[j] = best[j] + scores[t, j]
+            else:
+                back[t, j] = leader
+                best[j] = switch + scores[t, j]
+    last, top = 0, best[0]
+    for j in range(1, k):
+        if best[j] > top:
+            last, top = j, best[j]
+    path[n - 1] = last
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+
+
+def compiled_smooth(scores: np.ndarray, switch_penalty: float) -> np.ndarray:
+    n, k = scores.shape
+    path = np.zeros(n, dtype=np.int64)
+    if n:
+        _viterbi(np.ascontiguousarray(scores, dtype=np.float64), float(switch_penalty),
+                 np.zeros((n, k), dtype=np.int64), path)
+    return path
+
+
+@_jit
+def _piece_sums(first, last, pitch, length, beat_first, out):
+    """``chords.piece_sums`` compiled: the same products, summed in the same order (``out`` is written)."""
+    n = len(length)
+    cnt = np.zeros((n, 12), dtype=np.int64)
+    lowest = np.full(n, 128, dtype=np.int64)
+    for k in range(len(first)):
+        pc = pitch[k] % 12
+        for i in range(first[k], last[k]):
+            cnt[i, pc] += 1
+            if pitch[k] < lowest[i]:
+                lowest[i] = pitch[k]
+    n_beats = len(beat_first)
+    for b in range(n_beats):
+        lo = beat_first[b]
+        hi = beat_first[b + 1] if b + 1 < n_beats else n
+        if hi <= lo:  # np.add.reduceat's rule: an empty range gives its first row
+            hi = lo + 1
+        for i in range(lo, hi):
+            w = length[i]
+            for c in range(12):
+                v = cnt[i, c] * w
+                out[b, c] = v if i == lo else out[b, c] + v
+                bv = w if lowest[i] < 128 and lowest[i] % 12 == c else 0.0 * w
+                out[b, 12 + c] = bv if i == lo else out[b, 12 + c] + bv
+
+
+def compiled_piece_sums(first, last, pitch, length, beat_first) -> np.ndarray:
+    out = np.zeros((len(beat_first), 24))
+    if len(beat_first):
+        _piece_sums(np.asarray(first, np.int64), np.asarray(last, np.int64), np.asarray(pitch, np.int64),
+                    np.asarray(length, np.float64), np.asarray(beat_first, np.int64), out)
+    return out
+
+
+def _smooth_check() -> bool:
+    """The compiled Viterbi gives ``chords.smooth``'s labels on scores with many ties (rounded)."""
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 40, 300):
+        scores = np.round(rng.normal(size=(n, chords.VOCAB_SIZE)), 1)
+        if not np.array_equal(compiled_smooth(scores, 0.3), chords.smooth(scores, 0.3, compiled=False)):
+            return False
+    return _profiles_check(rng)
+
+
+def _profiles_check(rng) -> bool:
+    """The compiled ``piece_sums`` gives the numpy sums exactly, on random notes (chords, overlaps,
+    unisons, notes past the grid) over an odd meter's grid."""
+    for n in (1, 60, 400):
+        start = rng.integers(0, 2000, n).astype(np.float64)
+        end = start + rng.integers(1, 300, n)
+        grid = meter_beat_grid(24, [(0, 5, 8)], int(end.max()) - 50)
+        args = chords.pieces(start, end, rng.integers(20, 100, n), grid)
+        if not np.array_equal(compiled_piece_sums(*args), chords.piece_sums(*args)):
+            return False
+    return True
 
 
 _CHECKED: dict = {}
@@ -479,6 +583,8 @@ def available(codec) -> bool:
     k = id(codec)
     if k not in _CHECKED:
         _CHECKED[k] = _self_check(codec)
+        if _CHECKED[k] and codec.has_chords and _smooth_check():  # v4 labels every song: compile that too
+            chords.use_compiled(compiled_smooth, compiled_piece_sums)
     return _CHECKED[k]
 
 
@@ -512,5 +618,5 @@ def _self_check(codec) -> bool:
         got = CompiledEncoder(codec).encode_one(s)
     except Exception:
         return False
-    want = codec.encode_scores([s])[0]
+    want = codec.encode_scores([s])[0]  # with chords in v4, as encode_one adds them
     return got[1] is not None and np.array_equal(got[0], want)

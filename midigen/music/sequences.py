@@ -25,7 +25,11 @@ built here on the fly from the same tokens (so one prepared dataset serves every
   under kept ones (``arrange`` = the same task over the whole song, in chunks) are one objective.
   (Codec v2 kept the given notes inside the hole, in the context, and wrote the targets alone.)
 
-Everything works on *units*: a note (NOTE + DV), a tempo change, or a marker, each at a time in steps.
+Chords (codec v4) are units too: they stay in the context (inside the hole as well, so the model reads
+the harmony it writes under), and the written part carries the chord in force at the span's start and
+each change inside it (``span_chords``), learned like the notes it writes.
+
+Everything works on *units*: a note (NOTE + DV), a tempo change, a chord, or a marker, each at a time in steps.
 Units are re-emitted with fresh SHIFT tokens, so removing notes never leaves odd shift runs behind.
 """
 from __future__ import annotations
@@ -36,8 +40,10 @@ import numpy as np
 
 from midigen.music.codec import Codec, Kind
 
-# order of units at the same time step: tempo changes, then markers, then notes (the encoder's order)
-_ORDER_TEMPO, _ORDER_MARK, _ORDER_NOTE = 0, 1, 2
+# order of units at the same time step: tempo changes, then markers, then chords, then notes (the
+# encoder's order; a chord at a hole's start is inside the hole)
+_ORDER_TEMPO, _ORDER_MARK, _ORDER_CHORD, _ORDER_NOTE = 0, 1, 2, 3
+NOTE_ORDER, CHORD_ORDER = _ORDER_NOTE, _ORDER_CHORD  # for units built elsewhere (an edit's written part)
 
 
 @dataclass
@@ -60,7 +66,7 @@ class Units:
     def concat(parts) -> "Units":
         """Units of several sources in stream order: time, then tempo/marker/note, then id (the encoder's
         order: the notes of one step in increasing id)."""
-        parts = [p for p in parts if len(p)]
+        parts = [p for p in parts if p is not None and len(p)]
         if not parts:
             return Units(*(np.zeros(0, np.int64) for _ in range(5)))
         u = Units(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("time", "tok0", "tok1", "inst", "order")))
@@ -86,15 +92,39 @@ def song_units(codec: Codec, song: np.ndarray) -> tuple[np.ndarray, Units]:
     is_note = np.zeros(len(body), bool)
     is_note[:-1] = (kind[:-1] == Kind.NOTE) & (kind[1:] == Kind.DV)
     notes = np.flatnonzero(is_note)
-    tempos = np.flatnonzero(kind == Kind.TEMPO)
+    tempos = np.flatnonzero((kind == Kind.TEMPO) | (kind == Kind.CHORD))
     idx = np.concatenate((tempos, notes))
     o = np.argsort(idx, kind="stable")
     idx = idx[o]
     note = is_note[idx]
     tok1 = np.where(note, body[np.minimum(idx + 1, len(body) - 1)], -1)
     inst = np.where(note, (body[idx] - codec.note_start) // 128, -1)
-    order = np.where(note, _ORDER_NOTE, _ORDER_TEMPO)
+    order = np.where(note, _ORDER_NOTE, np.where(kind[idx] == Kind.CHORD, _ORDER_CHORD, _ORDER_TEMPO))
     return head, Units(time[idx], body[idx], tok1, inst, order)
+
+
+def chord_units(units: Units) -> Units:
+    """The chord units among ``units``."""
+    return units.select(units.order == _ORDER_CHORD)
+
+
+def chords_at(times, ids) -> Units:
+    """Chord units from (steps, CHORD token ids)."""
+    n = len(times)
+    return Units(np.asarray(times, np.int64), np.asarray(ids, np.int64), np.full(n, -1, np.int64),
+                 np.full(n, -1, np.int64), np.full(n, _ORDER_CHORD, np.int64))
+
+
+def span_chords(units: Units, start: int, end: int) -> Units:
+    """The chords a span ``[start, end)`` is written under: the one in force at ``start`` (placed there)
+    and each change inside it."""
+    ch = chord_units(units)
+    before = np.flatnonzero(ch.time < start)
+    inside = ch.select((ch.time >= start) & (ch.time < end))
+    if len(before) and not (len(inside) and inside.time[0] == start):
+        held = ch.select(before[-1:])
+        inside = Units.concat([chords_at([start], held.tok0), inside])
+    return inside
 
 
 def emit(codec: Codec, units: Units, start_time: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,29 +133,11 @@ def emit(codec: Codec, units: Units, start_time: int | None = None) -> tuple[np.
     Time starts at ``start_time`` (default: the first unit's time, so a context cut from the middle of
     a song begins with its first event, as training windows do).
     """
-    n = len(units)
-    if n == 0:
+    if len(units) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     t0 = units.time[0] if start_time is None else start_time
-    gaps = np.diff(np.concatenate(([t0], units.time)))
-    gaps = np.maximum(gaps, 0)
-    mx = codec.params.max_shift
-    n_full, rem = np.divmod(gaps, mx)
-    n_shift = n_full + (rem > 0)
-    n_own = 1 + (units.tok1 >= 0)
-    count = n_shift + n_own
-    group = np.repeat(np.arange(n), count)
-    pos = np.arange(len(group)) - np.repeat(np.cumsum(count) - count, count)
-    out = np.empty(len(group), np.int64)
-    in_shift = pos < n_shift[group]
-    full = pos < n_full[group]
-    out[in_shift & full] = codec.shift_token(mx)
-    part = in_shift & ~full
-    out[part] = codec.shift_start + rem[group[part]] - 1
-    own = pos - n_shift[group]
-    out[own == 0] = units.tok0[group[own == 0]]
-    out[own == 1] = units.tok1[group[own == 1]]
-    return out, group
+    at = np.cumsum(np.maximum(np.diff(np.concatenate(([t0], units.time))), 0))  # a step back is no gap
+    return codec.timed_stream(units.tok0, at, units.tok1)
 
 
 def instruments_of(codec: Codec, head: np.ndarray) -> list[int]:
@@ -215,10 +227,11 @@ def edit_prompt(codec: Codec, head: np.ndarray, units: Units, task: EditTask, ro
     return np.concatenate((head_ids, ctx, [codec.FILL])), middle, given
 
 
-def written_tokens(codec: Codec, middle: Units, task: EditTask, given: Units | None = None) -> np.ndarray:
-    """The written part as tokens after FILL: the units to write and the ``given`` notes in time
-    order, times from the span start, then EOS."""
-    toks, _ = emit(codec, Units.concat([middle, given]) if given is not None else middle, start_time=task.start)
+def written_tokens(codec: Codec, middle: Units, task: EditTask, given: Units | None = None,
+                   chords: Units | None = None) -> np.ndarray:
+    """The written part as tokens after FILL: the units to write, the ``given`` notes and the ``chords``
+    (``span_chords``) in time order, times from the span start, then EOS."""
+    toks, _ = emit(codec, Units.concat([middle, given, chords]), start_time=task.start)
     return np.concatenate((toks, [codec.EOS]))
 
 
@@ -256,16 +269,18 @@ def training_edit_sequence(codec: Codec, song: np.ndarray, rng: np.random.Genera
     task = _draw_task(codec, units, insts, rng, span_quarters)
     middle_room = length // 2
     _, middle, given = split_units(units, task, codec.interleaves_edits)
-    mid = written_tokens(codec, middle, task, given)
+    chords = span_chords(units, task.start, task.end)
+    mid = written_tokens(codec, middle, task, given, chords)
     if len(mid) > middle_room:  # shorten the span so what is written fits half the window
-        both = Units.concat([middle, given])
+        both = Units.concat([middle, given, chords])
         toks, group = emit(codec, both, start_time=task.start)
         cut = int(group[middle_room - 1])  # the first unit that does not fit whole
         task.end = int(both.time[cut])
         if task.end <= task.start:
             return None
         _, middle, given = split_units(units, task, codec.interleaves_edits)
-        mid = written_tokens(codec, middle, task, given)
+        chords = span_chords(units, task.start, task.end)
+        mid = written_tokens(codec, middle, task, given, chords)
     built = edit_prompt(codec, head, units, task, length - len(mid), controls=controls)
     if built is None:
         return None

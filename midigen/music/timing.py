@@ -285,17 +285,20 @@ def beat_grid(score, max_beats: int | None = None) -> BeatGrid:
     ``max_beats``: a ValueError instead of a grid longer than that (a hostile file's note hours long
     under a 1/64 meter would otherwise ask for billions of beats).
     """
-    end = notes_end_tick(score)
-    ms = meters(score)
-    counts = [_beats_in(score.ticks_per_quarter, m, ms[k + 1][0] if k + 1 < len(ms) else end, end)
-              for k, m in enumerate(ms)]
+    return meter_beat_grid(score.ticks_per_quarter, meters(score), notes_end_tick(score), max_beats)
+
+
+def meter_beat_grid(tpq: int, ms: list[tuple[int, int, int]], end: int, max_beats: int | None = None) -> BeatGrid:
+    """``beat_grid`` from the parts it reads: ticks per quarter, the (tick, numerator, denominator) meters
+    (the first at tick 0) and the tick the music ends at. A token stream's grid is one meter in steps."""
+    counts = [_beats_in(tpq, m, ms[k + 1][0] if k + 1 < len(ms) else end, end) for k, m in enumerate(ms)]
     if max_beats is not None and sum(counts) > max_beats:
         raise ValueError(f"{sum(counts)} beats (at most {max_beats} are labelled)")
     starts, bars, beats = [], [], []
     bar = 0
     for k, (tick, num, den) in enumerate(ms):
-        step = beat_ticks(score.ticks_per_quarter, num, den)
-        per_bar = max(1, round(num * score.ticks_per_quarter * 4.0 / den / step))
+        step = beat_ticks(tpq, num, den)
+        per_bar = max(1, round(num * tpq * 4.0 / den / step))
         n = counts[k]
         i = np.arange(n)
         starts.append(tick + i * step)

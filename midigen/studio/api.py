@@ -19,11 +19,13 @@ from midigen import __version__
 from midigen.errors import UsageError
 from midigen.generate.controls import resolve_instruments
 from midigen.generate.sampling import DEFAULTS
+from midigen.music.chordtext import parse_chords
 from midigen.music.codec import DRUMS, instrument_name
 from midigen.studio import schemas as S
 from midigen.studio.audio import AudioCache
 from midigen.studio.jobs import Engine, Job, JobQueue
 from midigen.studio.roll import score_roll
+from midigen.studio.teach import Teacher, teach_out
 from midigen.studio.upload import MAX_SECONDS, MAX_UPLOAD_BYTES, Reader
 from midigen.studio.workspace import ID_PATTERN, Workspace, clean_name, current_id
 
@@ -38,6 +40,7 @@ class Studio:
     queue: JobQueue
     reader: Reader
     audio: AudioCache
+    teacher: Teacher
 
 
 router = APIRouter(prefix="/api")
@@ -64,14 +67,22 @@ def info(request: Request):
     e, lim = st.engine, st.workspace.limits
     return {
         "version": __version__, "checkpoint": e.ckpt, "device": str(e.device),
-        "parameters": sum(p.numel() for p in e.model.parameters()), "block_size": e.model.cfg.block_size,
+        "parameters": e.model.num_params(), "block_size": e.model.cfg.block_size,
         "capabilities": e.caps,
         "instruments": [{"id": i, "name": instrument_name(i)} for i in range(DRUMS + 1)],
         "limits": {"upload_bytes": MAX_UPLOAD_BYTES, "piece_seconds": MAX_SECONDS, "new_seconds": S.MAX_NEW_SECONDS,
                    "pieces": lim.pieces, "versions_per_piece": lim.versions, "workspace_midi_bytes": lim.midi_bytes},
         "defaults": {k: v for k, v in DEFAULTS.items() if k in S.DefaultsOut.model_fields},
-        "queue": st.queue.load(),
+        "queue": st.queue.load(), "model": _current_model(st),
     }
+
+
+@router.post("/chords", response_model=S.ChordsOut, responses={400: {"model": S.ErrorOut}},
+             summary="read a chord chart as a job would (400 names a bad chord)",
+             description="The page checks its chord field here, so the chart is read in one place.")
+def chords(body: S.ChordsIn):
+    bars = [[str(c) for c in bar] for bar in parse_chords(body.chords)]
+    return {"bars": bars, "text": "| " + " | ".join(" ".join(bar) for bar in bars) + " |"}
 
 
 # ----- pieces and versions ----------------------------------------------------------------------
@@ -101,6 +112,12 @@ def create_piece(request: Request, name: str = Body("untitled", embed=True, max_
              responses={400: {"model": S.ErrorOut}, 413: {"model": S.ErrorOut}})
 async def upload(request: Request, name: str = Query("upload.mid", max_length=200)):
     st = _st(request)
+    midi, facts = await run_in_threadpool(st.reader.read, await _body(request))
+    return await run_in_threadpool(_store_upload, st.workspace, name, midi, facts)
+
+
+async def _body(request: Request) -> bytes:
+    """An upload's bytes, refused (413) as soon as they pass the 16 MiB cap."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_UPLOAD_BYTES:
         raise HTTPException(413, f"the file is too large: {int(declared)} bytes > {MAX_UPLOAD_BYTES >> 20} MiB")
@@ -109,8 +126,7 @@ async def upload(request: Request, name: str = Query("upload.mid", max_length=20
         data += chunk
         if len(data) > MAX_UPLOAD_BYTES:
             raise HTTPException(413, f"the file is too large: over {MAX_UPLOAD_BYTES >> 20} MiB")
-    midi, facts = await run_in_threadpool(st.reader.read, bytes(data))
-    return await run_in_threadpool(_store_upload, st.workspace, name, midi, facts)
+    return bytes(data)
 
 
 def _store_upload(ws: Workspace, name: str, midi: bytes, facts: dict) -> dict:
@@ -298,3 +314,81 @@ def cancel(request: Request, jid: str = JID):
     job = _job(st, jid)
     st.queue.cancel(job)
     return job_out(st, job)
+
+
+# ----- teaching and models ----------------------------------------------------------------------
+
+TID = PathParam(..., pattern=ID_PATTERN, description="a teaching id")
+
+
+@router.post("/teach/files", response_model=S.TeachFilesOut, status_code=201,
+             summary="add a MIDI file, or a zip of them, to a teaching set (a new set without `set`)",
+             description="The body is the file itself (audio/midi, application/zip or application/octet-stream), "
+                         "at most 16 MiB; each MIDI file is read as an upload is.",
+             responses={400: {"model": S.ErrorOut}, 404: {"model": S.ErrorOut}, 413: {"model": S.ErrorOut}})
+async def teach_files(request: Request, name: str = Query("upload.mid", max_length=200),
+                      set: str | None = Query(None, pattern=ID_PATTERN)):
+    st = _st(request)
+    data = await _body(request)
+    return await run_in_threadpool(st.teacher.add, set, name, data)
+
+
+@router.post("/teach", response_model=S.TeachOut, status_code=202, summary="start teaching the base a set's music",
+             responses={400: {"model": S.ErrorOut}, 404: {"model": S.ErrorOut}, 409: {"model": S.ErrorOut}})
+def teach(request: Request, body: S.TeachIn):
+    return teach_out(_st(request).teacher.start(body.set, body.style, body.steps, body.minutes))
+
+
+@router.get("/teach/{tid}", response_model=S.TeachOut, summary="a tune's state and its curve after `since` points",
+            description="With `wait` > 0 the answer is held until new points come, the state changes, or "
+                        "`wait` seconds pass.")
+async def get_teach(request: Request, tid: str = TID, since: int = Query(0, ge=0),
+                    wait: float = Query(0.0, ge=0, le=MAX_WAIT)):
+    t = _st(request).teacher.get(tid)
+    deadline, status = time.monotonic() + wait, t.status
+    while time.monotonic() < deadline and t.status == status and len(t.points) <= since and t.finished is None:
+        if await request.is_disconnected():
+            break
+        await asyncio.sleep(0.1)
+    return teach_out(t, since)
+
+
+@router.post("/teach/{tid}/cancel", response_model=S.TeachOut, summary="stop a tune (no model is kept)")
+def cancel_teach(request: Request, tid: str = TID):
+    teacher = _st(request).teacher
+    t = teacher.get(tid)
+    teacher.cancel(t)
+    return teach_out(t)
+
+
+def _current_model(st: Studio) -> str:
+    a = st.engine.adapter
+    if a is None:
+        return "base"
+    return "checkpoint" if a == st.engine.start_adapter else a.name
+
+
+def models_out(st: Studio) -> dict:
+    listed = st.teacher.models()
+    if st.engine.start_adapter is not None:  # the adapter `midigen studio --ckpt` named
+        listed.insert(0, {"id": "checkpoint", "name": st.engine.start_adapter.name})
+    return {"current": _current_model(st), "models": [{"id": "base", "name": "base"}, *listed],
+            "base_loads": st.engine.base_loads}
+
+
+@router.get("/models", response_model=S.ModelsOut, summary="the base and the models taught from it")
+def models(request: Request):
+    return models_out(_st(request))
+
+
+@router.post("/models/select", response_model=S.ModelsOut, summary="generate with another model",
+             description="Waits for a running job to finish; no base weight is read again.")
+def select_model(request: Request, body: S.SelectModelIn):
+    st = _st(request)
+    if body.model == "base":
+        st.engine.use(None)
+    elif body.model == "checkpoint" and st.engine.start_adapter is not None:
+        st.engine.use(st.engine.start_adapter)
+    else:
+        st.engine.use(st.teacher.model_dir(body.model))
+    return models_out(st)

@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from midigen.music.chordtext import parse_chords
 from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
@@ -32,9 +34,14 @@ from midigen.generate.checks import edit_warnings, sample_warnings
 from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
+from midigen.generate.harmony import need_chords
 from midigen.generate.sampling import Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
-from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits, load_checkpoint
+from midigen.fsutil import sha256_file
+from midigen.model.adapter import apply_live, is_adapter_dir
+from midigen.model.checkpoint import CONFIG, adapter_base, load_adapter, load_checkpoint
+from midigen.model.checkpoint import resolve as resolve_checkpoint
+from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits
 from midigen.music.timing import TempoMap
 
 KINDS = ("generate", "continue", "infill", "arrange", "like")
@@ -87,14 +94,44 @@ def _clock(seconds: float) -> str:
 
 
 class Engine:
-    """One loaded checkpoint and the four things the studio asks of it."""
+    """One loaded checkpoint and the four things the studio asks of it.
+
+    The base weights are loaded once (``base_loads`` counts it); an adapter (``use``) is put on beside
+    them and taken off again, so switching between the base and any adapter reads no base weight.
+    ``lock`` is held by every run and every switch: a job never sees the model change under it.
+    """
 
     def __init__(self, ckpt, device, precision: str = "fp32"):
-        self.model, self.codec, self.config = load_checkpoint(ckpt, device, precision=precision)
+        start = resolve_checkpoint(ckpt)
+        self.base_dir = adapter_base(start) if is_adapter_dir(start) else start
+        self.model, self.codec, self.base_config = load_checkpoint(self.base_dir, device, precision=precision)
+        self.base_loads = 1
+        self.base_sha = sha256_file(self.base_dir / CONFIG)
         self.device = device
-        self.ckpt = str(ckpt)
-        self.caps = capabilities(self.config, self.model, self.codec)
-        self.limits = checkpoint_limits(self.config)
+        self.lock = threading.RLock()
+        self._remove = None
+        self.adapter = None  # the adapter dir in use, or None for the base
+        self.start_adapter = Path(start) if is_adapter_dir(start) else None  # the one --ckpt named
+        self.use(self.start_adapter)
+
+    def use(self, adapter) -> None:
+        """Switch to the adapter dir ``adapter`` (None: the base), checked before the current one comes off."""
+        with self.lock:
+            if adapter is not None and self.adapter is not None and Path(adapter) == self.adapter:
+                return
+            loaded = None if adapter is None else load_adapter(adapter, self.base_sha)
+            if self._remove is not None:
+                self._remove()
+                self._remove = None
+            if loaded is None:
+                self.config, self.adapter = self.base_config, None
+            else:
+                manifest, tensors, self.config = loaded
+                self._remove = apply_live(self.model, tensors, manifest)
+                self.adapter = Path(adapter)
+            self.ckpt = str(self.adapter or self.base_dir)
+            self.caps = capabilities(self.config, self.model, self.codec)
+            self.limits = checkpoint_limits(self.config)
 
     def _limits(self, req: dict):
         """The checkpoint's instrument ranges and polyphony, unless the request sets ``free_range``."""
@@ -114,9 +151,25 @@ class Engine:
         return resolve(self.caps, self.codec, style=pick("style"), key=pick("key"), density=pick("density"),
                        time_signature=pick("time_signature"))
 
+    def chords(self, req: dict, kind: str) -> dict:
+        """The request's chord chart as the library's keywords: ``chords`` = ``parse_chords``'s bars (a
+        UsageError names a bad chord, or says the checkpoint has none), and for an edit ``free_chords``;
+        nothing when neither is asked, so the library's default holds (an edit follows the song's own
+        chords, new music the model's own). A checkpoint without chords frees them anyway."""
+        text = (req.get("chords") or "").strip()
+        chart = parse_chords(text) if text else None
+        need_chords(self.codec, chart)
+        out = {} if chart is None else {"chords": chart}
+        if kind in ("infill", "arrange") and req.get("free_chords") and self.codec.has_chords:
+            if chart is not None:
+                raise UsageError("chords and free chords contradict each other: give a chart or free the chords")
+            out["free_chords"] = True
+        return out
+
     def check(self, kind: str, req: dict, version: dict | None) -> None:
-        """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad spans."""
+        """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad chords, bad spans."""
         self.steering(req)
+        self.chords(req, kind)
         self.instruments(req.get("instruments"))
         if kind == "generate":
             if req.get("form"):
@@ -162,9 +215,9 @@ class Engine:
         progress.begin(np.array(head, np.int64), 0.0)
         s = generate_samples(self.model, self.codec, seconds=req["seconds"], instruments=insts or None, tempo=tempo,
                              controls=controls, time_signature=meter, listener=progress, sampling=sampling,
-                             device=self.device, limits=self._limits(req))[0]
+                             device=self.device, limits=self._limits(req), **self.chords(req, "generate"))[0]
         out = sample_score(self.codec, s)
-        label = f"generated {req['seconds']:g} s · seed {sampling.seed} · {_pace(s, out)}"
+        label = f"generated {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · {_pace(s, out)}"
         return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
 
     def _form(self, req: dict, insts, controls, meter, sampling) -> list[tuple]:
@@ -194,10 +247,11 @@ class Engine:
         progress.begin(continuation.stream_head(self.codec, p, extra), p.start_seconds)
         ((s, out),) = continue_song(self.model, self.codec, score, p, seconds=req["seconds"], instruments=extra,
                                     tempo=req.get("tempo"), listener=progress, sampling=sampling, device=self.device,
-                                    limits=self._limits(req))
+                                    limits=self._limits(req), **self.chords(req, "continue"))
         where = "the end" if req.get("at_seconds") is None else _clock(p.start_seconds)
         pace = realtime(notes_end_seconds(out) - p.start_seconds, s.compute_seconds)
-        label = f"continued from {where} · {req['seconds']:g} s · seed {sampling.seed} · {pace:.1f}× real time"
+        label = (f"continued from {where} · {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · "
+                 f"{pace:.1f}× real time")
         said = sample_warnings(out, p.start_seconds, None, extra) + _heard(p.hearing)
         return [(out, label, {**req, "seed": sampling.seed}, said)]
 
@@ -208,9 +262,9 @@ class Engine:
         edits = infill_edits(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"],
                              instruments=insts, num_samples=req["num_samples"], controls=self.steering(req)[0],
                              listener=progress, limits=self._limits(req), known_instruments=self.caps["instruments"],
-                             **kw)
+                             **self.chords(req, "infill"), **kw)
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
-        return [(e.score, f"infill {span} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
+        return [(e.score, f"infill {span}{_on_chords(req)} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
                           f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
                  edit_warnings(score, e, "infill") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
@@ -223,12 +277,20 @@ class Engine:
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
                               controls=self.steering(req)[0], listener=progress, limits=self._limits(req),
-                              known_instruments=self.caps["instruments"], **kw)
-        names = ", ".join(instrument_name(i) for i in add)
+                              known_instruments=self.caps["instruments"], **self.chords(req, "arrange"), **kw)
+        names = ", ".join(instrument_name(i) for i in add) + _on_chords(req)
         return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
                           f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
                  edit_warnings(score, e, "arrange") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
+
+
+def _on_chords(req: dict) -> str:
+    """What a version's label says of its chords: the chart it was written on, or that they were free."""
+    text = " ".join((req.get("chords") or "").split())
+    if text:
+        return f" · on {text if len(text) <= 40 else text[:39] + '…'}"
+    return " · free chords" if req.get("free_chords") else ""
 
 
 def _heard(hearing: dict) -> list[str]:
@@ -431,7 +493,8 @@ class JobQueue:
         """-> (status, error): the job's versions are written before it counts as done."""
         try:
             score = self.ws.score(job.piece, job.base) if job.base else None
-            results = self.engine.run(job.kind, job.request, score, job.progress)
+            with self.engine.lock:
+                results = self.engine.run(job.kind, job.request, score, job.progress)
             for i, (sc, label, params, warnings) in enumerate(results):
                 v = self.ws.add_version(job.piece, bytes(sc.dumps_midi()), label=label, kind=job.kind,
                                         facts={**facts(sc), "warnings": warnings}, params=params, parent=job.base,

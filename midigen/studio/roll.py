@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 
 from midigen.music.codec import Codec, instrument_name, track_instrument
-from midigen.music.timing import TempoMap, grid, meters
+from midigen.music.timing import MAX_LINES, TempoMap, grid, meters
 from midigen.generate.edit import written_units
 from midigen.generate.form import section_bands
+from midigen.generate.render import bar_spans, detected_bar_chords
 
 
 def _r(x) -> list:
@@ -18,7 +19,8 @@ def _r(x) -> list:
 
 
 def score_roll(score) -> dict:
-    """Every track with notes, the song's length, bar and beat lines, tempos and meters (seconds)."""
+    """Every track with notes, the song's length, bar and beat lines, tempos and meters (seconds), and the
+    chords of each bar (``bar_chords``)."""
     tm = TempoMap(score)
     tracks, end_tick = [], 0
     for i, track in enumerate(score.tracks):
@@ -47,7 +49,16 @@ def score_roll(score) -> dict:
                             for t, n, d in meters(score)[:2000]],
         "sections": [{"label": label[:80], "start": round(a, 4), "end": round(b, 4)}
                      for a, b, label in section_bands(score)[:2000]],
+        "chords": bar_chords(score),
     }
+
+
+def bar_chords(score) -> list[dict]:
+    """Each bar's start and end (seconds) and its chords as the labeller hears them, as the PNG's chord
+    lane draws them (``midigen.generate.render``), at most ``MAX_LINES`` bars."""
+    spans, names = bar_spans(score), detected_bar_chords(score)
+    return [{"start": round(a, 4), "end": round(b, 4), "chords": n}
+            for (a, b), n in zip(spans[:MAX_LINES], names)]
 
 
 def step_seconds(codec: Codec, ev: dict, steps: np.ndarray) -> np.ndarray:

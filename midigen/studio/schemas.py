@@ -36,12 +36,46 @@ class Steering(BaseModel):
     density: str | None = Field(None, max_length=40, examples=["low", "medium", "high"])
 
 
+MAX_CHORD_TEXT = 4000  # characters of a chord chart (a few hundred bars)
+
+
+class Chords(BaseModel):
+    """A chord chart for the new music, as `--chords` takes it (a 400 names a bad chord)."""
+
+    chords: str | None = Field(None, max_length=MAX_CHORD_TEXT, examples=["C G Am F", "C G | Am F | Dm7 G7 | C"],
+                               description="one chord per bar, or bars separated by |; it repeats to the end. "
+                                           "null or \"\": none asked for (an edit follows the song's own chords)")
+
+
+class EditChords(Chords):
+    free_chords: bool = Field(False, description="let the model choose the harmony of what it writes, instead of "
+                                                 "following the song's own chords (or the chart given)")
+
+
+class ChordsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chords: str = Field(..., max_length=MAX_CHORD_TEXT, examples=["C G | Am F"])
+
+
+class ChordsOut(BaseModel):
+    """A chart as the server reads it: its bars, each a list of chord names, and the chart written back."""
+
+    bars: list[list[str]]
+    text: str
+
+
+class ChordBar(BaseModel):
+    start: float = Field(description="seconds")
+    end: float
+    chords: str = Field(description="the bar's chords as the labeller hears them, space-separated (\"Am F\")")
+
+
 class Meter(BaseModel):
     time_signature: str | None = Field(None, max_length=40, examples=["3/4"],
                                        description="for new music only: an edit keeps the song's own")
 
 
-class GenerateIn(Sampling, Steering, Meter):
+class GenerateIn(Sampling, Steering, Meter, Chords):
     """New music from nothing; the result replaces what the piece shows (undo brings it back)."""
 
     instruments: list[Instrument] | None = Field(None, description="null: the model chooses")
@@ -67,7 +101,7 @@ class LikeIn(Sampling, Steering):
     vary: float | None = Field(None, gt=0, le=1, description="share of bars written anew (null: 1/3)")
 
 
-class ContinueIn(Sampling):
+class ContinueIn(Sampling, Chords):
     """More music after a version's notes, from its end or from a point (what was after the point goes)."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="the version to continue; null: the current one")
@@ -77,7 +111,7 @@ class ContinueIn(Sampling):
     tempo: float | None = Field(None, ge=16, le=512, description="a tempo change where the new music starts")
 
 
-class InfillIn(Sampling, Steering):
+class InfillIn(Sampling, Steering, EditChords):
     """Rewrite a time span (optionally only some instruments); N variants to audition."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
@@ -87,7 +121,7 @@ class InfillIn(Sampling, Steering):
     num_samples: int = Field(1, ge=1, le=8, description="variants to write")
 
 
-class ArrangeIn(Sampling, Steering):
+class ArrangeIn(Sampling, Steering, EditChords):
     """New parts over the whole song, keeping some of its parts."""
 
     version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
@@ -178,6 +212,7 @@ class RollOut(BaseModel):
     time_signatures: list[MeterOut]
     sections: list[SectionOut] = Field([], description="the sections the song's markers name (a form's), "
                                                        "drawn as bands over the roll")
+    chords: list[ChordBar] = Field(description="each bar's chords as the labeller hears the notes")
 
 
 class JobOut(BaseModel):
@@ -202,6 +237,9 @@ class Capabilities(BaseModel):
     time_signatures: list[Any]
     keys: list[Any]
     densities: list[Any]
+    chords: bool = Field(False, description="whether jobs can follow a chord chart (`chords`): codec v4")
+    chord_vocabulary: list[str] = Field([], description="the chords the model learned to write (any chord of "
+                                                        "the vocabulary can be asked for)")
 
 
 class InstrumentOut(BaseModel):
@@ -237,7 +275,64 @@ class InfoOut(BaseModel):
     limits: LimitsOut
     defaults: DefaultsOut
     queue: dict
+    model: str = Field("base", description="the model in use: 'base' or an id from /api/models")
 
 
 class ErrorOut(BaseModel):
     detail: str
+
+
+# ----- teaching and models ------------------------------------------------------------------------
+
+
+class TeachIn(BaseModel):
+    """Tune the base on a teaching set's files into a new model (one tune at a time: 409 otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+    set: str = Field(..., pattern=ID_PATTERN, description="the set the files went to (/api/teach/files)")
+    style: str = Field(..., min_length=1, max_length=60, description="the style's name: it names the model and, "
+                                                                     "when the base knows styles, the new style")
+    steps: int = Field(300, ge=1, le=5000, description="at most this many steps (it stops earlier at the best "
+                                                        "validation loss)")
+    minutes: float = Field(10.0, gt=0, le=120, description="stop within this many minutes")
+
+
+class TeachFilesOut(BaseModel):
+    set: str
+    files: int = Field(description="MIDI files the set holds now")
+    added: list[str]
+    refused: list[dict] = Field(description="[{name, reason}] for each file that could not be read")
+
+
+class TeachOut(BaseModel):
+    id: str
+    set: str
+    style: str
+    status: Literal["queued", "preparing", "training", "done", "failed", "cancelled"]
+    steps: int
+    files: int
+    points: list[list[float | None]] = Field(description="[step, loss, val bits/note or null] after `since`")
+    points_total: int
+    model: str | None = Field(description="the new model's id, once done")
+    error: str | None
+    result: dict
+    elapsed: float
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    styles: list[str] = []
+    val_bits_per_note: float | None = None
+    base_val_bits_per_note: float | None = None
+
+
+class ModelsOut(BaseModel):
+    current: str = Field(description="the model generation uses now: 'base' or an adapter's id")
+    models: list[ModelOut]
+    base_loads: int = Field(description="times the base weights were read (switching models reads none)")
+
+
+class SelectModelIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., max_length=48, description="'base' or a model id from /api/models")

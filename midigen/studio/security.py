@@ -11,7 +11,8 @@ Jupyter's server does, every request must
 3. if it changes state (POST, PUT, PATCH, DELETE) and has no bearer token, come from the studio's own
    origin (``Origin``, else ``Referer``);
 4. if it changes state and has a body, say what the body is: JSON (``application/json``) everywhere
-   but the upload, which takes the MIDI file itself (``audio/midi`` or ``application/octet-stream``).
+   but the uploads, which take the MIDI file itself (``audio/midi`` or ``application/octet-stream``; the
+   Teach panel's also a zip, ``application/zip``).
    Cross-site forms can only send ``text/plain``, form or multipart bodies, so these never pass.
 
 The checks are one ASGI middleware in front of the whole app (page, static files, API, docs); a refusal
@@ -27,8 +28,9 @@ from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs, urlsplit
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-UPLOAD_PATH = "/api/pieces/upload"
 UPLOAD_TYPES = frozenset({"audio/midi", "audio/x-midi", "audio/mid", "application/octet-stream"})
+UPLOADS = {"/api/pieces/upload": UPLOAD_TYPES,  # path -> the body types it takes (the file itself)
+           "/api/teach/files": UPLOAD_TYPES | {"application/zip", "application/x-zip-compressed"}}
 WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 
 
@@ -182,8 +184,8 @@ def judge(policy: Policy, method: str, path: str, scope) -> Verdict:
         return Verdict(403, "a request that changes something must come from the studio's own page "
                             "(Origin or Referer) or carry Authorization: Bearer TOKEN")
     kind = _media_type(headers)
-    if path == UPLOAD_PATH:
-        if kind not in UPLOAD_TYPES:
+    if path in UPLOADS:
+        if kind not in UPLOADS[path]:
             return Verdict(415, f"an upload's body must be the MIDI file itself (Content-Type audio/midi), "
                                 f"not {kind or 'untyped'}")
     elif _has_body(headers) and kind != "application/json":

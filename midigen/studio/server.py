@@ -31,6 +31,7 @@ from midigen.generate.synth import RenderError
 from midigen.studio.api import Studio, router
 from midigen.studio.audio import AudioCache
 from midigen.studio.jobs import CannotEdit, Engine, JobQueue, QueueFull
+from midigen.studio.teach import Teacher
 from midigen.studio.security import Guard, Policy, is_loopback
 from midigen.studio.upload import Reader, UploadError
 from midigen.studio.workspace import Conflict, Limits, NotFound, Workspace
@@ -63,18 +64,27 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": _validation_message(exc)}, status_code=422)
 
 
+def can_learn_styles(engine: Engine) -> bool:
+    """Whether a tune can give the base a new style: it learned style controls (else the name only names
+    the model)."""
+    return engine.codec.has_controls and (engine.base_config.get("info") or {}).get("controls") is not None
+
+
 def create_app(engine: Engine, workspace: Workspace, soundfont, policy: Policy,
                reader: Reader | None = None) -> FastAPI:
     """The app over an already loaded engine, behind ``policy``; the worker thread starts now, the reader
     in the background."""
     reader = reader or Reader()
-    studio = Studio(engine, workspace, JobQueue(engine, workspace), reader, AudioCache(workspace, soundfont))
+    teacher = Teacher(workspace.root / "teach", engine.base_dir, engine.base_sha, can_learn_styles(engine), reader)
+    studio = Studio(engine, workspace, JobQueue(engine, workspace), reader, AudioCache(workspace, soundfont),
+                    teacher)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         for box in (reader, studio.audio):  # warm the child processes without delaying the page
             threading.Thread(target=box.start, name="midigen-studio-warm", daemon=True).start()
         yield
+        teacher.close()
         studio.queue.close()
         reader.close()
         studio.audio.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -394,7 +395,8 @@ class Tune:
             info["note_ranges"] = self.note_ranges
             save_checkpoint(self.out / "best", self.model, self.codec, info)
             return
-        manifest = {"base": {"path": str(self.base_dir), "sha256": self.base_sha}, "rank": self.s.rank,
+        base = {"path": str(self.base_dir), "relative": os.path.relpath(self.base_dir, self.out), "sha256": self.base_sha}
+        manifest = {"base": base, "rank": self.s.rank,
                     "alpha": self.s.alpha, "new_ids": self.new_ids, "support": self.support,
                     "controls": self.controls, "new_styles": self.new_styles, "note_ranges": self.note_ranges,
                     **facts}
@@ -434,11 +436,10 @@ class Tune:
                     log.write({"step": self.step, "loss": loss_v, "elapsed": elapsed})
                 if self.step % s.eval_every == 0 or self.step == s.steps:
                     val_bits = self._validate(log, elapsed)
-                    if self.bad >= s.patience:
-                        stopped = "best"
-                        break
-                left = self._seconds_left(t0, deadline)
-                self._report(bar, on_progress, loss_v, val_bits, left)
+                self._report(bar, on_progress, loss_v, val_bits, self._seconds_left(t0, deadline))
+                if self.bad >= s.patience:  # after the report, so the step that ends the tune is shown too
+                    stopped = "best"
+                    break
         finally:
             log.close()
             if bar is not None:

@@ -1,7 +1,7 @@
 // The studio's JSON API, as the page uses it. Every error becomes an Error whose message is the
 // server's one-line "detail".
 
-async function call(method, path, body, headers = {}) {
+export async function call(method, path, body, headers = {}) {
   const init = { method, headers: { ...headers } };
   if (body instanceof Blob || body instanceof ArrayBuffer) {
     init.body = body;
@@ -33,6 +33,7 @@ const piece = (id) => `/api/pieces/${id}`;
 
 export const api = {
   info: () => call("GET", "/api/info"),
+  chords: (text) => call("POST", "/api/chords", { chords: text }),  // a chart as the server reads it
   pieces: () => call("GET", "/api/pieces"),
   piece: (id) => call("GET", piece(id)),
   createPiece: (name) => call("POST", "/api/pieces", { name }),

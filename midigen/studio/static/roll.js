@@ -1,9 +1,13 @@
 // The piano roll: every track's notes on one canvas, drums in their own lane, bar lines from the song's
-// meters, a playhead, a selected span, and the notes of a running job drawn as they arrive.
+// meters, a chord lane (each bar's chords, as the server's labeller hears them), a playhead, a selected
+// span, and the notes of a running job drawn as they arrive. Dragging across the chord lane selects
+// whole bars.
 // Time runs left to right in seconds; a thin native scrollbar under the canvas scrolls it.
 
 const GUTTER = 52;   // keyboard / lane labels
 const RULER = 22;    // bar numbers
+const LANE = 18;     // the chord lane under the ruler
+const TOP = RULER + LANE;  // where the pitch rows start
 const NAMES = ["C", "C♯", "D", "D♯", "E", "F", "F♯", "G", "G♯", "A", "A♯", "B"];
 const BLACK = new Set([1, 3, 6, 8, 10]);
 // one hue per General MIDI family of eight programs: pianos blue, basses orange, strings gold, ...
@@ -143,8 +147,8 @@ export class PianoRoll {
 
   _areas() {
     const h = this.canvas.clientHeight;
-    const drumH = this.drumRows.length ? Math.min(Math.max(this.drumRows.length * 9, 44), (h - RULER) * 0.3) : 0;
-    const pitchH = h - RULER - drumH;
+    const drumH = this.drumRows.length ? Math.min(Math.max(this.drumRows.length * 9, 44), (h - TOP) * 0.3) : 0;
+    const pitchH = h - TOP - drumH;
     return { h, drumH, pitchH, row: pitchH / (this.hi - this.lo + 1), drumRow: drumH / Math.max(1, this.drumRows.length) };
   }
 
@@ -166,6 +170,7 @@ export class PianoRoll {
     c.fillRect(0, 0, w, a.h);
     this._drawRows(c, w, a);
     this._drawGrid(c, w, a, t0, t1);
+    this._drawChords(c, w, t0, t1);
     this._drawSections(c, a);
     this._drawSelection(c, a);
     this._drawNotes(c, a, t0, t1);
@@ -175,15 +180,15 @@ export class PianoRoll {
 
   _drawRows(c, w, a) {
     for (let p = this.lo; p <= this.hi; p++) {
-      const y = RULER + (this.hi - p) * a.row;
+      const y = TOP + (this.hi - p) * a.row;
       if (BLACK.has(p % 12)) { c.fillStyle = "#111419"; c.fillRect(GUTTER, y, w - GUTTER, a.row); }
       if (p % 12 === 0) { c.fillStyle = "#232833"; c.fillRect(GUTTER, y + a.row - 1, w - GUTTER, 1); }
     }
     if (a.drumH) {
       c.fillStyle = "#101317";
-      c.fillRect(GUTTER, RULER + a.pitchH, w - GUTTER, a.drumH);
+      c.fillRect(GUTTER, TOP + a.pitchH, w - GUTTER, a.drumH);
       c.fillStyle = "#3a404c";
-      c.fillRect(0, RULER + a.pitchH, w, 1);
+      c.fillRect(0, TOP + a.pitchH, w, 1);
     }
   }
 
@@ -194,7 +199,7 @@ export class PianoRoll {
     if (!d) return;
     if (this.pps * this._spacing(d.beats) > 6) {
       c.fillStyle = "#1b1f27";
-      for (const t of d.beats) if (t >= t0 && t <= t1) c.fillRect(Math.round(this._x(t)), RULER, 1, a.h - RULER);
+      for (const t of d.beats) if (t >= t0 && t <= t1) c.fillRect(Math.round(this._x(t)), TOP, 1, a.h - TOP);
     }
     const every = Math.max(1, Math.ceil(28 / Math.max(1e-6, this.pps * this._spacing(d.bars))));
     c.font = "11px system-ui, sans-serif";
@@ -206,6 +211,47 @@ export class PianoRoll {
       c.fillRect(x, RULER - 6, 1, a.h);
       if (i % every === 0 && x >= GUTTER) { c.fillStyle = "#9aa3b2"; c.fillText(String(i + 1), x + 4, RULER / 2); }
     });
+  }
+
+  _drawChords(c, w, t0, t1) {  // each bar's names spread across it; a name only where the one before has ended
+    c.fillStyle = "#12151a";
+    c.fillRect(GUTTER, RULER, w - GUTTER, LANE);
+    const bars = this.data ? (this.data.chords || []) : [];
+    c.font = "11px system-ui, sans-serif";
+    c.textBaseline = "middle";
+    let previous = null, freeFrom = -Infinity;
+    const drawn = [];
+    bars.forEach((bar, k) => {
+      const names = bar.chords.split(" ").filter(Boolean);
+      const x0 = this._x(bar.start), x1 = this._x(bar.end);
+      if (x1 >= GUTTER && x0 <= w) {
+        c.fillStyle = k % 2 ? "#171b22" : "#1d222b";
+        c.fillRect(Math.max(GUTTER, x0), RULER + 1, x1 - Math.max(GUTTER, x0), LANE - 2);
+      }
+      const width = (x1 - x0) / Math.max(1, names.length);
+      names.forEach((name, i) => {
+        const x = x0 + i * width + 3;
+        if (name !== previous && x >= freeFrom) {
+          if (x >= GUTTER && x <= w) { c.fillStyle = "#d9c58f"; c.fillText(name, x, RULER + LANE / 2); }
+          freeFrom = x + c.measureText(name).width + 6;
+          drawn.push(name);
+        }
+        previous = name;
+      });
+    });
+    this.canvas.dataset.chords = drawn.join(" ");  // what the lane says, for tests and assistive reading
+  }
+
+  barsAt(a, b) {  // the bars a span [a, b] seconds covers most of, as [{start, end, chords}]
+    const bars = this.data ? (this.data.chords || []) : [];
+    return bars.filter((bar) => Math.min(b, bar.end) - Math.max(a, bar.start) >= (bar.end - bar.start) / 2);
+  }
+
+  _barSpan(t0, t1) {  // [t0, t1] widened to whole bars of the chord lane
+    const bars = this.data ? (this.data.chords || []) : [];
+    const inside = bars.filter((bar) => bar.end > Math.min(t0, t1) && bar.start <= Math.max(t0, t1));
+    if (!inside.length) return [Math.min(t0, t1), Math.max(t0, t1)];
+    return [inside[0].start, inside[inside.length - 1].end];
   }
 
   _spacing(ts) { return ts.length > 1 ? (ts[ts.length - 1] - ts[0]) / (ts.length - 1) : 1; }
@@ -245,11 +291,11 @@ export class PianoRoll {
     const x = this._x(start), wpx = Math.max(2, dur * this.pps - 1);
     if (inst === 128) {
       const i = this.drumRows.indexOf(pitch);
-      const y = RULER + a.pitchH + i * a.drumRow;
+      const y = TOP + a.pitchH + i * a.drumRow;
       return [x, y + 1, Math.max(3, Math.min(wpx, 6)), Math.max(2, a.drumRow - 2)];
     }
     if (pitch < this.lo || pitch > this.hi) return null;
-    return [x, RULER + (this.hi - pitch) * a.row + 0.5, wpx, Math.max(2, a.row - 1)];
+    return [x, TOP + (this.hi - pitch) * a.row + 0.5, wpx, Math.max(2, a.row - 1)];
   }
 
   _drawNotes(c, a, t0, t1) {
@@ -285,7 +331,7 @@ export class PianoRoll {
     c.font = "10px system-ui, sans-serif";
     c.textBaseline = "middle";
     for (let p = this.lo; p <= this.hi; p++) {
-      const y = RULER + (this.hi - p) * a.row;
+      const y = TOP + (this.hi - p) * a.row;
       c.fillStyle = BLACK.has(p % 12) ? "#2a2f38" : "#c9ced6";
       c.fillRect(GUTTER - 14, y + 0.5, 14, Math.max(1, a.row - 1));
       if (p % 12 === 0 && a.row * 12 > 22) {
@@ -295,8 +341,10 @@ export class PianoRoll {
     }
     if (a.drumH) {
       c.fillStyle = "#8b93a1";
-      c.fillText("Drums", 6, RULER + a.pitchH + a.drumH / 2);
+      c.fillText("Drums", 6, TOP + a.pitchH + a.drumH / 2);
     }
+    c.fillStyle = "#8b93a1";
+    c.fillText("Chords", 6, RULER + LANE / 2);
     c.fillStyle = "#2e333d";
     c.fillRect(GUTTER - 1, 0, 1, a.h);
   }
@@ -318,7 +366,8 @@ export class PianoRoll {
     let down = null;
     cv.addEventListener("pointerdown", (e) => {
       if (e.offsetX < GUTTER) return;
-      down = { x: e.offsetX, t: this._time(e.offsetX), dragging: false, ruler: e.offsetY < RULER };
+      const lane = e.offsetY >= RULER && e.offsetY < TOP && this.data && (this.data.chords || []).length > 0;
+      down = { x: e.offsetX, t: this._time(e.offsetX), dragging: false, ruler: e.offsetY < RULER, lane };
       cv.setPointerCapture(e.pointerId);
     });
     cv.addEventListener("pointermove", (e) => {
@@ -326,11 +375,15 @@ export class PianoRoll {
       if (Math.abs(e.offsetX - down.x) > 4) down.dragging = true;
       if (down.dragging) {
         const t = this._time(e.offsetX);
-        this.setSelection([Math.min(t, down.t), Math.max(t, down.t)]);
+        this.setSelection(down.lane ? this._barSpan(down.t, t) : [Math.min(t, down.t), Math.max(t, down.t)]);
       }
     });
     cv.addEventListener("pointerup", (e) => {
       if (!down) return;
+      if (!down.dragging && down.lane) {  // a click on the lane selects its bar
+        this.setSelection(this._barSpan(down.t, down.t));
+        down.dragging = true;
+      }
       if (down.dragging) this.onSelect(this.selection);
       else this.onSeek(Math.min(down.t, this.duration()));
       down = null;

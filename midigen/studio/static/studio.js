@@ -2,6 +2,7 @@
 // Everything goes through the JSON API (api.js); the piano roll draws (roll.js).
 import { api } from "./api.js";
 import { PianoRoll, clock, instrumentColor } from "./roll.js";
+import { setupTeach } from "./teach.js";
 
 const $ = (id) => document.getElementById(id);
 const POLL_GAP_MS = 120;  // after an answer with notes; the first notes still come as soon as they exist
@@ -21,7 +22,7 @@ const LABELS = {
   top_p: "Top-p", top_k: "Top-k", temperature: "Temperature", seed: "Seed", seconds: "Length (s)", tempo: "Tempo",
   num_samples: "Variants", start_s: "the span's start", end_s: "the span's end", at_seconds: "the point",
   instruments: "Instruments", add: "Add instruments", keep: "Keep these parts", time_signature: "Meter",
-  style: "Style", key: "Key", density: "Density",
+  style: "Style", key: "Key", density: "Density", chords: "Chords", free_chords: "Free chords",
 };
 function inPageWords(message) {
   return String(message).replace(/(^|; )([a-z_]+)(\.\d+)?: /g,
@@ -97,6 +98,79 @@ function setupSteering() {  // each select offers what the checkpoint learned; o
   for (const el of document.querySelectorAll(".edit-action")) el.disabled = !edit;
   for (const el of document.querySelectorAll(".edit-note")) {
     el.textContent = edit ? "" : "This checkpoint cannot edit (it was trained without the editing objective).";
+  }
+}
+
+// ----- chord charts: read by the server (the parser lives there once), checked as they are typed -----
+
+const CHORD_FIELD = { generate: "gen", continue: "cont", "continue-keep": "cont", infill: "infill", arrange: "arrange" };
+const chordTimers = new Map();
+
+function setupChords() {  // a checkpoint trained without chords cannot follow a chart: its fields say so
+  const has = Boolean(state.caps.chords);
+  for (const f of document.querySelectorAll("[data-chords], [data-free-chords]")) {
+    f.disabled = !has;
+    f.title = has ? "" : "This checkpoint has no chords (it was trained without chord tokens).";
+  }
+  for (const n of document.querySelectorAll(".chords-note")) {
+    n.className = "note chords-note";
+    n.textContent = has ? "" : "This checkpoint has no chords (it was trained without chord tokens).";
+  }
+}
+
+async function checkChords(field) {  // true when the chart reads (or is empty); the note says what was read or why not
+  const note = $(`${field.id}-note`);
+  const text = field.value.trim();
+  if (field.disabled) return true;
+  if (!text) {
+    field.classList.remove("bad");
+    field.removeAttribute("aria-invalid");
+    note.className = "note chords-note";
+    note.textContent = "";
+    return true;
+  }
+  let ok = true, message;
+  try {
+    const chart = await api.chords(text);
+    message = `${chart.bars.length} bar${chart.bars.length === 1 ? "" : "s"}: ${chart.text}`;
+  } catch (e) {
+    if (e.status !== 400 && e.status !== 422) throw e;
+    ok = false;
+    message = inPageWords(e.message);
+  }
+  if (field.value.trim() !== text) return checkChords(field);  // typed on meanwhile: check what is there now
+  field.classList.toggle("bad", !ok);
+  if (ok) field.removeAttribute("aria-invalid"); else field.setAttribute("aria-invalid", "true");
+  note.className = `note chords-note ${ok ? "ok" : "bad"}`;
+  note.textContent = message;
+  return ok;
+}
+
+function chordsSoon(field) {  // check a field once typing pauses
+  clearTimeout(chordTimers.get(field.id));
+  chordTimers.set(field.id, setTimeout(() => guard(checkChords)(field), 250));
+}
+
+function chordRequest(kind) {  // the job's chords: the chart text and, for an edit, free chords
+  const prefix = CHORD_FIELD[kind];
+  const free = $(`${prefix}-free-chords`);
+  const text = $(`${prefix}-chords`).value.trim();
+  const out = { chords: free && free.checked ? null : (text || null) };
+  if (free && kind !== "continue-keep") out.free_chords = free.checked;
+  return out;
+}
+
+function fillChordsFrom(sel) {  // the selected bars' chords into the infill field and the open tab's
+  const bars = roll.barsAt(sel[0], sel[1]);
+  if (!bars.length) return;
+  const text = bars.map((b) => b.chords).join(" | ");
+  const open = document.querySelector(".tabs button.active").dataset.tab;
+  for (const prefix of new Set(["infill", CHORD_FIELD[open]].filter(Boolean))) {
+    const field = $(`${prefix}-chords`);
+    const free = $(`${prefix}-free-chords`);
+    if (free && free.checked) continue;
+    field.value = text;
+    guard(checkChords)(field);
   }
 }
 
@@ -446,7 +520,7 @@ function steering(prefix) {  // the tab's style / key / density selects ("": the
 
 function jobBody(kind) {
   const num = (id) => ($(id).value === "" ? null : Number($(id).value));
-  const s = sampling();
+  const s = { ...sampling(), ...chordRequest(kind) };
   if (kind === "generate") {
     return { ...s, ...steering("gen"), instruments: chips($("gen-instruments")), tempo: num("gen-tempo"),
       seconds: num("gen-seconds") ?? 30, time_signature: $("gen-meter").value || null,
@@ -481,6 +555,8 @@ function jobBody(kind) {
 async function startJob(kind) {
   if (state.job) throw new Error("a job of this page is still running: wait for it or cancel it");
   await ensurePiece();
+  const field = $(`${CHORD_FIELD[kind]}-chords`);
+  if (!(await checkChords(field))) throw new Error($(`${field.id}-note`).textContent);
   const body = jobBody(kind);
   if (kind === "generate" && !body.instruments.length) body.instruments = null;
   const route = { "continue-keep": "infill", "section-regenerate": "infill", "like-self": "like", "like-other": "like" };
@@ -639,7 +715,12 @@ function wire() {
   roll.onSelect = (sel) => {
     state.span = sel;
     $("infill-span").textContent = `${clock(sel[0])} – ${clock(sel[1])}`;
+    fillChordsFrom(sel);
   };
+  for (const f of document.querySelectorAll("[data-chords]")) f.addEventListener("input", () => chordsSoon(f));
+  for (const b of document.querySelectorAll("[data-free-chords]")) {
+    b.onchange = () => { const f = $(b.dataset.freeChords); f.disabled = b.checked; if (!b.checked) chordsSoon(f); };
+  }
   document.addEventListener("keydown", (e) => {
     if (e.target.closest("input, select, textarea")) return;
     const mod = e.ctrlKey || e.metaKey;
@@ -664,6 +745,7 @@ async function init() {
   fillInstrumentPicker($("gen-instrument-pick"));
   fillInstrumentPicker($("arrange-instrument-pick"));
   setupSteering();
+  setupChords();
   $("undo").disabled = $("redo").disabled = $("delete-piece").disabled = true;
   const wanted = new URLSearchParams(location.hash.slice(1)).get("piece");
   const first = pieces.find((p) => p.id === wanted) || pieces[0];
@@ -674,8 +756,19 @@ async function init() {
     await refreshPieceList(pieces);
     await showVersion(null);
   }
+  await setupTeach({ toast, guard, onModel: refreshModel });
   window.studioReady = true;
   document.body.dataset.ready = "true";
+}
+
+async function refreshModel() {  // another model was chosen: its instruments and controls replace these
+  const info = await api.info();
+  state.info = info;
+  state.caps = info.capabilities;
+  showModel();
+  fillInstrumentPicker($("gen-instrument-pick"));
+  fillInstrumentPicker($("arrange-instrument-pick"));
+  setupSteering();
 }
 
 init().catch(fail);
