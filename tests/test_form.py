@@ -200,7 +200,9 @@ def test_infill_like_keeps_the_rest_and_copies_most_bars(edit_run, marked_song, 
     before = symusic.Score(str(marked_song))
     after = symusic.Score(line["file"])
     assert _outside(after, 4 * 1920, 8 * 1920) == _outside(before, 4 * 1920, 8 * 1920)
-    assert [(m.text, m.time) for m in after.markers] == [(m.text, m.time) for m in before.markers]
+    # the song's own markers stay (a chord-token model adds its chords' names as markers in the span)
+    kept = Counter((m.text, m.time) for m in after.markers)
+    assert not Counter((m.text, m.time) for m in before.markers) - kept
     at = lambda b: (b - 1) * 1920  # noqa: E731
     # a copy keeps onsets, pitches and velocities; a length may be cut at the span's end, or where the
     # user's own notes of one pitch overlapped (the overlap rule); a kept note ringing in from bar 4 may

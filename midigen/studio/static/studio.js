@@ -103,7 +103,8 @@ function setupSteering() {  // each select offers what the checkpoint learned; o
 
 // ----- chord charts: read by the server (the parser lives there once), checked as they are typed -----
 
-const CHORD_FIELD = { generate: "gen", continue: "cont", "continue-keep": "cont", infill: "infill", arrange: "arrange" };
+const CHORD_FIELD = { generate: "gen", continue: "cont", "continue-keep": "cont", infill: "infill", arrange: "arrange",
+  "section-regenerate": "infill" };  // a section made like another keeps its own harmony: no chords
 const chordTimers = new Map();
 
 function setupChords() {  // a checkpoint trained without chords cannot follow a chart: its fields say so
@@ -520,7 +521,7 @@ function steering(prefix) {  // the tab's style / key / density selects ("": the
 
 function jobBody(kind) {
   const num = (id) => ($(id).value === "" ? null : Number($(id).value));
-  const s = { ...sampling(), ...chordRequest(kind) };
+  const s = { ...sampling(), ...(CHORD_FIELD[kind] ? chordRequest(kind) : {}) };
   if (kind === "generate") {
     return { ...s, ...steering("gen"), instruments: chips($("gen-instruments")), tempo: num("gen-tempo"),
       seconds: num("gen-seconds") ?? 30, time_signature: $("gen-meter").value || null,
