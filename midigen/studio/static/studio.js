@@ -556,8 +556,8 @@ function jobBody(kind) {
 async function startJob(kind) {
   if (state.job) throw new Error("a job of this page is still running: wait for it or cancel it");
   await ensurePiece();
-  const field = $(`${CHORD_FIELD[kind]}-chords`);
-  if (!(await checkChords(field))) throw new Error($(`${field.id}-note`).textContent);
+  const field = CHORD_FIELD[kind] ? $(`${CHORD_FIELD[kind]}-chords`) : null;  // a like job takes no chords
+  if (field && !(await checkChords(field))) throw new Error($(`${field.id}-note`).textContent);
   const body = jobBody(kind);
   if (kind === "generate" && !body.instruments.length) body.instruments = null;
   const route = { "continue-keep": "infill", "section-regenerate": "infill", "like-self": "like", "like-other": "like" };
