@@ -108,6 +108,7 @@ def _edit_demo(written: list[str], seed: str) -> list[str]:
                        "--wav", "--png", capture=True, fatal=False)
         print(res, end="")
         lines.append("infilled      " + ", ".join(json.loads(x)["file"] for x in res.splitlines() if x.startswith("{")))
+    lines.append(_form_demo(seed))
     source = _harmony_source(out / "harmony-source.mid")
     if source is None:
         lines.append("harmonized:   skipped (no test piece with two or more parts in this corpus)")
@@ -118,6 +119,15 @@ def _edit_demo(written: list[str], seed: str) -> list[str]:
     print(res, end="")
     lines.append("harmonized    " + ", ".join(json.loads(x)["file"] for x in res.splitlines() if x.startswith("{")))
     return lines
+
+
+def _form_demo(seed: str) -> str:
+    """`midigen sample --form`: one song whose sections return (a few seconds on a CPU)."""
+    res = _midigen("sample", "--ckpt", str(RUN), "--form", "A:4 B:4 A:4 B:4 A:4", "--seed", seed,
+                   "--out", str(OUT / "form"), "--wav", "--png", capture=True, fatal=False)
+    print(res, end="")
+    songs = [json.loads(x) for x in res.splitlines() if x.startswith("{")]
+    return "with a form  " + (", ".join(s["midi"] for s in songs) or "failed")
 
 
 def _one_per_style(seed: str) -> None:
@@ -173,7 +183,7 @@ def main() -> int:
     print(f"[3/5] ... and one piece on the chords {DEMO_CHORDS}")
     on_chords = _on_chords(seed)
 
-    print("[4/5] editing: one infilled piece and one harmonized melody")
+    print("[4/5] editing: one infilled piece, one song with a form (A B A B A) and one harmonized melody")
     edited = _edit_demo(written, seed)
 
     print("[5/5] evaluating on the test split")

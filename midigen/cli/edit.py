@@ -3,6 +3,7 @@ the edits (``midigen.generate.edit``), and report one JSON line per file written
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,12 +13,13 @@ from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.checks import edit_warnings, redraw
 from midigen.generate.edit import arrange_edits, infill_edits
+from midigen.generate.form import VARY_SHARE, like_edits, named_section
 from midigen.generate.hearing import heard_as, hearing_note
 from midigen.generate.render import find_soundfont, play, write_piano_roll
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
 from midigen.music.codec import Codec, CodecError, instrument_name, score_instruments
-from midigen.music.timing import bars_to_seconds
+from midigen.music.timing import bar_tick, seconds_at_tick
 
 
 def parse_bars(text: str) -> tuple[int, int]:
@@ -128,21 +130,53 @@ def _redrawn(a, score, task: str, edit_with, sampling, device) -> list:
     return redraw(draw, lambda e: edit_warnings(score, e, task), sampling.seed, a.num_samples, a.retry)
 
 
+def _check_span_flags(a) -> None:
+    given = [f for f, v in (("--start/--end", a.start if a.start is not None else a.end), ("--bars", a.bars),
+                            ("--section", a.section)) if v is not None]
+    if len(given) > 1:
+        raise UsageError(f"give the span one way: {' or '.join(given)}, not both")
+    if not given or (a.bars is None and a.section is None and (a.start is None or a.end is None)):
+        raise UsageError("infill needs a span: --start S --end E (seconds), --bars A-B or --section NAME")
+    if a.vary is not None and a.like is None:
+        raise UsageError("--vary needs --like")
+    if a.like is not None and a.bars is None and a.section is None:
+        raise UsageError("--like needs the span as --bars or --section")
+    if a.vary is not None and not 0 < a.vary <= 1:
+        raise UsageError(f"--vary must be in (0, 1], got {a.vary}")
+
+
+def _span_ticks(score, text: str | None, bars: str | None) -> tuple[int, int]:
+    """The ticks of bars ``A-B`` or of the section a marker names."""
+    if bars is not None:
+        first, last = parse_bars(bars)
+        return bar_tick(score, first), bar_tick(score, last + 1)
+    return named_section(score, text)
+
+
 def infill(a) -> None:
-    """``midigen infill``: rewrite a span of a song (seconds or bars), for all or some instruments."""
+    """``midigen infill``: rewrite a span of a song (seconds, bars or a marked section), for all or some
+    instruments; with ``--like``, as a variation of another span (``midigen.generate.form.like_edits``)."""
     sampling = sampling_flags(a)
     _check_out(a)
-    if a.bars is not None and (a.start is not None or a.end is not None):
-        raise UsageError("give the span as --start/--end (seconds) or as --bars, not both")
-    if a.bars is None and (a.start is None or a.end is None):
-        raise UsageError("infill needs a span: --start S --end E (seconds) or --bars A-B")
-    bars = parse_bars(a.bars) if a.bars is not None else None
+    _check_span_flags(a)
     chart, _ = chord_flags(a)
+    if chart is not None and a.like is not None:
+        raise UsageError("--chords does not go with --like yet: a variation keeps its section's own harmony")
     score = _read_song(Codec(), a.song)
+    target = _span_ticks(score, a.section, a.bars) if a.bars is not None or a.section is not None else None
+    source = None
+    if a.like is not None:
+        source = _span_ticks(score, a.like, a.like if re.fullmatch(r"[0-9]+(-[0-9]+)?", a.like.strip()) else None)
     model, codec, device, soundfont, caps, limits = _load(a)
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
     controls, _ = steering_flags(a, caps, codec, instruments or score_instruments(score))
-    start, end = bars_to_seconds(score, *bars) if bars else (a.start, a.end)
+    if source is not None:
+        edits = _redrawn(a, score, "infill", lambda **kw: like_edits(
+            model, codec, score, source=source, target=target, vary=VARY_SHARE if a.vary is None else a.vary,
+            instruments=instruments, controls=controls, limits=limits, **kw), sampling, device)
+        _write(a, edits, "infill", soundfont)
+        return
+    start, end = (a.start, a.end) if target is None else (float(x) for x in seconds_at_tick(score, list(target)))
     edits = _redrawn(a, score, "infill", lambda **kw: infill_edits(
         model, codec, score, start_s=start, end_s=end, instruments=instruments, controls=controls, limits=limits,
         known_instruments=caps["instruments"], chords=chart, free_chords=a.free_chords, **kw), sampling, device)

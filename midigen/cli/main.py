@@ -394,6 +394,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "tempo changes (by default a continuation keeps the song's tempo; --tempo asks for one change)")
     _add_control_flags(s)
     _chord_flags(s, edit=False)
+    g = s.add_argument_group("a song with a form (docs/form.md)")
+    g.add_argument("--form", default=None, metavar="TEXT",
+                   help="sections as LABEL:BARS, e.g. 'intro:4 A:8 B:8 A:8 B:8 C:8 A:8 outro:4': a repeated label "
+                        "is the same music, A' a variation of A (default: no form, one left-to-right sample)")
+    g.add_argument("--vary", type=_positive_float, default=None, metavar="F",
+                   help="with --form: the share of a variation's bars rewritten (default 1/3)")
+    g.add_argument("--section", default=None, action="append", metavar="LABEL:NAME=VALUE,...",
+                   help="with --form: controls for one section, e.g. 'B:density=high,key=E minor' (repeatable; "
+                        "default: the song's --style/--key/--density everywhere)")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",
@@ -409,6 +418,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="span end (seconds; no default); notes starting at or after it are kept")
     s.add_argument("--bars", default=None, metavar="A-B",
                    help="the span as bars, counted from 1 (e.g. 9-12; no default)")
+    s.add_argument("--section", default=None, metavar="NAME",
+                   help="the span as the section a marker of the song names (to the next marker; no default)")
+    s.add_argument("--like", default=None, metavar="BARS|NAME",
+                   help="rewrite the span as a variation of these bars (e.g. 1-8) or of the section a marker names "
+                        "(e.g. 'Chorus 1'): a copy of it with about --vary of its bars written anew "
+                        "(default: none, a plain infill)")
+    s.add_argument("--vary", type=_positive_float, default=None, metavar="F",
+                   help="with --like: the share of bars written anew (default 1/3)")
     s.add_argument("--instruments", default=None, action="append", metavar="LIST",
                    help="rewrite only these (General MIDI names, program numbers, 'drums'; comma-separated or "
                         "repeated); default: all")

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from midigen.cli.common import chord_flags, instruments_flag, sampling_flags, steering_flags
+from midigen.cli.form import sample_form
 from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
@@ -36,7 +37,10 @@ def _check_flags(a) -> None:
 
 
 def sample(a) -> None:
-    """``midigen sample``."""
+    """``midigen sample`` (with ``--form``: ``midigen.cli.form``)."""
+    if a.form is not None or a.vary is not None or a.section:
+        sample_form(a)
+        return
     sampling = sampling_flags(a)
     _check_flags(a)
     chart, chart_meter = chord_flags(a)

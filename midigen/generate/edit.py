@@ -390,9 +390,12 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
                  device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
-                 known_instruments=None, chords=None, free_chords: bool = False) -> list[Edit]:
+                 known_instruments=None, chords=None, free_chords: bool = False,
+                 open_end: bool = False) -> list[Edit]:
     """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
-    ``chords``, ``free_chords``: see ``arrange_edits``)."""
+    ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
+    note, up to the score's last event (a song with a form writes its sections there:
+    ``midigen.generate.form``)."""
     need_chords(codec, chords)
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
     song = _song(codec, score)
@@ -400,7 +403,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
         raise UsageError("num_samples must be >= 1")
     if not (start_s >= 0 and end_s > start_s):
         raise UsageError(f"the span {start_s:g}-{end_s:g} s is empty or negative")
-    end_step = song.end_step()
+    end_step = max(song.end_step(), int(song.step_of(score.end())) if open_end else 0)
     qs, qe = span_steps(song, start_s, end_s)
     qe = min(qe, end_step)
     if qs >= end_step:

@@ -90,9 +90,12 @@ def write_wav(score, path, soundfont=None, sample_rate: int = SAMPLE_RATE) -> Pa
     return path
 
 
-def write_piano_roll(score, path, title: str | None = None, highlight=None, chords=None) -> Path:
-    """A piano roll PNG (``piano_roll_figure``), written atomically."""
+def write_piano_roll(score, path, title: str | None = None, highlight=None, chords=None, sections=None) -> Path:
+    """A piano roll PNG (``piano_roll_figure``), written atomically; ``sections`` shade a song's form
+    (``section_bands``)."""
     fig = piano_roll_figure(score, title, highlight, chords)
+    if sections:
+        section_bands(fig.axes[0], sections)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -179,6 +182,17 @@ def piano_roll_figure(score, title: str | None = None, highlight=None, chords=No
                   borderaxespad=0.0)
     fig.tight_layout(h_pad=0.2)
     return fig
+
+
+def section_bands(ax, sections) -> None:
+    """Shade each (start s, end s, label) section of a form in alternating greys, its label at the top,
+    behind the notes; the same label gets the same shade wherever it returns."""
+    shades = {}
+    for start, end, label in sections:
+        shade = shades.setdefault(label.rstrip("'"), ("0.55", "0.8", "0.35")[len(shades) % 3])
+        ax.axvspan(start, end, color=shade, alpha=0.12, zorder=0, linewidth=0)
+        ax.axvline(start, color="0.3", linewidth=0.6, zorder=1)
+        ax.text(start, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="bottom", ha="left", fontsize=8)
 
 
 def bar_spans(score) -> list[tuple[float, float]]:

@@ -268,6 +268,12 @@ def infill(request: Request, body: S.InfillIn, pid: str = PID):
     return _submit(request, "infill", pid, body)
 
 
+@router.post("/pieces/{pid}/like", response_model=S.JobOut, status_code=202, responses=JOB_ERRORS,
+             summary="queue a span rewritten as a variation of another (409 when the checkpoint cannot edit)")
+def like(request: Request, body: S.LikeIn, pid: str = PID):
+    return _submit(request, "like", pid, body)
+
+
 @router.post("/pieces/{pid}/arrange", response_model=S.JobOut, status_code=202, responses=JOB_ERRORS,
              summary="queue new parts over the song (409 when the checkpoint cannot edit)")
 def arrange(request: Request, body: S.ArrangeIn, pid: str = PID):

@@ -26,8 +26,9 @@ from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
 from midigen.generate.edit import arrange_edits, infill_edits
+from midigen.generate.form import VARY_SHARE, form_summary, like_edits, parse_form, write_form
 from midigen.studio.roll import stream_notes, written_notes
-from midigen.music.timing import notes_end_seconds
+from midigen.music.timing import first_tick_at, notes_end_seconds
 from midigen.studio.workspace import new_id
 from midigen.generate.checks import edit_warnings, sample_warnings
 from midigen.generate.hearing import hearing_map, hearing_note
@@ -43,7 +44,7 @@ from midigen.model.checkpoint import resolve as resolve_checkpoint
 from midigen.model.checkpoint import capabilities as from_checkpoint, checkpoint_limits
 from midigen.music.timing import TempoMap
 
-KINDS = ("generate", "continue", "infill", "arrange")
+KINDS = ("generate", "continue", "infill", "arrange", "like")
 MAX_WAITING = 32  # jobs waiting at once; more are refused (429) rather than queued for hours
 KEEP_FINISHED = 256  # finished jobs remembered for their pollers
 
@@ -171,10 +172,12 @@ class Engine:
         self.chords(req, kind)
         self.instruments(req.get("instruments"))
         if kind == "generate":
+            if req.get("form"):
+                parse_form(req["form"])
             return
         if version is None or not version.get("notes"):
             raise UsageError(f"nothing to {kind}: upload or generate some music first")
-        if kind in ("infill", "arrange") and not self.caps["can_edit"]:
+        if kind in ("infill", "arrange", "like") and not self.caps["can_edit"]:
             raise CannotEdit(f"this checkpoint cannot {kind}: it was trained without the editing objective")
         length = float(version.get("seconds") or 0.0)
         if kind == "continue" and req.get("at_seconds") is not None and req["at_seconds"] > length:
@@ -184,6 +187,11 @@ class Engine:
                 raise UsageError("the span is empty: its end must come after its start")
             if req["start_s"] >= length:
                 raise UsageError(f"the span starts after the end of the piece ({_clock(length)})")
+        if kind == "like":
+            for a, b in ((req["start_s"], req["end_s"]), (req["like_start_s"], req["like_end_s"])):
+                if not a < b <= length + 1e-6:
+                    raise UsageError(f"the span {_clock(a)}–{_clock(b)} is empty or reaches past the end "
+                                     f"of the piece ({_clock(length)})")
         if kind == "arrange":
             if not self.instruments(req.get("add")):
                 raise UsageError("arrange needs at least one instrument to add")
@@ -199,6 +207,8 @@ class Engine:
     def _generate(self, req: dict, score, progress) -> list[tuple]:
         insts, tempo, sampling = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req)
         controls, meter = self.steering(req)
+        if req.get("form"):
+            return self._form(req, insts, controls, meter, sampling)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
             head.append(self.codec.tempo_token(tempo))
@@ -209,6 +219,26 @@ class Engine:
         out = sample_score(self.codec, s)
         label = f"generated {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · {_pace(s, out)}"
         return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
+
+    def _form(self, req: dict, insts, controls, meter, sampling) -> list[tuple]:
+        """A song with a form (``midigen.generate.form``); its notes come when it is done."""
+        song = write_form(self.model, self.codec, parse_form(req["form"]), sampling=sampling, tempo=req.get("tempo"),
+                          time_signature=meter, instruments=insts or None, controls={"": controls},
+                          vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req))
+        summary = form_summary(song)
+        label = f"form {summary['form']} · {summary['bars']} bars · seed {sampling.seed}"
+        return [(song.score, label, {**req, "seed": sampling.seed}, summary["warnings"])]
+
+    def _like(self, req: dict, score, progress) -> list[tuple]:
+        kw = _as_kwargs(_sampling(req), self.device)
+        span = lambda a, b: tuple(int(t) for t in (first_tick_at(score, a), first_tick_at(score, b)))  # noqa: E731
+        target, source = span(req["start_s"], req["end_s"]), span(req["like_start_s"], req["like_end_s"])
+        (e,) = like_edits(self.model, self.codec, score, source=source, target=target,
+                          vary=req.get("vary") or VARY_SHARE, controls=self.steering(req)[0],
+                          limits=self._limits(req), **kw)
+        what = "varied" if source == target else f"like {_clock(req['like_start_s'])}–{_clock(req['like_end_s'])}"
+        label = f"{_clock(req['start_s'])}–{_clock(req['end_s'])} {what} · seed {kw['seed']}"
+        return [(e.score, label, {**req, "seed": kw["seed"]}, edit_warnings(score, e, "infill"))]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)

@@ -10,6 +10,7 @@ import numpy as np
 from midigen.music.codec import Codec, instrument_name, track_instrument
 from midigen.music.timing import MAX_LINES, TempoMap, grid, meters
 from midigen.generate.edit import written_units
+from midigen.generate.form import section_bands
 from midigen.generate.render import bar_spans, detected_bar_chords
 
 
@@ -46,6 +47,8 @@ def score_roll(score) -> dict:
         "tempos": [{"time": round(float(tm.seconds(t)), 4), "bpm": round(b, 2)} for t, b in tempos[:2000]],
         "time_signatures": [{"time": round(float(tm.seconds(t)), 4), "numerator": n, "denominator": d}
                             for t, n, d in meters(score)[:2000]],
+        "sections": [{"label": label[:80], "start": round(a, 4), "end": round(b, 4)}
+                     for a, b, label in section_bands(score)[:2000]],
         "chords": bar_chords(score),
     }
 

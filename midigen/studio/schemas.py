@@ -83,6 +83,24 @@ class GenerateIn(Sampling, Steering, Meter, Chords):
     instruments: list[Instrument] | None = Field(None, description="null: the model chooses")
     tempo: float | None = Field(None, ge=16, le=512, description="start tempo in BPM; null: the model chooses")
     seconds: float = Field(30.0, gt=0, le=MAX_NEW_SECONDS, description="length of the new music")
+    form: str | None = Field(None, max_length=2000, examples=["A:4 B:4 A:4 B:4"],
+                             description="a song with a form (docs/form.md): sections as LABEL:BARS, A' a variation "
+                                         "of A; it sets the length (seconds is then not used); null or '': none")
+    vary: float | None = Field(None, gt=0, le=1, description="with a form: the share of a variation's bars written "
+                                                             "anew (null: 1/3)")
+
+
+class LikeIn(Sampling, Steering):
+    """A span rewritten as a variation of another (a section of the song's form, or any bars): the
+    other span's notes copied over it, then about ``vary`` of its bars written anew. The same span
+    twice: a variation of itself."""
+
+    version: str | None = Field(None, pattern=ID_PATTERN, description="null: the current version")
+    start_s: float = Field(..., ge=0, description="the span to rewrite")
+    end_s: float = Field(..., gt=0)
+    like_start_s: float = Field(..., ge=0, description="the span it becomes like (as long as the other)")
+    like_end_s: float = Field(..., gt=0)
+    vary: float | None = Field(None, gt=0, le=1, description="share of bars written anew (null: 1/3)")
 
 
 class ContinueIn(Sampling, Chords):
@@ -123,7 +141,7 @@ class VersionOut(BaseModel):
     number: int = Field(description="the version's number in its piece (v1, v2, ...), kept for life: it names "
                                     "the downloaded files")
     label: str
-    kind: str = Field(description="upload, generate, continue, infill or arrange")
+    kind: str = Field(description="upload, generate, continue, infill, arrange or like")
     created: float
     parent: str | None
     notes: int
@@ -178,6 +196,12 @@ class MeterOut(BaseModel):
     denominator: int
 
 
+class SectionOut(BaseModel):
+    label: str
+    start: float = Field(description="seconds")
+    end: float
+
+
 class RollOut(BaseModel):
     """A version as the page draws it: every track's notes in seconds, bar and beat lines."""
 
@@ -188,6 +212,8 @@ class RollOut(BaseModel):
     beats: list[float]
     tempos: list[TempoOut]
     time_signatures: list[MeterOut]
+    sections: list[SectionOut] = Field([], description="the sections the song's markers name (a form's), "
+                                                       "drawn as bands over the roll")
     chords: list[ChordBar] = Field(description="each bar's chords as the labeller hears the notes")
 
 

@@ -171,6 +171,7 @@ export class PianoRoll {
     this._drawRows(c, w, a);
     this._drawGrid(c, w, a, t0, t1);
     this._drawChords(c, w, t0, t1);
+    this._drawSections(c, a);
     this._drawSelection(c, a);
     this._drawNotes(c, a, t0, t1);
     this._drawGutter(c, a);
@@ -254,6 +255,24 @@ export class PianoRoll {
   }
 
   _spacing(ts) { return ts.length > 1 ? (ts[ts.length - 1] - ts[0]) / (ts.length - 1) : 1; }
+
+  _drawSections(c, a) {  // a song's form: a band per section, one tint per label, its name at the top
+    const sections = (this.data && this.data.sections) || [];
+    const tints = {};
+    c.font = "11px system-ui, sans-serif";
+    c.textBaseline = "top";
+    for (const sec of sections) {
+      const base = sec.label.replace(/'+$/, "");
+      if (!(base in tints)) tints[base] = Object.keys(tints).length % 3;
+      const x0 = Math.max(GUTTER, this._x(sec.start)), x1 = this._x(sec.end);
+      if (x1 <= x0) continue;
+      c.fillStyle = ["rgba(246, 173, 85, 0.07)", "rgba(144, 205, 244, 0.07)", "rgba(183, 148, 244, 0.07)"][tints[base]];
+      c.fillRect(x0, RULER, x1 - x0, a.h - RULER);
+      c.fillStyle = "rgba(230, 232, 236, 0.35)";
+      c.fillRect(Math.round(this._x(sec.start)), RULER, 1, a.h - RULER);
+      if (this._x(sec.start) >= GUTTER) { c.fillStyle = "#c9d1dc"; c.fillText(sec.label, this._x(sec.start) + 4, RULER + 3); }
+    }
+  }
 
   _drawSelection(c, a) {
     if (!this.selection) return;

@@ -103,7 +103,8 @@ function setupSteering() {  // each select offers what the checkpoint learned; o
 
 // ----- chord charts: read by the server (the parser lives there once), checked as they are typed -----
 
-const CHORD_FIELD = { generate: "gen", continue: "cont", "continue-keep": "cont", infill: "infill", arrange: "arrange" };
+const CHORD_FIELD = { generate: "gen", continue: "cont", "continue-keep": "cont", infill: "infill", arrange: "arrange",
+  "section-regenerate": "infill" };  // a section made like another keeps its own harmony: no chords
 const chordTimers = new Map();
 
 function setupChords() {  // a checkpoint trained without chords cannot follow a chart: its fields say so
@@ -252,9 +253,50 @@ async function showVersion(vid, view = null) {  // view: the zoom and scroll to 
   roll.setData(data, Boolean(view || (samePiece && data.duration >= roll.duration() * 0.5)));
   if (view) roll.setView(view);
   renderParts();
+  renderSections();
   setDuration(data.duration);
   loadAudio();
   seek(Math.min(state.point, data.duration));
+}
+
+function renderSections() {  // a button per section the song's markers name; a click selects its band
+  const sections = (state.roll && state.roll.sections) || [];
+  $("sections").hidden = !sections.length;
+  state.section = null;
+  const list = $("section-list");
+  list.replaceChildren();
+  sections.forEach((sec, i) => {
+    const b = document.createElement("button");
+    b.className = "ghost small section";
+    b.dataset.index = String(i);
+    b.textContent = `${sec.label} ${clock(sec.start)}`;
+    b.onclick = () => selectSection(i);
+    list.append(b);
+  });
+  $("section-like-pick").replaceChildren();
+  sectionActions();
+}
+
+function sectionActions() {  // the section buttons work on a selected section, when no job runs and the model can edit
+  const off = state.section == null || Boolean(state.job) || !state.caps.can_edit;
+  $("section-regenerate").disabled = $("section-vary").disabled = off;
+  $("section-like").disabled = off || !$("section-like-pick").options.length;
+}
+
+function selectSection(i) {  // the section's band becomes the span; "like" offers the sections as long as it
+  const sections = state.roll.sections, sec = sections[i];
+  state.section = i;
+  state.span = [sec.start, sec.end];
+  roll.setSelection(state.span);
+  $("infill-span").textContent = `${sec.label}: ${clock(sec.start)} – ${clock(sec.end)}`;
+  for (const b of $("section-list").children) b.classList.toggle("active", b.dataset.index === String(i));
+  const pick = $("section-like-pick");
+  pick.replaceChildren();
+  sections.forEach((o, j) => {
+    if (j === i || Math.abs((o.end - o.start) - (sec.end - sec.start)) > 1e-3) return;
+    pick.append(new Option(`${o.label} ${clock(o.start)}`, String(j)));
+  });
+  sectionActions();
 }
 
 function renderVersions() {
@@ -479,10 +521,11 @@ function steering(prefix) {  // the tab's style / key / density selects ("": the
 
 function jobBody(kind) {
   const num = (id) => ($(id).value === "" ? null : Number($(id).value));
-  const s = { ...sampling(), ...chordRequest(kind) };
+  const s = { ...sampling(), ...(CHORD_FIELD[kind] ? chordRequest(kind) : {}) };
   if (kind === "generate") {
     return { ...s, ...steering("gen"), instruments: chips($("gen-instruments")), tempo: num("gen-tempo"),
-      seconds: num("gen-seconds") ?? 30, time_signature: $("gen-meter").value || null };
+      seconds: num("gen-seconds") ?? 30, time_signature: $("gen-meter").value || null,
+      form: $("gen-form").value.trim() || null };
   }
   if (kind === "continue") {
     const fromPoint = document.querySelector("input[name=cont-from]:checked").value === "point";
@@ -493,7 +536,14 @@ function jobBody(kind) {
     const bar = state.roll ? state.roll.bars.find((t) => t >= want - 1e-6) : undefined;
     return { ...s, start_s: state.point, end_s: bar ?? want, num_samples: 1 };
   }
-  if (kind === "infill") {
+  if (kind === "like-self" || kind === "like-other") {  // a section as a variation of itself, or like another
+    const sec = state.roll && state.roll.sections[state.section];
+    if (!sec) throw new Error("choose a section first: click one under Sections");
+    const like = kind === "like-self" ? sec : state.roll.sections[Number($("section-like-pick").value)];
+    if (!like) throw new Error("no section of the same length to make it like");
+    return { ...s, ...steering("infill"), start_s: sec.start, end_s: sec.end, like_start_s: like.start, like_end_s: like.end };
+  }
+  if (kind === "infill" || kind === "section-regenerate") {
     if (!state.span) throw new Error("choose a span first: drag across the roll");
     const only = ticked("infill-instruments");
     return { ...s, ...steering("infill"), start_s: state.span[0], end_s: state.span[1],
@@ -506,11 +556,12 @@ function jobBody(kind) {
 async function startJob(kind) {
   if (state.job) throw new Error("a job of this page is still running: wait for it or cancel it");
   await ensurePiece();
-  const field = $(`${CHORD_FIELD[kind]}-chords`);
-  if (!(await checkChords(field))) throw new Error($(`${field.id}-note`).textContent);
+  const field = CHORD_FIELD[kind] ? $(`${CHORD_FIELD[kind]}-chords`) : null;  // a like job takes no chords
+  if (field && !(await checkChords(field))) throw new Error($(`${field.id}-note`).textContent);
   const body = jobBody(kind);
   if (kind === "generate" && !body.instruments.length) body.instruments = null;
-  const job = await api.submit(state.pieceId, kind === "continue-keep" ? "infill" : kind, body);
+  const route = { "continue-keep": "infill", "section-regenerate": "infill", "like-self": "like", "like-other": "like" };
+  const job = await api.submit(state.pieceId, route[kind] || kind, body);
   state.job = job;
   state.jobView = state.roll ? roll.view() : null;  // where the user was looking: the result opens there
   state.jobSpan = body.seconds || (body.end_s ? body.end_s - body.start_s : (state.roll ? state.roll.duration : 0));
@@ -526,10 +577,12 @@ function setBusy(busy) {
   $("job").hidden = !busy;
   for (const id of ["generate", "continue"]) $(id).disabled = busy;
   for (const el of document.querySelectorAll(".edit-action")) el.disabled = busy || !state.caps.can_edit;
+  sectionActions();
 }
 
 function showJob(j) {
-  const verb = { generate: "Generating", continue: "Continuing", infill: "Filling the span", arrange: "Arranging" }[j.kind];
+  const verb = { generate: "Generating", continue: "Continuing", infill: "Filling the span", arrange: "Arranging",
+    like: "Writing a variation" }[j.kind];
   let text;
   if (j.status === "queued") text = `Waiting in line: ${j.position} job${j.position === 1 ? "" : "s"} ahead`;
   else if (j.status === "running") text = `${verb}… ${j.notes_total} notes (${j.tokens} tokens)`;
@@ -646,6 +699,9 @@ function wire() {
   for (const kind of ["generate", "continue", "continue-keep", "infill", "arrange"]) {
     $(kind).onclick = guard(() => startJob(kind));
   }
+  $("section-regenerate").onclick = guard(() => startJob("section-regenerate"));
+  $("section-vary").onclick = guard(() => startJob("like-self"));
+  $("section-like").onclick = guard(() => startJob("like-other"));
   $("cancel").onclick = guard(async () => { if (state.job) showJob(await api.cancel(state.job.id)); });
   $("gen-instrument-add").onclick = () => chip($("gen-instruments"), Number($("gen-instrument-pick").value));
   $("arrange-instrument-add").onclick = () => chip($("arrange-add"), Number($("arrange-instrument-pick").value));
