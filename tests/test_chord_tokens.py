@@ -92,7 +92,7 @@ def test_decoded_chords_are_markers_and_encode_back(codec, music21_dir):
         tokens = codec.encode(path.read_bytes())
         score = codec.decode(tokens)
         ev = codec.decode_events(tokens)
-        assert [m.text for m in score.markers] == [chord_name(i) for i in ev["chord_id"]]
+        assert [m.text for m in score.markers] == ["Chord " + chord_name(i) for i in ev["chord_id"]]
         scale = codec.params.decode_tpq // codec.params.steps_per_quarter
         assert [m.time for m in score.markers] == (ev["chord_time"] * scale).tolist()
         assert np.array_equal(codec.encode_score(score), tokens)

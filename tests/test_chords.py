@@ -192,10 +192,10 @@ def test_chord_symbols_are_text_meta_events_on_the_first_track():
         t += msg.time
         if msg.type == "marker":
             texts.append((t * TPQ // mid.ticks_per_beat, msg.text))
-    assert texts == [(0, "Intro"), (0, "C"), (TPQ * 8, "Am7"), (TPQ * 12, "G7")]
+    assert texts == [(0, "Intro"), (0, "Chord C"), (TPQ * 8, "Chord Am7"), (TPQ * 12, "Chord G7")]
     assert not any(m.type == "marker" for tr in mid.tracks[1:] for m in tr)
     back = symusic.Score.from_midi(data)
-    assert [(m.time, m.text) for m in back.markers] == [(0, "Intro"), (0, "C"), (TPQ * 8, "Am7"), (TPQ * 12, "G7")]
+    assert [(m.time, m.text) for m in back.markers] == texts
     # the music is untouched
     for a, b in zip(s.tracks, back.tracks):
         assert np.array_equal(a.notes.numpy()["time"], b.notes.numpy()["time"]) and a.is_drum == b.is_drum

@@ -16,6 +16,7 @@ import symusic
 
 from midigen.generate.render import bar_spans, detected_bar_chords
 from midigen.model.checkpoint import save_checkpoint
+from midigen.music.chordtext import marker_chord
 from midigen.model.model import GPT, GPTConfig, padded_vocab
 from midigen.music.codec import Codec
 from midigen.music.timing import tick_at_seconds
@@ -137,7 +138,8 @@ def _version_score(server, pid: str, vid: str) -> symusic.Score:
 
 
 def _chord_marks(score, lo: int = 0, hi: int = 1 << 62) -> list[tuple[int, str]]:
-    return [(int(m.time), m.text) for m in score.markers if lo <= m.time < hi and m.text != "end"]
+    return [(int(m.time), marker_chord(m.text)) for m in score.markers
+            if lo <= m.time < hi and marker_chord(m.text) is not None]
 
 
 def test_generate_on_a_chart_writes_its_chords_on_the_bars(server):

@@ -17,7 +17,7 @@ from midigen.generate.sample import generate_samples
 from midigen.generate.sampling import Sampling
 from midigen.model.checkpoint import load_checkpoint
 from midigen.music.chords import label_chords
-from midigen.music.chordtext import bar_chords, parse_chords, parse_symbol
+from midigen.music.chordtext import bar_chords, marker_chord, parse_chords, parse_symbol
 from midigen.music.codec import Codec
 from midigen.errors import UsageError
 
@@ -33,7 +33,7 @@ def _markers(path: Path) -> list[tuple[int, str]]:
         if msg.type == "marker":
             seen.append((tick, msg.text))
     assert seen == got
-    return got
+    return [(t, marker_chord(text)) for t, text in got if marker_chord(text) is not None]
 
 
 def _written(result) -> list[Path]:

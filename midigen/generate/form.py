@@ -37,6 +37,7 @@ from midigen.generate.edit import Edit, infill_edits
 from midigen.generate.sample import find_problems, generate_samples, Sample, sample_score
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, TYPES, splice
+from midigen.music.chordtext import marker_chord
 from midigen.music.codec import Codec, score_instruments, track_instrument
 from midigen.music.ranges import NoteLimits
 from midigen.music.timing import bar_tick, meters, seconds_at_tick
@@ -463,7 +464,8 @@ def section_bands(song_or_score, sections: list[Section] | None = None) -> list[
 def marker_sections(score) -> list[tuple[str, int, int]]:
     """(name, first tick, end tick) of each section a song's markers name: from a marker to the next
     (or the song's end); ``END_MARKER`` only ends the one before it."""
-    marks = sorted(((int(m.time), str(m.text)) for m in score.markers), key=lambda m: m[0])
+    marks = sorted(((int(m.time), str(m.text)) for m in score.markers if marker_chord(str(m.text)) is None),
+                   key=lambda m: m[0])  # chord symbols are markers too, but name no section
     end = max(int(score.end()), 1)
     out = []
     for i, (t, name) in enumerate(marks):

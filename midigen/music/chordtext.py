@@ -138,8 +138,11 @@ def chord_events(song: SongChords) -> list[dict]:
              "id": int(song.labels[i])} for i in song.changes()]
 
 
+CHORD_MARKER = "Chord "  # what starts a chord symbol's marker text ("Chord Am7")
+
+
 def with_chord_symbols(score: symusic.Score, song: SongChords) -> symusic.Score:
-    """A copy of ``score`` with the chord names as score-level markers at each chord change.
+    """A copy of ``score`` with the chord symbols as score-level markers at each chord change.
 
     symusic writes score markers as marker meta events (FF 06, a text meta event) on the first track,
     which is where DAWs show their marker lane and where symusic reads them back; plain FF 01 text
@@ -152,11 +155,22 @@ def with_chord_symbols(score: symusic.Score, song: SongChords) -> symusic.Score:
     return out
 
 
+def chord_marker(cid: int) -> str:
+    """The marker text of a chord: its name after ``CHORD_MARKER``, so a chord A is never taken for a
+    section A (sections are markers named by their bare label, as songs name them)."""
+    return CHORD_MARKER + chord_name(int(cid))
+
+
+def marker_chord(text: str) -> str | None:
+    """The chord name a marker carries, or None when the marker is not a chord symbol."""
+    return text[len(CHORD_MARKER):] if text.startswith(CHORD_MARKER) else None
+
+
 def add_chord_markers(score: symusic.Score, ticks, ids) -> None:
-    """Chord names as score markers at ``ticks`` (a tick-based score, changed in place; kept sorted):
+    """Chord symbols as score markers at ``ticks`` (a tick-based score, changed in place; kept sorted):
     the one way chord symbols go into a written file (``with_chord_symbols``, decoded CHORD tokens)."""
     for tick, cid in zip(np.asarray(ticks).tolist(), np.asarray(ids).tolist()):
-        score.markers.append(symusic.TextMeta(int(tick), chord_name(int(cid))))
+        score.markers.append(symusic.TextMeta(int(tick), chord_marker(cid)))
     score.markers.sort(key=lambda m: m.time)
 
 
