@@ -125,7 +125,7 @@ def _redrawn(a, score, task: str, edit_with, sampling, device) -> list:
     def draw(seed: int, n: int) -> list:
         s = replace(sampling, seed=seed)
         return edit_with(num_samples=n, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         device=device)
+                         chord_weight=s.chord_weight, device=device)
 
     return redraw(draw, lambda e: edit_warnings(score, e, task), sampling.seed, a.num_samples, a.retry)
 

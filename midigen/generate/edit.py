@@ -337,10 +337,10 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
 # ----- the two tasks --------------------------------------------------------------------------------
 
 
-def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener) -> Decoder:
+def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight)
     return Decoder(model, codec, sampling, device=device, listener=listener)
 
 
@@ -388,8 +388,8 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 
 
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
-                 num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, controls=None,
-                 device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
+                 num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, chord_weight=0.0,
+                 controls=None, device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
                  known_instruments=None, chords=None, free_chords: bool = False,
                  open_end: bool = False) -> list[Edit]:
     """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
@@ -397,7 +397,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     note, up to the score's last event (a song with a form writes its sections there:
     ``midigen.generate.form``)."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
@@ -434,7 +434,7 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
 
 
 def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
-                  temperature=1.0, top_k=None, top_p=None, controls=None, device=None,
+                  temperature=1.0, top_k=None, top_p=None, chord_weight=0.0, controls=None, device=None,
                   listener: Listener | None = None, limits: NoteLimits | None = None,
                   known_instruments=None, chords=None, free_chords: bool = False) -> list[Edit]:
     """``arrange`` with what changed, for the command's report. ``limits``
@@ -446,7 +446,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     re-harmonizes it or ``free_chords`` lets the model choose; UsageError for a chart given to a model
     without chords."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener)
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
@@ -484,8 +484,9 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
 
 
 def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None, num_samples: int = 1,
-           seed=None, temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
-           listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
+           seed=None, temperature: float = 1.0, top_k=None, top_p=None, chord_weight=0.0, controls=None,
+           device=None, listener: Listener | None = None,
+           limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Rewrite ``[start_s, end_s)`` of ``score`` for ``instruments`` (default: all it has).
 
     The notes of those instruments that start in the span (snapped inward to the model's 1/24-beat
@@ -494,15 +495,16 @@ def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instrume
     """
     return [e.score for e in infill_edits(
         model, codec, score, start_s=start_s, end_s=end_s, instruments=instruments, num_samples=num_samples,
-        seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, controls=controls, device=device,
-        listener=listener, limits=limits)]
+        seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, chord_weight=chord_weight, controls=controls,
+        device=device, listener=listener, limits=limits)]
 
 
 def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
-            temperature: float = 1.0, top_k=None, top_p=None, controls=None, device=None,
+            temperature: float = 1.0, top_k=None, top_p=None, chord_weight=0.0, controls=None, device=None,
             listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Write parts for the instruments ``add`` over the whole song, keeping the parts ``keep`` (default:
     every part it has that is not being added) exactly and dropping the others."""
     return [e.score for e in arrange_edits(
         model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
-        top_k=top_k, top_p=top_p, controls=controls, device=device, listener=listener, limits=limits)]
+        top_k=top_k, top_p=top_p, chord_weight=chord_weight, controls=controls, device=device, listener=listener,
+        limits=limits)]

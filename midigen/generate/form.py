@@ -305,7 +305,7 @@ class _Writer:
         start, end = (float(x) for x in seconds_at_tick(self.score, [lo, hi]))
         s = self.sampling
         (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, seed=self.seed(k),
-                               temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                               temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, chord_weight=s.chord_weight,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
                                open_end=True)
         self.score = edit.score
@@ -488,7 +488,8 @@ def named_section(score, name: str) -> tuple[int, int]:
 
 def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: tuple[int, int],
                vary: float = VARY_SHARE, instruments=None, num_samples: int = 1, seed=None, temperature=1.0,
-               top_k=None, top_p=None, controls=None, device=None, limits: NoteLimits | None = None) -> list[Edit]:
+               top_k=None, top_p=None, chord_weight=0.0, controls=None, device=None,
+               limits: NoteLimits | None = None) -> list[Edit]:
     """``target`` (ticks) rewritten as a variation of ``source``: the source's notes copied over it
     (the one splice; the rest of the song kept as it is), then a block of about ``vary`` of its bars
     rewritten by infill, both sides known. One Edit per sample (row i: seed + i), reporting the whole
@@ -512,7 +513,7 @@ def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: t
         start, end = (float(x) for x in seconds_at_tick(copied, [a, b]))
         (edit,) = infill_edits(model, codec, copied, start_s=start, end_s=end, instruments=targets,
                                seed=first + row, temperature=temperature, top_k=top_k, top_p=top_p,
-                               controls=controls, device=device, limits=limits)
+                               chord_weight=chord_weight, controls=controls, device=device, limits=limits)
         out.append(Edit(edit.score, written + edit.written - edit.removed, removed, edit.span_steps, span,
                         tuple(targets), edit.new_tracks, time.perf_counter() - t0, edit.hearing))
     return out

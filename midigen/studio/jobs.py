@@ -86,7 +86,8 @@ def _sampling(req: dict) -> Sampling:
 
 def _as_kwargs(s: Sampling, device) -> dict:
     """``s`` as the editing functions take it."""
-    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "seed": s.seed, "device": device}
+    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "chord_weight": s.chord_weight,
+            "seed": s.seed, "device": device}
 
 
 def _clock(seconds: float) -> str:
