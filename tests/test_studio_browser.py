@@ -514,7 +514,9 @@ def test_a_musicians_session_keeps_views_numbers_and_says_what_happens(edit_page
     open_tab(page, "generate")
     page.fill("#top-p", "2")
     page.click("#generate")
-    page.wait_for_selector("#error:not([hidden])")
+    # the toast may still hold the last job's warning: wait for this error's own words to replace it
+    page.wait_for_function("!document.getElementById('error').hidden && "
+                           "document.getElementById('error-text').textContent.includes('op-p')")
     text = page.locator("#error-text").inner_text()
     assert text.startswith("Top-p: ") and "top_p" not in text, text
     toast, listed = page.locator("#error").bounding_box(), page.locator("#versions").bounding_box()

@@ -172,7 +172,7 @@ def test_infill_on_a_chart_rewrites_the_spans_harmony_and_continue_follows_one(s
     piece = _run(server, pid, "continue", {"seconds": 6, "seed": 0, "at_seconds": point, "chords": "E7 Am"})
     score = _version_score(server, pid, piece["current"])
     after = [name for _, name in _chord_marks(score, tick_at_seconds(score, point))]
-    assert after[:4] == ["E7", "Am", "E7", "Am"]
+    assert len(after) >= 2 and after == ["E7", "Am"] * (len(after) // 2) + ["E7"] * (len(after) % 2), after
 
 
 def test_arrange_follows_the_songs_chords_or_its_own(server, piece):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from midigen.music.chords import NO_CHORD, QUALITIES
 from midigen.train.config import load_config, parse_overrides
 from midigen.errors import UsageError
 
@@ -115,18 +116,25 @@ def test_windows_carry_the_song_header(tiny_dataset):
         assert m == 0 or (m == 1 and target[h - 1] == -1)
         assert (target[: h - 1] == row[1:h]).all()
     assert (masked > 0).any()  # most windows start mid-song
-    # transposition moves pitched notes (and the header's KEY control) together and touches nothing else
+    # transposition moves pitched notes, chord roots (codec v4) and the header's KEY control together and
+    # touches nothing else
     t = WindowSampler(sp, 64, seed=3, transpose=True)
     xt, _ = t.batch(step=5, micro=1, batch_size=32)
     is_note = (x >= codec.note_start) & (x < codec.dv_start)
     is_key = (x >= codec.key_start) & (x < codec.density_start)
-    assert (xt[~is_note & ~is_key] == x[~is_note & ~is_key]).all()
+    cs = codec.chord_start
+    is_chord = (x >= cs) & (x < cs + NO_CHORD) if codec.has_chords else np.zeros_like(is_note)
+    assert is_chord.any()
+    assert (xt[~is_note & ~is_key & ~is_chord] == x[~is_note & ~is_key & ~is_chord]).all()
     moved = (xt != x).any(1)
     assert moved.any()
     for a, b in zip(x[moved], xt[moved]):
         n = (a >= codec.note_start) & (a < codec.dv_start) & ((a - codec.note_start) // 128 != 128)
         d = np.unique(b[n] - a[n])
         assert len(d) == 1 and -5 <= d[0] <= 6
+        c = (a >= cs) & (a < cs + NO_CHORD)
+        roots = ((b[c] - cs) // len(QUALITIES) - (a[c] - cs) // len(QUALITIES)) % 12
+        assert (roots == d[0] % 12).all() and ((b[c] - cs) % len(QUALITIES) == (a[c] - cs) % len(QUALITIES)).all()
 
 
 def test_eval_rows_score_each_token_once(tiny_dataset):
