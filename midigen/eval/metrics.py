@@ -17,13 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from midigen.music.chords import NO_CHORD, _pitched_notes, chord_pitch_classes
+from midigen.music.chords import NO_CHORD, TONE_MASK, _pitched_notes
 from midigen.music.codec import DRUMS, Codec, CodecError
 from midigen.errors import UsageError
 from midigen.music.timing import BeatGrid, steps_to_seconds
 from midigen.data.dataset import Dataset
 
-CHORD_TONES = np.array([[pc in chord_pitch_classes(c) for pc in range(12)] for c in range(NO_CHORD + 1)])
 MAJOR_SCALE = np.array([1, 0, 1, 0, 1, 1, 0, 1, 0, 1, 0, 1], dtype=bool)
 FEATURES = (
     "pitch_class_entropy",
@@ -193,7 +192,7 @@ def chord_note_time(score, grid: BeatGrid, labels: np.ndarray) -> tuple[float, f
     sounding = np.minimum(end[note], grid.ends[beat]) - np.maximum(start[note], grid.starts[beat])
     chord = labels[beat]
     asked = (sounding > 0) & (chord != NO_CHORD)
-    inside = asked & CHORD_TONES[chord, pitch[note] % 12]
+    inside = asked & TONE_MASK[chord, pitch[note] % 12]
     return float(sounding[inside].sum()), float(sounding[asked].sum())
 
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from midigen.music.chords import NO_CHORD, chord_pitch_classes
+from midigen.music.chords import NO_CHORD, TONE_MASK
 from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, Codec, Kind
 from midigen.music.timing import seconds_per_step
 
@@ -69,7 +69,8 @@ class _Tables:
         c, p = codec, codec.params
         t = lambda a, dt=torch.long: torch.as_tensor(np.asarray(a), dtype=dt, device=device)  # noqa: E731
         self.kind = t(c.kinds(np.arange(c.vocab_size)).astype(np.int64))
-        last = {Kind.SHIFT: _K_SHIFT, Kind.TEMPO: _K_TEMPO, Kind.NOTE: _K_NOTE, Kind.DV: _K_DV, Kind.CHORD: _K_CHORD}
+        last = {Kind.SHIFT: _K_SHIFT, Kind.TEMPO: _K_TEMPO, Kind.NOTE: _K_NOTE, Kind.DV: _K_DV,
+                Kind.CHORD: _K_CHORD}
         self.last_kind = t([last.get(k, _K_OTHER) for k in Kind])  # a kind -> its code for the one-back rules
         self.steps = t(c.shift_steps())
         self.shift_k = torch.arange(1, p.max_shift + 1, device=device)
@@ -92,8 +93,7 @@ def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
     pitched = np.arange(DRUMS * N_PITCHES)
     pc[codec.note_start + pitched] = pitched % N_PITCHES % 12
     tones = np.zeros((NO_CHORD + 2, 13), dtype=bool)
-    for cid in range(NO_CHORD):
-        tones[cid, list(chord_pitch_classes(cid))] = True
+    tones[: NO_CHORD + 1, :12] = TONE_MASK
     return pc, tones
 
 
@@ -595,7 +595,7 @@ def _chord_rules(g: Grammar, m: torch.Tensor, events: torch.Tensor) -> torch.Ten
     with forced chords only those: time never passes the next one, and at its step it is all there is.
     Returns the rows where a forced chord is due (None without forced chords)."""
     c, T = g.codec, g.T
-    lo, hi = c.chord_start, c.chord_start + (c.vocab_size - c.chord_start)
+    lo, hi = c.ranges["chord"]
     if not g.chords_forced:
         free = events & (g.last_note < 0) & ~g.chord_here & (g.phase != NEED_DV)
         m[:, lo:hi] = free[:, None]

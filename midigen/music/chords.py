@@ -100,6 +100,9 @@ def _templates() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 TEMPLATE_TONES, TEMPLATE_SIZES, TEMPLATE_ROOTS, TEMPLATE_PRIOR = _templates()
+# (chord id incl. N.C., pitch class) -> is it a tone of the chord: the one table the adherence measure
+# (``midigen.eval.metrics``) and the chord weight (``midigen.generate.grammar``) both read
+TONE_MASK = np.array([[pc in chord_pitch_classes(c) for pc in range(12)] for c in range(VOCAB_SIZE)])
 
 
 def _over_tones(values: np.ndarray) -> np.ndarray:
