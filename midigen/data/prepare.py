@@ -43,7 +43,6 @@ from midigen.data.splits import SPLITS, SplitRule, ensure_each_split
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
 from midigen.data.keys import song_key
 from midigen.data.styles import add_duplicate_styles, make_tagger, split_source, StyleTagger
-from midigen.music import codec_jit
 from midigen.music.codec import CODEC_VERSION, Codec, CodecError
 from midigen.music.smf import truncation, unwrap_rmid
 
@@ -88,6 +87,8 @@ class _Encoder:
         c = self.codec
         self.fast = None
         if os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0"):  # MIDIGEN_NO_JIT=1: numpy only, no numba
+            from midigen.music import codec_jit  # start-up time: numba (~0.1 s) only in workers, not the parent
+
             try:
                 self.fast = codec_jit.CompiledEncoder(c) if codec_jit.available(c) else None
             except Exception:  # numba unusable here (no cache location, ...): numpy does the same work
