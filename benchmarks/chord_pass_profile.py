@@ -50,13 +50,13 @@ def steps(codec, base) -> dict:
         grids.append((start, end, n, starts, np.append(starts[1:], stop), pitch[:n]))
     pieces = [J._pieces(g[0], g[1], g[2], g[3], g[4]) + (g[5],) for g in grids]
     sums = [J.piece_sums(p[0], p[1], p[5], p[2], p[3]) for p in pieces]
-    scores = [J._scores(s, *cc._templates[:3]) for s in sums]
+    scores = [J._scores(s, *cc._templates) for s in sums]
     return {
         "whole pass (one call)": cpu_us(cc.add, base),
         "read the notes back": cpu_us(lambda b: J._read_notes(b, J._header_end(b, c)[0], c, durations), base),
         "cut into pieces": cpu_us(lambda g: J._pieces(g[0], g[1], g[2], g[3], g[4]), grids),
         "beat profiles (piece sums)": cpu_us(lambda p: J.piece_sums(p[0], p[1], p[5], p[2], p[3]), pieces),
-        "template scores": cpu_us(lambda s: J._scores(s, *cc._templates[:3]), sums),
+        "template scores": cpu_us(lambda s: J._scores(s, *cc._templates), sums),
         "Viterbi": cpu_us(lambda s: J.viterbi(s, 0.3), scores),
         "beats per song": round(float(np.mean([len(g[3]) for g in grids])), 1),
         "pitched notes per song": round(float(np.mean([g[2] for g in grids])), 1),

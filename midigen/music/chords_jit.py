@@ -34,9 +34,6 @@ def _jit(fn):
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
-
-_NQ = NO_CHORD // 12  # qualities: chord id = root * _NQ + quality
-
 # Layout of the ``consts`` argument (see ``CompiledChords.__init__``).
 _CONSTS = ("shift_start", "max_shift", "tempo_start", "ts_start", "inst_start", "note_start", "dv_start",
            "dv_end", "chord_start", "velocity_levels", "bos", "eos", "steps_per_quarter")
@@ -231,173 +228,6 @@ def viterbi(scores, penalty):
 
 
 @_jit
-def smooth_pruned(sums, intervals, sizes, prior, slots):
-    """``viterbi(_scores(sums, ...), SWITCH_PENALTY)``'s path, to the bit, scoring only the chords that can
-    matter (``_scores``' arithmetic, chord by chord).
-
-    Why it is exact: at a beat, every state below ``switch`` (the leader less the penalty) restarts
-    from ``switch``; its past is forgotten, and it only matters again if its new value could reach the
-    next beat's ``switch`` (to be kept) or be the best. A chord's score is at most ``_root_bounds`` of
-    its root (its tones' best shares, no penalties, the best prior), so a root whose bound, added to
-    ``switch``, stays below the kept states' best less the penalty (minus a margin far above rounding)
-    cannot matter: its chords are not scored, and they restart again at the next beat, exactly as the
-    full pass has them. Only the states kept at a beat need their own back-pointer; every other state
-    came from the leader. On made songs about 2.4 states are kept a beat and a root or two is scored,
-    instead of 109 chords."""
-    n, k = len(sums), VOCAB_SIZE
-    best = np.empty(k)
-    known = np.empty(k, dtype=np.int64)  # the states whose value is exact (others: certainly below switch)
-    fresh = np.empty(k)  # values at this beat
-    sc = np.empty(k)  # scores at this beat, of the roots scored (``scored``)
-    stamp = np.full(k, -1, dtype=np.int64)  # the beat a state was last kept at
-    scored = np.full(13, -1, dtype=np.int64)  # the beat a root's chords (12: N.C.) were last scored at
-    bound = np.empty(12)
-    kept = np.empty(n * k, dtype=np.int16)  # per beat, the states kept (their back-pointer is themselves)
-    kept_at = np.zeros(n + 1, dtype=np.int64)
-    leaders = np.zeros(n, dtype=np.int64)
-    x, low, bonus = np.zeros(24), np.zeros(24, dtype=np.int64), np.empty(12)
-    mp = _missing_penalties()
-    top = _prior_top(prior)
-    silent = _beat_shares(sums, 0, x, low, bonus)
-    for r in range(13):
-        _root_scores(r, silent, x, low, bonus, intervals, sizes, prior, mp, sc)
-    for j in range(k):
-        best[j] = sc[j]
-        known[j] = j
-    n_known = k
-    for t in range(1, n):
-        leader = _first_known_best(best, known, n_known)
-        switch = best[leader] - SWITCH_PENALTY
-        leaders[t] = leader
-        silent = _beat_shares(sums, t, x, low, bonus)
-        n_kept, w, floor = 0, kept_at[t], -np.inf
-        for i in range(n_known):  # the kept states: their own past plus this beat's score
-            j = known[i]
-            if best[j] >= switch:
-                r = j // _NQ
-                if scored[r] != t:
-                    _root_scores(r, silent, x, low, bonus, intervals, sizes, prior, mp, sc)
-                    scored[r] = t
-                fresh[j] = best[j] + sc[j]
-                floor = max(floor, fresh[j])
-                stamp[j] = t
-                kept[w + n_kept] = j
-                known[n_kept] = j
-                n_kept += 1
-        kept_at[t + 1] = w + n_kept
-        need = floor - SWITCH_PENALTY - 1e-9  # below this at this beat, a state restarts at the next
-        _root_bounds(x, bonus, slots, top, bound)
-        n_known = n_kept
-        for r in range(13):  # the others restart from switch: only the roots that can reach ``need``
-            if not silent and r < 12 and switch + bound[r] < need:
-                continue
-            if scored[r] != t:
-                _root_scores(r, silent, x, low, bonus, intervals, sizes, prior, mp, sc)
-                scored[r] = t
-            for j in range(r * _NQ, min(r * _NQ + _NQ, k)):
-                if stamp[j] != t:
-                    fresh[j] = switch + sc[j]
-                    known[n_known] = j
-                    n_known += 1
-        for i in range(n_known):
-            best[known[i]] = fresh[known[i]]
-    path = np.empty(n, dtype=np.int64)
-    path[n - 1] = _first_known_best(best, known, n_known)
-    for t in range(n - 1, 0, -1):
-        j, back = path[t], leaders[t]
-        for i in range(kept_at[t], kept_at[t + 1]):
-            if kept[i] == j:
-                back = j
-        path[t - 1] = back
-    return path
-
-
-@_jit
-def _missing_penalties():
-    """[tones missing, tones in the chord] -> ``_scores``' penalty, computed as it does."""
-    missing_penalty = np.zeros((5, 5))
-    for m in range(5):
-        for size in range(3, 5):
-            missing_penalty[m, size] = MISSING_PENALTY * np.float64(m) / np.float64(size)
-    return missing_penalty
-
-
-@_jit
-def _prior_top(prior):
-    top = prior[0]
-    for q in range(len(prior)):
-        top = max(top, prior[q])
-    return top
-
-
-@_jit
-def _beat_shares(sums, b, x, low, bonus):
-    """``_scores``' per-beat values of beat ``b`` into ``x`` (shares, twice over), ``low`` and ``bonus``,
-    the same operations; -> True for a silent beat."""
-    for j in range(12):
-        x[j] = sums[b, j] + BASS_WEIGHT * sums[b, 12 + j]
-    total = _sum12(x)
-    if total <= 0:
-        return True
-    for j in range(12):
-        x[j] = x[j] / total
-        low[j] = 1 if x[j] < PRESENT else 0
-        x[12 + j], low[12 + j] = x[j], low[j]
-    bass_total = _sum12(sums[b, 12:])
-    div = bass_total if bass_total > 0 else 1.0
-    for j in range(12):
-        bonus[j] = ROOT_BASS_BONUS * (sums[b, 12 + j] / div)
-    return False
-
-
-@_jit
-def _root_scores(r, silent, x, low, bonus, intervals, sizes, prior, mp, sc):
-    """The scores of root ``r``'s chords (12: N.C.) at a beat into ``sc``, as ``_scores`` computes them.
-    (Per root, not per chord: a call that passes arrays costs their reference counts.)"""
-    if r == 12:
-        sc[NO_CHORD] = SILENT_NO_CHORD if silent else -1e9
-        return
-    for q in range(_NQ):
-        j = r * _NQ + q
-        if silent:
-            sc[j] = 0.0
-            continue
-        a, b = r + intervals[q, 1], r + intervals[q, 2]
-        inside = (x[r] + x[a]) + x[b]
-        m = low[r] + low[a] + low[b]
-        if sizes[q] == 4:
-            inside += x[r + intervals[q, 3]]
-            m += low[r + intervals[q, 3]]
-        sc[j] = inside - OUTSIDE_PENALTY * (1.0 - inside) - mp[m, sizes[q]] + bonus[r] + prior[q]
-
-
-@_jit
-def _root_bounds(x, bonus, slots, top, bound):
-    """For each root, at least the score of every chord on it: the root's share, each further tone's
-    best share over the qualities (``slots``: the intervals each tone position takes), no missing-tone
-    penalty, the best prior (a score grows with its tones' shares)."""
-    for r in range(12):
-        inside = x[r]
-        for p in range(slots.shape[0]):
-            most = 0.0
-            for i in range(slots.shape[1]):
-                most = max(most, x[r + slots[p, i]])
-            inside += most
-        bound[r] = inside - OUTSIDE_PENALTY * (1.0 - inside) + bonus[r] + top
-
-
-@_jit
-def _first_known_best(best, known, n_known):
-    """The smallest index of the largest value among the known states (``np.argmax``'s choice)."""
-    lead = known[0]
-    for i in range(1, n_known):
-        j = known[i]
-        if best[j] > best[lead] or (best[j] == best[lead] and j < lead):
-            lead = j
-    return lead
-
-
-@_jit
 def _first_best(values):
     """The index of the first largest value (``np.argmax``'s choice), in four interleaved runs (each
     keeps its own first best; the smallest index wins a tie): the comparisons then overlap."""
@@ -475,7 +305,7 @@ def _labels(start, end, pitch, n, step, templates):
     if total > MAX_SOUNDING:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     sums = piece_sums(first, last, pitch[:n], length, beat_first)
-    return starts, smooth_pruned(sums, *templates)
+    return starts, viterbi(_scores(sums, *templates), SWITCH_PENALTY)
 
 
 @_jit
@@ -552,14 +382,6 @@ def _changes(starts, labels, until):
     return steps, ids, n_ch
 
 
-def _tone_slots() -> np.ndarray:
-    """For ``_root_bounds``: per tone position after the root, the intervals the qualities put there
-    (a row padded by repeating its first; a triad has no fourth tone, which bounds as 0)."""
-    rows = [sorted({INTERVALS[q][p] for q in QUALITIES if len(INTERVALS[q]) > p}) for p in range(1, 4)]
-    width = max(len(r) for r in rows)
-    return np.array([r + [r[0]] * (width - len(r)) for r in rows], dtype=np.int64)
-
-
 class CompiledChords:
     """``Codec.add_chords`` for the encoder's streams through ``add_chords`` above: the codec's tables
     gathered once, so a song costs one compiled call."""
@@ -577,8 +399,7 @@ class CompiledChords:
         self._durations = np.asarray(codec.durations, dtype=np.int64)
         self._templates = (np.array([INTERVALS[q] + (0,) * (4 - len(INTERVALS[q])) for q in QUALITIES]),
                            np.array([len(INTERVALS[q]) for q in QUALITIES]),
-                           np.array([QUALITY_PRIOR[q] for q in QUALITIES], dtype=np.float64),
-                           _tone_slots())
+                           np.array([QUALITY_PRIOR[q] for q in QUALITIES], dtype=np.float64))
 
     def add(self, tokens: np.ndarray) -> np.ndarray:
         """An encoder stream (uint16, no CHORD tokens yet) with its CHORD tokens."""
