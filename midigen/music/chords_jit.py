@@ -229,28 +229,29 @@ def viterbi(scores, penalty):
 
 @_jit
 def _first_best(values):
-    """The index of the first largest value (``np.argmax``'s choice), in four interleaved runs (each
-    keeps its own first best; the smallest index wins a tie): the comparisons then overlap."""
+    """The index of the first largest value (``np.argmax``'s choice; no NaN here): the largest value
+    found in eight interleaved runs (so the comparisons overlap instead of waiting on each other),
+    then the first place that holds it."""
     n = len(values)
-    i0, i1, i2, i3 = 0, 1 % n, 2 % n, 3 % n
-    j = 4
-    while j + 4 <= n:
-        i0 = j if values[j] > values[i0] else i0
-        i1 = j + 1 if values[j + 1] > values[i1] else i1
-        i2 = j + 2 if values[j + 2] > values[i2] else i2
-        i3 = j + 3 if values[j + 3] > values[i3] else i3
-        j += 4
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = values[0]
+    j = 0
+    while j + 8 <= n:
+        m0 = values[j] if values[j] > m0 else m0
+        m1 = values[j + 1] if values[j + 1] > m1 else m1
+        m2 = values[j + 2] if values[j + 2] > m2 else m2
+        m3 = values[j + 3] if values[j + 3] > m3 else m3
+        m4 = values[j + 4] if values[j + 4] > m4 else m4
+        m5 = values[j + 5] if values[j + 5] > m5 else m5
+        m6 = values[j + 6] if values[j + 6] > m6 else m6
+        m7 = values[j + 7] if values[j + 7] > m7 else m7
+        j += 8
     for i in range(j, n):
-        i0 = i if values[i] > values[i0] else i0
-    return _better(_better(i0, i1, values), _better(i2, i3, values), values)
-
-
-@_jit
-def _better(i, j, values):
-    """Of two candidates, the larger value; on a tie, the smaller index."""
-    if values[i] != values[j]:
-        return i if values[i] > values[j] else j
-    return min(i, j)
+        m0 = values[i] if values[i] > m0 else m0
+    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    i = 0
+    while values[i] != top:
+        i += 1
+    return i
 
 
 @_jit
