@@ -103,22 +103,29 @@ def _pieces(start, end, n, starts, ends):
     at = np.empty(stop + 1, dtype=np.int64)  # index in ``cuts`` of each marked step
     beat_first = np.empty(nb, dtype=np.int64)
     m, p = 0, 0
-    for v in range(stop + 1):
-        here = marked[v]
+    for v in _marked_steps(marked):
         while p < 2 * nb and points[p] <= v:
             if p % 2 == 0:
                 beat_first[p // 2] = m  # the index it gets, or that v gets when it is v
-            if points[p] < v:
+            if points[p] < v:  # (a point on an unmarked step is that step: the same cut)
                 cuts[m] = points[p]
                 m += 1
-            else:
-                here = True
             p += 1
-        if here:
-            cuts[m] = v
-            at[v] = m
-            m += 1
+        cuts[m] = v
+        at[v] = m
+        m += 1
     return _piece_lengths(cuts[:m], points, start, end, n, at, beat_first)
+
+
+@_jit
+def _marked_steps(marked):
+    """The marked steps in order: one tight pass over the row, so the merge above visits only them."""
+    out = np.empty(len(marked), dtype=np.int64)
+    m = 0
+    for v in range(len(marked)):
+        out[m] = v
+        m += marked[v]
+    return out[:m]
 
 
 @_jit
