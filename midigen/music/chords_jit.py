@@ -161,39 +161,51 @@ def _sum12(v):
 @_jit
 def _scores(sums, intervals, sizes, prior):
     """``chords.chord_scores`` of every beat (``sums``: beats x 24, the pitch classes then the bass), the
-    same operations on the same values in the same order. Chords are taken quality by quality, root
-    by root (``intervals``, ``sizes``, ``prior`` per quality), over the shares laid out twice so that
-    root + interval needs no modulo (a loop the compiler can vectorize); what takes few values (the
-    missing-tones penalty, the bass bonus of each root) is computed once per value."""
-    n = len(sums)
-    out = np.empty((n, VOCAB_SIZE))
+    same operations on the same values in the same order (``_beat_scores``, beat by beat)."""
+    out = np.empty((len(sums), VOCAB_SIZE))
+    x, low, bonus, missing_penalty = _score_buffers()
+    for b in range(len(sums)):
+        _beat_scores(sums, b, x, low, bonus, missing_penalty, intervals, sizes, prior, out[b])
+    return out
+
+
+@_jit
+def _score_buffers():
+    """``_beat_scores``' work arrays, and the missing-tones penalty per [tones missing, tones in the chord]."""
     x = np.zeros(24)  # the beat's pitch-class shares, twice over
     low = np.zeros(24, dtype=np.int64)  # 1 where a pitch class has less than PRESENT of the beat
     bonus = np.empty(12)
-    missing_penalty = np.empty((5, 5))  # [tones missing, tones in the chord]
+    missing_penalty = np.empty((5, 5))
     for m in range(5):
         for size in range(3, 5):
             missing_penalty[m, size] = MISSING_PENALTY * np.float64(m) / np.float64(size)
-    for b in range(n):
-        for j in range(12):
-            x[j] = sums[b, j] + BASS_WEIGHT * sums[b, 12 + j]
-        total = _sum12(x)
-        if total <= 0:
-            out[b, :NO_CHORD] = 0.0
-            out[b, NO_CHORD] = SILENT_NO_CHORD
-            continue
-        for j in range(12):
-            x[j] = x[j] / total
-            low[j] = 1 if x[j] < PRESENT else 0
-            x[12 + j], low[12 + j] = x[j], low[j]
-        bass_total = _sum12(sums[b, 12:])
-        div = bass_total if bass_total > 0 else 1.0
-        for j in range(12):
-            bonus[j] = ROOT_BASS_BONUS * (sums[b, 12 + j] / div)
-        for q in range(len(sizes)):
-            _quality_scores(x, low, intervals[q], sizes[q], prior[q], missing_penalty, bonus, out[b], q)
-        out[b, NO_CHORD] = -1e9
-    return out
+    return x, low, bonus, missing_penalty
+
+
+@_jit
+def _beat_scores(sums, b, x, low, bonus, missing_penalty, intervals, sizes, prior, out):
+    """Beat ``b``'s scores into ``out`` (109). Chords are taken quality by quality, root by root
+    (``intervals``, ``sizes``, ``prior`` per quality), over the shares laid out twice so that root +
+    interval needs no modulo (a loop the compiler can vectorize); what takes few values (the
+    missing-tones penalty, the bass bonus of each root) is computed once per value."""
+    for j in range(12):
+        x[j] = sums[b, j] + BASS_WEIGHT * sums[b, 12 + j]
+    total = _sum12(x)
+    if total <= 0:
+        out[:NO_CHORD] = 0.0
+        out[NO_CHORD] = SILENT_NO_CHORD
+        return
+    for j in range(12):
+        x[j] = x[j] / total
+        low[j] = 1 if x[j] < PRESENT else 0
+        x[12 + j], low[12 + j] = x[j], low[j]
+    bass_total = _sum12(sums[b, 12:])
+    div = bass_total if bass_total > 0 else 1.0
+    for j in range(12):
+        bonus[j] = ROOT_BASS_BONUS * (sums[b, 12 + j] / div)
+    for q in range(len(sizes)):
+        _quality_scores(x, low, intervals[q], sizes[q], prior[q], missing_penalty, bonus, out, q)
+    out[NO_CHORD] = -1e9
 
 
 @_jit
@@ -221,12 +233,40 @@ def viterbi(scores, penalty):
     back = np.empty((n, k), dtype=np.int16)
     best = scores[0].copy()
     for t in range(1, n):
-        leader = _first_best(best)
-        switch = best[leader] - penalty
-        for j in range(k):  # without branches, so the compiler can vectorize it
-            stay = best[j] >= switch
-            back[t, j] = j if stay else leader
-            best[j] = (best[j] if stay else switch) + scores[t, j]
+        _viterbi_step(best, scores[t], back[t], penalty)
+    return _backtrack(best, back)
+
+
+@_jit
+def smooth_sums(sums, intervals, sizes, prior):
+    """``viterbi(_scores(sums, ...), SWITCH_PENALTY)`` with each beat's scores made where the Viterbi takes
+    them (one row, in cache) instead of a beats x 109 table written and read back."""
+    n, k = len(sums), VOCAB_SIZE
+    back = np.empty((n, k), dtype=np.int16)
+    best, row = np.empty(k), np.empty(k)
+    x, low, bonus, missing_penalty = _score_buffers()
+    _beat_scores(sums, 0, x, low, bonus, missing_penalty, intervals, sizes, prior, best)
+    for t in range(1, n):
+        _beat_scores(sums, t, x, low, bonus, missing_penalty, intervals, sizes, prior, row)
+        _viterbi_step(best, row, back[t], SWITCH_PENALTY)
+    return _backtrack(best, back)
+
+
+@_jit
+def _viterbi_step(best, scores, back, penalty):
+    """One beat: every state keeps its value or restarts from the leader's less ``penalty``, whichever
+    is more (a tie keeps), then adds its score; ``back``: where each came from."""
+    leader = _first_best(best)
+    switch = best[leader] - penalty
+    for j in range(len(best)):  # without branches, so the compiler can vectorize it
+        stay = best[j] >= switch
+        back[j] = j if stay else leader
+        best[j] = (best[j] if stay else switch) + scores[j]
+
+
+@_jit
+def _backtrack(best, back):
+    n = len(back)
     path = np.empty(n, dtype=np.int64)
     path[n - 1] = _first_best(best)
     for t in range(n - 1, 0, -1):
@@ -313,7 +353,7 @@ def _labels(start, end, pitch, n, step, templates):
     if total > MAX_SOUNDING:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     sums = piece_sums(first, last, pitch[:n], length, beat_first)
-    return starts, viterbi(_scores(sums, *templates), SWITCH_PENALTY)
+    return starts, smooth_sums(sums, *templates)
 
 
 @_jit
