@@ -93,9 +93,9 @@ def stages(files) -> dict:
         scores = [codec.read_midi(d) for d in datas[:200]]
         states = [np.frombuffer(s.__getstate__(), dtype=np.uint8) for s in scores]
         buf = np.empty(max(len(b) for b in states) + 140, dtype=np.uint16)
-        facts = np.zeros(13)
+        facts, notes = np.zeros(15), np.empty((3, max(len(b) for b in states) // 12 + 1))
         out["score.__getstate__"] = best(lambda s: s.__getstate__(), scores)
-        out["compiled encode"] = best(lambda b: codec_jit.encode_state(b, buf, 0, fast._consts, *fast._tables, facts),
+        out["compiled encode"] = best(lambda b: codec_jit.encode_state(b, buf, 0, fast._consts, *fast._tables, facts, notes),
                                       states)
     return out
 

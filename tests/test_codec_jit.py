@@ -149,8 +149,9 @@ def test_garbage_states_are_refused_not_crashed(fast):
         cases.append(b)
     for buf in cases:
         out = np.zeros(len(buf) + 140, dtype=np.uint16)
-        status, n, notes, secs = codec_jit.encode_state(buf, out, 0, fast._consts, *fast._tables, np.zeros(13))
+        status, n, notes, secs = codec_jit.encode_state(buf, out, 0, fast._consts, *fast._tables, np.zeros(15),
+                                                  np.zeros((3, len(buf) // 12 + 1)))
         assert status in (codec_jit.OK, codec_jit.NO_NOTES, codec_jit.ABSURD, codec_jit.LAYOUT)
         assert 0 <= n <= len(out)
     assert codec_jit.encode_state(good[:-1], np.zeros(300, np.uint16), 0, fast._consts,
-                                  *fast._tables, np.zeros(13))[0] == codec_jit.LAYOUT
+                                  *fast._tables, np.zeros(15), np.zeros((3, len(good) // 12 + 1)))[0] == codec_jit.LAYOUT

@@ -406,10 +406,26 @@ def add_chords(t, c, durations, ts_steps, templates):
     ``ts_steps[ts token - ts start]``: steps per beat of each meter; ``templates``: the chord tables."""
     h, ts = _header_end(t, c)
     start, end, pitch, n, end_step, last_event, body_end = _read_notes(t, h, c, durations)
+    return _with_chords(t, h, ts, body_end, start, end, pitch, n, min(end_step, last_event), c, ts_steps, templates)
+
+
+@_jit
+def add_chords_for_notes(t, notes, n, last, c, ts_steps, templates):
+    """``add_chords`` of an encoder stream whose pitched notes are known: ``notes[:, :n]`` (start, end,
+    pitch, in its steps, in stream order, as ``_read_notes`` reads them) and ``last``, its last
+    event's step (``codec_jit.encode_state`` records both as it writes). Its body ends at its EOS."""
+    h, ts = _header_end(t, c)
+    return _with_chords(t, h, ts, len(t) - 1, notes[0], notes[1], notes[2, :n].astype(np.int64), n, last, c,
+                        ts_steps, templates)
+
+
+@_jit
+def _with_chords(t, h, ts, body_end, start, end, pitch, n, until, c, ts_steps, templates):
+    """The stream ``t`` with the CHORD tokens of its ``n`` pitched notes, none after step ``until``."""
     if n == 0:
         return _write(t, h, body_end, np.zeros(0, np.int64), np.zeros(0, np.int64), 0, c)
     starts, labels = _labels(start, end, pitch, n, ts_steps[ts - c[3]] if ts >= 0 else ts_steps[-1], templates)
-    steps, ids, n_ch = _changes(starts, labels, min(end_step, last_event))
+    steps, ids, n_ch = _changes(starts, labels, until)
     return _write(t, h, body_end, steps, ids, n_ch, c)
 
 
@@ -453,3 +469,7 @@ class CompiledChords:
         """An encoder stream (uint16, no CHORD tokens yet) with its CHORD tokens."""
         return add_chords(np.ascontiguousarray(tokens), self._consts, self._durations, self._ts_steps,
                           self._templates)
+
+    def add_for_notes(self, tokens: np.ndarray, notes: np.ndarray, n: int, last: int) -> np.ndarray:
+        """``add`` of an encoder stream whose pitched notes the encoder recorded (``add_chords_for_notes``)."""
+        return add_chords_for_notes(tokens, notes, n, last, self._consts, self._ts_steps, self._templates)

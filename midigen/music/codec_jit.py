@@ -292,16 +292,22 @@ def _write_header(out, w, present, head_bin, ts_tok, bos, inst_start, tempo_star
 
 
 @_jit
-def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts, dv_steps, facts):
+def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts, dv_steps, facts,
+                  notes):
     """Per distinct time: its shifts, an optional tempo change, then NOTE/DV pairs (exact duplicates,
     same onset, instrument and pitch, keep the first). -> (new ``w``, notes written, seconds).
 
     Each pitched note written adds its duration in steps (``dv_steps`` of its DV token) to its pitch
-    class in ``facts[:12]``: the histogram the key estimate needs, without a second pass over tokens."""
+    class in ``facts[:12]``: the histogram the key estimate needs, without a second pass over tokens.
+    It is also recorded in ``notes`` (start, end, pitch; time in the stream's steps, gaps capped as
+    written), ``facts[13]`` of them, with ``facts[14]`` the last event's step: the notes the chord
+    pass labels, so it need not read them back from the tokens."""
     max_shift, max_gap, shift_start, tempo_start, note_start = consts[1], consts[2], consts[6], consts[7], consts[9]
     rate = sec_per_step[head_bin]
     secs = 0.0
     now = 0
+    here = 0  # the stream's step (gaps capped)
+    pitched = 0
     i = 0
     j = 0
     m = 0
@@ -313,6 +319,7 @@ def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step
         gap = t - now
         if gap > max_gap:
             gap = max_gap
+        here += gap
         secs += gap * rate
         while gap >= max_shift:
             _put(out, w, shift_start + max_shift - 1)
@@ -335,21 +342,28 @@ def _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step
             note = (v >> 16) & 0x7FFF
             if note // N_PITCHES != DRUMS:
                 facts[(note % N_PITCHES) % 12] += dv_steps[v & 0xFFFF]
+                notes[0, pitched] = here
+                notes[1, pitched] = here + dv_steps[v & 0xFFFF]
+                notes[2, pitched] = note % N_PITCHES
+                pitched += 1
             _put(out, w, note_start + note)
             _put(out, w + 1, v & 0xFFFF)
             w += 2
             m += 1
         now = t
+    facts[13], facts[14] = pitched, here
     return w, m, secs
 
 
 @_jit
-def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut, dv_steps, facts):
+def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut, dv_steps, facts, notes):
     """One serialized score (``buf``) -> its tokens in ``out[w0:]``; -> (status, tokens, notes, seconds).
 
-    On OK, ``facts`` (13 float64) holds what ``prepare`` records about the song besides its tokens:
+    On OK, ``facts`` (15 float64) holds what ``prepare`` records about the song besides its tokens:
     ``[:12]`` the duration-weighted pitch-class histogram of the pitched notes (``keys.pitch_class_histogram``
-    of the tokens) and ``[12]`` the header's TS token, or -1.
+    of the tokens) and ``[12]`` the header's TS token, or -1; and what the chord pass needs: ``notes``
+    (3 x at least ``len(buf) // 12 + 1``) gets the pitched notes as the tokens have them (start, end,
+    pitch), ``[13]`` their count and ``[14]`` the last event's step (``_write_events``).
 
     ``out`` must have room for ``len(buf) + 140`` tokens past ``w0``: a note is 12 serialized bytes
     and costs at most 6 tokens (4 shifts, NOTE, DV), a tempo 8 bytes and at most 5, the header and
@@ -386,7 +400,7 @@ def encode_state(buf, out, w0, consts, tempo_edges, sec_per_step, dv_lut, ts_lut
     facts[:] = 0.0
     facts[12] = ts_tok
     w, m, secs = _write_events(out, w, vals, n, ch_time, ch_bin, n_ch, head_bin, sec_per_step, consts,
-                               dv_steps, facts)
+                               dv_steps, facts, notes)
     out[w] = eos
     return OK, w + 1 - w0, m, secs
 
@@ -415,7 +429,8 @@ class CompiledEncoder:
         self._tables = (np.ascontiguousarray(codec._tempo_edges), 60.0 / (codec.tempo_bpm * spq),
                         np.ascontiguousarray(codec._dv_lut).reshape(-1),  # [duration * 128 + velocity]
                         ts_lut, self._dv_steps(codec))
-        self._facts = np.zeros(13)  # encode_state's song facts, rewritten by each call
+        self._facts = np.zeros(15)  # encode_state's song facts, rewritten by each call
+        self._notes = np.empty((3, 1 << 14))  # and the pitched notes it wrote (for the chord pass)
         self._chords = chords_jit.CompiledChords(codec) if codec.has_chords else None
         self._out = np.empty(1 << 18, dtype=np.uint16)
 
@@ -438,14 +453,19 @@ class CompiledEncoder:
         """
         state = np.frombuffer(score.__getstate__(), dtype=np.uint8)
         self._reserve(at, len(state) + 140)
+        if self._notes.shape[1] <= len(state) // 12 + 1:
+            self._notes = np.empty((3, len(state) // 12 + 2))
         try:
-            st, n, notes, secs = encode_state(state, self._out, at, self._consts, *self._tables, self._facts)
+            st, n, notes, secs = encode_state(state, self._out, at, self._consts, *self._tables, self._facts,
+                                              self._notes)
         except Exception:  # never expected; the numpy encoder then decides
             st, n, notes, secs = LAYOUT, 0, 0, 0.0
         if st == OK:
             facts = (self._facts[:12].copy(), int(self._facts[12]))
             if self._chords is not None:  # v4: the labeller's chords go in after (``Codec.add_chords``'s)
-                return self._keep(at, self._chords.add(self._out[at : at + n])), notes, secs, facts
+                chorded = self._chords.add_for_notes(self._out[at : at + n], self._notes, int(self._facts[13]),
+                                                     int(self._facts[14]))
+                return self._keep(at, chorded), notes, secs, facts
             return self._out[at : at + n], notes, secs, facts
         if st == NO_NOTES:
             return CodecError("no notes"), None, None, None
