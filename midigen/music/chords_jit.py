@@ -310,30 +310,34 @@ def _round_half_even(x):
 
 @_jit
 def piece_sums(first, last, pitch, length, beat_first):
-    """``chords.piece_sums``: the same products, summed in the same order (``np.add.reduceat``'s)."""
+    """``chords.piece_sums``: the same products, summed in the same order (``np.add.reduceat``'s). Counts
+    are int32 (a piece holds fewer than MAX_NOTES notes), half the memory to clear and walk; indexes
+    are unsigned, which spares numba's negative-index wraparound on every access."""
     n = len(length)
     out = np.zeros((len(beat_first), 24))
-    cnt = np.zeros((n, 12), dtype=np.int64)
+    cnt = np.zeros((n, 12), dtype=np.int32)
     lowest = np.full(n, 128, dtype=np.int64)
     for k in range(len(first)):
-        pc = pitch[k] % 12
-        for i in range(first[k], last[k]):
+        p = pitch[k]
+        pc = np.uint64(p % 12)
+        for i in range(np.uint64(first[k]), np.uint64(last[k])):
             cnt[i, pc] += 1
-            if pitch[k] < lowest[i]:
-                lowest[i] = pitch[k]
+            if p < lowest[i]:
+                lowest[i] = p
     n_beats = len(beat_first)
     for b in range(n_beats):  # (adding a zero to a sum of non-negative terms changes nothing: skipped)
         lo = beat_first[b]
         hi = beat_first[b + 1] if b + 1 < n_beats else n
         if hi <= lo:  # np.add.reduceat's rule: an empty range gives its first row
             hi = lo + 1
-        for i in range(lo, hi):
+        ub = np.uint64(b)
+        for i in range(np.uint64(lo), np.uint64(hi)):
             w = length[i]
-            for c in range(12):
+            for c in range(np.uint64(12)):
                 if cnt[i, c]:
-                    out[b, c] += cnt[i, c] * w
+                    out[ub, c] += np.int64(cnt[i, c]) * w
             if lowest[i] < 128:
-                out[b, 12 + lowest[i] % 12] += w
+                out[ub, np.uint64(12 + lowest[i] % 12)] += w
     return out
 
 
