@@ -21,6 +21,10 @@ the rounds above (``--repeat 0`` skips them):
 
     .venv/bin/python benchmarks/prepare_speed.py --compare c3c769f --songs 4000 --pairs 7
 
+``--no-chords`` runs this tree without chords (codec v3, as REV wrote), so the chords' share shows;
+``--before REV2`` times a third revision in the same rotation, run as this tree is (this tree before a
+change).
+
 With ``--chords-cost`` it times prepare (in this process, one worker) with chords (codec v4: every song
 labelled, its CHORD tokens written) and without (``chords=False``, codec v3) on the same files,
 alternating for ``--pairs`` pairs, and prints the median ratio and the CPU time a file's chords take
@@ -124,33 +128,45 @@ def build_corpus(tmp: Path, songs: int, bars: int, folder: str | None) -> tuple[
     return quarter, rest
 
 
-def compare_trees(ref: str, songs: Path, pairs: int) -> dict:
+def _tree(rev: str, folder: Path) -> Path:
+    """git revision ``rev``'s package, ``git archive``d into ``folder``."""
+    folder.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "midigen"], check=True, capture_output=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tf:
+        tf.extractall(folder, filter="data")
+    return folder
+
+
+def compare_trees(ref: str, songs: Path, pairs: int, no_chords: bool = False, before: str | None = None) -> dict:
     """Whole-process ``python -m midigen prepare SONGS --workers 1`` of git revision ``ref`` against
     this tree, on the same files, alternating old/new for ``pairs`` pairs after one untimed run of
     each (numba compiles and caches its kernels there). Each tree runs with PYTHONPATH at itself
     and its own folder as the working directory, so ``-m midigen`` finds that tree's package (the
-    old flat layout runs the same way). -> the wall times, their medians and the median ratio."""
-    old = songs.parent / "old-tree"
-    old.mkdir()
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "midigen"], check=True, capture_output=True)
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tf:
-        tf.extractall(old, filter="data")
-    trees = {"old": old, "new": ROOT}
+    old flat layout runs the same way). ``no_chords``: this tree runs with ``--no-chords`` (codec v3,
+    what ``ref`` wrote), so what the chords cost is left out. ``before``: a third revision (this
+    tree's own before some change) timed in the same rotation, run as this tree is.
+    -> the wall and CPU times, their medians and the median ratios to ``ref``."""
+    trees = {"old": _tree(ref, songs.parent / "old-tree"), "new": ROOT}
+    if before:
+        trees["before"] = _tree(before, songs.parent / "before-tree")
+    extra = {name: ["--no-chords"] if no_chords else [] for name in ("new", "before")}
 
     def run(name: str) -> tuple[float, float]:
         out = songs.parent / f"out-{name}"
         shutil.rmtree(out, ignore_errors=True)
         env = dict(os.environ, PYTHONPATH=str(trees[name]))
         t, c = time.perf_counter(), cpu_seconds()
-        subprocess.run([sys.executable, "-m", "midigen", "prepare", str(songs), "--out", str(out), "--workers", "1"],
-                       env=env, cwd=trees[name], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "midigen", "prepare", str(songs), "--out", str(out), "--workers", "1",
+                        *extra.get(name, [])], env=env, cwd=trees[name], check=True, capture_output=True)
         return time.perf_counter() - t, cpu_seconds() - c
 
-    run("old"), run("new")
-    times = {"old": [], "new": []}
-    cpu = {"old": [], "new": []}
+    for name in trees:
+        run(name)
+    names = list(trees)
+    times: dict = {name: [] for name in names}
+    cpu: dict = {name: [] for name in names}
     for i in range(pairs):
-        for name in (("old", "new") if i % 2 == 0 else ("new", "old")):
+        for name in (names if i % 2 == 0 else names[::-1]):
             wall, used = run(name)
             times[name].append(wall)
             cpu[name].append(used)
@@ -166,7 +182,17 @@ def compare_trees(ref: str, songs: Path, pairs: int) -> dict:
             "old_cpu_seconds": [round(x, 3) for x in cpu["old"]], "new_cpu_seconds": [round(x, 3) for x in cpu["new"]],
             "cpu_ratio_each_pair": [round(r, 3) for r in cpu_ratios],
             "median_cpu_ratio_new_over_old": round(statistics.median(cpu_ratios), 3),
-            "old_tokens": tokens["old"], "new_tokens": tokens["new"], "load_avg": os.getloadavg()[0]}
+            "old_tokens": tokens["old"], "new_tokens": tokens["new"], "no_chords": no_chords,
+            **(_before_figures(before, times, cpu) if before else {}), "load_avg": os.getloadavg()[0]}
+
+
+def _before_figures(rev: str, times: dict, cpu: dict) -> dict:
+    ratios = [b / o for b, o in zip(cpu["before"], cpu["old"])]
+    return {"before": rev, "before_seconds": [round(x, 3) for x in times["before"]],
+            "before_cpu_seconds": [round(x, 3) for x in cpu["before"]],
+            "median_cpu_ratio_before_over_old": round(statistics.median(ratios), 3),
+            "median_cpu_ratio_new_over_before": round(statistics.median(
+                [n / b for n, b in zip(cpu["new"], cpu["before"])]), 3)}
 
 
 def chords_cost(songs: Path, pairs: int) -> dict:
@@ -240,6 +266,10 @@ def main() -> None:
     ap.add_argument("--compare", default=None, metavar="REV",
                     help="instead: whole-process prepare of this tree against git revision REV, alternating")
     ap.add_argument("--pairs", type=int, default=5, help="--compare: timed old/new pairs; the medians count")
+    ap.add_argument("--no-chords", action="store_true",
+                    help="--compare: this tree prepares without chords (codec v3), leaving their cost out")
+    ap.add_argument("--before", default=None, metavar="REV",
+                    help="--compare: also time revision REV in the same rotation, run as this tree is")
     ap.add_argument("--chords-cost", action="store_true",
                     help="instead: prepare with chords (codec v4) against without (v3), alternating --pairs pairs")
     a = ap.parse_args()
@@ -257,7 +287,7 @@ def main() -> None:
                   f"{res['label_and_insert_us_per_file']} us CPU per file compiled "
                   f"({res['numpy_reference_us_per_file']} us in numpy); tokens x{res['token_ratio']}", file=sys.stderr)
             return
-        compared = compare_trees(a.compare, tmp / "songs", a.pairs) if a.compare else None
+        compared = compare_trees(a.compare, tmp / "songs", a.pairs, a.no_chords, a.before) if a.compare else None
         if compared:
             print(json.dumps(compared, indent=1), flush=True)
             if a.repeat < 1:
@@ -335,10 +365,14 @@ def main() -> None:
 
 
 def print_compared(res: dict) -> None:
-    print(f"prepare, whole process, {res['files']} files, 1 worker: {res['new_median_s']} s here vs "
+    how = " (--no-chords here)" if res.get("no_chords") else ""
+    print(f"prepare, whole process, {res['files']} files, 1 worker: {res['new_median_s']} s here{how} vs "
           f"{res['old_median_s']} s at {res['ref']} (medians of {res['pairs']} alternating pairs); median ratio "
           f"{res['median_ratio_new_over_old']}x (target <= 1.05x); CPU seconds (parent + workers) median ratio "
           f"{res['median_cpu_ratio_new_over_old']}x", file=sys.stderr)
+    if res.get("before"):
+        print(f"  and {res['before']} in the same rotation: CPU median ratio {res['median_cpu_ratio_before_over_old']}x "
+              f"to {res['ref']}; this tree / {res['before']}: {res['median_cpu_ratio_new_over_before']}x", file=sys.stderr)
 
 
 if __name__ == "__main__":
