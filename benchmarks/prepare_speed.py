@@ -28,7 +28,8 @@ change).
 With ``--chords-cost`` it times prepare (in this process, one worker) with chords (codec v4: every song
 labelled, its CHORD tokens written) and without (``chords=False``, codec v3) on the same files,
 alternating for ``--pairs`` pairs, and prints the median ratio and the CPU time a file's chords take
-(the compiled pass prepare runs, ``chords_jit``, and the numpy reference, ``Codec.add_chords``):
+(the compiled pass prepare runs, ``chords_jit`` on the encoder's own notes, and the numpy reference,
+``Codec.add_chords``):
 
     .venv/bin/python benchmarks/prepare_speed.py --chords-cost --songs 2000 --pairs 5
 """
@@ -225,21 +226,28 @@ def chords_cost(songs: Path, pairs: int) -> dict:
     files = sorted(p for p in songs.rglob("*") if p.is_file())[:300]
     codec = Codec()
     codec_jit.available(codec)  # as prepare's workers do: the compiled parts, once they pass their checks
-    base = [codec.encode_base([codec.read_midi(p.read_bytes())])[0] for p in files]
+    scores = [codec.read_midi(p.read_bytes()) for p in files]
+    base = [codec.encode_base([s])[0] for s in scores]
+    v3 = codec_jit.CompiledEncoder(Codec(version=3))
+    given = []  # what prepare's encoder hands the chord pass: its stream, its pitched notes, their count, last step
+    for s in scores:
+        tokens = v3.encode_one(s)[0].copy()
+        given.append((tokens, v3._notes.copy(), int(v3._facts[13]), int(v3._facts[14])))
 
-    def per_file(add) -> float:
+    def per_file(add, items) -> float:
         """CPU seconds a file of ``add`` (best of 3 passes over the files)."""
-        add(base[0])
+        add(items[0])
         best = float("inf")
         for _ in range(3):
             t = time.process_time()
-            for tokens in base:
-                add(tokens)
-            best = min(best, (time.process_time() - t) / len(base))
+            for x in items:
+                add(x)
+            best = min(best, (time.process_time() - t) / len(items))
         return best
 
-    compiled = per_file(chords_jit.CompiledChords(codec).add)  # what prepare runs
-    reference = per_file(codec.add_chords)  # numpy (with the compiled profile sums and Viterbi)
+    fast = chords_jit.CompiledChords(codec)
+    compiled = per_file(lambda g: fast.add_for_notes(*g), given)  # what prepare runs
+    reference = per_file(codec.add_chords, base)  # numpy (with the compiled profile sums and Viterbi)
     return {"files": summary[True]["files_seen"], "pairs": pairs,
             "with_chords_s": [round(x, 3) for x in times[True]], "without_chords_s": [round(x, 3) for x in times[False]],
             "median_with_s": round(statistics.median(times[True]), 3),
