@@ -25,7 +25,7 @@ import torch
 from midigen.music.codec import Codec, track_instrument
 from midigen.generate import edit as edit_module
 from midigen.generate import engine
-from midigen.generate.edit import arrange_edits
+from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.model.model import GPT, GPTConfig, padded_vocab
@@ -172,6 +172,48 @@ def test_arrange_keeps_notes_exactly_and_matches_the_step_by_step_path(loaded, m
             assert back and _rows(back[0]) == _rows(t)
         assert e.written > 0 and e.realtime > 0
     assert bytes(fast.score.dumps_midi()) == bytes(slow.score.dumps_midi())
+
+
+def _checked_forced(monkeypatch) -> dict:
+    """``Grammar.forced`` checked against the whole mask at every step it answers; returns counts of the
+    rows it found forced and of the rows the mask forces."""
+    seen = {"found": 0, "forced": 0, "steps": 0}
+    real = Grammar.forced
+
+    def checked(self):
+        ids = real(self)
+        if ids is not None:
+            m = self.mask()
+            counts = engine.allowed_counts(m)
+            for b in np.flatnonzero(ids.numpy() >= 0):  # an id it gives is the mask's only one
+                assert counts[b] == 1 and m[b, ids[b]], (b, int(ids[b]), int(counts[b]))
+            seen["found"] += int((ids >= 0).sum())
+            seen["forced"] += int((counts == 1).sum())
+            seen["steps"] += 1
+        return ids
+
+    monkeypatch.setattr(Grammar, "forced", checked)
+    return seen
+
+
+@pytest.mark.parametrize("how", ["as the command does", "no note limits", "free chords", "two samples", "infill"])
+def test_the_grammars_forced_ids_are_the_masks_only_ids(loaded, monkeypatch, how):
+    """The engine skips the mask where ``Grammar.forced`` answers, so what it answers must be what the
+    mask would force, at every step of real edits (with and without note limits, with forced and free
+    chords, in a batch, in an infill); and it must find most of the forced steps, or it saves nothing."""
+    from midigen.music.ranges import note_limits
+
+    model, codec = loaded
+    seen = _checked_forced(monkeypatch)
+    score = make_song(11, bars=12, tpq=480)
+    kw = {"limits": None if how == "no note limits" else note_limits(None), "free_chords": how == "free chords",
+          "num_samples": 2 if how == "two samples" else 1, "seed": 3, "top_p": 0.95, "chord_weight": 2.5}
+    if how == "infill":
+        edits = infill_edits(model, codec, score, start_s=2.0, end_s=9.0, instruments=[33], **kw)
+    else:
+        edits = arrange_edits(model, codec, score, add=[73], **kw)
+    assert all(e.written > 0 for e in edits)
+    assert seen["steps"] > 100 and seen["found"] >= 0.6 * seen["forced"], seen
 
 
 def test_summaries_give_the_real_time_factor(edit_run, tiny_ckpt_song):
