@@ -265,7 +265,10 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
         out["notes"] = sum(t.note_num() for t in codec.decode(res[0].tokens).tracks)
     out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
     if what == "arrange":
+        import hashlib
+
         out["kept_exact"] = kept_exact(song, e.score, [t.name for t in song.tracks if t.note_num()])
+        out["midi_sha1"] = hashlib.sha1(bytes(e.score.dumps_midi())).hexdigest()[:12]  # same seed, same file?
     if what in ("bare", "engine", "engine_p"):
         out["tokens_per_s"], out["tokens_per_cpu_s"] = out["tokens"] / out["wall_s"], out["tokens"] / out["cpu_s"]
     print(json.dumps(out))
@@ -358,6 +361,7 @@ def arrange_check(ckpt: str | None, rounds: int, threads: int, seconds: float, r
             "notes written": [x["written_notes"] for x in r["arrange"]],
             "sample notes": [x["notes"] for x in r["sample"]],
             "kept notes exact": all(x["kept_exact"] for x in r["arrange"]),
+            "written file (sha1)": sorted({x["midi_sha1"] for x in r["arrange"]}),
             "target arrange <= 10 s (cpu)": a <= 10.0, "target <= 1.2x sample (cpu)": a / s <= 1.2}
     for t, row in out["trees"].items():
         print(f"--- {t}" + (f" ({ref})" if t == "old" else ""))

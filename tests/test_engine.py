@@ -216,6 +216,48 @@ def test_the_grammars_forced_ids_are_the_masks_only_ids(loaded, monkeypatch, how
     assert seen["steps"] > 100 and seen["found"] >= 0.6 * seen["forced"], seen
 
 
+def _mido_notes(data: bytes, name: str) -> list:
+    """(tick, on/off, pitch, velocity) of the named track as mido reads the file."""
+    import io
+
+    import mido
+
+    (track,) = [t for t in mido.MidiFile(file=io.BytesIO(data)).tracks if t.name == name]
+    out, now = [], 0
+    for m in track:
+        now += m.time
+        if m.type in ("note_on", "note_off"):
+            on = m.type == "note_on" and m.velocity > 0
+            out.append((now, on, m.note, m.velocity if on else 0))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_arrange_keeps_every_part_exactly_at_each_precision(edit_run, precision):
+    """Arranging under the dense band song with every part kept (the most forced runs, every chunk's
+    through ``Grammar.forced``), as the command does it, at each weight precision: every kept part
+    comes back note for note from the written file, as symusic and mido read it."""
+    import symusic
+
+    from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
+    from midigen.music.codec import score_instruments
+
+    model, codec, config = load_checkpoint(edit_run, "cpu", precision=precision)
+    caps = capabilities(config, codec)
+    song = make_song(7, bars=16, tpq=480)
+    add = next((i for i in caps["instruments"] if i not in score_instruments(song) and i != 128), 73)
+    (e,) = arrange_edits(model, codec, song, add=[add], seed=5, top_p=0.95, chord_weight=2.5,
+                         limits=checkpoint_limits(config), known_instruments=caps["instruments"])
+    original, written = bytes(song.dumps_midi()), bytes(e.score.dumps_midi())
+    kept = [t.name for t in song.tracks if t.note_num()]
+    assert len(kept) >= 4 and e.written > 0
+    back = {t.name: t for t in symusic.Score.from_midi(written).tracks}
+    before = {t.name: t for t in symusic.Score.from_midi(original).tracks}
+    for name in kept:
+        assert _rows(back[name]) == _rows(before[name]), name
+        assert _mido_notes(written, name) == _mido_notes(original, name), name
+
+
 def test_summaries_give_the_real_time_factor(edit_run, tiny_ckpt_song):
     song, out = tiny_ckpt_song
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

@@ -460,9 +460,10 @@ class Grammar:
 
         It finds an edit's forced runs from a few ops on the rows' state, nothing vocabulary-wide, so
         the engine builds no mask for them: a kept note's DV; its NOTE at its step when no written note
-        can come before it (``_written_before``, nor a chord of the model's own) and no chord is due there; a chord due at its step; EOS of a finished row. Where it gives an id, ``mask``
-        allows that id alone (tests/test_engine.py checks every step of real edits); where it gives -1,
-        the mask decides (it may still force)."""
+        can come before it (``_written_before``), nor a chord of the model's own, and no chord is due
+        there; a chord due at its step; EOS of a finished row. Where it gives an id, ``mask`` allows that
+        id alone (tests/test_engine.py checks every step of real edits); where it gives -1, the mask
+        decides (it may still force)."""
         if not self.editing or self.timed or self.pending or self.in_header.any():
             return None
         c = self.codec
