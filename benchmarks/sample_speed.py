@@ -23,6 +23,7 @@ present, else a 6-layer 384-wide stand-in). For each:
     .venv/bin/python benchmarks/sample_speed.py --compare 071453a --threads 1 [--rounds 3] [--tokens 300] [--seconds 60]
     .venv/bin/python benchmarks/sample_speed.py --profile --threads 1 --tokens 600   # PYTHONPATH=OLD_TREE for another
     .venv/bin/python benchmarks/sample_speed.py --arrange --ckpt out/demo/model --threads 1 --rounds 3 [--compare REF]
+    .venv/bin/python benchmarks/sample_speed.py --arrange --profile --ckpt out/demo/model --threads 1  # where it goes
 
 * with ``--arrange``: issue 20's arrange target. Arranging a bass under the first ``--seconds`` (60) of
   the dense band song (songgen 7) as ``midigen arrange`` does (with ``--ckpt``: the checkpoint's note
@@ -307,6 +308,70 @@ def profile_step(tokens: int, threads: int) -> dict:
             "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}
 
 
+def arrange_profile(ckpt: str | None, threads: int, seconds: float) -> dict:
+    """Where arrange's CPU time goes (``--arrange --profile``): the engine's parts timed in place (each
+    wrapped with a CPU clock, no profiler's overhead) over one arrange as ``engine_child`` runs it, and
+    the counts that explain them: chunks, the prompts' prefills, the forwards of the written part, the
+    tokens it decided and how many were sampled, masks built. Works on any tree (``PYTHONPATH`` picks
+    it; a part the tree lacks reads 0)."""
+    from collections import Counter
+
+    from midigen.generate import edit, engine, grammar
+    from midigen.generate.edit import arrange_edits
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, codec, config = _model(ckpt)
+    song = arrange_song(seconds)
+    spent, calls, state = Counter(), Counter(), {"first": False}
+
+    def clocked(owner, name, label, before=None):
+        real = getattr(owner, name, None)
+        if real is None:
+            return
+
+        def run(*a, **k):
+            if before:
+                before(a)
+            part = label(a) if callable(label) else label
+            c0 = time.process_time()
+            try:
+                return real(*a, **k)
+            finally:
+                spent[part] += time.process_time() - c0
+                calls[part] += 1
+        setattr(owner, name, run)
+
+    def forward_kind(_):
+        first, state["first"] = state["first"], False
+        return "forward: chunk prompt (prefill)" if first else "forward: written part"
+
+    clocked(engine.Decoder, "decode", "decode", before=lambda a: state.update(first=True))
+    clocked(engine.Decoder, "_forward", forward_kind)
+    clocked(grammar.Grammar, "mask", "grammar mask")
+    clocked(grammar.Grammar, "forced", "grammar forced")
+    clocked(grammar.Grammar, "advance", "grammar advance")
+    clocked(grammar.Grammar, "chord_tones", "chord tones")
+    clocked(engine, "draw", "draw")
+    kw = as_the_commands(codec, config)
+    c0 = time.process_time()
+    (e,) = arrange_edits(model, codec, song, add=[33], seed=0, **kw)
+    total = time.process_time() - c0
+    inside = spent.pop("decode")
+    chunks = calls.pop("decode")
+    parts = dict(spent)
+    parts["engine loop, transfers, bookkeeping"] = inside - sum(parts.values())
+    parts["outside the engine (prompts, grammar set-up, splice)"] = total - inside
+    decided = calls["grammar advance"]
+    out = {"cpu_s": round(total, 3), "chunks": chunks, "written_notes": e.written, "tokens_decided": decided,
+           "tokens_sampled": calls["draw"], "tokens_forced": decided - calls["draw"],
+           "masks_built": calls["grammar mask"],
+           "forwards": calls["forward: written part"] + calls["forward: chunk prompt (prefill)"],
+           "parts": {k: {"cpu_s": round(v, 3), "share": round(v / total, 3), "calls": calls.get(k)}
+                     for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}}
+    return out
+
+
 def _old_tree(ref: str) -> Path:
     """``midigen`` at git revision ``ref``, unpacked into a temporary folder."""
     import io
@@ -439,6 +504,8 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the runs at real-song token density")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
+    if a.profile and a.arrange:
+        return print(json.dumps(arrange_profile(a.ckpt, a.threads, a.seconds), indent=1))
     if a.profile:
         return print(json.dumps(profile_step(a.tokens, a.threads), indent=1))
     if a.engine_child is not None:

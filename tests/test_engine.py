@@ -64,9 +64,15 @@ def _decode(model, codec, one_pass: bool, sampling: Sampling, rows: int = 3, bud
                                       Sampling(seed=2, temperature=0.7)])
 def test_forced_runs_in_one_pass_give_the_step_by_step_tokens(tiny, sampling, monkeypatch):
     model, codec = tiny
-    counts = []
-    real = engine.allowed_counts
-    monkeypatch.setattr(engine, "allowed_counts", lambda m: counts.append(real(m).numpy().copy()) or real(m))
+    counts = []  # each step's allowed-id count per row (1: forced), whether the mask or Grammar.forced said so
+    real = engine.Decoder._next_step
+
+    def recorded(self, grammar, tok):
+        out = real(self, grammar, tok)
+        counts.append(np.array(out[1]))
+        return out
+
+    monkeypatch.setattr(engine.Decoder, "_next_step", recorded)
     fast, fast_forwards = _decode(model, codec, True, sampling)
     widths = np.array(counts)
     forced = widths == 1

@@ -317,6 +317,8 @@ class Decoder:
         mask = grammar.mask()
         width = allowed_counts(mask).cpu().numpy()
         ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
+        lift, stale = None, True  # the chord weight's lift of the chord tones, kept until a CHORD is written
+        chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
         done = np.zeros(B, bool)
         wide = wide_float(self.device)
         for new in range(budget):
@@ -329,14 +331,17 @@ class Decoder:
                     fed = L
                 if self.penalty != 1.0:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
-                tones = grammar.chord_tones() if self.chord_weight else None
-                if tones is not None:
-                    logits = logits + self.chord_weight * tones
+                if stale:  # the chord in force may have changed: the lift of its tones again
+                    tones = grammar.chord_tones() if self.chord_weight else None
+                    lift, stale = (None if tones is None else self.chord_weight * tones), False
+                if lift is not None:
+                    logits = logits + lift
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
             grammar.advance(tok)
             dev_seq[:, L] = tok
             mask, width, ahead, host = self._next_step(grammar, tok)
             grammar.observe(host)
+            stale |= bool(((host >= chords[0]) & (host < chords[1])).any())
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1
             done |= host == codec.EOS
