@@ -238,6 +238,10 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
     insts = [0, 33, 128] if config is None else [0, 33]
     generate_samples(model, codec, num_samples=batch, max_new_tokens=8, instruments=insts, tempo=120,
                      sampling=Sampling(seed=0))
+    if what == "arrange":  # the same warm-up as the sample's: first calls and compiled code off the clock
+        from midigen.generate.edit import arrange_edits
+
+        arrange_edits(model, codec, arrange_song(4.0), add=[33], seed=1, **as_the_commands(codec, config))
     out = {"what": what, "batch": batch}
     w0, c0 = clocks()
     if what == "bare":
