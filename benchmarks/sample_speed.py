@@ -22,6 +22,15 @@ present, else a 6-layer 384-wide stand-in). For each:
     .venv/bin/python benchmarks/sample_speed.py [--threads 2] [--skip-124m] [--json FILE]
     .venv/bin/python benchmarks/sample_speed.py --compare 071453a --threads 1 [--rounds 3] [--tokens 300] [--seconds 60]
     .venv/bin/python benchmarks/sample_speed.py --profile --threads 1 --tokens 600   # PYTHONPATH=OLD_TREE for another
+    .venv/bin/python benchmarks/sample_speed.py --arrange --ckpt out/demo/model --threads 1 --rounds 3 [--compare REF]
+    .venv/bin/python benchmarks/sample_speed.py --arrange --profile --ckpt out/demo/model --threads 1  # where it goes
+
+* with ``--arrange``: issue 20's arrange target. Arranging a bass under the first ``--seconds`` (60) of
+  the dense band song (songgen 7) as ``midigen arrange`` does (with ``--ckpt``: the checkpoint's note
+  limits and instruments, default top-p and chord weight), against sampling that long from nothing with
+  the same instruments and the song's tempo; CPU and wall seconds, their ratio, the notes written, and
+  whether the kept notes come back exactly from the written file (symusic and mido). ``--ckpt`` also
+  gives ``--compare``'s children the checkpoint's weights.
 """
 from __future__ import annotations
 
@@ -142,7 +151,74 @@ def arrange_song(seconds: float):
     return song.clip(0, tick_at_seconds(song, seconds), False)
 
 
-def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: float) -> None:
+def _model(ckpt: str | None):
+    """(model, codec, config): the checkpoint's when ``ckpt`` is given, else the random-init demo shape."""
+    if ckpt:
+        from midigen.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(ckpt, "cpu")
+    codec = Codec()
+    _, cfg = demo_config(padded_vocab(codec.vocab_size))
+    return GPT(cfg).eval(), codec, None
+
+
+def as_the_commands(codec: Codec, config: dict | None) -> dict:
+    """What ``midigen arrange`` passes besides the song (a checkpoint's note limits and instruments, the
+    default top-p and chord weight); with no checkpoint (random weights) only top-p, as before."""
+    from midigen.generate.sampling import DEFAULTS
+
+    if config is None:
+        return {"top_p": 0.95}
+    from midigen.model.checkpoint import capabilities, checkpoint_limits
+
+    return {"top_p": DEFAULTS["top_p"], "chord_weight": DEFAULTS["chord_weight"], "limits": checkpoint_limits(config),
+            "known_instruments": capabilities(config, codec)["instruments"]}
+
+
+def heard_header(song, kw: dict, add: int = 33) -> list[int]:
+    """The instruments an arrange's header carries: the song's as the model hears them, and ``add``."""
+    from midigen.music.codec import score_instruments
+
+    present = score_instruments(song)
+    if "known_instruments" not in kw:
+        return sorted(set(present) | {add})
+    from midigen.generate.hearing import hearing_map, heard_instruments
+
+    mapping = hearing_map(song, kw["known_instruments"], kw["limits"], exclude=(add,))
+    return sorted(set(heard_instruments(present, mapping)) | {add})
+
+
+def _track_notes(data: bytes) -> dict:
+    """Each named track's notes as symusic and as mido read the file: {name: (symusic rows, mido events)}."""
+    import io
+
+    import mido
+    import symusic
+
+    out = {}
+    for t in symusic.Score.from_midi(data).tracks:
+        a = t.notes.numpy()
+        out[t.name] = [sorted(zip(*(a[k].tolist() for k in ("time", "duration", "pitch", "velocity"))))]
+    for track in mido.MidiFile(file=io.BytesIO(data)).tracks:
+        now, events = 0, []
+        for m in track:
+            now += m.time
+            if m.type in ("note_on", "note_off"):
+                on = m.type == "note_on" and m.velocity > 0
+                events.append((now, on, m.note, m.velocity if on else 0))
+        if track.name in out:
+            out[track.name].append(sorted(events))
+    return out
+
+
+def kept_exact(song, edited, kept_names) -> bool:
+    """Every kept track's notes identical in the written file and in the song's, as symusic and mido read
+    them back."""
+    before, after = _track_notes(bytes(song.dumps_midi())), _track_notes(bytes(edited.dumps_midi()))
+    return all(name in after and after[name] == before[name] for name in kept_names)
+
+
+def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: float, ckpt: str | None = None) -> None:
     """Time ``what`` with whatever ``midigen`` is on the path; print one JSON line.
 
     ``engine``: ``generate_samples`` of ``tokens`` new tokens (b = ``batch``, top-k 200); ``engine_p``:
@@ -150,15 +226,22 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
     (``bare_forward``); ``arrange``: a bass part under the first ``seconds`` of the dense song (top-p
     0.95); ``sample``: ``seconds`` of music from nothing with the song's instruments and the bass
     (top-p 0.95); ``sample_dense``: the same with a token budget at the song's density instead of a
-    time target (what a trained model, which writes that densely, would cost)."""
+    time target (what a trained model, which writes that densely, would cost).
+
+    With ``ckpt`` the checkpoint's weights replace the random ones, and ``arrange`` and ``sample`` run as
+    the commands do (``as_the_commands``): the sample then has the instruments the arrange's header
+    carries (``heard_header``) and the song's first tempo; ``arrange`` also reports whether the kept
+    notes come back exactly from the written file (``kept_exact``, checked after the clock stops)."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    codec = Codec()
-    _, cfg = demo_config(padded_vocab(codec.vocab_size))
-    model = GPT(cfg).eval()
-    insts = [0, 33, 128]
+    model, codec, config = _model(ckpt)
+    insts = [0, 33, 128] if config is None else [0, 33]
     generate_samples(model, codec, num_samples=batch, max_new_tokens=8, instruments=insts, tempo=120,
                      sampling=Sampling(seed=0))
+    if what == "arrange":  # the same warm-up as the sample's: first calls and compiled code off the clock
+        from midigen.generate.edit import arrange_edits
+
+        arrange_edits(model, codec, arrange_song(4.0), add=[33], seed=1, **as_the_commands(codec, config))
     out = {"what": what, "batch": batch}
     w0, c0 = clocks()
     if what == "bare":
@@ -171,17 +254,26 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
     elif what == "arrange":
         from midigen.generate.edit import arrange_edits
 
-        (e,) = arrange_edits(model, codec, arrange_song(seconds), add=[33], seed=0, top_p=0.95)
+        song = arrange_song(seconds)
+        (e,) = arrange_edits(model, codec, song, add=[33], seed=0, **as_the_commands(codec, config))
         out["written_notes"] = e.written
     elif what in ("sample", "sample_dense"):
         song = arrange_song(seconds)
-        song_insts = sorted({128 if t.is_drum else int(t.program) for t in song.tracks if t.note_num()} | {33})
+        kw = as_the_commands(codec, config)
         dense = what == "sample_dense"
         budget = int(len(codec.encode_score(song)) * 1.1) if dense else None
+        tempo = 120 if config is None else round(float(song.tempos[0].qpm)) if len(song.tempos) else 120
         res = generate_samples(model, codec, seconds=None if dense else seconds, max_new_tokens=budget,
-                               instruments=song_insts, tempo=120, sampling=Sampling(seed=0, top_p=0.95))
+                               instruments=heard_header(song, kw), tempo=tempo, limits=kw.get("limits"),
+                               sampling=Sampling(seed=0, top_p=kw["top_p"], chord_weight=kw.get("chord_weight", 0.0)))
         out["tokens"] = len(res[0].tokens) - res[0].start_index - 1
+        out["notes"] = sum(t.note_num() for t in codec.decode(res[0].tokens).tracks)
     out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
+    if what == "arrange":
+        import hashlib
+
+        out["kept_exact"] = kept_exact(song, e.score, [t.name for t in song.tracks if t.note_num()])
+        out["midi_sha1"] = hashlib.sha1(bytes(e.score.dumps_midi())).hexdigest()[:12]  # same seed, same file?
     if what in ("bare", "engine", "engine_p"):
         out["tokens_per_s"], out["tokens_per_cpu_s"] = out["tokens"] / out["wall_s"], out["tokens"] / out["cpu_s"]
     print(json.dumps(out))
@@ -220,6 +312,70 @@ def profile_step(tokens: int, threads: int) -> dict:
             "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}
 
 
+def arrange_profile(ckpt: str | None, threads: int, seconds: float) -> dict:
+    """Where arrange's CPU time goes (``--arrange --profile``): the engine's parts timed in place (each
+    wrapped with a CPU clock, no profiler's overhead) over one arrange as ``engine_child`` runs it, and
+    the counts that explain them: chunks, the prompts' prefills, the forwards of the written part, the
+    tokens it decided and how many were sampled, masks built. Works on any tree (``PYTHONPATH`` picks
+    it; a part the tree lacks reads 0)."""
+    from collections import Counter
+
+    from midigen.generate import edit, engine, grammar
+    from midigen.generate.edit import arrange_edits
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, codec, config = _model(ckpt)
+    song = arrange_song(seconds)
+    spent, calls, state = Counter(), Counter(), {"first": False}
+
+    def clocked(owner, name, label, before=None):
+        real = getattr(owner, name, None)
+        if real is None:
+            return
+
+        def run(*a, **k):
+            if before:
+                before(a)
+            part = label(a) if callable(label) else label
+            c0 = time.process_time()
+            try:
+                return real(*a, **k)
+            finally:
+                spent[part] += time.process_time() - c0
+                calls[part] += 1
+        setattr(owner, name, run)
+
+    def forward_kind(_):
+        first, state["first"] = state["first"], False
+        return "forward: chunk prompt (prefill)" if first else "forward: written part"
+
+    clocked(engine.Decoder, "decode", "decode", before=lambda a: state.update(first=True))
+    clocked(engine.Decoder, "_forward", forward_kind)
+    clocked(grammar.Grammar, "mask", "grammar mask")
+    clocked(grammar.Grammar, "forced", "grammar forced")
+    clocked(grammar.Grammar, "advance", "grammar advance")
+    clocked(grammar.Grammar, "chord_tones", "chord tones")
+    clocked(engine, "draw", "draw")
+    kw = as_the_commands(codec, config)
+    c0 = time.process_time()
+    (e,) = arrange_edits(model, codec, song, add=[33], seed=0, **kw)
+    total = time.process_time() - c0
+    inside = spent.pop("decode")
+    chunks = calls.pop("decode")
+    parts = dict(spent)
+    parts["engine loop, transfers, bookkeeping"] = inside - sum(parts.values())
+    parts["outside the engine (prompts, grammar set-up, splice)"] = total - inside
+    decided = calls["grammar advance"]
+    out = {"cpu_s": round(total, 3), "chunks": chunks, "written_notes": e.written, "tokens_decided": decided,
+           "tokens_sampled": calls["draw"], "tokens_forced": decided - calls["draw"],
+           "masks_built": calls["grammar mask"],
+           "forwards": calls["forward: written part"] + calls["forward: chunk prompt (prefill)"],
+           "parts": {k: {"cpu_s": round(v, 3), "share": round(v / total, 3), "calls": calls.get(k)}
+                     for k, v in sorted(parts.items(), key=lambda kv: -kv[1])}}
+    return out
+
+
 def _old_tree(ref: str) -> Path:
     """``midigen`` at git revision ``ref``, unpacked into a temporary folder."""
     import io
@@ -234,18 +390,57 @@ def _old_tree(ref: str) -> Path:
     return tmp
 
 
-def _child(tree: Path, what: str, batch: int, tokens: int, threads: int, seconds: float) -> dict:
+def _child(tree: Path, what: str, batch: int, tokens: int, threads: int, seconds: float,
+           ckpt: str | None = None) -> dict:
     import subprocess
 
     env = dict(os.environ, PYTHONPATH=str(tree), OMP_NUM_THREADS=str(threads))
     r = subprocess.run([sys.executable, __file__, "--engine-child", str(batch), "--what", what, "--tokens", str(tokens),
-                        "--threads", str(threads), "--seconds", str(seconds)], env=env, capture_output=True,
-                       text=True, check=True)
+                        "--threads", str(threads), "--seconds", str(seconds), *(["--ckpt", ckpt] if ckpt else [])],
+                       env=env, capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def arrange_check(ckpt: str | None, rounds: int, threads: int, seconds: float, ref: str | None = None) -> dict:
+    """Arranging a bass under the first ``seconds`` of the dense song against sampling that long from
+    nothing, each in its own child (``engine_child``, with ``ckpt``'s weights), alternating for
+    ``rounds`` rounds; with ``ref``, git revision ``ref``'s tree too, in the same rounds. Medians of the
+    children's CPU seconds (wall seconds beside them), their ratio, the notes written and whether the
+    kept notes came back exactly, against the targets (arrange <= 10 s; <= 1.2x the sample)."""
+    import statistics
+
+    trees = {"new": ROOT, **({"old": _old_tree(ref)} if ref else {})}
+    runs = {t: {"arrange": [], "sample": []} for t in trees}
+    for _ in range(rounds):
+        for what in ("arrange", "sample"):
+            for t, tree in trees.items():
+                r = _child(tree, what, 1, 0, threads, seconds, ckpt)
+                runs[t][what].append(r)
+                print(json.dumps({"tree": t, **r}), flush=True)
+    out = {"ckpt": ckpt, "threads": threads, "seconds": seconds, "rounds": rounds, "ref": ref,
+           "load_avg": os.getloadavg()[0], "trees": {}}
+    for t, r in runs.items():
+        med = lambda what, k: statistics.median(x[k] for x in r[what])  # noqa: E731
+        a, s = med("arrange", "cpu_s"), med("sample", "cpu_s")
+        out["trees"][t] = {
+            "arrange cpu s": round(a, 2), "arrange wall s": round(med("arrange", "wall_s"), 2),
+            "sample cpu s": round(s, 2), "sample wall s": round(med("sample", "wall_s"), 2),
+            "arrange / sample (cpu)": round(a / s, 3),
+            "arrange / sample (wall)": round(med("arrange", "wall_s") / med("sample", "wall_s"), 3),
+            "notes written": [x["written_notes"] for x in r["arrange"]],
+            "sample notes": [x["notes"] for x in r["sample"]],
+            "kept notes exact": all(x["kept_exact"] for x in r["arrange"]),
+            "written file (sha1)": sorted({x["midi_sha1"] for x in r["arrange"]}),
+            "target arrange <= 10 s (cpu)": a <= 10.0, "target <= 1.2x sample (cpu)": a / s <= 1.2}
+    for t, row in out["trees"].items():
+        print(f"--- {t}" + (f" ({ref})" if t == "old" else ""))
+        for k, v in row.items():
+            print(f"{k:30} {v}")
+    return out
+
+
 def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: float, batches=(1, 16),
-                    arrange: bool = True) -> dict:
+                    arrange: bool = True, ckpt: str | None = None) -> dict:
     """Old (git ``ref``) vs this tree, each run in its own child process, old and new alternating.
 
     Per tree, the medians of ``rounds`` runs of: the engine's tokens/s at each batch size (top-k 200)
@@ -265,7 +460,7 @@ def compare_engines(ref: str, rounds: int, tokens: int, threads: int, seconds: f
     for _ in range(rounds):
         for name, what, b in jobs:
             for t, tree in trees.items():
-                r = _child(tree, what, b, tokens, threads, seconds)
+                r = _child(tree, what, b, tokens, threads, seconds, ckpt)
                 runs[t][name].append(r["tokens_per_cpu_s"] if "tokens_per_s" in r else r["cpu_s"])
                 walls[t][name].append(r["tokens_per_s"] if "tokens_per_s" in r else r["wall_s"])
                 print(json.dumps({"tree": t, "job": name, **r}), flush=True)
@@ -303,6 +498,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="--compare: seconds of song to arrange and sample")
     ap.add_argument("--no-arrange", action="store_true", help="--compare: the engine and bare forward only")
     ap.add_argument("--profile", action="store_true", help="where the engine's step goes (cProfile, b = 1)")
+    ap.add_argument("--ckpt", default=None, help="engine children load this checkpoint (default: random weights)")
+    ap.add_argument("--arrange", action="store_true",
+                    help="arrange under --seconds of the dense song vs sampling that long (with --compare REF: both trees)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cached-steps", type=int, default=32)
     ap.add_argument("--uncached-steps", type=int, default=3)
@@ -310,12 +508,20 @@ def main() -> None:
     ap.add_argument("--no-dense", action="store_true", help="skip the runs at real-song token density")
     ap.add_argument("--json", default=None, help="also write the results here")
     a = ap.parse_args()
+    if a.profile and a.arrange:
+        return print(json.dumps(arrange_profile(a.ckpt, a.threads, a.seconds), indent=1))
     if a.profile:
         return print(json.dumps(profile_step(a.tokens, a.threads), indent=1))
     if a.engine_child is not None:
-        return engine_child(a.engine_child, a.tokens, a.threads, a.what, a.seconds)
+        return engine_child(a.engine_child, a.tokens, a.threads, a.what, a.seconds, a.ckpt)
+    if a.arrange:
+        res = arrange_check(a.ckpt, a.rounds, a.threads, a.seconds, a.compare)
+        if a.json:
+            Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+        return None
     if a.compare is not None:
-        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads, a.seconds, arrange=not a.no_arrange)
+        res = compare_engines(a.compare, a.rounds, a.tokens, a.threads, a.seconds, arrange=not a.no_arrange,
+                              ckpt=a.ckpt)
         if a.json:
             Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
         return None

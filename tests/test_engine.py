@@ -25,7 +25,7 @@ import torch
 from midigen.music.codec import Codec, track_instrument
 from midigen.generate import edit as edit_module
 from midigen.generate import engine
-from midigen.generate.edit import arrange_edits
+from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.generate.grammar import Grammar
 from midigen.generate.sampling import Sampling
 from midigen.model.model import GPT, GPTConfig, padded_vocab
@@ -64,9 +64,15 @@ def _decode(model, codec, one_pass: bool, sampling: Sampling, rows: int = 3, bud
                                       Sampling(seed=2, temperature=0.7)])
 def test_forced_runs_in_one_pass_give_the_step_by_step_tokens(tiny, sampling, monkeypatch):
     model, codec = tiny
-    counts = []
-    real = engine.allowed_counts
-    monkeypatch.setattr(engine, "allowed_counts", lambda m: counts.append(real(m).numpy().copy()) or real(m))
+    counts = []  # each step's allowed-id count per row (1: forced), whether the mask or Grammar.forced said so
+    real = engine.Decoder._next_step
+
+    def recorded(self, grammar, tok):
+        out = real(self, grammar, tok)
+        counts.append(np.array(out[1]))
+        return out
+
+    monkeypatch.setattr(engine.Decoder, "_next_step", recorded)
     fast, fast_forwards = _decode(model, codec, True, sampling)
     widths = np.array(counts)
     forced = widths == 1
@@ -172,6 +178,90 @@ def test_arrange_keeps_notes_exactly_and_matches_the_step_by_step_path(loaded, m
             assert back and _rows(back[0]) == _rows(t)
         assert e.written > 0 and e.realtime > 0
     assert bytes(fast.score.dumps_midi()) == bytes(slow.score.dumps_midi())
+
+
+def _checked_forced(monkeypatch) -> dict:
+    """``Grammar.forced`` checked against the whole mask at every step it answers; returns counts of the
+    rows it found forced and of the rows the mask forces."""
+    seen = {"found": 0, "forced": 0, "steps": 0}
+    real = Grammar.forced
+
+    def checked(self):
+        ids = real(self)
+        if ids is not None:
+            m = self.mask()
+            counts = engine.allowed_counts(m)
+            for b in np.flatnonzero(ids.numpy() >= 0):  # an id it gives is the mask's only one
+                assert counts[b] == 1 and m[b, ids[b]], (b, int(ids[b]), int(counts[b]))
+            seen["found"] += int((ids >= 0).sum())
+            seen["forced"] += int((counts == 1).sum())
+            seen["steps"] += 1
+        return ids
+
+    monkeypatch.setattr(Grammar, "forced", checked)
+    return seen
+
+
+@pytest.mark.parametrize("how", ["as the command does", "no note limits", "free chords", "two samples", "infill"])
+def test_the_grammars_forced_ids_are_the_masks_only_ids(loaded, monkeypatch, how):
+    """The engine skips the mask where ``Grammar.forced`` answers, so what it answers must be what the
+    mask would force, at every step of real edits (with and without note limits, with forced and free
+    chords, in a batch, in an infill); and it must find most of the forced steps, or it saves nothing."""
+    from midigen.music.ranges import note_limits
+
+    model, codec = loaded
+    seen = _checked_forced(monkeypatch)
+    score = make_song(11, bars=12, tpq=480)
+    kw = {"limits": None if how == "no note limits" else note_limits(None), "free_chords": how == "free chords",
+          "num_samples": 2 if how == "two samples" else 1, "seed": 3, "top_p": 0.95, "chord_weight": 2.5}
+    if how == "infill":
+        edits = infill_edits(model, codec, score, start_s=2.0, end_s=9.0, instruments=[33], **kw)
+    else:
+        edits = arrange_edits(model, codec, score, add=[73], **kw)
+    assert all(e.written > 0 for e in edits)
+    assert seen["steps"] > 100 and seen["found"] >= 0.6 * seen["forced"], seen
+
+
+def _mido_notes(data: bytes, name: str) -> list:
+    """(tick, on/off, pitch, velocity) of the named track as mido reads the file."""
+    import io
+
+    import mido
+
+    (track,) = [t for t in mido.MidiFile(file=io.BytesIO(data)).tracks if t.name == name]
+    out, now = [], 0
+    for m in track:
+        now += m.time
+        if m.type in ("note_on", "note_off"):
+            on = m.type == "note_on" and m.velocity > 0
+            out.append((now, on, m.note, m.velocity if on else 0))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_arrange_keeps_every_part_exactly_at_each_precision(edit_run, precision):
+    """Arranging under the dense band song with every part kept (the most forced runs, every chunk's
+    through ``Grammar.forced``), as the command does it, at each weight precision: every kept part
+    comes back note for note from the written file, as symusic and mido read it."""
+    import symusic
+
+    from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
+    from midigen.music.codec import score_instruments
+
+    model, codec, config = load_checkpoint(edit_run, "cpu", precision=precision)
+    caps = capabilities(config, codec)
+    song = make_song(7, bars=16, tpq=480)
+    add = next((i for i in caps["instruments"] if i not in score_instruments(song) and i != 128), 73)
+    (e,) = arrange_edits(model, codec, song, add=[add], seed=5, top_p=0.95, chord_weight=2.5,
+                         limits=checkpoint_limits(config), known_instruments=caps["instruments"])
+    original, written = bytes(song.dumps_midi()), bytes(e.score.dumps_midi())
+    kept = [t.name for t in song.tracks if t.note_num()]
+    assert len(kept) >= 4 and e.written > 0
+    back = {t.name: t for t in symusic.Score.from_midi(written).tracks}
+    before = {t.name: t for t in symusic.Score.from_midi(original).tracks}
+    for name in kept:
+        assert _rows(back[name]) == _rows(before[name]), name
+        assert _mido_notes(written, name) == _mido_notes(original, name), name
 
 
 def test_summaries_give_the_real_time_factor(edit_run, tiny_ckpt_song):

@@ -282,6 +282,24 @@ class Decoder:
             return step(dev_seq[:, start])
         return self._forward(dev_seq[:, start:end], cache)
 
+    def _next_step(self, grammar: Grammar, tok: torch.Tensor):
+        """(mask, allowed counts, forced ids or None, ``tok`` on the host) for the step after ``tok``.
+
+        Usually one transfer: ``tok`` and the mask's counts. In an edit's written part the grammar first
+        says which rows are forced (``Grammar.forced``, a few ops): where every row is, the step needs no
+        mask at all (``mask`` None, the ids in ``ahead``); where one may choose, the mask and its counts
+        follow (a second, small transfer, only at the steps that sample)."""
+        ahead = grammar.forced() if self.one_pass else None
+        if ahead is None:
+            mask = grammar.mask()
+            back = torch.stack((tok, allowed_counts(mask))).cpu().numpy()  # the one transfer per step
+            return mask, back[1], None, back[0]
+        back = torch.stack((tok, ahead)).cpu().numpy()
+        if (back[1] >= 0).all():
+            return None, np.ones(grammar.B, np.int64), ahead, back[0]
+        mask = grammar.mask()
+        return mask, allowed_counts(mask).cpu().numpy(), None, back[0]
+
     @torch.inference_mode()
     def decode(self, prefix: np.ndarray, grammar: Grammar, budget: int) -> np.ndarray:
         """(B, len(prefix) + n) tokens: ``prefix`` then up to ``budget`` new tokens per row, until every
@@ -298,28 +316,32 @@ class Decoder:
         fed = L  # tokens before this index are in the cache (or behind the window)
         mask = grammar.mask()
         width = allowed_counts(mask).cpu().numpy()
+        ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
+        lift, stale = None, True  # the chord weight's lift of the chord tones, kept until a CHORD is written
+        chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
         done = np.zeros(B, bool)
         wide = wide_float(self.device)
         for new in range(budget):
             u = torch.rand((B, 1), generator=self.gen, dtype=wide, device=self.device)  # forced or not
             if self.one_pass and (width == 1).all():
-                tok = forced_ids(mask)
+                tok = forced_ids(mask) if ahead is None else ahead
             else:
                 if fed < L:
                     logits = self._feed(seq, dev_seq, fed, L, cache, step)
                     fed = L
                 if self.penalty != 1.0:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
-                tones = grammar.chord_tones() if self.chord_weight else None
-                if tones is not None:
-                    logits = logits + self.chord_weight * tones
+                if stale:  # the chord in force may have changed: the lift of its tones again
+                    tones = grammar.chord_tones() if self.chord_weight else None
+                    lift, stale = (None if tones is None else self.chord_weight * tones), False
+                if lift is not None:
+                    logits = logits + lift
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
             grammar.advance(tok)
             dev_seq[:, L] = tok
-            mask = grammar.mask()
-            back = torch.stack((tok, allowed_counts(mask))).cpu().numpy()  # the one transfer per step
-            host, width = back[0], back[1]
+            mask, width, ahead, host = self._next_step(grammar, tok)
             grammar.observe(host)
+            stale |= bool(((host >= chords[0]) & (host < chords[1])).any())
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1
             done |= host == codec.EOS

@@ -168,6 +168,7 @@ class Grammar:
         self.chord_id = torch.zeros((B, 0), dtype=torch.long, device=dev)
         self.chord_pos = long(0)
         self.chords_forced = False  # host fact: a chord list was given (the model writes no others)
+        self.editing = False  # host fact: an edit's written part (``for_edit``): ``forced`` applies
         # Host-side facts that let the mask skip whole rules without reading device state:
         self.timed = False  # some row has a time target
         self.pending = False  # a tempo change was requested
@@ -244,6 +245,7 @@ class Grammar:
         self.eos_anytime[:] = True
         self.budget[:] = int(max_tokens)
         self.in_header[:] = False
+        self.editing = True
         if self.limits is not None:
             self.limits.active = None
 
@@ -450,6 +452,49 @@ class Grammar:
         # rather than sample garbage (amax over bytes: ~20x cheaper than any() over 18k bools on a CPU)
         m[:, c.EOS] |= dead
         return m
+
+    def forced(self) -> torch.Tensor | None:
+        """(B,) the one id the rules leave each row of an edit's written part, -1 where the row may
+        choose; None outside an edit (no time target, no pending tempo, past the header), where only
+        ``mask`` answers.
+
+        It finds an edit's forced runs from a few ops on the rows' state, nothing vocabulary-wide, so
+        the engine builds no mask for them: a kept note's DV; its NOTE at its step when no written note
+        can come before it (``_written_before``), nor a chord of the model's own, and no chord is due
+        there; a chord due at its step; EOS of a finished row. Where it gives an id, ``mask`` allows that
+        id alone (tests/test_engine.py checks every step of real edits); where it gives -1, the mask
+        decides (it may still force)."""
+        if not self.editing or self.timed or self.pending or self.in_header.any():
+            return None
+        c = self.codec
+        out = torch.where(self.phase == DONE, c.EOS, -1)
+        at_step = self.phase == EVENTS
+        if self.forcing:
+            owed, step, note, dv = self._next_given()
+            out = torch.where(self.given_dv_due & (self.phase == NEED_DV), dv, out)
+            first = owed & at_step & ~self.given_dv_due & (self.steps == step) & ~self._written_before(note)
+            if c.has_chords and not self.chords_forced:  # the model may put its own chord before the step's notes
+                first &= (self.last_note >= 0) | self.chord_here
+            out = torch.where(first & (self.budget >= 2), note, out)
+        if self.chords_forced:
+            owed, step, cid = self._next_chord()
+            out = torch.where(owed & at_step & (self.steps == step) & (self.budget >= 1), cid, out)
+        return out
+
+    def _written_before(self, note: torch.Tensor) -> torch.Tensor:
+        """(B,) may the row write a note of its own before the given ``note`` at this step: an id after
+        the step's last note and below ``note`` (the step's order), of an instrument it writes, in range
+        and with a voice free (``_note_rules``' conditions, on the written instruments only)."""
+        if self.limits is None:
+            base = self.codec.note_start + N_PITCHES * self.T.inst_i
+            lo = torch.maximum(self.last_note[:, None] + 1, base[None, :])
+            hi = torch.minimum(note[:, None], base[None, :] + N_PITCHES)
+            return ((lo < hi) & self.instruments).any(dim=1)
+        act = _active(self)
+        key = self.limits.note_key[act][None]  # (1, instruments, pitches): the id where in range, else -1
+        between = ((key > self.last_note[:, None, None]) & (key < note[:, None, None])).any(dim=2)
+        free = (self.ends[:, act] > self.steps[:, None, None]).sum(dim=2) < self.limits.polyphony[act][None, :]
+        return (between & free & self.instruments[:, act]).any(dim=1)
 
     def allowed(self, tokens) -> torch.Tensor:
         """(B,) bool: is each row's token allowed by the current mask (used to check prompts)."""
