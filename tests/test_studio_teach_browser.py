@@ -74,6 +74,7 @@ def test_teach_a_style_then_write_in_it(page, server, files):
     page.click("#teach-start")
     page.wait_for_selector("#teach-status[data-status=done]", timeout=300_000)
     assert "my-band" in page.text_content("#teach-status")
+    assert page.text_content("#teach-files") == "no files yet"  # the set's files were deleted with its tune
     plot = page.eval_on_selector("#teach-plot", "c => [c.dataset.points, c.dataset.valPoints]")
     ran = re.search(r"Done after (\d+) steps", page.text_content("#teach-status")).group(1)
     assert 1 <= int(ran) <= 6 and plot[0] == ran and int(plot[1]) >= 1, plot  # every step's loss, held-out measures
