@@ -10,15 +10,18 @@ never trained, as a user's drums would be for the demo model; the adapter trains
     python benchmarks/tune.py --shapes demo --steps 20
 
 ``--quality BASE`` measures what tuning changes in the music instead (the demo model as base): a
-collection is tuned into an adapter (``--music DIR``, else 60 made band songs from tests/songgen.py,
-none in the demo corpus; ``--adapter DIR`` reuses a finished tune), then 16 samples with no controls
-from the base and from the adapter (``midigen sample``, same seeds) are measured: the share of their
-notes on instruments the collection uses, whether drums appear (the collection has drums), and a
-nearest-centroid classifier on the music features `midigen eval --samples` computes
-(``eval.metrics.piece_features``, z-scored over both references): the share of samples nearer the
-collection's centroid than the demo corpus's (its test split, ``--demo-data``).
+collection is tuned into an adapter (``--madrigals DIR``: Monteverdi's madrigals from the music21
+wheel, real music the demo corpus does not hold; ``--music DIR``; else 60 made band songs from
+tests/songgen.py, with drums; ``--adapter DIR`` reuses a finished tune), then 16 samples with no
+controls from the base and from the adapter (``midigen sample``, same seeds) are measured: the share
+of their notes on instruments the collection uses, whether drums appear, and a nearest-centroid
+classifier on the music features `midigen eval --samples` computes (``eval.metrics.piece_features``,
+each in units of ``feature_scale``): the share of samples nearer the collection's centroid than the
+demo corpus's (its test split, ``--demo-data``).
 
-    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --minutes 8
+    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --madrigals out/madrigals \
+        --style madrigal --minutes 10
+    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --style band --minutes 8
 """
 from __future__ import annotations
 
