@@ -143,19 +143,23 @@ MADRIGAL_PROGRAMS = (53, 74, 52, 24, 43, 6)
 MADRIGAL_BPM = 100.0  # the scores give no tempo; music21's 120 would rush the half-note tactus
 
 
-def write_madrigals(dest: Path) -> Path:
+def write_madrigals(dest: Path, brass: bool = False) -> Path:
     """The music21 corpus's 49 Monteverdi madrigals (MusicXML) as multi-track MIDI in ``dest``, through
-    the same score-to-MIDI path as the demo corpus (midigen.data.scoremidi)."""
+    the same score-to-MIDI path as the demo corpus (midigen.data.scoremidi). ``brass``: on the demo
+    corpus's Palestrina brass choir instead, instruments the base knows, so what a tune gains is the
+    music's, not new instruments'."""
     from music21 import converter
 
     from midigen.data.corpus import music21_corpus_root
+    from midigen.data.ensembles import PALESTRINA_PROGRAMS
     from midigen.data.scoremidi import conductor, part_notes, write_midi
 
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted((music21_corpus_root() / "monteverdi").glob("*.mxl")):
         score = converter.parse(str(path))
         cond = conductor(score, MADRIGAL_BPM)
-        tracks = [(part.partName or f"Voice {i + 1}", MADRIGAL_PROGRAMS[i], part_notes(part, cond.bars))
+        programs = PALESTRINA_PROGRAMS[len(score.parts)] if brass else MADRIGAL_PROGRAMS
+        tracks = [(part.partName or f"Voice {i + 1}", programs[i], part_notes(part, cond.bars))
                   for i, part in enumerate(score.parts)]
         (dest / f"{path.stem}.mid").write_bytes(write_midi(cond, tracks))
     return dest
@@ -198,7 +202,7 @@ def quality(a) -> None:
     from midigen.eval.metrics import real_pieces
 
     work = Path(tempfile.mkdtemp(prefix="tune-quality-"))
-    music = write_madrigals(Path(a.madrigals)) if a.madrigals else Path(a.music) if a.music else None
+    music = write_madrigals(Path(a.madrigals), a.brass) if a.madrigals else Path(a.music) if a.music else None
     if music is None:
         sys.path.insert(0, str(REPO / "tests"))
         from songgen import write_songs
@@ -257,6 +261,8 @@ def main() -> None:
     ap.add_argument("--adapter", help="with --quality: a finished tune of --music to reuse")
     ap.add_argument("--madrigals", metavar="DIR", help="write Monteverdi's madrigals (a real collection the "
                     "demo corpus does not hold) to DIR as MIDI and use them as --music")
+    ap.add_argument("--brass", action="store_true", help="with --madrigals: on the demo corpus's Palestrina "
+                    "brass choir (instruments the base knows) instead of the consort")
     ap.add_argument("--style", default="band", help="with --quality: the tune's new style (default band)")
     ap.add_argument("--demo-data", default=str(REPO / "data" / "demo"), help="the base's prepared corpus")
     ap.add_argument("--minutes", type=float, default=8.0, help="with --quality: the tune's time limit")
