@@ -39,6 +39,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from midigen.data.corpus import music21_corpus_root
+from midigen.data.ensembles import PALESTRINA_PROGRAMS
+from midigen.data.scoremidi import conductor, part_notes, write_midi
 from midigen.model import adapter as adapters
 from midigen.model.checkpoint import save_checkpoint
 from midigen.model.model import GPT, GPTConfig, padded_vocab
@@ -149,10 +152,6 @@ def write_madrigals(dest: Path, brass: bool = False) -> Path:
     corpus's Palestrina brass choir instead, instruments the base knows, so what a tune gains is the
     music's, not new instruments'."""
     from music21 import converter
-
-    from midigen.data.corpus import music21_corpus_root
-    from midigen.data.ensembles import PALESTRINA_PROGRAMS
-    from midigen.data.scoremidi import conductor, part_notes, write_midi
 
     dest.mkdir(parents=True, exist_ok=True)
     for path in sorted((music21_corpus_root() / "monteverdi").glob("*.mxl")):
