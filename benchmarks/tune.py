@@ -10,15 +10,18 @@ never trained, as a user's drums would be for the demo model; the adapter trains
     python benchmarks/tune.py --shapes demo --steps 20
 
 ``--quality BASE`` measures what tuning changes in the music instead (the demo model as base): a
-collection is tuned into an adapter (``--music DIR``, else 60 made band songs from tests/songgen.py,
-none in the demo corpus; ``--adapter DIR`` reuses a finished tune), then 16 samples with no controls
-from the base and from the adapter (``midigen sample``, same seeds) are measured: the share of their
-notes on instruments the collection uses, whether drums appear (the collection has drums), and a
-nearest-centroid classifier on the music features `midigen eval --samples` computes
-(``eval.metrics.piece_features``, z-scored over both references): the share of samples nearer the
-collection's centroid than the demo corpus's (its test split, ``--demo-data``).
+collection is tuned into an adapter (``--madrigals DIR``: Monteverdi's madrigals from the music21
+wheel, real music the demo corpus does not hold; ``--music DIR``; else 60 made band songs from
+tests/songgen.py, with drums; ``--adapter DIR`` reuses a finished tune), then 16 samples with no
+controls from the base and from the adapter (``midigen sample``, same seeds) are measured: the share
+of their notes on instruments the collection uses, whether drums appear, and a nearest-centroid
+classifier on the music features `midigen eval --samples` computes (``eval.metrics.piece_features``,
+each in units of ``feature_scale``): the share of samples nearer the collection's centroid than the
+demo corpus's (its test split, ``--demo-data``).
 
-    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --minutes 8
+    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --madrigals out/madrigals \
+        --style madrigal --minutes 10
+    python benchmarks/tune.py --quality out/demo/model --demo-data data/demo --style band --minutes 8
 """
 from __future__ import annotations
 
@@ -36,6 +39,9 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from midigen.data.corpus import music21_corpus_root
+from midigen.data.ensembles import PALESTRINA_PROGRAMS
+from midigen.data.scoremidi import conductor, part_notes, write_midi
 from midigen.model import adapter as adapters
 from midigen.model.checkpoint import save_checkpoint
 from midigen.model.model import GPT, GPTConfig, padded_vocab
@@ -132,6 +138,59 @@ def features(codec, tokens_list, cut: float | None = None) -> np.ndarray:
     return np.array([[r[n] for n in FEATURE_NAMES] for r in rows if r is not None], dtype=float)
 
 
+# Monteverdi's madrigals as a mixed Renaissance consort, parts top to bottom as the score writes them
+# (Canto, Quinto/Alto, ..., Basso, and the continuo where a book has one): sung lines as voices, a
+# recorder, a lute (nylon guitar), a violone (contrabass), the continuo on a harpsichord. None of these
+# programs is in the demo corpus, and no Monteverdi either (midigen.data.ensembles).
+MADRIGAL_PROGRAMS = (53, 74, 52, 24, 43, 6)
+MADRIGAL_BPM = 100.0  # the scores give no tempo; music21's 120 would rush the half-note tactus
+
+
+def write_madrigals(dest: Path, brass: bool = False) -> Path:
+    """The music21 corpus's 49 Monteverdi madrigals (MusicXML) as multi-track MIDI in ``dest``, through
+    the same score-to-MIDI path as the demo corpus (midigen.data.scoremidi). ``brass``: on the demo
+    corpus's Palestrina brass choir instead, instruments the base knows, so what a tune gains is the
+    music's, not new instruments'."""
+    from music21 import converter
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted((music21_corpus_root() / "monteverdi").glob("*.mxl")):
+        score = converter.parse(str(path))
+        cond = conductor(score, MADRIGAL_BPM)
+        programs = PALESTRINA_PROGRAMS[len(score.parts)] if brass else MADRIGAL_PROGRAMS
+        tracks = [(part.partName or f"Voice {i + 1}", programs[i], part_notes(part, cond.bars))
+                  for i, part in enumerate(score.parts)]
+        (dest / f"{path.stem}.mid").write_bytes(write_midi(cond, tracks))
+    return dest
+
+
+SCALE_FLOOR = 0.1  # a feature's scale is at least a tenth of its typical size
+
+
+def feature_scale(ref_c: np.ndarray, ref_d: np.ndarray) -> np.ndarray:
+    """Each feature's unit for the nearest-centroid distance: the spread of the feature within a
+    reference (the two references' variances pooled), but at least SCALE_FLOOR of the feature's
+    typical size (its mean absolute value over both references); the same for every figure.
+
+    Why: z-scoring over both references let a feature with no spread in one reference (made songs
+    are exactly diatonic: in-scale rate 1.000 in every song) decide the classification on its own,
+    since any sample a few hundredths off then sits many units away. The floor bounds that: a
+    difference of a tenth of a feature's size is at most one unit, whatever its spread."""
+    pooled = np.sqrt((ref_c.var(0) + ref_d.var(0)) / 2)
+    typical = np.abs(np.vstack([ref_c, ref_d])).mean(0)
+    # a feature that is 0 throughout both references (drum density of two drumless ones) cannot tell
+    # them apart: an infinite unit leaves it out
+    return np.where(typical > 0, np.maximum(pooled, SCALE_FLOOR * typical), np.inf)
+
+
+def nearer_share(x: np.ndarray, ref_c: np.ndarray, ref_d: np.ndarray, scale: np.ndarray) -> float:
+    """Share of the rows of ``x`` nearer the collection's centroid than the demo corpus's, distances
+    measured in ``scale`` units per feature."""
+    to_c = np.linalg.norm((x - ref_c.mean(0)) / scale, axis=1)
+    to_d = np.linalg.norm((x - ref_d.mean(0)) / scale, axis=1)
+    return float(np.mean(to_c < to_d))
+
+
 def sample_set(ckpt: Path, out: Path, n: int, seconds: float) -> list[Path]:
     midigen("sample", "--ckpt", ckpt, "--num-samples", n, "--seconds", seconds, "--seed", 1, "--out", out,
             "--device", "cpu")
@@ -142,18 +201,18 @@ def quality(a) -> None:
     from midigen.eval.metrics import real_pieces
 
     work = Path(tempfile.mkdtemp(prefix="tune-quality-"))
-    music = Path(a.music) if a.music else None
+    music = write_madrigals(Path(a.madrigals), a.brass) if a.madrigals else Path(a.music) if a.music else None
     if music is None:
         sys.path.insert(0, str(REPO / "tests"))
         from songgen import write_songs
 
         music = work / "band"
         write_songs(music, 60)
-    adapter = Path(a.adapter) if a.adapter else work / "adapter"
+    adapter = Path(a.adapter) if a.adapter else Path(a.keep) if a.keep else work / "adapter"
     if not a.adapter:
         t0 = time.perf_counter()
-        res = json.loads(midigen("tune", "--ckpt", a.quality, music, "--out", adapter, "--style", "band",
-                                 "--minutes", a.minutes, "--no-progress", "--device", "cpu"))
+        res = json.loads(midigen("tune", "--ckpt", a.quality, music, "--out", adapter, "--style", a.style,
+                                 "--minutes", a.minutes, "--steps", a.tune_steps, "--no-progress", "--device", "cpu"))
         print(f"tune: {(time.perf_counter() - t0) / 60:.1f} min, stopped {res['stopped']} at step {res['step']}, "
               f"held-out bits/note {res['base_val_bits_per_note']:.2f} -> {res['val_bits_per_note']:.2f}")
     files = sorted(p for p in music.rglob("*") if p.suffix.lower() in (".mid", ".midi"))
@@ -168,9 +227,7 @@ def quality(a) -> None:
     cut = a.sample_seconds  # the references cut to the samples' length, as `eval --samples` does
     ref_c = features(codec, [codec.encode(p.read_bytes()) for p in files], cut)
     ref_d = features(codec, demo, cut)
-    both = np.vstack([ref_c, ref_d])
-    mu, sd = both.mean(0), both.std(0) + 1e-9
-    cc, cd = ((ref_c - mu) / sd).mean(0), ((ref_d - mu) / sd).mean(0)
+    scale = feature_scale(ref_c, ref_d)
     print(f"\n{a.samples} samples of {a.sample_seconds:g} s, no controls, seed 1; references: the collection "
           f"({len(ref_c)}) and the demo corpus's test split ({len(ref_d)}), cut to {cut:g} s")
     means = {"collection": ref_c.mean(0), "demo corpus": ref_d.mean(0),
@@ -178,6 +235,7 @@ def quality(a) -> None:
     print("  feature means: " + ", ".join(f for f in FEATURE_NAMES))
     for name, m in means.items():
         print(f"    {name:11s} " + "  ".join(f"{v:7.3f}" for v in m))
+    print(f"    {'scale':11s} " + "  ".join(f"{v:7.3f}" for v in scale))
     for name, paths in sets.items():
         counts: dict[int, int] = {}
         for p in paths:
@@ -186,11 +244,13 @@ def quality(a) -> None:
         total = sum(counts.values()) or 1
         share = sum(v for k, v in counts.items() if k in used) / total
         with_drums = sum(128 in instruments_of(p) for p in paths)
-        x = (features(codec, gen[name]) - mu) / sd
-        nearer = float(np.mean(np.linalg.norm(x - cc, axis=1) < np.linalg.norm(x - cd, axis=1)))
+        x = features(codec, gen[name])
+        nearer = nearer_share(x, ref_c, ref_d, scale)
+        nearer_z = nearer_share(x, ref_c, ref_d, np.vstack([ref_c, ref_d]).std(0) + 1e-9)
         print(f"  {name:5s}: notes on the collection's instruments {100 * share:5.1f}% ({total} notes); "
               f"samples with drums {with_drums}/{len(paths)}; nearer the collection than the demo corpus "
-              f"{100 * nearer:.0f}% ({len(x)} with notes)")
+              f"{100 * nearer:.0f}% ({len(x)} with notes; z-scored over both "
+              f"references instead: {100 * nearer_z:.0f}%)")
 
 
 def main() -> None:
@@ -198,8 +258,16 @@ def main() -> None:
     ap.add_argument("--quality", metavar="BASE", help="measure the music instead: tune BASE (the demo model)")
     ap.add_argument("--music", help="with --quality: the collection (default: 60 made band songs)")
     ap.add_argument("--adapter", help="with --quality: a finished tune of --music to reuse")
+    ap.add_argument("--madrigals", metavar="DIR", help="write Monteverdi's madrigals (a real collection the "
+                    "demo corpus does not hold) to DIR as MIDI and use them as --music")
+    ap.add_argument("--brass", action="store_true", help="with --madrigals: on the demo corpus's Palestrina "
+                    "brass choir (instruments the base knows) instead of the consort")
+    ap.add_argument("--style", default="band", help="with --quality: the tune's new style (default band)")
     ap.add_argument("--demo-data", default=str(REPO / "data" / "demo"), help="the base's prepared corpus")
     ap.add_argument("--minutes", type=float, default=8.0, help="with --quality: the tune's time limit")
+    ap.add_argument("--tune-steps", type=int, default=1000, help="with --quality: the tune's step limit (tune's "
+                    "default 1000)")
+    ap.add_argument("--keep", metavar="DIR", help="with --quality: write the adapter to DIR (default: a temp dir)")
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--sample-seconds", type=float, default=20.0)
     ap.add_argument("--shapes", default="demo,124m")

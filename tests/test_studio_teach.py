@@ -120,13 +120,25 @@ def wait_teach(base: str, t: dict, timeout: float = 600) -> tuple[dict, list]:
 
 
 @pytest.fixture(scope="module")
-def server(edit_run, tmp_path_factory):
-    s = Server(edit_run, tmp_path_factory.mktemp("teach_ws"))
+def workspace(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("teach_ws")
+
+
+@pytest.fixture(scope="module")
+def server(edit_run, workspace):
+    s = Server(edit_run, workspace)
     yield s
     assert s.stop() == 0, "".join(s.stderr)[-2000:]
 
 
-def test_teach_through_the_api(server, teach_files):
+def assert_set_deleted(base: str, workspace: Path, sid: str) -> None:
+    """A set's uploaded files are gone once its tune ended; adding to it is then a 404."""
+    assert not (workspace / "teach" / "sets" / sid).exists()
+    status, body = call("POST", f"{base}/api/teach/files?set={sid}&name=more.mid", raw=b"MThd")
+    assert status == 404 and sid in body["detail"], body
+
+
+def test_teach_through_the_api(server, workspace, teach_files):
     base = server.url
     status, first = call("POST", f"{base}/api/teach/files?name={teach_files[0].name}", raw=teach_files[0].read_bytes())
     assert status == 201 and first["files"] == 1, first
@@ -136,6 +148,7 @@ def test_teach_through_the_api(server, teach_files):
     assert status == 201 and z["files"] == len(teach_files) and z["refused"] == [], z
     status, bad = call("POST", f"{base}/api/teach/files?set={sid}&name=x.mid", raw=b"MThd broken")
     assert status == 400 and "read" in bad["detail"], bad  # the upload reader's words, one line
+    assert len(list((workspace / "teach" / "sets" / sid).glob("*.mid"))) == len(teach_files)
 
     status, t = call("POST", f"{base}/api/teach", {"set": sid, "style": "my band", "steps": 6})
     assert status == 202 and t["status"] in ("preparing", "training"), t
@@ -146,6 +159,7 @@ def test_teach_through_the_api(server, teach_files):
     assert [p[0] for p in points] == list(range(1, 7)) and all(p[1] > 0 for p in points)
     assert any(p[2] is not None for p in points)  # val bits/note, measured during the tune
     assert t["result"]["new_styles"] == ["my band"]
+    assert_set_deleted(base, workspace, sid)
 
     status, models = call("GET", f"{base}/api/models")
     assert [m["id"] for m in models["models"]] == ["base", "my-band"] and models["current"] == "base"
@@ -167,7 +181,7 @@ def test_teach_through_the_api(server, teach_files):
     assert status == 404
 
 
-def test_a_cancelled_tune_leaves_no_model(server, teach_files):
+def test_a_cancelled_tune_leaves_no_model(server, workspace, teach_files):
     base = server.url
     status, s = call("POST", f"{base}/api/teach/files?name=all.zip", raw=_zip(teach_files),
                      headers={"Content-Type": "application/zip"})
@@ -182,6 +196,7 @@ def test_a_cancelled_tune_leaves_no_model(server, teach_files):
     assert t["status"] == "cancelled" and t["model"] is None, t
     status, models = call("GET", f"{base}/api/models")
     assert "never" not in [m["id"] for m in models["models"]]
+    assert_set_deleted(base, workspace, s["set"])
 
 
 def test_teach_is_guarded_like_every_change(server, teach_files):

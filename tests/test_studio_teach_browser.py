@@ -74,6 +74,7 @@ def test_teach_a_style_then_write_in_it(page, server, files):
     page.click("#teach-start")
     page.wait_for_selector("#teach-status[data-status=done]", timeout=300_000)
     assert "my-band" in page.text_content("#teach-status")
+    assert page.text_content("#teach-files") == "no files yet"  # the set's files were deleted with its tune
     plot = page.eval_on_selector("#teach-plot", "c => [c.dataset.points, c.dataset.valPoints]")
     ran = re.search(r"Done after (\d+) steps", page.text_content("#teach-status")).group(1)
     assert 1 <= int(ran) <= 6 and plot[0] == ran and int(plot[1]) >= 1, plot  # every step's loss, held-out measures
@@ -103,5 +104,9 @@ def test_cancel_a_tune_from_the_panel(page, server, files):
     assert page.is_disabled("#teach-start")
     page.click("#teach-cancel")
     page.wait_for_selector("#teach-status[data-status=cancelled]", timeout=120_000)
-    assert page.is_hidden("#teach-cancel") and not page.is_disabled("#teach-start")
+    assert page.is_hidden("#teach-cancel") and page.text_content("#teach-files") == "no files yet"
+    assert page.is_disabled("#teach-start")  # the cancelled tune's files were deleted: choose them again
+    page.set_input_files("#teach-input", [str(p) for p in files["chosen"]])
+    page.wait_for_function("document.getElementById('teach-files').textContent.startsWith('3 files')")
+    assert not page.is_disabled("#teach-start")
     assert "never-kept" not in [m["id"] for m in call("GET", server.url + "/api/models")[1]["models"]]

@@ -12,6 +12,9 @@ Why it is shaped this way:
   Cancel sets an event the tune checks every step; a child that does not stop in time is killed.
 - A finished adapter is copied (without the tune's data and state) to ``WORKSPACE/models/ID``; the
   model selector lists the base and those dirs. ``Engine.use`` puts one on beside the base weights.
+- A set's uploaded files live only as long as its tune: when the tune ends (done, cancelled or
+  failed) the set is deleted, so the user's music is not kept on disk beyond the adapter taught from
+  it. Teaching again means choosing the files again (the page starts a new set).
 """
 from __future__ import annotations
 
@@ -225,6 +228,8 @@ class Teacher:
 
     def _finish(self, t: Teaching, end: dict | None, code) -> None:
         run = self.runs / t.id
+        # the user's files go before the status says the tune ended: the adapter is what is kept
+        shutil.rmtree(self.sets / t.set, ignore_errors=True)
         if t.cancel.is_set() or (end or {}).get("stopped") == "cancelled":
             t.status = "cancelled"
         elif end is None or end["kind"] == "failed":

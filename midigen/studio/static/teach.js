@@ -139,6 +139,9 @@ async function follow(t, toast) {
     teach.points.push(...next.points);
     showTune(next);
   }
+  teach.set = null;  // the server deleted the set's files when the tune ended: a new tune starts a new set
+  teach.files = 0;
+  showFiles();
   if (teach.tune.status === "done") {
     await showModels();
     toast(`Taught “${teach.tune.model}”: choose it in the model list to write in its style.`, "info");
