@@ -65,8 +65,13 @@ def _decode(model, codec, one_pass: bool, sampling: Sampling, rows: int = 3, bud
 def test_forced_runs_in_one_pass_give_the_step_by_step_tokens(tiny, sampling, monkeypatch):
     model, codec = tiny
     counts = []
-    real = engine.allowed_counts
-    monkeypatch.setattr(engine, "allowed_counts", lambda m: counts.append(real(m).numpy().copy()) or real(m))
+    real = Grammar.step_mask
+
+    def recorded(g):
+        out = real(g)
+        counts.append(out[1].numpy().copy())
+        return out
+    monkeypatch.setattr(Grammar, "step_mask", recorded)
     fast, fast_forwards = _decode(model, codec, True, sampling)
     widths = np.array(counts)
     forced = widths == 1

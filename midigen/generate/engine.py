@@ -39,7 +39,7 @@ import torch
 from midigen.music.codec import Codec
 from midigen.device import autocast, sampling_dtype
 from midigen.errors import Cancelled
-from midigen.generate.grammar import Grammar
+from midigen.generate.grammar import Grammar, allowed_counts
 from midigen.generate.sampling import Sampling
 
 KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
@@ -115,17 +115,21 @@ def _candidates_by_nonzero(mask: torch.Tensor, width: int) -> tuple[torch.Tensor
 
 
 def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-         u: torch.Tensor, width: int | None = None) -> torch.Tensor:
+         u: torch.Tensor, width: int | None = None, cands: tuple | None = None) -> torch.Tensor:
     """One id per row from float32 logits restricted to ``mask``, with the uniforms ``u`` (B, 1).
 
     ``width`` (at least the most ids any row's mask allows; None: the whole vocabulary) bounds the
     work: top-k, top-p and the CDF run over each row's allowed ids (``candidates``), not over the
     18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
     other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
+    ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding them.
     """
     V = logits.size(1)
     k = V if width is None else max(1, min(int(width), V))
-    ids, real = candidates(mask, k)
+    if cands is None:
+        ids, real = candidates(mask, k)
+    else:
+        ids, real = cands[0][:, :k], torch.arange(k)[None, :] < cands[1][:, None]
     x = logits.gather(1, ids).masked_fill(~real, float("-inf")) / temperature
     if top_k is not None and top_k < k:
         kth = torch.topk(x, top_k, dim=1).values[:, -1:]
@@ -141,12 +145,6 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
     pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
     ok = torch.isfinite(x.gather(1, pick))[:, 0]  # only rounding at the very top of the CDF can miss
     return torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, x.argmax(dim=1, keepdim=True))[:, 0])
-
-
-def allowed_counts(mask: torch.Tensor) -> torch.Tensor:
-    """(B,) int64: how many ids each row may write (1: the row is forced). Summed as bytes: a bool sum
-    over 18k ids costs several times more on a CPU."""
-    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
 def forced_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -296,8 +294,8 @@ class Decoder:
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
         fed = L  # tokens before this index are in the cache (or behind the window)
-        mask = grammar.mask()
-        width = allowed_counts(mask).cpu().numpy()
+        mask, counts, ids = grammar.step_mask()
+        width = counts.cpu().numpy()
         done = np.zeros(B, bool)
         wide = wide_float(self.device)
         for new in range(budget):
@@ -313,11 +311,12 @@ class Decoder:
                 tones = grammar.chord_tones() if self.chord_weight else None
                 if tones is not None:
                     logits = logits + self.chord_weight * tones
-                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
+                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()),
+                           None if ids is None else (ids, counts))
             grammar.advance(tok)
             dev_seq[:, L] = tok
-            mask = grammar.mask()
-            back = torch.stack((tok, allowed_counts(mask))).cpu().numpy()  # the one transfer per step
+            mask, counts, ids = grammar.step_mask()
+            back = torch.stack((tok, counts)).cpu().numpy()  # the one transfer per step
             host, width = back[0], back[1]
             grammar.observe(host)
             seq[:, L] = np.where(done, codec.EOS, host)
