@@ -213,8 +213,8 @@ def profile_step(tokens: int, threads: int) -> dict:
 
     whole = cum("decode", "engine.py")
     parts = {"model forward": cum("_forward", "engine.py"), "draw": cum("draw", "engine.py"),
-             "grammar mask": cum("mask", "grammar.py"), "grammar advance": cum("advance", "grammar.py"),
-             "grammar observe": cum("observe", "grammar.py"), "allowed counts": cum("allowed_counts", "engine.py")}
+             "grammar mask": cum("step_mask", "grammar.py"), "grammar advance": cum("advance", "grammar.py"),
+             "grammar observe": cum("observe", "grammar.py")}
     parts["loop, transfer, bookkeeping"] = whole - sum(parts.values())
     return {"tokens": tokens, "decode_cpu_s": round(whole, 3),
             "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}

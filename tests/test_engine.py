@@ -65,13 +65,14 @@ def _decode(model, codec, one_pass: bool, sampling: Sampling, rows: int = 3, bud
 def test_forced_runs_in_one_pass_give_the_step_by_step_tokens(tiny, sampling, monkeypatch):
     model, codec = tiny
     counts = []
-    real = Grammar.step_mask
+    first, step = Grammar.step_mask, Grammar.advance_and_mask
 
-    def recorded(g):
-        out = real(g)
+    def recorded(g, *tokens):
+        out = step(g, *tokens) if tokens else first(g)
         counts.append(out[1].numpy().copy())
         return out
     monkeypatch.setattr(Grammar, "step_mask", recorded)
+    monkeypatch.setattr(Grammar, "advance_and_mask", recorded)
     fast, fast_forwards = _decode(model, codec, True, sampling)
     widths = np.array(counts)
     forced = widths == 1

@@ -71,7 +71,12 @@ def _walk(a: Grammar, b: Grammar, codec: Codec, rng, steps: int, wild: float = 0
             toks.append(int(rng.choice(ok[kinds[ok] == k])))
         toks = np.array(toks, np.int64)
         both = torch.from_numpy(toks)
-        a.advance(both)
+        if n % 2:  # the engine's one call per step
+            m1, c1, ids1 = a.advance_and_mask(both)
+            m2, c2, ids2 = a.step_mask()
+            assert torch.equal(m1, m2) and torch.equal(c1, c2) and torch.equal(ids1, ids2)
+        else:
+            a.advance(both)
         b.advance(both.clone())
         a.observe(toks)
         b.observe(toks)
@@ -211,3 +216,53 @@ def test_arrange_writes_the_same_tokens_on_both_paths(tiny, monkeypatch):
     for x, y in zip(fast, slow):
         assert x.written == y.written
         assert x.score.dumps_midi() == y.score.dumps_midi()
+
+
+def test_the_compiled_draw_steps_are_the_torch_ops():
+    """``draw_jit``'s gather, top-k cut, nucleus cut and pick against the torch ops they replace, ties
+    and -inf included, and uniforms at the very top of the CDF (where the pick falls back to the most
+    likely candidate)."""
+    from midigen.generate import draw_jit
+
+    gen = torch.Generator().manual_seed(11)
+    fallbacks = 0
+    for trial in range(200):
+        B, k = 1 + trial % 3, int(torch.randint(1, 1500, (1,), generator=gen))
+        x = torch.randn((B, k), generator=gen) * 2
+        if trial % 2:
+            x = torch.round(x * 2) / 2  # ties at the cut
+        x[torch.rand((B, k), generator=gen) < 0.2 * (trial % 3)] = float("-inf")
+        x[:, 0] = x[:, 0].clamp(min=-5.0)  # every row keeps a finite candidate
+        top_p = [0.5, 0.8, 0.9, 0.95, 0.99][trial % 5]
+        sx, order = torch.sort(x, dim=1, descending=True)
+        probs = torch.softmax(sx, dim=1)
+        cum = torch.cumsum(probs, dim=1)
+        want = x.scatter(1, order, sx.masked_fill(cum - probs > top_p, float("-inf")))
+        got, wide = torch.empty_like(x), torch.empty(x.shape, dtype=torch.float64)
+        draw_jit.nucleus_cut(sx.numpy(), order.numpy(), probs.numpy(), cum.numpy(), top_p, got.numpy(), wide.numpy())
+        assert torch.equal(got, want) and torch.equal(wide, want.to(torch.float64))
+        kth = torch.topk(x, max(1, k // 3), dim=1).values[:, -1:]
+        cut = x.clone()
+        draw_jit.cut_below(cut.numpy(), kth.numpy())
+        assert torch.equal(cut, x.masked_fill(x < kth, float("-inf")))
+
+        ids = torch.sort(torch.randperm(20000, generator=gen)[:k]).values.expand(B, k).contiguous()
+        logits = torch.randn((B, 20000), generator=gen)
+        counts = torch.randint(1, k + 1, (B,), generator=gen)
+        gathered = torch.empty((B, k))
+        draw_jit.gather(logits.numpy(), ids.numpy(), counts.numpy(), gathered.numpy())
+        real = torch.arange(k)[None, :] < counts[:, None]
+        assert torch.equal(gathered, logits.gather(1, ids).masked_fill(~real, float("-inf")))
+        u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
+        if trial % 4 == 0:
+            u[:] = 1.0  # as if the product rounded up to the total: past the last candidate, which is cut
+            want[:, -1] = float("-inf") if k > 1 else want[:, -1]
+        cdf = torch.cumsum(torch.softmax(want.to(torch.float64), dim=1), dim=1)
+        pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
+        ok = torch.isfinite(want.gather(1, pick))[:, 0]
+        ref = torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, want.argmax(dim=1, keepdim=True))[:, 0])
+        fallbacks += int((~ok).sum())
+        out = np.empty(B, np.int64)
+        draw_jit.pick(want.numpy(), ids.numpy(), cdf.numpy(), u.numpy(), out)
+        np.testing.assert_array_equal(out, ref.numpy())
+    assert fallbacks > 0  # the fallback was exercised

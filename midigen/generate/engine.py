@@ -39,6 +39,7 @@ import torch
 from midigen.music.codec import Codec
 from midigen.device import autocast, sampling_dtype
 from midigen.errors import Cancelled
+from midigen.generate import draw_jit
 from midigen.generate.grammar import Grammar, allowed_counts
 from midigen.generate.sampling import Sampling
 
@@ -122,29 +123,59 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
     work: top-k, top-p and the CDF run over each row's allowed ids (``candidates``), not over the
     18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
     other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
-    ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding them.
+    ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding
+    them. On a CPU the moves, comparisons and the search run compiled (``draw_jit``: the same
+    comparisons, so the same ids); the float work (sort, softmax, sums) stays torch's.
     """
     V = logits.size(1)
     k = V if width is None else max(1, min(int(width), V))
-    if cands is None:
-        ids, real = candidates(mask, k)
+    compiled = logits.device.type == "cpu" and draw_jit.available()
+    if cands is not None and compiled:
+        ids = cands[0]  # (B, V): only the first k columns are read
+        x = torch.empty((logits.size(0), k), dtype=logits.dtype)
+        draw_jit.gather(logits.numpy(), ids.numpy(), cands[1].numpy(), x.numpy())
     else:
-        ids, real = cands[0][:, :k], torch.arange(k)[None, :] < cands[1][:, None]
-    x = logits.gather(1, ids).masked_fill(~real, float("-inf")) / temperature
+        if cands is None:
+            ids, real = candidates(mask, k)
+        else:
+            ids, real = cands[0][:, :k], torch.arange(k, device=mask.device)[None, :] < cands[1][:, None]
+        x = logits.gather(1, ids).masked_fill(~real, float("-inf"))
+    if temperature != 1.0:
+        x = x / temperature
     if top_k is not None and top_k < k:
         kth = torch.topk(x, top_k, dim=1).values[:, -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
+        if compiled:
+            draw_jit.cut_below(x.numpy(), kth.numpy())
+        else:
+            x = x.masked_fill(x < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=1, descending=True)
-        probs = torch.softmax(sorted_x, dim=1)
-        before = torch.cumsum(probs, dim=1) - probs  # mass of the strictly more likely ids
-        drop = before > top_p
-        drop[:, 0] = False
-        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
-    cdf = torch.cumsum(torch.softmax(x.to(u.dtype), dim=1), dim=1)
+        x, wide = _nucleus(x, top_p, u.dtype)
+    else:
+        wide = x.to(u.dtype)
+    cdf = torch.cumsum(torch.softmax(wide, dim=1), dim=1)
+    if compiled:
+        out = np.empty(x.size(0), dtype=np.int64)
+        draw_jit.pick(x.numpy(), ids.numpy(), cdf.numpy(), u.numpy(), out)
+        return torch.from_numpy(out)
     pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
     ok = torch.isfinite(x.gather(1, pick))[:, 0]  # only rounding at the very top of the CDF can miss
     return torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, x.argmax(dim=1, keepdim=True))[:, 0])
+
+
+def _nucleus(x: torch.Tensor, top_p: float, wide_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` with -inf where the strictly more likely candidates already hold more than ``top_p``, and
+    the same in ``wide_dtype`` (the CDF's)."""
+    sorted_x, order = torch.sort(x, dim=1, descending=True)
+    probs = torch.softmax(sorted_x, dim=1)
+    cum = torch.cumsum(probs, dim=1)
+    if x.device.type == "cpu" and draw_jit.available():
+        out, wide = torch.empty_like(x), torch.empty(x.shape, dtype=wide_dtype)
+        draw_jit.nucleus_cut(sorted_x.numpy(), order.numpy(), probs.numpy(), cum.numpy(), top_p, out.numpy(),
+                             wide.numpy())
+        return out, wide
+    drop = cum - probs > top_p  # the most likely candidate never drops: its "before" is exactly 0
+    x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+    return x, x.to(wide_dtype)
 
 
 def forced_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -290,6 +321,7 @@ class Decoder:
         seq = np.zeros((B, L + budget), dtype=np.int64)
         seq[:, :L] = prefix
         dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window and the forced runs read it
+        cpu = dev_seq.data_ptr() == seq.ctypes.data  # the same memory: nothing to transfer
         cache, step = self._new_cache(B)
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
@@ -313,11 +345,13 @@ class Decoder:
                     logits = logits + self.chord_weight * tones
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()),
                            None if ids is None else (ids, counts))
-            grammar.advance(tok)
-            dev_seq[:, L] = tok
-            mask, counts, ids = grammar.step_mask()
-            back = torch.stack((tok, counts)).cpu().numpy()  # the one transfer per step
-            host, width = back[0], back[1]
+            mask, counts, ids = grammar.advance_and_mask(tok)
+            if cpu:  # dev_seq is seq: written below
+                host, width = tok.numpy(), counts.numpy()
+            else:
+                dev_seq[:, L] = tok
+                back = torch.stack((tok, counts)).cpu().numpy()  # the one transfer per step
+                host, width = back[0], back[1]
             grammar.observe(host)
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1

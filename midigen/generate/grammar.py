@@ -306,11 +306,14 @@ class Grammar:
         if not isinstance(tokens, torch.Tensor):  # host data: the header flags come free
             tokens = np.asarray(tokens, dtype=np.int64).reshape(self.B)
             self.observe(tokens)
-        t = torch.as_tensor(tokens, device=self.device).long().reshape(self.B)
+        elif self.jit and tokens.dtype == torch.long and tokens.shape == (self.B,):  # the engine's draw
+            tokens = tokens.numpy()
         if self.jit:
-            s, tabs, lim = self._jit_state()
-            grammar_jit.advance_rows(s, t.numpy(), tabs, lim, self._jit_flags(), self._jit_ints())
+            s, tabs, lim, ints = self._jit_state()
+            grammar_jit.advance_rows(s, np.asarray(tokens, dtype=np.int64).reshape(self.B), tabs, lim,
+                                     self._jit_flags(), ints)
             return
+        t = torch.as_tensor(tokens, device=self.device).long().reshape(self.B)
         kind = self.T.kind[t.clamp(0, self.V - 1)]
         live = self.phase != DONE
         self.budget -= live.long()
@@ -440,6 +443,23 @@ class Grammar:
         """(B, vocab) bool on the device: True where an id may come next. Every live row has one True."""
         return self.step_mask()[0]
 
+    def advance_and_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``advance(tokens)`` (the engine's drawn or forced ids, (B,) int64 on the device), then
+        ``step_mask()``: on the compiled path one call, the decoding loop's whole grammar step."""
+        if not (self.jit and tokens.dtype == torch.long and tokens.shape == (self.B,)):
+            self.advance(tokens)
+            return self.step_mask()
+        s, tabs, lim, ints = self._jit_state()
+        m, counts, ids = self._jit_buffers()
+        grammar_jit.advance_and_mask(s, tokens.numpy(), m, counts, ids, tabs, lim, self._jit_flags(), ints)
+        return torch.from_numpy(m), torch.from_numpy(counts), torch.from_numpy(ids)
+
+    def _jit_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A new mask and counts (callers may keep them), and the reused candidate ids."""
+        if self._jit_ids is None:
+            self._jit_ids = np.empty((self.B, self.V), dtype=np.int64)
+        return np.empty((self.B, self.V), dtype=bool), np.empty(self.B, dtype=np.int64), self._jit_ids
+
     def step_mask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The mask, how many ids each row allows ((B,) int64; 1: the row is forced), and on the compiled
         path the allowed ids themselves ((B, V) int64, each row's first ``count`` in increasing order: the
@@ -447,13 +467,10 @@ class Grammar:
         if not self.jit:
             m = self._torch_mask()
             return m, allowed_counts(m), None
-        s, tabs, lim = self._jit_state()
-        m = np.empty((self.B, self.V), dtype=bool)
-        counts = np.empty(self.B, dtype=np.int64)
-        if self._jit_ids is None:
-            self._jit_ids = np.empty((self.B, self.V), dtype=np.int64)
-        grammar_jit.mask_rows(s, m, counts, self._jit_ids, tabs, lim, self._jit_flags(), self._jit_ints())
-        return torch.from_numpy(m), torch.from_numpy(counts), torch.from_numpy(self._jit_ids)
+        s, tabs, lim, ints = self._jit_state()
+        m, counts, ids = self._jit_buffers()
+        grammar_jit.mask_rows(s, m, counts, ids, tabs, lim, self._jit_flags(), ints)
+        return torch.from_numpy(m), torch.from_numpy(counts), torch.from_numpy(ids)
 
     def _jit_flags(self) -> tuple:
         """The host facts the compiled rules branch on (``grammar_jit.mask_rows``)."""
@@ -466,8 +483,9 @@ class Grammar:
                 c.dv_end, lo, hi, self.max_shift, self.max_header_instruments, self.spq)
 
     def _jit_state(self):
-        """The state tensors' numpy views (shared memory) in ``grammar_jit.STATE`` order, the tables and
-        the note limits; rebuilt only when a tensor was replaced (setup, or the torch rules)."""
+        """The state tensors' numpy views (shared memory) in ``grammar_jit.STATE`` order, the tables, the
+        note limits and the codec's numbers; rebuilt only when a tensor was replaced (setup, or the torch
+        rules)."""
         tensors = [self.__dict__[n] for n in grammar_jit.STATE]
         cached = self._jit_views
         if cached is None or any(a is not b for a, b in zip(cached[0], tensors)) or cached[3] is not self.limits:
@@ -477,9 +495,10 @@ class Grammar:
                 lim = (np.zeros(N_INSTRUMENTS, np.int64), np.full((N_INSTRUMENTS, N_PITCHES), -1, np.int64))
             else:
                 lim = (self.limits.polyphony.numpy(), self.limits.note_key.numpy())
-            cached = self._jit_views = (tensors, tuple(x.numpy() for x in tensors), tabs, self.limits, lim)
+            cached = self._jit_views = (tensors, tuple(x.numpy() for x in tensors), tabs, self.limits, lim,
+                                        self._jit_ints())
             self._jit_ids = None
-        return cached[1], cached[2], cached[4]
+        return cached[1], cached[2], cached[4], cached[5]
 
     def _torch_mask(self) -> torch.Tensor:
         c = self.codec

@@ -386,3 +386,10 @@ def advance_rows(s, tok, tabs, lim, flags, ints):
         if live and t == EOS:
             s[0][b] = DONE
         s[1][b] = last_kind_of[kind]
+
+
+@_jit
+def advance_and_mask(s, tok, m, counts, ids, tabs, lim, flags, ints):
+    """``advance_rows`` then ``mask_rows``: one call per decoding step."""
+    advance_rows(s, tok, tabs, lim, flags, ints)
+    mask_rows(s, m, counts, ids, tabs, lim, flags, ints)
