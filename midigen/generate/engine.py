@@ -332,7 +332,8 @@ class Decoder:
         wide = wide_float(self.device)
         for new in range(budget):
             u = torch.rand((B, 1), generator=self.gen, dtype=wide, device=self.device)  # forced or not
-            if self.one_pass and (width == 1).all():
+            most = int(width.max())  # every row allows at least one id: 1 means every row is forced
+            if self.one_pass and most == 1:
                 tok = forced_ids(mask)
             else:
                 if fed < L:
@@ -343,7 +344,7 @@ class Decoder:
                 tones = grammar.chord_tones() if self.chord_weight else None
                 if tones is not None:
                     logits = logits + self.chord_weight * tones
-                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()),
+                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, most,
                            None if ids is None else (ids, counts))
             mask, counts, ids = grammar.advance_and_mask(tok)
             if cpu:  # dev_seq is seq: written below

@@ -40,6 +40,8 @@ NOTE is never the last token (its DV would not fit).
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -48,6 +50,7 @@ from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, Codec, Kind
 from midigen.music.timing import seconds_per_step
 from midigen.generate import grammar_jit
 
+_STATE_OF = operator.attrgetter(*grammar_jit.STATE)
 JIT = True  # on a CPU, mask and advance run compiled (``grammar_jit``, checked against the torch rules)
 
 # phases
@@ -486,9 +489,9 @@ class Grammar:
         """The state tensors' numpy views (shared memory) in ``grammar_jit.STATE`` order, the tables, the
         note limits and the codec's numbers; rebuilt only when a tensor was replaced (setup, or the torch
         rules)."""
-        tensors = [self.__dict__[n] for n in grammar_jit.STATE]
+        tensors = _STATE_OF(self)
         cached = self._jit_views
-        if cached is None or any(a is not b for a, b in zip(cached[0], tensors)) or cached[3] is not self.limits:
+        if cached is None or not all(map(operator.is_, cached[0], tensors)) or cached[3] is not self.limits:
             T = self.T
             tabs = tuple(x.numpy() for x in (T.sec_per_step, T.tempo_bpm, T.dv_steps, T.kind, T.last_kind, T.steps))
             if self.limits is None:
