@@ -26,7 +26,7 @@ from midigen.music.codec import Codec, track_instrument
 from midigen.generate import edit as edit_module
 from midigen.generate import engine
 from midigen.generate.edit import arrange_edits
-from midigen.generate.grammar import Grammar
+from midigen.generate.grammar import Grammar, allowed_counts
 from midigen.generate.sampling import Sampling
 from midigen.model.model import GPT, GPTConfig, padded_vocab
 from songgen import make_song
@@ -112,8 +112,11 @@ def _whole_vocabulary_draw(logits, mask, temperature, top_k, top_p, u):
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
 
 
+@pytest.mark.parametrize("compiled", [True, False])  # False: the torch ops a device runs
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.8), (30, 0.95)])
-def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, top_p):
+def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, top_p, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(engine.draw_jit, "available", lambda: False)
     gen = torch.Generator().manual_seed(0)
     V, B = 3000, 4
     for trial in range(60):
@@ -122,10 +125,17 @@ def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, to
         mask = torch.rand((B, V), generator=gen) < [0.002, 0.02, 0.2, 0.5][trial % 4]
         mask[:, trial] = True
         u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
-        width = int(engine.allowed_counts(mask).max())
-        got = engine.draw(logits, mask, 0.9, top_k, top_p, u, width)
-        assert torch.equal(got, _whole_vocabulary_draw(logits, mask, 0.9, top_k, top_p, u))
-        assert mask.gather(1, got[:, None]).all()
+        counts = allowed_counts(mask)
+        width = int(counts.max())
+        ids = torch.zeros((B, V), dtype=torch.long)  # the compiled grammar's candidates: in order, padded
+        for r in range(B):
+            ids[r, : counts[r]] = torch.nonzero(mask[r])[:, 0]
+        for temperature in (0.9, 1.0):
+            want = _whole_vocabulary_draw(logits, mask, temperature, top_k, top_p, u)
+            got = engine.draw(logits, mask, temperature, top_k, top_p, u, width)
+            assert torch.equal(got, want)
+            assert torch.equal(engine.draw(logits, mask, temperature, top_k, top_p, u, width, (ids, counts)), want)
+            assert mask.gather(1, got[:, None]).all()
 
 
 def test_both_ways_of_finding_candidates_agree():
@@ -134,7 +144,7 @@ def test_both_ways_of_finding_candidates_agree():
         mask = torch.rand((rows, 4000), generator=gen) < share
         mask[-1] = False
         mask[-1, 3999] = True  # a forced row
-        width = int(engine.allowed_counts(mask).max())
+        width = int(allowed_counts(mask).max())
         a, b = engine._candidates_by_count(mask, width), engine._candidates_by_nonzero(mask, width)
         assert torch.equal(a[1], b[1]) and torch.equal(a[0][a[1]], b[0][b[1]])
         assert torch.equal(a[0][a[1]], mask.nonzero()[:, 1])  # every allowed id once, rows in order
@@ -144,7 +154,7 @@ def test_forced_ids_and_counts():
     mask = torch.zeros((3, 50), dtype=torch.bool)
     mask[0, 7] = mask[1, 3] = mask[1, 40] = True
     mask[2, 49] = True
-    assert engine.allowed_counts(mask).tolist() == [1, 2, 1]
+    assert allowed_counts(mask).tolist() == [1, 2, 1]
     assert engine.forced_ids(mask)[[0, 2]].tolist() == [7, 49]
 
 

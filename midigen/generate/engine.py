@@ -5,7 +5,9 @@ after it, and a token budget. Each step masks the logits, applies the repetition
 top-k and top-p, and draws one id per row by inverse CDF from a seeded generator on the model's device.
 Everything stays on the device; the only transfer per step is one small tensor coming back: the ids
 just drawn (for the output, the listener and the stopping test) and how many ids each row may write
-next (which tells the next step whether it is forced and how wide its draw is). When the cache fills,
+next (which tells the next step whether it is forced and how wide its draw is). On a CPU the grammar's
+step and the draw's compares and search run compiled (``grammar_jit``, ``draw_jit``, each tested
+against its torch twin), since there a step's many small tensor ops cost more than their work. When the cache fills,
 the context slides: it is rebuilt in one pass from the header plus the most recent tokens
 (``window``), and decoding goes on incrementally.
 
@@ -40,7 +42,7 @@ from midigen.music.codec import Codec
 from midigen.device import autocast, sampling_dtype
 from midigen.errors import Cancelled
 from midigen.generate import draw_jit
-from midigen.generate.grammar import Grammar, allowed_counts
+from midigen.generate.grammar import Grammar, allowed_counts  # noqa: F401 (callers read engine.allowed_counts)
 from midigen.generate.sampling import Sampling
 
 KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
