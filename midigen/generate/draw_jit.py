@@ -9,6 +9,8 @@ outside top-p, put back in candidate order) and the pick (the inverse-CDF search
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:
@@ -17,8 +19,12 @@ except ImportError:  # pragma: no cover - numba is a dependency; the torch ops w
     numba = None
 
 
+# MIDIGEN_NO_JIT=1 turns the compiled paths off (as it does prepare's encoder): the torch ops runs instead
+_ON = numba is not None and os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0")
+
+
 def available() -> bool:
-    return numba is not None
+    return _ON
 
 
 def _jit(fn):

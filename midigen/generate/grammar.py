@@ -451,7 +451,7 @@ class Grammar:
         ``step_mask()``: on the compiled path one call, the decoding loop's whole grammar step."""
         if not (self.jit and tokens.dtype == torch.long and tokens.shape == (self.B,)):
             self.advance(tokens)
-            return self.step_mask()
+            return self._step_mask()
         s, tabs, lim, ints = self._jit_state()
         m, counts, ids = self._jit_buffers()
         grammar_jit.advance_and_mask(s, tokens.numpy(), m, counts, ids, tabs, lim, self._jit_flags(), ints)
@@ -467,6 +467,9 @@ class Grammar:
         """The mask, how many ids each row allows ((B,) int64; 1: the row is forced), and on the compiled
         path the allowed ids themselves ((B, V) int64, each row's first ``count`` in increasing order: the
         draw's candidates, read before the next call overwrites them; None on the torch path)."""
+        return self._step_mask()
+
+    def _step_mask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         if not self.jit:
             m = self._torch_mask()
             return m, allowed_counts(m), None

@@ -14,6 +14,8 @@ a float32 product, as torch computes an integer tensor times a Python float).
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 try:
@@ -38,8 +40,12 @@ STATE = ("phase", "last_kind", "last_shift", "last_inst", "n_inst", "instruments
          "chord_time", "chord_id", "chord_pos", "ends")
 
 
+# MIDIGEN_NO_JIT=1 turns the compiled paths off (as it does prepare's encoder): the torch grammar runs instead
+_ON = numba is not None and os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0")
+
+
 def available() -> bool:
-    return numba is not None
+    return _ON
 
 
 def _jit(fn):
