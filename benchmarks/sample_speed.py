@@ -304,9 +304,13 @@ def profile_step(tokens: int, threads: int) -> dict:
         return sum(v[3] for k, v in stats.items() if k[2] == name and k[0].endswith(file))
 
     whole = cum("decode", "engine.py")
+    # the grammar's step: one call on the compiled path (``advance_and_mask``, plus the first mask);
+    # ``advance`` and ``mask`` on a tree from before it
+    grammar = cum("advance_and_mask", "grammar.py") + cum("step_mask", "grammar.py")
+    grammar = grammar or cum("advance", "grammar.py") + cum("mask", "grammar.py")
     parts = {"model forward": cum("_forward", "engine.py"), "draw": cum("draw", "engine.py"),
-             "grammar mask": cum("mask", "grammar.py"), "grammar advance": cum("advance", "grammar.py"),
-             "grammar observe": cum("observe", "grammar.py"), "allowed counts": cum("allowed_counts", "engine.py")}
+             "grammar advance and mask": grammar, "grammar observe": cum("observe", "grammar.py"),
+             "allowed counts": cum("allowed_counts", "engine.py")}
     parts["loop, transfer, bookkeeping"] = whole - sum(parts.values())
     return {"tokens": tokens, "decode_cpu_s": round(whole, 3),
             "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}

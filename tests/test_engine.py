@@ -23,10 +23,12 @@ import pytest
 import torch
 
 from midigen.music.codec import Codec, track_instrument
+from midigen.music.ranges import note_limits
 from midigen.generate import edit as edit_module
 from midigen.generate import engine
 from midigen.generate.edit import arrange_edits, infill_edits
-from midigen.generate.grammar import Grammar
+from midigen.generate import grammar as grammar_module
+from midigen.generate.grammar import Grammar, allowed_counts
 from midigen.generate.sampling import Sampling
 from midigen.model.model import GPT, GPTConfig, padded_vocab
 from songgen import make_song
@@ -67,9 +69,9 @@ def test_forced_runs_in_one_pass_give_the_step_by_step_tokens(tiny, sampling, mo
     counts = []  # each step's allowed-id count per row (1: forced), whether the mask or Grammar.forced said so
     real = engine.Decoder._next_step
 
-    def recorded(self, grammar, tok):
-        out = real(self, grammar, tok)
-        counts.append(np.array(out[1]))
+    def recorded(self, *args):
+        out = real(self, *args)
+        counts.append(np.array(out[3]))
         return out
 
     monkeypatch.setattr(engine.Decoder, "_next_step", recorded)
@@ -112,8 +114,11 @@ def _whole_vocabulary_draw(logits, mask, temperature, top_k, top_p, u):
     return torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(1)
 
 
+@pytest.mark.parametrize("compiled", [True, False])  # False: the torch ops a device runs
 @pytest.mark.parametrize("top_k,top_p", [(None, None), (5, None), (None, 0.8), (30, 0.95)])
-def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, top_p):
+def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, top_p, compiled, monkeypatch):
+    if not compiled:
+        monkeypatch.setattr(engine.draw_jit, "available", lambda: False)
     gen = torch.Generator().manual_seed(0)
     V, B = 3000, 4
     for trial in range(60):
@@ -122,10 +127,17 @@ def test_the_draw_over_allowed_ids_picks_the_whole_vocabulary_draws_id(top_k, to
         mask = torch.rand((B, V), generator=gen) < [0.002, 0.02, 0.2, 0.5][trial % 4]
         mask[:, trial] = True
         u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
-        width = int(engine.allowed_counts(mask).max())
-        got = engine.draw(logits, mask, 0.9, top_k, top_p, u, width)
-        assert torch.equal(got, _whole_vocabulary_draw(logits, mask, 0.9, top_k, top_p, u))
-        assert mask.gather(1, got[:, None]).all()
+        counts = allowed_counts(mask)
+        width = int(counts.max())
+        ids = torch.zeros((B, V), dtype=torch.long)  # the compiled grammar's candidates: in order, padded
+        for r in range(B):
+            ids[r, : counts[r]] = torch.nonzero(mask[r])[:, 0]
+        for temperature in (0.9, 1.0):
+            want = _whole_vocabulary_draw(logits, mask, temperature, top_k, top_p, u)
+            got = engine.draw(logits, mask, temperature, top_k, top_p, u, width)
+            assert torch.equal(got, want)
+            assert torch.equal(engine.draw(logits, mask, temperature, top_k, top_p, u, width, (ids, counts)), want)
+            assert mask.gather(1, got[:, None]).all()
 
 
 def test_both_ways_of_finding_candidates_agree():
@@ -134,7 +146,7 @@ def test_both_ways_of_finding_candidates_agree():
         mask = torch.rand((rows, 4000), generator=gen) < share
         mask[-1] = False
         mask[-1, 3999] = True  # a forced row
-        width = int(engine.allowed_counts(mask).max())
+        width = int(allowed_counts(mask).max())
         a, b = engine._candidates_by_count(mask, width), engine._candidates_by_nonzero(mask, width)
         assert torch.equal(a[1], b[1]) and torch.equal(a[0][a[1]], b[0][b[1]])
         assert torch.equal(a[0][a[1]], mask.nonzero()[:, 1])  # every allowed id once, rows in order
@@ -144,7 +156,7 @@ def test_forced_ids_and_counts():
     mask = torch.zeros((3, 50), dtype=torch.bool)
     mask[0, 7] = mask[1, 3] = mask[1, 40] = True
     mask[2, 49] = True
-    assert engine.allowed_counts(mask).tolist() == [1, 2, 1]
+    assert allowed_counts(mask).tolist() == [1, 2, 1]
     assert engine.forced_ids(mask)[[0, 2]].tolist() == [7, 49]
 
 
@@ -207,9 +219,8 @@ def test_the_grammars_forced_ids_are_the_masks_only_ids(loaded, monkeypatch, how
     """The engine skips the mask where ``Grammar.forced`` answers, so what it answers must be what the
     mask would force, at every step of real edits (with and without note limits, with forced and free
     chords, in a batch, in an infill); and it must find most of the forced steps, or it saves nothing."""
-    from midigen.music.ranges import note_limits
-
     model, codec = loaded
+    monkeypatch.setattr(grammar_module, "JIT", False)  # the torch grammar (a GPU's) is the one that asks
     seen = _checked_forced(monkeypatch)
     score = make_song(11, bars=12, tpq=480)
     kw = {"limits": None if how == "no note limits" else note_limits(None), "free_chords": how == "free chords",

@@ -5,7 +5,9 @@ after it, and a token budget. Each step masks the logits, applies the repetition
 top-k and top-p, and draws one id per row by inverse CDF from a seeded generator on the model's device.
 Everything stays on the device; the only transfer per step is one small tensor coming back: the ids
 just drawn (for the output, the listener and the stopping test) and how many ids each row may write
-next (which tells the next step whether it is forced and how wide its draw is). When the cache fills,
+next (which tells the next step whether it is forced and how wide its draw is). On a CPU the grammar's
+step and the draw's compares and search run compiled (``grammar_jit``, ``draw_jit``, each tested
+against its torch twin), since there a step's many small tensor ops cost more than their work. When the cache fills,
 the context slides: it is rebuilt in one pass from the header plus the most recent tokens
 (``window``), and decoding goes on incrementally.
 
@@ -39,7 +41,8 @@ import torch
 from midigen.music.codec import Codec
 from midigen.device import autocast, sampling_dtype
 from midigen.errors import Cancelled
-from midigen.generate.grammar import Grammar
+from midigen.generate import draw_jit
+from midigen.generate.grammar import Grammar, allowed_counts  # noqa: F401 (callers read engine.allowed_counts)
 from midigen.generate.sampling import Sampling
 
 KEEP_FRACTION = 0.5  # share of the context kept when the window slides (the rest is recomputed later)
@@ -115,38 +118,66 @@ def _candidates_by_nonzero(mask: torch.Tensor, width: int) -> tuple[torch.Tensor
 
 
 def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None, top_p: float | None,
-         u: torch.Tensor, width: int | None = None) -> torch.Tensor:
+         u: torch.Tensor, width: int | None = None, cands: tuple | None = None) -> torch.Tensor:
     """One id per row from float32 logits restricted to ``mask``, with the uniforms ``u`` (B, 1).
 
     ``width`` (at least the most ids any row's mask allows; None: the whole vocabulary) bounds the
     work: top-k, top-p and the CDF run over each row's allowed ids (``candidates``), not over the
     18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
     other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
+    ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding
+    them. On a CPU the moves, comparisons and the search run compiled (``draw_jit``: the same
+    comparisons, so the same ids); the float work (sort, softmax, sums) stays torch's.
     """
     V = logits.size(1)
     k = V if width is None else max(1, min(int(width), V))
-    ids, real = candidates(mask, k)
-    x = logits.gather(1, ids).masked_fill(~real, float("-inf")) / temperature
+    compiled = logits.device.type == "cpu" and draw_jit.available()
+    if cands is not None and compiled:
+        ids = cands[0]  # (B, V): only the first k columns are read
+        x = torch.empty((logits.size(0), k), dtype=logits.dtype)
+        draw_jit.gather(logits.numpy(), ids.numpy(), cands[1].numpy(), x.numpy())
+    else:
+        if cands is None:
+            ids, real = candidates(mask, k)
+        else:
+            ids, real = cands[0][:, :k], torch.arange(k, device=mask.device)[None, :] < cands[1][:, None]
+        x = logits.gather(1, ids).masked_fill(~real, float("-inf"))
+    if temperature != 1.0:
+        x = x / temperature
     if top_k is not None and top_k < k:
         kth = torch.topk(x, top_k, dim=1).values[:, -1:]
-        x = x.masked_fill(x < kth, float("-inf"))
+        if compiled:
+            draw_jit.cut_below(x.numpy(), kth.numpy())
+        else:
+            x = x.masked_fill(x < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=1, descending=True)
-        probs = torch.softmax(sorted_x, dim=1)
-        before = torch.cumsum(probs, dim=1) - probs  # mass of the strictly more likely ids
-        drop = before > top_p
-        drop[:, 0] = False
-        x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
-    cdf = torch.cumsum(torch.softmax(x.to(u.dtype), dim=1), dim=1)
+        x, wide = _nucleus(x, top_p, u.dtype)
+    else:
+        wide = x.to(u.dtype)
+    cdf = torch.cumsum(torch.softmax(wide, dim=1), dim=1)
+    if compiled:
+        out = np.empty(x.size(0), dtype=np.int64)
+        draw_jit.pick(x.numpy(), ids.numpy(), cdf.numpy(), u.numpy(), out)
+        return torch.from_numpy(out)
     pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
     ok = torch.isfinite(x.gather(1, pick))[:, 0]  # only rounding at the very top of the CDF can miss
     return torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, x.argmax(dim=1, keepdim=True))[:, 0])
 
 
-def allowed_counts(mask: torch.Tensor) -> torch.Tensor:
-    """(B,) int64: how many ids each row may write (1: the row is forced). Summed as bytes: a bool sum
-    over 18k ids costs several times more on a CPU."""
-    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
+def _nucleus(x: torch.Tensor, top_p: float, wide_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` with -inf where the strictly more likely candidates already hold more than ``top_p``, and
+    the same in ``wide_dtype`` (the CDF's)."""
+    sorted_x, order = torch.sort(x, dim=1, descending=True)
+    probs = torch.softmax(sorted_x, dim=1)
+    cum = torch.cumsum(probs, dim=1)
+    if x.device.type == "cpu" and draw_jit.available():
+        out, wide = torch.empty_like(x), torch.empty(x.shape, dtype=wide_dtype)
+        draw_jit.nucleus_cut(sorted_x.numpy(), order.numpy(), probs.numpy(), cum.numpy(), top_p, out.numpy(),
+                             wide.numpy())
+        return out, wide
+    drop = cum - probs > top_p  # the most likely candidate never drops: its "before" is exactly 0
+    x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
+    return x, x.to(wide_dtype)
 
 
 def forced_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -282,23 +313,34 @@ class Decoder:
             return step(dev_seq[:, start])
         return self._forward(dev_seq[:, start:end], cache)
 
-    def _next_step(self, grammar: Grammar, tok: torch.Tensor):
-        """(mask, allowed counts, forced ids or None, ``tok`` on the host) for the step after ``tok``.
+    def _next_step(self, grammar: Grammar, tok: torch.Tensor, dev_seq: torch.Tensor, L: int, cpu: bool):
+        """(mask, counts, candidate ids, counts on the host, forced ids or None, ``tok`` on the host) for
+        the step after ``tok``, which this writes at ``dev_seq[:, L]`` and feeds to the grammar.
 
-        Usually one transfer: ``tok`` and the mask's counts. In an edit's written part the grammar first
-        says which rows are forced (``Grammar.forced``, a few ops): where every row is, the step needs no
-        mask at all (``mask`` None, the ids in ``ahead``); where one may choose, the mask and its counts
-        follow (a second, small transfer, only at the steps that sample)."""
-        ahead = grammar.forced() if self.one_pass else None
+        Usually one transfer: ``tok`` and the mask's counts (none on a CPU, where ``dev_seq`` is the
+        host's array). On the torch grammar (a GPU), an edit's written part first asks which rows are
+        forced (``Grammar.forced``, a few ops): where every row is, the step needs no mask at all (``mask``
+        None, the ids in ``ahead``); where one may choose, the mask and its counts follow (a second,
+        small transfer, only at the steps that sample). The compiled grammar's mask is cheaper than that
+        question, so on a CPU it is not asked."""
+        ask = self.one_pass and not grammar.jit
+        ahead = None
+        if ask:
+            grammar.advance(tok)
+            ahead = grammar.forced()
         if ahead is None:
-            mask = grammar.mask()
-            back = torch.stack((tok, allowed_counts(mask))).cpu().numpy()  # the one transfer per step
-            return mask, back[1], None, back[0]
+            mask, counts, ids = grammar.step_mask() if ask else grammar.advance_and_mask(tok)
+            if cpu:  # dev_seq is seq: the caller writes it
+                return mask, counts, ids, counts.numpy(), None, tok.numpy()
+            dev_seq[:, L] = tok
+            back = torch.stack((tok, counts)).cpu().numpy()  # the one transfer per step
+            return mask, counts, ids, back[1], None, back[0]
+        dev_seq[:, L] = tok
         back = torch.stack((tok, ahead)).cpu().numpy()
         if (back[1] >= 0).all():
-            return None, np.ones(grammar.B, np.int64), ahead, back[0]
-        mask = grammar.mask()
-        return mask, allowed_counts(mask).cpu().numpy(), None, back[0]
+            return None, None, None, np.ones(grammar.B, np.int64), ahead, back[0]
+        mask, counts, ids = grammar.step_mask()
+        return mask, counts, ids, counts.cpu().numpy(), None, back[0]
 
     @torch.inference_mode()
     def decode(self, prefix: np.ndarray, grammar: Grammar, budget: int) -> np.ndarray:
@@ -310,12 +352,13 @@ class Decoder:
         seq = np.zeros((B, L + budget), dtype=np.int64)
         seq[:, :L] = prefix
         dev_seq = torch.from_numpy(seq).to(self.device)  # the penalty's window and the forced runs read it
+        cpu = dev_seq.data_ptr() == seq.ctypes.data  # the same memory: nothing to transfer
         cache, step = self._new_cache(B)
         ctx = seq[:, :L] if L <= self.block else window(seq, L, codec, self.keep)
         logits = self._forward(ctx, cache)
         fed = L  # tokens before this index are in the cache (or behind the window)
-        mask = grammar.mask()
-        width = allowed_counts(mask).cpu().numpy()
+        mask, counts, ids = grammar.step_mask()
+        width = counts.cpu().numpy()
         ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
         lift, stale = None, True  # the chord weight's lift of the chord tones, kept until a CHORD is written
         chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
@@ -323,7 +366,8 @@ class Decoder:
         wide = wide_float(self.device)
         for new in range(budget):
             u = torch.rand((B, 1), generator=self.gen, dtype=wide, device=self.device)  # forced or not
-            if self.one_pass and (width == 1).all():
+            most = int(width.max())  # every row allows at least one id: 1 means every row is forced
+            if self.one_pass and most == 1:
                 tok = forced_ids(mask) if ahead is None else ahead
             else:
                 if fed < L:
@@ -336,10 +380,9 @@ class Decoder:
                     lift, stale = (None if tones is None else self.chord_weight * tones), False
                 if lift is not None:
                     logits = logits + lift
-                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
-            grammar.advance(tok)
-            dev_seq[:, L] = tok
-            mask, width, ahead, host = self._next_step(grammar, tok)
+                tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, most,
+                           None if ids is None else (ids, counts))
+            mask, counts, ids, width, ahead, host = self._next_step(grammar, tok, dev_seq, L, cpu)
             grammar.observe(host)
             stale |= bool(((host >= chords[0]) & (host < chords[1])).any())
             seq[:, L] = np.where(done, codec.EOS, host)

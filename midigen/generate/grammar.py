@@ -40,12 +40,18 @@ NOTE is never the last token (its DV would not fit).
 """
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
 from midigen.music.chords import NO_CHORD, TONE_MASK
 from midigen.music.codec import DRUMS, N_INSTRUMENTS, N_PITCHES, Codec, Kind
 from midigen.music.timing import seconds_per_step
+from midigen.generate import grammar_jit
+
+_STATE_OF = operator.attrgetter(*grammar_jit.STATE)
+JIT = True  # on a CPU, mask and advance run compiled (``grammar_jit``, checked against the torch rules)
 
 # phases
 HEAD = 0  # after BOS: INSTs, then TEMPO
@@ -175,6 +181,9 @@ class Grammar:
         self.in_header = np.ones(B, bool)  # the row may still write header tokens (until its first event)
         self.limits: _Limits | None = None  # note ranges and polyphony (``hold_notes``); None: anything
         self.ends = torch.zeros((B, N_INSTRUMENTS, 0), dtype=torch.long, device=dev)  # sounding notes' end steps
+        self.jit = JIT and dev.type == "cpu" and grammar_jit.available()  # compiled mask and advance
+        self._jit_ids = None  # the compiled mask's candidate ids, reused every step
+        self._jit_views = None  # (the state tensors, their numpy views, tables), rebuilt when one is replaced
 
     # ----- setup ------------------------------------------------------------------------------
 
@@ -289,6 +298,7 @@ class Grammar:
             if isinstance(v, torch.Tensor):
                 setattr(out, k, v[:1].to(dev).expand(batch_size, *v.shape[1:]).clone())
         out.rows = torch.arange(batch_size, device=dev)
+        out.jit = JIT and dev.type == "cpu" and grammar_jit.available()
         return out
 
     # ----- state ------------------------------------------------------------------------------
@@ -301,6 +311,13 @@ class Grammar:
         if not isinstance(tokens, torch.Tensor):  # host data: the header flags come free
             tokens = np.asarray(tokens, dtype=np.int64).reshape(self.B)
             self.observe(tokens)
+        elif self.jit and tokens.dtype == torch.long and tokens.shape == (self.B,):  # the engine's draw
+            tokens = tokens.numpy()
+        if self.jit:
+            s, tabs, lim, ints = self._jit_state()
+            grammar_jit.advance_rows(s, np.asarray(tokens, dtype=np.int64).reshape(self.B), tabs, lim,
+                                     self._jit_flags(), ints)
+            return
         t = torch.as_tensor(tokens, device=self.device).long().reshape(self.B)
         kind = self.T.kind[t.clamp(0, self.V - 1)]
         live = self.phase != DONE
@@ -429,6 +446,69 @@ class Grammar:
 
     def mask(self) -> torch.Tensor:
         """(B, vocab) bool on the device: True where an id may come next. Every live row has one True."""
+        return self.step_mask()[0]
+
+    def advance_and_mask(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``advance(tokens)`` (the engine's drawn or forced ids, (B,) int64 on the device), then
+        ``step_mask()``: on the compiled path one call, the decoding loop's whole grammar step."""
+        if not (self.jit and tokens.dtype == torch.long and tokens.shape == (self.B,)):
+            self.advance(tokens)
+            return self._step_mask()
+        s, tabs, lim, ints = self._jit_state()
+        m, counts, ids = self._jit_buffers()
+        grammar_jit.advance_and_mask(s, tokens.numpy(), m, counts, ids, tabs, lim, self._jit_flags(), ints)
+        return torch.from_numpy(m), torch.from_numpy(counts), torch.from_numpy(ids)
+
+    def _jit_buffers(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A new mask and counts (callers may keep them), and the reused candidate ids."""
+        if self._jit_ids is None:
+            self._jit_ids = np.empty((self.B, self.V), dtype=np.int64)
+        return np.empty((self.B, self.V), dtype=bool), np.empty(self.B, dtype=np.int64), self._jit_ids
+
+    def step_mask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The mask, how many ids each row allows ((B,) int64; 1: the row is forced), and on the compiled
+        path the allowed ids themselves ((B, V) int64, each row's first ``count`` in increasing order: the
+        draw's candidates, read before the next call overwrites them; None on the torch path)."""
+        return self._step_mask()
+
+    def _step_mask(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        if not self.jit:
+            m = self._torch_mask()
+            return m, allowed_counts(m), None
+        s, tabs, lim, ints = self._jit_state()
+        m, counts, ids = self._jit_buffers()
+        grammar_jit.mask_rows(s, m, counts, ids, tabs, lim, self._jit_flags(), ints)
+        return torch.from_numpy(m), torch.from_numpy(counts), torch.from_numpy(ids)
+
+    def _jit_flags(self) -> tuple:
+        """The host facts the compiled rules branch on (``grammar_jit.mask_rows``)."""
+        return (bool(self.in_header.any()), self.timed, self.forcing, self.pending, self.chords_forced,
+                self.limits is not None, self.codec.has_chords)
+
+    def _jit_ints(self) -> tuple:
+        c, (lo, hi) = self.codec, self.codec.ranges.get("chord", (0, 0))
+        return (self.V, c.EOS, c.shift_start, c.tempo_start, c.ts_start, c.inst_start, c.note_start, c.dv_start,
+                c.dv_end, lo, hi, self.max_shift, self.max_header_instruments, self.spq)
+
+    def _jit_state(self):
+        """The state tensors' numpy views (shared memory) in ``grammar_jit.STATE`` order, the tables, the
+        note limits and the codec's numbers; rebuilt only when a tensor was replaced (setup, or the torch
+        rules)."""
+        tensors = _STATE_OF(self)
+        cached = self._jit_views
+        if cached is None or not all(map(operator.is_, cached[0], tensors)) or cached[3] is not self.limits:
+            T = self.T
+            tabs = tuple(x.numpy() for x in (T.sec_per_step, T.tempo_bpm, T.dv_steps, T.kind, T.last_kind, T.steps))
+            if self.limits is None:
+                lim = (np.zeros(N_INSTRUMENTS, np.int64), np.full((N_INSTRUMENTS, N_PITCHES), -1, np.int64))
+            else:
+                lim = (self.limits.polyphony.numpy(), self.limits.note_key.numpy())
+            cached = self._jit_views = (tensors, tuple(x.numpy() for x in tensors), tabs, self.limits, lim,
+                                        self._jit_ints())
+            self._jit_ids = None
+        return cached[1], cached[2], cached[4], cached[5]
+
+    def _torch_mask(self) -> torch.Tensor:
         c = self.codec
         m = torch.zeros((self.B, self.V), dtype=torch.bool, device=self.device)
         room = self.budget >= 1
@@ -500,6 +580,12 @@ class Grammar:
         """(B,) bool: is each row's token allowed by the current mask (used to check prompts)."""
         t = torch.as_tensor(np.asarray(tokens), device=self.device).long().reshape(self.B)
         return self.mask().gather(1, t[:, None])[:, 0]
+
+
+def allowed_counts(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: how many ids each row may write (1: the row is forced). Summed as bytes: a bool sum
+    over 18k ids costs several times more on a CPU."""
+    return mask.view(torch.uint8).sum(dim=1, dtype=torch.int32).long()
 
 
 # ----- the rules, one per kind of token -----------------------------------------------------------

@@ -1,0 +1,268 @@
+"""The compiled grammar (``grammar_jit``, the CPU path) is the torch grammar, mask for mask.
+
+Two grammars with the same setup, one on each path, walk the same tokens: at every step their masks,
+their counts of allowed ids, the compiled path's candidate ids and every state tensor must be equal.
+The tokens are random walks through the grammar (a kind, then an id of that kind, among the allowed
+ones; now and then any id at all, out of grammar), real songs' encodings, and whole decodes through the
+engine (``sample`` with and without a chord chart and note limits, ``arrange`` with kept notes), which
+must write the same tokens on both paths.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from midigen.music.codec import Codec
+from midigen.music.ranges import note_limits
+from midigen.generate import grammar as grammar_module
+from midigen.generate import grammar_jit
+from midigen.generate.edit import arrange_edits
+from midigen.generate.grammar import Grammar
+from midigen.generate.sample import generate_samples
+from midigen.generate.sampling import Sampling
+from midigen.model.model import GPT, GPTConfig, padded_vocab
+from songgen import make_song
+
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.skipif(not grammar_jit.available(), reason="numba is not installed")]
+
+
+def _pair(setup, codec: Codec, rows: int):
+    """The same grammar on both paths: (compiled, torch)."""
+    out = []
+    for jit in (True, False):
+        g = Grammar(codec, rows, max_header_instruments=8)
+        setup(g)
+        g.jit = jit
+        out.append(g)
+    assert out[0].jit and not out[1].jit
+    return out
+
+
+def _same(a: Grammar, b: Grammar, where: str) -> np.ndarray:
+    """Both grammars allow the same ids and hold the same state; the allowed ids (B, V) bool."""
+    ma, ca, ids = a.step_mask()
+    mb, cb, none = b.step_mask()
+    assert none is None
+    assert torch.equal(ma, mb), f"{where}: masks differ at ids {torch.nonzero(ma != mb)[:8].tolist()}"
+    assert torch.equal(ca, cb), where
+    for r in range(a.B):
+        assert torch.equal(ids[r, : int(ca[r])], torch.nonzero(ma[r])[:, 0]), where
+        assert not ids[r, int(ca[r]) : int(ca.max())].any(), where  # padded as engine.candidates pads
+    for name in grammar_jit.STATE:
+        x, y = getattr(a, name), getattr(b, name)
+        assert torch.equal(x, y), f"{where}: {name} {x.tolist()} != {y.tolist()}"
+    return ma.numpy()
+
+
+def _walk(a: Grammar, b: Grammar, codec: Codec, rng, steps: int, wild: float = 0.02) -> int:
+    """Advance both by random allowed tokens (a kind first, then an id of it); returns the steps taken."""
+    kinds = codec.kinds(np.arange(codec.vocab_size))
+    for n in range(steps):
+        m = _same(a, b, f"step {n}")
+        toks = []
+        for row in m:
+            ok = np.flatnonzero(row)
+            if rng.random() < wild:
+                toks.append(int(rng.integers(3, codec.vocab_size)))
+                continue
+            k = rng.choice(np.unique(kinds[ok]))
+            toks.append(int(rng.choice(ok[kinds[ok] == k])))
+        toks = np.array(toks, np.int64)
+        both = torch.from_numpy(toks)
+        if n % 2:  # the engine's one call per step
+            m1, c1, ids1 = a.advance_and_mask(both)
+            m2, c2, ids2 = a.step_mask()
+            assert torch.equal(m1, m2) and torch.equal(c1, c2) and torch.equal(ids1, ids2)
+        else:
+            a.advance(both)
+        b.advance(both.clone())
+        a.observe(toks)
+        b.observe(toks)
+        if (a.phase == grammar_module.DONE).all():
+            return n + 1
+    return steps
+
+
+def _header(codec, tempo=None, ts=None, controls=()):
+    def setup(g):
+        if tempo is not None:
+            g.forced_tempo[:] = codec.tempo_token(tempo) - codec.tempo_start
+        g.force_header(controls, ts)
+        g.advance([codec.BOS] * g.B)
+    return setup
+
+
+@pytest.mark.parametrize("version", [2, 4])
+@pytest.mark.parametrize("timed,limited", [(False, False), (True, False), (True, True), (False, True)])
+def test_sampling_from_nothing_masks_match(version, timed, limited):
+    codec = Codec(version=version)
+    rng = np.random.default_rng(version * 10 + timed * 2 + limited)
+    lim = note_limits(None)
+    controls = (codec.style_start + 3, codec.key_start + 1) if version == 2 else ()
+    for trial in range(4):
+        head = _header(codec, tempo=[None, 100][trial % 2], ts=[None, codec.ts_start + 2][trial % 2],
+                       controls=controls)
+        target = rng.uniform(2, 12) if timed else None
+
+        def setup(g):
+            if limited:
+                g.hold_notes(lim.low, lim.high, lim.polyphony)
+            head(g)
+            g.set_target(target, 400)
+            if trial == 3:
+                g.request_tempo(7)
+        a, b = _pair(setup, codec, rows=3)
+        _walk(a, b, codec, rng, 400)
+
+
+def test_edits_with_kept_notes_and_limits_match():
+    codec = Codec()
+    rng = np.random.default_rng(7)
+    lim = note_limits(None)
+    for trial in range(6):
+        span, steps = int(rng.integers(200, 3000)), np.sort(rng.integers(0, 1500, 12))
+        notes, dvs = codec.note_start + rng.integers(0, 128, 12), codec.dv_start + rng.integers(0, 200, 12)
+        chords = rng.integers(0, 100, 32)
+
+        def setup(g):
+            if trial % 2:
+                g.hold_notes(lim.low, lim.high, lim.polyphony)
+            for t in (codec.BOS, codec.inst_token(0), codec.inst_token(33), codec.inst_token(128),
+                      codec.tempo_token(110)):
+                g.advance([t] * g.B)
+            g.sounding([33, 33, 0], [5, 30, 12])
+            g.for_edit([33, 128], span, 300)
+            g.force_notes(steps, notes, dvs)
+            if trial >= 4:
+                g.force_chords(np.arange(0, 3000, 96), chords)
+        a, b = _pair(setup, codec, rows=2)
+        _walk(a, b, codec, rng, 300)
+
+
+def test_forced_chords_match():
+    codec = Codec()
+    rng = np.random.default_rng(3)
+    for trial in range(4):
+        every = [48, 96, 7, 1][trial]
+        chords = rng.integers(0, 100, len(range(0, 4000, every)))
+
+        def setup(g):
+            g.advance([codec.BOS] * g.B)
+            g.force_chords(np.arange(0, 4000, every), chords)
+            g.set_target(8.0 if trial % 2 else None, 300)
+        a, b = _pair(setup, codec, rows=2)
+        _walk(a, b, codec, rng, 300, wild=0.0)
+
+
+def test_real_songs_match():
+    codec = Codec()
+    lim = note_limits(None)
+    for seed in range(6):
+        toks = codec.encode_score(make_song(seed, bars=8))
+
+        def setup(g):
+            if seed % 2:
+                g.hold_notes(lim.low, lim.high, lim.polyphony)
+            g.set_target(6.0 if seed % 3 == 0 else None, 5000)
+        a, b = _pair(setup, codec, rows=1)
+        for n, t in enumerate(toks[:-1]):
+            if n:
+                _same(a, b, f"song {seed} token {n}")
+            a.advance([int(t)])
+            b.advance([int(t)])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    codec = Codec()
+    torch.manual_seed(5)
+    cfg = GPTConfig(vocab_size=padded_vocab(codec.vocab_size), block_size=96, n_layer=1, n_head=2, n_embd=32)
+    return GPT(cfg).eval(), codec
+
+
+def _both_paths(monkeypatch, run):
+    outs = []
+    for jit in (True, False):
+        monkeypatch.setattr(grammar_module, "JIT", jit)
+        outs.append(run())
+    return outs
+
+
+def test_the_engine_writes_the_same_tokens_on_both_paths(tiny, monkeypatch):
+    model, codec = tiny
+    lim = note_limits(None)
+    runs = [dict(num_samples=2, seconds=6.0, instruments=[0, 33, 128], tempo=96),
+            dict(num_samples=1, max_new_tokens=300, limits=lim, chords=[("C", "G", "Am", "F")]),
+            dict(num_samples=3, seconds=4.0, instruments=[40, 41], time_signature=(3, 4), limits=lim)]
+    for i, kw in enumerate(runs):
+        kw = dict(kw)
+        if "chords" in kw:
+            from midigen.music.chordtext import parse_chords
+
+            kw["chords"] = parse_chords(" ".join(kw["chords"][0]))
+        fast, slow = _both_paths(monkeypatch, lambda: generate_samples(
+            model, codec, sampling=Sampling(seed=i, top_p=0.95), **kw))
+        for x, y in zip(fast, slow):
+            np.testing.assert_array_equal(x.tokens, y.tokens)
+
+
+def test_arrange_writes_the_same_tokens_on_both_paths(tiny, monkeypatch):
+    model, codec = tiny
+    song = make_song(4, bars=6)
+    fast, slow = _both_paths(monkeypatch, lambda: arrange_edits(model, codec, song, add=[33], seed=2, top_p=0.95))
+    assert len(fast) == len(slow)
+    for x, y in zip(fast, slow):
+        assert x.written == y.written
+        assert x.score.dumps_midi() == y.score.dumps_midi()
+
+
+def test_the_compiled_draw_steps_are_the_torch_ops():
+    """``draw_jit``'s gather, top-k cut, nucleus cut and pick against the torch ops they replace, ties
+    and -inf included, and uniforms at the very top of the CDF (where the pick falls back to the most
+    likely candidate)."""
+    from midigen.generate import draw_jit
+
+    gen = torch.Generator().manual_seed(11)
+    fallbacks = 0
+    for trial in range(200):
+        B, k = 1 + trial % 3, int(torch.randint(1, 1500, (1,), generator=gen))
+        x = torch.randn((B, k), generator=gen) * 2
+        if trial % 2:
+            x = torch.round(x * 2) / 2  # ties at the cut
+        x[torch.rand((B, k), generator=gen) < 0.2 * (trial % 3)] = float("-inf")
+        x[:, 0] = x[:, 0].clamp(min=-5.0)  # every row keeps a finite candidate
+        top_p = [0.5, 0.8, 0.9, 0.95, 0.99][trial % 5]
+        sx, order = torch.sort(x, dim=1, descending=True)
+        probs = torch.softmax(sx, dim=1)
+        cum = torch.cumsum(probs, dim=1)
+        want = x.scatter(1, order, sx.masked_fill(cum - probs > top_p, float("-inf")))
+        got, wide = torch.empty_like(x), torch.empty(x.shape, dtype=torch.float64)
+        draw_jit.nucleus_cut(sx.numpy(), order.numpy(), probs.numpy(), cum.numpy(), top_p, got.numpy(), wide.numpy())
+        assert torch.equal(got, want) and torch.equal(wide, want.to(torch.float64))
+        kth = torch.topk(x, max(1, k // 3), dim=1).values[:, -1:]
+        cut = x.clone()
+        draw_jit.cut_below(cut.numpy(), kth.numpy())
+        assert torch.equal(cut, x.masked_fill(x < kth, float("-inf")))
+
+        ids = torch.sort(torch.randperm(20000, generator=gen)[:k]).values.expand(B, k).contiguous()
+        logits = torch.randn((B, 20000), generator=gen)
+        counts = torch.randint(1, k + 1, (B,), generator=gen)
+        gathered = torch.empty((B, k))
+        draw_jit.gather(logits.numpy(), ids.numpy(), counts.numpy(), gathered.numpy())
+        real = torch.arange(k)[None, :] < counts[:, None]
+        assert torch.equal(gathered, logits.gather(1, ids).masked_fill(~real, float("-inf")))
+        u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
+        if trial % 4 == 0:
+            u[:] = 1.0  # as if the product rounded up to the total: past the last candidate, which is cut
+            want[:, -1] = float("-inf") if k > 1 else want[:, -1]
+        cdf = torch.cumsum(torch.softmax(want.to(torch.float64), dim=1), dim=1)
+        pick = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=k - 1)
+        ok = torch.isfinite(want.gather(1, pick))[:, 0]
+        ref = torch.where(ok, ids.gather(1, pick)[:, 0], ids.gather(1, want.argmax(dim=1, keepdim=True))[:, 0])
+        fallbacks += int((~ok).sum())
+        out = np.empty(B, np.int64)
+        draw_jit.pick(want.numpy(), ids.numpy(), cdf.numpy(), u.numpy(), out)
+        np.testing.assert_array_equal(out, ref.numpy())
+    assert fallbacks > 0  # the fallback was exercised
