@@ -138,7 +138,8 @@ def speed(name: str, cfg: GPTConfig, a, probe, engines=()) -> dict:
             torch.backends.quantized.engine = eng
             torch.set_num_threads(n or threads)
             rates[v].append(decode_rate(model, context, a.steps))
-        torch.backends.quantized.engine, _ = engine, torch.set_num_threads(threads)
+        torch.backends.quantized.engine = engine
+        torch.set_num_threads(threads)
     w = block_linear_weights(base)
     channels = sum(m.out_features for m in base.blocks.modules() if isinstance(m, torch.nn.Linear))
     kv = kv_bytes(cfg, context + a.steps / 2)
