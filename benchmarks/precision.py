@@ -17,7 +17,8 @@ figure and verdict.
   and zero point per output channel) divided by the read bandwidth measured here (an fp32
   matrix-vector product over a 512 MB matrix, the streaming read a decoding step does, same threads,
   best over the rounds). A step also reads its KV cache (float32, at the timed steps' mean length):
-  ``share_with_kv`` counts those bytes too.
+  ``share_with_kv`` counts those bytes too. The 1-thread rows are held against the same probe (run
+  at ``--threads``), so their shares are not a 1-thread limit.
 * Quality: the 124M shape trained for ``--train-steps`` steps on generated multi-track songs (so the
   weights are not random), then fp32 vs int8 on held-out songs as prompts: the mean absolute
   logit difference over the trained support, how often the argmax agrees, and bits per token; and,
