@@ -1,5 +1,6 @@
 """Weight precision at load (``--precision``): the choice and its refusals, same seed same music at
-each precision, kept notes exact in arrange at each, and int8's logits close to fp32's.
+each precision, kept notes exact in arrange at each, int8's logits close to fp32's, and int8's
+output head: exact about the support, rebuilt with it, the same in eval as in sampling.
 
 The model is conftest's ``edit_run`` (trained through the real `midigen train`); its blocks are far
 below the size where ``auto`` picks int8, so int8 is asked for by name where it is tested.
@@ -61,7 +62,7 @@ def test_int8_off_the_cpu_and_unknown_names_are_refused(edit_run):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_conversion_touches_the_blocks_only(edit_run, precision):
+def test_conversion_touches_the_blocks_and_int8s_head_only(edit_run, precision):
     model, _, _ = load_checkpoint(edit_run, "cpu", precision=precision)
     assert model.precision == precision
     assert model.wte.weight.dtype == torch.float32 and model.head.weight is model.wte.weight
