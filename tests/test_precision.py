@@ -1,5 +1,6 @@
 """Weight precision at load (``--precision``): the choice and its refusals, same seed same music at
-each precision, kept notes exact in arrange at each, and int8's logits close to fp32's.
+each precision, kept notes exact in arrange at each, int8's logits close to fp32's, and int8's
+output head: exact about the support, rebuilt with it, the same in eval as in sampling.
 
 The model is conftest's ``edit_run`` (trained through the real `midigen train`); its blocks are far
 below the size where ``auto`` picks int8, so int8 is asked for by name where it is tested.
@@ -61,7 +62,7 @@ def test_int8_off_the_cpu_and_unknown_names_are_refused(edit_run):
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
-def test_conversion_touches_the_blocks_only(edit_run, precision):
+def test_conversion_touches_the_blocks_and_int8s_head_only(edit_run, precision):
     model, _, _ = load_checkpoint(edit_run, "cpu", precision=precision)
     assert model.precision == precision
     assert model.wte.weight.dtype == torch.float32 and model.head.weight is model.wte.weight
@@ -70,6 +71,11 @@ def test_conversion_touches_the_blocks_only(edit_run, precision):
     assert want in kinds
     if precision != "fp32":
         assert torch.nn.Linear not in kinds
+    if precision == "int8":  # the head too: an int8 copy of the support's rows, the embedding itself untouched
+        assert isinstance(model.support_head, torch.ao.nn.quantized.dynamic.Linear)
+        assert model.support_head.out_features == len(model.support)
+    else:
+        assert model.support_head is None
     fp32, _, _ = load_checkpoint(edit_run, "cpu", precision="fp32")
     assert model.num_params() == fp32.num_params() == sum(p.numel() for p in fp32.parameters())
 
@@ -156,3 +162,57 @@ def test_eval_scores_each_precision_close_to_fp32(edit_run, tiny_dataset):
         assert r.returncode == 0, r.stderr
         bits[p] = json.loads(r.stdout.strip().splitlines()[-1])["bits_per_note"]
     assert abs(bits["int8"] / bits["fp32"] - 1) < 0.01 and abs(bits["bf16"] / bits["fp32"] - 1) < 0.01, bits
+
+
+def _int8_pair(edit_run):
+    ref, _, _ = load_checkpoint(edit_run, "cpu", precision="fp32")
+    q, _, _ = load_checkpoint(edit_run, "cpu", precision="int8")
+    assert ref.support is not None  # the test model trains on a support, as every real run does
+    return ref, q
+
+
+@torch.inference_mode()
+def test_int8_head_keeps_the_support_exact(edit_run):
+    """At int8 the ids outside the support still get no computed logit: each gets exactly the smoothed
+    share (their total probability is epsilon, as at fp32), and only the support's logits move."""
+    ref, q = _int8_pair(edit_run)
+    x = torch.randint(0, ref.cfg.vocab_size, (2, 40), generator=torch.Generator().manual_seed(4))
+    outside = torch.ones(ref.cfg.vocab_size, dtype=torch.bool)
+    outside[ref.support] = False
+    for model in (ref, q):
+        p = torch.softmax(model(x)[0].double(), -1)
+        out = p[..., outside]
+        assert torch.allclose(out.sum(-1), torch.full_like(out.sum(-1), model.support_epsilon), rtol=1e-6)
+        assert torch.equal(out.amax(-1), out.amin(-1))  # one share for every id outside, none computed
+    a, b = ref(x)[0][..., ref.support], q(x)[0][..., q.support]
+    assert not torch.equal(a, b) and (a - b).abs().mean() < 0.05 * a.abs().mean()
+
+
+@torch.inference_mode()
+def test_int8_head_follows_the_support_and_the_rows(edit_run):
+    """``set_support`` rebuilds the int8 head from the rows it restricts to (an adapter changes both),
+    and with no support the head covers the whole vocabulary; it always computes ``h @ rows.T``."""
+    _, q = _int8_pair(edit_run)
+    h = torch.randn(3, q.cfg.n_embd, generator=torch.Generator().manual_seed(5))
+    ids = q.support[::2].tolist()
+    q.wte.weight[ids[0]] *= 2  # as an adapter's new rows do, before it sets its support
+    for support in (ids, None):
+        q.set_support(support, 1e-4)
+        rows = q.wte.weight if support is None else q.wte.weight[ids]
+        assert q.support_head.out_features == len(rows)
+        want = h @ rows.T
+        assert (q.support_head(h) - want).abs().max() < 0.05 * want.abs().max()
+    q.set_head_maker(None)
+    assert q.support_head is None and torch.equal(q._full_logits(h), q.head(h))
+
+
+@torch.inference_mode()
+def test_int8_eval_scores_with_the_head_sampling_uses(edit_run, tiny_dataset):
+    """``sum_nll`` (what `midigen eval` adds up) and the sampler's logits use the same int8 head."""
+    _, q = _int8_pair(edit_run)
+    tokens = np.fromfile(tiny_dataset / "val.bin", dtype=np.uint16)[: 2 * 64 + 1].astype(np.int64)
+    x = torch.from_numpy(tokens[:-1]).view(2, 64)
+    y = torch.from_numpy(tokens[1:]).view(2, 64)
+    logits = q(x)[0]
+    ce = torch.nn.functional.cross_entropy(logits.double().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+    assert abs(q.sum_nll(x, y).item() / ce.item() - 1) < 1e-5

@@ -134,6 +134,10 @@ class GPT(nn.Module):
         self.register_buffer("support", None, persistent=False)
         self.register_buffer("support_index", None, persistent=False)
         self.support_epsilon = 0.0
+        # An inference-only output head over the support's rows (``precision``: the int8 head), rebuilt
+        # from the embedding whenever the support changes; None: the float32 rows themselves.
+        self.head_maker = None
+        self.support_head = None
         self.apply(self._init)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init
         for name, p in self.named_parameters():
@@ -165,19 +169,38 @@ class GPT(nn.Module):
         if ids is None or len(ids) == self.cfg.vocab_size:  # every id: nothing to restrict
             self.support = self.support_index = None
             self.support_epsilon = 0.0
-            return
-        dev = self.wte.weight.device
-        ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        index = torch.full((self.cfg.vocab_size,), -1, dtype=torch.long, device=dev)
-        index[ids] = torch.arange(len(ids), device=dev)
-        self.support, self.support_index = ids, index
-        self.support_epsilon = float(epsilon)
+        else:
+            dev = self.wte.weight.device
+            ids = torch.tensor(ids, dtype=torch.long, device=dev)
+            index = torch.full((self.cfg.vocab_size,), -1, dtype=torch.long, device=dev)
+            index[ids] = torch.arange(len(ids), device=dev)
+            self.support, self.support_index = ids, index
+            self.support_epsilon = float(epsilon)
+        self.set_head_maker(self.head_maker)
+
+    @torch.no_grad()
+    def set_head_maker(self, make) -> None:
+        """Compute the output logits with ``make(rows)``, a module built from the float32 embedding
+        rows of the support (or of the whole vocabulary), instead of those rows themselves; None
+        undoes it. ``set_support`` rebuilds it from the new rows, so the ids that get a computed logit
+        are always exactly the support's. For inference only: nothing trains through it."""
+        self.head_maker, self.support_head = make, None
+        if make is not None:
+            self.support_head = make(self.wte.weight if self.support is None else self.wte.weight[self.support])
+
+    def _head_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits for the support's ids in support order (every id without a support)."""
+        if self.support_head is not None:
+            return self.support_head(x)
+        if self.support is None:
+            return self.head(x)
+        return F.linear(x, self.wte.weight[self.support])
 
     def _full_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits over the whole vocabulary whose softmax is the support-restricted, smoothed distribution."""
         if self.support is None:
-            return self.head(x)
-        z = F.linear(x, self.wte.weight[self.support]).float()
+            return self._head_logits(x)
+        z = self._head_logits(x).float()
         eps, n_out = self.support_epsilon, self.cfg.vocab_size - len(self.support)
         # p(in support) = (1 - eps) softmax(z); p(any other id) = eps / n_out
         outside = torch.logsumexp(z, dim=-1, keepdim=True) + math.log(eps / n_out)
@@ -238,11 +261,10 @@ class GPT(nn.Module):
             if last_only:
                 x = x[:, -1:, :]
             return self._full_logits(x), None
+        logits = self._head_logits(x)
         if self.support is None:
-            logits = self.head(x)
             t = targets
         else:  # train on the support only: targets become support positions (never outside by construction)
-            logits = F.linear(x, self.wte.weight[self.support])
             t = torch.where(targets >= 0, self.support_index[targets.clamp(min=0)], targets)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), t.reshape(-1), ignore_index=-1)
         return logits, loss
@@ -258,12 +280,11 @@ class GPT(nn.Module):
         h = self.hidden(idx)
         keep = targets >= 0
         h, t = h[keep], targets[keep]
-        w = self.wte.weight if self.support is None else self.wte.weight[self.support]
-        rows = max(1, max_logits // w.size(0))
+        rows = max(1, max_logits // (self.cfg.vocab_size if self.support is None else len(self.support)))
         acc = torch.float32 if h.device.type == "mps" else torch.float64  # MPS has no float64
         total = torch.zeros((), dtype=acc, device=h.device)
         for a in range(0, len(t), rows):
-            z = F.linear(h[a : a + rows], w).float()
+            z = self._head_logits(h[a : a + rows]).float()
             lse = torch.logsumexp(z, dim=-1)
             tt = t[a : a + rows]
             if self.support is None:
