@@ -43,7 +43,7 @@ from midigen.generate.harmony import chart_changes, need_chords
 from midigen.music.chordtext import add_chord_markers
 from midigen.music.sequences import (CHORD_ORDER, NOTE_ORDER, EditTask, Units, chord_units, chords_at, edit_prompt,
                                      song_units, span_chords)
-from midigen.music.timing import BeatGrid, beat_grid, first_tick_at, seconds_at_tick
+from midigen.music.timing import BeatGrid, first_tick_at, meter_beat_grid, meters, notes_end_tick, seconds_at_tick
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -284,9 +284,11 @@ def _notes_from_units(codec: Codec, song: Song, units: Units) -> dict:
     }
 
 
-def song_beats(song: Song) -> BeatGrid:
-    """The user's score's beats (its own meters), in the song's steps."""
-    g = beat_grid(song.score)
+def song_beats(song: Song, until: int = 0) -> BeatGrid:
+    """The user's score's beats (its own meters), in the song's steps, to its last note's end or step
+    ``until`` if later (a span may reach past the last note: ``infill_edits(open_end=True)``)."""
+    end = max(notes_end_tick(song.score), int(song.tick_of(until)))
+    g = meter_beat_grid(song.tpq, meters(song.score), end)
     steps = lambda ticks: song.step_of(np.round(ticks).astype(np.int64))  # noqa: E731
     return BeatGrid(steps(g.starts), steps(g.ends), g.bars, g.beats)
 
@@ -302,7 +304,7 @@ def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, c
     resume = span_chords(context, end, end + 1)
     out = [context.select(~(is_chord & (context.time >= start) & (context.time <= end))), resume]
     if chart is not None:
-        steps, ids = chart_changes(chart, song_beats(song), start, end)
+        steps, ids = chart_changes(chart, song_beats(song, end), start, end)
         out.append(chords_at(steps, codec.chord_start + ids))
     return Units.concat(out)
 

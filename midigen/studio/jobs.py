@@ -26,7 +26,7 @@ from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
 from midigen.generate.edit import arrange_edits, infill_edits
-from midigen.generate.form import VARY_SHARE, form_summary, like_edits, parse_form, write_form
+from midigen.generate.form import VARY_SHARE, form_summary, like_edits, parse_form, parse_form_chords, write_form
 from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import first_tick_at, notes_end_seconds
 from midigen.studio.workspace import new_id
@@ -167,14 +167,21 @@ class Engine:
             out["free_chords"] = True
         return out
 
+    def form_charts(self, req: dict) -> dict:
+        """A form's chords: label -> chart (``parse_form_chords``: one chart for every section, or one per
+        section as ``A: C G Am F | B: F G C C``); a UsageError names a bad one."""
+        text, sections = (req.get("chords") or "").strip(), parse_form(req["form"])
+        charts = parse_form_chords(text, sections) if text else {}
+        need_chords(self.codec, next(iter(charts.values()), None))
+        return charts
+
     def check(self, kind: str, req: dict, version: dict | None) -> None:
         """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad chords, bad spans."""
         self.steering(req)
-        self.chords(req, kind)
+        form = kind == "generate" and req.get("form")
+        self.form_charts(req) if form else self.chords(req, kind)
         self.instruments(req.get("instruments"))
         if kind == "generate":
-            if req.get("form"):
-                parse_form(req["form"])
             return
         if version is None or not version.get("notes"):
             raise UsageError(f"nothing to {kind}: upload or generate some music first")
@@ -225,9 +232,10 @@ class Engine:
         """A song with a form (``midigen.generate.form``); its notes come when it is done."""
         song = write_form(self.model, self.codec, parse_form(req["form"]), sampling=sampling, tempo=req.get("tempo"),
                           time_signature=meter, instruments=insts or None, controls={"": controls},
-                          vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req))
+                          vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req),
+                          charts=self.form_charts(req))
         summary = form_summary(song)
-        label = f"form {summary['form']} · {summary['bars']} bars · seed {sampling.seed}"
+        label = f"form {summary['form']}{_on_chords(req)} · {summary['bars']} bars · seed {sampling.seed}"
         return [(song.score, label, {**req, "seed": sampling.seed}, summary["warnings"])]
 
     def _like(self, req: dict, score, progress) -> list[tuple]:
