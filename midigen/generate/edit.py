@@ -339,10 +339,12 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
 # ----- the two tasks --------------------------------------------------------------------------------
 
 
-def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0) -> Decoder:
+def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0, key=None,
+             key_weight=0.0) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight,
+                        key=key, key_weight=key_weight)
     return Decoder(model, codec, sampling, device=device, listener=listener)
 
 
@@ -393,13 +395,14 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, chord_weight=0.0,
                  controls=None, device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
                  known_instruments=None, chords=None, free_chords: bool = False,
-                 open_end: bool = False) -> list[Edit]:
+                 open_end: bool = False, key: int | None = None, key_weight: float = 0.0) -> list[Edit]:
     """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
     ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
     note, up to the score's last event (a song with a form writes its sections there:
-    ``midigen.generate.form``)."""
+    ``midigen.generate.form``). ``key``, ``key_weight``: notes outside the key's scale held back
+    (``Sampling.key_weight``)."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight)
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight, key, key_weight)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")

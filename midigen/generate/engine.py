@@ -237,6 +237,7 @@ class Decoder:
         self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
         self.penalty = sampling.repetition_penalty
         self.chord_weight = sampling.chord_weight
+        self.key, self.key_weight = sampling.key, sampling.key_weight
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
@@ -310,9 +311,9 @@ class Decoder:
                     fed = L
                 if self.penalty != 1.0:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
-                tones = grammar.chord_tones() if self.chord_weight else None
-                if tones is not None:
-                    logits = logits + self.chord_weight * tones
+                bias = grammar.tone_bias(self.chord_weight, self.key_weight, self.key)
+                if bias is not None:
+                    logits = logits + bias
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, int(width.max()))
             grammar.advance(tok)
             dev_seq[:, L] = tok

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import symusic
@@ -374,6 +374,12 @@ class _Writer:
     def controls_of(self, label: str) -> list[int]:
         return list(self.controls.get(label, self.controls.get(label.rstrip("'"), self.controls.get("", ()))))
 
+    def key_of(self, label: str) -> int | None:
+        """The key ``label``'s controls ask for (0..23), which the key weight holds it to; None for none."""
+        c = self.codec
+        keys = [t - c.key_start for t in self.controls_of(label) if c.has_controls and 0 <= t - c.key_start < 24]
+        return keys[0] if keys else None
+
     def chart_at(self, label: str, first_bar: int) -> list | None:
         """The chart a span of ``label`` starting at song bar ``first_bar`` plays: its section's chart
         from the bar the span is into the occurrence that holds it."""
@@ -390,7 +396,8 @@ class _Writer:
         (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, seed=self.seed(k),
                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, chord_weight=s.chord_weight,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
-                               open_end=True, chords=self.chart_at(label, first_bar))
+                               open_end=True, chords=self.chart_at(label, first_bar), key=self.key_of(label),
+                               key_weight=s.key_weight)
         self.score = edit.score
 
     def place(self, sections: list[Section], label: str, labels: set[str]) -> None:
@@ -416,7 +423,8 @@ def _anchor_score(w: _Writer, section: Section, tempo: float, time_signature, in
     first bar; the song's score from then on."""
     n, d = time_signature or (4, 4)
     seconds = section.bars * n * 4 / d * 60.0 / tempo
-    (s,) = generate_samples(w.model, w.codec, num_samples=1, seconds=seconds, sampling=w.sampling,
+    sampling = replace(w.sampling, key=w.key_of(section.label))
+    (s,) = generate_samples(w.model, w.codec, num_samples=1, seconds=seconds, sampling=sampling,
                             instruments=instruments, tempo=tempo, device=w.device,
                             controls=w.controls_of(section.label), time_signature=time_signature, limits=w.limits,
                             chords=chart_of(w.charts, section.label))

@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -35,7 +35,7 @@ from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.harmony import need_chords
-from midigen.generate.sampling import DEFAULTS, Sampling
+from midigen.generate.sampling import DEFAULTS, KEY_WEIGHT, Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
 from midigen.fsutil import sha256_file
 from midigen.model.adapter import apply_live, is_adapter_dir
@@ -230,6 +230,7 @@ class Engine:
 
     def _form(self, req: dict, insts, controls, meter, sampling) -> list[tuple]:
         """A song with a form (``midigen.generate.form``); its notes come when it is done."""
+        sampling = replace(sampling, key_weight=KEY_WEIGHT)  # the key asked is held, as the command holds it
         song = write_form(self.model, self.codec, parse_form(req["form"]), sampling=sampling, tempo=req.get("tempo"),
                           time_signature=meter, instruments=insts or None, controls={"": controls},
                           vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req),
