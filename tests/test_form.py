@@ -310,7 +310,7 @@ def test_studio_writes_a_form_shows_its_sections_and_varies_one_with_undo(form_s
     status, job = call("POST", f"{base}/api/pieces/{pid}/generate",
                        {"form": "A:2 B:2 A:2", "seed": 5, "tempo": 100, "chords": "A: C G | B: Dm | Em"})
     assert status == 202, job
-    job, _, _ = wait_job(base, job)
+    job, streamed, _ = wait_job(base, job)
     assert job["status"] == "done", job
     v1 = job["versions"][0]
     piece = call("GET", f"{base}/api/pieces/{pid}")[1]
@@ -323,6 +323,13 @@ def test_studio_writes_a_form_shows_its_sections_and_varies_one_with_undo(form_s
     assert labels == ["A", "B", "A"]
     a1, b, a2 = roll["sections"]
     assert a1["start"] == 0 and a1["end"] == b["start"] and b["end"] == a2["start"] > 0
+    # the job streamed what it wrote: the first A sampled, then B by infill (a copy is not written)
+    onsets = [n[0] for n in streamed]
+    assert any(t < a1["end"] for t in onsets) and any(b["start"] <= t < b["end"] for t in onsets), onsets
+    written = Counter((round(n, 2), p) for t in roll["tracks"] for n, p in zip(t["start"], t["pitch"]))
+    inside = Counter((round(n[0], 2), n[2]) for n in streamed if n[0] < b["end"])
+    kept = sum((inside & written).values())  # the song's notes where the stream put them (the splice and
+    assert kept >= 0.5 * sum(inside.values()), (kept, inside)  # the meter the first section took may move a few)
     # make the second A like B (same length): a new version, B's onsets there but for the bar written anew
     status, job = call("POST", f"{base}/api/pieces/{pid}/like",
                        {"start_s": a2["start"], "end_s": a2["end"], "like_start_s": b["start"], "like_end_s": b["end"],

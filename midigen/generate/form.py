@@ -364,6 +364,7 @@ class _Writer:
     limits: NoteLimits | None
     controls: dict  # label -> control ids (a label not there: "")
     sections: list
+    listener: object = None  # the engine's listener (``midigen.generate.engine.Listener``): a studio streams notes
     charts: dict = field(default_factory=dict)  # label -> chord chart ("": every section's; ``parse_form_chords``)
     score: object = None
 
@@ -397,7 +398,7 @@ class _Writer:
                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, chord_weight=s.chord_weight,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
                                open_end=True, chords=self.chart_at(label, first_bar), key=self.key_of(label),
-                               key_weight=s.key_weight)
+                               key_weight=s.key_weight, listener=self.listener)
         self.score = edit.score
 
     def place(self, sections: list[Section], label: str, labels: set[str]) -> None:
@@ -424,8 +425,12 @@ def _anchor_score(w: _Writer, section: Section, tempo: float, time_signature, in
     n, d = time_signature or (4, 4)
     seconds = section.bars * n * 4 / d * 60.0 / tempo
     sampling = replace(w.sampling, key=w.key_of(section.label))
+    begin = getattr(w.listener, "begin", None)
+    if begin is not None:  # the anchor's tokens are read after this head, placed at its first bar
+        head = [w.codec.BOS, *(w.codec.inst_token(i) for i in instruments or ()), w.codec.tempo_token(tempo)]
+        begin(np.array(head if instruments else [w.codec.BOS], np.int64), (section.first_bar - 1) * seconds / section.bars)
     (s,) = generate_samples(w.model, w.codec, num_samples=1, seconds=seconds, sampling=sampling,
-                            instruments=instruments, tempo=tempo, device=w.device,
+                            instruments=instruments, tempo=tempo, device=w.device, listener=w.listener,
                             controls=w.controls_of(section.label), time_signature=time_signature, limits=w.limits,
                             chords=chart_of(w.charts, section.label))
     score = sample_score(w.codec, s)
@@ -465,14 +470,15 @@ def _mark(score, sections: list[Section]) -> None:
 def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampling | None = None,
                tempo: float | None = None, time_signature: tuple[int, int] | None = None, instruments=None,
                controls: dict | None = None, vary: float = VARY_SHARE, device=None,
-               limits: NoteLimits | None = None, charts: dict | None = None) -> FormSong:
+               limits: NoteLimits | None = None, charts: dict | None = None, listener=None) -> FormSong:
     """One song in the form ``sections`` (``parse_form``), written as ``plan_steps`` says.
 
     ``controls``: label -> control ids ("" for the whole song; a variation without its own uses its
     root's). ``charts``: label -> chord chart (``parse_form_chords``; "" for every section), forced on a
     chord (v4) model, each occurrence starting its chart again. ``tempo`` defaults to ``DEFAULT_TEMPO``;
     ``time_signature`` to the model's choice (4/4 under a chart). The same seed and arguments give the
-    same song."""
+    same song. ``listener`` hears every token the engine writes (the studio streams the notes: the first
+    section's after ``listener.begin``, the others chunk by chunk); copies are placed, not written."""
     if not 0 < vary <= 1:
         raise UsageError(f"the variation share must be in (0, 1], got {vary}")
     if not codec.has_controls:
@@ -480,7 +486,7 @@ def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampli
     sampling = sampling or Sampling()
     charts = dict(charts or {})
     need_chords(codec, next(iter(charts.values()), None))
-    w = _Writer(model, codec, sampling, device, limits, dict(controls or {}), sections, charts)
+    w = _Writer(model, codec, sampling, device, limits, dict(controls or {}), sections, listener, charts)
     steps = plan_steps(sections, vary, sampling.seed)
     song = FormSong(None, sections, steps, sampling.seed)
     firsts = {s.label: s for s in reversed(sections)}

@@ -216,7 +216,7 @@ class Engine:
         insts, tempo, sampling = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req)
         controls, meter = self.steering(req)
         if req.get("form"):
-            return self._form(req, insts, controls, meter, sampling)
+            return self._form(req, insts, controls, meter, sampling, progress)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
             head.append(self.codec.tempo_token(tempo))
@@ -228,13 +228,14 @@ class Engine:
         label = f"generated {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · {_pace(s, out)}"
         return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
 
-    def _form(self, req: dict, insts, controls, meter, sampling) -> list[tuple]:
-        """A song with a form (``midigen.generate.form``); its notes come when it is done."""
+    def _form(self, req: dict, insts, controls, meter, sampling, progress) -> list[tuple]:
+        """A song with a form (``midigen.generate.form``); its written notes stream as they come (the
+        copies of a section appear with the finished song)."""
         sampling = replace(sampling, key_weight=KEY_WEIGHT)  # the key asked is held, as the command holds it
         song = write_form(self.model, self.codec, parse_form(req["form"]), sampling=sampling, tempo=req.get("tempo"),
                           time_signature=meter, instruments=insts or None, controls={"": controls},
                           vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req),
-                          charts=self.form_charts(req))
+                          charts=self.form_charts(req), listener=progress)
         summary = form_summary(song)
         label = f"form {summary['form']}{_on_chords(req)} · {summary['bars']} bars · seed {sampling.seed}"
         return [(song.score, label, {**req, "seed": sampling.seed}, summary["warnings"])]
@@ -354,8 +355,10 @@ class Progress:
             raise Cancelled("generation cancelled")
 
     def chunk(self, start_step: int, song, targets) -> None:
-        """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``)."""
-        finished = self._chunk_notes(self.edit, self.tokens)
+        """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``);
+        a generation before it (a form's first section) keeps its notes."""
+        finished = (self._chunk_notes(self.edit, self.tokens) if self.edit is not None or self.head is None
+                    else stream_notes(self.codec, self.head, self.tokens, self.offset))
         tempo = self.edit[3] if self.edit is not None and self.edit[1] is song else TempoMap(song.score)
         with self._lock:
             self.done = self.done + finished
