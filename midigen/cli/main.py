@@ -251,7 +251,9 @@ def _chord_flags(s, edit: bool) -> None:
     where = "over the span, from the bar it starts in" if edit else "bar by bar from where the new music starts"
     g.add_argument("--chords", default=None, metavar="CHART",
                    help=f"a chord chart forced {where}, repeating to the end: 'C G Am F' (a bar each) or "
-                        "'C G | Am F | Dm7 G7 | C' (bars of several), or @chart.txt (default: "
+                        "'C G | Am F | Dm7 G7 | C' (bars of several), or @chart.txt"
+                        + ("" if edit else "; with --form one per section, 'A: C G Am F | B: F G C C', each "
+                           "occurrence starting its chart again") + " (default: "
                         + ("the song's own chords" if edit else "the model chooses") + ")")
     g.add_argument("--chords-from", default=None, metavar="SONG.mid",
                    help="the chords midigen detects in another song, beat by beat on its bars"
