@@ -2,6 +2,7 @@
 the sections, does a 3-minute song finish healthy, and how does it compare with left-to-right sampling.
 
     nice python benchmarks/form.py --ckpt out/demo/model/best [--songs 16] [--threads 2] [--key "C major"]
+                                   [--key-weight W]
 
 Bar features: a pitch-class histogram (duration-weighted, drums left out) and an onset pattern (onsets
 per sixteenth of the bar, drums included); the similarity of two bars is the mean of the two cosines
@@ -18,7 +19,10 @@ per sixteenth of the bar, drums included); the similarity of two bars is the mea
    model's context) over each section's first and last bar, against its inner bars (target <= 1.10x),
    and the same bars of the plain samples for reference.
 3. A 3-minute song (90 bars at 120 BPM in 4/4): seconds on ``--threads`` threads, split into first
-   occurrence / infill / seams, its warnings, the key asked and the key its notes have.
+   occurrence / infill / seams, its warnings, the key asked and the key its notes have. Key held: over
+   the ``A:8 B:8 A:8 B:8`` songs (written with ``--key-weight``, default the command's) and the plain
+   samples (the model alone), the share whose notes have the key asked (Krumhansl profile), the share
+   with its scale (the key or its relative), and the share of pitched note-time in its scale.
 4. Against left to right: the share of 8-bar stretches that return (mean bar similarity >= 0.8 with an
    earlier stretch that does not overlap it) in the 3-minute song and in a 3-minute plain sample.
 
@@ -44,9 +48,10 @@ from midigen.data.keys import estimate_key  # noqa: E402
 from midigen.generate.controls import resolve  # noqa: E402
 from midigen.generate.form import form_summary, parse_form, write_form  # noqa: E402
 from midigen.generate.sample import generate_samples, sample_score  # noqa: E402
-from midigen.generate.sampling import Sampling  # noqa: E402
+from midigen.generate.grammar import scale_tone_table  # noqa: E402
+from midigen.generate.sampling import KEY_WEIGHT, Sampling  # noqa: E402
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint  # noqa: E402
-from midigen.music.codec import key_name  # noqa: E402
+from midigen.music.codec import key_name, parse_key  # noqa: E402
 from midigen.music.timing import bar_tick  # noqa: E402
 
 RETURN_SIMILARITY = 0.8
@@ -171,28 +176,47 @@ def exact_repeats(song) -> tuple[int, int]:
     return good, total
 
 
-def form_held(model, codec, songs: int, controls, limits, rows: list) -> None:
+def key_stats(score, bars: int, key: int) -> tuple[bool, bool, float]:
+    """(the notes' key is ``key``, their key has ``key``'s scale (it or its relative), the share of
+    pitched note-time in ``key``'s scale)."""
+    hist = bar_features(score, bars)[0].sum(0)
+    found = estimate_key(hist)
+    scale = 1.0 - scale_tone_table()[key, :12]
+    relative = (key + 9) % 12 + 12 if key < 12 else (key + 3) % 12
+    share = float((hist * scale).sum() / hist.sum()) if hist.sum() else 0.0
+    return found == key, found in (key, relative), share
+
+
+def _key_row(name: str, stats: list) -> dict:
+    return {"songs": name, "key_asked": sum(a for a, _, _ in stats) / len(stats),
+            "key_or_relative": sum(b for _, b, _ in stats) / len(stats),
+            "in_scale_note_time": round(float(np.mean([c for _, _, c in stats])), 3)}
+
+
+def form_held(model, codec, songs: int, controls, limits, rows: list, key: int, key_weight: float) -> None:
     sims_var, sims_ab, sims_plain, good, total = [], [], [], 0, 0
-    seam_r, plain_r = [], []
+    seam_r, plain_r, keys_form, keys_plain = [], [], [], []
     edge = [b for s in (0, 8, 16, 24) for b in (s, s + 7)]
     inner = [b for b in range(32) if b not in edge]
     for seed in range(songs):
-        song = write_form(model, codec, parse_form("A:8 B:8 A:8 B:8"), sampling=Sampling(seed=seed),
-                          controls={"": controls}, limits=limits)
+        song = write_form(model, codec, parse_form("A:8 B:8 A:8 B:8"),
+                          sampling=Sampling(seed=seed, key_weight=key_weight), controls={"": controls}, limits=limits)
+        keys_form.append(key_stats(song.score, 32, key))
         g, t = exact_repeats(song)
         good, total = good + g, total + t
         f = bar_features(song.score, 32)
         sims_ab.append(similarity(f, np.arange(8), np.arange(8, 16)).mean())
         bits, notes = bits_by_bar(model, codec, song.score, 32)
         seam_r.append((bits, notes))
-        varied = write_form(model, codec, parse_form("A:8 B:8 A':8 B:8"), sampling=Sampling(seed=seed),
-                            controls={"": controls}, limits=limits)
+        varied = write_form(model, codec, parse_form("A:8 B:8 A':8 B:8"),
+                            sampling=Sampling(seed=seed, key_weight=key_weight), controls={"": controls}, limits=limits)
         sims_var.append(similarity(bar_features(varied.score, 32), np.arange(16, 24), np.arange(8)).mean())
         seconds = float(form_summary(song)["seconds"])
         (s,) = generate_samples(model, codec, seconds=seconds, sampling=Sampling(seed=seed), tempo=120.0,
                                 controls=controls, limits=limits)
         plain = sample_score(codec, s)
         fp = bar_features(plain, 32)
+        keys_plain.append(key_stats(plain, 32, key))
         sims_plain.append(similarity(fp, np.arange(8, 24), np.arange(16, 32)).mean())
         plain_r.append(bits_by_bar(model, codec, plain, 32))
     ratio = lambda rs: _ratio(sum(b for b, _ in rs), sum(n for _, n in rs), edge, inner)  # noqa: E731
@@ -202,13 +226,15 @@ def form_held(model, codec, songs: int, controls, limits, rows: list) -> None:
                  "plain_8_bars_apart_similarity": round(float(np.mean(sims_plain)), 3)})
     rows.append({"measure": "seams", "form_edge_over_inner_bits_per_note": round(ratio(seam_r), 3),
                  "plain_same_bars_edge_over_inner": round(ratio(plain_r), 3), "target": "<= 1.10"})
+    rows.append({"measure": "key held", "key": key_name(key), "key_weight": key_weight,
+                 "form": _key_row("A:8 B:8 A:8 B:8", keys_form), "plain": _key_row("plain samples", keys_plain)})
 
 
-def long_song(model, codec, controls, key, limits, rows: list) -> None:
+def long_song(model, codec, controls, key, limits, rows: list, key_weight: float) -> None:
     sections = parse_form(LONG_FORM)
     t0 = time.perf_counter()
-    song = write_form(model, codec, sections, sampling=Sampling(seed=1), tempo=120.0, time_signature=(4, 4),
-                      controls={"": controls}, limits=limits)
+    song = write_form(model, codec, sections, sampling=Sampling(seed=1, key_weight=key_weight), tempo=120.0,
+                      time_signature=(4, 4), controls={"": controls}, limits=limits)
     took = time.perf_counter() - t0
     summary = form_summary(song)
     found = estimate_key(bar_features(song.score, 90)[0].sum(0))
@@ -233,14 +259,15 @@ def main() -> None:
     p.add_argument("--songs", type=int, default=16)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--key", default="C major")
+    p.add_argument("--key-weight", type=float, default=KEY_WEIGHT)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, codec, config = load_checkpoint(a.ckpt, "cpu")
     controls, _ = resolve(capabilities(config, codec), codec, key=a.key)
     limits = checkpoint_limits(config)
     rows: list = []
-    form_held(model, codec, a.songs, controls, limits, rows)
-    long_song(model, codec, controls, a.key, limits, rows)
+    form_held(model, codec, a.songs, controls, limits, rows, parse_key(a.key), a.key_weight)
+    long_song(model, codec, controls, a.key, limits, rows, a.key_weight)
     for r in rows:
         print(json.dumps(r), flush=True)
 

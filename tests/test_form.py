@@ -77,6 +77,16 @@ def _mido_bar_notes(data: bytes, bar_ticks, first: int, last: int) -> Counter:
     return Counter({(p, c, pitch, on - lo, d, v): k for (p, c, pitch, on, d, v), k in notes.items() if lo <= on < hi})
 
 
+def _mido_markers(data: bytes) -> list[tuple[str, int]]:
+    """(text, tick) of every marker meta event as mido reads the file."""
+    tick, marks = 0, []
+    for msg in mido.merge_tracks(mido.MidiFile(file=BytesIO(data)).tracks):
+        tick += msg.time
+        if msg.type == "marker":
+            marks.append((msg.text, tick))
+    return marks
+
+
 @pytest.fixture(scope="module")
 def form_song(edit_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("form")
@@ -93,13 +103,9 @@ def test_form_song_has_a_marker_at_each_sections_first_bar(form_song):
     score = symusic.Score.from_midi(data)
     bar = score.ticks_per_quarter * 4 * score.time_signatures[0].numerator // score.time_signatures[0].denominator
     want = [(r["label"], (r["bars"][0] - 1) * bar) for r in line["sections"]] + [("end", 18 * bar)]
-    assert [(m.text, m.time) for m in score.markers] == want
-    tick, marks = 0, []
-    for msg in mido.merge_tracks(mido.MidiFile(file=BytesIO(data)).tracks):
-        tick += msg.time
-        if msg.type == "marker":
-            marks.append((msg.text, tick))
-    assert marks == want
+    sections = lambda marks: [m for m in marks if not m[0].startswith("Chord ")]  # noqa: E731  (v4: chords too)
+    assert sections([(m.text, m.time) for m in score.markers]) == want
+    assert sections(_mido_markers(data)) == want
     assert line["bars"] == 18 and line["seconds"] == pytest.approx(18 * bar / score.ticks_per_quarter * 0.6)
 
 
@@ -165,6 +171,58 @@ def test_same_seed_same_song(form_song, edit_run, tmp_path):
 ])
 def test_cli_refuses_bad_forms(edit_run, tmp_path, args, says):
     r = midigen("sample", "--ckpt", edit_run, "--out", tmp_path, *args)
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and says in err[0], r.stderr
+
+
+# ----- a form on chords (a chord-token, v4 model) ---------------------------------------------------------
+
+
+def _chords_by_quarter(data: bytes) -> list[tuple[int, str]]:
+    """(quarter, chord name) of the chord symbols in the file, as symusic reads them and mido agrees."""
+    score = symusic.Score.from_midi(data)
+    tpq = score.ticks_per_quarter
+    marks = [(m.text, m.time) for m in score.markers]
+    assert marks == _mido_markers(data)
+    return [(t // tpq, text.removeprefix("Chord ")) for text, t in marks if text.startswith("Chord ")]
+
+
+def _form_on(edit_run, out, form, chords):
+    r = midigen("sample", "--ckpt", edit_run, "--form", form, "--chords", chords, "--seed", "4", "--tempo", "120",
+                "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    line = json.loads(next(x for x in r.stdout.splitlines() if x.startswith("{")))
+    return line, Path(line["midi"]).read_bytes()
+
+
+def test_each_section_plays_its_own_chart_every_time_it_comes(edit_run, tmp_path):
+    """``--chords "A: ... | B: ..."``: every occurrence starts its section's chart at its first bar (4/4
+    under a chart), the seam bar rewritten on a repeat plays its bar of the chart, and the file carries
+    the symbols."""
+    line, data = _form_on(edit_run, tmp_path, "A:2 B:2 A:2 B:2", "A: C G | Am F | B: Dm G7")
+    assert line["seam_bars"] == [8]  # the last B leads into the end, the first one into A
+    a = [(0, "C"), (2, "G"), (4, "Am"), (6, "F")]
+    b = [(8, "Dm"), (12, "G7")]
+    shift = lambda marks, q: [(t + q, c) for t, c in marks]  # noqa: E731
+    assert _chords_by_quarter(data) == a + b + shift(a, 16) + shift(b, 16)
+    assert symusic.Score.from_midi(data).time_signatures[0].numerator == 4
+
+
+def test_a_chart_without_labels_starts_again_in_every_section(edit_run, tmp_path):
+    _, data = _form_on(edit_run, tmp_path, "A:3 B:2", "C Am F G")
+    assert _chords_by_quarter(data) == [(0, "C"), (4, "Am"), (8, "F"), (12, "C"), (16, "Am")]
+
+
+@pytest.mark.parametrize("chords, says", [
+    ("A: C G | C: F", "names section C, which the form does not have"),
+    ("A: C Hm7", "bad chord 'Hm7'"),
+    ("F G A: C", "before any section label"),
+    ("A: C | A: F", "twice"),
+    ("A: | B: F", "no chords"),
+])
+def test_bad_section_charts_are_one_line_usage_errors(edit_run, tmp_path, chords, says):
+    r = midigen("sample", "--ckpt", edit_run, "--form", "A:2 B:2", "--chords", chords, "--out", tmp_path)
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and says in err[0], r.stderr
@@ -249,17 +307,29 @@ def test_studio_writes_a_form_shows_its_sections_and_varies_one_with_undo(form_s
     status, piece = call("POST", f"{base}/api/pieces", {"name": "form"})
     assert status == 201, piece
     pid = piece["id"]
-    status, job = call("POST", f"{base}/api/pieces/{pid}/generate", {"form": "A:2 B:2 A:2", "seed": 5, "tempo": 100})
+    status, job = call("POST", f"{base}/api/pieces/{pid}/generate",
+                       {"form": "A:2 B:2 A:2", "seed": 5, "tempo": 100, "chords": "A: C G | B: Dm | Em"})
     assert status == 202, job
-    job, _, _ = wait_job(base, job)
+    job, streamed, _ = wait_job(base, job)
     assert job["status"] == "done", job
     v1 = job["versions"][0]
+    piece = call("GET", f"{base}/api/pieces/{pid}")[1]
+    assert "A: C G | B: Dm | Em" in next(v for v in piece["versions"] if v["id"] == v1)["label"]
+    status, err = call("POST", f"{base}/api/pieces/{pid}/generate", {"form": "A:2", "chords": "B: C"})
+    assert status == 400 and "section B" in err["detail"], (status, err)
     status, roll = call("GET", f"{base}/api/pieces/{pid}/versions/{v1}/roll")
     assert status == 200
     labels = [s["label"] for s in roll["sections"]]
     assert labels == ["A", "B", "A"]
     a1, b, a2 = roll["sections"]
     assert a1["start"] == 0 and a1["end"] == b["start"] and b["end"] == a2["start"] > 0
+    # the job streamed what it wrote: the first A sampled, then B by infill (a copy is not written)
+    onsets = [n[0] for n in streamed]
+    assert any(t < a1["end"] for t in onsets) and any(b["start"] <= t < b["end"] for t in onsets), onsets
+    written = Counter((round(n, 2), p) for t in roll["tracks"] for n, p in zip(t["start"], t["pitch"]))
+    inside = Counter((round(n[0], 2), n[2]) for n in streamed if n[0] < b["end"])
+    kept = sum((inside & written).values())  # the song's notes where the stream put them (the splice and
+    assert kept >= 0.5 * sum(inside.values()), (kept, inside)  # the meter the first section took may move a few)
     # make the second A like B (same length): a new version, B's onsets there but for the bar written anew
     status, job = call("POST", f"{base}/api/pieces/{pid}/like",
                        {"start_s": a2["start"], "end_s": a2["end"], "like_start_s": b["start"], "like_end_s": b["end"],

@@ -58,7 +58,8 @@ def test_a_form_from_the_page_its_bands_and_the_section_actions_with_undo(edit_p
     v1, v2, v3, _ = piece["versions"]
     api = f"{base}/api/pieces/{pid}/versions"
     one, two = (symusic.Score.from_midi(call("GET", f"{api}/{v['id']}/midi")[1]) for v in (v1, v2))
-    kept = [(m.text, m.time) for m in one.markers]  # the sections stay named (a chord model adds its chords)
+    # the sections stay named (the chord symbols of a chord model's song may change where it was rewritten)
+    kept = [(m.text, m.time) for m in one.markers if not m.text.startswith("Chord ")]
     assert [x for x in ((m.text, m.time) for m in two.markers) if x in kept] == kept
     b0, b1 = v2["params"]["like_start_s"], v2["params"]["like_end_s"]
     assert (b0, b1) == (piece_sections(base, pid, v1["id"])[1])  # the second A was made like B

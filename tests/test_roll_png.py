@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 
 from midigen.music.chordtext import parse_chords
 from midigen.music.timing import tick_at_seconds
-from midigen.generate.render import bar_spans, detected_bar_chords, piano_roll_figure, write_piano_roll
+from midigen.generate.render import bar_spans, detected_bar_chords, piano_roll_figure, section_bands, write_piano_roll
 
 
 def _two_piano_tracks() -> symusic.Score:
@@ -147,3 +147,26 @@ def test_sample_with_chords_draws_the_chart_it_was_asked_for(edit_run, tmp_path)
                              chords=parse_chords("C Am | F G"))
     heard = write_piano_roll(score, tmp_path / "heard.png", title="midigen sample 0 (seed 5)")
     assert png.read_bytes() == again.read_bytes() != heard.read_bytes()
+
+
+def test_section_bands_name_each_section_inside_the_roll(fiddle_tune, tmp_path):
+    """A form's bands carry their labels where a reader sees them: each at its section's start, drawn
+    inside the roll's axes (not under the chord lane above it), on top of the notes; and the PNG's
+    pixels there change when the labels are drawn."""
+    sections = [(0.0, 4.0, "intro"), (4.0, 12.0, "A"), (12.0, 20.0, "B"), (20.0, 28.0, "A")]
+    fig = piano_roll_figure(fiddle_tune, "t")
+    labels = section_bands(fig.axes[0], sections)
+    assert [t.get_text() for t in labels] == ["intro", "A", "B", "A"]
+    assert [t.get_position()[0] for t in labels] == [0.0, 4.0, 12.0, 20.0]
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    roll, lane = (a.get_window_extent(canvas.get_renderer()) for a in fig.axes[:2])
+    for t in labels:
+        box = t.get_window_extent(canvas.get_renderer())
+        assert roll.x0 <= box.x0 and box.x1 <= roll.x1 and roll.y0 <= box.y0 and box.y1 <= roll.y1 < lane.y0
+        assert t.get_zorder() > max(p.get_zorder() for p in _bars(fig))
+    plain = write_piano_roll(fiddle_tune, tmp_path / "plain.png")
+    banded = write_piano_roll(fiddle_tune, tmp_path / "bands.png", sections=sections)
+    a, b = mpimg.imread(plain), mpimg.imread(banded)
+    top = int(a.shape[0] * (1 - roll.y1 / fig.bbox.height)) + 2  # the roll's top rows, where labels sit
+    assert np.abs(a[top : top + 12] - b[top : top + 12]).sum() > 0

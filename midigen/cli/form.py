@@ -11,10 +11,11 @@ from midigen.device import best_device
 from midigen.errors import UsageError
 from midigen.fsutil import atomic_write_bytes
 from midigen.generate.controls import resolve
-from midigen.generate.form import (VARY_SHARE, form_summary, parse_form, parse_section_controls, section_bands,
-                                   write_form)
+from midigen.generate.form import (VARY_SHARE, form_summary, parse_form, parse_form_chords, parse_section_controls,
+                                   section_bands, write_form)
+from midigen.generate.harmony import need_chords
 from midigen.generate.render import find_soundfont, play, write_piano_roll
-from midigen.generate.sampling import Sampling
+from midigen.generate.sampling import KEY_WEIGHT, Sampling
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
 
@@ -22,19 +23,32 @@ from midigen.model.checkpoint import capabilities, checkpoint_limits, load_check
 def check_form_flags(a) -> list:
     """The form's sections; refuses the flags a form cannot take, and --vary/--section without --form."""
     if a.form is None:
-        if a.vary is not None or a.section:
-            raise UsageError("--vary and --section need --form")
+        if a.vary is not None or a.section or getattr(a, "key_weight", None) is not None:
+            raise UsageError("--vary, --section and --key-weight need --form")
         return []
     for flag, value in (("--prompt", a.prompt), ("--seconds", a.seconds), ("--max-tokens", a.max_tokens),
                         ("--free-tempo", a.free_tempo or None)):
         if value is not None:
             raise UsageError(f"--form sets the song's length and writes it from nothing: it takes no {flag}")
-    for flag in ("chords", "chords_from", "free_chords"):
-        if getattr(a, flag, None):
-            raise UsageError(f"--form takes no --{flag.replace('_', '-')} yet (per-section chords are still to come)")
+    if getattr(a, "chords_from", None):
+        raise UsageError("--form takes --chords (a chart, or one per section: 'A: C G Am F | B: F G C C'), "
+                         "not --chords-from")
     if a.vary is not None and not 0 < a.vary <= 1:
         raise UsageError(f"--vary must be in (0, 1], got {a.vary}")
     return parse_form(a.form)
+
+
+def form_charts(a, sections) -> dict:
+    """--chords with --form (its text, or ``@FILE``'s) -> label -> chart (``parse_form_chords``)."""
+    text = getattr(a, "chords", None)
+    if text is None:
+        return {}
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UsageError(f"cannot read chord chart {text[1:]}: {getattr(e, 'strerror', None) or e}") from None
+    return parse_form_chords(text, sections)
 
 
 def _section_controls(a, caps: dict, codec, sections, whole: list[int]) -> dict:
@@ -54,6 +68,7 @@ def _section_controls(a, caps: dict, codec, sections, whole: list[int]) -> dict:
 def sample_form(a) -> None:
     """``midigen sample --form``: ``--num-samples`` songs, seeds ``--seed``, ``--seed`` + 1, ..."""
     sections = check_form_flags(a)
+    charts = form_charts(a, sections)
     sampling = sampling_flags(a)
     if a.tempo is not None and not 16 <= a.tempo <= 512:
         raise UsageError(f"--tempo must be within 16..512 BPM, got {a.tempo}")
@@ -64,6 +79,7 @@ def sample_form(a) -> None:
     device = best_device(a.device)
     model, codec, config = load_checkpoint(a.ckpt, device, precision=a.precision)
     caps = capabilities(config, codec)
+    need_chords(codec, next(iter(charts.values()), None))
     if not caps["can_edit"]:
         raise UsageError(f"checkpoint {a.ckpt} was trained without the editing objective: it cannot write a form")
     instruments = instruments_flag(a.instruments, caps["instruments"], "--instruments")
@@ -82,10 +98,13 @@ def sample_form(a) -> None:
     try:
         for i in range(a.num_samples):
             s = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                         repetition_penalty=sampling.repetition_penalty, seed=sampling.seed + i)
+                         repetition_penalty=sampling.repetition_penalty, seed=sampling.seed + i,
+                         chord_weight=sampling.chord_weight,
+                         key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight)
             song = write_form(model, codec, sections, sampling=s, tempo=a.tempo, time_signature=time_signature,
                               instruments=instruments, controls=controls,
-                              vary=VARY_SHARE if a.vary is None else a.vary, device=device, limits=limits)
+                              vary=VARY_SHARE if a.vary is None else a.vary, device=device, limits=limits,
+                              charts=charts)
             wavs += _write_song(a, out / f"{stamp}-{i}", song, i, renderer)
     finally:
         if renderer is not None:

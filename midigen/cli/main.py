@@ -12,7 +12,7 @@ import sys
 from midigen import __version__
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.sampling import CHORD_WEIGHT, MAX_CHORD_WEIGHT, RETRIES, TOP_P
+from midigen.generate.sampling import CHORD_WEIGHT, KEY_WEIGHT, MAX_CHORD_WEIGHT, RETRIES, TOP_P
 
 
 def _checked(convert, what: str, ok, bound: str):
@@ -251,7 +251,9 @@ def _chord_flags(s, edit: bool) -> None:
     where = "over the span, from the bar it starts in" if edit else "bar by bar from where the new music starts"
     g.add_argument("--chords", default=None, metavar="CHART",
                    help=f"a chord chart forced {where}, repeating to the end: 'C G Am F' (a bar each) or "
-                        "'C G | Am F | Dm7 G7 | C' (bars of several), or @chart.txt (default: "
+                        "'C G | Am F | Dm7 G7 | C' (bars of several), or @chart.txt"
+                        + ("" if edit else "; with --form one per section, 'A: C G Am F | B: F G C C', each "
+                           "occurrence starting its chart again") + " (default: "
                         + ("the song's own chords" if edit else "the model chooses") + ")")
     g.add_argument("--chords-from", default=None, metavar="SONG.mid",
                    help="the chords midigen detects in another song, beat by beat on its bars"
@@ -403,6 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--section", default=None, action="append", metavar="LABEL:NAME=VALUE,...",
                    help="with --form: controls for one section, e.g. 'B:density=high,key=E minor' (repeatable; "
                         "default: the song's --style/--key/--density everywhere)")
+    g.add_argument("--key-weight", type=_chord_weight, default=None, metavar="W",
+                   help=f"with --form under a key (--key, or a --section's key=): W nats less for a note outside "
+                        f"the key's scale, so the song stays in the key asked (default {KEY_WEIGHT:g}; 0 leaves "
+                        "the model alone)")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",

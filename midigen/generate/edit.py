@@ -43,7 +43,7 @@ from midigen.generate.harmony import chart_changes, need_chords
 from midigen.music.chordtext import add_chord_markers
 from midigen.music.sequences import (CHORD_ORDER, NOTE_ORDER, EditTask, Units, chord_units, chords_at, edit_prompt,
                                      song_units, span_chords)
-from midigen.music.timing import BeatGrid, beat_grid, first_tick_at, seconds_at_tick
+from midigen.music.timing import BeatGrid, first_tick_at, meter_beat_grid, meters, notes_end_tick, seconds_at_tick
 
 CHUNK_QUARTERS = 16  # the longest span the editing objective trains on
 WRITTEN_SHARE = 0.5  # share of the context reserved for a chunk's written part
@@ -284,9 +284,11 @@ def _notes_from_units(codec: Codec, song: Song, units: Units) -> dict:
     }
 
 
-def song_beats(song: Song) -> BeatGrid:
-    """The user's score's beats (its own meters), in the song's steps."""
-    g = beat_grid(song.score)
+def song_beats(song: Song, until: int = 0) -> BeatGrid:
+    """The user's score's beats (its own meters), in the song's steps, to its last note's end or step
+    ``until`` if later (a span may reach past the last note: ``infill_edits(open_end=True)``)."""
+    end = max(notes_end_tick(song.score), int(song.tick_of(until)))
+    g = meter_beat_grid(song.tpq, meters(song.score), end)
     steps = lambda ticks: song.step_of(np.round(ticks).astype(np.int64))  # noqa: E731
     return BeatGrid(steps(g.starts), steps(g.ends), g.bars, g.beats)
 
@@ -302,7 +304,7 @@ def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, c
     resume = span_chords(context, end, end + 1)
     out = [context.select(~(is_chord & (context.time >= start) & (context.time <= end))), resume]
     if chart is not None:
-        steps, ids = chart_changes(chart, song_beats(song), start, end)
+        steps, ids = chart_changes(chart, song_beats(song, end), start, end)
         out.append(chords_at(steps, codec.chord_start + ids))
     return Units.concat(out)
 
@@ -337,10 +339,12 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
 # ----- the two tasks --------------------------------------------------------------------------------
 
 
-def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0) -> Decoder:
+def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0, key=None,
+             key_weight=0.0) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight)
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight,
+                        key=key, key_weight=key_weight)
     return Decoder(model, codec, sampling, device=device, listener=listener)
 
 
@@ -391,13 +395,14 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, chord_weight=0.0,
                  controls=None, device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
                  known_instruments=None, chords=None, free_chords: bool = False,
-                 open_end: bool = False) -> list[Edit]:
+                 open_end: bool = False, key: int | None = None, key_weight: float = 0.0) -> list[Edit]:
     """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
     ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
     note, up to the score's last event (a song with a form writes its sections there:
-    ``midigen.generate.form``)."""
+    ``midigen.generate.form``). ``key``, ``key_weight``: notes outside the key's scale held back
+    (``Sampling.key_weight``)."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight)
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight, key, key_weight)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")

@@ -268,6 +268,7 @@ class Decoder:
         self.temperature, self.top_k, self.top_p = sampling.temperature, sampling.top_k, sampling.top_p
         self.penalty = sampling.repetition_penalty
         self.chord_weight = sampling.chord_weight
+        self.key, self.key_weight = sampling.key, sampling.key_weight
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
@@ -360,7 +361,7 @@ class Decoder:
         mask, counts, ids = grammar.step_mask()
         width = counts.cpu().numpy()
         ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
-        lift, stale = None, True  # the chord weight's lift of the chord tones, kept until a CHORD is written
+        bias, stale = None, True  # the chord and key weights' bias (``Grammar.tone_bias``), kept until a CHORD is written
         chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
         done = np.zeros(B, bool)
         wide = wide_float(self.device)
@@ -375,11 +376,10 @@ class Decoder:
                     fed = L
                 if self.penalty != 1.0:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
-                if stale:  # the chord in force may have changed: the lift of its tones again
-                    tones = grammar.chord_tones() if self.chord_weight else None
-                    lift, stale = (None if tones is None else self.chord_weight * tones), False
-                if lift is not None:
-                    logits = logits + lift
+                if stale:  # the chord in force may have changed: the harmony's bias again
+                    bias, stale = grammar.tone_bias(self.chord_weight, self.key_weight, self.key), False
+                if bias is not None:
+                    logits = logits + bias
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, most,
                            None if ids is None else (ids, counts))
             mask, counts, ids, width, ahead, host = self._next_step(grammar, tok, dev_seq, L, cpu)

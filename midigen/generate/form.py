@@ -27,17 +27,18 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import symusic
 
 from midigen.errors import UsageError
 from midigen.generate.edit import Edit, infill_edits
+from midigen.generate.harmony import need_chords
 from midigen.generate.sample import find_problems, generate_samples, Sample, sample_score
 from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, TYPES, splice
-from midigen.music.chordtext import marker_chord
+from midigen.music.chordtext import marker_chord, parse_chords
 from midigen.music.codec import Codec, score_instruments, track_instrument
 from midigen.music.ranges import NoteLimits
 from midigen.music.timing import bar_tick, meters, seconds_at_tick
@@ -131,6 +132,56 @@ def parse_section_controls(text: str) -> tuple[str, dict[str, str]]:
         else:
             raise UsageError(f"bad --section {text!r}: {piece.strip()!r} is not style=, key= or density=")
     return label.strip(), out
+
+
+_CHART_LABEL = re.compile(r"(?:^|(?<=[\s|]))([A-Za-z][A-Za-z0-9_-]*'*)\s*:")
+
+
+def parse_form_chords(text: str, sections: list[Section]) -> dict:
+    """``--chords`` with ``--form`` -> label -> chart (``midigen.music.chordtext.parse_chords``).
+
+    ``"A: C G Am F | B: F G C C"`` gives each named section its own chart (the ``|`` before a label
+    only separates; inside a section's text ``|`` marks bars as in any chart); a section without one
+    keeps the chords the model hears (as with no chart). A chart without labels, ``"C Am F G"``, is every
+    section's (key ""). Each occurrence of a section starts its chart again at its first bar."""
+    parts = _CHART_LABEL.split(str(text))
+    if len(parts) == 1:
+        return {"": parse_chords(text)}
+    if parts[0].strip(" \t\r\n|"):
+        raise UsageError(f"chords {parts[0].strip()!r} come before any section label: give LABEL: CHORDS, "
+                         "like 'A: C G Am F | B: F G C C'")
+    labels = {s.label for s in sections}
+    out: dict = {}
+    for label, chart in zip(parts[1::2], parts[2::2]):
+        if label not in labels:
+            raise UsageError(f"--chords names section {label}, which the form does not have "
+                             f"(it has {', '.join(sorted(labels))})")
+        if label in out:
+            raise UsageError(f"--chords gives section {label} twice")
+        chart = chart.strip(" \t\r\n|")
+        if not chart:
+            raise UsageError(f"--chords gives section {label} no chords")
+        out[label] = parse_chords(chart)
+    return out
+
+
+def chart_of(charts: dict, label: str) -> list | None:
+    """The chart a section plays: its own, else the one of the section it varies (``A'`` -> ``A``), else
+    the whole song's; None for none."""
+    while label:
+        if label in charts:
+            return charts[label]
+        label = label[:-1] if label.endswith("'") else ""
+    return charts.get("")
+
+
+def chart_from_bar(chart: list | None, bar: int) -> list | None:
+    """``chart`` turned so that its bar ``bar`` (from 0, repeating) comes first: what a span starting
+    that many bars into its section plays."""
+    if chart is None:
+        return None
+    k = bar % len(chart)
+    return chart[k:] + chart[:k]
 
 
 # ----- what is written, and when ---------------------------------------------------------------------
@@ -247,6 +298,28 @@ def cut_at(score, lo: int, hi: int) -> None:
         t.notes = symusic.core.NoteTickList.from_numpy(*(a[f].astype(y) for f, y in zip(FIELDS, TYPES)))
 
 
+def _is_chord_mark(m) -> bool:
+    return marker_chord(str(m.text)) is not None
+
+
+def drop_chord_marks(score, lo: int, hi: int) -> None:
+    """Remove the chord symbols (``Chord NAME`` markers) in ``[lo, hi)`` from ``score`` in place."""
+    score.markers = [m for m in score.markers if not (_is_chord_mark(m) and lo <= int(m.time) < hi)]
+
+
+def copy_chord_marks(score, source: tuple[int, int], target_start: int) -> None:
+    """The chord symbols of ``source`` (ticks) put at the same places from ``target_start`` on, in place
+    of the ones there: a copied section carries its chords."""
+    lo, hi = source
+    if lo == target_start:
+        return
+    marks = [(int(m.time) - lo + target_start, str(m.text)) for m in score.markers
+             if _is_chord_mark(m) and lo <= int(m.time) < hi]
+    drop_chord_marks(score, target_start, target_start + hi - lo)
+    score.markers.extend(symusic.core.TextMetaTick(t, text) for t, text in marks)
+    score.markers.sort(key=lambda m: m.time)
+
+
 def copy_span(score, source: tuple[int, int], target_start: int, instruments=None) -> tuple[object, int, int]:
     """``score`` (changed in place) with the notes starting in ``source`` (ticks) copied to start at
     ``target_start`` through the one splice, after the notes of ``instruments`` (or all) starting in the
@@ -290,6 +363,9 @@ class _Writer:
     device: object
     limits: NoteLimits | None
     controls: dict  # label -> control ids (a label not there: "")
+    sections: list
+    listener: object = None  # the engine's listener (``midigen.generate.engine.Listener``): a studio streams notes
+    charts: dict = field(default_factory=dict)  # label -> chord chart ("": every section's; ``parse_form_chords``)
     score: object = None
 
     def seed(self, k: int) -> int:
@@ -299,15 +375,30 @@ class _Writer:
     def controls_of(self, label: str) -> list[int]:
         return list(self.controls.get(label, self.controls.get(label.rstrip("'"), self.controls.get("", ()))))
 
+    def key_of(self, label: str) -> int | None:
+        """The key ``label``'s controls ask for (0..23), which the key weight holds it to; None for none."""
+        c = self.codec
+        keys = [t - c.key_start for t in self.controls_of(label) if c.has_controls and 0 <= t - c.key_start < 24]
+        return keys[0] if keys else None
+
+    def chart_at(self, label: str, first_bar: int) -> list | None:
+        """The chart a span of ``label`` starting at song bar ``first_bar`` plays: its section's chart
+        from the bar the span is into the occurrence that holds it."""
+        held = next(s for s in self.sections if s.first_bar <= first_bar <= s.last_bar)
+        return chart_from_bar(chart_of(self.charts, label), first_bar - held.first_bar)
+
     def rewrite(self, k: int, label: str, first_bar: int, last_bar: int) -> None:
-        """Bars ``first_bar..last_bar`` written again by infill, both sides known."""
+        """Bars ``first_bar..last_bar`` written again by infill, both sides known, on their section's
+        chart if it has one."""
         lo, hi = _range_ticks(self.score, first_bar, last_bar)
         start, end = (float(x) for x in seconds_at_tick(self.score, [lo, hi]))
         s = self.sampling
+        drop_chord_marks(self.score, lo, hi)  # the span's chords are written again with its notes
         (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, seed=self.seed(k),
                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, chord_weight=s.chord_weight,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
-                               open_end=True)
+                               open_end=True, chords=self.chart_at(label, first_bar), key=self.key_of(label),
+                               key_weight=s.key_weight, listener=self.listener)
         self.score = edit.score
 
     def place(self, sections: list[Section], label: str, labels: set[str]) -> None:
@@ -319,6 +410,7 @@ class _Writer:
         for s in sections:
             if s.label in labels and s is not src:
                 self.score, _, _ = copy_span(self.score, (lo, hi), bar_tick(self.score, s.first_bar))
+                copy_chord_marks(self.score, (lo, hi), bar_tick(self.score, s.first_bar))
 
 
 def _family(sections: list[Section], label: str) -> set[str]:
@@ -332,19 +424,26 @@ def _anchor_score(w: _Writer, section: Section, tempo: float, time_signature, in
     first bar; the song's score from then on."""
     n, d = time_signature or (4, 4)
     seconds = section.bars * n * 4 / d * 60.0 / tempo
-    (s,) = generate_samples(w.model, w.codec, num_samples=1, seconds=seconds, sampling=w.sampling,
-                            instruments=instruments, tempo=tempo, device=w.device,
-                            controls=w.controls_of(section.label), time_signature=time_signature, limits=w.limits)
+    sampling = replace(w.sampling, key=w.key_of(section.label))
+    begin = getattr(w.listener, "begin", None)
+    if begin is not None:  # the anchor's tokens are read after this head, placed at its first bar
+        head = [w.codec.BOS, *(w.codec.inst_token(i) for i in instruments or ()), w.codec.tempo_token(tempo)]
+        begin(np.array(head if instruments else [w.codec.BOS], np.int64), (section.first_bar - 1) * seconds / section.bars)
+    (s,) = generate_samples(w.model, w.codec, num_samples=1, seconds=seconds, sampling=sampling,
+                            instruments=instruments, tempo=tempo, device=w.device, listener=w.listener,
+                            controls=w.controls_of(section.label), time_signature=time_signature, limits=w.limits,
+                            chords=chart_of(w.charts, section.label))
     score = sample_score(w.codec, s)
     score.tempos = [score.tempos[0]] if len(score.tempos) else [symusic.core.TempoTick(0, int(round(60e6 / tempo)))]
     score.tempos[0].time = 0
     _, num, den = meters(score)[0]
     score.time_signatures = [symusic.core.TimeSignatureTick(0, num, den)]
-    score.markers = []
     length = bar_tick(score, section.bars + 1)
+    shift = bar_tick(score, section.first_bar)
+    score.markers = [symusic.core.TextMetaTick(int(m.time) + shift, str(m.text)) for m in score.markers
+                     if _is_chord_mark(m) and int(m.time) < length]  # its chords stay, as symbols
     drop_notes(score, length, 1 << 62)
     cut_at(score, 0, length)
-    shift = bar_tick(score, section.first_bar)
     for t in score.tracks:
         if shift and t.note_num():
             _shift_track(t, shift)
@@ -358,26 +457,36 @@ def _shift_track(track, shift: int) -> None:
 
 
 def _mark(score, sections: list[Section]) -> None:
-    """A marker at each section's first bar, named by its label, and ``END_MARKER`` at the form's end."""
+    """A marker at each section's first bar, named by its label, and ``END_MARKER`` at the form's end;
+    the chord symbols stay (up to the end)."""
+    end = bar_tick(score, sections[-1].last_bar + 1)
+    chords = [m for m in score.markers if _is_chord_mark(m) and int(m.time) < end]
     score.markers = [symusic.core.TextMetaTick(bar_tick(score, s.first_bar), s.label) for s in sections]
-    score.markers.append(symusic.core.TextMetaTick(bar_tick(score, sections[-1].last_bar + 1), END_MARKER))
+    score.markers.append(symusic.core.TextMetaTick(end, END_MARKER))
+    score.markers.extend(chords)
+    score.markers.sort(key=lambda m: m.time)
 
 
 def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampling | None = None,
                tempo: float | None = None, time_signature: tuple[int, int] | None = None, instruments=None,
                controls: dict | None = None, vary: float = VARY_SHARE, device=None,
-               limits: NoteLimits | None = None) -> FormSong:
+               limits: NoteLimits | None = None, charts: dict | None = None, listener=None) -> FormSong:
     """One song in the form ``sections`` (``parse_form``), written as ``plan_steps`` says.
 
     ``controls``: label -> control ids ("" for the whole song; a variation without its own uses its
-    root's). ``tempo`` defaults to ``DEFAULT_TEMPO``; ``time_signature`` to the model's choice. The same
-    seed and arguments give the same song."""
+    root's). ``charts``: label -> chord chart (``parse_form_chords``; "" for every section), forced on a
+    chord (v4) model, each occurrence starting its chart again. ``tempo`` defaults to ``DEFAULT_TEMPO``;
+    ``time_signature`` to the model's choice (4/4 under a chart). The same seed and arguments give the
+    same song. ``listener`` hears every token the engine writes (the studio streams the notes: the first
+    section's after ``listener.begin``, the others chunk by chunk); copies are placed, not written."""
     if not 0 < vary <= 1:
         raise UsageError(f"the variation share must be in (0, 1], got {vary}")
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit, so it cannot write a form")
     sampling = sampling or Sampling()
-    w = _Writer(model, codec, sampling, device, limits, dict(controls or {}))
+    charts = dict(charts or {})
+    need_chords(codec, next(iter(charts.values()), None))
+    w = _Writer(model, codec, sampling, device, limits, dict(controls or {}), sections, listener, charts)
     steps = plan_steps(sections, vary, sampling.seed)
     song = FormSong(None, sections, steps, sampling.seed)
     firsts = {s.label: s for s in reversed(sections)}
@@ -390,6 +499,7 @@ def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampli
             src = firsts[firsts[step.label].parent]
             lo, hi = _range_ticks(w.score, src.first_bar, src.last_bar)
             w.score, _, _ = copy_span(w.score, (lo, hi), bar_tick(w.score, firsts[step.label].first_bar))
+            copy_chord_marks(w.score, (lo, hi), bar_tick(w.score, firsts[step.label].first_bar))
             w.rewrite(k, step.label, step.first_bar, step.last_bar)
             song.rewritten[step.label] = (step.first_bar, step.last_bar)
         else:

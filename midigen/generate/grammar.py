@@ -88,8 +88,8 @@ class _Tables:
         self.fdtype = torch.float32 if device.type == "mps" else torch.float64
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
         self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
-        if c.has_chords:
-            self.note_pc, self.chord_tone = (t(a) for a in chord_tone_tables(c))
+        self.note_pc, self.chord_tone = (t(a) for a in chord_tone_tables(c))
+        self.scale_tone = t(scale_tone_table(), torch.float32)
 
 
 def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -101,6 +101,21 @@ def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
     tones = np.zeros((NO_CHORD + 2, 13), dtype=bool)
     tones[: NO_CHORD + 1, :12] = TONE_MASK
     return pc, tones
+
+
+MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
+MINOR_SCALE = (0, 2, 3, 5, 7, 8, 10, 11)  # natural minor with the leading tone (its V chord is major)
+
+
+def scale_tone_table() -> np.ndarray:
+    """(24 keys, 13 classes): 1.0 where a pitch class (12: not a pitched note) lies outside the key's
+    scale, the notes a key weight holds back; keys as ``midigen.music.codec.key_name`` numbers them."""
+    out = np.zeros((24, 13), dtype=np.float32)
+    for key in range(24):
+        scale = MINOR_SCALE if key >= 12 else MAJOR_SCALE
+        out[key, :12] = 1.0
+        out[key, [(key % 12 + d) % 12 for d in scale]] = 0.0
+    return out
 
 
 class _Limits:
@@ -437,6 +452,17 @@ class Grammar:
             return None
         row = torch.where(self.chord >= 0, self.chord - self.codec.chord_start, NO_CHORD + 1)
         return self.T.chord_tone[row][:, self.T.note_pc].float()
+
+    def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None) -> torch.Tensor | None:
+        """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
+        the tones of a given chord in force (``chord_tones``), minus ``key_weight`` on a pitched note
+        outside ``key``'s scale (drums, shifts and the rest untouched); None when neither applies."""
+        tones = self.chord_tones() if chord_weight else None
+        bias = None if tones is None else chord_weight * tones
+        if key_weight and key is not None:
+            off = -key_weight * self.T.scale_tone[int(key)][self.T.note_pc]  # (V,): the same for every row
+            bias = off.expand(self.B, -1) if bias is None else bias + off
+        return bias
 
     @property
     def done(self) -> torch.Tensor:

@@ -184,15 +184,21 @@ def piano_roll_figure(score, title: str | None = None, highlight=None, chords=No
     return fig
 
 
-def section_bands(ax, sections) -> None:
-    """Shade each (start s, end s, label) section of a form in alternating greys, its label at the top,
-    behind the notes; the same label gets the same shade wherever it returns."""
-    shades = {}
+def section_bands(ax, sections) -> list:
+    """Shade each (start s, end s, label) section of a form in alternating greys, behind the notes (the
+    same label gets the same shade wherever it returns), its label inside the band's top left corner
+    on a pale box over the notes (above the roll the chord lane would hide it). Returns the labels'
+    text objects, in the sections' order."""
+    shades, labels = {}, []
     for start, end, label in sections:
         shade = shades.setdefault(label.rstrip("'"), ("0.55", "0.8", "0.35")[len(shades) % 3])
         ax.axvspan(start, end, color=shade, alpha=0.12, zorder=0, linewidth=0)
         ax.axvline(start, color="0.3", linewidth=0.6, zorder=1)
-        ax.text(start, 1.0, f" {label}", transform=ax.get_xaxis_transform(), va="bottom", ha="left", fontsize=8)
+        labels.append(ax.text(start, 0.985, label, transform=ax.get_xaxis_transform(), va="top", ha="left",
+                              fontsize=9, fontweight="bold", zorder=6, clip_on=True,
+                              bbox={"boxstyle": "square,pad=0.2", "facecolor": "white", "edgecolor": "0.3",
+                                    "linewidth": 0.5, "alpha": 0.85}))
+    return labels
 
 
 def bar_spans(score) -> list[tuple[float, float]]:

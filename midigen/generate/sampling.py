@@ -15,6 +15,11 @@ music 0.88 under its own. A weight of 2.5 (12 times the odds) brings new music t
 chordal as real music, so passing notes keep their place; a part added to a song, or a span written
 again, then follows the song's chords at 0.95-0.98 of real music's share (2: 0.87-0.89;
 ``benchmarks/chord_adherence.py``, ``--sweep``). ``--chord-weight 0`` leaves the model alone.
+
+A key asked for is held the same way: ``key_weight`` nats less for a pitched note outside the key's
+scale (``Grammar.tone_bias``, the one logit bias of both). A song with a form uses it (the key control
+alone steers the demo model's key 41-63% of the time, and infill carries on whatever key the first
+section took; docs/form.md).
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ CHORD_WEIGHT = 2.5  # nats toward a given chart's tones: adherence 0.76 -> 0.89-
 DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penalty": 1.0,
             "chord_weight": CHORD_WEIGHT}  # commands and page
 SEED_RANGE = 2**31  # drawn seeds are below this
-MAX_CHORD_WEIGHT = 8.0
+MAX_CHORD_WEIGHT = 8.0  # and the most a key weight may be
+KEY_WEIGHT = 2.0  # nats off out-of-key notes in a song with a form under a key (docs/benchmarks.md)
 RETRIES = 2  # redraws of an empty result, with the next seeds, before giving up (midigen.generate.checks)
 
 
@@ -42,6 +48,8 @@ class Sampling:
     repetition_penalty: float = 1.0
     seed: int | None = None  # None: one is drawn now
     chord_weight: float = 0.0  # nats added to chord tones while a given chart is in force (``Grammar.chord_tones``)
+    key: int | None = None  # 0..23 (``midigen.music.codec.key_name``): the key whose scale ``key_weight`` holds to
+    key_weight: float = 0.0  # nats taken off a pitched note outside ``key``'s scale (``Grammar.tone_bias``)
 
     def __post_init__(self):
         if not self.temperature > 0:
@@ -54,6 +62,10 @@ class Sampling:
             raise UsageError(f"repetition penalty must be > 0, got {self.repetition_penalty}")
         if not 0 <= self.chord_weight <= MAX_CHORD_WEIGHT:
             raise UsageError(f"chord weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.chord_weight}")
+        if not 0 <= self.key_weight <= MAX_CHORD_WEIGHT:
+            raise UsageError(f"key weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.key_weight}")
+        if self.key is not None and not 0 <= int(self.key) < 24:
+            raise UsageError(f"key must be 0..23, got {self.key}")
         seed = secrets.randbelow(SEED_RANGE) if self.seed is None else int(self.seed)
         object.__setattr__(self, "seed", seed)
         object.__setattr__(self, "top_k", None if self.top_k is None else int(self.top_k))

@@ -17,7 +17,7 @@ import time
 import traceback
 from pathlib import Path
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,7 +26,7 @@ from midigen.music.codec import DRUMS, Codec, instrument_name, score_instruments
 from midigen.errors import Cancelled, MidigenError, UsageError
 from midigen.generate import continuation
 from midigen.generate.edit import arrange_edits, infill_edits
-from midigen.generate.form import VARY_SHARE, form_summary, like_edits, parse_form, write_form
+from midigen.generate.form import VARY_SHARE, form_summary, like_edits, parse_form, parse_form_chords, write_form
 from midigen.studio.roll import stream_notes, written_notes
 from midigen.music.timing import first_tick_at, notes_end_seconds
 from midigen.studio.workspace import new_id
@@ -35,7 +35,7 @@ from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.harmony import need_chords
-from midigen.generate.sampling import DEFAULTS, Sampling
+from midigen.generate.sampling import DEFAULTS, KEY_WEIGHT, Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score
 from midigen.fsutil import sha256_file
 from midigen.model.adapter import apply_live, is_adapter_dir
@@ -167,14 +167,21 @@ class Engine:
             out["free_chords"] = True
         return out
 
+    def form_charts(self, req: dict) -> dict:
+        """A form's chords: label -> chart (``parse_form_chords``: one chart for every section, or one per
+        section as ``A: C G Am F | B: F G C C``); a UsageError names a bad one."""
+        text, sections = (req.get("chords") or "").strip(), parse_form(req["form"])
+        charts = parse_form_chords(text, sections) if text else {}
+        need_chords(self.codec, next(iter(charts.values()), None))
+        return charts
+
     def check(self, kind: str, req: dict, version: dict | None) -> None:
         """Reject what cannot run: unknown instruments, controls the checkpoint lacks, bad chords, bad spans."""
         self.steering(req)
-        self.chords(req, kind)
+        form = kind == "generate" and req.get("form")
+        self.form_charts(req) if form else self.chords(req, kind)
         self.instruments(req.get("instruments"))
         if kind == "generate":
-            if req.get("form"):
-                parse_form(req["form"])
             return
         if version is None or not version.get("notes"):
             raise UsageError(f"nothing to {kind}: upload or generate some music first")
@@ -209,7 +216,7 @@ class Engine:
         insts, tempo, sampling = self.instruments(req.get("instruments")), req.get("tempo"), _sampling(req)
         controls, meter = self.steering(req)
         if req.get("form"):
-            return self._form(req, insts, controls, meter, sampling)
+            return self._form(req, insts, controls, meter, sampling, progress)
         head = [self.codec.BOS] + [self.codec.inst_token(i) for i in insts]
         if insts and tempo is not None:
             head.append(self.codec.tempo_token(tempo))
@@ -221,13 +228,16 @@ class Engine:
         label = f"generated {req['seconds']:g} s{_on_chords(req)} · seed {sampling.seed} · {_pace(s, out)}"
         return [(out, label, {**req, "seed": sampling.seed}, sample_warnings(out, 0.0, None, insts))]
 
-    def _form(self, req: dict, insts, controls, meter, sampling) -> list[tuple]:
-        """A song with a form (``midigen.generate.form``); its notes come when it is done."""
+    def _form(self, req: dict, insts, controls, meter, sampling, progress) -> list[tuple]:
+        """A song with a form (``midigen.generate.form``); its written notes stream as they come (the
+        copies of a section appear with the finished song)."""
+        sampling = replace(sampling, key_weight=KEY_WEIGHT)  # the key asked is held, as the command holds it
         song = write_form(self.model, self.codec, parse_form(req["form"]), sampling=sampling, tempo=req.get("tempo"),
                           time_signature=meter, instruments=insts or None, controls={"": controls},
-                          vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req))
+                          vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req),
+                          charts=self.form_charts(req), listener=progress)
         summary = form_summary(song)
-        label = f"form {summary['form']} · {summary['bars']} bars · seed {sampling.seed}"
+        label = f"form {summary['form']}{_on_chords(req)} · {summary['bars']} bars · seed {sampling.seed}"
         return [(song.score, label, {**req, "seed": sampling.seed}, summary["warnings"])]
 
     def _like(self, req: dict, score, progress) -> list[tuple]:
@@ -345,8 +355,10 @@ class Progress:
             raise Cancelled("generation cancelled")
 
     def chunk(self, start_step: int, song, targets) -> None:
-        """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``)."""
-        finished = self._chunk_notes(self.edit, self.tokens)
+        """The editing engine starts a chunk at ``start_step`` of ``song`` (``midigen.generate.edit``);
+        a generation before it (a form's first section) keeps its notes."""
+        finished = (self._chunk_notes(self.edit, self.tokens) if self.edit is not None or self.head is None
+                    else stream_notes(self.codec, self.head, self.tokens, self.offset))
         tempo = self.edit[3] if self.edit is not None and self.edit[1] is song else TempoMap(song.score)
         with self._lock:
             self.done = self.done + finished

@@ -1,0 +1,68 @@
+"""The key weight: a song asked for in a key keeps to its scale because a pitched note outside it gets
+``key_weight`` nats less, through the one logit bias the chord weight uses (``Grammar.tone_bias``);
+drums, shifts and the rest are untouched, and without a key or weight nothing changes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clirun import midigen
+from midigen.errors import UsageError
+from midigen.generate.grammar import Grammar
+from midigen.generate.sample import generate_samples, sample_score
+from midigen.generate.sampling import MAX_CHORD_WEIGHT, Sampling
+from midigen.model.checkpoint import load_checkpoint
+from midigen.music.chords import chord_id
+from midigen.music.codec import DRUMS, N_PITCHES, Codec
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_bias_takes_nats_off_pitched_notes_outside_the_scale_only():
+    codec = Codec()
+    g = Grammar(codec, 2)
+    assert g.tone_bias(0.0, 2.0, None) is None and g.tone_bias(0.0, 0.0, 9) is None
+    bias = g.tone_bias(0.0, 2.0, 21).numpy()  # A minor: A B C D E F G and the leading tone G#
+    assert bias.shape == (2, codec.vocab_size) and (bias[0] == bias[1]).all()
+    off = np.flatnonzero(bias[0])
+    inst, pitch = np.divmod(off - codec.note_start, N_PITCHES)
+    assert set(pitch % 12) == {1, 3, 6, 10} and (inst < DRUMS).all() and (bias[0][off] == -2.0).all()
+    assert len(off) == DRUMS * sum(1 for p in range(N_PITCHES) if p % 12 in (1, 3, 6, 10))
+
+
+def test_the_key_and_a_given_chord_add_up_in_one_bias():
+    codec = Codec()
+    g = Grammar(codec, 1)
+    for t in codec.header([0], 120.0, (4, 4)):
+        g.advance([t])
+    g.close_header()
+    g.force_chords([0], [chord_id(2, "7")])  # D7: D F# A C, F# outside C major
+    g.advance([codec.chord_token(chord_id(2, "7"))])
+    both = g.tone_bias(2.5, 2.0, 0)[0].numpy()
+    f_sharp, d, c_sharp = (codec.note_start + 60 + k for k in (6, 2, 1))
+    assert both[f_sharp] == pytest.approx(0.5) and both[d] == pytest.approx(2.5) and both[c_sharp] == -2.0
+
+
+def test_a_bad_key_weight_is_a_usage_error():
+    for bad in ({"key_weight": -1.0}, {"key_weight": MAX_CHORD_WEIGHT + 1}, {"key": 24}):
+        with pytest.raises(UsageError):
+            Sampling(**bad)
+
+
+def test_the_weight_keeps_the_notes_in_the_key(edit_run):
+    """Same seeds: a strong key weight puts nearly all pitched note-time in C major's scale."""
+    model, codec, _ = load_checkpoint(edit_run, "cpu")
+    scale = {0, 2, 4, 5, 7, 9, 11}
+    share = {}
+    for w in (0.0, 6.0):
+        scores = [sample_score(codec, s) for s in generate_samples(
+            model, codec, num_samples=4, seconds=12, sampling=Sampling(seed=3, key=0, key_weight=w))]
+        notes = [(n.pitch % 12, n.duration) for s in scores for t in s.tracks if not t.is_drum for n in t.notes]
+        share[w] = sum(d for p, d in notes if p in scale) / sum(d for _, d in notes)
+    assert share[6.0] >= 0.95 and share[6.0] > share[0.0] + 0.1, share
+
+
+def test_key_weight_needs_a_form(edit_run, tmp_path):
+    r = midigen("sample", "--ckpt", edit_run, "--key-weight", "2", "--out", tmp_path)
+    assert r.returncode == 2 and "--key-weight need --form" in r.stderr.strip().splitlines()[-1].replace(
+        "--vary, --section and ", ""), r.stderr
