@@ -1,6 +1,6 @@
 """Reading a written MIDI file back as a synthesizer would (mido), and a song made to break a splice.
 
-Shared by tests/test_kept_notes.py and benchmarks/kept_notes.py.
+Shared by tests (kept notes, the engine, precision) and benchmarks/kept_notes.py.
 """
 from __future__ import annotations
 
@@ -41,6 +41,18 @@ def mido_notes(data: bytes) -> tuple[Counter, int]:
             onset, velocity, program = sounding[msg.channel, msg.note].popleft()
             notes[program, msg.channel, msg.note, onset, tick - onset, velocity] += 1
     return notes, clashes
+
+
+def track_notes(data: bytes, name: str) -> list:
+    """(tick, on/off, pitch, velocity) of the named track's note events as mido reads the file, sorted."""
+    (track,) = [t for t in mido.MidiFile(file=BytesIO(data)).tracks if t.name == name]
+    out, now = [], 0
+    for msg in track:
+        now += msg.time
+        if msg.type in ("note_on", "note_off"):
+            on = msg.type == "note_on" and msg.velocity > 0
+            out.append((now, on, msg.note, msg.velocity if on else 0))
+    return sorted(out)
 
 
 def tricky_song(bass: int) -> bytes:

@@ -31,6 +31,7 @@ from midigen.generate import grammar as grammar_module
 from midigen.generate.grammar import Grammar, allowed_counts
 from midigen.generate.sampling import Sampling
 from midigen.model.model import GPT, GPTConfig, padded_vocab
+from midiread import track_notes
 from songgen import make_song
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -233,21 +234,6 @@ def test_the_grammars_forced_ids_are_the_masks_only_ids(loaded, monkeypatch, how
     assert seen["steps"] > 100 and seen["found"] >= 0.6 * seen["forced"], seen
 
 
-def _mido_notes(data: bytes, name: str) -> list:
-    """(tick, on/off, pitch, velocity) of the named track as mido reads the file."""
-    import io
-
-    import mido
-
-    (track,) = [t for t in mido.MidiFile(file=io.BytesIO(data)).tracks if t.name == name]
-    out, now = [], 0
-    for m in track:
-        now += m.time
-        if m.type in ("note_on", "note_off"):
-            on = m.type == "note_on" and m.velocity > 0
-            out.append((now, on, m.note, m.velocity if on else 0))
-    return sorted(out)
-
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
 def test_arrange_keeps_every_part_exactly_at_each_precision(edit_run, precision):
@@ -272,7 +258,7 @@ def test_arrange_keeps_every_part_exactly_at_each_precision(edit_run, precision)
     before = {t.name: t for t in symusic.Score.from_midi(original).tracks}
     for name in kept:
         assert _rows(back[name]) == _rows(before[name]), name
-        assert _mido_notes(written, name) == _mido_notes(original, name), name
+        assert track_notes(written, name) == track_notes(original, name), name
 
 
 def test_summaries_give_the_real_time_factor(edit_run, tiny_ckpt_song):

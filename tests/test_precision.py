@@ -7,14 +7,12 @@ below the size where ``auto`` picks int8, so int8 is asked for by name where it 
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import mido
 import numpy as np
 import pytest
 import symusic
@@ -26,6 +24,7 @@ from midigen.generate.sampling import Sampling
 from midigen.model.checkpoint import load_checkpoint
 from midigen.model.model import GPT, GPTConfig
 from midigen.model.precision import INT8_MIN_WEIGHTS, Bf16Linear, block_linear_weights, resolve_precision
+from midiread import track_notes
 from songgen import make_song
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,18 +97,6 @@ def _notes_symusic(score, name: str) -> list:
     return sorted(zip(*(a[k].tolist() for k in ("time", "duration", "pitch", "velocity"))))
 
 
-def _notes_mido(data: bytes, name: str) -> list:
-    """(tick, on/off, pitch, velocity) of the named track as mido reads the file."""
-    mf = mido.MidiFile(file=io.BytesIO(data))
-    (track,) = [t for t in mf.tracks if t.name == name]
-    out, now = [], 0
-    for m in track:
-        now += m.time
-        if m.type in ("note_on", "note_off"):
-            on = m.type == "note_on" and m.velocity > 0
-            out.append((now, on, m.note, m.velocity if on else 0))
-    return sorted(out)
-
 
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_arrange_keeps_notes_exactly_at_each_precision(edit_run, tmp_path, precision):
@@ -132,7 +119,7 @@ def test_arrange_keeps_notes_exactly_at_each_precision(edit_run, tmp_path, preci
     (line,) = [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
     written = Path(line["file"]).read_bytes()
     assert _notes_symusic(symusic.Score.from_midi(written), keep) == _notes_symusic(symusic.Score.from_midi(original), keep)
-    assert _notes_mido(written, keep) == _notes_mido(original, keep)
+    assert track_notes(written, keep) == track_notes(original, keep)
 
 
 def test_int8_logits_stay_close_to_fp32(edit_run, tiny_dataset):

@@ -9,26 +9,9 @@ outside top-p, put back in candidate order) and the pick (the inverse-CDF search
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-try:
-    import numba
-except ImportError:  # pragma: no cover - numba is a dependency; the torch ops work without it
-    numba = None
-
-
-# MIDIGEN_NO_JIT=1 turns the compiled paths off (as it does prepare's encoder): the torch ops runs instead
-_ON = numba is not None and os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0")
-
-
-def available() -> bool:
-    return _ON
-
-
-def _jit(fn):
-    return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+from midigen.generate.grammar_jit import available, compiled as _jit  # noqa: F401 (one switch)
 
 
 @_jit

@@ -361,7 +361,7 @@ class Decoder:
         mask, counts, ids = grammar.step_mask()
         width = counts.cpu().numpy()
         ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
-        bias, stale = None, True  # the chord and key weights' bias (``Grammar.tone_bias``), kept until a CHORD is written
+        bias, stale = None, True  # the chord and key weights' logit bias, kept until a CHORD is written
         chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
         done = np.zeros(B, bool)
         wide = wide_float(self.device)

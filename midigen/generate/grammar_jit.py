@@ -40,7 +40,7 @@ STATE = ("phase", "last_kind", "last_shift", "last_inst", "n_inst", "instruments
          "chord_time", "chord_id", "chord_pos", "ends")
 
 
-# MIDIGEN_NO_JIT=1 turns the compiled paths off (as it does prepare's encoder): the torch grammar runs instead
+# MIDIGEN_NO_JIT=1 turns the compiled paths off (as it does prepare's encoder): the torch grammar and draw run instead
 _ON = numba is not None and os.environ.get("MIDIGEN_NO_JIT", "") in ("", "0")
 
 
@@ -48,8 +48,12 @@ def available() -> bool:
     return _ON
 
 
-def _jit(fn):
+def compiled(fn):
+    """``fn`` compiled (cached on disk; the draw's steps use it too), or as it is without numba."""
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
+
+
+_jit = compiled
 
 
 @_jit
@@ -107,9 +111,9 @@ def _lands_free(s, b, lands, earliest, flags):
 @_jit
 def mask_rows(s, m, counts, ids, tabs, lim, flags, ints):
     """Fill ``m`` (B, V) bool with each row's allowed ids, ``counts`` (B,) with how many, and ``ids``
-    (B, V) with them in increasing order (the draw's candidates; 0 after them up to the widest row's count). ``flags``: header rules on, timed,
-    forcing, pending, chords forced, limits on, has chords; ``ints``: the codec's starts (see
-    ``Grammar._jit_ints``)."""
+    (B, V) with them in increasing order (the draw's candidates; 0 after them up to the widest row's
+    count). ``flags``: header rules on, timed, forcing, pending, chords forced, limits on, has chords;
+    ``ints``: the codec's starts (see ``Grammar._jit_ints``)."""
     (V, EOS, shift_start, tempo_start, ts_start, inst_start, note_start, dv_start, dv_end, chord_lo, chord_hi,
      max_shift, max_hi, spq) = (ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], ints[6], ints[7], ints[8],
                                 ints[9], ints[10], ints[11], ints[12], ints[13])
