@@ -127,7 +127,8 @@ def _form_demo(seed: str) -> str:
                    "--out", str(OUT / "form"), "--wav", "--png", capture=True, fatal=False)
     print(res, end="")
     songs = [json.loads(x) for x in res.splitlines() if x.startswith("{")]
-    return "with a form  " + (", ".join(s["midi"] for s in songs) or "failed")
+    files = [s[k] for s in songs for k in ("midi", "wav", "png") if s.get(k)]
+    return "with a form   " + (", ".join(files) or "failed")
 
 
 def _one_per_style(seed: str) -> None:
