@@ -226,7 +226,8 @@ def main() -> None:
         if heard is None:
             continue
         add = [next(i for i in ADD_CANDIDATES if i not in score_instruments(score))]
-        kw = dict(num_samples=1, seed=a.seed + k, top_p=a.top_p, chord_weight=a.chord_weight, device=a.device)
+        kw = dict(num_samples=1, sampling=Sampling(seed=a.seed + k, top_p=a.top_p, chord_weight=a.chord_weight),
+                  device=a.device)
         (e,) = arrange_edits(model, codec, score, add=add, **kw)
         arranged.add(chord_note_time(written_part(e), *heard))
         start, end = bars_to_seconds(score, *INFILL_BARS)

@@ -199,6 +199,7 @@ def harmonize(a) -> None:
 
 def overlap(a) -> None:
     from midigen.generate.edit import infill_edits, read_song
+    from midigen.generate.sampling import Sampling
     from midigen.eval.metrics import FEATURES, _histogram_overlap, overlap_area, piece_features
 
     model, codec = _load(a.ckpt)
@@ -214,7 +215,7 @@ def overlap(a) -> None:
         if task is None:
             continue
         (e,) = infill_edits(model, codec, score, start_s=_seconds(score, s, task.start),
-                            end_s=_seconds(score, s, task.end), seed=i)
+                            end_s=_seconds(score, s, task.end), sampling=Sampling(seed=i))
         qs, qe = e.span_steps
         for out, dest in ((e.score, gen), (score, real)):
             clip = out.copy().clip(int(s.tick_of(qs)), int(s.tick_of(qe)), True).shift_time(-int(s.tick_of(qs)))
@@ -285,12 +286,12 @@ def speed(a) -> None:
         counted["n"] = tokens.shape[1]
 
     t0 = time.perf_counter()
-    (e,) = infill_edits(model, codec, song, start_s=60.0, end_s=60.0 + 4 * 4 * 60 / 120, seed=0, top_k=50,
-                        listener=count)
+    (e,) = infill_edits(model, codec, song, start_s=60.0, end_s=60.0 + 4 * 4 * 60 / 120,
+                        sampling=Sampling(seed=0, top_k=50), listener=count)
     t_infill = time.perf_counter() - t0
     short = song.copy().clip(0, tick_at_seconds(song, 60.0), False)  # its first 60 s
     t0 = time.perf_counter()
-    arrange_edits(model, codec, short, add=[33], seed=0, top_k=50)
+    arrange_edits(model, codec, short, add=[33], sampling=Sampling(seed=0, top_k=50))
     t_arrange = time.perf_counter() - t0
     t0 = time.perf_counter()
     s = generate_samples(model, codec, num_samples=1, max_new_tokens=200, instruments=[0, 33],

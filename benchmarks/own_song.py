@@ -66,7 +66,7 @@ def _ranges(model, codec, limits, songs, seed):
     """Per song, instrument and mode (held / free): notes, share inside the range, max polyphony."""
     for k, score in enumerate(songs):
         for mode in ("held", "free"):
-            (e,) = arrange_edits(model, codec, score, add=ADD, seed=seed + k, top_p=TOP_P,
+            (e,) = arrange_edits(model, codec, score, add=ADD, sampling=Sampling(seed=seed + k, top_p=TOP_P),
                                  limits=limits if mode == "held" else None)
             for inst, h in how_played(e.score, limits, ADD).items():
                 yield {"measure": "range", "song": k, "mode": mode, "instrument": instrument_name(inst),

@@ -162,17 +162,18 @@ def _model(ckpt: str | None):
     return GPT(cfg).eval(), codec, None
 
 
-def as_the_commands(codec: Codec, config: dict | None) -> dict:
-    """What ``midigen arrange`` passes besides the song (a checkpoint's note limits and instruments, the
-    default top-p and chord weight); with no checkpoint (random weights) only top-p, as before."""
+def as_the_commands(codec: Codec, config: dict | None, seed: int = 0) -> dict:
+    """What ``midigen arrange --seed SEED`` passes besides the song (a checkpoint's note limits and
+    instruments, the default top-p and chord weight); with no checkpoint (random weights) only top-p, as
+    before."""
     from midigen.generate.sampling import DEFAULTS
 
     if config is None:
-        return {"top_p": 0.95}
+        return {"sampling": Sampling(seed=seed, top_p=0.95)}
     from midigen.model.checkpoint import capabilities, checkpoint_limits
 
-    return {"top_p": DEFAULTS["top_p"], "chord_weight": DEFAULTS["chord_weight"], "limits": checkpoint_limits(config),
-            "known_instruments": capabilities(config, codec)["instruments"]}
+    return {"sampling": Sampling(seed=seed, top_p=DEFAULTS["top_p"], chord_weight=DEFAULTS["chord_weight"]),
+            "limits": checkpoint_limits(config), "known_instruments": capabilities(config, codec)["instruments"]}
 
 
 def heard_header(song, kw: dict, add: int = 33) -> list[int]:
@@ -241,7 +242,7 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
     if what == "arrange":  # the same warm-up as the sample's: first calls and compiled code off the clock
         from midigen.generate.edit import arrange_edits
 
-        arrange_edits(model, codec, arrange_song(4.0), add=[33], seed=1, **as_the_commands(codec, config))
+        arrange_edits(model, codec, arrange_song(4.0), add=[33], **as_the_commands(codec, config, seed=1))
     out = {"what": what, "batch": batch}
     w0, c0 = clocks()
     if what == "bare":
@@ -255,7 +256,7 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
         from midigen.generate.edit import arrange_edits
 
         song = arrange_song(seconds)
-        (e,) = arrange_edits(model, codec, song, add=[33], seed=0, **as_the_commands(codec, config))
+        (e,) = arrange_edits(model, codec, song, add=[33], **as_the_commands(codec, config))
         out["written_notes"] = e.written
     elif what in ("sample", "sample_dense"):
         song = arrange_song(seconds)
@@ -265,7 +266,7 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
         tempo = 120 if config is None else round(float(song.tempos[0].qpm)) if len(song.tempos) else 120
         res = generate_samples(model, codec, seconds=None if dense else seconds, max_new_tokens=budget,
                                instruments=heard_header(song, kw), tempo=tempo, limits=kw.get("limits"),
-                               sampling=Sampling(seed=0, top_p=kw["top_p"], chord_weight=kw.get("chord_weight", 0.0)))
+                               sampling=kw["sampling"])
         out["tokens"] = len(res[0].tokens) - res[0].start_index - 1
         out["notes"] = sum(t.note_num() for t in codec.decode(res[0].tokens).tracks)
     out["wall_s"], out["cpu_s"] = time.perf_counter() - w0, time.process_time() - c0
@@ -363,7 +364,7 @@ def arrange_profile(ckpt: str | None, threads: int, seconds: float) -> dict:
     clocked(engine, "draw", "draw")
     kw = as_the_commands(codec, config)
     c0 = time.process_time()
-    (e,) = arrange_edits(model, codec, song, add=[33], seed=0, **kw)
+    (e,) = arrange_edits(model, codec, song, add=[33], **kw)
     total = time.process_time() - c0
     inside = spent.pop("decode")
     chunks = calls.pop("decode")

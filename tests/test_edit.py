@@ -131,7 +131,7 @@ def test_infill_keeps_every_other_note_exactly(loaded, which):
     insts = song.instruments
     targets = None if which == "all" else [i for i in insts if i not in (DRUMS,)][:2]
     edits = infill_edits(model, codec, score, start_s=4.0, end_s=9.0, instruments=targets, num_samples=2,
-                         seed=3, top_k=30)
+                         sampling=Sampling(seed=3, top_k=30))
     assert len(edits) == 2
     for e in edits:
         assert e.targets == tuple(insts if targets is None else targets)
@@ -146,7 +146,7 @@ def test_infill_on_a_real_chorale(loaded, music21_dir):
     path = sorted(Path(music21_dir).rglob("*.mid"))[0]
     score = symusic.Score.from_midi(path.read_bytes())
     song = read_song(codec, score)
-    (e,) = infill_edits(model, codec, score, start_s=2.0, end_s=6.0, seed=1)
+    (e,) = infill_edits(model, codec, score, start_s=2.0, end_s=6.0, sampling=Sampling(seed=1))
     removed, allowed = _span_rule(song, e)
     check_kept(score, e, removed, allowed)
 
@@ -156,7 +156,7 @@ def test_arrange_keeps_the_kept_parts_and_writes_the_new_ones(loaded):
     score = band_song()
     song = read_song(codec, score)
     bass = next(track_instrument(t) for t in score.tracks if t.name == "Bass")
-    (e,) = arrange_edits(model, codec, score, add=[DRUMS, 73], keep=[bass], seed=2, top_k=30)
+    (e,) = arrange_edits(model, codec, score, add=[DRUMS, 73], keep=[bass], sampling=Sampling(seed=2, top_k=30))
     out = e.score
     for i, t in enumerate(score.tracks):  # every track stays where it was (its MIDI channel): kept or emptied
         o = out.tracks[i]
@@ -181,8 +181,8 @@ def test_arrange_keeps_the_kept_parts_and_writes_the_new_ones(loaded):
 def test_same_seed_same_edit(loaded):
     model, codec, _ = loaded
     score = band_song()
-    a = infill_edits(model, codec, score, start_s=3.0, end_s=7.0, seed=9, num_samples=2)
-    b = infill_edits(model, codec, score, start_s=3.0, end_s=7.0, seed=9, num_samples=2)
+    a = infill_edits(model, codec, score, start_s=3.0, end_s=7.0, sampling=Sampling(seed=9), num_samples=2)
+    b = infill_edits(model, codec, score, start_s=3.0, end_s=7.0, sampling=Sampling(seed=9), num_samples=2)
     assert [bytes(e.score.dumps_midi()) for e in a] == [bytes(e.score.dumps_midi()) for e in b]
 
 
@@ -195,7 +195,8 @@ def test_listener_sees_tokens_and_can_cancel(loaded):
         return len(seen) >= 5
 
     with pytest.raises(Cancelled):
-        infill_edits(model, codec, band_song(), start_s=3.0, end_s=7.0, seed=1, num_samples=3, listener=listener)
+        infill_edits(model, codec, band_song(), start_s=3.0, end_s=7.0, sampling=Sampling(seed=1), num_samples=3,
+                     listener=listener)
     assert seen == [(3, n) for n in range(1, 6)]
 
 

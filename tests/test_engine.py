@@ -181,9 +181,9 @@ def test_arrange_keeps_notes_exactly_and_matches_the_step_by_step_path(loaded, m
     model, codec = loaded
     score = make_song(11, bars=12, tpq=480)
     add = [73]
-    (fast,) = arrange_edits(model, codec, score, add=add, seed=3, top_p=0.95)
+    (fast,) = arrange_edits(model, codec, score, add=add, sampling=Sampling(seed=3, top_p=0.95))
     monkeypatch.setattr(edit_module, "Decoder", partial(engine.Decoder, one_pass=False))
-    (slow,) = arrange_edits(model, codec, score, add=add, seed=3, top_p=0.95)
+    (slow,) = arrange_edits(model, codec, score, add=add, sampling=Sampling(seed=3, top_p=0.95))
     for e in (fast, slow):
         kept = [t for t in score.tracks if t.note_num()]
         for t in kept:  # every part of the song is kept, note for note, as MIDI readers read it back
@@ -225,7 +225,7 @@ def test_the_grammars_forced_ids_are_the_masks_only_ids(loaded, monkeypatch, how
     seen = _checked_forced(monkeypatch)
     score = make_song(11, bars=12, tpq=480)
     kw = {"limits": None if how == "no note limits" else note_limits(None), "free_chords": how == "free chords",
-          "num_samples": 2 if how == "two samples" else 1, "seed": 3, "top_p": 0.95, "chord_weight": 2.5}
+          "num_samples": 2 if how == "two samples" else 1, "sampling": Sampling(seed=3, top_p=0.95, chord_weight=2.5)}
     if how == "infill":
         edits = infill_edits(model, codec, score, start_s=2.0, end_s=9.0, instruments=[33], **kw)
     else:
@@ -249,7 +249,7 @@ def test_arrange_keeps_every_part_exactly_at_each_precision(edit_run, precision)
     caps = capabilities(config, codec)
     song = make_song(7, bars=16, tpq=480)
     add = next((i for i in caps["instruments"] if i not in score_instruments(song) and i != 128), 73)
-    (e,) = arrange_edits(model, codec, song, add=[add], seed=5, top_p=0.95, chord_weight=2.5,
+    (e,) = arrange_edits(model, codec, song, add=[add], sampling=Sampling(seed=5, top_p=0.95, chord_weight=2.5),
                          limits=checkpoint_limits(config), known_instruments=caps["instruments"])
     original, written = bytes(song.dumps_midi()), bytes(e.score.dumps_midi())
     kept = [t.name for t in song.tracks if t.note_num()]

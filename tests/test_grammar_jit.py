@@ -211,7 +211,8 @@ def test_the_engine_writes_the_same_tokens_on_both_paths(tiny, monkeypatch):
 def test_arrange_writes_the_same_tokens_on_both_paths(tiny, monkeypatch):
     model, codec = tiny
     song = make_song(4, bars=6)
-    fast, slow = _both_paths(monkeypatch, lambda: arrange_edits(model, codec, song, add=[33], seed=2, top_p=0.95))
+    sampling = Sampling(seed=2, top_p=0.95)
+    fast, slow = _both_paths(monkeypatch, lambda: arrange_edits(model, codec, song, add=[33], sampling=sampling))
     assert len(fast) == len(slow)
     for x, y in zip(fast, slow):
         assert x.written == y.written

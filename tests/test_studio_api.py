@@ -428,6 +428,7 @@ def roll_notes(base: str, pid: str, vid: str, full: bool = False) -> Counter:
 def test_progress_places_each_edit_chunk_on_the_songs_tempo_map(edit_run, slow_song):
     from midigen.model.checkpoint import load_checkpoint
     from midigen.generate.edit import infill_edits
+    from midigen.generate.sampling import Sampling
     from midigen.studio.jobs import Progress
     from midigen.studio.roll import score_roll
 
@@ -441,7 +442,7 @@ def test_progress_places_each_edit_chunk_on_the_songs_tempo_map(edit_run, slow_s
             return super().__call__(new_tokens)
 
     p = Watched(codec)
-    (e,) = infill_edits(model, codec, slow_song, start_s=8.0, end_s=28.0, seed=2, listener=p)
+    (e,) = infill_edits(model, codec, slow_song, start_s=8.0, end_s=28.0, sampling=Sampling(seed=2), listener=p)
     p.freeze()
     final = p.notes()
     assert p.chunks >= 2, "a 20 s span is written in several chunks"

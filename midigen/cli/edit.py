@@ -121,11 +121,10 @@ def _write(a, edits: list, task: str, soundfont) -> None:
 
 
 def _redrawn(a, score, task: str, edit_with, sampling, device) -> list:
-    """``edit_with(**sampling keywords)`` for ``--num-samples``, each empty result drawn again (``--retry``)."""
+    """``edit_with(num_samples=, sampling=, device=)`` for ``--num-samples``, each empty result drawn again
+    with the next seeds (``--retry``)."""
     def draw(seed: int, n: int) -> list:
-        s = replace(sampling, seed=seed)
-        return edit_with(num_samples=n, seed=s.seed, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                         chord_weight=s.chord_weight, device=device)
+        return edit_with(num_samples=n, sampling=replace(sampling, seed=seed), device=device)
 
     return redraw(draw, lambda e: edit_warnings(score, e, task), sampling.seed, a.num_samples, a.retry)
 

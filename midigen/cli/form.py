@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from midigen.cli.common import instruments_flag, sampling_flags, steering_flags
@@ -15,7 +16,7 @@ from midigen.generate.form import (VARY_SHARE, form_summary, parse_form, parse_f
                                    section_bands, write_form)
 from midigen.generate.harmony import need_chords
 from midigen.generate.render import find_soundfont, play, write_piano_roll
-from midigen.generate.sampling import KEY_WEIGHT, Sampling
+from midigen.generate.sampling import KEY_WEIGHT
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
 
@@ -69,7 +70,7 @@ def sample_form(a) -> None:
     """``midigen sample --form``: ``--num-samples`` songs, seeds ``--seed``, ``--seed`` + 1, ..."""
     sections = check_form_flags(a)
     charts = form_charts(a, sections)
-    sampling = sampling_flags(a)
+    sampling = replace(sampling_flags(a), key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight)
     if a.tempo is not None and not 16 <= a.tempo <= 512:
         raise UsageError(f"--tempo must be within 16..512 BPM, got {a.tempo}")
     out = Path(a.out)
@@ -97,12 +98,8 @@ def sample_form(a) -> None:
     wavs = []
     try:
         for i in range(a.num_samples):
-            s = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
-                         repetition_penalty=sampling.repetition_penalty, seed=sampling.seed + i,
-                         chord_weight=sampling.chord_weight,
-                         key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight)
-            song = write_form(model, codec, sections, sampling=s, tempo=a.tempo, time_signature=time_signature,
-                              instruments=instruments, controls=controls,
+            song = write_form(model, codec, sections, sampling=replace(sampling, seed=sampling.seed + i),
+                              tempo=a.tempo, time_signature=time_signature, instruments=instruments, controls=controls,
                               vary=VARY_SHARE if a.vary is None else a.vary, device=device, limits=limits,
                               charts=charts)
             wavs += _write_song(a, out / f"{stamp}-{i}", song, i, renderer)

@@ -339,13 +339,10 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
 # ----- the two tasks --------------------------------------------------------------------------------
 
 
-def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0, key=None,
-             key_weight=0.0) -> Decoder:
+def _decoder(model, codec, sampling: Sampling | None, device, listener) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
-    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight,
-                        key=key, key_weight=key_weight)
-    return Decoder(model, codec, sampling, device=device, listener=listener)
+    return Decoder(model, codec, sampling or Sampling(), device=device, listener=listener)
 
 
 def _song(codec: Codec, score) -> Song:
@@ -392,17 +389,15 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 
 
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
-                 num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, chord_weight=0.0,
-                 controls=None, device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
-                 known_instruments=None, chords=None, free_chords: bool = False,
-                 open_end: bool = False, key: int | None = None, key_weight: float = 0.0) -> list[Edit]:
-    """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
-    ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
-    note, up to the score's last event (a song with a form writes its sections there:
-    ``midigen.generate.form``). ``key``, ``key_weight``: notes outside the key's scale held back
-    (``Sampling.key_weight``)."""
+                 num_samples: int = 1, sampling: Sampling | None = None, controls=None, device=None,
+                 listener: Listener | None = None, limits: NoteLimits | None = None, known_instruments=None,
+                 chords=None, free_chords: bool = False, open_end: bool = False) -> list[Edit]:
+    """``infill`` with what changed, for the command's report (``sampling``, ``limits``,
+    ``known_instruments``, ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may
+    reach past the last note, up to the score's last event (a song with a form writes its sections there:
+    ``midigen.generate.form``, which also holds them to a key: ``Sampling.key``)."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight, key, key_weight)
+    dec = _decoder(model, codec, sampling, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
@@ -438,11 +433,12 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     return out
 
 
-def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
-                  temperature=1.0, top_k=None, top_p=None, chord_weight=0.0, controls=None, device=None,
-                  listener: Listener | None = None, limits: NoteLimits | None = None,
-                  known_instruments=None, chords=None, free_chords: bool = False) -> list[Edit]:
-    """``arrange`` with what changed, for the command's report. ``limits``
+def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1,
+                  sampling: Sampling | None = None, controls=None, device=None, listener: Listener | None = None,
+                  limits: NoteLimits | None = None, known_instruments=None, chords=None,
+                  free_chords: bool = False) -> list[Edit]:
+    """``arrange`` with what changed, for the command's report. ``sampling``: how the tokens are drawn
+    (``midigen.generate.sampling``; default ``Sampling()``: a seed drawn, nothing cut). ``limits``
     (``midigen.music.ranges.note_limits``) hold the written notes to each instrument's range and
     polyphony; None writes anything. ``known_instruments`` (the checkpoint's): the song's other
     instruments are heard as the nearest of them (``midigen.generate.hearing``); None hears them as
@@ -451,7 +447,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     re-harmonizes it or ``free_chords`` lets the model choose; UsageError for a chart given to a model
     without chords."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight)
+    dec = _decoder(model, codec, sampling, device, listener)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
@@ -489,8 +485,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
 
 
 def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None, num_samples: int = 1,
-           seed=None, temperature: float = 1.0, top_k=None, top_p=None, chord_weight=0.0, controls=None,
-           device=None, listener: Listener | None = None,
+           sampling: Sampling | None = None, controls=None, device=None, listener: Listener | None = None,
            limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Rewrite ``[start_s, end_s)`` of ``score`` for ``instruments`` (default: all it has).
 
@@ -500,16 +495,14 @@ def infill(model, codec: Codec, score, *, start_s: float, end_s: float, instrume
     """
     return [e.score for e in infill_edits(
         model, codec, score, start_s=start_s, end_s=end_s, instruments=instruments, num_samples=num_samples,
-        seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, chord_weight=chord_weight, controls=controls,
-        device=device, listener=listener, limits=limits)]
+        sampling=sampling, controls=controls, device=device, listener=listener, limits=limits)]
 
 
-def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, seed=None,
-            temperature: float = 1.0, top_k=None, top_p=None, chord_weight=0.0, controls=None, device=None,
-            listener: Listener | None = None, limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
+def arrange(model, codec: Codec, score, *, add, keep=None, num_samples: int = 1, sampling: Sampling | None = None,
+            controls=None, device=None, listener: Listener | None = None,
+            limits: NoteLimits | None = None) -> list[symusic.core.ScoreTick]:
     """Write parts for the instruments ``add`` over the whole song, keeping the parts ``keep`` (default:
     every part it has that is not being added) exactly and dropping the others."""
     return [e.score for e in arrange_edits(
-        model, codec, score, add=add, keep=keep, num_samples=num_samples, seed=seed, temperature=temperature,
-        top_k=top_k, top_p=top_p, chord_weight=chord_weight, controls=controls, device=device, listener=listener,
-        limits=limits)]
+        model, codec, score, add=add, keep=keep, num_samples=num_samples, sampling=sampling, controls=controls,
+        device=device, listener=listener, limits=limits)]

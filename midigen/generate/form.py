@@ -392,13 +392,12 @@ class _Writer:
         chart if it has one."""
         lo, hi = _range_ticks(self.score, first_bar, last_bar)
         start, end = (float(x) for x in seconds_at_tick(self.score, [lo, hi]))
-        s = self.sampling
+        sampling = replace(self.sampling, seed=self.seed(k), key=self.key_of(label),
+                           repetition_penalty=1.0)  # rewrites have always drawn without the penalty
         drop_chord_marks(self.score, lo, hi)  # the span's chords are written again with its notes
-        (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, seed=self.seed(k),
-                               temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, chord_weight=s.chord_weight,
+        (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, sampling=sampling,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
-                               open_end=True, chords=self.chart_at(label, first_bar), key=self.key_of(label),
-                               key_weight=s.key_weight, listener=self.listener)
+                               open_end=True, chords=self.chart_at(label, first_bar), listener=self.listener)
         self.score = edit.score
 
     def place(self, sections: list[Section], label: str, labels: set[str]) -> None:
@@ -597,13 +596,12 @@ def named_section(score, name: str) -> tuple[int, int]:
 
 
 def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: tuple[int, int],
-               vary: float = VARY_SHARE, instruments=None, num_samples: int = 1, seed=None, temperature=1.0,
-               top_k=None, top_p=None, chord_weight=0.0, controls=None, device=None,
-               limits: NoteLimits | None = None) -> list[Edit]:
+               vary: float = VARY_SHARE, instruments=None, num_samples: int = 1, sampling: Sampling | None = None,
+               controls=None, device=None, limits: NoteLimits | None = None) -> list[Edit]:
     """``target`` (ticks) rewritten as a variation of ``source``: the source's notes copied over it
     (the one splice; the rest of the song kept as it is), then a block of about ``vary`` of its bars
-    rewritten by infill, both sides known. One Edit per sample (row i: seed + i), reporting the whole
-    target span."""
+    rewritten by infill, both sides known. One Edit per sample (row i: ``sampling``'s seed + i),
+    reporting the whole target span."""
     (lo, hi), (tlo, thi) = source, target
     if hi - lo != thi - tlo:
         raise UsageError(f"the two spans differ in length ({hi - lo} and {thi - tlo} ticks): "
@@ -612,18 +610,18 @@ def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: t
         raise UsageError(f"--vary must be in (0, 1], got {vary}")
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
-    first = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed).seed
+    sampling = sampling or Sampling()
     targets = score_instruments(score) if instruments is None else sorted(int(i) for i in instruments)
     span = tuple(float(x) for x in seconds_at_tick(score, [tlo, thi]))
     out = []
     for row in range(int(num_samples)):
         t0 = time.perf_counter()
         copied, written, removed = copy_span(score.copy(), source, tlo, targets)
-        a, b = _block_ticks(copied, target, vary, first + row)
+        a, b = _block_ticks(copied, target, vary, sampling.seed + row)
         start, end = (float(x) for x in seconds_at_tick(copied, [a, b]))
         (edit,) = infill_edits(model, codec, copied, start_s=start, end_s=end, instruments=targets,
-                               seed=first + row, temperature=temperature, top_k=top_k, top_p=top_p,
-                               chord_weight=chord_weight, controls=controls, device=device, limits=limits)
+                               sampling=replace(sampling, seed=sampling.seed + row), controls=controls,
+                               device=device, limits=limits)
         out.append(Edit(edit.score, written + edit.written - edit.removed, removed, edit.span_steps, span,
                         tuple(targets), edit.new_tracks, time.perf_counter() - t0, edit.hearing))
     return out

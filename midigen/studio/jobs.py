@@ -84,12 +84,6 @@ def _sampling(req: dict) -> Sampling:
                     seed=req.get("seed"), chord_weight=float(req.get("chord_weight", DEFAULTS["chord_weight"])))
 
 
-def _as_kwargs(s: Sampling, device) -> dict:
-    """``s`` as the editing functions take it."""
-    return {"temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p, "chord_weight": s.chord_weight,
-            "seed": s.seed, "device": device}
-
-
 def _clock(seconds: float) -> str:
     return f"{int(seconds // 60)}:{seconds % 60:04.1f}"
 
@@ -241,15 +235,15 @@ class Engine:
         return [(song.score, label, {**req, "seed": sampling.seed}, summary["warnings"])]
 
     def _like(self, req: dict, score, progress) -> list[tuple]:
-        kw = _as_kwargs(_sampling(req), self.device)
+        sampling = _sampling(req)
         span = lambda a, b: tuple(int(t) for t in (first_tick_at(score, a), first_tick_at(score, b)))  # noqa: E731
         target, source = span(req["start_s"], req["end_s"]), span(req["like_start_s"], req["like_end_s"])
         (e,) = like_edits(self.model, self.codec, score, source=source, target=target,
                           vary=req.get("vary") or VARY_SHARE, controls=self.steering(req)[0],
-                          limits=self._limits(req), **kw)
+                          limits=self._limits(req), sampling=sampling, device=self.device)
         what = "varied" if source == target else f"like {_clock(req['like_start_s'])}–{_clock(req['like_end_s'])}"
-        label = f"{_clock(req['start_s'])}–{_clock(req['end_s'])} {what} · seed {kw['seed']}"
-        return [(e.score, label, {**req, "seed": kw["seed"]}, edit_warnings(score, e, "infill"))]
+        label = f"{_clock(req['start_s'])}–{_clock(req['end_s'])} {what} · seed {sampling.seed}"
+        return [(e.score, label, {**req, "seed": sampling.seed}, edit_warnings(score, e, "infill"))]
 
     def _continue(self, req: dict, score, progress) -> list[tuple]:
         extra, sampling = self.instruments(req.get("instruments")), _sampling(req)
@@ -267,31 +261,32 @@ class Engine:
         return [(out, label, {**req, "seed": sampling.seed}, said)]
 
     def _infill(self, req: dict, score, progress) -> list[tuple]:
-        kw = _as_kwargs(_sampling(req), self.device)
+        sampling = _sampling(req)
         insts = self.instruments(req.get("instruments")) or None
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         edits = infill_edits(self.model, self.codec, score, start_s=req["start_s"], end_s=req["end_s"],
                              instruments=insts, num_samples=req["num_samples"], controls=self.steering(req)[0],
                              listener=progress, limits=self._limits(req), known_instruments=self.caps["instruments"],
-                             **self.chords(req, "infill"), **kw)
+                             sampling=sampling, device=self.device, **self.chords(req, "infill"))
         span = f"{_clock(req['start_s'])}–{_clock(req['end_s'])}"
-        return [(e.score, f"infill {span}{_on_chords(req)} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
+        return [(e.score, f"infill {span}{_on_chords(req)} · variant {i + 1}/{len(edits)} · seed {sampling.seed} · "
+                          f"{e.realtime:.1f}× real time", {**req, "seed": sampling.seed},
                  edit_warnings(score, e, "infill") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
 
     def _arrange(self, req: dict, score, progress) -> list[tuple]:
-        kw = _as_kwargs(_sampling(req), self.device)
+        sampling = _sampling(req)
         add = self.instruments(req.get("add"))
         keep = req.get("keep")
         keep = None if keep is None else resolve_instruments(keep, score_instruments(score), owner="the song has")
         progress.begin(None, 0.0)  # the engine says where each chunk's notes go (Progress.chunk)
         edits = arrange_edits(self.model, self.codec, score, add=add, keep=keep, num_samples=req["num_samples"],
                               controls=self.steering(req)[0], listener=progress, limits=self._limits(req),
-                              known_instruments=self.caps["instruments"], **self.chords(req, "arrange"), **kw)
+                              known_instruments=self.caps["instruments"], sampling=sampling, device=self.device,
+                              **self.chords(req, "arrange"))
         names = ", ".join(instrument_name(i) for i in add) + _on_chords(req)
-        return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {kw['seed']} · "
-                          f"{e.realtime:.1f}× real time", {**req, "seed": kw["seed"]},
+        return [(e.score, f"arranged + {names} · variant {i + 1}/{len(edits)} · seed {sampling.seed} · "
+                          f"{e.realtime:.1f}× real time", {**req, "seed": sampling.seed},
                  edit_warnings(score, e, "arrange") + _heard(e.hearing))
                 for i, e in enumerate(edits)]
 
