@@ -1,8 +1,9 @@
 """Chords in the studio, on real `midigen studio` processes: each version's chords by bar in its roll
-JSON (the labeller's, from the library), chord charts read by the API (400 naming a bad chord) and
-checked before a job is queued, jobs that write on a chart end to end (the chords the file carries),
-and on the page (headless Chromium): the chord lane above the roll, bars selected on the lane filling
-the chord fields, a chart checked as it is typed, and the fields of a checkpoint without chords.
+JSON (the chord symbols its file carries, else the labeller's, from the library), chord charts read by
+the API (400 naming a bad chord) and checked before a job is queued, jobs that write on a chart end to
+end (the chords the file carries), and on the page (headless Chromium): the chord lane above the
+roll, bars selected on the lane filling the chord fields, a chart checked as it is typed, and the
+fields of a checkpoint without chords.
 
 Two servers: conftest's ``edit_run`` (trained on the codec v4 tiny dataset: it has chords and can
 edit) and a random-weight codec v3 checkpoint (no chords; nothing it writes is looked at).
@@ -19,7 +20,7 @@ from midigen.model.checkpoint import save_checkpoint
 from midigen.music.chordtext import marker_chord
 from midigen.model.model import GPT, GPTConfig, padded_vocab
 from midigen.music.codec import Codec
-from midigen.music.timing import tick_at_seconds
+from midigen.music.timing import bar_tick, tick_at_seconds
 from studio_server import Server, call, wait_job
 from test_studio_browser import _need_browser, _open_page, new_piece, open_tab, upload
 
@@ -82,6 +83,27 @@ def test_the_roll_carries_each_bars_chords_as_the_labeller_hears_them(server, pi
         [x for span in spans for x in span], abs=1e-3)
     assert [b["start"] for b in roll["chords"][:8]] == pytest.approx(roll["bars"][:8], abs=1e-3)  # on the bar lines
     assert roll["chords"][-1]["end"] == pytest.approx(roll["duration"], abs=1e-3)
+
+
+def test_the_lane_shows_the_chords_a_file_carries_not_the_labellers(server, tune):
+    """A song with chord symbols (``Chord NAME`` markers: the chords its music was written on) gets them
+    on its lane, not what the labeller hears in its notes: from bar 3 on here, a chord in force held
+    into the bars after it, the last of two at one tick standing; its bars before the first symbol as
+    the labeller hears them (as a song without any: the test above)."""
+    score = symusic.Score.from_midi(tune.read_bytes())
+    heard = detected_bar_chords(score)
+    bar = lambda k: bar_tick(score, k)  # noqa: E731  (bars counted from 1)
+    for tick, name in ((bar(3), "F#"), ((bar(3) + bar(4)) // 2, "Bbm7"), (bar(5), "F#"), (bar(6), "C"),
+                       (bar(6), "Eb")):
+        score.markers.append(symusic.core.TextMetaTick(tick, "Chord " + name))
+    score.markers.append(symusic.core.TextMetaTick(bar(4), "A"))  # a section's marker is no chord
+    status, piece = call("POST", f"{server.url}/api/pieces/upload?name=marked.mid", raw=bytes(score.dumps_midi()))
+    assert status == 201, piece
+    lane = call("GET", f"{server.url}/api/pieces/{piece['id']}/versions/{piece['current']}/roll")[1]["chords"]
+    names = [b["chords"] for b in lane]
+    assert len(names) == len(heard) >= 8
+    assert names == heard[:2] + ["F# Bbm7", "Bbm7", "F#"] + ["Eb"] * (len(heard) - 5)
+    assert heard[2:] != names[2:]  # the labeller hears the tune otherwise
 
 
 def test_a_chart_is_read_once_by_the_api_and_a_bad_one_named(server):
@@ -155,6 +177,8 @@ def test_generate_on_a_chart_writes_its_chords_on_the_bars(server):
     marks = _chord_marks(score)
     assert len(marks) >= 5
     assert marks == [(k * bar, "C Am F G".split()[k % 4]) for k in range(len(marks))]
+    lane = call("GET", f"{server.url}/api/pieces/{pid}/versions/{v['id']}/roll")[1]["chords"]
+    assert [b["chords"] for b in lane] == ["C Am F G".split()[k % 4] for k in range(len(lane))] and len(lane) >= 5
 
 
 def test_infill_on_a_chart_rewrites_the_spans_harmony_and_continue_follows_one(server, tune):

@@ -1,7 +1,7 @@
 // The piano roll: every track's notes on one canvas, drums in their own lane, bar lines from the song's
-// meters, a chord lane (each bar's chords, as the server's labeller hears them), a playhead, a selected
-// span, and the notes of a running job drawn as they arrive. Dragging across the chord lane selects
-// whole bars.
+// meters, a chord lane (each bar's chords: the file's chord symbols, else the server's labeller's), a
+// playhead, a selected span, and the notes of a running job drawn as they arrive. Dragging across the
+// chord lane selects whole bars.
 // Time runs left to right in seconds; a thin native scrollbar under the canvas scrolls it.
 
 const GUTTER = 52;   // keyboard / lane labels
