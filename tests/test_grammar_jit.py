@@ -9,6 +9,11 @@ must write the same tokens on both paths.
 """
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -267,3 +272,50 @@ def test_the_compiled_draw_steps_are_the_torch_ops():
         draw_jit.pick(want.numpy(), ids.numpy(), cdf.numpy(), u.numpy(), out)
         np.testing.assert_array_equal(out, ref.numpy())
     assert fallbacks > 0  # the fallback was exercised
+
+
+_WARMED = """
+import sys
+from midigen.generate import draw_jit, grammar_jit
+from midigen.generate.edit import arrange_edits, infill_edits
+from midigen.generate.sample import generate_samples, warm_up
+from midigen.generate.sampling import Sampling
+from midigen.model.checkpoint import checkpoint_limits, load_checkpoint
+from midigen.music.chordtext import parse_chords
+from songgen import make_song
+
+
+def kernels():
+    return {f"{m.__name__}.{n}": [str(s) for s in f.signatures] for m in (grammar_jit, draw_jit)
+            for n, f in vars(m).items() if hasattr(f, "signatures")}
+
+
+model, codec, config = load_checkpoint(sys.argv[1], "cpu")
+warm_up(model, codec)
+warmed = kernels()
+limits, s = checkpoint_limits(config), Sampling(seed=1, top_p=0.95, chord_weight=2.5)
+song = make_song(3, bars=8, tpq=480)
+generate_samples(model, codec, max_new_tokens=48, instruments=[0, 33], tempo=120, sampling=s, limits=limits,
+                 chords=parse_chords("C Am F G"), num_samples=2)
+infill_edits(model, codec, song, start_s=2.0, end_s=5.0, sampling=s, limits=limits)
+arrange_edits(model, codec, song, add=[33], sampling=Sampling(seed=2, top_k=20, temperature=0.9))
+print("warmed:", " ".join(sorted(n.rpartition(".")[2] for n, v in warmed.items() if v)))
+print("new:", " ".join(sorted(n.rpartition(".")[2] for n, v in kernels().items() if v != warmed[n])))
+"""
+
+
+def test_the_warm_up_compiles_what_every_later_decode_runs(edit_run):
+    """``warm_up`` (the studio's, at start) leaves nothing for a later decode to compile: sampling with
+    note limits, a chart and two rows, an infill, an arrange with top-k and a temperature all run the
+    kernels' specializations it made (one each: the limits' tables are as contiguous as the free ones'),
+    whether numba compiled them or loaded them from its cache. In a fresh process, as the studio's
+    worker is."""
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(root), str(root / "tests")]))
+    out = subprocess.run([sys.executable, "-c", _WARMED, str(edit_run)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    warmed, new = out.stdout.strip().splitlines()[-2:]
+    assert set(warmed.split()[1:]) >= {"mask_rows", "advance_rows", "advance_and_mask", "gather", "cut_below",
+                                       "nucleus_cut", "pick"}, out.stdout
+    assert new.strip() == "new:", out.stdout  # a second specialization: argument types differ from the warm-up's

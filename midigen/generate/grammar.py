@@ -129,7 +129,8 @@ class _Limits:
         ids = note_start + np.arange(N_INSTRUMENTS * N_PITCHES).reshape(N_INSTRUMENTS, N_PITCHES)
         # a NOTE's id where its pitch is in range, else -1: "later in the step and in range" is one compare
         self.note_key = torch.as_tensor(np.where(ok, ids, -1), device=device)  # (instruments, pitches)
-        self.polyphony = torch.as_tensor(np.asarray(polyphony, np.int64), device=device)
+        # contiguous (a NoteLimits column is strided), as the free tables are: one compiled mask for both
+        self.polyphony = torch.as_tensor(np.ascontiguousarray(polyphony, np.int64), device=device)
         self.slots = int(max(1, int(np.max(polyphony))))
         self.active = None  # the instruments any row may write, once the header is closed (host fact)
 

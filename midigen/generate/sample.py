@@ -32,6 +32,7 @@ TOKENS_PER_SECOND_CAP = 200  # token budget per second of music when only a time
 SILENCE_BEATS = 8  # longer silences are reported
 LOOP_PERIOD_MAX = 8  # a pattern of at most this many tokens ...
 LOOP_MIN_TOKENS = 64  # ... repeated over this many tokens is reported as a loop
+WARM_TOKENS = 8  # drawn by ``warm_up``: enough for a step with several candidates
 
 
 @dataclass
@@ -184,6 +185,15 @@ def generate_samples(model, codec: Codec, *, num_samples: int = 1, seconds: floa
         samples.append(Sample(tokens, len(prefix), start_steps, start_seconds, end, spent and seconds is not None,
                               compute_seconds=took))
     return samples
+
+
+def warm_up(model, codec: Codec, device=None) -> None:
+    """A few tokens drawn and thrown away, so that on a CPU numba compiles the grammar step and the draw
+    (``grammar_jit``, ``draw_jit``; about 9 s of CPU the first time on a machine) or loads them from its
+    cache (~0.3 s) now, before anyone waits on them: a process that stays up (the studio) calls it when
+    it starts. Top-k 1 with top-p so that every compiled step of the draw runs."""
+    generate_samples(model, codec, max_new_tokens=WARM_TOKENS, sampling=Sampling(seed=0, top_k=1, top_p=0.95),
+                     device=device)
 
 
 def _force_chart(codec: Codec, g: Grammar, chart, time_signature, seconds, budget: int) -> None:

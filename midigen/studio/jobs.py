@@ -36,7 +36,7 @@ from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.harmony import need_chords
 from midigen.generate.sampling import DEFAULTS, KEY_WEIGHT, Sampling
-from midigen.generate.sample import continue_song, generate_samples, sample_score
+from midigen.generate.sample import continue_song, generate_samples, sample_score, warm_up
 from midigen.fsutil import sha256_file
 from midigen.model.adapter import apply_live, is_adapter_dir
 from midigen.model.checkpoint import CONFIG, adapter_base, load_adapter, load_checkpoint
@@ -200,6 +200,11 @@ class Engine:
             resolve_instruments(req.get("keep"), version.get("instruments") or [], owner="the song has")
 
     # ----- the runs: each returns [(score, label, parameters)] ---------------------------------
+
+    def warm(self) -> None:
+        """The compiled grammar and draw made ready (``warm_up``) before the first job waits on them."""
+        with self.lock:
+            warm_up(self.model, self.codec, self.device)
 
     def run(self, kind: str, req: dict, score, progress: "Progress") -> list[tuple]:
         """[(score, label, parameters, warnings)]: the warnings (``midigen.generate.checks``) say when a
@@ -483,6 +488,7 @@ class JobQueue:
         self.thread.join(timeout=30)
 
     def _loop(self) -> None:
+        self._warm()
         while True:
             with self.cv:
                 while not self.waiting and not self.stopping:
@@ -496,6 +502,13 @@ class JobQueue:
                 job.progress.freeze()
                 job.status, job.error, job.finished = status, error, time.time()
                 self.running = None
+
+    def _warm(self) -> None:
+        """The engine warmed as the worker starts: a job asked for meanwhile waits for what is left of it."""
+        try:
+            self.engine.warm()
+        except Exception:  # the first job then compiles, or says what is wrong
+            traceback.print_exc(file=sys.stderr)
 
     def _run(self, job: Job) -> tuple[str, str | None]:
         """-> (status, error): the job's versions are written before it counts as done."""
