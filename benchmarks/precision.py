@@ -302,7 +302,7 @@ def report(res: dict, a) -> None:
         f"int8 {q['MB_read_per_token']} MB of weights; KV cache {m['kv_cache_MB_read_per_token_fp32']} MB at fp32, "
         f"{q['kv_cache_MB_read_per_token']} MB at int8's {res['int8_kv_dtype']}")
     for name, r in v.items():
-        say(f"  {name:15s} {r['tokens_per_s']:7.1f} tok/s  {r['over_fp32']:5.2f}x fp32  {r['share_of_limit']:6.1%} of its "
+        say(f"  {name:21s} {r['tokens_per_s']:7.1f} tok/s  {r['over_fp32']:5.2f}x fp32  {r['share_of_limit']:6.1%} of its "
             f"limit ({r['limit_tokens_per_s']} tok/s; {r['share_with_kv']:.1%} counting the KV cache)  "
             f"{r['tokens_per_cpu_s']} tok/CPU-s  rounds {r['each_round']}")
     say(f"[{verdict(q['over_fp32'] >= TARGET_SPEEDUP)}] int8 / fp32 = {q['over_fp32']}x (target >= {TARGET_SPEEDUP}x)")

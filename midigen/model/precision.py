@@ -20,9 +20,9 @@
 
   At int8 the KV cache is bfloat16 (``INT8_KV_DTYPE``; ``GPT.kv_dtype``): once the weights are int8, a
   step at context ~270 reads 20 MB of float32 keys and values beside 100 MB of weights, and attention
-  over them was ~20% of a 124M step's CPU time. Half the bytes made the step ~8% cheaper. The rounding
-  is finer than int8's own (the projection after attention quantizes its input to 8 bits anyway), and
-  benchmarks/precision.py measures it on trained models through the cache (docs/benchmarks.md).
+  over them was ~17% of a 124M step's CPU time. Half the bytes cut the step's CPU time by 4-10%. The
+  rounding is no coarser than int8's own (the projection after attention quantizes its input to 8 bits
+  anyway), and benchmarks/precision.py measures it on trained models through the cache.
 
 At fp32 and bf16 the output head is the float32 embedding rows themselves, and the KV cache float32.
 
