@@ -7,6 +7,7 @@ figure and verdict.
   converts it at load (``midigen.model.precision``). Variants alternate for ``--rounds`` rounds; the
   best round counts (the machine is shared). Besides fp32, int8 and bf16: ``int8 fp32 head`` (the
   blocks int8, the output head left float32: what int8 was before its head went int8),
+  ``int8 fp32 kv`` (int8 with the float32 KV cache it had before its cache went bfloat16),
   ``fp32 1 thread`` and ``int8 1 thread`` (whether the second thread helps at b = 1; their ratio
   in CPU time is the load-robust one), and with ``--engines`` int8 under
   other quantized engines (packed and run under each). Each variant also gets tokens per CPU second
@@ -16,14 +17,16 @@ figure and verdict.
   output head over the whole vocabulary: int8 at int8, float32 otherwise; int8 adds a float scale
   and zero point per output channel) divided by the read bandwidth measured here (an fp32
   matrix-vector product over a 512 MB matrix, the streaming read a decoding step does, same threads,
-  best over the rounds). A step also reads its KV cache (float32, at the timed steps' mean length):
-  ``share_with_kv`` counts those bytes too. The 1-thread rows are held against the same probe (run
+  best over the rounds). A step also reads its KV cache (at its dtype, at the timed steps' mean
+  length): ``share_with_kv`` counts those bytes too. The 1-thread rows are held against the same probe (run
   at ``--threads``), so their shares are not a 1-thread limit.
 * Quality: the 124M shape trained for ``--train-steps`` steps on generated multi-track songs (so the
   weights are not random), then fp32 vs int8 on held-out songs as prompts: the mean absolute
-  logit difference over the trained support, how often the argmax agrees, and bits per token; and,
-  with ``--demo-ckpt``/``--demo-data``, ``midigen eval``'s test bits/note of a trained model at int8
-  against fp32 (target <= 1.01x).
+  logit difference over the trained support, how often the argmax agrees, and bits per token (the
+  int8 variants through their KV cache, as a prefill, so its dtype counts); and, with
+  ``--demo-ckpt``/``--demo-data``, ``midigen eval``'s test bits/note of a trained model at int8
+  against fp32 (target <= 1.01x), and the same model's test bits/token through the KV cache at int8
+  with the bfloat16 cache against the float32 one.
 * Real time: int8's 124M tokens/s x notes per token of dense band music (``tests/songgen.py``
   songs: drums, bass, chords, melody, encoded by the codec) against the notes per second that
   music plays.
@@ -55,9 +58,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from songgen import make_song  # noqa: E402
 
+from midigen.data.dataset import Dataset, eval_rows  # noqa: E402
 from midigen.eval.evaluate import evaluate  # noqa: E402
+from midigen.model.checkpoint import load_checkpoint, resolve  # noqa: E402
 from midigen.model.model import GPT, GPTConfig, padded_vocab  # noqa: E402
-from midigen.model.precision import apply_precision, block_linear_weights  # noqa: E402
+from midigen.model.precision import INT8_KV_DTYPE, apply_precision, block_linear_weights  # noqa: E402
 from midigen.music.codec import Codec  # noqa: E402
 
 BYTES = {"fp32": 4, "bf16": 2, "int8": 1}
@@ -94,9 +99,9 @@ def bytes_per_token(cfg: GPTConfig, blocks: str, head: str, block_weights: int, 
             + cfg.vocab_size * cfg.n_embd * BYTES[head] + extra(head, cfg.vocab_size))
 
 
-def kv_bytes(cfg: GPTConfig, length: float) -> int:
-    """The float32 keys and values one step reads at a context of ``length`` tokens."""
-    return int(cfg.n_layer * 2 * length * cfg.n_embd * 4)
+def kv_bytes(cfg: GPTConfig, length: float, dtype: torch.dtype) -> int:
+    """The keys and values (of ``dtype``) one step reads at a context of ``length`` tokens."""
+    return int(cfg.n_layer * 2 * length * cfg.n_embd * dtype.itemsize)
 
 
 @torch.inference_mode()
@@ -122,13 +127,21 @@ def variants(base: GPT, engines) -> dict:
     head32 = apply_precision(copy.deepcopy(base), "int8")
     head32.set_head_maker(None)
     out["int8 fp32 head"] = (head32, default, None, ("int8", "fp32"))
+    out["int8 fp32 kv"] = (fp32_kv(apply_precision(copy.deepcopy(base), "int8")), default, None, ("int8", "int8"))
     out["fp32 1 thread"] = (out["fp32"][0], default, 1, ("fp32", "fp32"))
     out["int8 1 thread"] = (out["int8"][0], default, 1, ("int8", "int8"))
+    out["int8 fp32 kv 1 thread"] = (out["int8 fp32 kv"][0], default, 1, ("int8", "int8"))
     for e in engines:
         torch.backends.quantized.engine = e
         out[f"int8 {e}"] = (apply_precision(copy.deepcopy(base), "int8"), e, None, ("int8", "int8"))
     torch.backends.quantized.engine = default
     return out
+
+
+def fp32_kv(model: GPT) -> GPT:
+    """``model`` with a float32 KV cache (what int8 had before its cache went bfloat16)."""
+    model.kv_dtype = torch.float32
+    return model
 
 
 def speed(name: str, cfg: GPTConfig, a, probe, engines=()) -> dict:
@@ -151,14 +164,16 @@ def speed(name: str, cfg: GPTConfig, a, probe, engines=()) -> dict:
         torch.set_num_threads(threads)
     w = block_linear_weights(base)
     channels = sum(m.out_features for m in base.blocks.modules() if isinstance(m, torch.nn.Linear))
-    kv = kv_bytes(cfg, context + a.steps / 2)
+    length = context + a.steps / 2
     out = {"model": name, "params_M": round(base.num_params() / 1e6, 1), "block_linear_weights": w,
            "context": context, "read_bandwidth_GB_per_s": round(bandwidth / 1e9, 2),
-           "kv_cache_MB_read_per_token": round(kv / 1e6, 1), "variants": {}}
-    for v, (_, eng, n, (blocks, head)) in runs.items():
+           "kv_cache_MB_read_per_token_fp32": round(kv_bytes(cfg, length, torch.float32) / 1e6, 1), "variants": {}}
+    for v, (model, eng, n, (blocks, head)) in runs.items():
         best, read = max(rates[v]), bytes_per_token(cfg, blocks, head, w, channels)
+        kv = kv_bytes(cfg, length, model.kv_dtype or torch.float32)
         out["variants"][v] = {
             "tokens_per_s": round(best, 1), "each_round": [round(r, 1) for r in rates[v]], "engine": eng,
+            "kv_cache_MB_read_per_token": round(kv / 1e6, 1),
             "threads": n or threads, "MB_read_per_token": round(read / 1e6, 1),
             "limit_tokens_per_s": round(bandwidth / read, 1), "share_of_limit": round(best * read / bandwidth, 3),
             "share_with_kv": round(best * (read + kv) / bandwidth, 3),
@@ -210,7 +225,7 @@ def logit_gap(model: GPT, codec: Codec, prompt_len: int) -> dict:
         return round((F.cross_entropy(z.reshape(-1, z.size(-1)), y) / math.log(2)).item(), 4)
 
     def against_fp32(m) -> dict:
-        full = m(x[:, :-1])[0]
+        full = m(x[:, :-1], cache=m.new_cache(len(x)))[0]  # a prefill: keys and values go through the cache
         got = full[..., model.support]
         return {"mean_abs_logit_diff": round((got - ref).abs().mean().item(), 4),
                 "argmax_agrees": round((got.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4),
@@ -218,6 +233,7 @@ def logit_gap(model: GPT, codec: Codec, prompt_len: int) -> dict:
 
     out = {"prompts": len(prompts), "positions": int(y.numel()), "mean_abs_logit_fp32": round(ref.abs().mean().item(), 3),
            "bits_per_token_fp32": bits(ref_full), "int8": against_fp32(q)}
+    out["int8 fp32 kv"] = against_fp32(fp32_kv(copy.deepcopy(q)))
     q.set_head_maker(None)
     out["int8 fp32 head"] = against_fp32(q)
     return out
@@ -245,6 +261,30 @@ def demo_bits(ckpt: str, data: str) -> dict:
     return out
 
 
+@torch.inference_mode()
+def demo_kv_bits(ckpt: str, data: str, max_tokens: int = 20_000) -> dict:
+    """The trained model at int8, test bits/token through the KV cache (each row a prefill, so every
+    key and value is read back from the cache) with int8's cache dtype against a float32 cache, and
+    the mean |logit difference| between the two over the support."""
+    model, _, _ = load_checkpoint(resolve(ckpt), device="cpu", precision="int8")
+    x, y = (torch.from_numpy(a.astype(np.int64)) for a in eval_rows(Dataset(data).split("test"), model.cfg.block_size,
+                                                                      max_tokens))
+    nats, diff, n = {}, 0.0, 0
+    for row in range(len(x)):
+        logits = {}
+        for name, dtype in (("int8_kv", INT8_KV_DTYPE), ("fp32_kv", torch.float32)):
+            z = model(x[row : row + 1], cache=model.new_cache(1, dtype=dtype))[0][0]
+            logits[name] = z
+            nats[name] = nats.get(name, 0.0) + F.cross_entropy(z, y[row], ignore_index=-1, reduction="sum").item()
+        s = model.support if model.support is not None else slice(None)
+        diff += (logits["int8_kv"][:, s] - logits["fp32_kv"][:, s]).abs().mean().item() * (y[row] >= 0).sum().item()
+        n += int((y[row] >= 0).sum())
+    out = {f"bits_per_token_{k}": round(v / n / math.log(2), 5) for k, v in nats.items()}
+    out.update({"tokens": n, "mean_abs_logit_diff": round(diff / n, 5),
+                "ratio": round(nats["int8_kv"] / nats["fp32_kv"], 5)})
+    return out
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -259,25 +299,32 @@ def report(res: dict, a) -> None:
         f"engine {res['quantized_engine']}, load average {res['load_avg']:.1f} -> {res['load_avg_end']:.1f} "
         f"on {res['cpus']} CPUs, best of {a.rounds} rounds")
     say(f"probe: {m['read_bandwidth_GB_per_s']} GB/s (fp32 mv, 512 MB); per token: fp32 {fp['MB_read_per_token']} MB, "
-        f"int8 {q['MB_read_per_token']} MB of weights, + {m['kv_cache_MB_read_per_token']} MB of KV cache")
+        f"int8 {q['MB_read_per_token']} MB of weights; KV cache {m['kv_cache_MB_read_per_token_fp32']} MB at fp32, "
+        f"{q['kv_cache_MB_read_per_token']} MB at int8's {res['int8_kv_dtype']}")
     for name, r in v.items():
-        say(f"  {name:15s} {r['tokens_per_s']:7.1f} tok/s  {r['over_fp32']:5.2f}x fp32  {r['share_of_limit']:6.1%} of its "
+        say(f"  {name:21s} {r['tokens_per_s']:7.1f} tok/s  {r['over_fp32']:5.2f}x fp32  {r['share_of_limit']:6.1%} of its "
             f"limit ({r['limit_tokens_per_s']} tok/s; {r['share_with_kv']:.1%} counting the KV cache)  "
             f"{r['tokens_per_cpu_s']} tok/CPU-s  rounds {r['each_round']}")
     say(f"[{verdict(q['over_fp32'] >= TARGET_SPEEDUP)}] int8 / fp32 = {q['over_fp32']}x (target >= {TARGET_SPEEDUP}x)")
     one = v["int8 1 thread"]["tokens_per_cpu_s"] / v["fp32 1 thread"]["tokens_per_cpu_s"]
     say(f"[figure] int8 / fp32 at 1 thread in CPU time (robust to other load): {one:.2f}x")
+    kv = v["int8 1 thread"]["tokens_per_cpu_s"] / v["int8 fp32 kv 1 thread"]["tokens_per_cpu_s"]
+    say(f"[figure] int8 with its {res['int8_kv_dtype']} KV cache / with a float32 one, 1 thread, CPU time: {kv:.3f}x")
     say(f"[{verdict(q['share_of_limit'] >= TARGET_SHARE)}] int8 = {q['share_of_limit']:.1%} of its memory-bandwidth "
         f"limit (target >= {TARGET_SHARE:.0%}); {q['share_with_kv']:.1%} counting the KV cache it also reads")
     if "demo_bits_per_note" in res:
         d = res["demo_bits_per_note"]
         say(f"[{verdict(d['int8_over_fp32'] <= TARGET_BITS)}] demo model test bits/note: int8 {d['int8']['bits_per_note']} / "
             f"fp32 {d['fp32']['bits_per_note']} = {d['int8_over_fp32']}x (target <= {TARGET_BITS}x)")
+        k = d["kv_cache"]
+        say(f"[figure] demo model at int8 through the KV cache, {k['tokens']} test tokens: bits/token "
+            f"{k['bits_per_token_int8_kv']} with the {res['int8_kv_dtype']} cache vs {k['bits_per_token_fp32_kv']} with "
+            f"a float32 one ({k['ratio']}x); mean |logit difference| {k['mean_abs_logit_diff']}")
     else:
         say("[not run] demo model bits/note: pass --demo-ckpt and --demo-data")
     if "quality_124M" in res:
         g = res["quality_124M"]
-        for k in ("int8", "int8 fp32 head"):
+        for k in ("int8", "int8 fp32 kv", "int8 fp32 head"):
             say(f"[figure] 124M trained {a.train_steps} steps, {k}: mean |logit - fp32| = {g[k]['mean_abs_logit_diff']} "
                 f"(mean |logit| {g['mean_abs_logit_fp32']}), argmax agrees {g[k]['argmax_agrees']:.2%}, "
                 f"bits/token {g[k]['bits_per_token']} vs {g['bits_per_token_fp32']}")
@@ -304,7 +351,8 @@ def main() -> None:
     vocab = padded_vocab(codec.vocab_size)
     probe = (torch.randn(4096, 32768), torch.randn(32768))
     res = {"torch": torch.__version__, "threads": a.threads, "cpus": os.cpu_count(), "load_avg": os.getloadavg()[0],
-           "quantized_engine": torch.backends.quantized.engine, "models": []}
+           "quantized_engine": torch.backends.quantized.engine, "int8_kv_dtype": str(INT8_KV_DTYPE).split(".")[-1],
+           "models": []}
     big = shape("gpt2-124m-lakh.toml", vocab)
     engines = [e for e in a.engines.split(",") if e]
     for name, cfg, more in (("124M (configs/gpt2-124m-lakh.toml)", big, engines),
@@ -321,6 +369,7 @@ def main() -> None:
     if a.demo_ckpt and a.demo_data:
         torch.set_num_threads(1)
         res["demo_bits_per_note"] = demo_bits(a.demo_ckpt, a.demo_data)
+        res["demo_bits_per_note"]["kv_cache"] = demo_kv_bits(a.demo_ckpt, a.demo_data)
         torch.set_num_threads(a.threads)
         print(json.dumps({"demo_bits_per_note": res["demo_bits_per_note"]}), flush=True)
     if a.train_steps > 0:

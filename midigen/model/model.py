@@ -68,9 +68,12 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0,
                 pos: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, heads, T, head_dim)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        qkv = self.qkv(x)
+        dtype = qkv.dtype
+        if cache is not None:  # keys and values are kept, and attended over, in the cache's dtype
+            qkv = qkv.to(cache.k.dtype)
+        # (B, T, 3C) -> three (B, heads, T, head_dim) views, no copies
+        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
         p = self.dropout if self.training else 0.0
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
@@ -82,16 +85,17 @@ class SelfAttention(nn.Module):
         else:
             start = cache.length
             end = start + T
-            cache.k[layer, :, :, start:end] = k
-            cache.v[layer, :, :, start:end] = v
-            k_all, v_all = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+            keys, values = cache.k[layer], cache.v[layer]
+            keys.narrow(2, start, T).copy_(k)
+            values.narrow(2, start, T).copy_(v)
+            k_all, v_all = keys.narrow(2, 0, end), values.narrow(2, 0, end)
             if T == 1:
                 y = F.scaled_dot_product_attention(q, k_all, v_all)
             else:
                 # new queries see the whole cache and, among themselves, only earlier positions
                 mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
                 y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, C).to(dtype)
         return self.resid_drop(self.proj(y))
 
 
@@ -138,6 +142,8 @@ class GPT(nn.Module):
         # from the embedding whenever the support changes; None: the float32 rows themselves.
         self.head_maker = None
         self.support_head = None
+        # The KV cache's dtype when the caller names none (None: the embedding's); ``precision`` sets it.
+        self.kv_dtype = None
         self.apply(self._init)
         # GPT-2 scales the residual projections by 1/sqrt(2 * n_layer) at init
         for name, p in self.named_parameters():
@@ -220,7 +226,7 @@ class GPT(nn.Module):
 
     def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:
         w = self.wte.weight
-        return KVCache(self.cfg, batch_size, device or w.device, dtype or w.dtype)
+        return KVCache(self.cfg, batch_size, device or w.device, dtype or self.kv_dtype or w.dtype)
 
     def hidden(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         """The final (layer-normed) hidden states for ``idx`` (B, T): what every output head reads."""
