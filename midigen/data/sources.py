@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from midigen.data import corpus
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import cache_dir
 
@@ -84,6 +83,8 @@ def resolve(text: str, url: str | None = None, progress: bool = True) -> Source:
     if text == "lakh":
         return Source("tar", download_lakh(url=url, progress=progress), "lakh")
     if text == "demo":
+        from midigen.data import corpus  # start-up time: the demo export's modules only when it is named
+
         return Source("folder", corpus.demo_corpus_dir(progress=progress), "demo")
     p = Path(text)
     label = text.rstrip("/") or text
