@@ -44,7 +44,7 @@ from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cp
 from midigen.data.keys import estimate_keys, score_signature_key, song_key
 from midigen.data.styles import add_duplicate_styles, make_tagger, split_source, StyleTagger
 from midigen.music.codec import CODEC_VERSION, Codec, CodecError, key_name
-from midigen.music.smf import truncation, unwrap_rmid
+from midigen.music.smf import checked_smf, unwrap_rmid
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -117,10 +117,11 @@ class _Encoder:
             return None, "empty file"
         if S.too_big(len(data)):
             return None, S.too_big(len(data))
-        if cut := truncation(unwrap_rmid(data)):
+        smf, cut = checked_smf(unwrap_rmid(data))
+        if cut:
             return None, cut
         try:
-            score = self.codec.read_midi(data)
+            score = self.codec.read_smf(smf)
             n = score.note_num()
         except CodecError as e:
             return None, str(e)
