@@ -34,13 +34,6 @@ def _jit(fn):
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
-def _jit_vector(fn):
-    """``_jit`` with numpy's error model: a division is a plain IEEE division, not a check for zero and
-    a branch to raise, which keeps a loop of them vectorizable. Only for code whose divisors are never
-    zero (the results are then the same to the bit)."""
-    return numba.njit(cache=True, nogil=True, error_model="numpy")(fn) if numba is not None else fn
-
-
 # Layout of the ``consts`` argument (see ``CompiledChords.__init__``).
 _CONSTS = ("shift_start", "max_shift", "tempo_start", "ts_start", "inst_start", "note_start", "dv_start",
            "dv_end", "chord_start", "velocity_levels", "bos", "eos", "steps_per_quarter")
@@ -250,18 +243,18 @@ def smooth_sums(sums, intervals, sizes, prior):
     them (one row, in cache) instead of a beats x 109 table written and read back.
 
     The row is laid out quality by quality (``q * 12 + root``, N.C. last) rather than in chord-id order
-    (``root * 9 + q``), so each quality's twelve scores are computed and stored side by side (a loop the
-    compiler vectorizes). Each state's update is its own, so the order of the states changes nothing
+    (``root * 9 + q``), so each quality's twelve scores are computed and stored side by side, not nine
+    apart (a few microseconds a song). Each state's update is its own, so the order of the states changes nothing
     but which state leads on a tie: the leader is taken as the reference takes it, the first best in
     chord-id order (``order``), and the path is turned back into chord ids at the end."""
     n, k = len(sums), VOCAB_SIZE
     order, chord_of = _quality_major()
     back = np.empty((n, k), dtype=np.int16)
     best, row = np.empty(k), np.empty(k)
-    x, low, bonus, _ = _score_buffers()
-    _row_scores(sums, 0, x, low, bonus, intervals, sizes, prior, best)
+    x, low, bonus, missing_penalty = _score_buffers()
+    _row_scores(sums, 0, x, low, bonus, missing_penalty, intervals, sizes, prior, best)
     for t in range(1, n):
-        _row_scores(sums, t, x, low, bonus, intervals, sizes, prior, row)
+        _row_scores(sums, t, x, low, bonus, missing_penalty, intervals, sizes, prior, row)
         leader = _first_best_in(best, order)
         switch = best[leader] - SWITCH_PENALTY
         for j in range(k):  # ``_viterbi_step``'s update, without branches
@@ -291,12 +284,10 @@ def _quality_major():
     return order, chord_of
 
 
-@_jit_vector
-def _row_scores(sums, b, x, low, bonus, intervals, sizes, prior, row):
+@_jit
+def _row_scores(sums, b, x, low, bonus, missing_penalty, intervals, sizes, prior, row):
     """``_beat_scores`` into a quality-major row (``q * 12 + root``): the same operations on the same
-    values for every chord, the missing-tones penalty computed in place as ``_score_buffers`` computes
-    its table (the same product and quotient, so the same value). Divisors: the beat's total (> 0
-    here), the bass total or 1, a chord's size (3 or 4)."""
+    values for every chord."""
     for j in range(12):
         x[j] = sums[b, j] + BASS_WEIGHT * sums[b, 12 + j]
     total = _sum12(x)
@@ -315,17 +306,17 @@ def _row_scores(sums, b, x, low, bonus, intervals, sizes, prior, row):
     for q in range(len(sizes)):
         at = np.uint64(q * 12)
         a, c, d = np.uint64(intervals[q, 1]), np.uint64(intervals[q, 2]), np.uint64(intervals[q, 3])
-        size, pr = np.float64(sizes[q]), prior[q]
-        if sizes[q] == 4:
+        size, pr = np.uint64(sizes[q]), prior[q]
+        if size == 4:
             for r in range(np.uint64(12)):
                 inside = ((x[r] + x[r + a]) + x[r + c]) + x[r + d]
-                m = np.float64(low[r] + low[r + a] + low[r + c] + low[r + d])
-                row[at + r] = inside - OUTSIDE_PENALTY * (1.0 - inside) - MISSING_PENALTY * m / size + bonus[r] + pr
+                m = np.uint64(low[r] + low[r + a] + low[r + c] + low[r + d])
+                row[at + r] = inside - OUTSIDE_PENALTY * (1.0 - inside) - missing_penalty[m, size] + bonus[r] + pr
         else:
             for r in range(np.uint64(12)):
                 inside = (x[r] + x[r + a]) + x[r + c]
-                m = np.float64(low[r] + low[r + a] + low[r + c])
-                row[at + r] = inside - OUTSIDE_PENALTY * (1.0 - inside) - MISSING_PENALTY * m / size + bonus[r] + pr
+                m = np.uint64(low[r] + low[r + a] + low[r + c])
+                row[at + r] = inside - OUTSIDE_PENALTY * (1.0 - inside) - missing_penalty[m, size] + bonus[r] + pr
     row[NO_CHORD] = -1e9
 
 
