@@ -8,7 +8,8 @@ import pytest
 import symusic
 
 from midigen.music.codec import Codec, key_name, parse_key
-from midigen.data.keys import estimate_key, estimate_keys, pitch_class_histogram, score_signature_key, signature_key, song_key
+from midigen.data.keys import (estimate_key, estimate_keys, pitch_class_histogram, score_signature_key, signature_key,
+                                song_key)
 
 
 def _melody(pitches, tpq=480, key_signature=None) -> symusic.Score:

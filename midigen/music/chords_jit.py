@@ -244,9 +244,9 @@ def smooth_sums(sums, intervals, sizes, prior):
 
     The row is laid out quality by quality (``q * 12 + root``, N.C. last) rather than in chord-id order
     (``root * 9 + q``), so each quality's twelve scores are computed and stored side by side, not nine
-    apart (a few microseconds a song). Each state's update is its own, so the order of the states changes nothing
-    but which state leads on a tie: the leader is taken as the reference takes it, the first best in
-    chord-id order (``order``), and the path is turned back into chord ids at the end."""
+    apart (a few microseconds a song). Each state's update is its own, so the order of the states
+    changes nothing but which state leads on a tie: the leader is taken as the reference takes it, the
+    first best in chord-id order (``order``), and the path is turned back into chord ids at the end."""
     n, k = len(sums), VOCAB_SIZE
     order, chord_of = _quality_major()
     back = np.empty((n, k), dtype=np.int16)

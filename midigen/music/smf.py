@@ -53,7 +53,8 @@ def checked_smf(data: bytes) -> tuple[bytes, str | None]:
 
 
 def _cut_chunk(data: bytes, pos: int, clen: int) -> str:
-    return f"truncated: a {data[pos:pos + 4].decode('latin-1')!r} chunk declares {clen} bytes, {len(data) - pos - 8} follow"
+    kind = data[pos : pos + 4].decode("latin-1")
+    return f"truncated: a {kind!r} chunk declares {clen} bytes, {len(data) - pos - 8} follow"
 
 
 def _cut_tracks(declared: int, tracks: int) -> str:
