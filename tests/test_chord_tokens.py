@@ -229,6 +229,25 @@ def test_compiled_labeller_labels_as_numpy_does(music21_dir, songs_dir):
         assert np.array_equal(codec_jit.compiled_smooth(scores, 0.3), smooth(scores, 0.3, compiled=False))
 
 
+@pytest.mark.skipif(not codec_jit.available(Codec()), reason="numba unavailable here")
+def test_prepares_fused_scores_and_viterbi_label_as_numpy_does():
+    """prepare's pass scores each beat into a quality-major row and runs the Viterbi over that order
+    (``chords_jit.smooth_sums``); ties must still go to the first chord id, as numpy's argmax takes it.
+    Profiles with many exact ties (coarse values, bare triads, silent beats) against the numpy scores
+    and Viterbi."""
+    from midigen.music import chords_jit
+    from midigen.music.chords import chord_scores, smooth
+
+    templates = chords_jit.CompiledChords(Codec())._templates
+    rng = np.random.default_rng(2)
+    for trial in range(400):
+        n = int(rng.integers(1, 120))
+        sums = [np.round(rng.random((n, 24)) * 4) / 2, (rng.random((n, 24)) < 0.3) * 1.0,
+                rng.random((n, 24)) * (rng.random((n, 1)) > 0.2)][trial % 3]
+        want = smooth(chord_scores(sums[:, :12], sums[:, 12:]), compiled=False)
+        assert np.array_equal(chords_jit.smooth_sums(sums, *templates), want)
+
+
 def test_a_forced_chord_comes_before_a_given_note_of_its_step(codec):
     """In an edit's written part, chords and the kept notes are both forced: where they share a step
     the chord comes first (the encoder's order), whatever the draw would pick."""

@@ -8,7 +8,8 @@ import pytest
 import symusic
 
 from midigen.music.codec import Codec, key_name, parse_key
-from midigen.data.keys import estimate_key, pitch_class_histogram, score_signature_key, signature_key, song_key
+from midigen.data.keys import (estimate_key, estimate_keys, pitch_class_histogram, score_signature_key, signature_key,
+                                song_key)
 
 
 def _melody(pitches, tpq=480, key_signature=None) -> symusic.Score:
@@ -94,6 +95,22 @@ def test_real_music21_pieces(music21_dir):
     assert score_signature_key(score) == parse_key("E minor")
     score.key_signatures = symusic.Score(score.ticks_per_quarter).key_signatures  # strip them: estimate only
     assert song_key(codec, score, codec.encode_score(score)) == ("E minor", "estimated")
+
+
+def test_estimate_keys_gives_estimate_key_row_for_row():
+    """prepare estimates a chunk's keys in one batch; it must give estimate_key's answer on every row,
+    ties (symmetric histograms, where only the rounding decides) and flat or empty ones included."""
+    rng = np.random.default_rng(3)
+    ties = np.zeros((24, 12))
+    for i in range(12):
+        ties[i, i] = 1.0  # one pitch class: a tie between keys sharing it at equal weight
+        ties[i + 12, i] = ties[i + 12, (i + 7) % 12] = 2.0
+    rows = np.concatenate([rng.integers(0, 50, (3000, 12)), rng.integers(0, 3, (3000, 12)), np.zeros((3, 12)),
+                           np.full((3, 12), 4.0), ties, np.round(rng.random((2000, 12)), 1)]).astype(np.float64)
+    want = [estimate_key(h) for h in rows]
+    assert estimate_keys(rows) == want
+    assert None in want and len(set(want)) == 25  # every key, and None
+    assert estimate_keys(np.zeros((0, 12))) == []
 
 
 def test_prepare_records_keys(tmp_path):

@@ -102,6 +102,32 @@ def test_sanitize_clamps_chunks_and_unwrap_rmid():
     assert unwrap_rmid(rmid) == song and unwrap_rmid(song) is song
 
 
+def test_checked_smf_is_sanitize_and_truncation_in_one_walk():
+    """prepare checks and sanitizes every file in one walk; it must say what truncation() says and give
+    the bytes sanitize_smf gives, on whole, cut, padded, miscounted and byte-flipped files."""
+    import random
+    import struct
+
+    from midigen.music.smf import checked_smf, truncation
+
+    rng = random.Random(5)
+    song = make_song_bytes(4, bars=4)
+    cases = [song, song[:-10], song + b"xyz", song[:10] + struct.pack(">H", 9) + song[12:],
+             song[:10] + struct.pack(">H", 0) + song[12:], b"MThd\x00\x00\x00\x02" + song[8:], song[:30]]
+    for _ in range(300):
+        b = bytearray(song)
+        b[rng.randrange(len(b))] = rng.randrange(256)
+        cases.append(bytes(b[: rng.randrange(len(b) + 1)]))
+    reasons = set()
+    for data in cases:
+        fixed, cut = checked_smf(data)
+        assert cut == truncation(data)
+        assert fixed == sanitize_smf(data)
+        reasons.add(cut.split(":")[1].split()[0] if cut else None)
+    assert checked_smf(song)[0] is song
+    assert {None, "a", "9"} <= reasons  # whole files, cut chunks and missing tracks were all met
+
+
 def test_demo_pieces_and_subset_export(tmp_path, monkeypatch):
     from midigen.data import corpus
     from midigen.data.ensembles import COLLECTIONS

@@ -41,6 +41,23 @@ def estimate_key(histogram) -> int | None:
     return int((_PROFILES @ (h / norm)).argmax())
 
 
+def estimate_keys(histograms) -> list:
+    """``estimate_key`` of each row of an (n, 12) array: a whole chunk of songs at once.
+
+    One matrix product scores every row (per song, numpy's per-call overhead is most of
+    ``estimate_key``'s cost, and prepare runs it on every file). The product may round differently
+    from ``estimate_key``'s, so a row whose two best keys are within 1e-9 (a near tie) or whose
+    histogram is flat goes through ``estimate_key`` itself: the result is exactly its, row for row."""
+    h = np.asarray(histograms, dtype=np.float64).reshape(-1, 12)
+    c = h - h.mean(axis=1, keepdims=True)
+    norm = np.sqrt(np.einsum("ij,ij->i", c, c))
+    scores = (c @ _PROFILES.T) / np.where(norm > 0, norm, 1.0)[:, None]
+    two = np.partition(scores, 22, axis=1)  # [:, 22] second best, [:, 23] best
+    sure = (norm > 0) & (two[:, 23] - two[:, 22] > 1e-9)
+    best = scores.argmax(axis=1)
+    return [int(k) if ok else estimate_key(row) for k, ok, row in zip(best, sure, h)]
+
+
 def pitch_class_histogram(codec: Codec, tokens: np.ndarray) -> np.ndarray:
     """Duration-weighted (in steps) pitch-class histogram of the pitched notes in ``tokens``."""
     t = np.asarray(tokens, dtype=np.int64)

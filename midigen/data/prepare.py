@@ -41,10 +41,10 @@ from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import _fsync_dir, atomic_write_bytes, atomic_write_json
 from midigen.data.splits import SPLITS, SplitRule, ensure_each_split
 from midigen.data.workers import WHOLE_TASK, WorkerPool, parent_alive, usable_cpus
-from midigen.data.keys import song_key
+from midigen.data.keys import estimate_keys, score_signature_key, song_key
 from midigen.data.styles import add_duplicate_styles, make_tagger, split_source, StyleTagger
-from midigen.music.codec import CODEC_VERSION, Codec, CodecError
-from midigen.music.smf import truncation, unwrap_rmid
+from midigen.music.codec import CODEC_VERSION, Codec, CodecError, key_name
+from midigen.music.smf import checked_smf, unwrap_rmid
 
 # ----- the filter rule --------------------------------------------------------------------------
 
@@ -117,10 +117,11 @@ class _Encoder:
             return None, "empty file"
         if S.too_big(len(data)):
             return None, S.too_big(len(data))
-        if cut := truncation(unwrap_rmid(data)):
+        smf, cut = checked_smf(unwrap_rmid(data))
+        if cut:
             return None, cut
         try:
-            score = self.codec.read_midi(data)
+            score = self.codec.read_smf(smf)
             n = score.note_num()
         except CodecError as e:
             return None, str(e)
@@ -162,17 +163,27 @@ class _Encoder:
             return None, 0, 0.0, f"too long: {secs / 3600:.1f} h > {MAX_SECONDS / 3600:g} h"
         return tokens, notes, float(secs), None
 
-    def song_fields(self, score, tokens, secs: float, facts=None) -> dict:
+    def add_song_fields(self, row: dict, score, tokens, secs: float, facts=None, estimate_later=None) -> None:
         """The facts a kept file's row records for the controls: key (and where from), meter, length.
 
         ``facts`` is what the compiled encoder gathered while writing the tokens (pitch-class
-        histogram, TS token), so the tokens are not read again; without it both come from the tokens."""
+        histogram, TS token), so the tokens are not read again; without it both come from the tokens.
+        ``estimate_later``: a list; a key that must be estimated from the histogram is then left
+        out, and (the row, the histogram) appended for ``estimate_keys`` to fill in per chunk."""
         c = self.codec
         histogram, ts_token = facts if facts is not None else (None, self._first_ts_token(tokens))
-        key, source = song_key(c, score, tokens, histogram)
         ts = c.time_signatures[ts_token - c.ts_start] if ts_token >= 0 else None
-        return {"key": key, "key_source": source, "time_signature": f"{ts[0]}/{ts[1]}" if ts else None,
-                "seconds": round(secs, 3)}
+        row["time_signature"], row["seconds"] = f"{ts[0]}/{ts[1]}" if ts else None, round(secs, 3)
+        if estimate_later is not None and histogram is not None and score_signature_key(score) is None:
+            estimate_later.append((row, histogram))
+        else:
+            row["key"], row["key_source"] = song_key(c, score, tokens, histogram)
+
+    @staticmethod
+    def estimate_keys(pending: list) -> None:
+        """Fill in the keys ``add_song_fields`` left to estimate, all of a chunk's in one batch."""
+        for (row, _), k in zip(pending, estimate_keys([h for _, h in pending])):
+            row["key"], row["key_source"] = (key_name(k), "estimated") if k is not None else (None, None)
 
     def _first_ts_token(self, tokens) -> int:
         c = self.codec
@@ -221,13 +232,17 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     rows: list[dict] = []
     parsed: list[tuple[int, object]] = []  # numpy path: scores waiting for the batched encode
     written = 0  # compiled path: kept tokens so far, back to back in the encoder's buffer
+    keys_later: list = []  # compiled path: (row, histogram) of songs whose key is estimated, done per chunk
     for i, item in enumerate(items):
         state[0], state[1] = i, time.monotonic()
-        row, score = _encode_file(enc, item, failed.get(i), written, want_md5)
+        row, score = _encode_file(enc, item, failed.get(i), written, want_md5, keys_later)
         written += row.get("tokens", 0)
         if score is not None:
             parsed.append((i, score))
         rows.append(row)
+    if keys_later:
+        state[0], state[1] = WHOLE_TASK, time.monotonic()
+        enc.estimate_keys(keys_later)
     blobs = _encode_batch(enc, parsed, rows, failed, state) if parsed else []
     kept_rows = [r for r in rows if "tokens" in r]
     if written:
@@ -240,12 +255,14 @@ def encode_chunk(payload, failed: dict, state) -> tuple:
     return len(items), len(kept_rows), sum(r["notes"] for r in kept_rows)
 
 
-def _encode_file(enc: _Encoder, item, failed_reason, written: int, want_md5: bool = False) -> tuple[dict, object]:
+def _encode_file(enc: _Encoder, item, failed_reason, written: int, want_md5: bool = False,
+                 keys_later: list | None = None) -> tuple[dict, object]:
     """One file -> (its row, its parsed score if the numpy encoder still has to encode it, else None).
 
     Files on disk arrive as (path, size) and are read here, so reading spreads over the workers. The
     compiled encoder writes kept tokens at ``written`` in its buffer; the row then has ``tokens``
-    and the song's facts (``_Encoder.song_fields``). ``want_md5`` adds the content md5 (--styles).
+    and the song's facts (``_Encoder.add_song_fields``; an estimated key is left to ``keys_later``, see
+    there). ``want_md5`` adds the content md5 (--styles).
     """
     name, data, reason = item
     if isinstance(data, tuple):
@@ -264,7 +281,8 @@ def _encode_file(enc: _Encoder, item, failed_reason, written: int, want_md5: boo
             result = enc.fast.encode_one(score, written)
             tokens, notes, secs, reason = enc.check(result)
             if reason is None:
-                row.update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs, result[3]))
+                row.update(notes=notes, tokens=len(tokens))
+                enc.add_song_fields(row, score, tokens, secs, result[3], keys_later)
             score = None
     if reason is not None:
         row["reason"] = reason
@@ -288,7 +306,8 @@ def _encode_batch(enc: _Encoder, parsed: list, rows: list, failed: dict, state) 
         if reason is not None:
             rows[i]["reason"] = reason
             continue
-        rows[i].update(notes=notes, tokens=len(tokens), **enc.song_fields(score, tokens, secs))
+        rows[i].update(notes=notes, tokens=len(tokens))
+        enc.add_song_fields(rows[i], score, tokens, secs)
         blobs.append(tokens)
     return [np.concatenate(blobs)] if blobs else []
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from midigen.data import corpus
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import cache_dir
 
@@ -84,6 +83,8 @@ def resolve(text: str, url: str | None = None, progress: bool = True) -> Source:
     if text == "lakh":
         return Source("tar", download_lakh(url=url, progress=progress), "lakh")
     if text == "demo":
+        from midigen.data import corpus  # start-up time: the demo export's modules only when it is named
+
         return Source("folder", corpus.demo_corpus_dir(progress=progress), "demo")
     p = Path(text)
     label = text.rstrip("/") or text
@@ -144,15 +145,17 @@ def read_file(path, size: int | None = None) -> bytes:
         os.close(fd)
 
 
-def _file_entry(path: Path, name: str) -> Entry:
+def _file_entry(path: str | Path, name: str) -> Entry:
+    """A file on disk; ``path`` as a str where the caller has one (a folder walk: no Path per file)."""
+    path = os.fspath(path)
     try:
-        size = path.stat().st_size
+        size = os.stat(path).st_size
     except OSError as e:
         return Entry(name, 0, reason=f"unreadable: {e.strerror}")
     reason = too_big(size)
     if reason:
         return Entry(name, size, reason=reason)
-    return Entry(name, size, lambda: read_file(path), path=str(path))
+    return Entry(name, size, lambda: read_file(path), path=path)
 
 
 def _folder_entries(src: Source) -> Iterator[Entry]:
@@ -172,7 +175,7 @@ def _folder_entries(src: Source) -> Iterator[Entry]:
             if is_dir:
                 yield from walk(Path(e.path), r + "/")
             elif is_midi_name(e.name):
-                yield _file_entry(Path(e.path), f"{src.label}/{r}")
+                yield _file_entry(e.path, f"{src.label}/{r}")
 
     yield from walk(src.path, "")
 

@@ -19,7 +19,6 @@ file is given (prepare hashes with blake2b otherwise).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -65,6 +64,8 @@ def load_styles_csv(path) -> dict[str, list[str]]:
     first = text.split("\n", 1)[0]
     delimiter = "\t" if "\t" in first and "," not in first else ","
     table: dict[str, list[str]] = {}
+    import csv  # start-up time: only a --styles table needs it (prepare imports this module every run)
+
     for n, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter)):
         cells = [c.strip() for c in row]
         if not cells or not cells[0] or cells[0].startswith("#"):

@@ -240,16 +240,109 @@ def viterbi(scores, penalty):
 @_jit
 def smooth_sums(sums, intervals, sizes, prior):
     """``viterbi(_scores(sums, ...), SWITCH_PENALTY)`` with each beat's scores made where the Viterbi takes
-    them (one row, in cache) instead of a beats x 109 table written and read back."""
+    them (one row, in cache) instead of a beats x 109 table written and read back.
+
+    The row is laid out quality by quality (``q * 12 + root``, N.C. last) rather than in chord-id order
+    (``root * 9 + q``), so each quality's twelve scores are computed and stored side by side, not nine
+    apart (a few microseconds a song). Each state's update is its own, so the order of the states
+    changes nothing but which state leads on a tie: the leader is taken as the reference takes it, the
+    first best in chord-id order (``order``), and the path is turned back into chord ids at the end."""
     n, k = len(sums), VOCAB_SIZE
+    order, chord_of = _quality_major()
     back = np.empty((n, k), dtype=np.int16)
     best, row = np.empty(k), np.empty(k)
     x, low, bonus, missing_penalty = _score_buffers()
-    _beat_scores(sums, 0, x, low, bonus, missing_penalty, intervals, sizes, prior, best)
+    _row_scores(sums, 0, x, low, bonus, missing_penalty, intervals, sizes, prior, best)
     for t in range(1, n):
-        _beat_scores(sums, t, x, low, bonus, missing_penalty, intervals, sizes, prior, row)
-        _viterbi_step(best, row, back[t], SWITCH_PENALTY)
-    return _backtrack(best, back)
+        _row_scores(sums, t, x, low, bonus, missing_penalty, intervals, sizes, prior, row)
+        leader = _first_best_in(best, order)
+        switch = best[leader] - SWITCH_PENALTY
+        for j in range(k):  # ``_viterbi_step``'s update, without branches
+            stay = best[j] >= switch
+            back[t, j] = j if stay else leader
+            best[j] = (best[j] if stay else switch) + row[j]
+    path = np.empty(n, dtype=np.int64)
+    path[n - 1] = _first_best_in(best, order)
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    for t in range(n):
+        path[t] = chord_of[path[t]]
+    return path
+
+
+@_jit
+def _quality_major():
+    """(``order``: the row index of each chord id, ``chord_of``: the chord id of each row index) for the
+    quality-major row of ``smooth_sums``."""
+    n_q = VOCAB_SIZE // 12
+    order = np.empty(VOCAB_SIZE, dtype=np.int64)
+    chord_of = np.empty(VOCAB_SIZE, dtype=np.int64)
+    for chord in range(NO_CHORD):
+        i = (chord % n_q) * 12 + chord // n_q
+        order[chord], chord_of[i] = i, chord
+    order[NO_CHORD], chord_of[NO_CHORD] = NO_CHORD, NO_CHORD
+    return order, chord_of
+
+
+@_jit
+def _row_scores(sums, b, x, low, bonus, missing_penalty, intervals, sizes, prior, row):
+    """``_beat_scores`` into a quality-major row (``q * 12 + root``): the same operations on the same
+    values for every chord."""
+    for j in range(12):
+        x[j] = sums[b, j] + BASS_WEIGHT * sums[b, 12 + j]
+    total = _sum12(x)
+    if total <= 0:
+        row[:NO_CHORD] = 0.0
+        row[NO_CHORD] = SILENT_NO_CHORD
+        return
+    for j in range(12):
+        x[j] = x[j] / total
+        low[j] = 1 if x[j] < PRESENT else 0
+        x[12 + j], low[12 + j] = x[j], low[j]
+    bass_total = _sum12(sums[b, 12:])
+    div = bass_total if bass_total > 0 else 1.0
+    for j in range(12):
+        bonus[j] = ROOT_BASS_BONUS * (sums[b, 12 + j] / div)
+    for q in range(len(sizes)):
+        at = np.uint64(q * 12)
+        a, c, d = np.uint64(intervals[q, 1]), np.uint64(intervals[q, 2]), np.uint64(intervals[q, 3])
+        size, pr = np.uint64(sizes[q]), prior[q]
+        if size == 4:
+            for r in range(np.uint64(12)):
+                inside = ((x[r] + x[r + a]) + x[r + c]) + x[r + d]
+                m = np.uint64(low[r] + low[r + a] + low[r + c] + low[r + d])
+                row[at + r] = inside - OUTSIDE_PENALTY * (1.0 - inside) - missing_penalty[m, size] + bonus[r] + pr
+        else:
+            for r in range(np.uint64(12)):
+                inside = (x[r] + x[r + a]) + x[r + c]
+                m = np.uint64(low[r] + low[r + a] + low[r + c])
+                row[at + r] = inside - OUTSIDE_PENALTY * (1.0 - inside) - missing_penalty[m, size] + bonus[r] + pr
+    row[NO_CHORD] = -1e9
+
+
+@_jit
+def _first_best_in(values, order):
+    """``_first_best`` with the first taken in ``order`` (index of each place, in the order that counts)."""
+    n = len(values)
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = values[0]
+    j = 0
+    while j + 8 <= n:
+        m0 = values[j] if values[j] > m0 else m0
+        m1 = values[j + 1] if values[j + 1] > m1 else m1
+        m2 = values[j + 2] if values[j + 2] > m2 else m2
+        m3 = values[j + 3] if values[j + 3] > m3 else m3
+        m4 = values[j + 4] if values[j + 4] > m4 else m4
+        m5 = values[j + 5] if values[j + 5] > m5 else m5
+        m6 = values[j + 6] if values[j + 6] > m6 else m6
+        m7 = values[j + 7] if values[j + 7] > m7 else m7
+        j += 8
+    for i in range(j, n):
+        m0 = values[i] if values[i] > m0 else m0
+    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    i = 0
+    while values[order[i]] != top:
+        i += 1
+    return order[i]
 
 
 @_jit

@@ -527,8 +527,13 @@ class Codec:
     # ----- encoding ---------------------------------------------------------------------------
 
     def read_midi(self, data: bytes) -> symusic.Score:
+        return self.read_smf(sanitize_smf(unwrap_rmid(bytes(data))))
+
+    def read_smf(self, smf: bytes) -> symusic.Score:
+        """``read_midi`` of a file already unwrapped and through ``smf.sanitize_smf`` (prepare checks and
+        sanitizes in one walk, ``smf.checked_smf``)."""
         try:
-            score = symusic.core.ScoreTick.from_midi(sanitize_smf(unwrap_rmid(bytes(data))), False)
+            score = symusic.core.ScoreTick.from_midi(smf, False)
         except Exception as e:  # symusic raises plain RuntimeError/ValueError on bad files
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CodecError(f"unreadable MIDI: {msg}") from None

@@ -16,31 +16,49 @@ def sanitize_smf(data: bytes) -> bytes:
     follows, and the same file can give different tokens in two runs. Clamped, every read is
     bounded by the real data and the outcome is deterministic.
     """
+    return checked_smf(data)[0]
+
+
+def checked_smf(data: bytes) -> tuple[bytes, str | None]:
+    """(``sanitize_smf(data)``, ``truncation(data)``) from one walk over the chunks: prepare needs both
+    for every file, and the two walks are the same one wherever the header is whole."""
     n = len(data)
     if n < 14 or data[:4] != b"MThd":
-        return data
-    (hlen,) = struct.unpack(">I", data[4:8])
+        return data, None
+    (hlen,) = struct.unpack_from(">I", data, 4)
     if hlen < 6 or 8 + hlen > n:
-        return data
-    out = bytearray(data)
-    pos, tracks, changed = 8 + hlen, 0, False
+        return data, truncation(data)
+    out = None  # a copy, made at the first change
+    pos, tracks, cut = 8 + hlen, 0, None
     while pos + 8 <= n:
-        (clen,) = struct.unpack(">I", data[pos + 4 : pos + 8])
+        (clen,) = struct.unpack_from(">I", data, pos + 4)
         if pos + 8 + clen > n:
+            cut = cut or _cut_chunk(data, pos, clen)
             clen = n - pos - 8
+            out = out or bytearray(data)
             out[pos + 4 : pos + 8] = struct.pack(">I", clen)
-            changed = True
         if data[pos : pos + 4] == b"MTrk":
             tracks += 1
         pos += 8 + clen
     if pos < n:  # a few trailing bytes that cannot hold a chunk header
+        out = out or bytearray(data)
         del out[pos:]
-        changed = True
-    (declared,) = struct.unpack(">H", data[10:12])
+    (declared,) = struct.unpack_from(">H", data, 10)
     if declared != tracks:
+        out = out or bytearray(data)
         out[10:12] = struct.pack(">H", min(tracks, 0xFFFF))
-        changed = True
-    return bytes(out) if changed else data
+        if tracks < declared:
+            cut = cut or _cut_tracks(declared, tracks)
+    return (bytes(out) if out is not None else data), cut
+
+
+def _cut_chunk(data: bytes, pos: int, clen: int) -> str:
+    kind = data[pos : pos + 4].decode("latin-1")
+    return f"truncated: a {kind!r} chunk declares {clen} bytes, {len(data) - pos - 8} follow"
+
+
+def _cut_tracks(declared: int, tracks: int) -> str:
+    return f"truncated: {declared} tracks declared, {tracks} present"
 
 
 def truncation(data: bytes) -> str | None:
@@ -55,12 +73,11 @@ def truncation(data: bytes) -> str | None:
     while pos + 8 <= n:
         (clen,) = struct.unpack(">I", data[pos + 4 : pos + 8])
         if pos + 8 + clen > n:
-            return f"truncated: a {data[pos:pos + 4].decode('latin-1')!r} chunk declares {clen} bytes, " \
-                   f"{n - pos - 8} follow"
+            return _cut_chunk(data, pos, clen)
         tracks += data[pos : pos + 4] == b"MTrk"
         pos += 8 + clen
     (declared,) = struct.unpack(">H", data[10:12]) if 8 + hlen <= n else (tracks,)
-    return f"truncated: {declared} tracks declared, {tracks} present" if tracks < declared else None
+    return _cut_tracks(declared, tracks) if tracks < declared else None
 
 
 def unwrap_rmid(data: bytes) -> bytes:
