@@ -295,9 +295,9 @@ def song_beats(song: Song, until: int = 0) -> BeatGrid:
 
 def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, chart=None,
                free: bool = False) -> Units:
-    """``context`` with the chords over ``[start, end)`` as asked: the song's own (unchanged: ``song_chords``), ``chart``
-    laid out from the bar holding ``start`` (``midigen.generate.harmony``), or none (``free``: the model
-    chooses). The song's own chord resumes at ``end``."""
+    """``context`` with the chords over ``[start, end)`` as asked: the song's own (unchanged:
+    ``song_chords``), ``chart`` laid out from the bar holding ``start`` (``midigen.generate.harmony``), or
+    none (``free``: the model chooses). The song's own chord resumes at ``end``."""
     if not codec.has_chords or (chart is None and not free):
         return context
     is_chord = context.order == CHORD_ORDER
@@ -313,7 +313,8 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
     """The user's score less the notes ``remove(instrument, onset_steps) -> bool mask`` picks and the
     notes of ``drop_instruments``, plus ``units`` (``midigen.generate.splice``: each to its track, under
     the overlap rule), its chord symbols over the span replaced by ``marks`` (``_chord_marks``). A dropped
-    part's track stays, empty, so every kept track keeps its MIDI channel. Returns (score, notes written, notes removed, instruments that got a new track)."""
+    part's track stays, empty, so every kept track keeps its MIDI channel. Returns (score, notes written,
+    notes removed, instruments that got a new track)."""
     out = song.score.copy()
     original_end = song.score.end()
     removed = 0
@@ -390,23 +391,25 @@ def _heard_song(codec: Codec, song: Song, known_instruments, limits: NoteLimits 
     return heard_song, mapping
 
 
-def _chord_marks(codec: Codec, song: Song, plan: Plan, units: Units) -> tuple | None:
+def _chord_marks(codec: Codec, song: Song, plan: Plan, units: Units, first_tick: int) -> tuple | None:
     """(first tick, end tick, ticks, chord ids): the chord symbols an edit writes in place of the file's
-    over its span (``replace_chord_markers``). Over the span, the chords it was written on: the forced
-    ones, or the ones the model chose (``units``' chords). Then the song's own chords (``song_chords``)
+    over its span, from ``first_tick`` (where it was asked to start: a bar line, before the step the
+    snapped span starts on, ``span_steps``) to its end (``replace_chord_markers``). Over the span, the
+    chords it was written on: the forced ones (the one it starts under marked at ``first_tick``), or the
+    ones the model chose (``units``' chords). Then the song's own chords (``song_chords``)
     from the span's end up to the file's next symbol: the chord in force at the end restated there, and
     for a file without symbols (or with none yet) the labeller's changes after it, so a reader, which
     takes a file's symbols from its first on, reads the chords after the span as they were heard."""
     if not codec.has_chords:
         return None
     span = span_chords(plan.context, plan.start, plan.end) if plan.force_chords else chord_units(units)
-    lo, hi = (song.first_tick_of(q) for q in (plan.start, plan.end))
+    lo, hi = min(int(first_tick), song.first_tick_of(plan.start)), song.first_tick_of(plan.end)
     later, _ = marked_chord_ids(song.score)
     later = later[later >= hi]
     stop = int(song.step_of(later[0])) if len(later) else song.end_step()
     after = span_chords(song.units, plan.end, stop) if plan.end < stop else None
     chords = Units.concat([span, after])
-    return lo, hi, song.tick_of(chords.time), chords.tok0 - codec.chord_start
+    return lo, hi, np.where(chords.time == plan.start, lo, song.tick_of(chords.time)), chords.tok0 - codec.chord_start
 
 
 def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
@@ -463,7 +466,8 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     written_units = write_plan(dec, codec, song, plan, int(num_samples))
     took = time.perf_counter() - t0
     for units in written_units:
-        s, written, removed, new_tracks = _edited(codec, song, units, remove, marks=_chord_marks(codec, song, plan, units))
+        marks = _chord_marks(codec, song, plan, units, first_tick_at(score, start_s))
+        s, written, removed, new_tracks = _edited(codec, song, units, remove, marks=marks)
         out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took, hearing))
     return out
 
@@ -479,9 +483,9 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     instruments are heard as the nearest of them (``midigen.generate.hearing``); None hears them as
     they are. Chords (codec v4): the new parts follow the song's own chords over the span (its file's
     chord symbols, labelled from the whole song where it has none: ``song_chords``), and the file's
-    symbols over the span become the chords written on (``_chord_marks``), unless ``chords`` (a chart, ``midigen.music.chordtext``)
-    re-harmonizes it or ``free_chords`` lets the model choose; UsageError for a chart given to a model
-    without chords."""
+    symbols over the span become the chords written on (``_chord_marks``), unless ``chords`` (a chart,
+    ``midigen.music.chordtext``) re-harmonizes it or ``free_chords`` lets the model choose; UsageError
+    for a chart given to a model without chords."""
     need_chords(codec, chords)
     dec = _decoder(model, codec, sampling, device, listener)
     song = _song(codec, score)
@@ -515,7 +519,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     took = time.perf_counter() - t0
     for units in written_units:
         s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped,
-                                                  marks=_chord_marks(codec, song, plan, units))
+                                                  marks=_chord_marks(codec, song, plan, units, 0))
         out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks, took, hearing))
     return out
 
