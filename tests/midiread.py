@@ -81,3 +81,16 @@ def tricky_song(bass: int) -> bytes:
     data = bytes(score.dumps_midi())
     assert mido_notes(data)[1] == 0  # the song itself is clean
     return data
+
+
+def text_events(data: bytes) -> list[tuple[int, int, str, str]]:
+    """(track, tick, type, text) of every marker, lyric and text meta event as mido reads the file, in
+    each track's order: what a DAW shows in its marker lane and under the notes."""
+    out = []
+    for k, track in enumerate(mido.MidiFile(file=BytesIO(data)).tracks):
+        tick = 0
+        for msg in track:
+            tick += msg.time
+            if msg.type in ("marker", "lyrics", "text"):
+                out.append((k, tick, msg.type, msg.text))
+    return out

@@ -40,7 +40,7 @@ from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, splice
 from midigen.music.ranges import NoteLimits, note_limits
 from midigen.generate.harmony import chart_changes, need_chords
-from midigen.music.chordtext import add_chord_markers
+from midigen.music.chordtext import marked_chord_ids, replace_chord_markers
 from midigen.music.sequences import (CHORD_ORDER, NOTE_ORDER, EditTask, Units, chord_units, chords_at, edit_prompt,
                                      song_units, span_chords)
 from midigen.music.timing import BeatGrid, first_tick_at, meter_beat_grid, meters, notes_end_tick, seconds_at_tick
@@ -295,9 +295,9 @@ def song_beats(song: Song, until: int = 0) -> BeatGrid:
 
 def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, chart=None,
                free: bool = False) -> Units:
-    """``context`` with the chords over ``[start, end)`` as asked: the song's own (unchanged), ``chart``
-    laid out from the bar holding ``start`` (``midigen.generate.harmony``), or none (``free``: the model
-    chooses). The song's own chord resumes at ``end``."""
+    """``context`` with the chords over ``[start, end)`` as asked: the song's own (unchanged:
+    ``song_chords``), ``chart`` laid out from the bar holding ``start`` (``midigen.generate.harmony``), or
+    none (``free``: the model chooses). The song's own chord resumes at ``end``."""
     if not codec.has_chords or (chart is None and not free):
         return context
     is_chord = context.order == CHORD_ORDER
@@ -309,11 +309,12 @@ def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, c
     return Units.concat(out)
 
 
-def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(), chords: Units | None = None) -> tuple:
+def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(), marks: tuple | None = None) -> tuple:
     """The user's score less the notes ``remove(instrument, onset_steps) -> bool mask`` picks and the
     notes of ``drop_instruments``, plus ``units`` (``midigen.generate.splice``: each to its track, under
-    the overlap rule). A dropped part's track stays, empty, so every kept track keeps its MIDI channel.
-    Returns (score, notes written, notes removed, instruments that got a new track)."""
+    the overlap rule), its chord symbols over the span replaced by ``marks`` (``_chord_marks``). A dropped
+    part's track stays, empty, so every kept track keeps its MIDI channel. Returns (score, notes written,
+    notes removed, instruments that got a new track)."""
     out = song.score.copy()
     original_end = song.score.end()
     removed = 0
@@ -329,8 +330,8 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
     new = _notes_from_units(codec, song, units.select(units.tok1 >= 0))
     new["duration"] = np.maximum(1, np.minimum(new["duration"], original_end - new["time"]))  # no ringing past the end
     out, written, new_tracks = splice(out, new)
-    if chords is not None and len(chords):  # the chord symbols the new notes were written on
-        add_chord_markers(out, song.tick_of(chords.time), chords.tok0 - codec.chord_start)
+    if marks is not None:  # the chord symbols the new notes were written on, in place of the span's
+        replace_chord_markers(out, *marks)
     if out.end() < original_end:  # the song keeps its length where the end fell silent
         out.markers.append(symusic.core.TextMetaTick(original_end, "end"))
     return out, written, removed, new_tracks
@@ -346,10 +347,29 @@ def _decoder(model, codec, sampling: Sampling | None, device, listener) -> Decod
 
 
 def _song(codec: Codec, score) -> Song:
+    """The song to edit, its chords the song's own (``song_chords``)."""
     try:
-        return read_song(codec, score)
+        song = read_song(codec, score)
     except CodecError as e:
         raise UsageError(f"cannot edit this song: {e}") from None
+    if codec.has_chords:
+        song.units = Units.concat([song.units.select(song.units.order != CHORD_ORDER), song_chords(codec, song)])
+    return song
+
+
+def song_chords(codec: Codec, song: Song) -> Units:
+    """The song's chords (chord units, file steps): what an edit that keeps its harmony is written on.
+    The file's chord symbols (``Chord NAME`` markers: the user's, or an earlier edit's) from the first
+    on, as a reader of the file takes them (the studio's chord lane); the labeller's hearing of every part
+    (``read_song``'s chords) before the first, or everywhere in a file without any."""
+    heard = chord_units(song.units)
+    ticks, ids = marked_chord_ids(song.score)
+    if not len(ticks):
+        return heard
+    steps = song.step_of(ticks)
+    last = np.append(steps[1:] != steps[:-1], True)  # of several symbols on one step the last stands
+    marked = chords_at(steps[last], codec.chord_start + ids[last])
+    return Units.concat([heard.select(heard.time < steps[0]), marked])
 
 
 def _heard_song(codec: Codec, song: Song, known_instruments, limits: NoteLimits | None, targets,
@@ -371,12 +391,25 @@ def _heard_song(codec: Codec, song: Song, known_instruments, limits: NoteLimits 
     return heard_song, mapping
 
 
-def _span_marks(codec: Codec, plan: Plan, units: Units) -> Units | None:
-    """The chords an edit was written on, for its file's chord symbols: the forced ones over the span,
-    or the ones the model chose (``units``' chords)."""
+def _chord_marks(codec: Codec, song: Song, plan: Plan, units: Units, first_tick: int) -> tuple | None:
+    """(first tick, end tick, ticks, chord ids): the chord symbols an edit writes in place of the file's
+    over its span, from ``first_tick`` (where it was asked to start: a bar line, before the step the
+    snapped span starts on, ``span_steps``) to its end (``replace_chord_markers``). Over the span, the
+    chords it was written on: the forced ones (the one it starts under marked at ``first_tick``), or the
+    ones the model chose (``units``' chords). Then the song's own chords (``song_chords``)
+    from the span's end up to the file's next symbol: the chord in force at the end restated there, and
+    for a file without symbols (or with none yet) the labeller's changes after it, so a reader, which
+    takes a file's symbols from its first on, reads the chords after the span as they were heard."""
     if not codec.has_chords:
         return None
-    return span_chords(plan.context, plan.start, plan.end) if plan.force_chords else chord_units(units)
+    span = span_chords(plan.context, plan.start, plan.end) if plan.force_chords else chord_units(units)
+    lo, hi = min(int(first_tick), song.first_tick_of(plan.start)), song.first_tick_of(plan.end)
+    later, _ = marked_chord_ids(song.score)
+    later = later[later >= hi]
+    stop = int(song.step_of(later[0])) if len(later) else song.end_step()
+    after = span_chords(song.units, plan.end, stop) if plan.end < stop else None
+    chords = Units.concat([span, after])
+    return lo, hi, np.where(chords.time == plan.start, lo, song.tick_of(chords.time)), chords.tok0 - codec.chord_start
 
 
 def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
@@ -395,7 +428,12 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     """``infill`` with what changed, for the command's report (``sampling``, ``limits``,
     ``known_instruments``, ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may
     reach past the last note, up to the score's last event (a song with a form writes its sections there:
-    ``midigen.generate.form``, which also holds them to a key: ``Sampling.key``)."""
+    ``midigen.generate.form``, which also holds them to a key: ``Sampling.key``).
+
+    Chord symbols (v4): the span's ``Chord NAME`` markers are replaced by the chords it was written on,
+    and the chord in force at the span's end is restated there; a file that had none also gets the
+    labeller's changes from there to its end (``_chord_marks``): a reader takes a file's symbols from its
+    first on, so without them the span's last chord would read as held to the end."""
     need_chords(codec, chords)
     dec = _decoder(model, codec, sampling, device, listener)
     song = _song(codec, score)
@@ -428,7 +466,8 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     written_units = write_plan(dec, codec, song, plan, int(num_samples))
     took = time.perf_counter() - t0
     for units in written_units:
-        s, written, removed, new_tracks = _edited(codec, song, units, remove, chords=_span_marks(codec, plan, units))
+        marks = _chord_marks(codec, song, plan, units, first_tick_at(score, start_s))
+        s, written, removed, new_tracks = _edited(codec, song, units, remove, marks=marks)
         out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took, hearing))
     return out
 
@@ -442,10 +481,11 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     (``midigen.music.ranges.note_limits``) hold the written notes to each instrument's range and
     polyphony; None writes anything. ``known_instruments`` (the checkpoint's): the song's other
     instruments are heard as the nearest of them (``midigen.generate.hearing``); None hears them as
-    they are. Chords (codec v4): the new parts follow the song's own chords over the span (labelled
-    from the whole song, every part) unless ``chords`` (a chart, ``midigen.music.chordtext``)
-    re-harmonizes it or ``free_chords`` lets the model choose; UsageError for a chart given to a model
-    without chords."""
+    they are. Chords (codec v4): the new parts follow the song's own chords over the span (its file's
+    chord symbols, labelled from the whole song where it has none: ``song_chords``), and the file's
+    symbols over the span become the chords written on (``_chord_marks``), unless ``chords`` (a chart,
+    ``midigen.music.chordtext``) re-harmonizes it or ``free_chords`` lets the model choose; UsageError
+    for a chart given to a model without chords."""
     need_chords(codec, chords)
     dec = _decoder(model, codec, sampling, device, listener)
     song = _song(codec, score)
@@ -479,7 +519,7 @@ def arrange_edits(model, codec: Codec, score, *, add, keep=None, num_samples: in
     took = time.perf_counter() - t0
     for units in written_units:
         s, written, removed, new_tracks = _edited(codec, song, units, never, drop_instruments=dropped,
-                                                  chords=_span_marks(codec, plan, units))
+                                                  marks=_chord_marks(codec, song, plan, units, 0))
         out.append(Edit(s, written, removed, (0, end), span_s, add, new_tracks, took, hearing))
     return out
 

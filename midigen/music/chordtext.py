@@ -168,23 +168,64 @@ def marker_chord(text: str) -> str | None:
 
 def add_chord_markers(score: symusic.Score, ticks, ids) -> None:
     """Chord symbols as score markers at ``ticks`` (a tick-based score, changed in place; kept sorted):
-    the one way chord symbols go into a written file (``with_chord_symbols``, decoded CHORD tokens)."""
+    the one way chord symbols go into a written file (``with_chord_symbols``, decoded CHORD tokens; an
+    edit's, over its span: ``replace_chord_markers``)."""
     for tick, cid in zip(np.asarray(ticks).tolist(), np.asarray(ids).tolist()):
         score.markers.append(symusic.TextMeta(int(tick), chord_marker(cid)))
     score.markers.sort(key=lambda m: m.time)
 
 
 
+def replace_chord_markers(score: symusic.Score, lo: int, hi: int, ticks, ids) -> None:
+    """The chord symbols of ``score`` in ticks ``[lo, hi)`` replaced by chords ``ids`` at ``ticks`` (in
+    place): an edit's chords over the span it rewrote. Every other marker (sections, lyrics, text, a
+    ``Chord`` marker naming no chord we know, chord symbols outside the span) stays as it was, in its
+    order; a new symbol naming the chord already in force is left out, and one the span already has
+    (however spelled: C#dim, Dbdim) stays as it stands, so a span written on the file's own chords
+    leaves its symbols as they were."""
+    in_span = lambda m: lo <= int(m.time) < hi and _marker_id(str(m.text)) is not None  # noqa: E731
+    before = sorted((m for m in score.markers if int(m.time) < lo and _marker_id(str(m.text)) is not None),
+                    key=lambda m: m.time)
+    held = _marker_id(str(before[-1].text)) if before else None
+    new = []
+    for tick, cid in zip(np.asarray(ticks).tolist(), np.asarray(ids).tolist()):
+        if cid != held:
+            held = cid
+            new.append((int(tick), int(cid)))
+    had = {(int(m.time), _marker_id(str(m.text))) for m in score.markers if in_span(m)}
+    kept = [m for m in score.markers if not in_span(m) or (int(m.time), _marker_id(str(m.text))) in new]
+    added = [symusic.core.TextMetaTick(t, chord_marker(c)) for t, c in new if (t, c) not in had]
+    score.markers = sorted(kept + added, key=lambda m: m.time)  # stable: a tick's markers keep their order
+
+
+def _marker_id(text: str) -> int | None:
+    """The chord id a marker names (a slash chord as its chord), or None for a marker that is no chord
+    symbol we know (a section, a lyric, ``Chord progression``)."""
+    name = marker_chord(text)
+    try:
+        return None if name is None else parse_symbol(name).id
+    except UsageError:
+        return None
+
+
 def marked_chords(score: symusic.Score) -> list[tuple[int, str]]:
     """The chord symbols a file carries (its ``Chord NAME`` markers) as (tick, name), in time order: the
-    chords its music was written on. Of several at one tick the last written stands (an edit appends its
-    own after the song's)."""
+    chords its music was written on. Of several at one tick the last written stands (files written
+    before edits replaced the symbols over their span carry both)."""
     at: dict[int, str] = {}
     for m in sorted(score.markers, key=lambda m: m.time):  # a stable sort keeps a tick's writing order
         name = marker_chord(str(m.text))
         if name is not None:
             at[int(m.time)] = name
     return sorted(at.items())
+
+
+def marked_chord_ids(score: symusic.Score) -> tuple[np.ndarray, np.ndarray]:
+    """(ticks, chord ids) of the chord symbols a file carries (``marked_chords``; a marker naming no chord
+    we know is none)."""
+    marks = [(tick, _marker_id(CHORD_MARKER + name)) for tick, name in marked_chords(score)]
+    marks = [(tick, cid) for tick, cid in marks if cid is not None]
+    return np.array([t for t, _ in marks], np.int64), np.array([c for _, c in marks], np.int64)
 
 
 def bar_names(marks: list[tuple[float, str]], bars) -> list[str | None]:
