@@ -309,10 +309,14 @@ def harmonized(codec: Codec, song: Song, context: Units, start: int, end: int, c
     return Units.concat(out)
 
 
-def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(), chords: Units | None = None) -> tuple:
+def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(), chords: Units | None = None,
+            chords_from: tuple[int, int] = (0, 0)) -> tuple:
     """The user's score less the notes ``remove(instrument, onset_steps) -> bool mask`` picks and the
     notes of ``drop_instruments``, plus ``units`` (``midigen.generate.splice``: each to its track, under
     the overlap rule). A dropped part's track stays, empty, so every kept track keeps its MIDI channel.
+    ``chords``' symbols become markers; ``chords_from`` = (the span's first step, the tick it was asked
+    to start at): the chord a span starts under is marked at that tick (a bar line), not at the step
+    after it where the snapped span begins (``span_steps``).
     Returns (score, notes written, notes removed, instruments that got a new track)."""
     out = song.score.copy()
     original_end = song.score.end()
@@ -330,7 +334,8 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
     new["duration"] = np.maximum(1, np.minimum(new["duration"], original_end - new["time"]))  # no ringing past the end
     out, written, new_tracks = splice(out, new)
     if chords is not None and len(chords):  # the chord symbols the new notes were written on
-        add_chord_markers(out, song.tick_of(chords.time), chords.tok0 - codec.chord_start)
+        ticks = np.where(chords.time == chords_from[0], chords_from[1], song.tick_of(chords.time))
+        add_chord_markers(out, ticks, chords.tok0 - codec.chord_start)
     if out.end() < original_end:  # the song keeps its length where the end fell silent
         out.markers.append(symusic.core.TextMetaTick(original_end, "end"))
     return out, written, removed, new_tracks
@@ -433,7 +438,8 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     written_units = write_plan(dec, codec, song, plan, int(num_samples))
     took = time.perf_counter() - t0
     for units in written_units:
-        s, written, removed, new_tracks = _edited(codec, song, units, remove, chords=_span_marks(codec, plan, units))
+        s, written, removed, new_tracks = _edited(codec, song, units, remove, chords=_span_marks(codec, plan, units),
+                                                  chords_from=(qs, first_tick_at(score, start_s)))
         out.append(Edit(s, written, removed, (qs, qe), span_s, targets, new_tracks, took, hearing))
     return out
 

@@ -174,4 +174,36 @@ def add_chord_markers(score: symusic.Score, ticks, ids) -> None:
     score.markers.sort(key=lambda m: m.time)
 
 
+
+def marked_chords(score: symusic.Score) -> list[tuple[int, str]]:
+    """The chord symbols a file carries (its ``Chord NAME`` markers) as (tick, name), in time order: the
+    chords its music was written on. Of several at one tick the last written stands (an edit appends its
+    own after the song's)."""
+    at: dict[int, str] = {}
+    for m in sorted(score.markers, key=lambda m: m.time):  # a stable sort keeps a tick's writing order
+        name = marker_chord(str(m.text))
+        if name is not None:
+            at[int(m.time)] = name
+    return sorted(at.items())
+
+
+def bar_names(marks: list[tuple[float, str]], bars) -> list[str | None]:
+    """Each bar's chords from ``marks`` ((time, name) in time order, the bars' (start, end) on the same
+    clock), as a lead sheet writes a bar (``Am F``): the chord in force at its start, then each change
+    inside it, a chord held on named once. None for a bar over before the first mark (no chord written yet)."""
+    times = np.array([t for t, _ in marks], dtype=np.float64)
+    out: list[str | None] = []
+    for start, end in bars:
+        held = int(np.searchsorted(times, start, side="right")) - 1
+        if held < 0 and not (len(times) and times[0] < end):
+            out.append(None)
+            continue
+        names: list[str] = []
+        for _, name in marks[max(held, 0): int(np.searchsorted(times, end, side="left"))]:
+            if not names or names[-1] != name:
+                names.append(name)
+        out.append(" ".join(names))
+    return out
+
+
 assert set(SUFFIX_QUALITY.values()) == set(QUALITIES) and chord_name(NO_CHORD) == NO_CHORD_NAME
