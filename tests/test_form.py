@@ -14,14 +14,18 @@ from io import BytesIO
 from pathlib import Path
 
 import mido
+import numpy as np
 import pytest
 import symusic
 
 from clirun import midigen
 from midiread import mido_notes
 from midigen.errors import UsageError
-from midigen.generate.form import parse_form, parse_section_controls, plan_steps, seam_sections
+from midigen.generate.form import bar_tones, parse_form, parse_section_controls, plan_steps, seam_sections, write_form
 from midigen.generate.render import bar_chord_names, detected_bar_chords, piano_roll_figure
+from midigen.generate.sampling import Sampling
+from midigen.model.checkpoint import checkpoint_limits, load_checkpoint
+from midigen.music.timing import bar_tick
 from songgen import make_song
 
 FORM = "intro:1 A:3 B:4 A:3 B':4 A:3"
@@ -141,6 +145,30 @@ def test_a_variation_is_its_section_but_for_the_bars_it_names(form_song):
     assert sum(sum(_bar_notes(score, at, b - 7, b - 7).values()) for b in kept) > 0
     for b in kept:
         assert _bar_notes(score, at, b, b) == _bar_notes(score, at, b - 7, b - 7)  # B is bars 5-8
+
+
+def test_a_variations_rewritten_bars_lean_toward_their_model_bars_tones(edit_run):
+    """``vary_weight``: each rewritten bar of A' leans toward the pitch classes its A bar dwells on
+    (``form.bar_tones``); the same seed with the weight off leaves the model alone. The share of
+    bars kept as copies stays what ``--vary`` says."""
+    model, codec, config = load_checkpoint(edit_run, "cpu")
+    share = {}
+    for weight in (0.0, 8.0):
+        song = write_form(model, codec, parse_form("A:4 B:2 A':4"), sampling=Sampling(seed=5, vary_weight=weight),
+                          vary=0.5, limits=checkpoint_limits(config))
+        first, last = song.rewritten["A'"]
+        assert last - first + 1 == 2
+        times, tones = bar_tones(song.score, first - 6, first, 2)
+        assert list(times) == [bar_tick(song.score, b) for b in (first, first + 1)]
+        on, total = 0.0, 0.0
+        for t in song.score.tracks:
+            for n in ([] if t.is_drum else t.notes):
+                k = int(np.searchsorted(times, n.time, side="right")) - 1
+                if 0 <= k < 2 and n.time < bar_tick(song.score, last + 1):
+                    on += n.duration * (tones[k, n.pitch % 12] > 0)
+                    total += n.duration
+        share[weight] = on / max(total, 1)
+    assert share[8.0] >= 0.9 and share[8.0] > share[0.0], share
 
 
 def test_form_summary_and_files(form_song):

@@ -8,7 +8,7 @@ import pytest
 
 from clirun import midigen
 from midigen.errors import UsageError
-from midigen.generate.grammar import Grammar
+from midigen.generate.grammar import TONIC_SHARE, Grammar
 from midigen.generate.sample import generate_samples, sample_score
 from midigen.generate.sampling import MAX_CHORD_WEIGHT, Sampling
 from midigen.model.checkpoint import load_checkpoint
@@ -18,16 +18,19 @@ from midigen.music.codec import DRUMS, N_PITCHES, Codec
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_the_bias_takes_nats_off_pitched_notes_outside_the_scale_only():
+def test_the_bias_takes_nats_off_pitched_notes_outside_the_scale_and_leans_on_the_tonic_triad():
     codec = Codec()
     g = Grammar(codec, 2)
     assert g.tone_bias(0.0, 2.0, None) is None and g.tone_bias(0.0, 0.0, 9) is None
     bias = g.tone_bias(0.0, 2.0, 21).numpy()  # A minor: A B C D E F G and the leading tone G#
     assert bias.shape == (2, codec.vocab_size) and (bias[0] == bias[1]).all()
-    off = np.flatnonzero(bias[0])
+    off = np.flatnonzero(bias[0] < 0)
     inst, pitch = np.divmod(off - codec.note_start, N_PITCHES)
     assert set(pitch % 12) == {1, 3, 6, 10} and (inst < DRUMS).all() and (bias[0][off] == -2.0).all()
     assert len(off) == DRUMS * sum(1 for p in range(N_PITCHES) if p % 12 in (1, 3, 6, 10))
+    centre = np.flatnonzero(bias[0] > 0)  # A C E, the tonic triad: the key's centre, not only its scale
+    inst, pitch = np.divmod(centre - codec.note_start, N_PITCHES)
+    assert set(pitch % 12) == {9, 0, 4} and (inst < DRUMS).all() and np.allclose(bias[0][centre], 2.0 * TONIC_SHARE)
 
 
 def test_the_key_and_a_given_chord_add_up_in_one_bias():
@@ -44,7 +47,7 @@ def test_the_key_and_a_given_chord_add_up_in_one_bias():
 
 
 def test_a_bad_key_weight_is_a_usage_error():
-    for bad in ({"key_weight": -1.0}, {"key_weight": MAX_CHORD_WEIGHT + 1}, {"key": 24}):
+    for bad in ({"key_weight": -1.0}, {"key_weight": MAX_CHORD_WEIGHT + 1}, {"key": 24}, {"vary_weight": -1.0}):
         with pytest.raises(UsageError):
             Sampling(**bad)
 
@@ -64,5 +67,28 @@ def test_the_weight_keeps_the_notes_in_the_key(edit_run):
 
 def test_key_weight_needs_a_form(edit_run, tmp_path):
     r = midigen("sample", "--ckpt", edit_run, "--key-weight", "2", "--out", tmp_path)
-    assert r.returncode == 2 and "--key-weight need --form" in r.stderr.strip().splitlines()[-1].replace(
-        "--vary, --section and ", ""), r.stderr
+    assert r.returncode == 2 and "--key-weight and --vary-weight need --form" in r.stderr.strip().splitlines()[-1], r.stderr
+
+
+def test_bar_tones_lean_each_stretch_toward_its_own_pitch_classes():
+    """A variation's rewritten bars lean toward their model bars' pitch classes (``favour_tones``) through
+    the same bias, the stretch in force following the song's time; drums and other ids untouched."""
+    codec = Codec()
+    g = Grammar(codec, 2)
+    for t in codec.header([0], 120.0, (4, 4)):
+        g.advance([t, t])
+    g.close_header()
+    weights = np.zeros((2, 12))
+    weights[0, [0, 7]] = 1.0, 0.5  # bar 1: C, some G
+    weights[1, 2] = 1.0  # bar 2: D
+    g.favour_tones([0, 96], weights)
+    assert g.tone_bias(0.0, 0.0, None, 0.0) is None
+    c, gg, d, drum = (codec.note_start + k for k in (60, 67, 62, DRUMS * N_PITCHES + 36))
+    first = g.tone_bias(0.0, 0.0, None, 3.0).numpy()
+    assert (first[:, [c, gg, d, drum]] == [3.0, 1.5, 0.0, 0.0]).all()
+    assert np.count_nonzero(first[0]) == DRUMS * (N_PITCHES // 12 * 2 + (N_PITCHES % 12 > 7) + (N_PITCHES % 12 > 0))
+    g.advance([codec.shift_token(96), codec.shift_token(40)])  # row 0 reaches bar 2, row 1 stays in bar 1
+    now = g.tone_bias(0.0, 0.0, None, 3.0).numpy()
+    assert (now[0, [c, gg, d]] == [0.0, 0.0, 3.0]).all() and (now[1, [c, gg, d]] == [3.0, 1.5, 0.0]).all()
+    with_key = g.tone_bias(0.0, 2.0, 0, 3.0).numpy()  # the key's term adds up with it in one bias
+    assert with_key[0, d] == 3.0 and with_key[0, c] == pytest.approx(2.0 * TONIC_SHARE)

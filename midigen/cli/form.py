@@ -15,7 +15,7 @@ from midigen.generate.form import (VARY_SHARE, form_summary, parse_form, parse_f
                                    section_bands, write_form)
 from midigen.generate.harmony import need_chords
 from midigen.generate.render import find_soundfont, play, write_piano_roll
-from midigen.generate.sampling import KEY_WEIGHT, Sampling
+from midigen.generate.sampling import KEY_WEIGHT, VARY_WEIGHT, Sampling
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
 
@@ -23,8 +23,8 @@ from midigen.model.checkpoint import capabilities, checkpoint_limits, load_check
 def check_form_flags(a) -> list:
     """The form's sections; refuses the flags a form cannot take, and --vary/--section without --form."""
     if a.form is None:
-        if a.vary is not None or a.section or getattr(a, "key_weight", None) is not None:
-            raise UsageError("--vary, --section and --key-weight need --form")
+        if a.vary is not None or a.section or any(getattr(a, f, None) is not None for f in ("key_weight", "vary_weight")):
+            raise UsageError("--vary, --section, --key-weight and --vary-weight need --form")
         return []
     for flag, value in (("--prompt", a.prompt), ("--seconds", a.seconds), ("--max-tokens", a.max_tokens),
                         ("--free-tempo", a.free_tempo or None)):
@@ -100,7 +100,8 @@ def sample_form(a) -> None:
             s = Sampling(temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
                          repetition_penalty=sampling.repetition_penalty, seed=sampling.seed + i,
                          chord_weight=sampling.chord_weight,
-                         key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight)
+                         key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight,
+                         vary_weight=VARY_WEIGHT if a.vary_weight is None else a.vary_weight)
             song = write_form(model, codec, sections, sampling=s, tempo=a.tempo, time_signature=time_signature,
                               instruments=instruments, controls=controls,
                               vary=VARY_SHARE if a.vary is None else a.vary, device=device, limits=limits,

@@ -154,6 +154,7 @@ class Plan:
     controls: tuple = ()
     limits: NoteLimits | None = None  # instrument ranges and polyphony the written notes keep to
     force_chords: bool = False  # the context's chords over the span are forced into the written part (v4)
+    tones: tuple | None = None  # (song steps, (n, 12) weights): pitch classes each stretch leans toward
 
 
 @dataclass
@@ -205,6 +206,8 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
     g.force_notes(given.time, given.tok0, given.tok1)
     if plan.force_chords:
         g.force_chords(*chords)
+    if plan.tones is not None:
+        g.favour_tones(plan.tones[0] - s, plan.tones[1])
     seq = dec.decode(prompt, g, budget)
     out = []
     for b in range(rows):
@@ -345,11 +348,11 @@ def _edited(codec: Codec, song: Song, units: Units, remove, drop_instruments=(),
 
 
 def _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight=0.0, key=None,
-             key_weight=0.0) -> Decoder:
+             key_weight=0.0, vary_weight=0.0) -> Decoder:
     if not codec.has_controls:
         raise UsageError(f"this checkpoint's codec v{codec.version} cannot edit (no editing tokens)")
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, chord_weight=chord_weight,
-                        key=key, key_weight=key_weight)
+                        key=key, key_weight=key_weight, vary_weight=vary_weight)
     return Decoder(model, codec, sampling, device=device, listener=listener)
 
 
@@ -400,14 +403,18 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
                  num_samples: int = 1, seed=None, temperature=1.0, top_k=None, top_p=None, chord_weight=0.0,
                  controls=None, device=None, listener: Listener | None = None, limits: NoteLimits | None = None,
                  known_instruments=None, chords=None, free_chords: bool = False,
-                 open_end: bool = False, key: int | None = None, key_weight: float = 0.0) -> list[Edit]:
+                 open_end: bool = False, key: int | None = None, key_weight: float = 0.0,
+                 bar_tones=None, vary_weight: float = 0.0) -> list[Edit]:
     """``infill`` with what changed, for the command's report (``limits``, ``known_instruments``,
     ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
     note, up to the score's last event (a song with a form writes its sections there:
     ``midigen.generate.form``). ``key``, ``key_weight``: notes outside the key's scale held back
-    (``Sampling.key_weight``)."""
+    (``Sampling.key_weight``). ``bar_tones``: (ticks, (n, 12) weights), the pitch classes the span
+    leans toward from each tick on, ``vary_weight`` nats at weight 1 (a variation's model bars:
+    ``midigen.generate.form``)."""
     need_chords(codec, chords)
-    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight, key, key_weight)
+    dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight, key, key_weight,
+                   vary_weight)
     song = _song(codec, score)
     if int(num_samples) < 1:
         raise UsageError("num_samples must be >= 1")
@@ -430,7 +437,8 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
     context = harmonized(codec, song, u.select(~gone), qs, qe, chords, free_chords)
     plan = Plan(qs, qe, targets, sorted(set(heard_instruments(present, hearing)) | set(targets)), context,
-                controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords)
+                controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords,
+                tones=None if bar_tones is None else (song.step_of(np.asarray(bar_tones[0], np.int64)), bar_tones[1]))
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []

@@ -320,6 +320,26 @@ def copy_chord_marks(score, source: tuple[int, int], target_start: int) -> None:
     score.markers.sort(key=lambda m: m.time)
 
 
+def bar_tones(score, model_bar: int, first_bar: int, bars: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the ticks of bars ``first_bar``.., (``bars``, 12) weights): the pitch classes of the ``bars`` bars
+    from ``model_bar`` on, each bar's note-time per class (drums left out, notes cut at their bar's
+    end) over its largest, so a rewritten bar leans toward the tones its model bar dwells on
+    (``Grammar.favour_tones``): a variation keeps its section's notes and rewrites their detail."""
+    edges = np.array([bar_tick(score, model_bar + i) for i in range(bars + 1)], np.int64)
+    out = np.zeros((bars, 12))
+    for t in score.tracks:
+        if t.is_drum or not t.note_num():
+            continue
+        a = t.notes.numpy()
+        on, end = a["time"].astype(np.int64), (a["time"] + a["duration"]).astype(np.int64)
+        bar = np.searchsorted(edges, on, side="right") - 1
+        ok = (bar >= 0) & (bar < bars)
+        dur = np.minimum(end[ok], edges[bar[ok] + 1]) - on[ok]
+        np.add.at(out, (bar[ok], a["pitch"][ok].astype(np.int64) % 12), np.maximum(dur, 1))
+    out /= np.maximum(out.max(axis=1, keepdims=True), 1e-9)
+    return np.array([bar_tick(score, first_bar + i) for i in range(bars)], np.int64), out
+
+
 def copy_span(score, source: tuple[int, int], target_start: int, instruments=None) -> tuple[object, int, int]:
     """``score`` (changed in place) with the notes starting in ``source`` (ticks) copied to start at
     ``target_start`` through the one splice, after the notes of ``instruments`` (or all) starting in the
@@ -387,9 +407,10 @@ class _Writer:
         held = next(s for s in self.sections if s.first_bar <= first_bar <= s.last_bar)
         return chart_from_bar(chart_of(self.charts, label), first_bar - held.first_bar)
 
-    def rewrite(self, k: int, label: str, first_bar: int, last_bar: int) -> None:
+    def rewrite(self, k: int, label: str, first_bar: int, last_bar: int, like_bar: int | None = None) -> None:
         """Bars ``first_bar..last_bar`` written again by infill, both sides known, on their section's
-        chart if it has one."""
+        chart if it has one; with ``like_bar`` (the bar of the section a variation varies that
+        ``first_bar`` stands for), each bar leans toward its model bar's pitch classes (``bar_tones``)."""
         lo, hi = _range_ticks(self.score, first_bar, last_bar)
         start, end = (float(x) for x in seconds_at_tick(self.score, [lo, hi]))
         s = self.sampling
@@ -398,7 +419,9 @@ class _Writer:
                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, chord_weight=s.chord_weight,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
                                open_end=True, chords=self.chart_at(label, first_bar), key=self.key_of(label),
-                               key_weight=s.key_weight, listener=self.listener)
+                               key_weight=s.key_weight, listener=self.listener, vary_weight=s.vary_weight,
+                               bar_tones=None if like_bar is None else bar_tones(
+                                   self.score, like_bar, first_bar, last_bar - first_bar + 1))
         self.score = edit.score
 
     def place(self, sections: list[Section], label: str, labels: set[str]) -> None:
@@ -500,7 +523,8 @@ def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampli
             lo, hi = _range_ticks(w.score, src.first_bar, src.last_bar)
             w.score, _, _ = copy_span(w.score, (lo, hi), bar_tick(w.score, firsts[step.label].first_bar))
             copy_chord_marks(w.score, (lo, hi), bar_tick(w.score, firsts[step.label].first_bar))
-            w.rewrite(k, step.label, step.first_bar, step.last_bar)
+            w.rewrite(k, step.label, step.first_bar, step.last_bar,
+                      like_bar=src.first_bar + step.first_bar - firsts[step.label].first_bar)
             song.rewritten[step.label] = (step.first_bar, step.last_bar)
         else:
             w.rewrite(k, step.label, step.first_bar, step.last_bar)

@@ -89,7 +89,7 @@ class _Tables:
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
         self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
         self.note_pc, self.chord_tone = (t(a) for a in chord_tone_tables(c))
-        self.scale_tone = t(scale_tone_table(), torch.float32)
+        self.key_tone = t(key_tone_table(), torch.float32)
 
 
 def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -115,6 +115,21 @@ def scale_tone_table() -> np.ndarray:
         scale = MINOR_SCALE if key >= 12 else MAJOR_SCALE
         out[key, :12] = 1.0
         out[key, [(key % 12 + d) % 12 for d in scale]] = 0.0
+    return out
+
+
+TONIC_SHARE = 0.5  # of the key weight, added to the tonic triad's tones: the key's centre, not only its scale
+
+
+def key_tone_table(tonic_share: float = TONIC_SHARE) -> np.ndarray:
+    """(24 keys, 13 classes): what a key weight of one nat adds to each pitch class (12: not a pitched
+    note): -1 outside the key's scale, ``tonic_share`` on its tonic triad, 0 on its other tones. The
+    scale alone leaves the centre open (C major's notes may settle on G or A minor); leaning on the
+    tonic triad holds the key asked for, as a listener's key profile weighs those tones most."""
+    out = -scale_tone_table()
+    for key in range(24):
+        third = 3 if key >= 12 else 4
+        out[key, [(key % 12 + d) % 12 for d in (0, third, 7)]] = tonic_share
     return out
 
 
@@ -189,6 +204,10 @@ class Grammar:
         self.chord_id = torch.zeros((B, 0), dtype=torch.long, device=dev)
         self.chord_pos = long(0)
         self.chords_forced = False  # host fact: a chord list was given (the model writes no others)
+        # bar tones (a variation's model bars): from each of these steps on, the weight of each of 13 classes
+        self.tones_time = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.tones_pc = torch.zeros((B, 0, 13), dtype=torch.float32, device=dev)
+        self.tones_given = False  # host fact: some stretch has tones to favour (the bias moves with time)
         self.editing = False  # host fact: an edit's written part (``for_edit``): ``forced`` applies
         # Host-side facts that let the mask skip whole rules without reading device state:
         self.timed = False  # some row has a time target
@@ -298,6 +317,17 @@ class Grammar:
         self.chord_time, self.chord_id = rows(steps[keep]), rows(c.chord_start + ids[keep])
         self.chord_pos[:] = 0
         self.chords_forced = True
+
+    def favour_tones(self, steps, weights) -> None:
+        """Pitch classes each stretch of the written part leans toward, from each of ``steps`` (from the
+        span start, increasing) to the next: ``weights`` (n, 12) in [0, 1] (a variation's model bars:
+        ``midigen.generate.form``). ``tone_bias`` adds ``tones_weight`` times them to the pitched notes."""
+        steps = np.asarray(steps, np.int64)
+        pc = np.zeros((len(steps), 13), np.float32)
+        pc[:, :12] = np.asarray(weights, np.float32).reshape(len(steps), 12)
+        self.tones_time = torch.as_tensor(steps, device=self.device).view(1, -1).expand(self.B, -1).clone()
+        self.tones_pc = torch.as_tensor(pc, device=self.device).view(1, -1, 13).expand(self.B, -1, -1).clone()
+        self.tones_given = len(steps) > 0
 
     def replicate(self, batch_size: int, device=None) -> "Grammar":
         """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
@@ -453,15 +483,22 @@ class Grammar:
         row = torch.where(self.chord >= 0, self.chord - self.codec.chord_start, NO_CHORD + 1)
         return self.T.chord_tone[row][:, self.T.note_pc].float()
 
-    def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None) -> torch.Tensor | None:
+    def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None,
+                  tones_weight: float = 0.0) -> torch.Tensor | None:
         """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
-        the tones of a given chord in force (``chord_tones``), minus ``key_weight`` on a pitched note
-        outside ``key``'s scale (drums, shifts and the rest untouched); None when neither applies."""
+        the tones of a given chord in force (``chord_tones``), ``key_weight`` times ``key_tone_table``
+        on a pitched note (off outside ``key``'s scale, toward its tonic triad), plus ``tones_weight`` times the weight of a pitched note's class in the
+        stretch in force (``favour_tones``); drums, shifts and the rest untouched. None when none applies."""
         tones = self.chord_tones() if chord_weight else None
         bias = None if tones is None else chord_weight * tones
         if key_weight and key is not None:
-            off = -key_weight * self.T.scale_tone[int(key)][self.T.note_pc]  # (V,): the same for every row
+            off = key_weight * self.T.key_tone[int(key)][self.T.note_pc]  # (V,): the same for every row
             bias = off.expand(self.B, -1) if bias is None else bias + off
+        if tones_weight and self.tones_given:
+            now = torch.searchsorted(self.tones_time, self.steps[:, None], right=True)[:, 0] - 1  # the stretch in force
+            pc = self.tones_pc[self.rows, now.clamp(min=0)] * (now >= 0)[:, None]  # (B, 13)
+            lean = tones_weight * pc[:, self.T.note_pc]
+            bias = lean if bias is None else bias + lean
         return bias
 
     @property
