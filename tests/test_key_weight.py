@@ -67,7 +67,8 @@ def test_the_weight_keeps_the_notes_in_the_key(edit_run):
 
 def test_key_weight_needs_a_form(edit_run, tmp_path):
     r = midigen("sample", "--ckpt", edit_run, "--key-weight", "2", "--out", tmp_path)
-    assert r.returncode == 2 and "--key-weight and --vary-weight need --form" in r.stderr.strip().splitlines()[-1], r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "--key-weight and --vary-weight need --form" in last, r.stderr
 
 
 def test_bar_tones_lean_each_stretch_toward_its_own_pitch_classes():

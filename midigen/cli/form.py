@@ -23,7 +23,8 @@ from midigen.model.checkpoint import capabilities, checkpoint_limits, load_check
 def check_form_flags(a) -> list:
     """The form's sections; refuses the flags a form cannot take, and --vary/--section without --form."""
     if a.form is None:
-        if a.vary is not None or a.section or any(getattr(a, f, None) is not None for f in ("key_weight", "vary_weight")):
+        weights = (getattr(a, f, None) for f in ("key_weight", "vary_weight"))
+        if a.vary is not None or a.section or any(w is not None for w in weights):
             raise UsageError("--vary, --section, --key-weight and --vary-weight need --form")
         return []
     for flag, value in (("--prompt", a.prompt), ("--seconds", a.seconds), ("--max-tokens", a.max_tokens),

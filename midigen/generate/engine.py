@@ -362,7 +362,7 @@ class Decoder:
         mask, counts, ids = grammar.step_mask()
         width = counts.cpu().numpy()
         ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
-        bias, stale = None, True  # the chord and key weights' logit bias, kept until a CHORD (or, with bar tones, a SHIFT) is written
+        bias, stale = None, True  # the harmony's logit bias, kept until a CHORD (with bar tones: a SHIFT) is written
         chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
         shifts = codec.ranges["shift"]  # with bar tones the bias moves with time (``Grammar.favour_tones``)
         done = np.zeros(B, bool)

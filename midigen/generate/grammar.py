@@ -487,8 +487,9 @@ class Grammar:
                   tones_weight: float = 0.0) -> torch.Tensor | None:
         """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
         the tones of a given chord in force (``chord_tones``), ``key_weight`` times ``key_tone_table``
-        on a pitched note (off outside ``key``'s scale, toward its tonic triad), plus ``tones_weight`` times the weight of a pitched note's class in the
-        stretch in force (``favour_tones``); drums, shifts and the rest untouched. None when none applies."""
+        on a pitched note (off outside ``key``'s scale, toward its tonic triad), plus ``tones_weight``
+        times the weight of a pitched note's class in the stretch in force (``favour_tones``); drums,
+        shifts and the rest untouched. None when none applies."""
         tones = self.chord_tones() if chord_weight else None
         bias = None if tones is None else chord_weight * tones
         if key_weight and key is not None:
