@@ -89,7 +89,8 @@ class _Tables:
         self.tempo_bpm = t(c.tempo_bpm, self.fdtype)
         self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
         self.note_pc, self.chord_tone = (t(a) for a in chord_tone_tables(c))
-        self.key_tone = t(key_tone_table(), torch.float32)
+        self.scale_tone = t(scale_tone_table(), torch.float32)
+        self.tonic_tone = t(tonic_triad_table(), torch.float32)
 
 
 def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -118,18 +119,13 @@ def scale_tone_table() -> np.ndarray:
     return out
 
 
-TONIC_SHARE = 0.5  # of the key weight, added to the tonic triad's tones: the key's centre, not only its scale
-
-
-def key_tone_table(tonic_share: float = TONIC_SHARE) -> np.ndarray:
-    """(24 keys, 13 classes): what a key weight of one nat adds to each pitch class (12: not a pitched
-    note): -1 outside the key's scale, ``tonic_share`` on its tonic triad, 0 on its other tones. The
-    scale alone leaves the centre open (C major's notes may settle on G or A minor); leaning on the
-    tonic triad holds the key asked for, as a listener's key profile weighs those tones most."""
-    out = -scale_tone_table()
+def tonic_triad_table() -> np.ndarray:
+    """(24 keys, 13 classes): 1.0 on the key's tonic triad (C E G for C major, A C E for A minor), the
+    tones a listener's key profile weighs most: what holds a key's centre, not only its scale."""
+    out = np.zeros((24, 13), dtype=np.float32)
     for key in range(24):
         third = 3 if key >= 12 else 4
-        out[key, [(key % 12 + d) % 12 for d in (0, third, 7)]] = tonic_share
+        out[key, [(key % 12 + d) % 12 for d in (0, third, 7)]] = 1.0
     return out
 
 
@@ -484,21 +480,24 @@ class Grammar:
         return self.T.chord_tone[row][:, self.T.note_pc].float()
 
     def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None,
-                  tones_weight: float = 0.0) -> torch.Tensor | None:
+                  tones_weight: float = 0.0, tonic_share: float = 0.0) -> torch.Tensor | None:
         """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
-        the tones of a given chord in force (``chord_tones``), ``key_weight`` times ``key_tone_table``
-        on a pitched note (off outside ``key``'s scale, toward its tonic triad), plus ``tones_weight``
-        times the weight of a pitched note's class in the stretch in force (``favour_tones``); drums,
-        shifts and the rest untouched. None when none applies."""
+        the tones of a given chord in force (``chord_tones``), minus ``key_weight`` on a pitched note
+        outside ``key``'s scale and plus ``tonic_share`` of it on its tonic triad, plus ``tones_weight``
+        times the weight of a pitched note's class in the stretch in force (``favour_tones``), and minus
+        it on EOS while that stretch has tones (its bar is not to fall silent where its model plays);
+        drums, shifts and the rest untouched. None when none applies."""
         tones = self.chord_tones() if chord_weight else None
         bias = None if tones is None else chord_weight * tones
         if key_weight and key is not None:
-            off = key_weight * self.T.key_tone[int(key)][self.T.note_pc]  # (V,): the same for every row
+            lean = tonic_share * self.T.tonic_tone[int(key)] - self.T.scale_tone[int(key)]
+            off = key_weight * lean[self.T.note_pc]  # (V,): the same for every row
             bias = off.expand(self.B, -1) if bias is None else bias + off
         if tones_weight and self.tones_given:
             now = torch.searchsorted(self.tones_time, self.steps[:, None], right=True)[:, 0] - 1  # the stretch in force
             pc = self.tones_pc[self.rows, now.clamp(min=0)] * (now >= 0)[:, None]  # (B, 13)
             lean = tones_weight * pc[:, self.T.note_pc]
+            lean[:, self.codec.EOS] = -tones_weight * (pc.sum(1) > 0)
             bias = lean if bias is None else bias + lean
         return bias
 
