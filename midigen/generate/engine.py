@@ -269,7 +269,7 @@ class Decoder:
         self.penalty = sampling.repetition_penalty
         self.chord_weight = sampling.chord_weight
         self.key, self.key_weight = sampling.key, sampling.key_weight
-        self.vary_weight, self.tonic_share = sampling.vary_weight, sampling.tonic_share
+        self.vary_weight = sampling.vary_weight
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
@@ -380,7 +380,7 @@ class Decoder:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
                 if stale:  # the chord in force may have changed: the harmony's bias again
                     bias, stale = grammar.tone_bias(self.chord_weight, self.key_weight, self.key,
-                                                    self.vary_weight, self.tonic_share), False
+                                                    self.vary_weight), False
                 if bias is not None:
                     logits = logits + bias
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, most,

@@ -36,7 +36,7 @@ from midigen.errors import UsageError
 from midigen.generate.edit import Edit, infill_edits
 from midigen.generate.harmony import need_chords
 from midigen.generate.sample import find_problems, generate_samples, Sample, sample_score
-from midigen.generate.sampling import TONIC_SHARE, Sampling
+from midigen.generate.sampling import Sampling
 from midigen.generate.splice import FIELDS, TYPES, splice
 from midigen.music.chordtext import marker_chord, parse_chords
 from midigen.music.codec import Codec, score_instruments, track_instrument
@@ -447,7 +447,7 @@ def _anchor_score(w: _Writer, section: Section, tempo: float, time_signature, in
     first bar; the song's score from then on."""
     n, d = time_signature or (4, 4)
     seconds = section.bars * n * 4 / d * 60.0 / tempo
-    sampling = replace(w.sampling, key=w.key_of(section.label), tonic_share=TONIC_SHARE)  # it sets the centre
+    sampling = replace(w.sampling, key=w.key_of(section.label))
     begin = getattr(w.listener, "begin", None)
     if begin is not None:  # the anchor's tokens are read after this head, placed at its first bar
         head = [w.codec.BOS, *(w.codec.inst_token(i) for i in instruments or ()), w.codec.tempo_token(tempo)]

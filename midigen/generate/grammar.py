@@ -90,7 +90,6 @@ class _Tables:
         self.sec_per_step = t(seconds_per_step(c, c.tempo_bpm), self.fdtype)  # timing's rule, as a table
         self.note_pc, self.chord_tone = (t(a) for a in chord_tone_tables(c))
         self.scale_tone = t(scale_tone_table(), torch.float32)
-        self.tonic_tone = t(tonic_triad_table(), torch.float32)
 
 
 def chord_tone_tables(codec: Codec) -> tuple[np.ndarray, np.ndarray]:
@@ -116,16 +115,6 @@ def scale_tone_table() -> np.ndarray:
         scale = MINOR_SCALE if key >= 12 else MAJOR_SCALE
         out[key, :12] = 1.0
         out[key, [(key % 12 + d) % 12 for d in scale]] = 0.0
-    return out
-
-
-def tonic_triad_table() -> np.ndarray:
-    """(24 keys, 13 classes): 1.0 on the key's tonic triad (C E G for C major, A C E for A minor), the
-    tones a listener's key profile weighs most: what holds a key's centre, not only its scale."""
-    out = np.zeros((24, 13), dtype=np.float32)
-    for key in range(24):
-        third = 3 if key >= 12 else 4
-        out[key, [(key % 12 + d) % 12 for d in (0, third, 7)]] = 1.0
     return out
 
 
@@ -480,18 +469,17 @@ class Grammar:
         return self.T.chord_tone[row][:, self.T.note_pc].float()
 
     def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None,
-                  tones_weight: float = 0.0, tonic_share: float = 0.0) -> torch.Tensor | None:
+                  tones_weight: float = 0.0) -> torch.Tensor | None:
         """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
         the tones of a given chord in force (``chord_tones``), minus ``key_weight`` on a pitched note
-        outside ``key``'s scale and plus ``tonic_share`` of it on its tonic triad, plus ``tones_weight``
+        outside ``key``'s scale, plus ``tones_weight``
         times the weight of a pitched note's class in the stretch in force (``favour_tones``), and minus
         it on EOS while that stretch has tones (its bar is not to fall silent where its model plays);
         drums, shifts and the rest untouched. None when none applies."""
         tones = self.chord_tones() if chord_weight else None
         bias = None if tones is None else chord_weight * tones
         if key_weight and key is not None:
-            lean = tonic_share * self.T.tonic_tone[int(key)] - self.T.scale_tone[int(key)]
-            off = key_weight * lean[self.T.note_pc]  # (V,): the same for every row
+            off = -key_weight * self.T.scale_tone[int(key)][self.T.note_pc]  # (V,): the same for every row
             bias = off.expand(self.B, -1) if bias is None else bias + off
         if tones_weight and self.tones_given:
             now = torch.searchsorted(self.tones_time, self.steps[:, None], right=True)[:, 0] - 1  # the stretch in force

@@ -35,7 +35,6 @@ DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penal
 SEED_RANGE = 2**31  # drawn seeds are below this
 MAX_CHORD_WEIGHT = 8.0  # and the most a key weight may be
 KEY_WEIGHT = 2.0  # nats off out-of-key notes in a song with a form under a key (docs/benchmarks.md)
-TONIC_SHARE = 0.5  # of the key weight toward the tonic triad, in a form's first section (docs/form.md)
 VARY_WEIGHT = 2.0  # nats toward a variation's model bars' tones (``--vary-weight``; docs/benchmarks.md)
 RETRIES = 2  # redraws of an empty result, with the next seeds, before giving up (midigen.generate.checks)
 
@@ -52,7 +51,6 @@ class Sampling:
     chord_weight: float = 0.0  # nats added to chord tones while a given chart is in force (``Grammar.chord_tones``)
     key: int | None = None  # 0..23 (``midigen.music.codec.key_name``): the key whose scale ``key_weight`` holds to
     key_weight: float = 0.0  # nats taken off a pitched note outside ``key``'s scale (``Grammar.tone_bias``)
-    tonic_share: float = 0.0  # of ``key_weight``, added to ``key``'s tonic triad: its centre (``Grammar.tone_bias``)
     vary_weight: float = 0.0  # nats toward a variation's model bar's pitch classes (``Grammar.favour_tones``)
 
     def __post_init__(self):
@@ -68,8 +66,6 @@ class Sampling:
             raise UsageError(f"chord weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.chord_weight}")
         if not 0 <= self.key_weight <= MAX_CHORD_WEIGHT:
             raise UsageError(f"key weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.key_weight}")
-        if not 0 <= self.tonic_share <= 1:
-            raise UsageError(f"tonic share must be in [0, 1], got {self.tonic_share}")
         if not 0 <= self.vary_weight <= MAX_CHORD_WEIGHT:
             raise UsageError(f"vary weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.vary_weight}")
         if self.key is not None and not 0 <= int(self.key) < 24:
