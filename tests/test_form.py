@@ -158,7 +158,8 @@ def test_a_variations_rewritten_bars_lean_toward_their_model_bars_tones(edit_run
                           vary=0.5, limits=checkpoint_limits(config))
         first, last = song.rewritten["A'"]
         assert last - first + 1 == 2
-        times, tones = bar_tones(song.score, first - 6, first, 2)
+        times, tones, onsets = bar_tones(song.score, first - 6, first, 2)
+        assert (onsets >= times[0]).all() and (onsets < bar_tick(song.score, last + 1)).all()
         assert list(times) == [bar_tick(song.score, b) for b in (first, first + 1)]
         on, total = 0.0, 0.0
         for t in song.score.tracks:

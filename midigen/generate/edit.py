@@ -154,7 +154,7 @@ class Plan:
     controls: tuple = ()
     limits: NoteLimits | None = None  # instrument ranges and polyphony the written notes keep to
     force_chords: bool = False  # the context's chords over the span are forced into the written part (v4)
-    tones: tuple | None = None  # (song steps, (n, 12) weights): pitch classes each stretch leans toward
+    tones: tuple | None = None  # (song steps, (n, 12) weights, onset steps): what each stretch leans toward
 
 
 @dataclass
@@ -207,7 +207,7 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
     if plan.force_chords:
         g.force_chords(*chords)
     if plan.tones is not None:
-        g.favour_tones(plan.tones[0] - s, plan.tones[1])
+        g.favour_tones(plan.tones[0] - s, plan.tones[1], plan.tones[2] - s)
     seq = dec.decode(prompt, g, budget)
     out = []
     for b in range(rows):
@@ -409,9 +409,9 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may reach past the last
     note, up to the score's last event (a song with a form writes its sections there:
     ``midigen.generate.form``). ``key``, ``key_weight``: notes outside the key's scale held back
-    (``Sampling.key_weight``). ``bar_tones``: (ticks, (n, 12) weights), the pitch classes the span
-    leans toward from each tick on, ``vary_weight`` nats at weight 1 (a variation's model bars:
-    ``midigen.generate.form``)."""
+    (``Sampling.key_weight``). ``bar_tones``: (ticks, (n, 12) weights, onset ticks), the pitch classes
+    the span leans toward from each tick on and the onsets its rhythm leans on, ``vary_weight`` nats at
+    weight 1 (a variation's model bars: ``midigen.generate.form``)."""
     need_chords(codec, chords)
     dec = _decoder(model, codec, seed, temperature, top_k, top_p, device, listener, chord_weight, key, key_weight,
                    vary_weight)
@@ -438,7 +438,8 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     context = harmonized(codec, song, u.select(~gone), qs, qe, chords, free_chords)
     plan = Plan(qs, qe, targets, sorted(set(heard_instruments(present, hearing)) | set(targets)), context,
                 controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords,
-                tones=None if bar_tones is None else (song.step_of(np.asarray(bar_tones[0], np.int64)), bar_tones[1]))
+                tones=None if bar_tones is None else (song.step_of(np.asarray(bar_tones[0], np.int64)), bar_tones[1],
+                                                      song.step_of(np.asarray(bar_tones[2], np.int64))))
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []

@@ -320,24 +320,31 @@ def copy_chord_marks(score, source: tuple[int, int], target_start: int) -> None:
     score.markers.sort(key=lambda m: m.time)
 
 
-def bar_tones(score, model_bar: int, first_bar: int, bars: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the ticks of bars ``first_bar``.., (``bars``, 12) weights): the pitch classes of the ``bars`` bars
-    from ``model_bar`` on, each bar's note-time per class (drums left out, notes cut at their bar's
-    end) over its largest, so a rewritten bar leans toward the tones its model bar dwells on
-    (``Grammar.favour_tones``): a variation keeps its section's notes and rewrites their detail."""
+def bar_tones(score, model_bar: int, first_bar: int, bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the ticks of bars ``first_bar``.., (``bars``, 12) weights, onset ticks): the pitch classes of the
+    ``bars`` bars from ``model_bar`` on, each bar's note-time per class (drums left out, notes cut at
+    their bar's end) over its largest, and their notes' onsets (drums too) moved to the bars they stand
+    for, so a rewritten bar leans toward the tones and rhythm of its model bar (``Grammar.favour_tones``):
+    a variation keeps its section's notes and rewrites their detail."""
     edges = np.array([bar_tick(score, model_bar + i) for i in range(bars + 1)], np.int64)
     out = np.zeros((bars, 12))
+    shift = bar_tick(score, first_bar) - edges[0]
+    onsets = []
     for t in score.tracks:
-        if t.is_drum or not t.note_num():
+        if not t.note_num():
             continue
         a = t.notes.numpy()
         on, end = a["time"].astype(np.int64), (a["time"] + a["duration"]).astype(np.int64)
         bar = np.searchsorted(edges, on, side="right") - 1
         ok = (bar >= 0) & (bar < bars)
+        onsets.append(on[ok] + shift)
+        if t.is_drum:
+            continue
         dur = np.minimum(end[ok], edges[bar[ok] + 1]) - on[ok]
         np.add.at(out, (bar[ok], a["pitch"][ok].astype(np.int64) % 12), np.maximum(dur, 1))
     out /= np.maximum(out.max(axis=1, keepdims=True), 1e-9)
-    return np.array([bar_tick(score, first_bar + i) for i in range(bars)], np.int64), out
+    starts = np.array([bar_tick(score, first_bar + i) for i in range(bars)], np.int64)
+    return starts, out, np.unique(np.concatenate([np.zeros(0, np.int64), *onsets]))
 
 
 def copy_span(score, source: tuple[int, int], target_start: int, instruments=None) -> tuple[object, int, int]:

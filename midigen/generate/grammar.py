@@ -192,6 +192,7 @@ class Grammar:
         # bar tones (a variation's model bars): from each of these steps on, the weight of each of 13 classes
         self.tones_time = torch.zeros((B, 0), dtype=torch.long, device=dev)
         self.tones_pc = torch.zeros((B, 0, 13), dtype=torch.float32, device=dev)
+        self.onsets = torch.zeros((B, 0), dtype=torch.float32, device=dev)  # 1.0 at a model bar's onset steps
         self.tones_given = False  # host fact: some stretch has tones to favour (the bias moves with time)
         self.editing = False  # host fact: an edit's written part (``for_edit``): ``forced`` applies
         # Host-side facts that let the mask skip whole rules without reading device state:
@@ -303,16 +304,23 @@ class Grammar:
         self.chord_pos[:] = 0
         self.chords_forced = True
 
-    def favour_tones(self, steps, weights) -> None:
+    def favour_tones(self, steps, weights, onsets=()) -> None:
         """Pitch classes each stretch of the written part leans toward, from each of ``steps`` (from the
         span start, increasing) to the next: ``weights`` (n, 12) in [0, 1] (a variation's model bars:
-        ``midigen.generate.form``). ``tone_bias`` adds ``tones_weight`` times them to the pitched notes."""
+        ``midigen.generate.form``). ``tone_bias`` adds ``tones_weight`` times them to the pitched notes,
+        and as much to a SHIFT landing on one of ``onsets`` (steps from the span start: where the model
+        bars' notes start), so the rhythm leans on the model's too."""
         steps = np.asarray(steps, np.int64)
         pc = np.zeros((len(steps), 13), np.float32)
         pc[:, :12] = np.asarray(weights, np.float32).reshape(len(steps), 12)
         self.tones_time = torch.as_tensor(steps, device=self.device).view(1, -1).expand(self.B, -1).clone()
         self.tones_pc = torch.as_tensor(pc, device=self.device).view(1, -1, 13).expand(self.B, -1, -1).clone()
         self.tones_given = len(steps) > 0
+        onsets = np.asarray(onsets, np.int64)
+        onsets = onsets[onsets >= 0]
+        dense = np.zeros(int(onsets.max()) + 1 if len(onsets) else 0, np.float32)
+        dense[onsets] = 1.0
+        self.onsets = torch.as_tensor(dense, device=self.device).view(1, -1).expand(self.B, -1).clone()
 
     def replicate(self, batch_size: int, device=None) -> "Grammar":
         """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
@@ -486,6 +494,12 @@ class Grammar:
             pc = self.tones_pc[self.rows, now.clamp(min=0)] * (now >= 0)[:, None]  # (B, 13)
             lean = tones_weight * pc[:, self.T.note_pc]
             lean[:, self.codec.EOS] = -tones_weight * (pc.sum(1) > 0)
+            n = self.onsets.shape[1]
+            if n:
+                land = self.steps[:, None] + self.T.shift_k[None, :]  # (B, max_shift): where each SHIFT lands
+                hit = self.onsets.gather(1, land.clamp(max=n - 1)) * (land < n)
+                c = self.codec
+                lean[:, c.shift_start: c.shift_start + self.max_shift] += tones_weight * hit
             bias = lean if bias is None else bias + lean
         return bias
 

@@ -35,7 +35,7 @@ DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penal
 SEED_RANGE = 2**31  # drawn seeds are below this
 MAX_CHORD_WEIGHT = 8.0  # and the most a key weight may be
 KEY_WEIGHT = 2.0  # nats off out-of-key notes in a song with a form under a key (docs/benchmarks.md)
-VARY_WEIGHT = 2.0  # nats toward a variation's model bars' tones (``--vary-weight``; docs/benchmarks.md)
+VARY_WEIGHT = 6.0  # nats toward a variation's model bars' tones and onsets (``--vary-weight``; docs/benchmarks.md)
 RETRIES = 2  # redraws of an empty result, with the next seeds, before giving up (midigen.generate.checks)
 
 
