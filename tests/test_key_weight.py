@@ -80,15 +80,17 @@ def test_bar_tones_lean_each_stretch_toward_its_own_pitch_classes():
     weights = np.zeros((2, 12))
     weights[0, [0, 7]] = 1.0, 0.5  # bar 1: C, some G
     weights[1, 2] = 1.0  # bar 2: D
-    g.favour_tones([0, 96], weights)
+    g.favour_tones([0, 96], weights, onsets=[24, 108])  # the model bars' notes start at steps 24 and 108
     assert g.tone_bias(0.0, 0.0, None, 0.0) is None
     c, gg, d, drum = (codec.note_start + k for k in (60, 67, 62, DRUMS * N_PITCHES + 36))
     first = g.tone_bias(0.0, 0.0, None, 3.0).numpy()
     assert (first[:, [c, gg, d, drum]] == [3.0, 1.5, 0.0, 0.0]).all()
-    assert np.count_nonzero(first[0]) == 1 + DRUMS * (N_PITCHES // 12 * 2 + (N_PITCHES % 12 > 7) + (N_PITCHES % 12 > 0))
+    assert first[0, codec.shift_token(24)] == 3.0 and first[0, codec.shift_token(23)] == 0.0  # lands on an onset
+    assert np.count_nonzero(first[0]) == 2 + DRUMS * (N_PITCHES // 12 * 2 + (N_PITCHES % 12 > 7) + (N_PITCHES % 12 > 0))
     g.advance([codec.shift_token(96), codec.shift_token(40)])  # row 0 reaches bar 2, row 1 stays in bar 1
     now = g.tone_bias(0.0, 0.0, None, 3.0).numpy()
     assert (now[0, [c, gg, d]] == [0.0, 0.0, 3.0]).all() and (now[1, [c, gg, d]] == [3.0, 1.5, 0.0]).all()
+    assert now[0, codec.shift_token(12)] == 3.0 and now[1, codec.shift_token(68)] == 3.0  # each from where it is
     with_key = g.tone_bias(0.0, 2.0, 0, 3.0).numpy()  # the key's term adds up with it in one bias
     assert with_key[0, d] == 3.0 and with_key[0, c] == 0.0 and with_key[0, codec.note_start + 61] == -2.0
     assert (first[:, codec.EOS] == -3.0).all()  # a stretch whose model bar plays is not to fall silent
