@@ -49,7 +49,7 @@ from midigen.generate.controls import resolve  # noqa: E402
 from midigen.generate.form import form_summary, parse_form, write_form  # noqa: E402
 from midigen.generate.sample import generate_samples, sample_score  # noqa: E402
 from midigen.generate.grammar import scale_tone_table  # noqa: E402
-from midigen.generate.sampling import KEY_WEIGHT, Sampling  # noqa: E402
+from midigen.generate.sampling import KEY_WEIGHT, VARY_WEIGHT, Sampling  # noqa: E402
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint  # noqa: E402
 from midigen.music.codec import key_name, parse_key  # noqa: E402
 from midigen.music.timing import bar_tick  # noqa: E402
@@ -193,7 +193,8 @@ def _key_row(name: str, stats: list) -> dict:
             "in_scale_note_time": round(float(np.mean([c for _, _, c in stats])), 3)}
 
 
-def form_held(model, codec, songs: int, controls, limits, rows: list, key: int, key_weight: float) -> None:
+def form_held(model, codec, songs: int, controls, limits, rows: list, key: int, key_weight: float,
+              vary_weight: float) -> None:
     sims_var, sims_ab, sims_plain, good, total = [], [], [], 0, 0
     seam_r, plain_r, keys_form, keys_plain = [], [], [], []
     edge = [b for s in (0, 8, 16, 24) for b in (s, s + 7)]
@@ -209,7 +210,7 @@ def form_held(model, codec, songs: int, controls, limits, rows: list, key: int, 
         bits, notes = bits_by_bar(model, codec, song.score, 32)
         seam_r.append((bits, notes))
         varied = write_form(model, codec, parse_form("A:8 B:8 A':8 B:8"),
-                            sampling=Sampling(seed=seed, key_weight=key_weight), controls={"": controls}, limits=limits)
+                            sampling=Sampling(seed=seed, key_weight=key_weight, vary_weight=vary_weight), controls={"": controls}, limits=limits)
         sims_var.append(similarity(bar_features(varied.score, 32), np.arange(16, 24), np.arange(8)).mean())
         seconds = float(form_summary(song)["seconds"])
         (s,) = generate_samples(model, codec, seconds=seconds, sampling=Sampling(seed=seed), tempo=120.0,
@@ -230,10 +231,11 @@ def form_held(model, codec, songs: int, controls, limits, rows: list, key: int, 
                  "form": _key_row("A:8 B:8 A:8 B:8", keys_form), "plain": _key_row("plain samples", keys_plain)})
 
 
-def long_song(model, codec, controls, key, limits, rows: list, key_weight: float) -> None:
+def long_song(model, codec, controls, key, limits, rows: list, key_weight: float, vary_weight: float) -> None:
     sections = parse_form(LONG_FORM)
     t0 = time.perf_counter()
-    song = write_form(model, codec, sections, sampling=Sampling(seed=1, key_weight=key_weight), tempo=120.0,
+    song = write_form(model, codec, sections, sampling=Sampling(seed=1, key_weight=key_weight, vary_weight=vary_weight),
+                      tempo=120.0,
                       time_signature=(4, 4), controls={"": controls}, limits=limits)
     took = time.perf_counter() - t0
     summary = form_summary(song)
@@ -260,14 +262,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--key", default="C major")
     p.add_argument("--key-weight", type=float, default=KEY_WEIGHT)
+    p.add_argument("--vary-weight", type=float, default=VARY_WEIGHT)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model, codec, config = load_checkpoint(a.ckpt, "cpu")
     controls, _ = resolve(capabilities(config, codec), codec, key=a.key)
     limits = checkpoint_limits(config)
     rows: list = []
-    form_held(model, codec, a.songs, controls, limits, rows, parse_key(a.key), a.key_weight)
-    long_song(model, codec, controls, a.key, limits, rows, a.key_weight)
+    form_held(model, codec, a.songs, controls, limits, rows, parse_key(a.key), a.key_weight, a.vary_weight)
+    long_song(model, codec, controls, a.key, limits, rows, a.key_weight, a.vary_weight)
     for r in rows:
         print(json.dumps(r), flush=True)
 

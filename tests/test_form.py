@@ -14,13 +14,18 @@ from io import BytesIO
 from pathlib import Path
 
 import mido
+import numpy as np
 import pytest
 import symusic
 
 from clirun import midigen
 from midiread import mido_notes
 from midigen.errors import UsageError
-from midigen.generate.form import parse_form, parse_section_controls, plan_steps, seam_sections
+from midigen.generate.form import bar_tones, parse_form, parse_section_controls, plan_steps, seam_sections, write_form
+from midigen.generate.render import bar_chord_names, detected_bar_chords, piano_roll_figure
+from midigen.generate.sampling import Sampling
+from midigen.model.checkpoint import checkpoint_limits, load_checkpoint
+from midigen.music.timing import bar_tick
 from songgen import make_song
 
 FORM = "intro:1 A:3 B:4 A:3 B':4 A:3"
@@ -142,6 +147,31 @@ def test_a_variation_is_its_section_but_for_the_bars_it_names(form_song):
         assert _bar_notes(score, at, b, b) == _bar_notes(score, at, b - 7, b - 7)  # B is bars 5-8
 
 
+def test_a_variations_rewritten_bars_lean_toward_their_model_bars_tones(edit_run):
+    """``vary_weight``: each rewritten bar of A' leans toward the pitch classes its A bar dwells on
+    (``form.bar_tones``); the same seed with the weight off leaves the model alone. The share of
+    bars kept as copies stays what ``--vary`` says."""
+    model, codec, config = load_checkpoint(edit_run, "cpu")
+    share = {}
+    for weight in (0.0, 8.0):
+        song = write_form(model, codec, parse_form("A:4 B:2 A':4"), sampling=Sampling(seed=5, vary_weight=weight),
+                          vary=0.5, limits=checkpoint_limits(config))
+        first, last = song.rewritten["A'"]
+        assert last - first + 1 == 2
+        times, tones, onsets = bar_tones(song.score, first - 6, first, 2)
+        assert (onsets >= times[0]).all() and (onsets < bar_tick(song.score, last + 1)).all()
+        assert list(times) == [bar_tick(song.score, b) for b in (first, first + 1)]
+        on, total = 0.0, 0.0
+        for t in song.score.tracks:
+            for n in ([] if t.is_drum else t.notes):
+                k = int(np.searchsorted(times, n.time, side="right")) - 1
+                if 0 <= k < 2 and n.time < bar_tick(song.score, last + 1):
+                    on += n.duration * (tones[k, n.pitch % 12] > 0)
+                    total += n.duration
+        share[weight] = on / max(total, 1)
+    assert share[8.0] >= 0.9 and share[8.0] > share[0.0], share
+
+
 def test_form_summary_and_files(form_song):
     line, _, stdout = form_song
     assert Path(line["png"]).stat().st_size > 10_000
@@ -207,6 +237,41 @@ def test_each_section_plays_its_own_chart_every_time_it_comes(edit_run, tmp_path
     shift = lambda marks, q: [(t + q, c) for t, c in marks]  # noqa: E731
     assert _chords_by_quarter(data) == a + b + shift(a, 16) + shift(b, 16)
     assert symusic.Score.from_midi(data).time_signatures[0].numerator == 4
+
+
+def test_chord_symbols_written_by_infill_sit_on_their_bar_lines(edit_run, tmp_path):
+    """Every section but the anchor, and the seam bar, is written by infill, whose span starts one step
+    after the bar line (``span_steps``); the chord a span starts under is still marked at the bar line,
+    at the very tick of its section's marker, as symusic and mido read the file back."""
+    _, data = _form_on(edit_run, tmp_path, "A:2 B:2 A:2 B:2", "A: C G | Am F | B: Dm G7")
+    score = symusic.Score.from_midi(data)
+    tpq = score.ticks_per_quarter
+    chords = {int(m.time): m.text for m in score.markers if m.text.startswith("Chord ")}
+    sections = {int(m.time): m.text for m in score.markers if m.text in ("A", "B")}
+    assert all(t % tpq == 0 for t in chords), sorted(chords)  # each on its beat, not a step after it
+    assert {t: chords.get(t) for t in sections if sections[t] == "B"} == {8 * tpq: "Chord Dm", 24 * tpq: "Chord Dm"}
+    assert chords.get(28 * tpq) == "Chord G7"  # the seam bar (8), rewritten last, marks its chord on its line
+
+
+def test_the_pngs_chord_lane_shows_the_chords_the_file_carries(edit_run, tmp_path):
+    """The lane names the ``Chord NAME`` markers the file was written on (bar by bar, as a lead sheet
+    writes a bar), not the labeller's hearing of the tiny model's notes; bars before the first marker
+    fall back to the labeller."""
+    _, data = _form_on(edit_run, tmp_path, "A:2 B:2 A:2 B:2", "A: C G | Am F | B: Dm G7")
+    score = symusic.Score.from_midi(data)
+    chart = ["C G", "Am F", "Dm", "G7"] * 2
+    names = bar_chord_names(score)
+    assert len(names) >= 6 and names == chart[: len(names)]
+    tpq = score.ticks_per_quarter
+    score.markers = [m for m in score.markers if not m.text.startswith("Chord ")]
+    score.markers.append(symusic.TextMeta(4 * tpq, "Chord F#"))  # bar 2 on
+    score.markers.append(symusic.TextMeta(10 * tpq, "Chord Bbm7"))  # from the middle of bar 3
+    score.markers.sort(key=lambda m: m.time)
+    names, heard = bar_chord_names(score), detected_bar_chords(score)
+    assert names[:4] == [heard[0], "F#", "F# Bbm7", "Bbm7"] and heard[1:4] != names[1:4]
+    fig = piano_roll_figure(score)  # what --png draws: its lane (the top axes) names the file's chords
+    lane = [t.get_text() for t in fig.axes[0].texts + fig.axes[1].texts]
+    assert "F#" in lane and "Bbm7" in lane
 
 
 def test_a_chart_without_labels_starts_again_in_every_section(edit_run, tmp_path):

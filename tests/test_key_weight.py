@@ -24,10 +24,11 @@ def test_the_bias_takes_nats_off_pitched_notes_outside_the_scale_only():
     assert g.tone_bias(0.0, 2.0, None) is None and g.tone_bias(0.0, 0.0, 9) is None
     bias = g.tone_bias(0.0, 2.0, 21).numpy()  # A minor: A B C D E F G and the leading tone G#
     assert bias.shape == (2, codec.vocab_size) and (bias[0] == bias[1]).all()
-    off = np.flatnonzero(bias[0])
+    off = np.flatnonzero(bias[0] < 0)
     inst, pitch = np.divmod(off - codec.note_start, N_PITCHES)
     assert set(pitch % 12) == {1, 3, 6, 10} and (inst < DRUMS).all() and (bias[0][off] == -2.0).all()
     assert len(off) == DRUMS * sum(1 for p in range(N_PITCHES) if p % 12 in (1, 3, 6, 10))
+    assert not (bias[0] > 0).any()
 
 
 def test_the_key_and_a_given_chord_add_up_in_one_bias():
@@ -44,7 +45,7 @@ def test_the_key_and_a_given_chord_add_up_in_one_bias():
 
 
 def test_a_bad_key_weight_is_a_usage_error():
-    for bad in ({"key_weight": -1.0}, {"key_weight": MAX_CHORD_WEIGHT + 1}, {"key": 24}):
+    for bad in ({"key_weight": -1.0}, {"key_weight": MAX_CHORD_WEIGHT + 1}, {"key": 24}, {"vary_weight": -1.0}):
         with pytest.raises(UsageError):
             Sampling(**bad)
 
@@ -64,5 +65,32 @@ def test_the_weight_keeps_the_notes_in_the_key(edit_run):
 
 def test_key_weight_needs_a_form(edit_run, tmp_path):
     r = midigen("sample", "--ckpt", edit_run, "--key-weight", "2", "--out", tmp_path)
-    assert r.returncode == 2 and "--key-weight need --form" in r.stderr.strip().splitlines()[-1].replace(
-        "--vary, --section and ", ""), r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "--key-weight and --vary-weight need --form" in last, r.stderr
+
+
+def test_bar_tones_lean_each_stretch_toward_its_own_pitch_classes():
+    """A variation's rewritten bars lean toward their model bars' pitch classes (``favour_tones``) through
+    the same bias, the stretch in force following the song's time; drums and other ids untouched."""
+    codec = Codec()
+    g = Grammar(codec, 2)
+    for t in codec.header([0], 120.0, (4, 4)):
+        g.advance([t, t])
+    g.close_header()
+    weights = np.zeros((2, 12))
+    weights[0, [0, 7]] = 1.0, 0.5  # bar 1: C, some G
+    weights[1, 2] = 1.0  # bar 2: D
+    g.favour_tones([0, 96], weights, onsets=[24, 108])  # the model bars' notes start at steps 24 and 108
+    assert g.tone_bias(0.0, 0.0, None, 0.0) is None
+    c, gg, d, drum = (codec.note_start + k for k in (60, 67, 62, DRUMS * N_PITCHES + 36))
+    first = g.tone_bias(0.0, 0.0, None, 3.0).numpy()
+    assert (first[:, [c, gg, d, drum]] == [3.0, 1.5, 0.0, 0.0]).all()
+    assert first[0, codec.shift_token(24)] == 3.0 and first[0, codec.shift_token(23)] == 0.0  # lands on an onset
+    assert np.count_nonzero(first[0]) == 2 + DRUMS * (N_PITCHES // 12 * 2 + (N_PITCHES % 12 > 7) + (N_PITCHES % 12 > 0))
+    g.advance([codec.shift_token(96), codec.shift_token(40)])  # row 0 reaches bar 2, row 1 stays in bar 1
+    now = g.tone_bias(0.0, 0.0, None, 3.0).numpy()
+    assert (now[0, [c, gg, d]] == [0.0, 0.0, 3.0]).all() and (now[1, [c, gg, d]] == [3.0, 1.5, 0.0]).all()
+    assert now[0, codec.shift_token(12)] == 3.0 and now[1, codec.shift_token(68)] == 3.0  # each from where it is
+    with_key = g.tone_bias(0.0, 2.0, 0, 3.0).numpy()  # the key's term adds up with it in one bias
+    assert with_key[0, d] == 3.0 and with_key[0, c] == 0.0 and with_key[0, codec.note_start + 61] == -2.0
+    assert (first[:, codec.EOS] == -3.0).all()  # a stretch whose model bar plays is not to fall silent

@@ -16,6 +16,7 @@ from midigen.generate.edit import arrange_edits, infill_edits
 from midigen.generate.form import VARY_SHARE, like_edits, named_section
 from midigen.generate.hearing import heard_as, hearing_note
 from midigen.generate.render import find_soundfont, play, write_piano_roll
+from midigen.generate.sampling import VARY_WEIGHT
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
 from midigen.music.codec import Codec, CodecError, instrument_name, score_instruments
@@ -172,7 +173,8 @@ def infill(a) -> None:
     if source is not None:
         edits = _redrawn(a, score, "infill", lambda **kw: like_edits(
             model, codec, score, source=source, target=target, vary=VARY_SHARE if a.vary is None else a.vary,
-            instruments=instruments, controls=controls, limits=limits, **kw), sampling, device)
+            instruments=instruments, controls=controls, limits=limits, **kw),
+            replace(sampling, vary_weight=VARY_WEIGHT), device)  # a variation leans toward its model
         _write(a, edits, "infill", soundfont)
         return
     start, end = (a.start, a.end) if target is None else (float(x) for x in seconds_at_tick(score, list(target)))

@@ -16,7 +16,7 @@ from midigen.generate.form import (VARY_SHARE, form_summary, parse_form, parse_f
                                    section_bands, write_form)
 from midigen.generate.harmony import need_chords
 from midigen.generate.render import find_soundfont, play, write_piano_roll
-from midigen.generate.sampling import KEY_WEIGHT
+from midigen.generate.sampling import KEY_WEIGHT, VARY_WEIGHT
 from midigen.generate.synth import Renderer, wav_beside
 from midigen.model.checkpoint import capabilities, checkpoint_limits, load_checkpoint
 
@@ -24,8 +24,9 @@ from midigen.model.checkpoint import capabilities, checkpoint_limits, load_check
 def check_form_flags(a) -> list:
     """The form's sections; refuses the flags a form cannot take, and --vary/--section without --form."""
     if a.form is None:
-        if a.vary is not None or a.section or getattr(a, "key_weight", None) is not None:
-            raise UsageError("--vary, --section and --key-weight need --form")
+        weights = (getattr(a, f, None) for f in ("key_weight", "vary_weight"))
+        if a.vary is not None or a.section or any(w is not None for w in weights):
+            raise UsageError("--vary, --section, --key-weight and --vary-weight need --form")
         return []
     for flag, value in (("--prompt", a.prompt), ("--seconds", a.seconds), ("--max-tokens", a.max_tokens),
                         ("--free-tempo", a.free_tempo or None)):
@@ -70,7 +71,8 @@ def sample_form(a) -> None:
     """``midigen sample --form``: ``--num-samples`` songs, seeds ``--seed``, ``--seed`` + 1, ..."""
     sections = check_form_flags(a)
     charts = form_charts(a, sections)
-    sampling = replace(sampling_flags(a), key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight)
+    sampling = replace(sampling_flags(a), key_weight=KEY_WEIGHT if a.key_weight is None else a.key_weight,
+                       vary_weight=VARY_WEIGHT if a.vary_weight is None else a.vary_weight)
     if a.tempo is not None and not 16 <= a.tempo <= 512:
         raise UsageError(f"--tempo must be within 16..512 BPM, got {a.tempo}")
     out = Path(a.out)

@@ -12,7 +12,7 @@ import sys
 from midigen import __version__
 from midigen.errors import MidigenError, UsageError
 from midigen.fsutil import atomic_write_bytes
-from midigen.generate.sampling import CHORD_WEIGHT, KEY_WEIGHT, MAX_CHORD_WEIGHT, RETRIES, TOP_P
+from midigen.generate.sampling import CHORD_WEIGHT, KEY_WEIGHT, MAX_CHORD_WEIGHT, RETRIES, TOP_P, VARY_WEIGHT
 
 
 def _checked(convert, what: str, ok, bound: str):
@@ -409,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with --form under a key (--key, or a --section's key=): W nats less for a note outside "
                         f"the key's scale, so the song stays in the key asked (default {KEY_WEIGHT:g}; 0 leaves "
                         "the model alone)")
+    g.add_argument("--vary-weight", type=_chord_weight, default=None, metavar="W",
+                   help=f"with --form: up to W nats toward the pitch classes of the bar a variation's rewritten "
+                        f"bar stands for, so it keeps its section's notes and rewrites their detail (default "
+                        f"{VARY_WEIGHT:g}; 0 leaves the model alone)")
     s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("infill", help="rewrite a span of a song (all instruments or some) with a checkpoint",

@@ -38,7 +38,7 @@ def _check_flags(a) -> None:
 
 def sample(a) -> None:
     """``midigen sample`` (with ``--form``: ``midigen.cli.form``)."""
-    if a.form is not None or a.vary is not None or a.section or a.key_weight is not None:
+    if a.form is not None or a.vary is not None or a.section or a.key_weight is not None or a.vary_weight is not None:
         sample_form(a)
         return
     sampling = sampling_flags(a)

@@ -154,6 +154,7 @@ class Plan:
     controls: tuple = ()
     limits: NoteLimits | None = None  # instrument ranges and polyphony the written notes keep to
     force_chords: bool = False  # the context's chords over the span are forced into the written part (v4)
+    tones: tuple | None = None  # (song steps, (n, 12) weights, onset steps): what each stretch leans toward
 
 
 @dataclass
@@ -205,6 +206,8 @@ def _write_chunk(dec: Decoder, codec: Codec, song: Song, plan: Plan, written: Un
     g.force_notes(given.time, given.tok0, given.tok1)
     if plan.force_chords:
         g.force_chords(*chords)
+    if plan.tones is not None:
+        g.favour_tones(plan.tones[0] - s, plan.tones[1], plan.tones[2] - s)
     seq = dec.decode(prompt, g, budget)
     out = []
     for b in range(rows):
@@ -424,11 +427,14 @@ def span_steps(song: Song, start_s: float, end_s: float) -> tuple[int, int]:
 def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, instruments=None,
                  num_samples: int = 1, sampling: Sampling | None = None, controls=None, device=None,
                  listener: Listener | None = None, limits: NoteLimits | None = None, known_instruments=None,
-                 chords=None, free_chords: bool = False, open_end: bool = False) -> list[Edit]:
+                 chords=None, free_chords: bool = False, open_end: bool = False, bar_tones=None) -> list[Edit]:
     """``infill`` with what changed, for the command's report (``sampling``, ``limits``,
     ``known_instruments``, ``chords``, ``free_chords``: see ``arrange_edits``). ``open_end``: the span may
     reach past the last note, up to the score's last event (a song with a form writes its sections there:
-    ``midigen.generate.form``, which also holds them to a key: ``Sampling.key``).
+    ``midigen.generate.form``, which also holds them to a key: ``Sampling.key``). ``bar_tones``: (ticks,
+    (n, 12) weights, onset ticks), the pitch classes the span leans toward from each tick on and the onsets
+    its rhythm leans on, ``Sampling.vary_weight`` nats at weight 1 (a variation's model bars:
+    ``midigen.generate.form``).
 
     Chord symbols (v4): the span's ``Chord NAME`` markers are replaced by the chords it was written on,
     and the chord in force at the span's end is restated there; a file that had none also gets the
@@ -458,7 +464,9 @@ def infill_edits(model, codec: Codec, score, *, start_s: float, end_s: float, in
     gone = (u.tok1 >= 0) & np.isin(u.inst, targets) & (u.time >= qs) & (u.time < qe)
     context = harmonized(codec, song, u.select(~gone), qs, qe, chords, free_chords)
     plan = Plan(qs, qe, targets, sorted(set(heard_instruments(present, hearing)) | set(targets)), context,
-                controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords)
+                controls=tuple(controls or ()), limits=limits, force_chords=codec.has_chords and not free_chords,
+                tones=None if bar_tones is None else (song.step_of(np.asarray(bar_tones[0], np.int64)), bar_tones[1],
+                                                      song.step_of(np.asarray(bar_tones[2], np.int64))))
     remove = lambda inst, steps: (inst in targets) & (steps >= qs) & (steps < qe)  # noqa: E731
     span_s = tuple(float(seconds_at_tick(score, song.first_tick_of(q))) for q in (qs, qe))  # the onsets rewritten
     out = []

@@ -320,6 +320,33 @@ def copy_chord_marks(score, source: tuple[int, int], target_start: int) -> None:
     score.markers.sort(key=lambda m: m.time)
 
 
+def bar_tones(score, model_bar: int, first_bar: int, bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the ticks of bars ``first_bar``.., (``bars``, 12) weights, onset ticks): the pitch classes of the
+    ``bars`` bars from ``model_bar`` on, each bar's note-time per class (drums left out, notes cut at
+    their bar's end) over its largest, and their notes' onsets (drums too) moved to the bars they stand
+    for, so a rewritten bar leans toward the tones and rhythm of its model bar (``Grammar.favour_tones``):
+    a variation keeps its section's notes and rewrites their detail."""
+    edges = np.array([bar_tick(score, model_bar + i) for i in range(bars + 1)], np.int64)
+    out = np.zeros((bars, 12))
+    shift = bar_tick(score, first_bar) - edges[0]
+    onsets = []
+    for t in score.tracks:
+        if not t.note_num():
+            continue
+        a = t.notes.numpy()
+        on, end = a["time"].astype(np.int64), (a["time"] + a["duration"]).astype(np.int64)
+        bar = np.searchsorted(edges, on, side="right") - 1
+        ok = (bar >= 0) & (bar < bars)
+        onsets.append(on[ok] + shift)
+        if t.is_drum:
+            continue
+        dur = np.minimum(end[ok], edges[bar[ok] + 1]) - on[ok]
+        np.add.at(out, (bar[ok], a["pitch"][ok].astype(np.int64) % 12), np.maximum(dur, 1))
+    out /= np.maximum(out.max(axis=1, keepdims=True), 1e-9)
+    starts = np.array([bar_tick(score, first_bar + i) for i in range(bars)], np.int64)
+    return starts, out, np.unique(np.concatenate([np.zeros(0, np.int64), *onsets]))
+
+
 def copy_span(score, source: tuple[int, int], target_start: int, instruments=None) -> tuple[object, int, int]:
     """``score`` (changed in place) with the notes starting in ``source`` (ticks) copied to start at
     ``target_start`` through the one splice, after the notes of ``instruments`` (or all) starting in the
@@ -387,17 +414,24 @@ class _Writer:
         held = next(s for s in self.sections if s.first_bar <= first_bar <= s.last_bar)
         return chart_from_bar(chart_of(self.charts, label), first_bar - held.first_bar)
 
-    def rewrite(self, k: int, label: str, first_bar: int, last_bar: int) -> None:
+    def rewrite(self, k: int, label: str, first_bar: int, last_bar: int, like_bar: int | None = None,
+                fresh: bool = False) -> None:
         """Bars ``first_bar..last_bar`` written again by infill, both sides known, on their section's
-        chart if it has one."""
+        chart if it has one, else on the chords they carry (a copy's, a seam's) or, ``fresh`` (a section's
+        first occurrence, written over silence), on chords the model chooses; with ``like_bar`` (the bar of
+        the section a variation varies that ``first_bar`` stands for), each bar leans toward its model
+        bar's pitch classes (``bar_tones``)."""
         lo, hi = _range_ticks(self.score, first_bar, last_bar)
         start, end = (float(x) for x in seconds_at_tick(self.score, [lo, hi]))
         sampling = replace(self.sampling, seed=self.seed(k), key=self.key_of(label),
                            repetition_penalty=1.0)  # rewrites have always drawn without the penalty
-        drop_chord_marks(self.score, lo, hi)  # the span's chords are written again with its notes
+        chart = self.chart_at(label, first_bar)
         (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, sampling=sampling,
                                controls=self.controls_of(label), device=self.device, limits=self.limits,
-                               open_end=True, chords=self.chart_at(label, first_bar), listener=self.listener)
+                               open_end=True, chords=chart, free_chords=fresh and chart is None,
+                               listener=self.listener,
+                               bar_tones=None if like_bar is None else bar_tones(
+                                   self.score, like_bar, first_bar, last_bar - first_bar + 1))
         self.score = edit.score
 
     def place(self, sections: list[Section], label: str, labels: set[str]) -> None:
@@ -499,10 +533,11 @@ def write_form(model, codec: Codec, sections: list[Section], *, sampling: Sampli
             lo, hi = _range_ticks(w.score, src.first_bar, src.last_bar)
             w.score, _, _ = copy_span(w.score, (lo, hi), bar_tick(w.score, firsts[step.label].first_bar))
             copy_chord_marks(w.score, (lo, hi), bar_tick(w.score, firsts[step.label].first_bar))
-            w.rewrite(k, step.label, step.first_bar, step.last_bar)
+            w.rewrite(k, step.label, step.first_bar, step.last_bar,
+                      like_bar=src.first_bar + step.first_bar - firsts[step.label].first_bar)
             song.rewritten[step.label] = (step.first_bar, step.last_bar)
         else:
-            w.rewrite(k, step.label, step.first_bar, step.last_bar)
+            w.rewrite(k, step.label, step.first_bar, step.last_bar, fresh=step.kind == "first")
         if step.kind != "seam":  # a finished section goes wherever its label (or a variation of it) stands
             w.place(sections, step.label, _family(sections, step.label))
         kind = {"anchor": "first", "first": "infill", "vary": "infill"}.get(step.kind, "seams")
@@ -600,8 +635,9 @@ def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: t
                controls=None, device=None, limits: NoteLimits | None = None) -> list[Edit]:
     """``target`` (ticks) rewritten as a variation of ``source``: the source's notes copied over it
     (the one splice; the rest of the song kept as it is), then a block of about ``vary`` of its bars
-    rewritten by infill, both sides known. One Edit per sample (row i: ``sampling``'s seed + i),
-    reporting the whole target span."""
+    rewritten by infill, both sides known, leaning toward the source's bars (``bar_tones``,
+    ``Sampling.vary_weight``); the source's chord symbols come with its notes. One Edit per sample (row i:
+    ``sampling``'s seed + i), reporting the whole target span."""
     (lo, hi), (tlo, thi) = source, target
     if hi - lo != thi - tlo:
         raise UsageError(f"the two spans differ in length ({hi - lo} and {thi - tlo} ticks): "
@@ -617,14 +653,33 @@ def like_edits(model, codec: Codec, score, *, source: tuple[int, int], target: t
     for row in range(int(num_samples)):
         t0 = time.perf_counter()
         copied, written, removed = copy_span(score.copy(), source, tlo, targets)
+        copy_chord_marks(copied, source, tlo)
         a, b = _block_ticks(copied, target, vary, sampling.seed + row)
         start, end = (float(x) for x in seconds_at_tick(copied, [a, b]))
         (edit,) = infill_edits(model, codec, copied, start_s=start, end_s=end, instruments=targets,
                                sampling=replace(sampling, seed=sampling.seed + row), controls=controls,
-                               device=device, limits=limits)
+                               device=device, limits=limits, bar_tones=_like_tones(copied, lo - tlo, a, b))
         out.append(Edit(edit.score, written + edit.written - edit.removed, removed, edit.span_steps, span,
                         tuple(targets), edit.new_tracks, time.perf_counter() - t0, edit.hearing))
     return out
+
+
+def _like_tones(score, offset: int, a: int, b: int):
+    """``bar_tones`` for the block ``[a, b)`` (ticks) of a variation whose model lies ``offset`` ticks
+    away; None where either is not on bar lines (the lean is by bars)."""
+    first, model = _bar_at(score, a), _bar_at(score, a + offset)
+    last = _bar_at(score, b)
+    if None in (first, model, last) or last <= first:
+        return None
+    return bar_tones(score, model, first, last - first)
+
+
+def _bar_at(score, tick: int) -> int | None:
+    """The bar (counted from 1) that starts at ``tick``; None if no bar line is there."""
+    bar = 1
+    while (t := bar_tick(score, bar)) < tick:
+        bar += 1
+    return bar if t == tick else None
 
 
 def _block_ticks(score, target: tuple[int, int], vary: float, seed: int) -> tuple[int, int]:

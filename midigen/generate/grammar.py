@@ -190,6 +190,11 @@ class Grammar:
         self.chord_id = torch.zeros((B, 0), dtype=torch.long, device=dev)
         self.chord_pos = long(0)
         self.chords_forced = False  # host fact: a chord list was given (the model writes no others)
+        # bar tones (a variation's model bars): from each of these steps on, the weight of each of 13 classes
+        self.tones_time = torch.zeros((B, 0), dtype=torch.long, device=dev)
+        self.tones_pc = torch.zeros((B, 0, 13), dtype=torch.float32, device=dev)
+        self.onsets = torch.zeros((B, 0), dtype=torch.float32, device=dev)  # 1.0 at a model bar's onset steps
+        self.tones_given = False  # host fact: some stretch has tones to favour (the bias moves with time)
         self.editing = False  # host fact: an edit's written part (``for_edit``): ``forced`` applies
         # Host-side facts that let the mask skip whole rules without reading device state:
         self.timed = False  # some row has a time target
@@ -299,6 +304,24 @@ class Grammar:
         self.chord_time, self.chord_id = rows(steps[keep]), rows(c.chord_start + ids[keep])
         self.chord_pos[:] = 0
         self.chords_forced = True
+
+    def favour_tones(self, steps, weights, onsets=()) -> None:
+        """Pitch classes each stretch of the written part leans toward, from each of ``steps`` (from the
+        span start, increasing) to the next: ``weights`` (n, 12) in [0, 1] (a variation's model bars:
+        ``midigen.generate.form``). ``tone_bias`` adds ``tones_weight`` times them to the pitched notes,
+        and as much to a SHIFT landing on one of ``onsets`` (steps from the span start: where the model
+        bars' notes start), so the rhythm leans on the model's too."""
+        steps = np.asarray(steps, np.int64)
+        pc = np.zeros((len(steps), 13), np.float32)
+        pc[:, :12] = np.asarray(weights, np.float32).reshape(len(steps), 12)
+        self.tones_time = torch.as_tensor(steps, device=self.device).view(1, -1).expand(self.B, -1).clone()
+        self.tones_pc = torch.as_tensor(pc, device=self.device).view(1, -1, 13).expand(self.B, -1, -1).clone()
+        self.tones_given = len(steps) > 0
+        onsets = np.asarray(onsets, np.int64)
+        onsets = onsets[onsets >= 0]
+        dense = np.zeros(int(onsets.max()) + 1 if len(onsets) else 0, np.float32)
+        dense[onsets] = 1.0
+        self.onsets = torch.as_tensor(dense, device=self.device).view(1, -1).expand(self.B, -1).clone()
 
     def replicate(self, batch_size: int, device=None) -> "Grammar":
         """This (one-row) state copied to ``batch_size`` rows on ``device`` (a shared prompt is read once)."""
@@ -454,15 +477,31 @@ class Grammar:
         row = torch.where(self.chord >= 0, self.chord - self.codec.chord_start, NO_CHORD + 1)
         return self.T.chord_tone[row][:, self.T.note_pc].float()
 
-    def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None) -> torch.Tensor | None:
+    def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None,
+                  tones_weight: float = 0.0) -> torch.Tensor | None:
         """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
         the tones of a given chord in force (``chord_tones``), minus ``key_weight`` on a pitched note
-        outside ``key``'s scale (drums, shifts and the rest untouched); None when neither applies."""
+        outside ``key``'s scale, plus ``tones_weight``
+        times the weight of a pitched note's class in the stretch in force (``favour_tones``), and minus
+        it on EOS while that stretch has tones (its bar is not to fall silent where its model plays);
+        drums, shifts and the rest untouched. None when none applies."""
         tones = self.chord_tones() if chord_weight else None
         bias = None if tones is None else chord_weight * tones
         if key_weight and key is not None:
             off = -key_weight * self.T.scale_tone[int(key)][self.T.note_pc]  # (V,): the same for every row
             bias = off.expand(self.B, -1) if bias is None else bias + off
+        if tones_weight and self.tones_given:
+            now = torch.searchsorted(self.tones_time, self.steps[:, None], right=True)[:, 0] - 1  # the stretch in force
+            pc = self.tones_pc[self.rows, now.clamp(min=0)] * (now >= 0)[:, None]  # (B, 13)
+            lean = tones_weight * pc[:, self.T.note_pc]
+            lean[:, self.codec.EOS] = -tones_weight * (pc.sum(1) > 0)
+            n = self.onsets.shape[1]
+            if n:
+                land = self.steps[:, None] + self.T.shift_k[None, :]  # (B, max_shift): where each SHIFT lands
+                hit = self.onsets.gather(1, land.clamp(max=n - 1)) * (land < n)
+                c = self.codec
+                lean[:, c.shift_start: c.shift_start + self.max_shift] += tones_weight * hit
+            bias = lean if bias is None else bias + lean
         return bias
 
     @property

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from midigen.music.chords import MAX_BEATS, ChordError, chord_name, label_chords
-from midigen.music.chordtext import bar_chords
+from midigen.music.chordtext import bar_chords, bar_names, marked_chords
 from midigen.music.codec import DRUMS, instrument_name
 from midigen.music.timing import TempoMap, beat_grid
 from midigen.errors import MidigenError, UsageError
@@ -109,7 +109,8 @@ def piano_roll_figure(score, title: str | None = None, highlight=None, chords=No
     on x, pitch on y, the legend beside the notes (never over them). Each bar has a thin white edge, so
     repeated notes of one pitch show as separate bars. Above the roll, a chord lane names the chords
     of each bar of the song (``draw_chord_lane``): ``chords`` (one name per bar, several chords of a
-    bar space-separated, repeating to the end as a chart does), or else the labeller's, from the notes.
+    bar space-separated, repeating to the end as a chart does), or else the chord symbols the file
+    carries (``bar_chord_names``), the labeller's hearing of the notes where it carries none.
 
     ``highlight`` = ((start, end) seconds, instruments) marks what an edit wrote: the span is shaded,
     and the notes of those instruments inside it are outlined in black (one legend entry, "new notes");
@@ -175,7 +176,7 @@ def piano_roll_figure(score, title: str | None = None, highlight=None, chords=No
     ax.set_yticks(ticks, [f"{names[t % 12]}{t // 12 - 1}" for t in ticks])
     lane.set_title(title or "midigen")
     spans = bar_spans(score)
-    draw_chord_lane(lane, spans, _repeat(chords, len(spans)) if chords is not None else detected_bar_chords(score))
+    draw_chord_lane(lane, spans, _repeat(chords, len(spans)) if chords is not None else bar_chord_names(score))
     ax.grid(True, axis="x", alpha=0.3)
     if handles:  # beside the axes, so it never hides a note
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.8,
@@ -215,6 +216,23 @@ def bar_spans(score) -> list[tuple[float, float]]:
     last = np.append(first[1:], len(grid)) - 1
     tempo = TempoMap(score)
     return list(zip(tempo.seconds(grid.starts[first]).tolist(), tempo.seconds(grid.ends[last]).tolist()))
+
+
+def bar_chord_names(score) -> list[str]:
+    """Each bar's chords for the lane (``bar_spans``'s bars, ``Am F``): the chord symbols the file
+    carries (its ``Chord NAME`` markers: what its music was written on, or what a chart asked), the
+    labeller's hearing of the notes only where it carries none (a song without them, or its bars
+    before the first)."""
+    score = score if str(score.ttype).lower().endswith("tick") else score.to("tick")
+    marks = marked_chords(score)
+    if not marks:
+        return detected_bar_chords(score)
+    seconds = TempoMap(score).seconds(np.array([t for t, _ in marks], dtype=np.int64)).tolist()
+    names = bar_names([(x, name) for x, (_, name) in zip(seconds, marks)], bar_spans(score))
+    if None in names:
+        heard = detected_bar_chords(score)
+        names = [n if n is not None else (heard[k] if k < len(heard) else "") for k, n in enumerate(names)]
+    return names
 
 
 def detected_bar_chords(score) -> list[str]:

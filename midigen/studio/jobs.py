@@ -35,7 +35,7 @@ from midigen.generate.hearing import hearing_map, hearing_note
 from midigen.generate.engine import realtime
 from midigen.generate.controls import resolve, resolve_instruments
 from midigen.generate.harmony import need_chords
-from midigen.generate.sampling import DEFAULTS, KEY_WEIGHT, Sampling
+from midigen.generate.sampling import DEFAULTS, KEY_WEIGHT, VARY_WEIGHT, Sampling
 from midigen.generate.sample import continue_song, generate_samples, sample_score, warm_up
 from midigen.fsutil import sha256_file
 from midigen.model.adapter import apply_live, is_adapter_dir
@@ -230,7 +230,8 @@ class Engine:
     def _form(self, req: dict, insts, controls, meter, sampling, progress) -> list[tuple]:
         """A song with a form (``midigen.generate.form``); its written notes stream as they come (the
         copies of a section appear with the finished song)."""
-        sampling = replace(sampling, key_weight=KEY_WEIGHT)  # the key asked is held, as the command holds it
+        # the key asked is held and variations lean toward their section, as the command does
+        sampling = replace(sampling, key_weight=KEY_WEIGHT, vary_weight=VARY_WEIGHT)
         song = write_form(self.model, self.codec, parse_form(req["form"]), sampling=sampling, tempo=req.get("tempo"),
                           time_signature=meter, instruments=insts or None, controls={"": controls},
                           vary=req.get("vary") or VARY_SHARE, device=self.device, limits=self._limits(req),
@@ -240,7 +241,7 @@ class Engine:
         return [(song.score, label, {**req, "seed": sampling.seed}, summary["warnings"])]
 
     def _like(self, req: dict, score, progress) -> list[tuple]:
-        sampling = _sampling(req)
+        sampling = replace(_sampling(req), vary_weight=VARY_WEIGHT)  # a variation leans toward its model
         span = lambda a, b: tuple(int(t) for t in (first_tick_at(score, a), first_tick_at(score, b)))  # noqa: E731
         target, source = span(req["start_s"], req["end_s"]), span(req["like_start_s"], req["like_end_s"])
         (e,) = like_edits(self.model, self.codec, score, source=source, target=target,

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from midigen.music.chordtext import bar_names, marked_chords
 from midigen.music.codec import Codec, instrument_name, track_instrument
 from midigen.music.timing import MAX_LINES, TempoMap, grid, meters
 from midigen.generate.edit import written_units
 from midigen.generate.form import section_bands
-from midigen.generate.render import bar_spans, detected_bar_chords
+from midigen.generate.render import bar_chord_names, bar_spans
 
 
 def _r(x) -> list:
@@ -55,26 +54,13 @@ def score_roll(score) -> dict:
 
 
 def bar_chords(score) -> list[dict]:
-    """Each bar's start and end (seconds) and its chords, at most ``MAX_LINES`` bars: the chord symbols
-    the file carries (``Chord NAME`` markers: what its music was written on, or what a chart asked), and
-    the labeller's hearing of the notes (``midigen.generate.render``) only for a song without them or
-    its bars before the first (a continuation of a song that had none)."""
+    """Each bar's start and end (seconds) and its chords, at most ``MAX_LINES`` bars, as the png's lane
+    names them (``midigen.generate.render.bar_chord_names``: the chord symbols the file carries, the
+    labeller's hearing only where it carries none)."""
     spans = bar_spans(score)[:MAX_LINES]
-    names = _written_chords(score, spans) or detected_bar_chords(score)
-    if None in names:
-        heard = detected_bar_chords(score)
-        names = [n if n is not None else (heard[k] if k < len(heard) else "") for k, n in enumerate(names)]
-    return [{"start": round(a, 4), "end": round(b, 4), "chords": n} for (a, b), n in zip(spans, names)]
-
-
-def _written_chords(score, spans) -> list[str | None]:
-    """The chord symbols ``score`` carries, bar by bar over ``spans`` (seconds; ``bar_names``); [] for a
-    score without any."""
-    marks = marked_chords(score)
-    if not marks:
-        return []
-    seconds = TempoMap(score).seconds(np.array([t for t, _ in marks], dtype=np.int64)).tolist()
-    return bar_names([(s, name) for s, (_, name) in zip(seconds, marks)], spans)
+    names = bar_chord_names(score)
+    return [{"start": round(a, 4), "end": round(b, 4), "chords": names[k] if k < len(names) else ""}
+            for k, (a, b) in enumerate(spans)]
 
 
 def step_seconds(codec: Codec, ev: dict, steps: np.ndarray) -> np.ndarray:
