@@ -94,3 +94,23 @@ def test_bar_tones_lean_each_stretch_toward_its_own_pitch_classes():
     with_key = g.tone_bias(0.0, 2.0, 0, 3.0).numpy()  # the key's term adds up with it in one bias
     assert with_key[0, d] == 3.0 and with_key[0, c] == 0.0 and with_key[0, codec.note_start + 61] == -2.0
     assert (first[:, codec.EOS] == -3.0).all()  # a stretch whose model bar plays is not to fall silent
+
+
+def test_a_fill_holds_an_edits_end_back_until_its_last_beat_only():
+    """A form section written over silence is filled to its end: ``fill_weight`` nats off EOS while the
+    written part is more than a beat before its span's end, nothing once it is within it, nothing on any
+    other id, and nothing outside an edit."""
+    codec = Codec()
+    spq = codec.params.steps_per_quarter
+    g = Grammar(codec, 2)
+    for t in codec.header([0], 120.0, (4, 4)):
+        g.advance([t, t])
+    g.close_header()
+    assert g.tone_bias(0.0, 0.0, None, 0.0, 4.0) is None  # not an edit: no span to fill
+    g.for_edit([0], 16 * spq, 500)
+    early = g.tone_bias(0.0, 0.0, None, 0.0, 4.0).numpy()
+    assert (early[:, codec.EOS] == -4.0).all() and np.count_nonzero(early) == 2
+    for beat in range(15):  # row 0 reaches the last beat (15 of 16); row 1 stops a beat short of it
+        g.advance([codec.shift_token(spq), codec.shift_token(spq) if beat < 14 else codec.EOS])
+    late = g.tone_bias(0.0, 0.0, None, 0.0, 4.0).numpy()
+    assert late[0, codec.EOS] == 0.0 and late[1, codec.EOS] == -4.0

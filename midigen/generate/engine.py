@@ -269,7 +269,7 @@ class Decoder:
         self.penalty = sampling.repetition_penalty
         self.chord_weight = sampling.chord_weight
         self.key, self.key_weight = sampling.key, sampling.key_weight
-        self.vary_weight = sampling.vary_weight
+        self.vary_weight, self.fill_weight = sampling.vary_weight, sampling.fill_weight
         self.listener = listener
         self.keep = max(2, min(self.block - 1, int(self.block * keep_fraction)))
         self.gen = make_generator(self.device, sampling.seed)
@@ -362,7 +362,7 @@ class Decoder:
         mask, counts, ids = grammar.step_mask()
         width = counts.cpu().numpy()
         ahead = None  # the ids ``Grammar.forced`` found for the coming step, when every row is forced
-        bias, stale = None, True  # the harmony's logit bias, kept until a CHORD (with bar tones: a SHIFT) is written
+        bias, stale = None, True  # the logit bias, kept until a CHORD (with bar tones or a fill: a SHIFT) is written
         chords = codec.ranges["chord"] if codec.has_chords else (0, 0)
         shifts = codec.ranges["shift"]  # with bar tones the bias moves with time (``Grammar.favour_tones``)
         done = np.zeros(B, bool)
@@ -380,7 +380,7 @@ class Decoder:
                     logits = penalize(logits, dev_seq[:, max(0, L - REPETITION_WINDOW) : L], codec, self.penalty)
                 if stale:  # the chord in force may have changed: the harmony's bias again
                     bias, stale = grammar.tone_bias(self.chord_weight, self.key_weight, self.key,
-                                                    self.vary_weight), False
+                                                    self.vary_weight, self.fill_weight), False
                 if bias is not None:
                     logits = logits + bias
                 tok = draw(logits, mask, self.temperature, self.top_k, self.top_p, u, most,
@@ -388,7 +388,8 @@ class Decoder:
             mask, counts, ids, width, ahead, host = self._next_step(grammar, tok, dev_seq, L, cpu)
             grammar.observe(host)
             stale |= bool(((host >= chords[0]) & (host < chords[1])).any())
-            stale |= grammar.tones_given and bool(((host >= shifts[0]) & (host < shifts[1])).any())
+            moves = grammar.tones_given or (self.fill_weight > 0 and grammar.editing)  # biases that move with time
+            stale |= moves and bool(((host >= shifts[0]) & (host < shifts[1])).any())
             seq[:, L] = np.where(done, codec.EOS, host)
             L += 1
             done |= host == codec.EOS

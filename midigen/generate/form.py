@@ -36,7 +36,7 @@ from midigen.errors import UsageError
 from midigen.generate.edit import Edit, infill_edits
 from midigen.generate.harmony import need_chords
 from midigen.generate.sample import find_problems, generate_samples, Sample, sample_score
-from midigen.generate.sampling import Sampling
+from midigen.generate.sampling import FILL_WEIGHT, Sampling
 from midigen.generate.splice import FIELDS, TYPES, splice
 from midigen.music.chordtext import marker_chord, parse_chords
 from midigen.music.codec import Codec, score_instruments, track_instrument
@@ -424,6 +424,7 @@ class _Writer:
         lo, hi = _range_ticks(self.score, first_bar, last_bar)
         start, end = (float(x) for x in seconds_at_tick(self.score, [lo, hi]))
         sampling = replace(self.sampling, seed=self.seed(k), key=self.key_of(label),
+                           fill_weight=FILL_WEIGHT if fresh else 0.0,  # over silence: filled to its end
                            repetition_penalty=1.0)  # rewrites have always drawn without the penalty
         chart = self.chart_at(label, first_bar)
         (edit,) = infill_edits(self.model, self.codec, self.score, start_s=start, end_s=end, sampling=sampling,

@@ -478,13 +478,14 @@ class Grammar:
         return self.T.chord_tone[row][:, self.T.note_pc].float()
 
     def tone_bias(self, chord_weight: float, key_weight: float = 0.0, key: int | None = None,
-                  tones_weight: float = 0.0) -> torch.Tensor | None:
+                  tones_weight: float = 0.0, fill_weight: float = 0.0) -> torch.Tensor | None:
         """The nats added to the logits, the one bias toward the harmony asked for: ``chord_weight`` on
         the tones of a given chord in force (``chord_tones``), minus ``key_weight`` on a pitched note
         outside ``key``'s scale, plus ``tones_weight``
         times the weight of a pitched note's class in the stretch in force (``favour_tones``), and minus
         it on EOS while that stretch has tones (its bar is not to fall silent where its model plays);
-        drums, shifts and the rest untouched. None when none applies."""
+        drums, shifts and the rest untouched; minus ``fill_weight`` on EOS until the last beat of an edit's
+        span (``fill_bias``). None when none applies."""
         tones = self.chord_tones() if chord_weight else None
         bias = None if tones is None else chord_weight * tones
         if key_weight and key is not None:
@@ -502,7 +503,18 @@ class Grammar:
                 c = self.codec
                 lean[:, c.shift_start: c.shift_start + self.max_shift] += tones_weight * hit
             bias = lean if bias is None else bias + lean
+        if fill_weight and self.editing:
+            bias = self.fill_bias(fill_weight) if bias is None else bias + self.fill_bias(fill_weight)
         return bias
+
+    def fill_bias(self, weight: float) -> torch.Tensor:
+        """``weight`` nats off EOS while an edit's written part is more than a beat from its span's end:
+        a section written over silence (``midigen.generate.form``) is not to stop early and leave its
+        last bars silent; where the model has nothing to say it can still rest with SHIFTs."""
+        early = self.steps < self.span - self.codec.params.steps_per_quarter  # (B,)
+        out = torch.zeros((self.B, len(self.T.note_pc)), dtype=torch.float32, device=self.device)
+        out[:, self.codec.EOS] = -weight * early.float()
+        return out
 
     @property
     def done(self) -> torch.Tensor:
