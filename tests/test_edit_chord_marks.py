@@ -130,3 +130,20 @@ def test_replace_chord_markers_touches_only_the_spans_symbols():
         (2880, "Chord E7"), (3840, "Chord C")]
     replace_chord_markers(score, 2880, 3840, [2880, 3360], [parse_symbol(n).id for n in ("E7", "A7")])
     assert [(m.time, m.text) for m in score.markers][-3:] == [(2880, "Chord E7"), (3360, "Chord A7"), (3840, "Chord C")]
+
+
+def test_a_variation_brings_its_sources_chords(edit_run, marked, tmp_path):
+    """``infill --like``: bars 9-12 made like bars 3-6 (other chords: ``CHART`` is 8 bars) carry bars 3-6's
+    chord symbols, at the same places in the bar; the symbols outside the target and every other
+    marker stay as they were."""
+    lo, hi, src = 8 * BAR, 12 * BAR, 2 * BAR
+    out = _edit("infill", "--ckpt", edit_run, marked, "--bars", "9-12", "--like", "3-6", "--seed", "2",
+                "--out", tmp_path)
+    before, after = _chords(_events(marked)), _chords(_events(out))
+    source = [(t - src, name) for t, name in before if src <= t < src + hi - lo]
+    inside = [(t - lo, name) for t, name in after if lo <= t < hi]
+    assert inside == source and inside != [(t - lo, name) for t, name in before if lo <= t < hi]
+    outside = lambda marks: [m for m in marks if not lo <= m[0] < hi]  # noqa: E731
+    assert outside(after) == outside(before)
+    others = lambda evs: [e for e in evs if not (e[2] == "marker" and marker_chord(e[3]))]  # noqa: E731
+    assert others(_events(out)) == others(_events(marked))
