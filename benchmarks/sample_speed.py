@@ -35,6 +35,7 @@ present, else a 6-layer 384-wide stand-in). For each:
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -168,12 +169,24 @@ def as_the_commands(codec: Codec, config: dict | None, seed: int = 0) -> dict:
     before."""
     from midigen.generate.sampling import DEFAULTS
 
-    if config is None:
-        return {"sampling": Sampling(seed=seed, top_p=0.95)}
     from midigen.model.checkpoint import capabilities, checkpoint_limits
 
+    if config is None:
+        return {"sampling": Sampling(seed=seed, top_p=0.95)}
     return {"sampling": Sampling(seed=seed, top_p=DEFAULTS["top_p"], chord_weight=DEFAULTS["chord_weight"]),
             "limits": checkpoint_limits(config), "known_instruments": capabilities(config, codec)["instruments"]}
+
+
+def arranged(model, codec: Codec, song, kw: dict):
+    """``arrange_edits(..., add=[33], **kw)`` on this tree or on an older one (``--compare``) whose edit
+    functions took the sampling settings one by one."""
+    from midigen.generate.edit import arrange_edits
+
+    if "sampling" not in inspect.signature(arrange_edits).parameters:
+        s = kw["sampling"]
+        kw = {k: v for k, v in kw.items() if k != "sampling"} | {"seed": s.seed, "top_p": s.top_p,
+                                                                 "chord_weight": s.chord_weight}
+    return arrange_edits(model, codec, song, add=[33], **kw)
 
 
 def heard_header(song, kw: dict, add: int = 33) -> list[int]:
@@ -240,9 +253,7 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
     generate_samples(model, codec, num_samples=batch, max_new_tokens=8, instruments=insts, tempo=120,
                      sampling=Sampling(seed=0))
     if what == "arrange":  # the same warm-up as the sample's: first calls and compiled code off the clock
-        from midigen.generate.edit import arrange_edits
-
-        arrange_edits(model, codec, arrange_song(4.0), add=[33], **as_the_commands(codec, config, seed=1))
+        arranged(model, codec, arrange_song(4.0), as_the_commands(codec, config, seed=1))
     out = {"what": what, "batch": batch}
     w0, c0 = clocks()
     if what == "bare":
@@ -253,10 +264,8 @@ def engine_child(batch: int, tokens: int, threads: int, what: str, seconds: floa
                                tempo=120, sampling=samp)
         out["tokens"] = sum(len(s.tokens) - s.start_index - 1 for s in res)
     elif what == "arrange":
-        from midigen.generate.edit import arrange_edits
-
         song = arrange_song(seconds)
-        (e,) = arrange_edits(model, codec, song, add=[33], **as_the_commands(codec, config))
+        (e,) = arranged(model, codec, song, as_the_commands(codec, config))
         out["written_notes"] = e.written
     elif what in ("sample", "sample_dense"):
         song = arrange_song(seconds)
@@ -325,8 +334,7 @@ def arrange_profile(ckpt: str | None, threads: int, seconds: float) -> dict:
     it; a part the tree lacks reads 0)."""
     from collections import Counter
 
-    from midigen.generate import edit, engine, grammar
-    from midigen.generate.edit import arrange_edits
+    from midigen.generate import engine, grammar
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -362,9 +370,8 @@ def arrange_profile(ckpt: str | None, threads: int, seconds: float) -> dict:
     clocked(grammar.Grammar, "advance", "grammar advance")
     clocked(grammar.Grammar, "chord_tones", "chord tones")
     clocked(engine, "draw", "draw")
-    kw = as_the_commands(codec, config)
     c0 = time.process_time()
-    (e,) = arrange_edits(model, codec, song, add=[33], **kw)
+    (e,) = arranged(model, codec, song, as_the_commands(codec, config))
     total = time.process_time() - c0
     inside = spent.pop("decode")
     chunks = calls.pop("decode")

@@ -34,6 +34,11 @@ def _jit(fn):
     return numba.njit(cache=True, nogil=True)(fn) if numba is not None else fn
 
 
+def _jit_inline(fn):
+    """``_jit`` for a small helper compiled into each caller (a call would cost the Viterbi's hot loop)."""
+    return numba.njit(cache=True, nogil=True, inline="always")(fn) if numba is not None else fn
+
+
 # Layout of the ``consts`` argument (see ``CompiledChords.__init__``).
 _CONSTS = ("shift_start", "max_shift", "tempo_start", "ts_start", "inst_start", "note_start", "dv_start",
            "dv_end", "chord_start", "velocity_levels", "bos", "eos", "steps_per_quarter")
@@ -323,22 +328,7 @@ def _row_scores(sums, b, x, low, bonus, missing_penalty, intervals, sizes, prior
 @_jit
 def _first_best_in(values, order):
     """``_first_best`` with the first taken in ``order`` (index of each place, in the order that counts)."""
-    n = len(values)
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = values[0]
-    j = 0
-    while j + 8 <= n:
-        m0 = values[j] if values[j] > m0 else m0
-        m1 = values[j + 1] if values[j + 1] > m1 else m1
-        m2 = values[j + 2] if values[j + 2] > m2 else m2
-        m3 = values[j + 3] if values[j + 3] > m3 else m3
-        m4 = values[j + 4] if values[j + 4] > m4 else m4
-        m5 = values[j + 5] if values[j + 5] > m5 else m5
-        m6 = values[j + 6] if values[j + 6] > m6 else m6
-        m7 = values[j + 7] if values[j + 7] > m7 else m7
-        j += 8
-    for i in range(j, n):
-        m0 = values[i] if values[i] > m0 else m0
-    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    top = _largest(values)
     i = 0
     while values[order[i]] != top:
         i += 1
@@ -369,9 +359,18 @@ def _backtrack(best, back):
 
 @_jit
 def _first_best(values):
-    """The index of the first largest value (``np.argmax``'s choice; no NaN here): the largest value
-    found in eight interleaved runs (so the comparisons overlap instead of waiting on each other),
-    then the first place that holds it."""
+    """The index of the first largest value (``np.argmax``'s choice; no NaN here)."""
+    top = _largest(values)
+    i = 0
+    while values[i] != top:
+        i += 1
+    return i
+
+
+@_jit_inline
+def _largest(values):
+    """The largest of ``values``, found in eight interleaved runs so the comparisons overlap instead of
+    waiting on each other (the leader search was most of the Viterbi's time)."""
     n = len(values)
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = values[0]
     j = 0
@@ -387,11 +386,7 @@ def _first_best(values):
         j += 8
     for i in range(j, n):
         m0 = values[i] if values[i] > m0 else m0
-    top = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-    i = 0
-    while values[i] != top:
-        i += 1
-    return i
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
 
 
 @_jit
