@@ -10,7 +10,7 @@ import symusic
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.patches import Rectangle
 
-from midigen.music.chordtext import parse_chords
+from midigen.music.chordtext import marker_chord, parse_chords
 from midigen.music.timing import tick_at_seconds
 from midigen.generate.render import bar_spans, detected_bar_chords, piano_roll_figure, section_bands, write_piano_roll
 
@@ -135,7 +135,8 @@ def test_written_png_has_the_lane_and_a_song_without_notes_an_empty_one(fiddle_t
 
 def test_sample_with_chords_draws_the_chart_it_was_asked_for(edit_run, tmp_path):
     """`sample --chords ... --png` (a checkpoint with chords): the PNG is the chart's lane over the
-    written notes, the very picture `write_piano_roll` draws for that file and chart, not the labeller's."""
+    written notes, the very picture `write_piano_roll` draws for that file and chart, and the one it
+    draws from the file alone (its chord symbols), not the labeller's (the file without its symbols)."""
     from clirun import midigen
 
     r = midigen("sample", "--ckpt", edit_run, "--chords", "C Am | F G", "--seconds", 8, "--seed", 5, "--png",
@@ -145,8 +146,10 @@ def test_sample_with_chords_draws_the_chart_it_was_asked_for(edit_run, tmp_path)
     score = symusic.Score.from_file(str(png.with_suffix(".mid")))
     again = write_piano_roll(score, tmp_path / "again.png", title="midigen sample 0 (seed 5)",
                              chords=parse_chords("C Am | F G"))
+    marked = write_piano_roll(score, tmp_path / "marked.png", title="midigen sample 0 (seed 5)")
+    score.markers = [m for m in score.markers if marker_chord(m.text) is None]
     heard = write_piano_roll(score, tmp_path / "heard.png", title="midigen sample 0 (seed 5)")
-    assert png.read_bytes() == again.read_bytes() != heard.read_bytes()
+    assert png.read_bytes() == again.read_bytes() == marked.read_bytes() != heard.read_bytes()
 
 
 def test_section_bands_name_each_section_inside_the_roll(fiddle_tune, tmp_path):

@@ -35,7 +35,10 @@ DEFAULTS = {"temperature": 1.0, "top_k": None, "top_p": TOP_P, "repetition_penal
 SEED_RANGE = 2**31  # drawn seeds are below this
 MAX_CHORD_WEIGHT = 8.0  # and the most a key weight may be
 KEY_WEIGHT = 2.0  # nats off out-of-key notes in a song with a form under a key (docs/benchmarks.md)
-FILL_WEIGHT = 6.0  # nats off EOS before a form section's last beat, where it is written over silence
+# nats off EOS before the last beat of a form section written over silence: in effect a hold (under a
+# chart the model's EOS outweighed 8 nats and left bars silent; docs/form.md)
+FILL_WEIGHT = 60.0
+MAX_FILL_WEIGHT = 100.0
 VARY_WEIGHT = 6.0  # nats toward a variation's model bars' tones and onsets (``--vary-weight``; docs/benchmarks.md)
 RETRIES = 2  # redraws of an empty result, with the next seeds, before giving up (midigen.generate.checks)
 
@@ -70,8 +73,8 @@ class Sampling:
             raise UsageError(f"key weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.key_weight}")
         if not 0 <= self.vary_weight <= MAX_CHORD_WEIGHT:
             raise UsageError(f"vary weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.vary_weight}")
-        if not 0 <= self.fill_weight <= MAX_CHORD_WEIGHT:
-            raise UsageError(f"fill weight must be in [0, {MAX_CHORD_WEIGHT}], got {self.fill_weight}")
+        if not 0 <= self.fill_weight <= MAX_FILL_WEIGHT:
+            raise UsageError(f"fill weight must be in [0, {MAX_FILL_WEIGHT}], got {self.fill_weight}")
         if self.key is not None and not 0 <= int(self.key) < 24:
             raise UsageError(f"key must be 0..23, got {self.key}")
         seed = secrets.randbelow(SEED_RANGE) if self.seed is None else int(self.seed)
