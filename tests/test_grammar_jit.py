@@ -21,7 +21,7 @@ import torch
 from midigen.music.codec import Codec
 from midigen.music.ranges import note_limits
 from midigen.generate import grammar as grammar_module
-from midigen.generate import grammar_jit
+from midigen.generate import draw_jit, engine, grammar_jit
 from midigen.generate.edit import arrange_edits
 from midigen.generate.grammar import Grammar
 from midigen.generate.sample import generate_samples
@@ -228,8 +228,6 @@ def test_the_compiled_draw_steps_are_the_torch_ops():
     """``draw_jit``'s gather, top-k cut, nucleus cut and pick against the torch ops they replace, ties
     and -inf included, and uniforms at the very top of the CDF (where the pick falls back to the most
     likely candidate)."""
-    from midigen.generate import draw_jit
-
     gen = torch.Generator().manual_seed(11)
     fallbacks = 0
     for trial in range(200):
@@ -272,6 +270,74 @@ def test_the_compiled_draw_steps_are_the_torch_ops():
         draw_jit.pick(want.numpy(), ids.numpy(), cdf.numpy(), u.numpy(), out)
         np.testing.assert_array_equal(out, ref.numpy())
     assert fallbacks > 0  # the fallback was exercised
+
+
+
+def _torch_draw(monkeypatch, x, ids, counts, temperature, top_p, u):
+    """``engine.draw`` with every compiled step off: the torch ops, the reference."""
+    mask = torch.zeros(x.shape, dtype=torch.bool)
+    for b in range(x.size(0)):
+        mask[b, ids[b, : counts[b]]] = True
+    with monkeypatch.context() as m:
+        m.setattr(draw_jit, "available", lambda: False)
+        return engine.draw(x, mask, temperature, None, top_p, u, int(counts.max()), (ids, counts))
+
+
+def test_the_one_call_nucleus_draw_picks_what_the_torch_ops_pick(monkeypatch):
+    """``draw_jit.nucleus_draw`` (the default draw on a CPU) against ``engine.draw``'s torch ops, rows of
+    random logits (no ties), several temperatures and nuclei (1.0: none): the same id for every uniform.
+    Its float64 rounding could only differ within an error of a boundary, which none of these hit."""
+    gen = torch.Generator().manual_seed(12)
+    for trial in range(300):
+        B, k = 1 + trial % 3, int(torch.randint(1, 1200, (1,), generator=gen))
+        logits = torch.randn((B, 5000), generator=gen) * [0.5, 2.0, 6.0][trial % 3]
+        ids = torch.sort(torch.randperm(5000, generator=gen)[:k]).values.expand(B, k).contiguous()
+        counts = torch.randint(1, k + 1, (B,), generator=gen)
+        counts[0] = k
+        top_p, temperature = [0.5, 0.9, 0.95, 0.99, 1.0][trial % 5], [1.0, 0.8, 1.3, 1.0][trial % 4]
+        u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
+        got = engine.draw(logits, None, temperature, None, top_p, u, k, (ids, counts))
+        want = _torch_draw(monkeypatch, logits, ids, counts, temperature, top_p, u)
+        assert torch.equal(got, want), (trial, got, want)
+
+
+def test_the_one_call_nucleus_keeps_the_torch_nucleus_with_ties():
+    """With equal logits at the cut, torch's sort leaves their order open, so which of them the nucleus
+    keeps is too; what it keeps by value is not: the same number of candidates, the same values. And a
+    candidate holding less than (1 - top_p) / n of the mass, which ``_nucleus`` does not sort, is never
+    kept by torch either."""
+    gen = torch.Generator().manual_seed(13)
+    for trial in range(300):
+        k = int(torch.randint(1, 1500, (1,), generator=gen))
+        x = torch.round(torch.randn((1, k), generator=gen) * 4) / 2
+        top_p = [0.5, 0.8, 0.9, 0.95, 0.99][trial % 5]
+        sx, _ = torch.sort(x, dim=1, descending=True)
+        probs = torch.softmax(sx, dim=1)
+        kept_by_torch = sx[(torch.cumsum(probs, dim=1) - probs) <= top_p]
+        x64 = x[0].to(torch.float64).numpy()
+        keep = draw_jit._nucleus(x64, draw_jit._exp_shares(x64), top_p)
+        assert torch.equal(torch.sort(x[0][torch.from_numpy(keep)], descending=True).values, kept_by_torch)
+
+
+def test_the_one_call_nucleus_draw_follows_the_nucleus_distribution():
+    """20,000 draws from one row: each kept candidate comes up as often as its renormalised share of the
+    nucleus (within 1.2 points), and no cut one ever does."""
+    gen = torch.Generator().manual_seed(14)
+    logits = torch.randn((1, 60), generator=gen) * 1.5
+    ids, counts = torch.arange(60)[None, :], torch.tensor([60])
+    p = torch.softmax(logits[0].double(), dim=0)
+    sp, order = torch.sort(p, descending=True)
+    kept = order[(torch.cumsum(sp, 0) - sp) <= 0.9]
+    share = torch.zeros(60, dtype=torch.float64)
+    share[kept] = p[kept] / p[kept].sum()
+    u = torch.rand((20000, 1), generator=gen, dtype=torch.float64)
+    out = np.empty(1, np.int64)
+    seen = np.zeros(60)
+    for v in u:
+        draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), 1.0, 0.9, v[None, :].numpy(), out)
+        seen[out[0]] += 1
+    assert seen[share.numpy() == 0].sum() == 0
+    assert np.abs(seen / 20000 - share.numpy()).max() < 0.012
 
 
 _WARMED = """
@@ -317,5 +383,5 @@ def test_the_warm_up_compiles_what_every_later_decode_runs(edit_run):
     assert out.returncode == 0, out.stderr[-2000:]
     warmed, new = out.stdout.strip().splitlines()[-2:]
     assert set(warmed.split()[1:]) >= {"mask_rows", "advance_rows", "advance_and_mask", "gather", "cut_below",
-                                       "nucleus_cut", "pick"}, out.stdout
+                                       "nucleus_cut", "pick", "nucleus_draw"}, out.stdout
     assert new.strip() == "new:", out.stdout  # a second specialization: argument types differ from the warm-up's

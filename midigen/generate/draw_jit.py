@@ -1,13 +1,23 @@
-"""Two steps of the draw compiled with numba for the CPU, each the torch ops it replaces, bit for bit.
+"""The draw on a CPU, compiled with numba: at batch 1 it is a chain of small tensor ops over a few hundred
+candidates, each costing more in dispatch (and, right after the forward has streamed the weights through
+the caches, in cache misses) than in work.
 
-At batch 1 on a CPU the draw is a chain of small tensor ops over a few hundred candidates, each costing
-more in dispatch than in work. The float work that sets the probabilities (sort, softmax, cumulative
-sums) stays in torch, so its rounding is torch's; what is compiled here only compares, moves and
-searches those numbers, so it cannot round differently: the nucleus cut (which sorted candidates fall
-outside top-p, put back in candidate order) and the pick (the inverse-CDF search and its fallback).
+* ``nucleus_draw``: the default draw (top-p, no top-k) in one call: gather, temperature, softmax,
+  nucleus and inverse-CDF pick. It does its own float work, in float64, so it is exact in distribution
+  but not torch's rounding: it can pick another id than the torch ops only where torch's float32 mass
+  puts a candidate within a rounding error of the top-p boundary, or a uniform within one of a CDF step,
+  and among candidates with equal logits at the boundary it keeps the lower ids first (torch's sort leaves
+  their order unspecified). In the engine's step it costs about half what the torch chain did.
+* the other draws (top-k) keep torch's float work (sort, softmax, cumulative sums), so their rounding is
+  torch's; what is compiled for them only compares, moves and searches those numbers, so it cannot
+  round differently: the gather, the top-k cut, the nucleus cut (which sorted candidates fall outside
+  top-p, put back in candidate order) and the pick (the inverse-CDF search and its fallback).
+
 ``engine.draw`` uses them on a CPU; ``tests/test_grammar_jit.py`` checks them against the torch ops.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -70,3 +80,79 @@ def pick(x, ids, cdf, u, out):
                 if x[b, j] > x[b, i]:
                     i = j
         out[b] = ids[b, i]
+
+
+@_jit
+def nucleus_draw(logits, ids, counts, temperature, top_p, u, out):
+    """``out[b]``: an id drawn for row ``b`` from its first ``counts[b]`` candidates ``ids[b]``: their
+    logits over ``temperature`` (in float32, as torch divides them), the smallest set of most likely ones
+    whose mass reaches ``top_p`` (a candidate is cut where the strictly more likely ones already hold
+    more; ``top_p`` >= 1 keeps all), then the inverse CDF of ``u[b]`` over the kept ones in candidate
+    order, as ``engine.draw`` does with torch's ops."""
+    t = np.float32(temperature)
+    for b in range(logits.shape[0]):
+        n = counts[b]
+        x = np.empty(n)
+        for i in range(n):
+            x[i] = np.float32(logits[b, ids[b, i]]) / t
+        weight = _exp_shares(x)
+        keep = _nucleus(x, weight, top_p)
+        out[b] = ids[b, _inverse_cdf(weight, keep, u[b, 0])]
+
+
+@_jit
+def _exp_shares(x):
+    """exp(x - max x): the candidates' unnormalised probabilities (the largest is exactly 1)."""
+    top = x[0]
+    for v in x:
+        top = v if v > top else top
+    w = np.empty(len(x))
+    for i in range(len(x)):
+        w[i] = math.exp(x[i] - top)
+    return w
+
+
+@_jit
+def _nucleus(x, weight, top_p):
+    """Which candidates the nucleus keeps. Only candidates holding at least (1 - top_p) / n of the mass
+    are sorted: together the others hold less than 1 - top_p, and the larger ones more than top_p, so
+    every one of them is cut whatever the order; a trained model's peaked rows leave a handful to sort.
+    Equal logits are taken lower index first (a stable sort)."""
+    n = len(x)
+    keep = np.zeros(n, dtype=np.bool_)
+    total = weight.sum()
+    if top_p >= 1.0:
+        keep[:] = weight > 0.0
+        return keep
+    floor = (1.0 - top_p) / n * total
+    big = np.empty(n, dtype=np.int64)
+    m = 0
+    for i in range(n):
+        big[m] = i
+        m += weight[i] >= floor
+    big = big[:m]
+    before, limit = 0.0, top_p * total
+    for j in big[np.argsort(-x[big], kind="mergesort")]:
+        if before > limit:
+            break
+        keep[j] = True
+        before += weight[j]
+    return keep
+
+
+@_jit
+def _inverse_cdf(weight, keep, u):
+    """The index of the kept candidate whose step of the CDF (kept weights summed in candidate order)
+    holds ``u`` times their total; the last kept one if rounding puts ``u`` times the total at the top."""
+    kept = 0.0
+    for i in range(len(weight)):
+        if keep[i]:
+            kept += weight[i]
+    v, run, last = u * kept, 0.0, -1
+    for i in range(len(weight)):
+        if keep[i]:
+            run += weight[i]
+            last = i
+            if run > v:
+                break
+    return last

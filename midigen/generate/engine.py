@@ -126,12 +126,20 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
     18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
     other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
     ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding
-    them. On a CPU the moves, comparisons and the search run compiled (``draw_jit``: the same
-    comparisons, so the same ids); the float work (sort, softmax, sums) stays torch's.
+    them. On a CPU with them, a draw without top-k is one compiled call (``draw_jit.nucleus_draw``: its
+    own float64 work, exact in distribution; it can differ from these torch ops only within a rounding
+    error of a boundary, or among equal logits at the top-p cut). Otherwise the moves, comparisons and
+    the search run compiled (``draw_jit``: the same comparisons, so the same ids) and the float work
+    (sort, softmax, sums) stays torch's.
     """
     V = logits.size(1)
     k = V if width is None else max(1, min(int(width), V))
     compiled = logits.device.type == "cpu" and draw_jit.available()
+    if cands is not None and compiled and top_k is None:  # the default draw, in one compiled call
+        out = np.empty(logits.size(0), dtype=np.int64)
+        draw_jit.nucleus_draw(logits.numpy(), cands[0].numpy(), cands[1].numpy(), temperature,
+                              1.0 if top_p is None else top_p, u.numpy(), out)
+        return torch.from_numpy(out)
     if cands is not None and compiled:
         ids = cands[0]  # (B, V): only the first k columns are read
         x = torch.empty((logits.size(0), k), dtype=logits.dtype)

@@ -191,9 +191,10 @@ def warm_up(model, codec: Codec, device=None) -> None:
     """A few tokens drawn and thrown away, so that on a CPU numba compiles the grammar step and the draw
     (``grammar_jit``, ``draw_jit``; about 9 s of CPU the first time on a machine) or loads them from its
     cache (~0.3 s) now, before anyone waits on them: a process that stays up (the studio) calls it when
-    it starts. Top-k 1 with top-p so that every compiled step of the draw runs."""
-    generate_samples(model, codec, max_new_tokens=WARM_TOKENS, sampling=Sampling(seed=0, top_k=1, top_p=0.95),
-                     device=device)
+    it starts. Twice: top-p alone (the default draw, one compiled call) and top-k 1 with top-p, so that
+    every compiled step of the other draws runs too."""
+    for sampling in (Sampling(seed=0, top_p=0.95), Sampling(seed=0, top_k=1, top_p=0.95)):
+        generate_samples(model, codec, max_new_tokens=WARM_TOKENS, sampling=sampling, device=device)
 
 
 def _force_chart(codec: Codec, g: Grammar, chart, time_signature, seconds, budget: int) -> None:
