@@ -6,8 +6,9 @@ top-k and top-p, and draws one id per row by inverse CDF from a seeded generator
 Everything stays on the device; the only transfer per step is one small tensor coming back: the ids
 just drawn (for the output, the listener and the stopping test) and how many ids each row may write
 next (which tells the next step whether it is forced and how wide its draw is). On a CPU the grammar's
-step and the draw's compares and search run compiled (``grammar_jit``, ``draw_jit``, each tested
-against its torch twin), since there a step's many small tensor ops cost more than their work. When the cache fills,
+step and the draw run compiled (``grammar_jit``, ``draw_jit``, each tested against its torch twin; the
+default draw, top-p without top-k, in one call), since there a step's many small tensor ops cost more
+than their work. When the cache fills,
 the context slides: it is rebuilt in one pass from the header plus the most recent tokens
 (``window``), and decoding goes on incrementally.
 
