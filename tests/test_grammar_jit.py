@@ -285,38 +285,72 @@ def _torch_draw(monkeypatch, x, ids, counts, temperature, top_p, u):
 
 def test_the_one_call_nucleus_draw_picks_what_the_torch_ops_pick(monkeypatch):
     """``draw_jit.nucleus_draw`` (the default draw on a CPU) against ``engine.draw``'s torch ops, rows of
-    random logits (no ties), several temperatures and nuclei (1.0: none): the same id for every uniform.
-    Its float64 rounding could only differ within an error of a boundary, which none of these hit."""
+    random logits from near-flat to peaked, several temperatures and nuclei (1.0: none): the same id for
+    every uniform, and most steps settled in the one call (not handed back to the torch ops)."""
     gen = torch.Generator().manual_seed(12)
-    for trial in range(300):
-        B, k = 1 + trial % 3, int(torch.randint(1, 1200, (1,), generator=gen))
-        logits = torch.randn((B, 5000), generator=gen) * [0.5, 2.0, 6.0][trial % 3]
+    settled = 0
+    for trial in range(400):
+        B, k = 1 + trial % 3, int(torch.randint(1, 2500, (1,), generator=gen))
+        logits = torch.randn((B, 5000), generator=gen) * [0.05, 0.5, 2.0, 6.0][trial % 4]
         ids = torch.sort(torch.randperm(5000, generator=gen)[:k]).values.expand(B, k).contiguous()
         counts = torch.randint(1, k + 1, (B,), generator=gen)
         counts[0] = k
-        top_p, temperature = [0.5, 0.9, 0.95, 0.99, 1.0][trial % 5], [1.0, 0.8, 1.3, 1.0][trial % 4]
+        top_p, temperature = [0.5, 0.9, 0.95, 0.99, 1.0][trial % 5], [1.0, 0.8, 1.3][trial % 3]
         u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
+        out = np.empty(B, np.int64)
+        draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), temperature, top_p, u.numpy(), out)
+        settled += int((out >= 0).all())
         got = engine.draw(logits, None, temperature, None, top_p, u, k, (ids, counts))
         want = _torch_draw(monkeypatch, logits, ids, counts, temperature, top_p, u)
         assert torch.equal(got, want), (trial, got, want)
+    assert settled >= 360, settled
 
 
-def test_the_one_call_nucleus_keeps_the_torch_nucleus_with_ties():
-    """With equal logits at the cut, torch's sort leaves their order open, so which of them the nucleus
-    keeps is too; what it keeps by value is not: the same number of candidates, the same values. And a
-    candidate holding less than (1 - top_p) / n of the mass, which ``_nucleus`` does not sort, is never
-    kept by torch either."""
+def test_the_one_call_nucleus_hands_back_ties_across_the_cut():
+    """Equal logits on both sides of the cut: torch's sort leaves their order open, so which of them its
+    nucleus keeps is too, and ``_nucleus`` hands the step back (not settled). Where it settles, it keeps
+    what torch keeps, by value. And a candidate holding less than (1 - top_p) / n of the mass, which
+    ``_nucleus`` does not sort, is never kept by torch either."""
     gen = torch.Generator().manual_seed(13)
+    straddles = settles = 0
     for trial in range(300):
-        k = int(torch.randint(1, 1500, (1,), generator=gen))
-        x = torch.round(torch.randn((1, k), generator=gen) * 4) / 2
+        k = int(torch.randint(2, 1500, (1,), generator=gen))
+        grain = [2, 20, 200][trial % 3]  # from ties everywhere to a few
+        x = torch.round(torch.randn((1, k), generator=gen) * 2 * grain) / grain
         top_p = [0.5, 0.8, 0.9, 0.95, 0.99][trial % 5]
         sx, _ = torch.sort(x, dim=1, descending=True)
         probs = torch.softmax(sx, dim=1)
-        kept_by_torch = sx[(torch.cumsum(probs, dim=1) - probs) <= top_p]
+        kept = (torch.cumsum(probs, dim=1) - probs)[0] <= top_p
         x64 = x[0].to(torch.float64).numpy()
-        keep = draw_jit._nucleus(x64, draw_jit._exp_shares(x64), top_p)
-        assert torch.equal(torch.sort(x[0][torch.from_numpy(keep)], descending=True).values, kept_by_torch)
+        keep, settled = draw_jit._nucleus(x64, draw_jit._exp_shares(x64), top_p)
+        n_kept = int(kept.sum())
+        if n_kept < k and sx[0, n_kept] == sx[0, n_kept - 1]:
+            straddles += 1
+            assert not settled, trial
+        if settled:
+            settles += 1
+            assert torch.equal(torch.sort(x[0][torch.from_numpy(keep)], descending=True).values, sx[0][kept])
+    assert straddles > 30 and settles > 30, (straddles, settles)
+
+
+def test_the_one_call_nucleus_hands_back_a_mass_at_the_edge_of_top_p():
+    """Where a candidate's mass before it is within float32 error of top-p, torch's float32 sums could
+    cut it or keep it: ``_nucleus`` hands the step back. Rows built so: top-p a billionth above the
+    float64 mass before a random candidate. A step clear of it settles."""
+    gen = torch.Generator().manual_seed(15)
+    for trial in range(60):
+        k = int(torch.randint(20, 2000, (1,), generator=gen))
+        x = (torch.randn(k, generator=gen) * [0.3, 1.0, 3.0][trial % 3]).to(torch.float64).numpy()
+        w = draw_jit._exp_shares(x)
+        order = np.argsort(-x, kind="mergesort")
+        before = (np.cumsum(w[order]) - w[order]) / w.sum()
+        j = int(torch.randint(1, k, (1,), generator=gen))
+        if not 0.05 < before[j] < 0.999:
+            continue
+        assert not draw_jit._nucleus(x, w, before[j] + 1e-9)[1], trial
+        halfway = (before[j] + before[j + 1]) / 2 if j + 1 < k else None
+        if halfway is not None and before[j + 1] - before[j] > 1e-3:
+            assert draw_jit._nucleus(x, w, halfway)[1], trial
 
 
 def test_the_one_call_nucleus_draw_follows_the_nucleus_distribution():
@@ -335,6 +369,7 @@ def test_the_one_call_nucleus_draw_follows_the_nucleus_distribution():
     seen = np.zeros(60)
     for v in u:
         draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), 1.0, 0.9, v[None, :].numpy(), out)
+        assert out[0] >= 0  # settled: no ties, no mass near the cut
         seen[out[0]] += 1
     assert seen[share.numpy() == 0].sum() == 0
     assert np.abs(seen / 20000 - share.numpy()).max() < 0.012

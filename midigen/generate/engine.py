@@ -128,8 +128,9 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
     other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
     ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding
     them. On a CPU with them, a draw without top-k is one compiled call (``draw_jit.nucleus_draw``: its
-    own float64 work, exact in distribution; it can differ from these torch ops only within a rounding
-    error of a boundary, or among equal logits at the top-p cut). Otherwise the moves, comparisons and
+    own float64 work), which hands back to the torch ops below the steps whose nucleus they could set
+    otherwise (equal logits across the cut, or a mass within float32 error of top-p), so it picks the ids
+    they pick but for a uniform within a rounding error of a CDF step. Otherwise the moves, comparisons and
     the search run compiled (``draw_jit``: the same comparisons, so the same ids) and the float work
     (sort, softmax, sums) stays torch's.
     """
@@ -140,7 +141,8 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
         out = np.empty(logits.size(0), dtype=np.int64)
         draw_jit.nucleus_draw(logits.numpy(), cands[0].numpy(), cands[1].numpy(), temperature,
                               1.0 if top_p is None else top_p, u.numpy(), out)
-        return torch.from_numpy(out)
+        if (out >= 0).all():  # else a nucleus was not settled: the torch ops decide it, as they always did
+            return torch.from_numpy(out)
     if cands is not None and compiled:
         ids = cands[0]  # (B, V): only the first k columns are read
         x = torch.empty((logits.size(0), k), dtype=logits.dtype)
