@@ -273,20 +273,18 @@ def test_the_compiled_draw_steps_are_the_torch_ops():
 
 
 
-def _torch_draw(monkeypatch, x, ids, counts, temperature, top_p, u):
-    """``engine.draw`` with every compiled step off: the torch ops, the reference."""
+def _torch_draw(x, ids, counts, temperature, top_k, top_p, u):
+    """``engine._draw_by_ops``, the torch ops: the reference."""
     mask = torch.zeros(x.shape, dtype=torch.bool)
     for b in range(x.size(0)):
         mask[b, ids[b, : counts[b]]] = True
-    with monkeypatch.context() as m:
-        m.setattr(draw_jit, "available", lambda: False)
-        return engine.draw(x, mask, temperature, None, top_p, u, int(counts.max()), (ids, counts))
+    return engine._draw_by_ops(x, mask, temperature, top_k, top_p, u, int(counts.max()), (ids, counts))
 
 
-def test_the_one_call_nucleus_draw_picks_what_the_torch_ops_pick(monkeypatch):
-    """``draw_jit.nucleus_draw`` (the default draw on a CPU) against ``engine.draw``'s torch ops, rows of
-    random logits from near-flat to peaked, several temperatures and nuclei (1.0: none): the same id for
-    every uniform, and most steps settled in the one call (not handed back to the torch ops)."""
+def test_the_one_call_draw_picks_what_the_torch_ops_pick():
+    """``draw_jit.nucleus_draw`` (the draw on a CPU) against the torch ops, rows of random logits from
+    near-flat to peaked, several temperatures, top-k (none, and cuts) and nuclei (1.0: none): the same id
+    for every uniform, and most steps settled in the one call (not handed back to the torch ops)."""
     gen = torch.Generator().manual_seed(12)
     settled = 0
     for trial in range(400):
@@ -296,12 +294,14 @@ def test_the_one_call_nucleus_draw_picks_what_the_torch_ops_pick(monkeypatch):
         counts = torch.randint(1, k + 1, (B,), generator=gen)
         counts[0] = k
         top_p, temperature = [0.5, 0.9, 0.95, 0.99, 1.0][trial % 5], [1.0, 0.8, 1.3][trial % 3]
+        top_k = [None, None, 1, 20, 200, 5000][trial % 6]
         u = torch.rand((B, 1), generator=gen, dtype=torch.float64)
         out = np.empty(B, np.int64)
-        draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), temperature, top_p, u.numpy(), out)
+        draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), temperature, top_k or 0, top_p,
+                              u.numpy(), out)
         settled += int((out >= 0).all())
-        got = engine.draw(logits, None, temperature, None, top_p, u, k, (ids, counts))
-        want = _torch_draw(monkeypatch, logits, ids, counts, temperature, top_p, u)
+        got = engine.draw(logits, None, temperature, top_k, top_p, u, k, (ids, counts))
+        want = _torch_draw(logits, ids, counts, temperature, top_k, top_p, u)
         assert torch.equal(got, want), (trial, got, want)
     assert settled >= 360, settled
 
@@ -368,7 +368,7 @@ def test_the_one_call_nucleus_draw_follows_the_nucleus_distribution():
     out = np.empty(1, np.int64)
     seen = np.zeros(60)
     for v in u:
-        draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), 1.0, 0.9, v[None, :].numpy(), out)
+        draw_jit.nucleus_draw(logits.numpy(), ids.numpy(), counts.numpy(), 1.0, 0, 0.9, v[None, :].numpy(), out)
         assert out[0] >= 0  # settled: no ties, no mass near the cut
         seen[out[0]] += 1
     assert seen[share.numpy() == 0].sum() == 0

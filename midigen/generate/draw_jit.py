@@ -2,16 +2,17 @@
 candidates, each costing more in dispatch (and, right after the forward has streamed the weights through
 the caches, in cache misses) than in work.
 
-* ``nucleus_draw``: the default draw (top-p, no top-k) in one call: gather, temperature, softmax,
-  nucleus and inverse-CDF pick. It does its own float work, in float64, and hands a step back to the
+* ``nucleus_draw``: the draw in one call: gather, temperature, top-k, softmax, nucleus and
+  inverse-CDF pick. It does its own float work, in float64, and hands a step back to the
   torch ops wherever they could set the nucleus otherwise (equal logits across the cut, whose order
   torch's sort leaves open, or a mass within float32 summing error of top-p), so it picks the ids they
   pick, but for a uniform within a rounding error of a CDF step. In the engine's step it costs about
   half what the torch chain did.
-* the other draws (top-k) keep torch's float work (sort, softmax, cumulative sums), so their rounding is
-  torch's; what is compiled for them only compares, moves and searches those numbers, so it cannot
-  round differently: the gather, the top-k cut, the nucleus cut (which sorted candidates fall outside
-  top-p, put back in candidate order) and the pick (the inverse-CDF search and its fallback).
+* the steps it hands back (and a draw without the compiled grammar's candidates) run torch's ops,
+  ``engine._draw_by_ops``, whose float work (sort, softmax, cumulative sums) stays torch's; what is
+  compiled for them only compares, moves and searches those numbers, so it cannot round differently:
+  the gather, the top-k cut, the nucleus cut (which sorted candidates fall outside top-p, put back in
+  candidate order) and the pick (the inverse-CDF search and its fallback).
 
 ``engine.draw`` uses them on a CPU; ``tests/test_grammar_jit.py`` checks them against the torch ops.
 """
@@ -88,19 +89,24 @@ def pick(x, ids, cdf, u, out):
 
 
 @_jit
-def nucleus_draw(logits, ids, counts, temperature, top_p, u, out):
+def nucleus_draw(logits, ids, counts, temperature, top_k, top_p, u, out):
     """``out[b]``: an id drawn for row ``b`` from its first ``counts[b]`` candidates ``ids[b]``: their
-    logits over ``temperature`` (in float32, as torch divides them), the smallest set of most likely ones
-    whose mass reaches ``top_p`` (a candidate is cut where the strictly more likely ones already hold
-    more; ``top_p`` >= 1 keeps all), then the inverse CDF of ``u[b]`` over the kept ones in candidate
-    order, as ``engine.draw`` does with torch's ops. -1 where the nucleus is not settled (``_nucleus``):
-    the caller draws that step with torch's ops, so a seed writes what it wrote before."""
+    logits over ``temperature`` (in float32, as torch divides them), those below the ``top_k``-th largest
+    cut (0: none), the smallest set of most likely ones whose mass reaches ``top_p`` (a candidate is cut
+    where the strictly more likely ones already hold more; ``top_p`` >= 1 keeps all), then the inverse
+    CDF of ``u[b]`` over the kept ones in candidate order, as ``engine.draw`` does with torch's ops. -1
+    where the nucleus is not settled (``_nucleus``): the caller draws that step with torch's ops, so a
+    seed writes what it wrote before."""
     t = np.float32(temperature)
     for b in range(logits.shape[0]):
         n = counts[b]
         x = np.empty(n)
         for i in range(n):
             x[i] = np.float32(logits[b, ids[b, i]]) / t
+        if 0 < top_k < n:
+            kth = np.partition(x, n - top_k)[n - top_k]  # the top_k-th largest, as torch.topk's last value
+            for i in range(n):
+                x[i] = -np.inf if x[i] < kth else x[i]
         weight = _exp_shares(x)
         keep, settled = _nucleus(x, weight, top_p)
         out[b] = ids[b, _inverse_cdf(weight, keep, u[b, 0])] if settled else -1

@@ -127,22 +127,28 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
     18k-wide vocabulary. The CDF runs over them in id order, as it would over the whole vocabulary (the
     other ids add exact zeros), so the same uniform picks the same id. All on one device, no host sync.
     ``cands`` (the compiled grammar's allowed ids and counts, ``Grammar.step_mask``) saves finding
-    them. On a CPU with them, a draw without top-k is one compiled call (``draw_jit.nucleus_draw``: its
-    own float64 work), which hands back to the torch ops below the steps whose nucleus they could set
-    otherwise (equal logits across the cut, or a mass within float32 error of top-p), so it picks the ids
-    they pick but for a uniform within a rounding error of a CDF step. Otherwise the moves, comparisons and
-    the search run compiled (``draw_jit``: the same comparisons, so the same ids) and the float work
-    (sort, softmax, sums) stays torch's.
+    them. On a CPU with them the draw is one compiled call (``draw_jit.nucleus_draw``: its own float64
+    work), which hands back to the torch ops (``_draw_by_ops``) the steps whose nucleus they could set
+    otherwise (equal logits across the top-p cut, or a mass within float32 error of top-p), so it picks
+    the ids they pick but for a uniform within a rounding error of a CDF step.
     """
+    if cands is not None and logits.device.type == "cpu" and draw_jit.available():
+        out = np.empty(logits.size(0), dtype=np.int64)
+        draw_jit.nucleus_draw(logits.numpy(), cands[0].numpy(), cands[1].numpy(), temperature,
+                              0 if top_k is None else top_k, 1.0 if top_p is None else top_p, u.numpy(), out)
+        if (out >= 0).all():  # else a nucleus was not settled: the torch ops decide it, as they always did
+            return torch.from_numpy(out)
+    return _draw_by_ops(logits, mask, temperature, top_k, top_p, u, width, cands)
+
+
+def _draw_by_ops(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None,
+                 top_p: float | None, u: torch.Tensor, width: int | None = None, cands: tuple | None = None):
+    """``draw`` by tensor ops: any device's, and the reference. On a CPU the moves, comparisons and the
+    search run compiled (``draw_jit``: the same comparisons, so the same ids) and the float work (sort,
+    softmax, sums) stays torch's."""
     V = logits.size(1)
     k = V if width is None else max(1, min(int(width), V))
     compiled = logits.device.type == "cpu" and draw_jit.available()
-    if cands is not None and compiled and top_k is None:  # the default draw, in one compiled call
-        out = np.empty(logits.size(0), dtype=np.int64)
-        draw_jit.nucleus_draw(logits.numpy(), cands[0].numpy(), cands[1].numpy(), temperature,
-                              1.0 if top_p is None else top_p, u.numpy(), out)
-        if (out >= 0).all():  # else a nucleus was not settled: the torch ops decide it, as they always did
-            return torch.from_numpy(out)
     if cands is not None and compiled:
         ids = cands[0]  # (B, V): only the first k columns are read
         x = torch.empty((logits.size(0), k), dtype=logits.dtype)
@@ -189,6 +195,18 @@ def _nucleus(x: torch.Tensor, top_p: float, wide_dtype: torch.dtype) -> tuple[to
     drop = cum - probs > top_p  # the most likely candidate never drops: its "before" is exactly 0
     x = x.scatter(1, order, sorted_x.masked_fill(drop, float("-inf")))
     return x, x.to(wide_dtype)
+
+
+def warm_up_draw_by_ops() -> None:
+    """Run ``_draw_by_ops``' compiled steps once on a CPU, on a row laid out as the engine's (float32
+    logits, int64 candidate ids and counts, float64 uniforms; numba specializes on those, not on sizes),
+    with top-k and top-p so that each of them runs: the one-call draw hands steps to them only now and
+    then, and a process that stays up should not compile them then."""
+    if not draw_jit.available():
+        return
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, 0.0, 0.0]])
+    ids = torch.tensor([[0, 1, 2, 3, 0, 0]])
+    _draw_by_ops(logits, None, 1.0, 3, 0.9, torch.full((1, 1), 0.5, dtype=torch.float64), 4, (ids, torch.tensor([4])))
 
 
 def forced_ids(mask: torch.Tensor) -> torch.Tensor:

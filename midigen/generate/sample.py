@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from midigen.music.codec import Codec, CodecError, Kind, instrument_name
 from midigen.music.timing import notes_end_seconds, tick_at_seconds  # noqa: F401 (notes_end_seconds: re-exported)
 from midigen.errors import UsageError
 from midigen.generate import continuation
 from midigen.generate.hearing import hearing_map
-from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, realtime
+from midigen.generate.engine import KEEP_FRACTION, Decoder, Listener, realtime, warm_up_draw_by_ops
 from midigen.generate.grammar import Grammar
 from midigen.generate.harmony import chart_changes, meter_grid, need_chords
 from midigen.generate.sampling import Sampling
@@ -191,10 +192,11 @@ def warm_up(model, codec: Codec, device=None) -> None:
     """A few tokens drawn and thrown away, so that on a CPU numba compiles the grammar step and the draw
     (``grammar_jit``, ``draw_jit``; about 9 s of CPU the first time on a machine) or loads them from its
     cache (~0.3 s) now, before anyone waits on them: a process that stays up (the studio) calls it when
-    it starts. Twice: top-p alone (the default draw, one compiled call) and top-k 1 with top-p, so that
-    every compiled step of the other draws runs too."""
-    for sampling in (Sampling(seed=0, top_p=0.95), Sampling(seed=0, top_k=1, top_p=0.95)):
-        generate_samples(model, codec, max_new_tokens=WARM_TOKENS, sampling=sampling, device=device)
+    it starts. The draw's torch-ops path, which the one-call draw hands a step now and then, is warmed
+    on its own (``engine.warm_up_draw_by_ops``)."""
+    generate_samples(model, codec, max_new_tokens=WARM_TOKENS, sampling=Sampling(seed=0, top_p=0.95), device=device)
+    if torch.device(device or next(model.parameters()).device).type == "cpu":
+        warm_up_draw_by_ops()
 
 
 def _force_chart(codec: Codec, g: Grammar, chart, time_signature, seconds, budget: int) -> None:
