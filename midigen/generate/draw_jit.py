@@ -95,8 +95,8 @@ def nucleus_draw(logits, ids, counts, temperature, top_k, top_p, u, out):
     cut (0: none), the smallest set of most likely ones whose mass reaches ``top_p`` (a candidate is cut
     where the strictly more likely ones already hold more; ``top_p`` >= 1 keeps all), then the inverse
     CDF of ``u[b]`` over the kept ones in candidate order, as ``engine.draw`` does with torch's ops. -1
-    where the nucleus is not settled (``_nucleus``): the caller draws that step with torch's ops, so a
-    seed writes what it wrote before."""
+    where torch's ops could pick another id (``_nucleus``, ``_tie_decides``): the caller draws that
+    step with them, so a seed writes what it wrote before."""
     t = np.float32(temperature)
     for b in range(logits.shape[0]):
         n = counts[b]
@@ -108,8 +108,9 @@ def nucleus_draw(logits, ids, counts, temperature, top_k, top_p, u, out):
             for i in range(n):
                 x[i] = -np.inf if x[i] < kth else x[i]
         weight = _exp_shares(x)
-        keep, settled = _nucleus(x, weight, top_p)
-        out[b] = ids[b, _inverse_cdf(weight, keep, u[b, 0])] if settled else -1
+        keep, settled, tie = _nucleus(x, weight, top_p)
+        i = _inverse_cdf(weight, keep, u[b, 0])
+        out[b] = ids[b, i] if settled and not _tie_decides(x, tie, i) else -1
 
 
 @_jit
@@ -126,22 +127,23 @@ def _exp_shares(x):
 
 @_jit
 def _nucleus(x, weight, top_p):
-    """(which candidates the nucleus keeps, whether that is settled).
+    """(which candidates the nucleus keeps, whether torch's ops would keep the same, the logit of equal
+    candidates on both sides of the cut or NaN).
 
     Only candidates holding at least (1 - top_p) / n of the mass are sorted: together the others hold
     less than 1 - top_p, and the larger ones more than top_p, so every one of them is cut whatever the
     order; a trained model's peaked rows leave a handful to sort.
 
-    Not settled, where torch's ops could keep another set: equal logits on both sides of the cut (torch's
-    sort leaves their order open, and arrange's rows often have runs of them: ids the model never saw
-    share one logit), or a candidate's mass before it within float32 summing error of ``top_p`` (torch
-    sums the shares in float32; ``CLOSE_PER_16``)."""
+    Not settled where a candidate's mass before it is within float32 summing error of ``top_p`` (torch
+    sums the shares in float32; ``CLOSE_PER_16``). Equal logits on both sides of the cut are kept lower
+    index first here, while torch's sort leaves their order open (arrange's rows often have runs of
+    them: ids the model never saw share one logit): ``_tie_decides`` says whether that can move the pick."""
     n = len(x)
     keep = np.zeros(n, dtype=np.bool_)
     total = weight.sum()
     if top_p >= 1.0:
         keep[:] = weight > 0.0
-        return keep, True
+        return keep, True, np.nan
     floor = (1.0 - top_p) / n * total
     big = np.empty(n, dtype=np.int64)
     m = 0
@@ -154,10 +156,26 @@ def _nucleus(x, weight, top_p):
     for j in big[np.argsort(-x[big], kind="mergesort")]:
         close |= abs(before - limit) <= margin
         if before > limit:
-            return keep, not close and x[j] != x[last]
+            return keep, not close, x[j] if x[j] == x[last] else np.nan
         keep[j] = True
         before, last = before + weight[j], j
-    return keep, not close and before - limit > margin
+    return keep, not close and before - limit > margin, np.nan
+
+
+@_jit
+def _tie_decides(x, tie, picked):
+    """Whether torch's ops could pick another candidate than ``picked`` because they keep other members
+    of the run of equal logits ``tie`` (NaN: none) across the cut. They keep as many of them, each with
+    the same weight, so the CDF differs only between the run's first and last member (in candidate order),
+    and only a pick there is in doubt."""
+    if np.isnan(tie):
+        return False
+    first, last = -1, -1
+    for i in range(len(x)):
+        if x[i] == tie:
+            first = i if first < 0 else first
+            last = i
+    return first <= picked <= last
 
 
 @_jit

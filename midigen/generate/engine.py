@@ -7,9 +7,8 @@ Everything stays on the device; the only transfer per step is one small tensor c
 just drawn (for the output, the listener and the stopping test) and how many ids each row may write
 next (which tells the next step whether it is forced and how wide its draw is). On a CPU the grammar's
 step and the draw run compiled (``grammar_jit``, ``draw_jit``, each tested against its torch twin; the
-default draw, top-p without top-k, in one call), since there a step's many small tensor ops cost more
-than their work. When the cache fills,
-the context slides: it is rebuilt in one pass from the header plus the most recent tokens
+draw in one call), since there a step's many small tensor ops cost more than their work. When the cache
+fills, the context slides: it is rebuilt in one pass from the header plus the most recent tokens
 (``window``), and decoding goes on incrementally.
 
 **Forced runs in one pass.** A token the grammar forces (its mask allows one id: header tokens asked
@@ -142,7 +141,8 @@ def draw(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: in
 
 
 def _draw_by_ops(logits: torch.Tensor, mask: torch.Tensor, temperature: float, top_k: int | None,
-                 top_p: float | None, u: torch.Tensor, width: int | None = None, cands: tuple | None = None):
+                 top_p: float | None, u: torch.Tensor, width: int | None = None,
+                 cands: tuple | None = None) -> torch.Tensor:
     """``draw`` by tensor ops: any device's, and the reference. On a CPU the moves, comparisons and the
     search run compiled (``draw_jit``: the same comparisons, so the same ids) and the float work (sort,
     softmax, sums) stays torch's."""
