@@ -2,12 +2,12 @@
 candidates, each costing more in dispatch (and, right after the forward has streamed the weights through
 the caches, in cache misses) than in work.
 
-* ``nucleus_draw``: the draw in one call: gather, temperature, top-k, softmax, nucleus and
-  inverse-CDF pick. It does its own float work, in float64, and hands a step back to the
-  torch ops wherever they could set the nucleus otherwise (equal logits across the cut, whose order
-  torch's sort leaves open, or a mass within float32 summing error of top-p), so it picks the ids they
-  pick, but for a uniform within a rounding error of a CDF step. In the engine's step it costs about
-  half what the torch chain did.
+* ``nucleus_draw``: the draw in one call: gather, temperature, top-k, softmax, nucleus (a selection,
+  not a sort) and inverse-CDF pick. It does its own float work, in float64, and hands a step back to
+  the torch ops wherever they could pick another id: a mass within float32 summing error of top-p, or
+  a pick among equal logits that straddle the cut (torch's sort leaves their order open). So it picks
+  the ids they pick, but for a uniform within a rounding error of a CDF step. In the engine's step it
+  costs 60-80% of what the torch chain did (docs/benchmarks.md).
 * the steps it hands back (and a draw without the compiled grammar's candidates) run torch's ops,
   ``engine._draw_by_ops``, whose float work (sort, softmax, cumulative sums) stays torch's; what is
   compiled for them only compares, moves and searches those numbers, so it cannot round differently:
