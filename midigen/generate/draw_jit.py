@@ -168,24 +168,17 @@ def _nucleus(x, weight, top_p):
             kept -= 1
         while kept < run and above + kept * share <= limit:
             kept += 1
-        if kept < run:  # the cut falls among equals
-            for j in np.sort(cand[g:e])[:kept]:
-                keep[j] = True
+        if kept < run:  # the cut falls among equals: the lowest-index ones stay
+            keep[np.sort(cand[g:e])[:kept]] = True
+            keep[cand[:lo]] = True
             before = above + kept * share
-            close = abs(before - limit) <= margin or abs(before - share - limit) <= margin
-            for j in cand[:lo]:
-                keep[j] = True
-            return keep, not close, pivot
+            return keep, abs(before - limit) > margin and abs(before - share - limit) > margin, pivot
         above, lo = above + run * share, e
         if above > limit:
             hi = lo
-    for j in cand[:lo]:
-        keep[j] = True
-    least = weight[cand[0]]
-    for j in cand[:lo]:
-        least = min(least, weight[j])
-    close = abs(above - limit) <= margin or abs(above - least - limit) <= margin
-    return keep, not close, np.nan
+    keep[cand[:lo]] = True
+    least = weight[cand[:lo]].min()  # the last one kept
+    return keep, abs(above - limit) > margin and abs(above - least - limit) > margin, np.nan
 
 
 @_jit
