@@ -295,3 +295,17 @@ def test_the_library_call_reports_progress_cancels_and_resumes(edit_run, music, 
     result = tune(settings, progress=False)
     assert result["resumed_from"] == 3 and result["step"] == 5 and result["stopped"] == "steps"
     assert (tmp_path / "a" / "adapter.json").is_file()
+
+
+def test_patience_ends_a_tune_early_but_not_at_its_last_step(edit_run, music, tmp_path):
+    """With nothing learned (a learning rate of 1e-30: no weight moves) every validation after the first ties the best, so patience 4
+    (a validation a step) ends a longer tune at step 5, at its best; a tune of exactly 5 steps ran them
+    all, and says so ("steps", as the studio's teach test expects of a tune that reached its last step)."""
+    from midigen.train.tune import TuneSettings, tune
+
+    for steps, want in ((8, ("best", 5)), (5, ("steps", 5))):
+        settings = TuneSettings(base=str(edit_run), sources=[str(music)], out=str(tmp_path / f"t{steps}"),
+                                steps=steps, eval_every=1, patience=4, lr=1e-30, eval_tokens=1024, workers=1,
+                                device="cpu")
+        result = tune(settings, progress=False)
+        assert (result["stopped"], result["step"]) == want, result

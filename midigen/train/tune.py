@@ -437,8 +437,8 @@ class Tune:
                 if self.step % s.eval_every == 0 or self.step == s.steps:
                     val_bits = self._validate(log, elapsed)
                 self._report(bar, on_progress, loss_v, val_bits, self._seconds_left(t0, deadline))
-                if self.bad >= s.patience:  # after the report, so the step that ends the tune is shown too
-                    stopped = "best"
+                if self.bad >= s.patience and self.step < s.steps:  # after the report, so the step that
+                    stopped = "best"  # ends the tune is shown too; at the last step it ran them all: "steps"
                     break
         finally:
             log.close()
