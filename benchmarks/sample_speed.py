@@ -22,6 +22,7 @@ present, else a 6-layer 384-wide stand-in). For each:
     .venv/bin/python benchmarks/sample_speed.py [--threads 2] [--skip-124m] [--json FILE]
     .venv/bin/python benchmarks/sample_speed.py --compare 071453a --threads 1 [--rounds 3] [--tokens 300] [--seconds 60]
     .venv/bin/python benchmarks/sample_speed.py --profile --threads 1 --tokens 600   # PYTHONPATH=OLD_TREE for another
+    .venv/bin/python benchmarks/sample_speed.py --draw-in-loop --threads 1 --tokens 600 --rounds 3   # the same
     .venv/bin/python benchmarks/sample_speed.py --arrange --ckpt out/demo/model --threads 1 --rounds 3 [--compare REF]
     .venv/bin/python benchmarks/sample_speed.py --arrange --profile --ckpt out/demo/model --threads 1  # where it goes
 
@@ -326,6 +327,42 @@ def profile_step(tokens: int, threads: int) -> dict:
             "parts": {k: {"us_per_token": round(1e6 * v / tokens), "share": round(v / whole, 3)} for k, v in parts.items()}}
 
 
+def draw_in_loop(tokens: int, threads: int, rounds: int) -> dict:
+    """The draw's CPU time per token where it runs, inside the loop, right after each forward
+    (``--draw-in-loop``): ``engine.draw`` wrapped in a thread-CPU clock during ``generate_samples`` (demo
+    shape, random weights, b = 1), top-p 0.95, top-k 200 and neither, the three alternating for
+    ``rounds`` rounds after a warm-up one; medians. A draw timed warm, alone, costs a third of this.
+    Works on any tree (``PYTHONPATH`` picks it)."""
+    from midigen.generate import engine
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    codec = Codec()
+    _, cfg = demo_config(padded_vocab(codec.vocab_size))
+    model = GPT(cfg).eval()
+    inner, spent = engine.draw, [0.0]
+
+    def timed(*args, **kw):
+        t = time.thread_time()
+        out = inner(*args, **kw)
+        spent[0] += time.thread_time() - t
+        return out
+
+    engine.draw = timed
+    kinds = {"top-p 0.95": Sampling(seed=0, top_p=0.95), "top-k 200": Sampling(seed=0, top_k=200),
+             "neither": Sampling(seed=0)}
+    seen = {k: [] for k in kinds}
+    for r in range(rounds + 1):
+        for name, sampling in kinds.items():
+            spent[0] = 0.0
+            generate_samples(model, codec, num_samples=1, max_new_tokens=tokens, instruments=[0, 33, 128],
+                             tempo=120, sampling=sampling)
+            if r:
+                seen[name].append(1e6 * spent[0] / tokens)
+    engine.draw = inner
+    return {"tokens": tokens, "us_per_token": {k: round(float(np.median(v)), 1) for k, v in seen.items()}}
+
+
 def arrange_profile(ckpt: str | None, threads: int, seconds: float) -> dict:
     """Where arrange's CPU time goes (``--arrange --profile``): the engine's parts timed in place (each
     wrapped with a CPU clock, no profiler's overhead) over one arrange as ``engine_child`` runs it, and
@@ -510,6 +547,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0, help="--compare: seconds of song to arrange and sample")
     ap.add_argument("--no-arrange", action="store_true", help="--compare: the engine and bare forward only")
     ap.add_argument("--profile", action="store_true", help="where the engine's step goes (cProfile, b = 1)")
+    ap.add_argument("--draw-in-loop", action="store_true", help="the draw's CPU time per token inside the loop")
     ap.add_argument("--ckpt", default=None, help="engine children load this checkpoint (default: random weights)")
     ap.add_argument("--arrange", action="store_true",
                     help="arrange under --seconds of the dense song vs sampling that long (with --compare REF: both trees)")
@@ -524,6 +562,8 @@ def main() -> None:
         return print(json.dumps(arrange_profile(a.ckpt, a.threads, a.seconds), indent=1))
     if a.profile:
         return print(json.dumps(profile_step(a.tokens, a.threads), indent=1))
+    if a.draw_in_loop:
+        return print(json.dumps(draw_in_loop(a.tokens, a.threads, a.rounds)))
     if a.engine_child is not None:
         return engine_child(a.engine_child, a.tokens, a.threads, a.what, a.seconds, a.ckpt)
     if a.arrange:
